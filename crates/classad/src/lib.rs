@@ -1,0 +1,2 @@
+//! HTCondor ClassAds: lexer, parser, printer and evaluator.
+#![forbid(unsafe_code)]

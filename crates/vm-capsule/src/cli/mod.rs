@@ -1,0 +1,32 @@
+//! Subcommands: one module each, each with a clap `Args` struct and a `run` function.
+
+mod ad;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for any error that reaches `main` (usage errors are clap's 2).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Run HTCondor vanilla jobs inside virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "vm-capsule", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read, print and evaluate ClassAds as HTCondor does.
+    #[command(subcommand)]
+    Ad(ad::AdCommand),
+}
+
+/// Dispatch one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ad(cmd) => ad::run(cmd),
+    }
+}
