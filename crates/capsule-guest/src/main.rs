@@ -1,0 +1,3 @@
+//! capsule-init: the guest agent (work in progress).
+
+fn main() {}
