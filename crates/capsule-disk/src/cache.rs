@@ -1,0 +1,341 @@
+//! A small write-back cache between the FAT layer and a container.
+//!
+//! `fatfs` does many tiny accesses (4-byte FAT entries, 32-byte directory entries) and writes file
+//! data one cluster at a time. Without help that is one system call (and one grain-table lookup)
+//! per access. This layer keeps a bounded set of 64 KiB pages for the small accesses and merges
+//! consecutive large writes into one buffer of up to 1 MiB, so a streamed file reaches the
+//! container in big sequential writes. Memory stays bounded by `MAX_PAGES * PAGE + PENDING_MAX`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::container::{check_range, seek_to, Backend};
+
+const PAGE: usize = 64 * 1024;
+const PAGE_U64: u64 = 64 * 1024;
+const MAX_PAGES: usize = 128;
+const PENDING_MAX: usize = 1024 * 1024;
+/// Writes at least this large (a typical cluster) bypass the pages.
+const DIRECT_MIN: usize = 4096;
+
+#[derive(Debug)]
+struct Page {
+    data: Vec<u8>,
+    dirty: bool,
+}
+
+/// The cache itself; shared behind a mutex by every [`VolumeIo`] window.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    backend: Box<dyn Backend>,
+    size: u64,
+    pages: HashMap<u64, Page>,
+    order: VecDeque<u64>,
+    pending_off: u64,
+    pending: Vec<u8>,
+    /// Bytes that may still be read before reads fail (None: unlimited); see `set_read_budget`.
+    budget: Option<u64>,
+    /// While `Some`, records the offset of the first zero write of at least 512 bytes (the
+    /// cluster `fatfs` zeroes for a new directory); see `DataDisk::create_dirs`.
+    zero_watch: Option<Option<u64>>,
+}
+
+impl Cache {
+    pub(crate) fn new(backend: Box<dyn Backend>) -> Self {
+        let size = backend.virtual_size();
+        Cache {
+            backend,
+            size,
+            pages: HashMap::new(),
+            order: VecDeque::new(),
+            pending_off: 0,
+            pending: Vec::new(),
+            budget: None,
+            zero_watch: None,
+        }
+    }
+
+    /// Start (`true`) or stop recording the first large zero write; returns what was recorded.
+    pub(crate) fn watch_zero_write(&mut self, on: bool) -> Option<u64> {
+        let seen = self.zero_watch.flatten();
+        self.zero_watch = if on { Some(None) } else { None };
+        seen
+    }
+
+    /// Limit the bytes the next reads may fetch: a looping FAT directory chain then fails with
+    /// an error instead of spinning forever inside `fatfs`.
+    pub(crate) fn set_read_budget(&mut self, budget: Option<u64>) {
+        self.budget = budget;
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    fn pending_end(&self) -> u64 {
+        self.pending_off + self.pending.len() as u64
+    }
+
+    fn overlaps_pending(&self, off: u64, len: u64) -> bool {
+        !self.pending.is_empty() && off < self.pending_end() && self.pending_off < off + len
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            self.backend.write_at(self.pending_off, &self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    fn page_len(&self, idx: u64) -> usize {
+        let start = idx * PAGE_U64;
+        usize::try_from(self.size.saturating_sub(start).min(PAGE_U64)).unwrap_or(PAGE)
+    }
+
+    fn load(&mut self, idx: u64) -> io::Result<&mut Page> {
+        if !self.pages.contains_key(&idx) {
+            if self.pages.len() >= MAX_PAGES {
+                self.evict_one()?;
+            }
+            let len = self.page_len(idx);
+            let start = idx * PAGE_U64;
+            if self.overlaps_pending(start, len as u64) {
+                self.flush_pending()?;
+            }
+            let mut data = vec![0u8; len];
+            self.backend.read_at(start, &mut data)?;
+            self.pages.insert(idx, Page { data, dirty: false });
+            self.order.push_back(idx);
+        }
+        self.pages
+            .get_mut(&idx)
+            .ok_or_else(|| io::Error::other("cache page vanished"))
+    }
+
+    fn evict_one(&mut self) -> io::Result<()> {
+        while let Some(idx) = self.order.pop_front() {
+            if let Some(page) = self.pages.remove(&idx) {
+                if page.dirty {
+                    if self.overlaps_pending(idx * PAGE_U64, page.data.len() as u64) {
+                        self.flush_pending()?;
+                    }
+                    self.backend.write_at(idx * PAGE_U64, &page.data)?;
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `buf` (destined for `off`) into any cached pages it overlaps.
+    fn update_pages(&mut self, off: u64, buf: &[u8]) {
+        if self.pages.is_empty() {
+            return;
+        }
+        let end = off + buf.len() as u64;
+        for idx in off / PAGE_U64..=(end - 1) / PAGE_U64 {
+            if let Some(page) = self.pages.get_mut(&idx) {
+                copy_overlap(idx * PAGE_U64, &mut page.data, off, buf);
+            }
+        }
+    }
+
+    pub(crate) fn read_at(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        check_range(self.size, off, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len() as u64;
+        if let Some(left) = self.budget {
+            self.budget = Some(left.checked_sub(len).ok_or_else(|| {
+                io::Error::other(format!(
+                    "directory read at disk offset {off} exceeds the metadata read budget (cluster chain loop?)"
+                ))
+            })?);
+        }
+        if self.overlaps_pending(off, len) {
+            self.flush_pending()?;
+        }
+        if buf.len() >= PAGE {
+            self.backend.read_at(off, buf)?;
+            // Dirty pages are newer than the disk.
+            for idx in off / PAGE_U64..=(off + len - 1) / PAGE_U64 {
+                if let Some(page) = self.pages.get(&idx).filter(|p| p.dirty) {
+                    copy_overlap(off, buf, idx * PAGE_U64, &page.data);
+                }
+            }
+            return Ok(());
+        }
+        for idx in off / PAGE_U64..=(off + len - 1) / PAGE_U64 {
+            let page = self.load(idx)?;
+            copy_overlap(off, buf, idx * PAGE_U64, &page.data);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_at(&mut self, off: u64, buf: &[u8]) -> io::Result<()> {
+        check_range(self.size, off, buf.len())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let len = buf.len() as u64;
+        if self.zero_watch == Some(None) && buf.len() >= 512 && crate::container::is_zero(buf) {
+            self.zero_watch = Some(Some(off));
+        }
+        let continues = !self.pending.is_empty() && off == self.pending_end();
+        if buf.len() >= DIRECT_MIN || continues {
+            self.update_pages(off, buf);
+            if !continues || self.pending.len() + buf.len() > PENDING_MAX {
+                self.flush_pending()?;
+            }
+            if buf.len() >= PENDING_MAX {
+                return self.backend.write_at(off, buf);
+            }
+            if self.pending.is_empty() {
+                self.pending_off = off;
+            }
+            self.pending.extend_from_slice(buf);
+            return Ok(());
+        }
+        if self.overlaps_pending(off, len) {
+            self.flush_pending()?;
+        }
+        for idx in off / PAGE_U64..=(off + len - 1) / PAGE_U64 {
+            let page = self.load(idx)?;
+            copy_overlap(idx * PAGE_U64, &mut page.data, off, buf);
+            page.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Write every buffered byte to the container (not its metadata).
+    pub(crate) fn flush_data(&mut self) -> io::Result<()> {
+        self.flush_pending()?;
+        let mut dirty: Vec<u64> = self
+            .pages
+            .iter()
+            .filter(|(_, p)| p.dirty)
+            .map(|(&i, _)| i)
+            .collect();
+        dirty.sort_unstable();
+        for idx in dirty {
+            if let Some(page) = self.pages.get_mut(&idx) {
+                self.backend.write_at(idx * PAGE_U64, &page.data)?;
+                page.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write buffered data, then the container's metadata.
+    pub(crate) fn flush_all(&mut self) -> io::Result<()> {
+        self.flush_data()?;
+        self.backend.flush_meta()
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Best effort: DataDisk::finish reports errors; this only saves data on early returns.
+        let _ = self.flush_all();
+    }
+}
+
+/// Copy the overlap of `src` (at absolute offset `src_off`) into `dst` (at `dst_off`).
+fn copy_overlap(dst_off: u64, dst: &mut [u8], src_off: u64, src: &[u8]) {
+    let start = dst_off.max(src_off);
+    let end = (dst_off + dst.len() as u64).min(src_off + src.len() as u64);
+    if start >= end {
+        return;
+    }
+    let (Ok(d0), Ok(s0), Ok(n)) = (
+        usize::try_from(start - dst_off),
+        usize::try_from(start - src_off),
+        usize::try_from(end - start),
+    ) else {
+        return;
+    };
+    if let (Some(d), Some(s)) = (dst.get_mut(d0..d0 + n), src.get(s0..s0 + n)) {
+        d.copy_from_slice(s);
+    }
+}
+
+/// Shared handle to a cache.
+pub(crate) type SharedCache = Arc<Mutex<Cache>>;
+
+pub(crate) fn lock(cache: &SharedCache) -> io::Result<MutexGuard<'_, Cache>> {
+    cache
+        .lock()
+        .map_err(|_| io::Error::other("disk cache lock poisoned by an earlier panic"))
+}
+
+/// A bounded window `[start, start + len)` of the cached disk: a partition, handed to `fatfs`.
+/// Every access is bounds-checked against the window.
+#[derive(Debug)]
+pub(crate) struct VolumeIo {
+    cache: SharedCache,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl VolumeIo {
+    pub(crate) fn new(cache: SharedCache, start: u64, len: u64) -> Self {
+        VolumeIo {
+            cache,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for VolumeIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        let (head, _) = buf.split_at_mut(n);
+        lock(&self.cache)?.read_at(self.start + self.pos, head)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for VolumeIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!(
+                    "write at volume offset {} is past the end of the partition",
+                    self.pos
+                ),
+            ));
+        }
+        let (head, _) = buf.split_at(n);
+        lock(&self.cache)?.write_at(self.start + self.pos, head)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        lock(&self.cache)?.flush_data()
+    }
+}
+
+impl Seek for VolumeIo {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.pos = seek_to(self.pos, self.len, pos)?;
+        Ok(self.pos)
+    }
+}

@@ -1,0 +1,729 @@
+//! [`DataDisk`]: container -> partition -> FAT volume, with a small file API.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::cache::{lock, Cache, SharedCache, VolumeIo};
+use crate::container::{Access, ContainerInfo, Image, ImageFormat};
+use crate::fat::{self, FatKind};
+use crate::partition::{self, Partition, TableKind};
+use crate::Error;
+
+type Fs = fatfs::FileSystem<VolumeIo>;
+type FatDir<'a> = fatfs::Dir<'a, VolumeIo>;
+type FatEntry<'a> = fatfs::DirEntry<'a, VolumeIo>;
+
+/// A FAT directory holds at most 65536 32-byte entries (2 MiB); more means a cluster loop.
+pub(crate) const MAX_DIR_ENTRIES: usize = 65_536;
+/// Bytes of volume metadata one directory step may read before we call it a loop.
+const METADATA_BUDGET: u64 = 8 * 1024 * 1024;
+/// Copy buffer for file data.
+const COPY_BUF: usize = 256 * 1024;
+/// Deepest directory nesting we walk (guards against directory loops).
+pub const MAX_DEPTH: usize = 64;
+
+/// Options for [`DataDisk::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    size: u64,
+    format: ImageFormat,
+    partition_offset: u64,
+    label: String,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 64 * 1024 * 1024,
+            format: ImageFormat::Raw,
+            partition_offset: 1024 * 1024,
+            label: "CONDORDATA".to_owned(),
+        }
+    }
+}
+
+impl CreateOptions {
+    /// Defaults: 64 MiB, raw, partition at 1 MiB, label `CONDORDATA`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Virtual disk size in bytes (the partition runs to the end of it).
+    #[must_use]
+    pub fn size(mut self, size: u64) -> Self {
+        self.size = size;
+        self
+    }
+    /// Container format.
+    #[must_use]
+    pub fn format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self
+    }
+    /// Byte offset of the FAT partition (a multiple of 512; the 2009 plugin used 32256).
+    #[must_use]
+    pub fn partition_offset(mut self, offset: u64) -> Self {
+        self.partition_offset = offset;
+        self
+    }
+    /// Volume label (up to 11 characters, stored upper case in the boot sector).
+    #[must_use]
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+}
+
+/// Options for [`DataDisk::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    access: Access,
+    format: Option<ImageFormat>,
+    partition: Option<u32>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            access: Access::ReadOnly,
+            format: None,
+            partition: None,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Defaults: read-only, format from content, first FAT partition.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Read-only or read-write.
+    #[must_use]
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+    /// Force the container format instead of detecting it.
+    #[must_use]
+    pub fn format(mut self, format: Option<ImageFormat>) -> Self {
+        self.format = format;
+        self
+    }
+    /// Use partition `index` (1-based) instead of the first FAT partition.
+    #[must_use]
+    pub fn partition(mut self, index: Option<u32>) -> Self {
+        self.partition = index;
+        self
+    }
+}
+
+/// One directory entry, as returned by [`DataDisk::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntryInfo {
+    /// Long name if present, else the 8.3 name.
+    pub name: String,
+    /// True for a directory.
+    pub is_dir: bool,
+    /// File size in bytes (0 for directories).
+    pub size: u64,
+}
+
+/// Summary of a data disk, for `vm-capsule disk info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Container format, files and backing chain.
+    pub container: ContainerInfo,
+    /// Partition table kind.
+    pub table: TableKind,
+    /// The FAT partition in use.
+    pub partition: Partition,
+    /// FAT12/16/32.
+    pub fat: FatKind,
+    /// Boot-sector volume label, trimmed.
+    pub label: String,
+    /// Volume serial number.
+    pub volume_id: u32,
+    /// Cluster size in bytes.
+    pub cluster_size: u32,
+    /// Data area capacity in bytes.
+    pub capacity: u64,
+    /// Free bytes.
+    pub free: u64,
+}
+
+/// A FAT data disk inside a container: create it, fill it, read it back.
+///
+/// The layers are container ([`Image`]) -> partition (MBR/GPT) -> FAT volume (`fatfs`). Paths
+/// inside the volume use `/` as separator; leading `/` is optional; `..` is rejected. Call
+/// [`DataDisk::finish`] after writing.
+pub struct DataDisk {
+    fs: Fs,
+    cache: SharedCache,
+    path: PathBuf,
+    table: TableKind,
+    partition: Partition,
+    access: Access,
+}
+
+impl std::fmt::Debug for DataDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDisk")
+            .field("path", &self.path)
+            .field("table", &self.table)
+            .field("partition", &self.partition)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataDisk {
+    /// Create a new image at `path` holding an MBR with one FAT partition, formatted.
+    ///
+    /// Work and file size are O(metadata): the image stays sparse.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad size, offset or label; [`Error::Io`] when the file
+    /// cannot be created or written.
+    pub fn create(path: &Path, opts: &CreateOptions) -> Result<DataDisk, Error> {
+        let label = fat::label_bytes(&opts.label)?;
+        let volume = opts
+            .size
+            .checked_sub(opts.partition_offset)
+            .filter(|v| *v >= fat::MIN_VOLUME);
+        let Some(volume) = volume else {
+            return Err(Error::InvalidArgument {
+                what: "size",
+                value: opts.size.to_string(),
+                reason: format!(
+                    "must exceed the partition offset {} by at least {} bytes",
+                    opts.partition_offset,
+                    fat::MIN_VOLUME
+                ),
+            });
+        };
+        let kind = fat::fat_kind_for(volume);
+        let volume_id = volume_id(&label, opts.size);
+        let mbr =
+            partition::build_mbr(opts.size, opts.partition_offset, kind.mbr_type(), volume_id)?;
+        let format_opts = fat::format_options(volume, label, volume_id)?;
+        let image = Image::create(path, opts.format, opts.size)?;
+        let cache: SharedCache = Arc::new(Mutex::new(Cache::new(image.into_backend())));
+        let wrap = |e| Error::io("write", path, e);
+        lock(&cache)
+            .and_then(|mut c| c.write_at(0, &mbr))
+            .map_err(wrap)?;
+        let io = VolumeIo::new(Arc::clone(&cache), opts.partition_offset, volume);
+        fatfs::format_volume(io, format_opts)
+            .map_err(|e| Error::io("format a FAT volume in", path, e))?;
+        let partition = Partition {
+            index: 1,
+            start: opts.partition_offset,
+            size: volume,
+            kind: partition::PartitionType::Mbr(kind.mbr_type()),
+        };
+        Self::mount(path, cache, TableKind::Mbr, partition, Access::ReadWrite)
+    }
+
+    /// Open an existing data disk (image file or block device); the format comes from content.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Corrupt`], [`Error::Unsupported`], [`Error::NoFatPartition`],
+    /// [`Error::PartitionOutOfBounds`].
+    pub fn open(path: &Path, access: Access) -> Result<DataDisk, Error> {
+        Self::open_with(path, &OpenOptions::new().access(access))
+    }
+
+    /// Open with explicit options (forced format, partition index).
+    ///
+    /// # Errors
+    /// As [`DataDisk::open`].
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<DataDisk, Error> {
+        let image = Image::open_as(path, opts.access, opts.format)?;
+        let size = image.virtual_size();
+        let cache: SharedCache = Arc::new(Mutex::new(Cache::new(image.into_backend())));
+        let mut read_at = |off: u64, buf: &mut [u8]| lock(&cache)?.read_at(off, buf);
+        let table = partition::read_table(&mut read_at, size, path)?;
+        let mut is_fat = |p: &Partition| {
+            let mut s = [0u8; 512];
+            read_at(p.start, &mut s).is_ok() && partition::looks_like_fat_boot(&s)
+        };
+        let part = table.find_fat(opts.partition, size, path, &mut is_fat)?;
+        let mut boot = [0u8; 512];
+        read_at(part.start, &mut boot)
+            .map_err(|e| Error::io("read the FAT boot sector of", path, e))?;
+        let info = fat::check_boot_sector(&boot, part.size, path, part.start)?;
+        let part = Partition {
+            size: info.volume_bytes.min(part.size),
+            ..part
+        };
+        Self::mount(path, cache, table.kind, part, opts.access)
+    }
+
+    fn mount(
+        path: &Path,
+        cache: SharedCache,
+        table: TableKind,
+        partition: Partition,
+        access: Access,
+    ) -> Result<DataDisk, Error> {
+        let io = VolumeIo::new(Arc::clone(&cache), partition.start, partition.size);
+        let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new())
+            .map_err(|e| Error::io("mount the FAT volume of", path, e))?;
+        Ok(DataDisk {
+            fs,
+            cache,
+            path: path.to_owned(),
+            table,
+            partition,
+            access,
+        })
+    }
+
+    /// The image file this disk lives in.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run a metadata operation with a read budget, so a looping directory chain fails instead
+    /// of hanging inside `fatfs`.
+    fn budgeted<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        set_budget(&self.cache, Some(METADATA_BUDGET))?;
+        let r = f();
+        set_budget(&self.cache, None)?;
+        r
+    }
+
+    fn fat_err(&self, path: &str) -> impl Fn(io::Error) -> Error + '_ {
+        let path = path.to_owned();
+        move |e| {
+            Error::from_io(e, |source| Error::Fat {
+                path: path.clone(),
+                source,
+            })
+        }
+    }
+
+    /// Find `name` in `dir` (case-insensitive, as FAT does), reading at most
+    /// [`MAX_DIR_ENTRIES`] entries.
+    fn find_in<'a>(
+        &'a self,
+        dir: &FatDir<'a>,
+        name: &str,
+        full: &str,
+    ) -> Result<Option<FatEntry<'a>>, Error> {
+        let mut found = None;
+        self.for_each_entry(dir, full, |e| {
+            if names_equal(&e.file_name(), name) || names_equal(&e.short_file_name(), name) {
+                found = Some(e);
+                return false;
+            }
+            true
+        })?;
+        Ok(found)
+    }
+
+    /// Visit the entries of `dir` (without `.`/`..`) until `f` returns false; bounded.
+    fn for_each_entry<'a>(
+        &'a self,
+        dir: &FatDir<'a>,
+        full: &str,
+        mut f: impl FnMut(FatEntry<'a>) -> bool,
+    ) -> Result<(), Error> {
+        let mut iter = dir.iter();
+        for _ in 0..=MAX_DIR_ENTRIES {
+            let next = self
+                .budgeted(|| iter.next().transpose())
+                .map_err(self.fat_err(full))?;
+            let Some(entry) = next else { return Ok(()) };
+            let name = entry.short_file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if !f(entry) {
+                return Ok(());
+            }
+        }
+        Err(Error::LimitExceeded {
+            path: full.to_owned(),
+            what: "directory entry count",
+            limit: MAX_DIR_ENTRIES as u64,
+        })
+    }
+
+    /// Resolve the directory at `comps` (every component must exist and be a directory).
+    fn dir_at<'a>(&'a self, comps: &[&str], full: &str) -> Result<FatDir<'a>, Error> {
+        let mut dir = self.fs.root_dir();
+        for (depth, c) in comps.iter().enumerate() {
+            if depth >= MAX_DEPTH {
+                return Err(Error::LimitExceeded {
+                    path: full.to_owned(),
+                    what: "directory depth",
+                    limit: MAX_DEPTH as u64,
+                });
+            }
+            match self.find_in(&dir, c, full)? {
+                Some(e) if e.is_dir() => dir = e.to_dir(),
+                Some(_) => {
+                    return Err(Error::WrongKind {
+                        path: full.to_owned(),
+                        found: "a file",
+                        expected: "a directory",
+                    })
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        path: full.to_owned(),
+                    })
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    fn create_dirs<'a>(&'a self, comps: &[&str], full: &str) -> Result<FatDir<'a>, Error> {
+        self.writable()?;
+        let mut dir = self.fs.root_dir();
+        for (depth, c) in comps.iter().enumerate() {
+            if depth >= MAX_DEPTH {
+                return Err(Error::LimitExceeded {
+                    path: full.to_owned(),
+                    what: "directory depth",
+                    limit: MAX_DEPTH as u64,
+                });
+            }
+            dir = match self.find_in(&dir, c, full)? {
+                Some(e) if e.is_dir() => e.to_dir(),
+                Some(_) => {
+                    return Err(Error::WrongKind {
+                        path: full.to_owned(),
+                        found: "a file",
+                        expected: "a directory",
+                    })
+                }
+                None => self
+                    .make_dir(&dir, c, depth == 0)
+                    .map_err(self.fat_err(full))?,
+            };
+        }
+        Ok(dir)
+    }
+
+    /// `fatfs` 0.3.6 writes long-name entries in front of a new directory's `.` and `..`, which
+    /// `fsck.fat` rejects, and points `..` at the root's cluster on FAT32 where the spec wants
+    /// 0. Create the directory, then rewrite its first four entries as plain `.` and `..`.
+    fn make_dir<'a>(
+        &'a self,
+        parent: &FatDir<'a>,
+        name: &str,
+        parent_is_root: bool,
+    ) -> io::Result<FatDir<'a>> {
+        lock(&self.cache)?.watch_zero_write(true);
+        let made = self.budgeted(|| parent.create_dir(name));
+        let cluster_at = lock(&self.cache)?.watch_zero_write(false);
+        let dir = made?;
+        let Some(at) = cluster_at else {
+            return Err(io::Error::other(
+                "cannot locate the new directory's cluster",
+            ));
+        };
+        let mut cache = lock(&self.cache)?;
+        let mut head = [0u8; 128];
+        cache.read_at(at, &mut head)?;
+        let dot = head.get(32..64).map(<[u8]>::to_vec).unwrap_or_default();
+        let dotdot = head.get(96..128).map(<[u8]>::to_vec).unwrap_or_default();
+        if head[11] == 0x0f && dot.starts_with(b".          ") && dotdot.starts_with(b"..         ")
+        {
+            let mut fixed = [0u8; 128];
+            fixed[..32].copy_from_slice(&dot);
+            fixed[32..64].copy_from_slice(&dotdot);
+            if parent_is_root {
+                // first cluster high (20..22) and low (26..28) words of '..'
+                fixed[32 + 20..32 + 22].fill(0);
+                fixed[32 + 26..32 + 28].fill(0);
+            }
+            cache.write_at(at, &fixed)?;
+        }
+        Ok(dir)
+    }
+
+    fn writable(&self) -> Result<(), Error> {
+        match self.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(Error::ReadOnly {
+                path: self.path.clone(),
+            }),
+        }
+    }
+
+    /// Create directory `path` and any missing parents.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::WrongKind`] if a component is a file, [`Error::ReadOnly`],
+    /// [`Error::Fat`] for volume errors (e.g. full).
+    pub fn create_dir_all(&self, path: &str) -> Result<(), Error> {
+        let comps = components(path)?;
+        self.create_dirs(&comps, path).map(|_| ())
+    }
+
+    /// Write a file from `src`, creating it (and missing parent directories) or truncating it.
+    /// Returns the number of bytes written. Data is streamed, never held whole in memory.
+    ///
+    /// # Errors
+    /// As [`DataDisk::create_dir_all`]; [`Error::Fat`] when the volume is full or the file
+    /// exceeds FAT's 4 GiB - 1 limit; [`Error::Io`] when `src` fails.
+    pub fn put_file(&self, path: &str, src: &mut dyn Read) -> Result<u64, Error> {
+        let comps = components(path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(Error::InvalidPath {
+                path: path.to_owned(),
+                reason: "names the root directory",
+            });
+        };
+        let dir = self.create_dirs(parents, path)?;
+        if let Some(e) = self.find_in(&dir, name, path)? {
+            if e.is_dir() {
+                return Err(Error::WrongKind {
+                    path: path.to_owned(),
+                    found: "a directory",
+                    expected: "a file",
+                });
+            }
+        }
+        let mut file = self
+            .budgeted(|| dir.create_file(name))
+            .map_err(self.fat_err(path))?;
+        file.truncate().map_err(self.fat_err(path))?;
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut total = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read the source for", path, e)),
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            if total + n as u64 > u64::from(u32::MAX) {
+                return Err(Error::LimitExceeded {
+                    path: path.to_owned(),
+                    what: "FAT file size",
+                    limit: u64::from(u32::MAX),
+                });
+            }
+            file.write_all(chunk).map_err(self.fat_err(path))?;
+            total += n as u64;
+        }
+        file.flush().map_err(self.fat_err(path))?;
+        Ok(total)
+    }
+
+    /// Open a file for streaming reads.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::NotFound`], [`Error::WrongKind`], [`Error::Fat`].
+    pub fn open_file(&self, path: &str) -> Result<FileReader<'_>, Error> {
+        let comps = components(path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(Error::WrongKind {
+                path: path.to_owned(),
+                found: "a directory",
+                expected: "a file",
+            });
+        };
+        let dir = self.dir_at(parents, path)?;
+        match self.find_in(&dir, name, path)? {
+            Some(e) if e.is_file() => Ok(FileReader {
+                len: e.len(),
+                file: e.to_file(),
+                path: path.to_owned(),
+            }),
+            Some(_) => Err(Error::WrongKind {
+                path: path.to_owned(),
+                found: "a directory",
+                expected: "a file",
+            }),
+            None => Err(Error::NotFound {
+                path: path.to_owned(),
+            }),
+        }
+    }
+
+    /// Kind and size of `path`, or `None` if it does not exist. The root is a directory.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::Fat`], or [`Error::WrongKind`] if a parent is a file.
+    pub fn stat(&self, path: &str) -> Result<Option<DirEntryInfo>, Error> {
+        let comps = components(path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            return Ok(Some(DirEntryInfo {
+                name: String::new(),
+                is_dir: true,
+                size: 0,
+            }));
+        };
+        let dir = match self.dir_at(parents, path) {
+            Ok(d) => d,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(self.find_in(&dir, name, path)?.map(|e| info_of(&e)))
+    }
+
+    /// List directory `dir` (`""` or `"/"` for the root), without `.` and `..`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WrongKind`], [`Error::LimitExceeded`] for a looping
+    /// directory, [`Error::Fat`].
+    pub fn list(&self, dir: &str) -> Result<Vec<DirEntryInfo>, Error> {
+        let comps = components(dir)?;
+        let d = self.dir_at(&comps, dir)?;
+        let mut out = Vec::new();
+        self.for_each_entry(&d, dir, |e| {
+            out.push(info_of(&e));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Describe the disk: container, partition, FAT type, label, capacity and free space.
+    ///
+    /// # Errors
+    /// [`Error::Fat`] if the FAT cannot be read to count free clusters.
+    pub fn info(&self) -> Result<DiskInfo, Error> {
+        let stats = self.fs.stats().map_err(self.fat_err("/"))?;
+        let cs = u64::from(stats.cluster_size());
+        let container = lock(&self.cache)
+            .map_err(self.fat_err("/"))?
+            .backend()
+            .info();
+        Ok(DiskInfo {
+            container,
+            table: self.table,
+            partition: self.partition.clone(),
+            fat: self.fs.fat_type().into(),
+            label: self.fs.volume_label().trim_end().to_owned(),
+            volume_id: self.fs.volume_id(),
+            cluster_size: stats.cluster_size(),
+            capacity: u64::from(stats.total_clusters()) * cs,
+            free: u64::from(stats.free_clusters()) * cs,
+        })
+    }
+
+    /// Flush the FAT and the container metadata and close the disk, reporting any error.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Fat`] when a write fails.
+    pub fn finish(self) -> Result<(), Error> {
+        let DataDisk {
+            fs,
+            cache,
+            path,
+            access,
+            ..
+        } = self;
+        if access == Access::ReadOnly {
+            return Ok(());
+        }
+        fs.unmount()
+            .map_err(|e| Error::io("unmount the FAT volume of", &path, e))?;
+        lock(&cache)
+            .and_then(|mut c| c.flush_all())
+            .map_err(|e| Error::io("write", &path, e))
+    }
+}
+
+fn set_budget(cache: &SharedCache, budget: Option<u64>) -> io::Result<()> {
+    lock(cache)?.set_read_budget(budget);
+    Ok(())
+}
+
+fn info_of(e: &FatEntry<'_>) -> DirEntryInfo {
+    DirEntryInfo {
+        name: e.file_name(),
+        is_dir: e.is_dir(),
+        size: if e.is_dir() { 0 } else { e.len() },
+    }
+}
+
+/// Compare names as FAT does: case-insensitively.
+fn names_equal(a: &str, b: &str) -> bool {
+    a.chars()
+        .flat_map(char::to_uppercase)
+        .eq(b.chars().flat_map(char::to_uppercase))
+}
+
+/// Split a volume path into components, rejecting `..` and control characters.
+pub(crate) fn components(path: &str) -> Result<Vec<&str>, Error> {
+    let mut out = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                return Err(Error::InvalidPath {
+                    path: path.to_owned(),
+                    reason: "'..' is not allowed",
+                })
+            }
+            c if c.chars().any(|ch| ch.is_control() || ch == '\\') => {
+                return Err(Error::InvalidPath {
+                    path: path.to_owned(),
+                    reason: "control characters or '\\' in a name",
+                })
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// A deterministic volume serial (reproducible images), mixed from the label and size.
+fn volume_id(label: &[u8; 11], size: u64) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in label.iter().chain(size.to_le_bytes().iter()) {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// A file inside the volume, opened for reading.
+pub struct FileReader<'a> {
+    file: fatfs::File<'a, VolumeIo>,
+    len: u64,
+    path: String,
+}
+
+impl std::fmt::Debug for FileReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileReader<'_> {
+    /// The file's size in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// True for an empty file.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The path it was opened with.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}

@@ -1,0 +1,183 @@
+//! The crate's one public error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while creating, opening, reading or writing a data disk.
+///
+/// Messages name the offending value and where it sits (image path, byte offset, path inside
+/// the volume) so that an admin can act on them without a debugger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call on an image file failed.
+    #[error("cannot {action} '{path}'")]
+    Io {
+        /// What we tried to do ("open", "read", "write", ...).
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The image's bytes break its format's rules.
+    #[error("'{path}': corrupt {what} at byte {offset}: {detail}")]
+    Corrupt {
+        /// The image file (or descriptor) being parsed.
+        path: PathBuf,
+        /// Which structure ("vmdk header", "grain table", "qcow2 L2 table", "MBR", ...).
+        what: &'static str,
+        /// Byte offset of the structure in `path`.
+        offset: u64,
+        /// What exactly is wrong.
+        detail: String,
+    },
+    /// The image is valid but uses a feature this crate does not implement.
+    #[error("'{path}': unsupported {what}: {detail}")]
+    Unsupported {
+        /// The image file.
+        path: PathBuf,
+        /// Which feature area.
+        what: &'static str,
+        /// The value found, and a hint.
+        detail: String,
+    },
+    /// No FAT partition (or FAT superfloppy) was found on the disk.
+    #[error(
+        "'{path}': no FAT partition found ({detail}); hint: choose one with a partition index"
+    )]
+    NoFatPartition {
+        /// The image file.
+        path: PathBuf,
+        /// The partitions that were seen.
+        detail: String,
+    },
+    /// A partition or volume extends past the end of the disk.
+    #[error(
+        "'{path}': partition {index} ends at byte {end} but the disk has only {disk_size} bytes"
+    )]
+    PartitionOutOfBounds {
+        /// The image file.
+        path: PathBuf,
+        /// 1-based partition index.
+        index: u32,
+        /// End offset (exclusive) claimed by the partition table.
+        end: u64,
+        /// Virtual size of the disk.
+        disk_size: u64,
+    },
+    /// A size or offset argument is unusable.
+    #[error("invalid {what} {value}: {reason}")]
+    InvalidArgument {
+        /// Which argument ("size", "partition offset", "label", ...).
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is rejected, with a hint.
+        reason: String,
+    },
+    /// A path inside the FAT volume is malformed.
+    #[error("invalid path '{path}' in the data disk: {reason}")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A path inside the FAT volume does not exist.
+    #[error("'{path}' not found in the data disk")]
+    NotFound {
+        /// The path as given.
+        path: String,
+    },
+    /// A file was expected but a directory was found, or the other way round.
+    #[error("'{path}' in the data disk is {found}, expected {expected}")]
+    WrongKind {
+        /// The path as given.
+        path: String,
+        /// "a file" or "a directory".
+        found: &'static str,
+        /// "a file" or "a directory".
+        expected: &'static str,
+    },
+    /// A bound that protects against hostile disks was hit.
+    #[error("'{path}': {what} exceeds the limit of {limit}; the disk is corrupt or hostile")]
+    LimitExceeded {
+        /// Where (image path or path inside the volume).
+        path: String,
+        /// Which quantity.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// The image was opened read-only (or is a read-only backing file) and a write was attempted.
+    #[error("'{path}' is open read-only; hint: open it with Access::ReadWrite")]
+    ReadOnly {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// An operation on the FAT file system failed.
+    #[error("FAT operation on '{path}' failed")]
+    Fat {
+        /// Path inside the volume.
+        path: String,
+        /// The error reported by the FAT layer.
+        #[source]
+        source: io::Error,
+    },
+    /// A tar archive being read or written is malformed or unusable.
+    #[error("tar archive: {detail}")]
+    Tar {
+        /// What went wrong (entry name and reason).
+        detail: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
+}
+
+impl Error {
+    /// Turn an `io::Error` into ours: container errors travel through `std::io` traits wrapped
+    /// in `io::Error::other`, and are unwrapped here so the caller sees the precise variant.
+    pub(crate) fn from_io(err: io::Error, wrap: impl FnOnce(io::Error) -> Error) -> Error {
+        if err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = err.into_inner() {
+                return match inner.downcast::<Error>() {
+                    Ok(ours) => *ours,
+                    Err(other) => wrap(io::Error::other(other)),
+                };
+            }
+            // unreachable in practice: get_ref() was Some
+            return wrap(io::Error::other("lost error"));
+        }
+        wrap(err)
+    }
+
+    /// Wrap ours into an `io::Error` so it can cross a `std::io` trait boundary.
+    pub(crate) fn into_io(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::from_io(source, |source| Error::Io {
+            action,
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        what: &'static str,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Error {
+        Error::Corrupt {
+            path: path.into(),
+            what,
+            offset,
+            detail: detail.into(),
+        }
+    }
+}

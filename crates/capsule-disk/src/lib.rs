@@ -1,0 +1,55 @@
+//! FAT data disks inside raw, VMDK and qcow2 images, created, filled and read in user space
+//! (no `qemu-img`, no `mtools`, no mounting).
+//!
+//! Layers, each its own module with bounds-checked parsing of untrusted bytes:
+//!
+//! 1. **container** ([`Image`]): a `Read + Write + Seek` view of the virtual disk in a raw file
+//!    or block device, a VMDK, or a qcow2 file; format detected from the magic bytes.
+//! 2. **partition** ([`partition`]): MBR or GPT, or none (superfloppy); the first FAT-typed
+//!    partition is used unless an index is given.
+//! 3. **FAT volume** (the `fatfs` crate behind a bounded partition window and a small
+//!    write-back cache).
+//! 4. **file API** ([`DataDisk`]): create directories, put/get/list files, tar in and out.
+//!
+//! Entry points for other crates:
+//!
+//! ```no_run
+//! use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
+//! # fn main() -> Result<(), capsule_disk::Error> {
+//! let path = std::path::Path::new("data.img");
+//! let disk = DataDisk::create(path, &CreateOptions::new().size(64 << 20).format(ImageFormat::Raw))?;
+//! disk.create_dir_all("job/in")?;
+//! disk.put_file("job/in/hello.txt", &mut &b"hello"[..])?;
+//! disk.finish()?;
+//!
+//! let disk = DataDisk::open(path, Access::ReadOnly)?;
+//! for entry in disk.list("job/in")? {
+//!     println!("{} {} {}", entry.name, entry.is_dir, entry.size);
+//! }
+//! let mut text = String::new();
+//! std::io::Read::read_to_string(&mut disk.open_file("job/in/hello.txt")?, &mut text).ok();
+//! # Ok(()) }
+//! ```
+//!
+//! # Security
+//! A disk returned by a guest is hostile input. Parsers check every offset and size with checked
+//! arithmetic, cap table and directory sizes before allocating, bound directory walks (entry
+//! count, depth, bytes read per step) so loops end in an error, and never follow symlinks on the
+//! host. Nothing is ever mounted.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+mod container;
+mod disk;
+mod error;
+pub mod fat;
+pub mod partition;
+
+pub use container::{detect, Access, ContainerInfo, Image, ImageFormat};
+pub use disk::{
+    CreateOptions, DataDisk, DirEntryInfo, DiskInfo, FileReader, OpenOptions, MAX_DEPTH,
+};
+pub use error::Error;
+pub use fat::FatKind;

@@ -1,0 +1,11 @@
+//! Integration tests for capsule-disk: round trips checked with the real tools
+//! (fsck.fat, mtools, qemu-img) in both directions.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap
+)]
+
+mod raw_fat;
+mod tools;

@@ -1,0 +1,79 @@
+//! Raw image + MBR + FAT: what we write, fsck.fat and mtools read.
+
+use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
+use std::io::Read;
+
+use crate::tools::{data, fsck, mspec, mtool};
+
+const MIB: u64 = 1024 * 1024;
+
+fn read_all(disk: &DataDisk, path: &str) -> Vec<u8> {
+    let mut v = Vec::new();
+    disk.open_file(path).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn raw_fat32_round_trip_with_mtools_and_fsck() {
+    for (size, offset) in [(600 * MIB, MIB), (64 * MIB, 32256), (3 * MIB, 32256)] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        let opts = CreateOptions::new()
+            .size(size)
+            .format(ImageFormat::Raw)
+            .partition_offset(offset);
+        let disk = DataDisk::create(&img, &opts).unwrap();
+        let big = data(300 * 1024 + 17, 1);
+        disk.put_file("hello.txt", &mut &b"hello\n"[..]).unwrap();
+        disk.put_file("Mixed Case Long Name.Txt", &mut &b"mixed"[..])
+            .unwrap();
+        disk.put_file("empty", &mut &b""[..]).unwrap();
+        disk.create_dir_all("a/b/c").unwrap();
+        disk.put_file("a/b/c/deep.bin", &mut &big[..]).unwrap();
+        disk.put_file("hello.txt", &mut &b"replaced"[..]).unwrap();
+        disk.finish().unwrap();
+
+        // Sparse: a file this small must not allocate the whole capacity.
+        let allocated =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&img).unwrap()) * 512;
+        assert!(
+            allocated < 4 * MIB,
+            "allocated {allocated} bytes for {size}"
+        );
+
+        fsck(&img, offset);
+        let spec = mspec(&img, offset);
+        let listing = mtool("mdir", &["-b", "-/", "-i", &spec, "::"]);
+        for name in [
+            "::/hello.txt",
+            "::/Mixed Case Long Name.Txt",
+            "::/empty",
+            "::/a/b/c/deep.bin",
+        ] {
+            assert!(
+                listing.lines().any(|l| l == name),
+                "{name} missing from mdir:\n{listing}"
+            );
+        }
+        let out = dir.path().join("deep.out");
+        mtool(
+            "mcopy",
+            &["-n", "-i", &spec, "::a/b/c/deep.bin", out.to_str().unwrap()],
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), big);
+        let hello = mtool("mtype", &["-i", &spec, "::hello.txt"]);
+        assert_eq!(hello, "replaced");
+
+        let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
+        assert_eq!(read_all(&disk, "/a/b/c/deep.bin"), big);
+        assert_eq!(read_all(&disk, "HELLO.TXT"), b"replaced");
+        let names: Vec<String> = disk.list("").unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            ["hello.txt", "Mixed Case Long Name.Txt", "empty", "a"]
+        );
+        let info = disk.info().unwrap();
+        assert_eq!(info.label, "CONDORDATA");
+        assert_eq!(info.partition.start, offset);
+    }
+}
