@@ -1,0 +1,321 @@
+//! One agent run: manifest -> work dir -> job -> outputs -> streams, output.tar, result.json.
+//!
+//! Every failure after the data source is open still ends in a `result.json` that says what
+//! went wrong: a guest must never leave the execute slot without an answer.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use capsule_manifest::{
+    AgentInfo, JobResult, Manifest, Outcome, CAPSULE_JSON, DEFAULT_STDERR, DEFAULT_STDOUT,
+    INPUT_TAR, OUTPUT_TAR, RESULT_JSON, SCHEMA_VERSION,
+};
+
+use crate::collect::{self, Collected};
+use crate::runner::{self, Finished, JobSpec};
+use crate::source::{DataSource, DirSource};
+use crate::users::{self, Account};
+use crate::workdir;
+
+/// Where the data-disk files are.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    /// A mounted or plain directory.
+    Dir(PathBuf),
+    /// A block device holding the data disk (FAT read in user space).
+    Device(PathBuf),
+    /// An image file (raw, VMDK or qcow2) holding the data disk.
+    Image(PathBuf),
+}
+
+/// Validated options of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The data disk.
+    pub source: SourceSpec,
+    /// Fresh scratch space on a native file system (work dir and staged streams live here).
+    pub scratch: PathBuf,
+    /// Directory holding `passwd` and `group`.
+    pub etc: PathBuf,
+    /// Run the job as the invoking user instead of the manifest's user.
+    pub as_current_user: bool,
+}
+
+/// What the run produced.
+#[derive(Debug)]
+pub struct Report {
+    /// The result written to the data disk.
+    pub result: JobResult,
+    /// When the job was seen to end (for the poweroff overhead).
+    pub job_end: Option<Instant>,
+}
+
+/// Scratch layout: `work/` is the job's work dir, `io/` holds the staged streams and tar.
+struct Scratch {
+    work: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    output_tar: PathBuf,
+}
+
+impl Scratch {
+    fn create(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("cannot create scratch {}", root.display()))?;
+        let work = root.join("work");
+        let io = root.join("io");
+        for dir in [&work, &io] {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (capsule-init needs a fresh scratch dir)",
+                        dir.display()
+                    )
+                })?;
+        }
+        Ok(Scratch {
+            work,
+            stdout: io.join("stdout"),
+            stderr: io.join("stderr"),
+            output_tar: io.join("output.tar"),
+        })
+    }
+}
+
+/// Run the whole agent once. `Err` only when nothing could be written to the data disk.
+pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
+    let mut source = open_source(&opts.source)?;
+    crate::log!("data disk: {}", source.describe());
+    let mut agent = AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        user: String::new(),
+        uid: 0,
+        setup_secs: 0.0,
+    };
+    let manifest = read_manifest(source.as_mut());
+    let scratch = Scratch::create(&opts.scratch);
+
+    let (mut result, job_end) = match (&manifest, &scratch) {
+        (Err(e), _) | (Ok(_), Err(e)) => (
+            JobResult::not_started(format!("{e:#}"), agent.clone()),
+            None,
+        ),
+        (Ok(m), Ok(s)) => match prepare_and_run(opts, m, s, source.as_mut(), &mut agent, t0) {
+            Err(e) => (
+                JobResult::not_started(format!("{e:#}"), agent.clone()),
+                None,
+            ),
+            Ok((finished, collected)) => {
+                let end = finished.ended_at;
+                (make_result(&finished, collected, agent.clone()), Some(end))
+            }
+        },
+    };
+    if let Some(e) = &result.error {
+        crate::log!("{e}");
+    }
+
+    // Streams and outputs first, result.json last: its presence means everything else is there.
+    let (out_name, err_name) = manifest
+        .as_ref()
+        .map_or((DEFAULT_STDOUT, DEFAULT_STDERR), |m| {
+            (m.stdout.as_str(), m.stderr.as_str())
+        });
+    let staged = scratch.as_ref().ok();
+    let mut write_errors = Vec::new();
+    for (name, path) in [
+        (out_name, staged.map(|s| &s.stdout)),
+        (err_name, staged.map(|s| &s.stderr)),
+        (OUTPUT_TAR, staged.map(|s| &s.output_tar)),
+    ] {
+        let mut reader: Box<dyn Read> = match path.map(File::open) {
+            Some(Ok(f)) => Box::new(f),
+            _ => Box::new(io::empty()),
+        };
+        if let Err(e) = source.put(name, &mut reader) {
+            write_errors.push(format!("cannot write {name} to the data disk: {e:#}"));
+        }
+    }
+    if !write_errors.is_empty() {
+        let mut all: Vec<String> = result.error.take().into_iter().collect();
+        all.extend(write_errors);
+        result.error = Some(all.join("; "));
+    }
+    let json = result.to_json().context("cannot encode result.json")?;
+    source
+        .put(RESULT_JSON, &mut &json[..])
+        .context("cannot write result.json")?;
+    source.finish().context("cannot flush the data disk")?;
+    Ok(Report { result, job_end })
+}
+
+fn open_source(spec: &SourceSpec) -> Result<Box<dyn DataSource>> {
+    match spec {
+        SourceSpec::Dir(dir) => Ok(Box::new(DirSource::open(dir)?)),
+        SourceSpec::Device(path) | SourceSpec::Image(path) => crate::disk::open(path),
+    }
+}
+
+fn read_manifest(source: &mut dyn DataSource) -> Result<Manifest> {
+    let reader = source
+        .open(CAPSULE_JSON)?
+        .with_context(|| format!("the data disk has no {CAPSULE_JSON}"))?;
+    Ok(Manifest::from_reader(reader)?)
+}
+
+/// Everything from the manifest to the collected outputs. `Err` = the job did not start.
+fn prepare_and_run(
+    opts: &Options,
+    m: &Manifest,
+    s: &Scratch,
+    source: &mut dyn DataSource,
+    agent: &mut AgentInfo,
+    t0: Instant,
+) -> Result<(Finished, Result<Collected>)> {
+    let account: Option<Account> = if opts.as_current_user {
+        agent.uid = nix::unistd::getuid().as_raw();
+        agent.user = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", agent.uid));
+        None
+    } else {
+        let a = users::resolve(&opts.etc, &m.user, m.fallback_user.as_deref())?;
+        agent.uid = a.uid;
+        agent.user.clone_from(&a.name);
+        Some(a)
+    };
+
+    match source.open(INPUT_TAR)? {
+        Some(reader) => workdir::unpack(reader, &s.work)?,
+        None if m.inputs.is_empty() => {}
+        None => anyhow::bail!("the data disk has no {INPUT_TAR} but capsule.json lists inputs"),
+    }
+    workdir::check_inputs(&s.work, &m.inputs)?;
+    if let Some(a) = &account {
+        workdir::chown_tree(&s.work, a.uid, a.gid)?;
+    }
+    let catalog = workdir::catalog(&s.work)?;
+
+    let stdin = match &m.stdin {
+        Some(rel) => Some(
+            workdir::open_no_follow(&s.work, rel)
+                .with_context(|| format!("stdin file {rel:?} (is it in {INPUT_TAR}?)"))?,
+        ),
+        None => None,
+    };
+    let create = |p: &Path| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .with_context(|| format!("cannot create {}", p.display()))
+    };
+    let mut env = m.env.clone();
+    env.entry("_CONDOR_SCRATCH_DIR".to_owned())
+        .or_insert_with(|| s.work.to_string_lossy().into_owned());
+    let program = if m.executable.starts_with('/') {
+        PathBuf::from(&m.executable)
+    } else {
+        s.work.join(&m.executable)
+    };
+    let spec = JobSpec {
+        program,
+        argv: &m.argv,
+        env,
+        cwd: &s.work,
+        stdin,
+        stdout: create(&s.stdout)?,
+        stderr: create(&s.stderr)?,
+        account: account.as_ref(),
+        limit: m.wall_time_limit_secs.map(Duration::from_secs),
+    };
+    crate::log!(
+        "starting {:?} as {} (uid {})",
+        m.executable,
+        agent.user,
+        agent.uid
+    );
+    let finished = runner::run(spec).map_err(|e| {
+        let hint = match e
+            .root_cause()
+            .downcast_ref::<io::Error>()
+            .map(io::Error::kind)
+        {
+            Some(io::ErrorKind::NotFound) => {
+                "; hint: is the executable in input.tar (or in the guest image)?"
+            }
+            Some(io::ErrorKind::PermissionDenied) => {
+                "; hint: the executable needs mode 0755 in input.tar"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{e:#}{hint}")
+    })?;
+    agent.setup_secs = finished.exec_at.duration_since(t0).as_secs_f64();
+    crate::log!(
+        "job ended: {:?}{}",
+        finished.outcome,
+        if finished.timed_out {
+            " (time limit)"
+        } else {
+            ""
+        }
+    );
+
+    let collected = File::create(&s.output_tar)
+        .with_context(|| format!("cannot create {}", s.output_tar.display()))
+        .and_then(|f| {
+            collect::collect(
+                &s.work,
+                &m.output,
+                &catalog,
+                &m.executable,
+                io::BufWriter::new(f),
+            )
+        });
+    Ok((finished, collected))
+}
+
+fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> JobResult {
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let mut r = JobResult {
+        schema_version: SCHEMA_VERSION,
+        outcome: f.outcome,
+        timed_out: f.timed_out,
+        error: None,
+        wall_time_secs: f.ended_at.duration_since(f.exec_at).as_secs_f64(),
+        user_cpu_secs: f.user_cpu_secs,
+        system_cpu_secs: f.system_cpu_secs,
+        peak_rss_kib: f.peak_rss_kib,
+        started_at_unix: unix(f.started_unix),
+        ended_at_unix: unix(f.ended_unix),
+        outputs: Vec::new(),
+        missing_outputs: Vec::new(),
+        warnings: Vec::new(),
+        agent,
+    };
+    if f.timed_out {
+        r.error = Some("the job exceeded its wall-time limit and was killed".to_owned());
+    }
+    match collected {
+        Ok(c) => {
+            r.outputs = c.outputs;
+            r.missing_outputs = c.missing;
+            r.warnings = c.warnings;
+        }
+        Err(e) => {
+            r.error = Some(format!(
+                "the job ran but its outputs could not be collected: {e:#}"
+            ));
+        }
+    }
+    debug_assert!(r.outcome != Outcome::NotStarted);
+    r
+}

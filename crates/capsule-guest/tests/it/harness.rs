@@ -1,0 +1,138 @@
+//! Build a data disk (as a directory), run capsule-init on it in host mode, read the result.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use capsule_manifest::{EntryKind, InputEntry, JobResult, Manifest};
+
+/// A capsule under construction: the manifest plus the files that go into input.tar.
+pub struct Capsule {
+    pub dir: tempfile::TempDir,
+    pub manifest: Manifest,
+    files: Vec<(String, Vec<u8>, u32)>,
+    dirs: Vec<String>,
+    /// Raw capsule.json text instead of the manifest (for refusal tests).
+    pub raw_manifest: Option<String>,
+}
+
+/// What a run left behind.
+pub struct Ran {
+    pub result: JobResult,
+    pub data: PathBuf,
+    pub scratch: PathBuf,
+    pub log: String,
+    /// Keeps the files alive as long as the result is looked at.
+    _dir: tempfile::TempDir,
+}
+
+impl Ran {
+    /// A data-disk file as text.
+    pub fn text(&self, name: &str) -> String {
+        fs::read_to_string(self.data.join(name)).unwrap()
+    }
+
+    /// The entries of output.tar: (path, content) with directories as `dir/` and no content.
+    pub fn output_tar(&self) -> Vec<(String, String)> {
+        let bytes = fs::read(self.data.join("output.tar")).unwrap();
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut out = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            out.push((path, s));
+        }
+        out
+    }
+}
+
+/// A capsule whose executable is a shell script `job.sh` with this body.
+pub fn script(body: &str) -> Capsule {
+    let mut c = Capsule {
+        dir: tempfile::tempdir().unwrap(),
+        manifest: Manifest::new("job.sh", vec!["job.sh".into()]),
+        files: Vec::new(),
+        dirs: Vec::new(),
+        raw_manifest: None,
+    };
+    c.file("job.sh", &format!("#!/bin/sh\n{body}\n"), 0o755);
+    c
+}
+
+impl Capsule {
+    /// Add an input file.
+    pub fn file(&mut self, path: &str, content: &str, mode: u32) -> &mut Self {
+        self.files
+            .push((path.into(), content.as_bytes().to_vec(), mode));
+        self.manifest.inputs.push(InputEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+        });
+        self
+    }
+
+    /// Add an input directory.
+    pub fn dir(&mut self, path: &str) -> &mut Self {
+        self.dirs.push(path.into());
+        self.manifest.inputs.push(InputEntry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+        });
+        self
+    }
+
+    /// Write the data disk's host-side files into `data`.
+    pub fn write_data_dir(&self, data: &Path) {
+        fs::create_dir_all(data).unwrap();
+        let json = match &self.raw_manifest {
+            Some(raw) => raw.clone().into_bytes(),
+            None => self.manifest.to_json().unwrap(),
+        };
+        fs::write(data.join("capsule.json"), json).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for d in &self.dirs {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{d}/"), std::io::empty())
+                .unwrap();
+        }
+        for (path, content, mode) in &self.files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(*mode);
+            h.set_size(u64::try_from(content.len()).unwrap());
+            h.set_mtime(1_600_000_000);
+            b.append_data(&mut h, path, &content[..]).unwrap();
+        }
+        fs::write(data.join("input.tar"), b.into_inner().unwrap()).unwrap();
+    }
+
+    /// Run capsule-init in host mode on a data directory.
+    pub fn run(self) -> Ran {
+        let data = self.dir.path().join("data");
+        self.write_data_dir(&data);
+        let scratch = self.dir.path().join("scratch");
+        let out = Command::new(env!("CARGO_BIN_EXE_capsule-init"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--scratch")
+            .arg(&scratch)
+            .args(["--as-current-user", "--no-poweroff"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "capsule-init failed: {log}");
+        let result = JobResult::from_json(&fs::read(data.join("result.json")).unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{log}"));
+        Ran {
+            result,
+            data,
+            scratch,
+            log,
+            _dir: self.dir,
+        }
+    }
+}

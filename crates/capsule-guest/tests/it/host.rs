@@ -1,0 +1,276 @@
+//! Host-mode runs (no VM): every behaviour of the job runner that a boot would only slow down.
+
+use capsule_manifest::{EntryKind, Outcome, OutputEntry, OutputRule};
+
+use crate::harness::script;
+
+fn exited(code: u8) -> Outcome {
+    Outcome::Exited { code }
+}
+
+#[test]
+fn argv_is_passed_exactly_with_spaces_quotes_and_empty_strings() {
+    let mut c = script(r#"printf '[%s]\n' "$0" "$@""#);
+    c.manifest.argv = vec![
+        "my-name".into(),
+        "a b".into(),
+        r#""double" 'single'"#.into(),
+        String::new(),
+        "  lead and trail  ".into(),
+        "back\\slash".into(),
+    ];
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, exited(0), "{}", ran.log);
+    // $0 of a script is the script path the kernel ran, so argv[0] shows up via $0 only for
+    // binaries; the arguments must come through untouched.
+    let out = ran.text("stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[1..],
+        [
+            "[a b]",
+            r#"["double" 'single']"#,
+            "[]",
+            "[  lead and trail  ]",
+            "[back\\slash]"
+        ]
+    );
+}
+
+#[test]
+fn environment_is_exactly_the_manifest_plus_scratch_dir() {
+    let mut c = script("env | sort");
+    c.manifest.env.insert("WITH_EQ".into(), "a=b=c".into());
+    c.manifest.env.insert("WITH_SPACE".into(), " x  y ".into());
+    c.manifest.env.insert("EMPTY".into(), String::new());
+    let ran = c.run();
+    let out = ran.text("stdout");
+    assert!(out.contains("WITH_EQ=a=b=c\n"), "{out}");
+    assert!(out.contains("WITH_SPACE= x  y \n"), "{out}");
+    assert!(out.contains("EMPTY=\n"), "{out}");
+    let scratch = ran.scratch.join("work");
+    assert!(
+        out.contains(&format!("_CONDOR_SCRATCH_DIR={}\n", scratch.display())),
+        "{out}"
+    );
+    // nothing leaks in from capsule-init's own environment (sh itself adds PWD, SHLVL, _)
+    for line in out.lines() {
+        let name = line.split('=').next().unwrap();
+        assert!(
+            [
+                "WITH_EQ",
+                "WITH_SPACE",
+                "EMPTY",
+                "_CONDOR_SCRATCH_DIR",
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD"
+            ]
+            .contains(&name),
+            "unexpected variable {line}"
+        );
+    }
+}
+
+#[test]
+fn stdin_from_a_file_and_streams_kept_apart() {
+    let mut c = script("cat; echo to-err >&2; echo to-out");
+    c.file("in.txt", "line one\nline two\n", 0o644);
+    c.manifest.stdin = Some("in.txt".into());
+    c.manifest.stdout = "job.out".into();
+    c.manifest.stderr = "job.err".into();
+    let ran = c.run();
+    assert_eq!(ran.text("job.out"), "line one\nline two\nto-out\n");
+    assert_eq!(ran.text("job.err"), "to-err\n");
+    // without a stdin file the job reads /dev/null
+    let ran = script("cat; echo done").run();
+    assert_eq!(ran.text("stdout"), "done\n");
+}
+
+#[test]
+fn exit_codes_0_1_255() {
+    for code in [0u8, 1, 255] {
+        let ran = script(&format!("exit {code}")).run();
+        assert_eq!(ran.result.outcome, exited(code));
+        assert!(ran.result.error.is_none());
+        assert!(!ran.result.timed_out);
+        assert!(ran.result.wall_time_secs > 0.0);
+        assert!(ran.result.started_at_unix > 1.6e9);
+        assert!(ran.result.peak_rss_kib > 0);
+    }
+}
+
+#[test]
+fn death_by_sigkill_and_sigsegv_is_a_signal() {
+    for sig in [9u8, 11] {
+        let ran = script(&format!("ulimit -c 0; kill -{sig} $$; sleep 5")).run();
+        assert!(
+            matches!(ran.result.outcome, Outcome::Signaled { signal, .. } if signal == sig),
+            "{:?}",
+            ran.result.outcome
+        );
+        assert!(!ran.result.timed_out);
+    }
+}
+
+#[test]
+fn time_limit_kills_the_whole_process_group() {
+    let mut c = script("sleep 300 & echo $! > bg.pid; sleep 300");
+    c.manifest.wall_time_limit_secs = Some(1);
+    let ran = c.run();
+    assert!(ran.result.timed_out);
+    assert_eq!(
+        ran.result.outcome,
+        Outcome::Signaled {
+            signal: 9,
+            core_dumped: false
+        }
+    );
+    assert!(
+        ran.result.wall_time_secs < 30.0,
+        "{}",
+        ran.result.wall_time_secs
+    );
+    assert!(ran
+        .result
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("wall-time limit"));
+    // the background child died too (at most a zombie waiting for its new parent)
+    let pid = std::fs::read_to_string(ran.scratch.join("work/bg.pid")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    if let Ok(stat) = stat {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert_eq!(state, "Z", "background child still alive: {stat}");
+    }
+    // outputs are still collected after a timeout
+    assert!(ran.result.outputs.iter().any(|o| o.path == "bg.pid"));
+}
+
+#[test]
+fn explicit_transfer_output_with_a_dir() {
+    let mut c = script(
+        "mkdir -p outdir/sub && echo a > outdir/sub/a.txt && echo bb > outdir/b.txt \
+         && echo top > top.txt && echo no > notlisted.txt",
+    );
+    c.manifest.output = OutputRule::Explicit {
+        paths: vec!["outdir/".into(), "top.txt".into(), "missing.txt".into()],
+    };
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, exited(0));
+    assert_eq!(
+        ran.result.outputs,
+        [
+            OutputEntry {
+                path: "outdir".into(),
+                kind: EntryKind::Dir,
+                size: 5
+            },
+            OutputEntry {
+                path: "top.txt".into(),
+                kind: EntryKind::File,
+                size: 4
+            },
+        ]
+    );
+    assert_eq!(ran.result.missing_outputs, ["missing.txt"]);
+    let tar = ran.output_tar();
+    let names: Vec<&str> = tar.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "outdir/",
+            "outdir/b.txt",
+            "outdir/sub/",
+            "outdir/sub/a.txt",
+            "top.txt"
+        ]
+    );
+    assert_eq!(tar[3].1, "a\n");
+}
+
+#[test]
+fn default_rule_takes_new_and_changed_top_level_files_only() {
+    let mut c = script(
+        "echo more >> changed.txt; touch -d '2001-01-01' touched.txt; echo new > new.txt; \
+         mkdir -p sub && echo x > sub/inner.txt; ln -s /etc/passwd link",
+    );
+    c.file("unchanged.txt", "same\n", 0o644);
+    c.file("changed.txt", "old\n", 0o644);
+    c.file("touched.txt", "same size\n", 0o644);
+    c.dir("sub");
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, exited(0), "{}", ran.log);
+    let got: Vec<&str> = ran.result.outputs.iter().map(|o| o.path.as_str()).collect();
+    assert_eq!(got, ["changed.txt", "new.txt", "touched.txt"]);
+    assert!(ran
+        .result
+        .warnings
+        .iter()
+        .any(|w| w.contains("\"link\"") && w.contains("symlink")));
+    let tar = ran.output_tar();
+    assert_eq!(tar[0], ("changed.txt".into(), "old\nmore\n".into()));
+}
+
+#[test]
+fn explicit_output_through_a_symlink_is_not_followed() {
+    let mut c = script("ln -s /etc leak; ln -s /etc/hostname file");
+    c.manifest.output = OutputRule::Explicit {
+        paths: vec!["leak/passwd".into(), "leak".into(), "file".into()],
+    };
+    let ran = c.run();
+    assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
+    assert_eq!(ran.result.warnings.len(), 3, "{:?}", ran.result.warnings);
+    assert!(ran.output_tar().is_empty());
+}
+
+#[test]
+fn a_job_that_cannot_start_is_reported() {
+    let mut missing = script("true");
+    missing.manifest.executable = "nothere".into();
+    let ran = missing.run();
+    assert_eq!(ran.result.outcome, Outcome::NotStarted);
+    let e = ran.result.error.clone().unwrap();
+    assert!(
+        e.contains("cannot execute") && e.contains("nothere") && e.contains("hint"),
+        "{e}"
+    );
+    // stdout/stderr/output.tar are still written, empty
+    assert_eq!(ran.text("stdout"), "");
+    assert!(ran.output_tar().is_empty());
+
+    let mut c = script("true");
+    c.file("plain.sh", "#!/bin/sh\necho hi\n", 0o644);
+    c.manifest.executable = "plain.sh".into();
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, Outcome::NotStarted);
+    let e = ran.result.error.unwrap();
+    assert!(e.contains("Permission denied") && e.contains("0755"), "{e}");
+
+    let mut c = script("true");
+    c.manifest.stdin = Some("no-such-input".into());
+    let e = c.run().result.error.unwrap();
+    assert!(e.contains("stdin file \"no-such-input\""), "{e}");
+}
+
+#[test]
+fn unknown_schema_version_is_refused_in_result_json() {
+    let mut c = script("echo should not run");
+    c.raw_manifest =
+        Some(r#"{"schema_version": 2, "executable": "job.sh", "argv": ["job.sh"]}"#.into());
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, Outcome::NotStarted);
+    let e = ran.result.error.clone().unwrap();
+    assert!(e.contains("capsule.json has schema_version 2"), "{e}");
+    assert_eq!(ran.text("stdout"), "");
+    // the work dir was never populated
+    assert!(!ran.scratch.join("work/job.sh").exists());
+}
