@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use capsule_disk::{Access, CreateOptions, DataDisk};
 use capsule_manifest::{EntryKind, InputEntry, JobResult, Manifest};
 
 /// A capsule under construction: the manifest plus the files that go into input.tar.
@@ -110,14 +111,43 @@ impl Capsule {
         fs::write(data.join("input.tar"), b.into_inner().unwrap()).unwrap();
     }
 
-    /// Run capsule-init in host mode on a data directory.
+    /// Run capsule-init in host mode on a raw image file (`--image`), the FAT read and written
+    /// in user space; the disk's files are then copied out for the assertions.
     pub fn run(self) -> Ran {
+        let staged = self.dir.path().join("staged");
+        self.write_data_dir(&staged);
+        let image = self.dir.path().join("data.img");
+        let disk = DataDisk::create(&image, &CreateOptions::new().size(32 << 20)).unwrap();
+        for name in ["capsule.json", "input.tar"] {
+            disk.put_file(name, &mut fs::File::open(staged.join(name)).unwrap())
+                .unwrap();
+        }
+        disk.finish().unwrap();
+        let ran = self.run_with(&["--image".as_ref(), image.as_os_str()]);
+        let data = self.dir.path().join("returned");
+        fs::create_dir(&data).unwrap();
+        let disk = DataDisk::open(&image, Access::ReadOnly).unwrap();
+        for entry in disk.list("").unwrap() {
+            let mut src = disk.open_file(&entry.name).unwrap();
+            let mut dst = fs::File::create(data.join(&entry.name)).unwrap();
+            std::io::copy(&mut src, &mut dst).unwrap();
+        }
+        ran.finish(self, data)
+    }
+
+    /// Run capsule-init in host mode on a plain data directory (`--data-dir`, the seed's
+    /// mounted mode).
+    pub fn run_in_dir(self) -> Ran {
         let data = self.dir.path().join("data");
         self.write_data_dir(&data);
+        let ran = self.run_with(&["--data-dir".as_ref(), data.as_os_str()]);
+        ran.finish(self, data)
+    }
+
+    fn run_with(&self, source: &[&std::ffi::OsStr]) -> RawRun {
         let scratch = self.dir.path().join("scratch");
         let out = Command::new(env!("CARGO_BIN_EXE_capsule-init"))
-            .arg("--data-dir")
-            .arg(&data)
+            .args(source)
             .arg("--scratch")
             .arg(&scratch)
             .args(["--as-current-user", "--no-poweroff"])
@@ -125,6 +155,19 @@ impl Capsule {
             .unwrap();
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "capsule-init failed: {log}");
+        RawRun { scratch, log }
+    }
+}
+
+/// A finished run before its files are looked at.
+struct RawRun {
+    scratch: PathBuf,
+    log: String,
+}
+
+impl RawRun {
+    fn finish(self, c: Capsule, data: PathBuf) -> Ran {
+        let RawRun { scratch, log } = self;
         let result = JobResult::from_json(&fs::read(data.join("result.json")).unwrap())
             .unwrap_or_else(|e| panic!("{e}\n{log}"));
         Ran {
@@ -132,7 +175,7 @@ impl Capsule {
             data,
             scratch,
             log,
-            _dir: self.dir,
+            _dir: c.dir,
         }
     }
 }

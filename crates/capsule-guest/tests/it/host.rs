@@ -84,7 +84,7 @@ fn stdin_from_a_file_and_streams_kept_apart() {
     assert_eq!(ran.text("job.out"), "line one\nline two\nto-out\n");
     assert_eq!(ran.text("job.err"), "to-err\n");
     // without a stdin file the job reads /dev/null
-    let ran = script("cat; echo done").run();
+    let ran = script("cat; echo done").run_in_dir();
     assert_eq!(ran.text("stdout"), "done\n");
 }
 
@@ -164,7 +164,8 @@ fn explicit_transfer_output_with_a_dir() {
     c.manifest.output = OutputRule::Explicit {
         paths: vec!["outdir/".into(), "top.txt".into(), "missing.txt".into()],
     };
-    let ran = c.run();
+    // the seed's mounted mode: the data disk as a plain directory
+    let ran = c.run_in_dir();
     assert_eq!(ran.result.outcome, exited(0));
     assert_eq!(
         ran.result.outputs,
