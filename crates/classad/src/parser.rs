@@ -11,7 +11,7 @@ use crate::Syntax;
 
 /// Deepest expression nesting accepted (each level costs stack in the parser, printer and
 /// evaluator; HTCondor allows 1000, far beyond any real job ad).
-pub const MAX_DEPTH: usize = 200;
+pub const MAX_DEPTH: usize = 128;
 
 /// Parse one complete expression.
 ///
@@ -32,7 +32,7 @@ pub(crate) fn parse_expr_inner(src: &str, syntax: Syntax) -> Result<Expr, ParseE
 
 /// Deepest tree accepted, counting operator chains such as `a && b && c ...` (which the
 /// grammar builds as left-deep trees without recursion).
-pub const MAX_TREE_DEPTH: usize = 1000;
+pub const MAX_TREE_DEPTH: usize = 512;
 
 /// Reject trees deeper than [`MAX_TREE_DEPTH`] so printing and evaluation (recursive) stay
 /// within a small stack.
@@ -301,13 +301,21 @@ impl<'t> Parser<'t> {
         Ok(Expr::Ternary(Box::new(cond), middle, Box::new(other)))
     }
 
-    /// Left-associative binary levels, lowest precedence first.
-    fn binary(&mut self, level: usize) -> Result<Expr, ParseError> {
-        if level >= LEVELS.len() {
-            return self.unary();
-        }
-        let mut left = self.binary(level + 1)?;
-        while let Some(op) = self.peek_punct().and_then(|p| binary_op_at(level, p)) {
+    /// Left-associative binary operators by precedence climbing: operators of `min_level`
+    /// or tighter (levels in [`LEVELS`], lowest first). One stack frame per operand, not per
+    /// precedence level, keeps deep nesting cheap.
+    fn binary(&mut self, min_level: usize) -> Result<Expr, ParseError> {
+        let mut left = self.unary()?;
+        let mut chain = 0usize;
+        while let Some((level, op)) = self.peek_punct().and_then(binary_op) {
+            if level < min_level {
+                break;
+            }
+            chain += 1;
+            if chain > MAX_TREE_DEPTH {
+                // Stop before building a tree too deep to print or drop recursively.
+                return Err(ParseError::new(ParseErrorKind::TooDeep, self.span()));
+            }
             self.pos += 1;
             let right = self.binary(level + 1)?;
             left = Expr::Binary(op, Box::new(left), Box::new(right));
@@ -505,11 +513,13 @@ const LEVELS: [&[(Punct, BinaryOp)]; 10] = [
     ],
 ];
 
-/// The operator `punct` stands for at precedence `level`, if any.
-fn binary_op_at(level: usize, punct: Punct) -> Option<BinaryOp> {
-    LEVELS
-        .get(level)
-        .and_then(|ops| ops.iter().find(|(p, _)| *p == punct).map(|(_, op)| *op))
+/// The precedence level and operator `punct` stands for, if it is a binary operator.
+fn binary_op(punct: Punct) -> Option<(usize, BinaryOp)> {
+    LEVELS.iter().enumerate().find_map(|(level, ops)| {
+        ops.iter()
+            .find(|(p, _)| *p == punct)
+            .map(|(_, op)| (level, *op))
+    })
 }
 
 fn describe(kind: &TokenKind) -> String {

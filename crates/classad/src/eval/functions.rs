@@ -82,9 +82,7 @@ fn to_text(v: &Value) -> Result<String, Value> {
 }
 
 fn strcat(args: &[Value]) -> Value {
-    if args.iter().any(Value::is_error) {
-        return Value::Error;
-    }
+    // The first undefined or error argument decides, in order.
     let mut out = String::new();
     for a in args {
         match to_text(a) {
@@ -96,40 +94,48 @@ fn strcat(args: &[Value]) -> Value {
 }
 
 fn substr(s: &Value, off: &Value, len: Option<&Value>) -> Value {
-    let all = std::iter::once(s).chain(std::iter::once(off)).chain(len);
-    if all.clone().any(Value::is_error) {
-        return Value::Error;
-    }
-    if all.clone().any(Value::is_undefined) {
+    // Any undefined argument gives undefined; then a wrong type (error included) gives error.
+    if s.is_undefined() || off.is_undefined() || len.is_some_and(Value::is_undefined) {
         return Value::Undefined;
     }
-    let (Value::String(s), Value::Integer(off)) = (s, off) else {
-        return Value::Error;
+    let s = match s {
+        Value::String(s) => s,
+        Value::Undefined => return Value::Undefined,
+        _ => return Value::Error,
+    };
+    // HTCondor reads offset and length into a C `int`: keep only the low 32 bits.
+    let mut off = match off {
+        Value::Integer(i) => i64::from(truncate_to_c_int(*i)),
+        Value::Undefined => return Value::Undefined,
+        _ => return Value::Error,
+    };
+    let len = match len {
+        None => None,
+        Some(Value::Integer(i)) => Some(i64::from(truncate_to_c_int(*i))),
+        Some(Value::Undefined) => return Value::Undefined,
+        Some(_) => return Value::Error,
     };
     let alen = i64::try_from(s.len()).unwrap_or(i64::MAX);
-    let mut off = *off;
     if off < 0 {
         off = (alen + off).max(0);
     } else if off >= alen {
         off = alen;
     }
-    let mut n = alen - off;
-    if let Some(len) = len {
-        let Value::Integer(len) = len else {
-            return Value::Error;
-        };
-        n = if *len == 0 {
-            0
-        } else if *len < 0 {
-            (alen - off + len).max(0)
-        } else {
-            (*len).min(alen - off)
-        };
-    }
+    let n = match len {
+        None => alen - off,
+        Some(0) => 0,
+        Some(l) if l < 0 => (alen - off + l).max(0),
+        Some(l) => l.min(alen - off),
+    };
     let start = usize::try_from(off).unwrap_or(0);
     let end = start.saturating_add(usize::try_from(n).unwrap_or(0));
     let bytes = s.as_bytes().get(start..end).unwrap_or(&[]);
     Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// The low 32 bits as a signed C `int`, as a 64-to-32-bit conversion does.
+fn truncate_to_c_int(i: i64) -> i32 {
+    i32::from_ne_bytes(u32::try_from(i & 0xFFFF_FFFF).unwrap_or(0).to_ne_bytes())
 }
 
 fn size(v: &Value) -> Value {
@@ -190,15 +196,19 @@ fn to_int(v: &Value) -> Value {
         Value::Bool(b) => Value::Integer(i64::from(*b)),
         Value::Real(r) => Value::Integer(real_to_int(*r)),
         Value::String(s) => {
+            // strtoll, unless the number goes on as a real ("1.5", "1e3").
             let t = s.trim_start();
-            let digits: String = t
-                .char_indices()
-                .take_while(|(i, c)| c.is_ascii_digit() || (*i == 0 && (*c == '-' || *c == '+')))
-                .map(|(_, c)| c)
-                .collect();
-            match digits.parse::<i64>() {
-                Ok(i) => Value::Integer(i),
-                Err(_) => match parse_real_prefix(s) {
+            let sign_len = usize::from(t.starts_with(['-', '+']));
+            let digits = t
+                .get(sign_len..)
+                .map_or(0, |r| r.bytes().take_while(u8::is_ascii_digit).count());
+            let int_text = t.get(..sign_len + digits).unwrap_or("");
+            let continues_as_real = t
+                .get(sign_len + digits..)
+                .is_some_and(|r| r.starts_with(['.', 'e', 'E']));
+            match int_text.parse::<i64>() {
+                Ok(i) if !continues_as_real => Value::Integer(i),
+                _ => match parse_real_prefix(s) {
                     Some(r) => Value::Integer(real_to_int(r)),
                     None => Value::Error,
                 },
@@ -221,9 +231,14 @@ fn to_real(v: &Value) -> Value {
 
 fn rounding(name: &str, v: &Value) -> Value {
     let r = match v {
-        Value::Integer(_) | Value::Undefined | Value::Error => return v.clone(),
+        // Unlike int(), floor(undefined) is an error in HTCondor.
+        Value::Integer(_) | Value::Error => return v.clone(),
         Value::Bool(b) => return Value::Integer(i64::from(*b)),
         Value::Real(r) => *r,
+        Value::String(s) => match parse_real_prefix(s) {
+            Some(r) => r,
+            None => return Value::Error,
+        },
         _ => return Value::Error,
     };
     let rounded = match name {
@@ -242,10 +257,12 @@ fn aggregate(name: &str, v: &Value) -> Value {
     };
     let mut acc: Option<Value> = None;
     let mut count = 0i64;
+    let mut any_real = false;
     for item in items {
         match item {
             Value::Undefined => continue,
-            Value::Integer(_) | Value::Real(_) => {}
+            Value::Integer(_) | Value::Bool(_) => {}
+            Value::Real(_) => any_real = true,
             _ => return Value::Error,
         }
         count += 1;
@@ -254,8 +271,7 @@ fn aggregate(name: &str, v: &Value) -> Value {
             Some(a) => match name {
                 "min" | "max" => {
                     let less = operators::strict_binary(BinaryOp::Less, item.clone(), a.clone());
-                    let take_item = (less == Value::Bool(true)) == (name == "min");
-                    if take_item {
+                    if (less == Value::Bool(true)) == (name == "min") {
                         item.clone()
                     } else {
                         a
@@ -265,33 +281,44 @@ fn aggregate(name: &str, v: &Value) -> Value {
             },
         });
     }
-    match (name, acc) {
-        ("sum" | "avg", None) => Value::Integer(0),
-        (_, None) => Value::Undefined,
-        ("avg", Some(total)) => {
+    let Some(total) = acc else {
+        return match name {
+            "sum" | "avg" => Value::Integer(0),
+            _ => Value::Undefined,
+        };
+    };
+    match name {
+        "avg" => match total.as_number().or_else(|| total.as_bool().map(f64::from)) {
             #[allow(clippy::cast_precision_loss)]
-            let n = count as f64;
-            match total.as_number() {
-                Some(t) => Value::Real(t / n),
-                None => total,
+            Some(t) => Value::Real(t / count as f64),
+            None => total,
+        },
+        // A single element comes back as it is; a comparison converts to a number.
+        "min" | "max" if count == 1 => total,
+        "min" | "max" => match total {
+            // A list with any real gives a real; a boolean winner counts as 0/1.
+            Value::Integer(i) if any_real => {
+                #[allow(clippy::cast_precision_loss)]
+                let r = i as f64;
+                Value::Real(r)
             }
-        }
-        (_, Some(v)) => v,
+            Value::Bool(b) if any_real => Value::Real(f64::from(u8::from(b))),
+            Value::Bool(b) => Value::Integer(i64::from(b)),
+            other => other,
+        },
+        _ => total,
     }
 }
 
 fn member(x: &Value, list: &Value, op: BinaryOp) -> Value {
-    let items = match list {
-        Value::Undefined => return Value::Undefined,
-        Value::Error => return Value::Error,
-        Value::List(items) => items,
-        _ => return Value::Error,
+    if list.is_undefined() || (x.is_undefined() && op == BinaryOp::Eq) {
+        return Value::Undefined;
+    }
+    let Value::List(items) = list else {
+        return Value::Error;
     };
-    match x {
-        Value::Undefined if op == BinaryOp::Eq => return Value::Undefined,
-        Value::Error => return Value::Error,
-        Value::List(_) | Value::Ad(_) => return Value::Error,
-        _ => {}
+    if matches!(x, Value::Error | Value::List(_) | Value::Ad(_)) {
+        return Value::Error;
     }
     let found = items
         .iter()
@@ -308,23 +335,17 @@ fn string_list_member(
     if [item, list].into_iter().chain(delims).any(Value::is_error) {
         return Value::Error;
     }
-    let Value::String(item) = item else {
-        return if item.is_undefined() {
-            Value::Undefined
-        } else {
-            Value::Error
-        };
-    };
-    let Value::String(list) = list else {
-        // HTCondor answers false for a missing list.
-        return if list.is_undefined() {
-            Value::Bool(false)
-        } else {
-            Value::Error
-        };
+    // HTCondor answers false (not undefined) when the item or the list is undefined.
+    let (item, list) = match (item, list) {
+        (Value::String(i), Value::String(l)) => (i, l),
+        (Value::Undefined, Value::Undefined) => return Value::Undefined,
+        (Value::Undefined, Value::String(_)) | (Value::String(_), Value::Undefined) => {
+            return Value::Bool(false)
+        }
+        _ => return Value::Error,
     };
     let delims: &str = match delims {
-        None => " ,",
+        None | Some(Value::Undefined) => " ,",
         Some(Value::String(d)) => d,
         Some(_) => return Value::Error,
     };
@@ -371,10 +392,11 @@ fn regexp(pattern: &Value, target: &Value, options: Option<&Value>) -> Value {
 }
 
 fn strcmp(a: &Value, b: &Value, ignore_case: bool) -> Value {
-    let (a, b) = match (to_text(a), to_text(b)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(Value::Error), _) | (_, Err(Value::Error)) => return Value::Error,
-        _ => return Value::Undefined,
+    if a.is_undefined() || b.is_undefined() {
+        return Value::Undefined;
+    }
+    let (Ok(a), Ok(b)) = (to_text(a), to_text(b)) else {
+        return Value::Error;
     };
     let ord = if ignore_case {
         a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase())

@@ -129,9 +129,8 @@ fn is_identical(a: &Value, b: &Value) -> Value {
         #[allow(clippy::float_cmp)]
         (Value::Real(x), Value::Real(y)) => x == y,
         (Value::String(x), Value::String(y)) => x == y,
-        (Value::List(_) | Value::Ad(_), _) | (_, Value::List(_) | Value::Ad(_)) => {
-            return Value::Error
-        }
+        // Two lists or two ads cannot be compared; a list against anything else is false.
+        (Value::List(_), Value::List(_)) | (Value::Ad(_), Value::Ad(_)) => return Value::Error,
         _ => false,
     })
 }
@@ -233,17 +232,19 @@ fn bitwise(op: BinaryOp, a: &Value, b: &Value) -> Value {
         return Value::Error;
     };
     let (x, y) = (*x, *y);
-    // Shift counts are taken modulo 64, as the hardware does.
-    let shift = u32::try_from(y & 63).unwrap_or(0);
+    // Shift counts are masked to 0..63 as x86 does for `<<`/`>>` on 64-bit values; negative
+    // left operands follow `Operation::doBitwise`, which shifts them by hand.
+    let mask = |n: i64| u32::try_from(n & 63).unwrap_or(0);
     Value::Integer(match op {
         BinaryOp::BitAnd => x & y,
         BinaryOp::BitOr => x | y,
         BinaryOp::BitXor => x ^ y,
-        BinaryOp::Shl => x.wrapping_shl(shift),
-        BinaryOp::Shr => x.wrapping_shr(shift),
-        BinaryOp::UShr => {
-            i64::from_ne_bytes((u64::from_ne_bytes(x.to_ne_bytes()) >> shift).to_ne_bytes())
-        }
+        BinaryOp::Shl => x.wrapping_shl(mask(y)),
+        BinaryOp::Shr if x >= 0 => x.wrapping_shr(mask(y)),
+        // One arithmetic shift per step, at most 64 steps: negative counts do nothing.
+        BinaryOp::Shr => x >> u32::try_from(y.clamp(0, 63)).unwrap_or(0),
+        BinaryOp::UShr if x >= 0 => x.wrapping_shr(mask(y)),
+        BinaryOp::UShr => ((x >> 1) & i64::MAX).wrapping_shr(mask(y.wrapping_sub(1))),
         _ => return Value::Error,
     })
 }
