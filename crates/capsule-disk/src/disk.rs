@@ -165,6 +165,7 @@ pub struct DataDisk {
     table: TableKind,
     partition: Partition,
     access: Access,
+    boot: fat::BootInfo,
 }
 
 impl std::fmt::Debug for DataDisk {
@@ -223,7 +224,19 @@ impl DataDisk {
             size: volume,
             kind: partition::PartitionType::Mbr(kind.mbr_type()),
         };
-        Self::mount(path, cache, TableKind::Mbr, partition, Access::ReadWrite)
+        let mut boot = [0u8; 512];
+        lock(&cache)
+            .and_then(|mut c| c.read_at(opts.partition_offset, &mut boot))
+            .map_err(|e| Error::io("read", path, e))?;
+        let info = fat::check_boot_sector(&boot, volume, path, opts.partition_offset)?;
+        Self::mount(
+            path,
+            cache,
+            TableKind::Mbr,
+            partition,
+            Access::ReadWrite,
+            info,
+        )
     }
 
     /// Open an existing data disk (image file or block device); the format comes from content.
@@ -258,7 +271,7 @@ impl DataDisk {
             size: info.volume_bytes.min(part.size),
             ..part
         };
-        Self::mount(path, cache, table.kind, part, opts.access)
+        Self::mount(path, cache, table.kind, part, opts.access, info)
     }
 
     fn mount(
@@ -267,6 +280,7 @@ impl DataDisk {
         table: TableKind,
         partition: Partition,
         access: Access,
+        boot: fat::BootInfo,
     ) -> Result<DataDisk, Error> {
         let io = VolumeIo::new(Arc::clone(&cache), partition.start, partition.size);
         let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new())
@@ -278,6 +292,7 @@ impl DataDisk {
             table,
             partition,
             access,
+            boot,
         })
     }
 
@@ -593,8 +608,19 @@ impl DataDisk {
     /// # Errors
     /// [`Error::Fat`] if the FAT cannot be read to count free clusters.
     pub fn info(&self) -> Result<DiskInfo, Error> {
-        let stats = self.fs.stats().map_err(self.fat_err("/"))?;
-        let cs = u64::from(stats.cluster_size());
+        let cs = u64::from(self.fs.cluster_size());
+        let start = self.partition.start;
+        let free_clusters = match self.boot.kind {
+            FatKind::Fat12 => {
+                u64::from(self.fs.stats().map_err(self.fat_err("/"))?.free_clusters())
+            }
+            _ => {
+                let mut cache = lock(&self.cache).map_err(self.fat_err("/"))?;
+                self.boot
+                    .count_free(&mut |off, buf| cache.read_at(start + off, buf))
+                    .map_err(self.fat_err("/"))?
+            }
+        };
         let container = lock(&self.cache)
             .map_err(self.fat_err("/"))?
             .backend()
@@ -606,9 +632,9 @@ impl DataDisk {
             fat: self.fs.fat_type().into(),
             label: self.fs.volume_label().trim_end().to_owned(),
             volume_id: self.fs.volume_id(),
-            cluster_size: stats.cluster_size(),
-            capacity: u64::from(stats.total_clusters()) * cs,
-            free: u64::from(stats.free_clusters()) * cs,
+            cluster_size: self.fs.cluster_size(),
+            capacity: self.boot.clusters * cs,
+            free: free_clusters * cs,
         })
     }
 

@@ -137,6 +137,49 @@ pub(crate) fn format_options(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BootInfo {
     pub(crate) volume_bytes: u64,
+    /// Byte offset of the first FAT inside the volume.
+    pub(crate) fat_offset: u64,
+    /// Number of data clusters.
+    pub(crate) clusters: u64,
+    pub(crate) kind: FatKind,
+}
+
+impl BootInfo {
+    /// Count free clusters by reading the first FAT in large chunks (much faster than one
+    /// lookup per entry). `read` takes volume-relative offsets.
+    pub(crate) fn count_free(
+        &self,
+        read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let width: u64 = match self.kind {
+            FatKind::Fat16 => 2,
+            FatKind::Fat32 => 4,
+            FatKind::Fat12 => return Err(std::io::Error::other("FAT12 is counted by fatfs")),
+        };
+        let mut free = 0u64;
+        let mut entry = 2u64;
+        let end = self.clusters + 2;
+        let mut buf = vec![0u8; 1 << 20];
+        while entry < end {
+            let n = (end - entry).min(buf.len() as u64 / width);
+            let bytes = usize::try_from(n * width).map_err(std::io::Error::other)?;
+            let chunk = buf.get_mut(..bytes).unwrap_or_default();
+            read(self.fat_offset + entry * width, chunk)?;
+            free += if width == 4 {
+                chunk
+                    .chunks_exact(4)
+                    .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3] & 0x0f]) == 0)
+                    .count() as u64
+            } else {
+                chunk
+                    .chunks_exact(2)
+                    .filter(|c| c[0] == 0 && c[1] == 0)
+                    .count() as u64
+            };
+            entry += n;
+        }
+        Ok(free)
+    }
 }
 
 /// Check the boot sector `b` of a volume that may span `part_size` bytes.
@@ -210,13 +253,41 @@ pub(crate) fn check_boot_sector(
             format!("{total} total sectors leave no room after {meta} FAT sectors"),
         ));
     }
+    let root_entries = u64::from(u16at(17));
+    let root_sectors = (root_entries * 32).div_ceil(u64::from(bps));
+    let data_sectors = u64::from(total) - meta - root_sectors.min(u64::from(total) - meta);
+    let clusters = data_sectors / u64::from(spc);
+    // The FAT type follows from the cluster count alone (Microsoft's FAT spec).
+    let kind = if clusters < 4085 {
+        FatKind::Fat12
+    } else if clusters < 65525 {
+        FatKind::Fat16
+    } else {
+        FatKind::Fat32
+    };
+    let entry_bits: u64 = match kind {
+        FatKind::Fat12 => 12,
+        FatKind::Fat16 => 16,
+        FatKind::Fat32 => 32,
+    };
+    if (clusters + 2) * entry_bits > u64::from(fat_size) * u64::from(bps) * 8 {
+        return Err(bad(
+            22,
+            format!("a FAT of {fat_size} sectors cannot map {clusters} clusters"),
+        ));
+    }
     if volume_bytes > part_size {
         return Err(bad(
             32,
             format!("volume of {volume_bytes} bytes does not fit its {part_size}-byte partition"),
         ));
     }
-    Ok(BootInfo { volume_bytes })
+    Ok(BootInfo {
+        volume_bytes,
+        fat_offset: u64::from(reserved) * u64::from(bps),
+        clusters,
+        kind,
+    })
 }
 
 #[cfg(test)]

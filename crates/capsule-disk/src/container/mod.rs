@@ -6,6 +6,7 @@
 //! `std::io`.
 
 mod raw;
+mod vmdk;
 
 use std::fmt;
 use std::fs::File;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::Error;
 
 pub(crate) use raw::RawBackend;
+pub(crate) use vmdk::VmdkBackend;
 
 /// Container formats this crate reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +86,10 @@ pub struct ContainerInfo {
     /// Backing/parent chain below this image, nearest first (empty when standalone).
     pub backing_chain: Vec<PathBuf>,
 }
+
+/// Supplies the bytes of a range that a container does not hold itself (from a parent image,
+/// or zeros), given an offset relative to the caller's extent.
+pub(crate) type FillFn<'a> = dyn FnMut(u64, &mut [u8]) -> io::Result<()> + 'a;
 
 /// Positional access to a virtual disk. Reads past the end fail; reads of unallocated areas
 /// return zeros (or the backing image's bytes).
@@ -170,7 +176,8 @@ impl Image {
     pub fn create(path: &Path, format: ImageFormat, size: u64) -> Result<Image, Error> {
         let backend: Box<dyn Backend> = match format {
             ImageFormat::Raw => Box::new(RawBackend::create(path, size)?),
-            ImageFormat::Vmdk | ImageFormat::Qcow2 => {
+            ImageFormat::Vmdk => Box::new(VmdkBackend::create(path, size)?),
+            ImageFormat::Qcow2 => {
                 return Err(Error::Unsupported {
                     path: path.to_owned(),
                     what: "image format",
@@ -307,6 +314,8 @@ pub(crate) fn open_backend(
     let mut head = [0u8; MAGIC_LEN];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io("read", path, e))?;
     let head = head.get(..got).unwrap_or_default();
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("seek", path, e))?;
     let detected = detect(head);
     let format = format.unwrap_or(detected);
     if format != detected && format != ImageFormat::Raw {
@@ -319,7 +328,8 @@ pub(crate) fn open_backend(
     }
     match format {
         ImageFormat::Raw => Ok(Box::new(RawBackend::open(path, file, access)?)),
-        ImageFormat::Vmdk | ImageFormat::Qcow2 => Err(Error::Unsupported {
+        ImageFormat::Vmdk => Ok(Box::new(VmdkBackend::open(path, file, access)?)),
+        ImageFormat::Qcow2 => Err(Error::Unsupported {
             path: path.to_owned(),
             what: "image format",
             detail: format!("{format} is not implemented yet"),

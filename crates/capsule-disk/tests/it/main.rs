@@ -9,3 +9,4 @@
 
 mod raw_fat;
 mod tools;
+mod vmdk;

@@ -1,0 +1,721 @@
+//! The hosted sparse extent (`KDMV`): header, grain directory, grain tables, grains; plain or
+//! compressed (streamOptimized). Reads, writes (appending new grains) and creation.
+//!
+//! Every number in the header is checked before it sizes an allocation or an offset: capacity,
+//! grain size, table sizes, and each table and grain offset against the file length.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::container::{is_zero, FillFn};
+use crate::Error;
+
+const SECTOR: u64 = 512;
+/// The header field value meaning "grain directory is in the footer" (streamOptimized).
+const GD_AT_END: u64 = u64::MAX;
+/// Largest virtual disk we accept: 64 TiB.
+pub(crate) const MAX_SECTORS: u64 = 1 << 37;
+/// Largest grain directory we load (2M entries, enough for 64 TiB at 32 MiB per table).
+const MAX_GD_BYTES: u64 = 16 * 1024 * 1024;
+/// Grain tables kept in memory before clean ones are dropped.
+const MAX_CACHED_GTS: usize = 4096;
+const FLAG_RGD: u32 = 1 << 1;
+const FLAG_ZEROED_GTE: u32 = 1 << 2;
+const FLAG_COMPRESSED: u32 = 1 << 16;
+
+/// Default layout for new extents (what qemu-img and VMware use).
+pub(crate) const DEFAULT_GRAIN_SECTORS: u64 = 128;
+const DEFAULT_GTES: u32 = 512;
+const DESCRIPTOR_SECTORS: u64 = 20;
+
+/// Where a grain lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grain {
+    /// Not in this extent: read the parent (or zeros).
+    Unallocated,
+    /// Explicitly zero (GTE 1 with the zeroed-grain flag).
+    Zero,
+    /// Uncompressed at this byte offset.
+    At(u64),
+    /// Compressed, with a grain marker at this byte offset.
+    Compressed(u64),
+}
+
+#[derive(Debug)]
+struct Gt {
+    entries: Vec<u32>,
+    dirty: bool,
+}
+
+/// One sparse extent file.
+#[derive(Debug)]
+pub(crate) struct SparseExtent {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    writable: bool,
+    pub(crate) capacity_sectors: u64,
+    grain_bytes: u64,
+    gtes: u32,
+    flags: u32,
+    gd: Vec<u32>,
+    rgd: Option<Vec<u32>>,
+    gd_offset: u64,
+    rgd_offset: u64,
+    gd_dirty: bool,
+    gts: HashMap<usize, Gt>,
+    /// Byte offset where the next grain or table is appended.
+    next_free: u64,
+    /// Last decompressed grain (streamOptimized reads are sequential).
+    inflated: Option<(u64, Vec<u8>)>,
+    /// The embedded descriptor (text, byte offset), if any.
+    pub(crate) descriptor: Option<(String, u64)>,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(at..at + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    if let Some(s) = b.get(at..at + 8) {
+        a.copy_from_slice(s);
+    }
+    u64::from_le_bytes(a)
+}
+
+/// Read exactly `buf.len()` bytes at `off`, zero-filling past the end of the file.
+fn read_padded(file: &File, off: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match file.read_at(rest, off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(rest) = buf.get_mut(got..) {
+        rest.fill(0);
+    }
+    Ok(())
+}
+
+impl SparseExtent {
+    /// Parse the header of an open sparse extent file.
+    pub(crate) fn open(path: &Path, file: File, writable: bool) -> Result<SparseExtent, Error> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let bad = |off: u64, d: String| Error::corrupt(path, "vmdk sparse header", off, d);
+        let mut h = [0u8; 512];
+        if file_len < SECTOR {
+            return Err(bad(
+                0,
+                format!("file is only {file_len} bytes, a header needs 512"),
+            ));
+        }
+        read_padded(&file, 0, &mut h).map_err(|e| Error::io("read", path, e))?;
+        if &h[0..4] != b"KDMV" {
+            return Err(bad(0, "missing KDMV magic".into()));
+        }
+        let mut gd_offset = le64(&h, 56);
+        let mut hdr = h;
+        if gd_offset == GD_AT_END {
+            // streamOptimized: the real header is the footer, 1024 bytes before the end.
+            let at = file_len
+                .checked_sub(1024)
+                .ok_or_else(|| bad(0, "grain directory at end but file has no footer".into()))?;
+            read_padded(&file, at, &mut hdr).map_err(|e| Error::io("read", path, e))?;
+            if &hdr[0..4] != b"KDMV" {
+                return Err(bad(at, "footer has no KDMV magic".into()));
+            }
+            gd_offset = le64(&hdr, 56);
+            if gd_offset == GD_AT_END {
+                return Err(bad(
+                    at + 56,
+                    "footer does not say where the grain directory is".into(),
+                ));
+            }
+        }
+        let version = le32(&hdr, 4);
+        if !(1..=3).contains(&version) {
+            return Err(bad(4, format!("version {version} is not 1, 2 or 3")));
+        }
+        let flags = le32(&hdr, 8);
+        let capacity = le64(&hdr, 12);
+        let grain = le64(&hdr, 20);
+        let desc_off = le64(&hdr, 28);
+        let desc_size = le64(&hdr, 36);
+        let gtes = le32(&hdr, 44);
+        let rgd_offset = le64(&hdr, 48);
+        let compress = u16::from_le_bytes([hdr[77], hdr[78]]);
+        if capacity > MAX_SECTORS {
+            return Err(bad(
+                12,
+                format!("capacity of {capacity} sectors exceeds the 64 TiB limit"),
+            ));
+        }
+        if !grain.is_power_of_two() || grain > 4096 {
+            return Err(bad(
+                20,
+                format!("grain size of {grain} sectors is not a power of two up to 4096"),
+            ));
+        }
+        if gtes == 0 || gtes > 4096 {
+            return Err(bad(
+                44,
+                format!("{gtes} entries per grain table is not 1..4096"),
+            ));
+        }
+        let compressed = flags & FLAG_COMPRESSED != 0;
+        if compressed && compress != 1 {
+            return Err(Error::Unsupported {
+                path: path.to_owned(),
+                what: "vmdk compression",
+                detail: format!("algorithm {compress} (only 1, deflate, exists)"),
+            });
+        }
+        let grain_bytes = grain * SECTOR;
+        let per_gt = grain * u64::from(gtes);
+        let gd_entries = capacity.div_ceil(per_gt);
+        let gd_bytes = gd_entries * 4;
+        if gd_bytes > MAX_GD_BYTES {
+            return Err(bad(
+                12,
+                format!("grain directory of {gd_bytes} bytes is too large"),
+            ));
+        }
+        let read_dir = |sector: u64, field: u64| -> Result<Vec<u32>, Error> {
+            let off = sector
+                .checked_mul(SECTOR)
+                .filter(|o| o.checked_add(gd_bytes).is_some_and(|e| e <= file_len))
+                .ok_or_else(|| {
+                    bad(field, format!("grain directory at sector {sector} lies past the end of the {file_len}-byte file"))
+                })?;
+            let mut raw = vec![0u8; usize::try_from(gd_bytes).unwrap_or(0)];
+            read_padded(&file, off, &mut raw).map_err(|e| Error::io("read", path, e))?;
+            Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
+        };
+        let gd = read_dir(gd_offset, 56)?;
+        let rgd = if flags & FLAG_RGD != 0 && rgd_offset != 0 && !compressed {
+            Some(read_dir(rgd_offset, 48)?)
+        } else {
+            None
+        };
+        let descriptor = if desc_off != 0 && desc_size != 0 {
+            let bytes = desc_size
+                .checked_mul(SECTOR)
+                .filter(|b| *b <= super::descriptor::MAX_DESCRIPTOR)
+                .ok_or_else(|| {
+                    bad(
+                        36,
+                        format!("embedded descriptor of {desc_size} sectors is too large"),
+                    )
+                })?;
+            let off = desc_off
+                .checked_mul(SECTOR)
+                .filter(|o| o.checked_add(bytes).is_some_and(|e| e <= file_len))
+                .ok_or_else(|| {
+                    bad(
+                        28,
+                        format!("embedded descriptor at sector {desc_off} lies past the end"),
+                    )
+                })?;
+            let mut raw = vec![0u8; usize::try_from(bytes).unwrap_or(0)];
+            read_padded(&file, off, &mut raw).map_err(|e| Error::io("read", path, e))?;
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            raw.truncate(end);
+            Some((String::from_utf8_lossy(&raw).into_owned(), off))
+        } else {
+            None
+        };
+        Ok(SparseExtent {
+            path: path.to_owned(),
+            file,
+            file_len,
+            writable: writable && !compressed,
+            capacity_sectors: capacity,
+            grain_bytes,
+            gtes,
+            flags,
+            gd,
+            rgd,
+            gd_offset,
+            rgd_offset,
+            gd_dirty: false,
+            gts: HashMap::new(),
+            next_free: file_len.div_ceil(SECTOR) * SECTOR,
+            inflated: None,
+            descriptor,
+        })
+    }
+
+    /// Create a new monolithicSparse file laid out as qemu-img does: header, embedded
+    /// descriptor, redundant and primary grain directories with preallocated (all-zero, so
+    /// sparse) grain tables, then grains. Nothing proportional to the capacity is written.
+    pub(crate) fn create(path: &Path, bytes: u64, cid: u32) -> Result<SparseExtent, Error> {
+        let invalid = |reason: String| Error::InvalidArgument {
+            what: "size",
+            value: bytes.to_string(),
+            reason,
+        };
+        if bytes % SECTOR != 0 {
+            return Err(invalid(
+                "a vmdk size must be a multiple of 512 bytes".into(),
+            ));
+        }
+        let sectors = bytes / SECTOR;
+        if sectors > MAX_SECTORS {
+            return Err(invalid("larger than the 64 TiB limit".into()));
+        }
+        let grain = DEFAULT_GRAIN_SECTORS;
+        let gtes = DEFAULT_GTES;
+        let gd_entries = sectors.div_ceil(grain * u64::from(gtes));
+        let gd_sectors = (gd_entries * 4).div_ceil(SECTOR);
+        let gt_sectors = (u64::from(gtes) * 4).div_ceil(SECTOR);
+        let rgd_offset = 1 + DESCRIPTOR_SECTORS;
+        let gd_offset = rgd_offset + gd_sectors + gd_entries * gt_sectors;
+        let end = gd_offset + gd_sectors + gd_entries * gt_sectors;
+        let overhead = end.div_ceil(grain) * grain;
+        let to_u32 = |v: u64| {
+            u32::try_from(v)
+                .map_err(|_| invalid("too large for a sparse vmdk (2 TiB of tables)".into()))
+        };
+        let mut gd = Vec::new();
+        let mut rgd = Vec::new();
+        for i in 0..gd_entries {
+            rgd.push(to_u32(rgd_offset + gd_sectors + i * gt_sectors)?);
+            gd.push(to_u32(gd_offset + gd_sectors + i * gt_sectors)?);
+        }
+        let mut h = [0u8; 512];
+        h[0..4].copy_from_slice(b"KDMV");
+        h[4..8].copy_from_slice(&1u32.to_le_bytes());
+        h[8..12].copy_from_slice(&(1 | FLAG_RGD).to_le_bytes());
+        h[12..20].copy_from_slice(&sectors.to_le_bytes());
+        h[20..28].copy_from_slice(&grain.to_le_bytes());
+        h[28..36].copy_from_slice(&1u64.to_le_bytes());
+        h[36..44].copy_from_slice(&DESCRIPTOR_SECTORS.to_le_bytes());
+        h[44..48].copy_from_slice(&gtes.to_le_bytes());
+        h[48..56].copy_from_slice(&rgd_offset.to_le_bytes());
+        h[56..64].copy_from_slice(&gd_offset.to_le_bytes());
+        h[64..72].copy_from_slice(&overhead.to_le_bytes());
+        h[73..77].copy_from_slice(b"\n \r\n");
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let desc = super::descriptor::Descriptor::render_sparse(cid, sectors, &name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        let io = |e| Error::io("write", path, e);
+        file.write_all_at(&h, 0).map_err(io)?;
+        file.write_all_at(desc.as_bytes(), SECTOR).map_err(io)?;
+        file.write_all_at(&dir_bytes(&rgd), rgd_offset * SECTOR)
+            .map_err(io)?;
+        file.write_all_at(&dir_bytes(&gd), gd_offset * SECTOR)
+            .map_err(io)?;
+        file.set_len(overhead * SECTOR).map_err(io)?;
+        Ok(SparseExtent {
+            path: path.to_owned(),
+            file,
+            file_len: overhead * SECTOR,
+            writable: true,
+            capacity_sectors: sectors,
+            grain_bytes: grain * SECTOR,
+            gtes,
+            flags: 1 | FLAG_RGD,
+            gd,
+            rgd: Some(rgd),
+            gd_offset,
+            rgd_offset,
+            gd_dirty: false,
+            gts: HashMap::new(),
+            next_free: overhead * SECTOR,
+            inflated: None,
+            descriptor: Some((desc, SECTOR)),
+        })
+    }
+
+    pub(crate) fn is_compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
+    }
+
+    fn gt_bytes(&self) -> u64 {
+        u64::from(self.gtes) * 4
+    }
+
+    fn corrupt(&self, what: &'static str, offset: u64, detail: String) -> io::Error {
+        Error::corrupt(&self.path, what, offset, detail).into_io()
+    }
+
+    /// Load grain table `gd_idx` (None when the directory entry is 0: no table yet).
+    fn gt(&mut self, gd_idx: usize) -> io::Result<Option<&mut Gt>> {
+        let Some(&sector) = self.gd.get(gd_idx) else {
+            return Err(self.corrupt(
+                "grain directory",
+                self.gd_offset * SECTOR,
+                format!("no entry {gd_idx}"),
+            ));
+        };
+        if sector == 0 {
+            return Ok(None);
+        }
+        if !self.gts.contains_key(&gd_idx) {
+            if self.gts.len() >= MAX_CACHED_GTS {
+                self.gts.retain(|_, gt| gt.dirty);
+            }
+            let off = u64::from(sector) * SECTOR;
+            let len = self.gt_bytes();
+            if off
+                .checked_add(len)
+                .is_none_or(|e| e > self.file_len.max(self.next_free))
+            {
+                return Err(self.corrupt(
+                    "grain directory entry",
+                    self.gd_offset * SECTOR + gd_idx as u64 * 4,
+                    format!(
+                        "grain table at sector {sector} lies past the end of the {}-byte file",
+                        self.file_len
+                    ),
+                ));
+            }
+            let mut raw = vec![0u8; usize::try_from(len).unwrap_or(0)];
+            read_padded(&self.file, off, &mut raw)?;
+            let entries = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+            self.gts.insert(
+                gd_idx,
+                Gt {
+                    entries,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.gts.get_mut(&gd_idx))
+    }
+
+    fn lookup(&mut self, grain: u64) -> io::Result<Grain> {
+        let gtes = u64::from(self.gtes);
+        let (gd_idx, gt_idx) = (
+            usize::try_from(grain / gtes).map_err(io::Error::other)?,
+            usize::try_from(grain % gtes).map_err(io::Error::other)?,
+        );
+        let zeroed_ok = self.flags & FLAG_ZEROED_GTE != 0;
+        let compressed = self.is_compressed();
+        let file_end = self.file_len.max(self.next_free);
+        let gd_sector = self.gd.get(gd_idx).copied().unwrap_or(0);
+        let Some(gt) = self.gt(gd_idx)? else {
+            return Ok(Grain::Unallocated);
+        };
+        let entry = gt.entries.get(gt_idx).copied().unwrap_or(0);
+        match entry {
+            0 => Ok(Grain::Unallocated),
+            1 if zeroed_ok => Ok(Grain::Zero),
+            s => {
+                let off = u64::from(s) * SECTOR;
+                if off >= file_end {
+                    return Err(self.corrupt(
+                        "grain table entry",
+                        u64::from(gd_sector) * SECTOR + gt_idx as u64 * 4,
+                        format!("grain {grain} at sector {s} lies past the end of the {file_end}-byte file"),
+                    ));
+                }
+                Ok(if compressed {
+                    Grain::Compressed(off)
+                } else {
+                    Grain::At(off)
+                })
+            }
+        }
+    }
+
+    /// Decompress the grain whose marker is at `off` into the one-grain cache.
+    fn inflate(&mut self, grain: u64, off: u64) -> io::Result<&[u8]> {
+        if self.inflated.as_ref().is_none_or(|(g, _)| *g != grain) {
+            let mut marker = [0u8; 12];
+            read_padded(&self.file, off, &mut marker)?;
+            let size = u64::from(le32(&marker, 8));
+            let limit = self.grain_bytes * 2 + 4096;
+            if size == 0 || size > limit || off + 12 + size > self.file_len {
+                return Err(self.corrupt(
+                    "vmdk grain marker",
+                    off,
+                    format!(
+                        "compressed size {size} is 0, above {limit}, or past the end of the file"
+                    ),
+                ));
+            }
+            let mut packed = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
+            read_padded(&self.file, off + 12, &mut packed)?;
+            let mut out =
+                Vec::with_capacity(usize::try_from(self.grain_bytes).map_err(io::Error::other)?);
+            flate2::read::ZlibDecoder::new(&packed[..])
+                .take(self.grain_bytes)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    self.corrupt(
+                        "vmdk compressed grain",
+                        off,
+                        format!("deflate stream is bad: {e}"),
+                    )
+                })?;
+            out.resize(
+                usize::try_from(self.grain_bytes).map_err(io::Error::other)?,
+                0,
+            );
+            self.inflated = Some((grain, out));
+        }
+        Ok(self
+            .inflated
+            .as_ref()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default())
+    }
+
+    /// Read `buf` at byte `off` of this extent; unallocated ranges are filled by `fill`
+    /// (the parent disk, or zeros) with extent-relative offsets.
+    pub(crate) fn read_at(
+        &mut self,
+        off: u64,
+        buf: &mut [u8],
+        fill: &mut FillFn<'_>,
+    ) -> io::Result<()> {
+        let gb = self.grain_bytes;
+        let mut done = 0usize;
+        // A run of contiguous allocated grains is read with one call.
+        let mut run: Option<(u64, usize, usize)> = None; // (file offset, buf start, len)
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let grain = pos / gb;
+            let in_grain = pos % gb;
+            let n = usize::try_from((gb - in_grain).min((buf.len() - done) as u64))
+                .map_err(io::Error::other)?;
+            let loc = self.lookup(grain)?;
+            if let Grain::At(g) = loc {
+                let foff = g + in_grain;
+                match &mut run {
+                    Some((ro, _, rl)) if *ro + *rl as u64 == foff => *rl += n,
+                    _ => {
+                        if let Some((ro, rs, rl)) = run.take() {
+                            read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+                        }
+                        run = Some((foff, done, n));
+                    }
+                }
+            } else {
+                if let Some((ro, rs, rl)) = run.take() {
+                    read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+                }
+                let dst = &mut buf[done..done + n];
+                match loc {
+                    Grain::Unallocated => fill(pos, dst)?,
+                    Grain::Zero => dst.fill(0),
+                    Grain::Compressed(g) => {
+                        let data = self.inflate(grain, g)?;
+                        let s = usize::try_from(in_grain).map_err(io::Error::other)?;
+                        dst.copy_from_slice(data.get(s..s + n).unwrap_or_default());
+                    }
+                    Grain::At(_) => {}
+                }
+            }
+            done += n;
+        }
+        if let Some((ro, rs, rl)) = run {
+            read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+        }
+        Ok(())
+    }
+
+    /// Append a new grain (and its grain table if the directory has none) for `grain`.
+    fn alloc_grain(&mut self, grain: u64) -> io::Result<u64> {
+        let gtes = u64::from(self.gtes);
+        let gd_idx = usize::try_from(grain / gtes).map_err(io::Error::other)?;
+        let gt_idx = usize::try_from(grain % gtes).map_err(io::Error::other)?;
+        if self.gd.get(gd_idx).copied() == Some(0) {
+            let gt_len = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+            let at = self.take_space(gt_len)?;
+            if let Some(slot) = self.gd.get_mut(gd_idx) {
+                *slot = at;
+            }
+            if self.rgd.is_some() {
+                let rat = self.take_space(gt_len)?;
+                if let Some(slot) = self.rgd.as_mut().and_then(|r| r.get_mut(gd_idx)) {
+                    *slot = rat;
+                }
+            }
+            self.gd_dirty = true;
+            let entries = vec![0u32; usize::try_from(self.gtes).map_err(io::Error::other)?];
+            self.gts.insert(
+                gd_idx,
+                Gt {
+                    entries,
+                    dirty: true,
+                },
+            );
+        }
+        let sector = self.take_space(self.grain_bytes)?;
+        let gt = self
+            .gt(gd_idx)?
+            .ok_or_else(|| io::Error::other("grain table vanished"))?;
+        if let Some(e) = gt.entries.get_mut(gt_idx) {
+            *e = sector;
+        }
+        gt.dirty = true;
+        Ok(u64::from(sector) * SECTOR)
+    }
+
+    /// Reserve `len` bytes at the end of the file; returns the start sector.
+    fn take_space(&mut self, len: u64) -> io::Result<u32> {
+        let sector = u32::try_from(self.next_free / SECTOR).map_err(|_| {
+            self.corrupt(
+                "vmdk extent",
+                self.next_free,
+                "file would exceed the 2 TiB sparse limit".into(),
+            )
+        })?;
+        self.next_free += len;
+        Ok(sector)
+    }
+
+    /// Write `buf` at byte `off` of this extent. `parent` supplies the old content of a grain
+    /// that is only partly overwritten (None: the extent has no parent, old content is zeros).
+    pub(crate) fn write_at(
+        &mut self,
+        off: u64,
+        buf: &[u8],
+        parent: Option<&mut FillFn<'_>>,
+    ) -> io::Result<()> {
+        if !self.writable {
+            let why = if self.is_compressed() {
+                "a streamOptimized extent is read-only"
+            } else {
+                "opened read-only"
+            };
+            return Err(Error::ReadOnly {
+                path: self.path.clone(),
+            }
+            .into_io())
+            .map_err(|e| io::Error::new(e.kind(), format!("{e}: {why}")));
+        }
+        let mut parent = parent;
+        let gb = self.grain_bytes;
+        let mut done = 0usize;
+        let mut run: Option<(u64, usize, usize)> = None;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let grain = pos / gb;
+            let in_grain = pos % gb;
+            let n = usize::try_from((gb - in_grain).min((buf.len() - done) as u64))
+                .map_err(io::Error::other)?;
+            let src = &buf[done..done + n];
+            let loc = self.lookup(grain)?;
+            let target = match loc {
+                Grain::At(g) => Some(g + in_grain),
+                Grain::Compressed(_) => {
+                    return Err(io::Error::other("cannot write a compressed grain"))
+                }
+                Grain::Unallocated if parent.is_none() && is_zero(src) => None,
+                Grain::Zero if is_zero(src) => None,
+                Grain::Unallocated | Grain::Zero => {
+                    let g = self.alloc_grain(grain)?;
+                    let whole = n as u64 == gb;
+                    match (&mut parent, loc, whole) {
+                        (Some(p), Grain::Unallocated, false) => {
+                            // Copy-on-write: old content from the parent, new bytes on top.
+                            let mut full =
+                                vec![0u8; usize::try_from(gb).map_err(io::Error::other)?];
+                            p(grain * gb, &mut full)?;
+                            let s = usize::try_from(in_grain).map_err(io::Error::other)?;
+                            full[s..s + n].copy_from_slice(src);
+                            self.flush_run(&mut run, buf)?;
+                            self.file.write_all_at(&full, g)?;
+                            done += n;
+                            continue;
+                        }
+                        _ => Some(g + in_grain),
+                    }
+                }
+            };
+            match (target, &mut run) {
+                (Some(t), Some((ro, _, rl))) if *ro + *rl as u64 == t => *rl += n,
+                (Some(t), _) => {
+                    self.flush_run(&mut run, buf)?;
+                    run = Some((t, done, n));
+                }
+                (None, _) => self.flush_run(&mut run, buf)?,
+            }
+            done += n;
+        }
+        self.flush_run(&mut run, buf)
+    }
+
+    fn flush_run(&mut self, run: &mut Option<(u64, usize, usize)>, buf: &[u8]) -> io::Result<()> {
+        if let Some((ro, rs, rl)) = run.take() {
+            self.file.write_all_at(&buf[rs..rs + rl], ro)?;
+            self.file_len = self.file_len.max(ro + rl as u64);
+        }
+        Ok(())
+    }
+
+    /// Write dirty grain tables (both copies) and directories; extend the file over the last
+    /// grain so its unwritten tail reads as zeros.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        let mut dirty: Vec<usize> = self
+            .gts
+            .iter()
+            .filter(|(_, g)| g.dirty)
+            .map(|(&i, _)| i)
+            .collect();
+        dirty.sort_unstable();
+        for idx in dirty {
+            let Some(gt) = self.gts.get_mut(&idx) else {
+                continue;
+            };
+            let bytes = dir_bytes(&gt.entries);
+            gt.dirty = false;
+            if let Some(&s) = self.gd.get(idx) {
+                self.file.write_all_at(&bytes, u64::from(s) * SECTOR)?;
+            }
+            if let Some(&s) = self.rgd.as_ref().and_then(|r| r.get(idx)) {
+                self.file.write_all_at(&bytes, u64::from(s) * SECTOR)?;
+            }
+        }
+        if self.gd_dirty {
+            self.file
+                .write_all_at(&dir_bytes(&self.gd), self.gd_offset * SECTOR)?;
+            if let Some(rgd) = &self.rgd {
+                self.file
+                    .write_all_at(&dir_bytes(rgd), self.rgd_offset * SECTOR)?;
+            }
+            self.gd_dirty = false;
+        }
+        if self.next_free > self.file_len {
+            self.file.set_len(self.next_free)?;
+            self.file_len = self.next_free;
+        }
+        Ok(())
+    }
+}
+
+fn dir_bytes(entries: &[u32]) -> Vec<u8> {
+    entries.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
