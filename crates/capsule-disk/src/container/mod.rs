@@ -5,6 +5,7 @@
 //! virtual disk); [`Image`] adds a cursor on top so the rest of the crate and callers can use
 //! `std::io`.
 
+mod qcow2;
 mod raw;
 mod vmdk;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
+pub(crate) use qcow2::Qcow2Backend;
 pub(crate) use raw::RawBackend;
 pub(crate) use vmdk::VmdkBackend;
 
@@ -177,13 +179,7 @@ impl Image {
         let backend: Box<dyn Backend> = match format {
             ImageFormat::Raw => Box::new(RawBackend::create(path, size)?),
             ImageFormat::Vmdk => Box::new(VmdkBackend::create(path, size)?),
-            ImageFormat::Qcow2 => {
-                return Err(Error::Unsupported {
-                    path: path.to_owned(),
-                    what: "image format",
-                    detail: format!("creating {format} images is not implemented yet"),
-                })
-            }
+            ImageFormat::Qcow2 => Box::new(Qcow2Backend::create(path, size)?),
         };
         Ok(Image { backend, pos: 0 })
     }
@@ -310,6 +306,16 @@ pub(crate) fn open_backend(
     access: Access,
     format: Option<ImageFormat>,
 ) -> Result<Box<dyn Backend>, Error> {
+    open_backend_at_depth(path, access, format, 0)
+}
+
+/// As [`open_backend`], for a backing file `depth` levels below the top image.
+pub(crate) fn open_backend_at_depth(
+    path: &Path,
+    access: Access,
+    format: Option<ImageFormat>,
+    depth: usize,
+) -> Result<Box<dyn Backend>, Error> {
     let mut file = open_file(path, access)?;
     let mut head = [0u8; MAGIC_LEN];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io("read", path, e))?;
@@ -329,11 +335,7 @@ pub(crate) fn open_backend(
     match format {
         ImageFormat::Raw => Ok(Box::new(RawBackend::open(path, file, access)?)),
         ImageFormat::Vmdk => Ok(Box::new(VmdkBackend::open(path, file, access)?)),
-        ImageFormat::Qcow2 => Err(Error::Unsupported {
-            path: path.to_owned(),
-            what: "image format",
-            detail: format!("{format} is not implemented yet"),
-        }),
+        ImageFormat::Qcow2 => Ok(Box::new(Qcow2Backend::open(path, file, access, depth)?)),
     }
 }
 

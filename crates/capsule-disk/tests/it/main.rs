@@ -7,6 +7,7 @@
     clippy::cast_possible_wrap
 )]
 
+mod qcow2;
 mod raw_fat;
 mod tools;
 mod vmdk;

@@ -1,0 +1,710 @@
+//! qcow2 (v2 and v3): read, create, write, with a read-only backing file.
+//!
+//! New data clusters, L2 tables and refcount blocks are appended at the end of the file, so
+//! creating a disk and filling it costs O(data). Refcounts of new clusters are written on
+//! flush; `qemu-img check` must find no errors and no leaks. Images with internal snapshots,
+//! compressed clusters to be overwritten, or refcount widths other than 16 bits are read-only.
+
+mod header;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{is_zero, Access, Backend, ContainerInfo, ImageFormat};
+use crate::Error;
+use header::Header;
+
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+const COPIED: u64 = 1 << 63;
+const COMPRESSED: u64 = 1 << 62;
+const ZERO: u64 = 1;
+/// Longest backing chain we follow.
+const MAX_CHAIN: usize = 16;
+/// Bytes of L2 tables kept in memory.
+const L2_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest refcount table we load.
+const MAX_REFTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    Unallocated,
+    /// Reads as zeros; `Some` if a cluster is preallocated for it.
+    Zero(Option<u64>),
+    Data(u64),
+    Compressed(u64, u64),
+}
+
+#[derive(Debug)]
+struct L2 {
+    entries: Vec<u64>,
+    dirty: bool,
+}
+
+/// A qcow2 image.
+#[derive(Debug)]
+pub(crate) struct Qcow2Backend {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    /// Why writes are refused, if they are.
+    read_only: Option<String>,
+    h: Header,
+    l1: Vec<u64>,
+    l1_dirty: bool,
+    l2: HashMap<u64, L2>,
+    l2_order: VecDeque<u64>,
+    next_free: u64,
+    new_clusters: Vec<u64>,
+    backing: Option<Box<dyn Backend>>,
+    inflated: Option<(u64, Vec<u8>)>,
+}
+
+fn read_padded(file: &File, off: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf[got..].fill(0);
+    Ok(())
+}
+
+fn be_entries(raw: &[u8]) -> Vec<u64> {
+    raw.chunks_exact(8)
+        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+fn be_bytes(entries: &[u64]) -> Vec<u8> {
+    entries.iter().flat_map(|e| e.to_be_bytes()).collect()
+}
+
+impl Qcow2Backend {
+    /// Create a new, empty qcow2 v3 image of `size` bytes with 64 KiB clusters.
+    pub(crate) fn create(path: &Path, size: u64) -> Result<Self, Error> {
+        if size > header::MAX_SIZE {
+            return Err(Error::InvalidArgument {
+                what: "size",
+                value: size.to_string(),
+                reason: "larger than the 64 TiB limit".to_owned(),
+            });
+        }
+        let cluster_bits = 16u32;
+        let cs = 1u64 << cluster_bits;
+        let l1_size = size.div_ceil(cs * (cs / 8)).max(1);
+        let l1_clusters = (l1_size * 8).div_ceil(cs);
+        let h = Header {
+            version: 3,
+            cluster_bits,
+            size,
+            l1_size: u32::try_from(l1_size).map_err(|_| Error::InvalidArgument {
+                what: "size",
+                value: size.to_string(),
+                reason: "too large".to_owned(),
+            })?,
+            l1_offset: 3 * cs,
+            refcount_table_offset: cs,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            incompatible: 0,
+            refcount_order: 4,
+            backing_file: None,
+            backing_format: None,
+            zstd: false,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io("create", path, e))?;
+        let io = |e| Error::io("write", path, e);
+        let end = 3 + l1_clusters;
+        file.write_all_at(&h.encode_v3(), 0).map_err(io)?;
+        file.write_all_at(&(2 * cs).to_be_bytes(), cs).map_err(io)?;
+        let block: Vec<u8> = (0..end).flat_map(|_| 1u16.to_be_bytes()).collect();
+        file.write_all_at(&block, 2 * cs).map_err(io)?;
+        file.set_len(end * cs).map_err(io)?;
+        Ok(Qcow2Backend {
+            path: path.to_owned(),
+            file,
+            file_len: end * cs,
+            read_only: None,
+            l1: vec![0; usize::try_from(l1_size).unwrap_or(0)],
+            l1_dirty: false,
+            h,
+            l2: HashMap::new(),
+            l2_order: VecDeque::new(),
+            next_free: end * cs,
+            new_clusters: Vec::new(),
+            backing: None,
+            inflated: None,
+        })
+    }
+
+    /// Open an existing image; backing files are opened read-only (format from the header
+    /// extension, else detected), up to [`MAX_CHAIN`] deep.
+    pub(crate) fn open(
+        path: &Path,
+        file: File,
+        access: Access,
+        depth: usize,
+    ) -> Result<Self, Error> {
+        if depth > MAX_CHAIN {
+            return Err(Error::LimitExceeded {
+                path: path.display().to_string(),
+                what: "qcow2 backing chain length",
+                limit: MAX_CHAIN as u64,
+            });
+        }
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let h = Header::read(path, &file, file_len)?;
+        let cs = h.cluster_size();
+        let mut raw = vec![0u8; usize::try_from(u64::from(h.l1_size) * 8).unwrap_or(0)];
+        read_padded(&file, h.l1_offset, &mut raw)
+            .map_err(|e| Error::io("read the L1 table of", path, e))?;
+        let l1 = be_entries(&raw);
+        let read_only = if access == Access::ReadOnly {
+            Some("opened read-only".to_owned())
+        } else if h.nb_snapshots != 0 {
+            Some(format!("it has {} internal snapshots", h.nb_snapshots))
+        } else if h.refcount_order != 4 {
+            Some(format!(
+                "refcount width {} bits is not 16",
+                1u32 << h.refcount_order
+            ))
+        } else if h.incompatible & header::INCOMPAT_CORRUPT != 0 {
+            Some("it is marked corrupt; run qemu-img check -r all".to_owned())
+        } else {
+            None
+        };
+        let backing = match &h.backing_file {
+            Some(name) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let bpath = if Path::new(name).is_absolute() {
+                    PathBuf::from(name)
+                } else {
+                    dir.join(name)
+                };
+                let format = match h.backing_format.as_deref() {
+                    Some("raw") => Some(ImageFormat::Raw),
+                    Some("qcow2") => Some(ImageFormat::Qcow2),
+                    Some("vmdk") => Some(ImageFormat::Vmdk),
+                    _ => None,
+                };
+                Some(super::open_backend_at_depth(
+                    &bpath,
+                    Access::ReadOnly,
+                    format,
+                    depth + 1,
+                )?)
+            }
+            None => None,
+        };
+        Ok(Qcow2Backend {
+            path: path.to_owned(),
+            file,
+            file_len,
+            read_only,
+            l1,
+            l1_dirty: false,
+            l2: HashMap::new(),
+            l2_order: VecDeque::new(),
+            next_free: file_len.div_ceil(cs) * cs,
+            new_clusters: Vec::new(),
+            backing,
+            inflated: None,
+            h,
+        })
+    }
+
+    fn cs(&self) -> u64 {
+        self.h.cluster_size()
+    }
+
+    fn corrupt(&self, what: &'static str, off: u64, d: String) -> io::Error {
+        Error::corrupt(&self.path, what, off, d).into_io()
+    }
+
+    fn file_end(&self) -> u64 {
+        self.file_len.max(self.next_free)
+    }
+
+    /// The L2 table for L1 index `i`, loading it (None if not allocated).
+    fn l2(&mut self, i: u64) -> io::Result<Option<&mut L2>> {
+        let idx = usize::try_from(i).map_err(io::Error::other)?;
+        let Some(&e) = self.l1.get(idx) else {
+            return Err(self.corrupt("qcow2 L1 table", self.h.l1_offset, format!("no entry {i}")));
+        };
+        let off = e & OFFSET_MASK;
+        if off == 0 {
+            return Ok(None);
+        }
+        if !self.l2.contains_key(&i) {
+            let cs = self.cs();
+            if off % cs != 0 || off + cs > self.file_end() {
+                return Err(self.corrupt(
+                    "qcow2 L1 entry",
+                    self.h.l1_offset + i * 8,
+                    format!(
+                        "L2 table at {off} is unaligned or past the end of the {}-byte file",
+                        self.file_end()
+                    ),
+                ));
+            }
+            self.evict_l2()?;
+            let mut raw = vec![0u8; usize::try_from(cs).map_err(io::Error::other)?];
+            read_padded(&self.file, off, &mut raw)?;
+            self.l2.insert(
+                i,
+                L2 {
+                    entries: be_entries(&raw),
+                    dirty: false,
+                },
+            );
+            self.l2_order.push_back(i);
+        }
+        Ok(self.l2.get_mut(&i))
+    }
+
+    fn evict_l2(&mut self) -> io::Result<()> {
+        let max = usize::try_from((L2_CACHE_BYTES / self.cs()).max(2)).unwrap_or(2);
+        while self.l2.len() >= max {
+            let Some(i) = self.l2_order.pop_front() else {
+                break;
+            };
+            if let Some(t) = self.l2.remove(&i) {
+                if t.dirty {
+                    self.write_l2(i, &t.entries)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_l2(&self, i: u64, entries: &[u64]) -> io::Result<()> {
+        let off = self
+            .l1
+            .get(usize::try_from(i).map_err(io::Error::other)?)
+            .copied()
+            .unwrap_or(0)
+            & OFFSET_MASK;
+        if off == 0 {
+            return Err(io::Error::other("dirty L2 table without an L1 entry"));
+        }
+        self.file.write_all_at(&be_bytes(entries), off)
+    }
+
+    fn lookup(&mut self, vcluster: u64) -> io::Result<Loc> {
+        let per = self.h.l2_entries();
+        let (i, j) = (
+            vcluster / per,
+            usize::try_from(vcluster % per).map_err(io::Error::other)?,
+        );
+        let v3 = self.h.version >= 3;
+        let cb = self.h.cluster_bits;
+        let cs = self.cs();
+        let end = self.file_end();
+        let l1_off = self
+            .l1
+            .get(usize::try_from(i).map_err(io::Error::other)?)
+            .copied()
+            .unwrap_or(0)
+            & OFFSET_MASK;
+        let Some(t) = self.l2(i)? else {
+            return Ok(Loc::Unallocated);
+        };
+        let e = t.entries.get(j).copied().unwrap_or(0);
+        let at = l1_off + j as u64 * 8;
+        if e & COMPRESSED != 0 {
+            let x = 62 - (cb - 8);
+            let off = e & ((1u64 << x) - 1);
+            let sectors = (e >> x) & ((1u64 << (cb - 8)) - 1);
+            let len = (sectors + 1) * 512 - (off & 511);
+            if off >= end {
+                return Err(self.corrupt(
+                    "qcow2 L2 entry",
+                    at,
+                    format!("compressed cluster at {off} lies past the end"),
+                ));
+            }
+            return Ok(Loc::Compressed(off, len.min(2 * cs)));
+        }
+        let off = e & OFFSET_MASK;
+        if v3 && e & ZERO != 0 {
+            return Ok(Loc::Zero((off != 0).then_some(off)));
+        }
+        if off == 0 {
+            return Ok(Loc::Unallocated);
+        }
+        if off % cs != 0 || off >= end {
+            return Err(self.corrupt(
+                "qcow2 L2 entry",
+                at,
+                format!(
+                    "data cluster at {off} is unaligned or past the end of the {end}-byte file"
+                ),
+            ));
+        }
+        if e & COPIED == 0 && self.read_only.is_none() {
+            self.read_only = Some("it has shared (snapshot) clusters".to_owned());
+        }
+        Ok(Loc::Data(off))
+    }
+
+    fn inflate(&mut self, vcluster: u64, off: u64, len: u64) -> io::Result<&[u8]> {
+        if self.inflated.as_ref().is_none_or(|(c, _)| *c != vcluster) {
+            if self.h.zstd {
+                return Err(Error::Unsupported {
+                    path: self.path.clone(),
+                    what: "qcow2 compression",
+                    detail: "zstd-compressed clusters; hint: qemu-img convert -O qcow2 without -c"
+                        .into(),
+                }
+                .into_io());
+            }
+            let mut packed = vec![0u8; usize::try_from(len).map_err(io::Error::other)?];
+            read_padded(&self.file, off, &mut packed)?;
+            let cs = self.cs();
+            let mut out = Vec::with_capacity(usize::try_from(cs).map_err(io::Error::other)?);
+            // Raw deflate, and the stream may end early: the rest of the cluster is zeros.
+            let r = flate2::read::DeflateDecoder::new(&packed[..])
+                .take(cs)
+                .read_to_end(&mut out);
+            if r.is_err() && out.is_empty() {
+                return Err(self.corrupt(
+                    "qcow2 compressed cluster",
+                    off,
+                    "deflate stream is bad".into(),
+                ));
+            }
+            out.resize(usize::try_from(cs).map_err(io::Error::other)?, 0);
+            self.inflated = Some((vcluster, out));
+        }
+        Ok(self
+            .inflated
+            .as_ref()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default())
+    }
+
+    fn fill_backing(&mut self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        match &mut self.backing {
+            Some(b) => {
+                let avail = usize::try_from(b.virtual_size().saturating_sub(off))
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let (head, tail) = buf.split_at_mut(avail);
+                if !head.is_empty() {
+                    b.read_at(off, head)?;
+                }
+                tail.fill(0);
+            }
+            None => buf.fill(0),
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self) -> u64 {
+        let off = self.next_free;
+        self.next_free += self.cs();
+        self.new_clusters.push(off / self.cs());
+        off
+    }
+
+    /// Point virtual cluster `vcluster` at a new host cluster (allocating its L2 table too).
+    fn map_new(&mut self, vcluster: u64, reuse: Option<u64>) -> io::Result<u64> {
+        let per = self.h.l2_entries();
+        let (i, j) = (
+            vcluster / per,
+            usize::try_from(vcluster % per).map_err(io::Error::other)?,
+        );
+        let idx = usize::try_from(i).map_err(io::Error::other)?;
+        let l1e = self.l1.get(idx).copied().unwrap_or(0);
+        if l1e & OFFSET_MASK == 0 {
+            let off = self.alloc();
+            if let Some(slot) = self.l1.get_mut(idx) {
+                *slot = off | COPIED;
+            }
+            self.l1_dirty = true;
+            self.evict_l2()?;
+            let n = usize::try_from(per).map_err(io::Error::other)?;
+            self.l2.insert(
+                i,
+                L2 {
+                    entries: vec![0; n],
+                    dirty: true,
+                },
+            );
+            self.l2_order.push_back(i);
+        } else if l1e & COPIED == 0 {
+            return Err(self.refuse("its L2 table is shared with a snapshot"));
+        }
+        let data = match reuse {
+            Some(off) => off,
+            None => self.alloc(),
+        };
+        let t = self
+            .l2(i)?
+            .ok_or_else(|| io::Error::other("L2 table vanished"))?;
+        if let Some(e) = t.entries.get_mut(j) {
+            *e = data | COPIED;
+        }
+        t.dirty = true;
+        Ok(data)
+    }
+
+    fn refuse(&self, why: &str) -> io::Error {
+        Error::Unsupported {
+            path: self.path.clone(),
+            what: "qcow2 write",
+            detail: format!("image is read-only here: {why}"),
+        }
+        .into_io()
+    }
+
+    /// Write refcount 1 for every cluster allocated since the last flush, allocating refcount
+    /// blocks as needed (a new block can need an entry in itself or in another new block).
+    fn write_refcounts(&mut self) -> io::Result<()> {
+        if self.new_clusters.is_empty() {
+            return Ok(());
+        }
+        let cs = self.cs();
+        let rt_bytes = u64::from(self.h.refcount_table_clusters) * cs;
+        if rt_bytes > MAX_REFTABLE_BYTES {
+            return Err(self.refuse("refcount table too large"));
+        }
+        let mut raw = vec![0u8; usize::try_from(rt_bytes).map_err(io::Error::other)?];
+        read_padded(&self.file, self.h.refcount_table_offset, &mut raw)?;
+        let mut rt = be_entries(&raw);
+        let mut rt_dirty = false;
+        let per_block = cs / 2;
+        let mut blocks: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut pending = std::mem::take(&mut self.new_clusters);
+        while let Some(c) = pending.pop() {
+            let bi = c / per_block;
+            let slot = usize::try_from(bi).map_err(io::Error::other)?;
+            let Some(&boff) = rt.get(slot) else {
+                return Err(self.refuse("the refcount table is full (image too large for it)"));
+            };
+            if let std::collections::hash_map::Entry::Vacant(v) = blocks.entry(bi) {
+                let mut block = vec![0u8; usize::try_from(cs).map_err(io::Error::other)?];
+                if boff & OFFSET_MASK == 0 {
+                    // A new block, which itself needs a refcount (queued).
+                    let nb = self.next_free;
+                    self.next_free += cs;
+                    rt[slot] = nb;
+                    rt_dirty = true;
+                    pending.push(nb / cs);
+                } else {
+                    read_padded(&self.file, boff & OFFSET_MASK, &mut block)?;
+                }
+                v.insert(block);
+            }
+            let at = usize::try_from((c % per_block) * 2).map_err(io::Error::other)?;
+            if let Some(b) = blocks.get_mut(&bi).and_then(|b| b.get_mut(at..at + 2)) {
+                b.copy_from_slice(&1u16.to_be_bytes());
+            }
+        }
+        for (bi, block) in &blocks {
+            let off = rt
+                .get(usize::try_from(*bi).map_err(io::Error::other)?)
+                .copied()
+                .unwrap_or(0)
+                & OFFSET_MASK;
+            self.file.write_all_at(block, off)?;
+        }
+        if rt_dirty {
+            self.file
+                .write_all_at(&be_bytes(&rt), self.h.refcount_table_offset)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Qcow2Backend {
+    fn virtual_size(&self) -> u64 {
+        self.h.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let cs = self.cs();
+        let mut done = 0usize;
+        let mut run: Option<(u64, usize, usize)> = None;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let vc = pos / cs;
+            let inc = pos % cs;
+            let n = usize::try_from((cs - inc).min((buf.len() - done) as u64))
+                .map_err(io::Error::other)?;
+            let loc = self.lookup(vc)?;
+            if let Loc::Data(h) = loc {
+                match &mut run {
+                    Some((ro, _, rl)) if *ro + *rl as u64 == h + inc => *rl += n,
+                    _ => {
+                        if let Some((ro, rs, rl)) = run.take() {
+                            read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+                        }
+                        run = Some((h + inc, done, n));
+                    }
+                }
+                done += n;
+                continue;
+            }
+            if let Some((ro, rs, rl)) = run.take() {
+                read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+            }
+            match loc {
+                Loc::Unallocated => self.fill_backing(pos, &mut buf[done..done + n])?,
+                Loc::Zero(_) => buf[done..done + n].fill(0),
+                Loc::Compressed(off, len) => {
+                    let data = self.inflate(vc, off, len)?;
+                    let s = usize::try_from(inc).map_err(io::Error::other)?;
+                    let src = data.get(s..s + n).unwrap_or_default().to_vec();
+                    buf[done..done + n].copy_from_slice(&src);
+                }
+                Loc::Data(_) => {}
+            }
+            done += n;
+        }
+        if let Some((ro, rs, rl)) = run {
+            read_padded(&self.file, ro, &mut buf[rs..rs + rl])?;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if let Some(why) = &self.read_only {
+            if why == "opened read-only" {
+                return Err(Error::ReadOnly {
+                    path: self.path.clone(),
+                }
+                .into_io());
+            }
+            return Err(self.refuse(why));
+        }
+        let cs = self.cs();
+        let has_backing = self.backing.is_some();
+        let mut done = 0usize;
+        let mut run: Option<(u64, usize, usize)> = None;
+        let flush = |run: &mut Option<(u64, usize, usize)>, file: &File| -> io::Result<()> {
+            if let Some((ro, rs, rl)) = run.take() {
+                file.write_all_at(&buf[rs..rs + rl], ro)?;
+            }
+            Ok(())
+        };
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let vc = pos / cs;
+            let inc = pos % cs;
+            let n = usize::try_from((cs - inc).min((buf.len() - done) as u64))
+                .map_err(io::Error::other)?;
+            let src = &buf[done..done + n];
+            let whole = n as u64 == cs;
+            let target = match self.lookup(vc)? {
+                Loc::Data(h) => {
+                    if let Some(why) = &self.read_only {
+                        return Err(self.refuse(why));
+                    }
+                    Some(h + inc)
+                }
+                Loc::Compressed(..) => {
+                    return Err(self.refuse("overwriting compressed clusters is not supported"))
+                }
+                Loc::Unallocated if !has_backing && is_zero(src) => None,
+                Loc::Zero(_) if is_zero(src) => None,
+                loc => {
+                    let reuse = match loc {
+                        Loc::Zero(r) => r,
+                        _ => None,
+                    };
+                    let needs_base =
+                        !whole && (has_backing && loc == Loc::Unallocated || reuse.is_some());
+                    let h = self.map_new(vc, reuse)?;
+                    if needs_base {
+                        let mut full = vec![0u8; usize::try_from(cs).map_err(io::Error::other)?];
+                        if loc == Loc::Unallocated {
+                            self.fill_backing(vc * cs, &mut full)?;
+                        }
+                        let s = usize::try_from(inc).map_err(io::Error::other)?;
+                        full[s..s + n].copy_from_slice(src);
+                        flush(&mut run, &self.file)?;
+                        self.file.write_all_at(&full, h)?;
+                        done += n;
+                        continue;
+                    }
+                    Some(h + inc)
+                }
+            };
+            match (target, &mut run) {
+                (Some(t), Some((ro, _, rl))) if *ro + *rl as u64 == t => *rl += n,
+                (Some(t), _) => {
+                    flush(&mut run, &self.file)?;
+                    run = Some((t, done, n));
+                }
+                (None, _) => flush(&mut run, &self.file)?,
+            }
+            done += n;
+        }
+        flush(&mut run, &self.file)
+    }
+
+    fn flush_meta(&mut self) -> io::Result<()> {
+        if self.read_only.is_some() {
+            return Ok(());
+        }
+        let mut dirty: Vec<u64> = self
+            .l2
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(&i, _)| i)
+            .collect();
+        dirty.sort_unstable();
+        for i in dirty {
+            if let Some(t) = self.l2.get(&i) {
+                self.write_l2(i, &t.entries)?;
+            }
+            if let Some(t) = self.l2.get_mut(&i) {
+                t.dirty = false;
+            }
+        }
+        if self.l1_dirty {
+            self.file
+                .write_all_at(&be_bytes(&self.l1), self.h.l1_offset)?;
+            self.l1_dirty = false;
+        }
+        self.write_refcounts()?;
+        if self.next_free > self.file_len {
+            self.file.set_len(self.next_free)?;
+            self.file_len = self.next_free;
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> ContainerInfo {
+        let mut chain = Vec::new();
+        if let Some(b) = &self.backing {
+            let bi = b.info();
+            chain.extend(bi.files.first().cloned());
+            chain.extend(bi.backing_chain);
+        }
+        ContainerInfo {
+            format: ImageFormat::Qcow2,
+            subformat: format!("qcow2 v{}", self.h.version),
+            virtual_size: self.h.size,
+            files: vec![self.path.clone()],
+            backing_chain: chain,
+        }
+    }
+}
