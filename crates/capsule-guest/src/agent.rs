@@ -64,6 +64,9 @@ struct Scratch {
 
 impl Scratch {
     fn create(root: &Path) -> Result<Self> {
+        // Absolute, because the job's program path is resolved after chdir into the work dir.
+        let root = &std::path::absolute(root)
+            .with_context(|| format!("cannot resolve scratch {}", root.display()))?;
         fs::create_dir_all(root)
             .with_context(|| format!("cannot create scratch {}", root.display()))?;
         let work = root.join("work");
@@ -119,6 +122,12 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
     };
     if let Some(e) = &result.error {
         crate::log!("{e}");
+    }
+    if let Some(end) = job_end {
+        crate::log!(
+            "outputs collected {:.1} ms after job end",
+            end.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     // Streams and outputs first, result.json last: its presence means everything else is there.
@@ -199,6 +208,10 @@ fn prepare_and_run(
         workdir::chown_tree(&s.work, a.uid, a.gid)?;
     }
     let catalog = workdir::catalog(&s.work)?;
+    crate::log!(
+        "work dir ready after {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
 
     let stdin = match &m.stdin {
         Some(rel) => Some(

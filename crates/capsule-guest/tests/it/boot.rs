@@ -142,10 +142,10 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
         panic!("no result.json on the returned disk ({e}); console:\n{console}")
     });
     let result = JobResult::from_json(&json).unwrap();
-    // The overhead lines feed docs/PERFORMANCE.md (`cargo test -- --nocapture boot`).
+    // The timing lines feed docs/PERFORMANCE.md (`cargo test -- --nocapture boot`).
     for line in console
         .lines()
-        .filter(|l| l.contains("overhead") || l.contains("test-guest ["))
+        .filter(|l| l.contains("capsule-init [") || l.contains("test-guest ["))
     {
         eprintln!("{format}/{bus}/{mode}: {line}");
     }

@@ -146,10 +146,12 @@ impl Capsule {
 
     fn run_with(&self, source: &[&std::ffi::OsStr]) -> RawRun {
         let scratch = self.dir.path().join("scratch");
+        // A relative --scratch: the job's path must still resolve after the chdir into the
+        // work dir (a bug found by the first native timing run).
         let out = Command::new(env!("CARGO_BIN_EXE_capsule-init"))
+            .current_dir(self.dir.path())
             .args(source)
-            .arg("--scratch")
-            .arg(&scratch)
+            .args(["--scratch", "scratch"])
             .args(["--as-current-user", "--no-poweroff"])
             .output()
             .unwrap();
