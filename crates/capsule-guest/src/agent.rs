@@ -109,7 +109,14 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
             JobResult::not_started(format!("{e:#}"), agent.clone()),
             None,
         ),
-        (Ok(m), Ok(s)) => match prepare_and_run(opts, m, s, source.as_mut(), &mut agent, t0) {
+        (Ok(m), Ok(s)) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare_and_run(opts, m, s, source.as_mut(), &mut agent, t0)
+        }))
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "capsule-init panicked (a bug); see the console log"
+            ))
+        }) {
             Err(e) => (
                 JobResult::not_started(format!("{e:#}"), agent.clone()),
                 None,

@@ -56,7 +56,11 @@ fn main() -> ExitCode {
     let no_poweroff = std::env::args_os().any(|a| a == "--no-poweroff");
     crate::log!("started (pid {})", std::process::id());
     let code = match Args::try_parse() {
-        Ok(args) => run(&args, t0),
+        // A panic must not skip the poweroff: as PID 1 an exit would hang a guest booted
+        // without panic=-1.
+        Ok(args) => {
+            std::panic::catch_unwind(|| run(&args, t0)).unwrap_or((ExitCode::FAILURE, None))
+        }
         Err(e) => {
             let _ = e.print();
             if matches!(
