@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::container::{check_range, seek_to, Backend};
@@ -34,8 +35,8 @@ pub(crate) struct Cache {
     order: VecDeque<u64>,
     pending_off: u64,
     pending: Vec<u8>,
-    /// Bytes that may still be read before reads fail (None: unlimited); see `set_read_budget`.
-    budget: Option<u64>,
+    /// Counters shared with every [`VolumeIo`] without taking the lock.
+    shared: Arc<Shared>,
     /// While `Some`, records the offset of the first zero write of at least 512 bytes (the
     /// cluster `fatfs` zeroes for a new directory); see `DataDisk::create_dirs`.
     zero_watch: Option<Option<u64>>,
@@ -51,7 +52,10 @@ impl Cache {
             order: VecDeque::new(),
             pending_off: 0,
             pending: Vec::new(),
-            budget: None,
+            shared: Arc::new(Shared {
+                generation: AtomicU64::new(0),
+                budget: AtomicU64::new(u64::MAX),
+            }),
             zero_watch: None,
         }
     }
@@ -63,10 +67,12 @@ impl Cache {
         seen
     }
 
-    /// Limit the bytes the next reads may fetch: a looping FAT directory chain then fails with
-    /// an error instead of spinning forever inside `fatfs`.
+    /// Limit the bytes the volume's next reads may fetch: a looping FAT directory chain then
+    /// fails with an error instead of spinning forever inside `fatfs`.
     pub(crate) fn set_read_budget(&mut self, budget: Option<u64>) {
-        self.budget = budget;
+        self.shared
+            .budget
+            .store(budget.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {
@@ -148,13 +154,6 @@ impl Cache {
             return Ok(());
         }
         let len = buf.len() as u64;
-        if let Some(left) = self.budget {
-            self.budget = Some(left.checked_sub(len).ok_or_else(|| {
-                io::Error::other(format!(
-                    "directory read at disk offset {off} exceeds the metadata read budget (cluster chain loop?)"
-                ))
-            })?);
-        }
         if self.overlaps_pending(off, len) {
             self.flush_pending()?;
         }
@@ -181,6 +180,7 @@ impl Cache {
             return Ok(());
         }
         let len = buf.len() as u64;
+        self.shared.generation.fetch_add(1, Ordering::Relaxed);
         if self.zero_watch == Some(None) && buf.len() >= 512 && crate::container::is_zero(buf) {
             self.zero_watch = Some(Some(off));
         }
@@ -271,24 +271,66 @@ pub(crate) fn lock(cache: &SharedCache) -> io::Result<MutexGuard<'_, Cache>> {
         .map_err(|_| io::Error::other("disk cache lock poisoned by an earlier panic"))
 }
 
+/// State a [`VolumeIo`] checks on every read without locking the cache.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Bumped on every write, so a reader's private window knows when it is stale.
+    generation: AtomicU64,
+    /// Bytes volume reads may still fetch (`u64::MAX`: unlimited).
+    budget: AtomicU64,
+}
+
+/// Size of a [`VolumeIo`]'s private read window. `fatfs` reads a directory entry field by
+/// field (a dozen reads of 1-11 bytes), so serving those from a local copy matters.
+const WINDOW: u64 = 4096;
+
 /// A bounded window `[start, start + len)` of the cached disk: a partition, handed to `fatfs`.
 /// Every access is bounds-checked against the window.
 #[derive(Debug)]
 pub(crate) struct VolumeIo {
     cache: SharedCache,
+    shared: Arc<Shared>,
     start: u64,
     len: u64,
     pos: u64,
+    win: Vec<u8>,
+    /// Volume offset of `win`, and the cache generation it was read at.
+    win_off: u64,
+    win_gen: u64,
 }
 
 impl VolumeIo {
     pub(crate) fn new(cache: SharedCache, start: u64, len: u64) -> Self {
+        // A poisoned lock here only means we start without the shared counters' history.
+        let shared = match cache.lock() {
+            Ok(c) => Arc::clone(&c.shared),
+            Err(p) => Arc::clone(&p.get_ref().shared),
+        };
         VolumeIo {
             cache,
+            shared,
             start,
             len,
             pos: 0,
+            win: Vec::new(),
+            win_off: 0,
+            win_gen: u64::MAX,
         }
+    }
+
+    fn charge(&self, n: u64) -> io::Result<()> {
+        let left = self.shared.budget.load(Ordering::Relaxed);
+        if left == u64::MAX {
+            return Ok(());
+        }
+        let rest = left.checked_sub(n).ok_or_else(|| {
+            io::Error::other(format!(
+                "directory read at volume offset {} exceeds the metadata read budget (cluster chain loop?)",
+                self.pos
+            ))
+        })?;
+        self.shared.budget.store(rest, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -300,6 +342,28 @@ impl Read for VolumeIo {
             return Ok(0);
         }
         let (head, _) = buf.split_at_mut(n);
+        self.charge(n as u64)?;
+        let generation = self.shared.generation.load(Ordering::Relaxed);
+        if (n as u64) < WINDOW {
+            let fresh = self.win_gen == generation;
+            let inside = self.pos >= self.win_off
+                && self.pos + n as u64 <= self.win_off + self.win.len() as u64;
+            if !(fresh && inside) {
+                let wstart = self.pos / WINDOW * WINDOW;
+                let wlen =
+                    usize::try_from(WINDOW.min(self.len - wstart)).map_err(io::Error::other)?;
+                self.win.resize(wlen, 0);
+                lock(&self.cache)?.read_at(self.start + wstart, &mut self.win)?;
+                self.win_off = wstart;
+                self.win_gen = generation;
+            }
+            let s = usize::try_from(self.pos - self.win_off).map_err(io::Error::other)?;
+            if let Some(src) = self.win.get(s..s + n) {
+                head.copy_from_slice(src);
+                self.pos += n as u64;
+                return Ok(n);
+            }
+        }
         lock(&self.cache)?.read_at(self.start + self.pos, head)?;
         self.pos += n as u64;
         Ok(n)

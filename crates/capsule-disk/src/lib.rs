@@ -49,7 +49,8 @@ pub mod partition;
 
 pub use container::{detect, Access, ContainerInfo, Image, ImageFormat};
 pub use disk::{
-    CreateOptions, DataDisk, DirEntryInfo, DiskInfo, FileReader, OpenOptions, MAX_DEPTH,
+    CreateOptions, DataDisk, DirEntryInfo, DiskInfo, FileReader, OpenOptions, TarStats, MAX_DEPTH,
+    MAX_WALK_ENTRIES,
 };
 pub use error::Error;
 pub use fat::FatKind;

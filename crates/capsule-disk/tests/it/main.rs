@@ -7,7 +7,9 @@
     clippy::cast_possible_wrap
 )]
 
+mod bulk;
 mod qcow2;
 mod raw_fat;
+mod tar;
 mod tools;
 mod vmdk;

@@ -1,11 +1,17 @@
 //! [`DataDisk`]: container -> partition -> FAT volume, with a small file API.
 
+mod options;
+mod tar;
+
+pub use options::{CreateOptions, DirEntryInfo, DiskInfo, OpenOptions};
+pub use tar::{TarStats, MAX_WALK_ENTRIES};
+
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::cache::{lock, Cache, SharedCache, VolumeIo};
-use crate::container::{Access, ContainerInfo, Image, ImageFormat};
+use crate::container::{Access, Image};
 use crate::fat::{self, FatKind};
 use crate::partition::{self, Partition, TableKind};
 use crate::Error;
@@ -22,136 +28,6 @@ const METADATA_BUDGET: u64 = 8 * 1024 * 1024;
 const COPY_BUF: usize = 256 * 1024;
 /// Deepest directory nesting we walk (guards against directory loops).
 pub const MAX_DEPTH: usize = 64;
-
-/// Options for [`DataDisk::create`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateOptions {
-    size: u64,
-    format: ImageFormat,
-    partition_offset: u64,
-    label: String,
-}
-
-impl Default for CreateOptions {
-    fn default() -> Self {
-        CreateOptions {
-            size: 64 * 1024 * 1024,
-            format: ImageFormat::Raw,
-            partition_offset: 1024 * 1024,
-            label: "CONDORDATA".to_owned(),
-        }
-    }
-}
-
-impl CreateOptions {
-    /// Defaults: 64 MiB, raw, partition at 1 MiB, label `CONDORDATA`.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Virtual disk size in bytes (the partition runs to the end of it).
-    #[must_use]
-    pub fn size(mut self, size: u64) -> Self {
-        self.size = size;
-        self
-    }
-    /// Container format.
-    #[must_use]
-    pub fn format(mut self, format: ImageFormat) -> Self {
-        self.format = format;
-        self
-    }
-    /// Byte offset of the FAT partition (a multiple of 512; the 2009 plugin used 32256).
-    #[must_use]
-    pub fn partition_offset(mut self, offset: u64) -> Self {
-        self.partition_offset = offset;
-        self
-    }
-    /// Volume label (up to 11 characters, stored upper case in the boot sector).
-    #[must_use]
-    pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = label.into();
-        self
-    }
-}
-
-/// Options for [`DataDisk::open_with`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenOptions {
-    access: Access,
-    format: Option<ImageFormat>,
-    partition: Option<u32>,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        OpenOptions {
-            access: Access::ReadOnly,
-            format: None,
-            partition: None,
-        }
-    }
-}
-
-impl OpenOptions {
-    /// Defaults: read-only, format from content, first FAT partition.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Read-only or read-write.
-    #[must_use]
-    pub fn access(mut self, access: Access) -> Self {
-        self.access = access;
-        self
-    }
-    /// Force the container format instead of detecting it.
-    #[must_use]
-    pub fn format(mut self, format: Option<ImageFormat>) -> Self {
-        self.format = format;
-        self
-    }
-    /// Use partition `index` (1-based) instead of the first FAT partition.
-    #[must_use]
-    pub fn partition(mut self, index: Option<u32>) -> Self {
-        self.partition = index;
-        self
-    }
-}
-
-/// One directory entry, as returned by [`DataDisk::list`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntryInfo {
-    /// Long name if present, else the 8.3 name.
-    pub name: String,
-    /// True for a directory.
-    pub is_dir: bool,
-    /// File size in bytes (0 for directories).
-    pub size: u64,
-}
-
-/// Summary of a data disk, for `vm-capsule disk info`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskInfo {
-    /// Container format, files and backing chain.
-    pub container: ContainerInfo,
-    /// Partition table kind.
-    pub table: TableKind,
-    /// The FAT partition in use.
-    pub partition: Partition,
-    /// FAT12/16/32.
-    pub fat: FatKind,
-    /// Boot-sector volume label, trimmed.
-    pub label: String,
-    /// Volume serial number.
-    pub volume_id: u32,
-    /// Cluster size in bytes.
-    pub cluster_size: u32,
-    /// Data area capacity in bytes.
-    pub capacity: u64,
-    /// Free bytes.
-    pub free: u64,
-}
 
 /// A FAT data disk inside a container: create it, fill it, read it back.
 ///
@@ -498,18 +374,23 @@ impl DataDisk {
             });
         };
         let dir = self.create_dirs(parents, path)?;
-        if let Some(e) = self.find_in(&dir, name, path)? {
-            if e.is_dir() {
-                return Err(Error::WrongKind {
-                    path: path.to_owned(),
-                    found: "a directory",
-                    expected: "a file",
-                });
+        // fatfs's create_file scans the directory itself (opening or creating the entry); only
+        // when it fails do we look again to give a precise error.
+        let mut file = match self.budgeted(|| dir.create_file(name)) {
+            Ok(f) => f,
+            Err(e) => {
+                if let Ok(Some(found)) = self.find_in(&dir, name, path) {
+                    if found.is_dir() {
+                        return Err(Error::WrongKind {
+                            path: path.to_owned(),
+                            found: "a directory",
+                            expected: "a file",
+                        });
+                    }
+                }
+                return Err(self.fat_err(path)(e));
             }
-        }
-        let mut file = self
-            .budgeted(|| dir.create_file(name))
-            .map_err(self.fat_err(path))?;
+        };
         file.truncate().map_err(self.fat_err(path))?;
         let mut buf = vec![0u8; COPY_BUF];
         let mut total = 0u64;
@@ -577,6 +458,7 @@ impl DataDisk {
                 name: String::new(),
                 is_dir: true,
                 size: 0,
+                modified: 0,
             }));
         };
         let dir = match self.dir_at(parents, path) {
@@ -666,11 +548,33 @@ fn set_budget(cache: &SharedCache, budget: Option<u64>) -> io::Result<()> {
     Ok(())
 }
 
+/// Seconds since the epoch of a FAT timestamp (days-from-civil, Howard Hinnant's algorithm).
+fn unix_time(t: fatfs::DateTime) -> u64 {
+    let (y, m, d) = (
+        i64::from(t.date.year),
+        i64::from(t.date.month),
+        i64::from(t.date.day),
+    );
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400
+        + i64::from(t.time.hour) * 3600
+        + i64::from(t.time.min) * 60
+        + i64::from(t.time.sec);
+    u64::try_from(secs).unwrap_or(0)
+}
+
 fn info_of(e: &FatEntry<'_>) -> DirEntryInfo {
     DirEntryInfo {
         name: e.file_name(),
         is_dir: e.is_dir(),
         size: if e.is_dir() { 0 } else { e.len() },
+        modified: unix_time(e.modified()),
     }
 }
 
