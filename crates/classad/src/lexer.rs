@@ -472,6 +472,9 @@ fn convert_escapes(raw: &[u8]) -> Option<Vec<u8>> {
     let mut i = 0;
     while let Some(&c) = raw.get(i) {
         i += 1;
+        if c == 0 {
+            return None;
+        }
         if c != b'\\' {
             out.push(c);
             continue;

@@ -113,8 +113,12 @@ fn unparse(out: &mut String, expr: &Expr, syntax: Syntax) {
         } => match base {
             Some(b) => {
                 unparse(out, b, syntax);
+                // `0.x` would lex as a malformed real; `0 .x` selects from the integer.
+                if matches!(b.as_ref(), Expr::Literal(Literal::Integer(_))) {
+                    out.push(' ');
+                }
                 out.push('.');
-                out.push_str(name);
+                unparse_identifier(out, name, syntax);
             }
             None => {
                 if *absolute {
@@ -130,6 +134,11 @@ fn unparse(out: &mut String, expr: &Expr, syntax: Syntax) {
                 UnaryOp::Not => " !",
                 UnaryOp::BitNot => " ~",
             });
+            // ` -5` would read back as the literal -5; ` - 5` keeps the operator, so printing
+            // is stable (HTCondor writes ` -5` here).
+            if *op == UnaryOp::Minus && starts_with_digit(x) {
+                out.push(' ');
+            }
             unparse(out, x, syntax);
         }
         Expr::Binary(op, a, b) => {
@@ -161,7 +170,7 @@ fn unparse(out: &mut String, expr: &Expr, syntax: Syntax) {
             out.push(')');
         }
         Expr::Call(name, args) => {
-            out.push_str(name);
+            unparse_identifier(out, name, syntax);
             out.push('(');
             for (i, a) in args.iter().enumerate() {
                 if i > 0 {
@@ -205,17 +214,35 @@ fn unparse_record(out: &mut String, ad: &ClassAd, syntax: Syntax) {
     out.push_str(" ]");
 }
 
-/// A name, in `'quotes'` when it is not a plain identifier.
+/// A name, in `'quotes'` when it is not a plain identifier or is a keyword. (HTCondor's
+/// `identifierNeedsQuoting` ignores keywords and writes `'false'` as `false`, which reads back
+/// as the boolean; quoting them is the fix, found by fuzzing.)
 fn unparse_identifier(out: &mut String, name: &str, syntax: Syntax) {
     let mut escaped = String::new();
     escape_into(&mut escaped, name, b'\'', syntax);
-    if is_identifier(&escaped) {
+    if is_identifier(&escaped) && !is_keyword(&escaped) {
         out.push_str(&escaped);
     } else {
         out.push('\'');
         out.push_str(&escaped);
         out.push('\'');
     }
+}
+
+/// True when `x` prints starting with a digit or `.digit`: a non-negative number.
+fn starts_with_digit(x: &Expr) -> bool {
+    match x {
+        Expr::Literal(Literal::Integer(i)) => *i >= 0,
+        Expr::Literal(Literal::Real(r)) => r.is_finite() && r.is_sign_positive(),
+        _ => false,
+    }
+}
+
+/// Words the lexer reads as literals or operators, in any case.
+fn is_keyword(name: &str) -> bool {
+    ["true", "false", "undefined", "error", "is", "isnt"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(name))
 }
 
 /// String body escaping: the delimiter always; in new syntax also control characters and
@@ -353,5 +380,24 @@ mod tests {
         assert_eq!(old(f64::NAN), "real(\"NaN\")");
         assert_eq!(format_real(1.5, Syntax::New), "1.500000000000000E+00");
         assert_eq!(format_real(1e-300, Syntax::New), "1.000000000000000E-300");
+    }
+
+    fn reprint(src: &str) -> String {
+        let e = crate::parse_expr(src, Syntax::New).unwrap();
+        let printed = expr_to_string(&e, Syntax::New);
+        let again = crate::parse_expr(&printed, Syntax::New).unwrap();
+        assert_eq!(again, e, "{src} printed as {printed}");
+        printed
+    }
+
+    /// Fuzzing finds (issue 2): texts whose HTCondor-style printing would not read back.
+    #[test]
+    fn printing_reads_back_where_htcondor_would_not() {
+        assert_eq!(reprint(".'false'"), ".'false'");
+        assert_eq!(reprint("0\n.bb"), "0 .bb");
+        assert_eq!(reprint("'a b'(1)"), "'a b'(1)");
+        assert_eq!(reprint("- 0"), " - 0");
+        assert_eq!(reprint("-0"), "0");
+        assert!(crate::parse_expr("\"a\0b\"", Syntax::New).is_err());
     }
 }

@@ -133,6 +133,16 @@ fn as_parsed(e: &Expr) -> Expr {
         .unwrap_or_else(|err| panic!("we cannot parse our own text {text}: {err}"))
 }
 
+/// Known difference, documented in `print`: we write a unary minus before a number as `- 5`
+/// (HTCondor writes ` -5`, which reads back as the literal -5). Normalize both sides.
+fn unary_minus_spacing(line: &str) -> String {
+    let mut s = line.to_owned();
+    while s.contains("- ") {
+        s = s.replace("- ", "-");
+    }
+    s
+}
+
 /// Known difference, documented in the crate: HTCondor keeps list items unevaluated, so
 /// `string({ a })` is `"{ a }"` there and `"{ 7 }"` here. Such cases are skipped.
 fn converts_list_to_text(e: &Expr, inside: bool) -> bool {
@@ -183,7 +193,7 @@ proptest! {
         let theirs = oracle::expr_old(&new_text, false);
         prop_assert!(theirs.is_some(), "HTCondor rejects {new_text}");
         if let Ok(line) = ours_old {
-            prop_assert_eq!(Some(line), theirs, "printing {}", new_text);
+            prop_assert_eq!(Some(unary_minus_spacing(&line)), theirs.map(|t| unary_minus_spacing(&t)), "printing {}", new_text);
         }
     }
 
@@ -194,10 +204,23 @@ proptest! {
         if let Ok(line) = old_line("x", &e) {
             let rhs = line.strip_prefix("x = ").unwrap_or(&line).to_owned();
             let theirs = oracle::expr_old(&rhs, true);
-            prop_assert_eq!(Some(line.clone()), theirs, "old text {}", line);
+            prop_assert_eq!(Some(unary_minus_spacing(&line)), theirs.map(|t| unary_minus_spacing(&t)), "old text {}", line);
             // And our parser reads it to the same tree.
             let ours = classad::parse_old_line(&line).map(|(_, e)| e);
             prop_assert!(ours.is_ok(), "we reject our own line {}", line);
+        }
+    }
+
+    /// Our own printing is stable: parse(print(x)) prints as x, in both syntaxes.
+    #[test]
+    fn printing_round_trips(e in expr()) {
+        let e = as_parsed(&e);
+        let text = expr_to_string(&e, Syntax::New);
+        let again = classad::parse_expr(&text, Syntax::New).unwrap();
+        prop_assert_eq!(&again, &e, "new syntax {}", text);
+        if let Ok(line) = old_line("x", &e) {
+            let (_, back) = classad::parse_old_line(&line).unwrap();
+            prop_assert_eq!(expr_to_string(&back, Syntax::Old), expr_to_string(&e, Syntax::Old));
         }
     }
 
