@@ -46,6 +46,7 @@ mod disk;
 mod error;
 pub mod fat;
 pub mod partition;
+mod size;
 
 pub use container::{detect, Access, ContainerInfo, Image, ImageFormat};
 pub use disk::{
@@ -54,3 +55,4 @@ pub use disk::{
 };
 pub use error::Error;
 pub use fat::FatKind;
+pub use size::parse_size;

@@ -1,6 +1,7 @@
 //! Subcommands: one module each, each with a clap `Args` struct and a `run` function.
 
 mod ad;
+mod disk;
 
 use std::process::ExitCode;
 
@@ -22,11 +23,15 @@ enum Command {
     /// Read, print and evaluate ClassAds as HTCondor does.
     #[command(subcommand)]
     Ad(ad::AdCommand),
+    /// Create, fill and read FAT data disks in raw, VMDK and qcow2 images (no qemu-img/mtools).
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
 }
 
 /// Dispatch one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ad(cmd) => ad::run(cmd),
+        Command::Disk(cmd) => disk::run(cmd),
     }
 }
