@@ -124,7 +124,7 @@ if [ -z "$disk" ]; then
 fi
 log "data disk /dev/$disk, mode $mode"
 if [ "$mode" = mount ]; then
-    mount -t vfat -o rw,shortname=mixed,flush /dev/${disk}1 /condor-data \
+    mount -t vfat -o rw,shortname=mixed /dev/${disk}1 /condor-data \
         || { log "mount /dev/${disk}1 failed"; poweroff -f; }
     /sbin/capsule-init --data-dir /condor-data --no-poweroff
     sync

@@ -163,6 +163,11 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
         all.extend(write_errors);
         result.error = Some(all.join("; "));
     }
+    if let Err(e) = source.sync() {
+        let mut all: Vec<String> = result.error.take().into_iter().collect();
+        all.push(format!("{e:#}"));
+        result.error = Some(all.join("; "));
+    }
     let json = result.to_json().context("cannot encode result.json")?;
     source
         .put(RESULT_JSON, &mut &json[..])

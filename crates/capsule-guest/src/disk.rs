@@ -49,6 +49,12 @@ impl DataSource for DiskSource {
             .with_context(|| format!("cannot write {name}"))
     }
 
+    fn sync(&mut self) -> Result<()> {
+        // capsule-disk keeps FAT and directory updates in its cache until finish, which writes
+        // them in one pass; nothing names result.json on disk before that pass.
+        Ok(())
+    }
+
     fn finish(self: Box<Self>) -> Result<()> {
         self.disk.finish().context("cannot flush the data disk")?;
         // The container may sit in the page cache; make it reach the device before poweroff.
