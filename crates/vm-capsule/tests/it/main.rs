@@ -1,0 +1,4 @@
+//! End-to-end tests of the `vm-capsule` binary, one module per subcommand group.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod ad;
