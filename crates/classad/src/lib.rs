@@ -1,9 +1,9 @@
 //! HTCondor ClassAds: lexer, parser, printers and evaluator for old ("long") and new syntax,
 //! and the JobRouter hook stream framing.
 //!
-//! The phases are separate modules, as in toml-rs: [`lexer`](crate) (text to unvalidated
+//! The phases are separate modules, as in toml-rs: `lexer` (text to unvalidated
 //! tokens with spans), [`parser`] (tokens to an [`Expr`] tree or a [`ClassAd`], with a depth
-//! limit), [`print`] (trees back to HTCondor's canonical text), [`eval`] (values in the scope
+//! limit), [`print`](mod@print) (trees back to HTCondor's canonical text), [`eval`] (values in the scope
 //! of one ad) and [`stream`] (stdin of a hook split into ads). HTCondor's own library
 //! (`htcondor==24.0` Python bindings) is the oracle the tests compare against.
 //!
@@ -17,6 +17,19 @@
 //!     "ImageSize = 2500\nRequestMemory = ifthenelse(MemoryUsage =!= undefined,MemoryUsage,(ImageSize + 1023) / 1024)\n"
 //! );
 //! ```
+//!
+//! # Where we differ from HTCondor on purpose
+//!
+//! - Printing always reads back: names that are keywords (`'true'`), function names that
+//!   need quotes and the selection `0 .x` are quoted or spaced so they parse to the same tree;
+//!   a unary minus before a number prints as ` - 5` (HTCondor writes ` -5`, which reads back
+//!   as the literal -5). HTCondor's own output for these cases does not parse back.
+//! - Strings are UTF-8: escapes that produce invalid UTF-8 (`"\377"`) are a parse error.
+//! - Lists are evaluated eagerly, so converting a list to text (`string({ a })`) prints its
+//!   values (`"{ 7 }"`), where HTCondor prints its unevaluated items (`"{ a }"`).
+//! - `absTime`/`relTime` literals and the `K`/`M`/`G` number suffixes are not supported
+//!   (HTCondor 24's Python bindings reject the suffixes too); nesting is limited to
+//!   [`parser::MAX_DEPTH`] levels and operator chains to [`parser::MAX_TREE_DEPTH`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
