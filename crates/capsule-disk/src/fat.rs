@@ -145,6 +145,103 @@ pub(crate) struct BootInfo {
 }
 
 impl BootInfo {
+    /// Check the cluster chain of a file of `size` bytes starting at cluster `first`: the
+    /// first `n = ceil(size / cluster)` links stay inside the volume, and no cluster repeats
+    /// among those `n` (Brent's cycle finding, O(1) memory, at most about 4n FAT reads; a
+    /// valid chain costs n). `read` takes volume-relative offsets.
+    pub(crate) fn check_chain(
+        &self,
+        first: u32,
+        size: u64,
+        cluster_size: u64,
+        read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        if size == 0 {
+            return Ok(());
+        }
+        let valid = |c: u64| (2..self.clusters + 2).contains(&c);
+        let first = u64::from(first);
+        if !valid(first) {
+            return Err(format!(
+                "first cluster {first} is outside the volume (2..{})",
+                self.clusters + 2
+            ));
+        }
+        let n = size.div_ceil(cluster_size);
+        let mut next = |c: u64| {
+            self.fat_entry(c, read)
+                .map_err(|e| format!("cannot read the FAT: {e}"))
+        };
+        let (mut tortoise, mut hare) = (first, first);
+        let (mut power, mut lam) = (1u64, 1u64);
+        let mut step = 1u64;
+        let cycle_len = loop {
+            let to = next(hare)?;
+            if !valid(to) {
+                if step < n {
+                    return Err(format!("cluster {hare} links to {to:#x} (end or outside the volume) before the file's {size} bytes"));
+                }
+                return Ok(()); // the chain ends (or turns to garbage) after the file's data
+            }
+            hare = to;
+            if hare == tortoise {
+                break lam;
+            }
+            if power == lam {
+                tortoise = hare;
+                power *= 2;
+                lam = 0;
+            }
+            lam += 1;
+            step += 1;
+            if step > 4 * n + 4 {
+                return Ok(()); // unreachable for a finite chain shorter than this; be safe
+            }
+        };
+        // Find where the cycle starts (mu); the file repeats a cluster if mu + lambda <= n - 1.
+        let mut hare = first;
+        for _ in 0..cycle_len {
+            hare = next(hare)?;
+        }
+        let mut tortoise = first;
+        let mut mu = 0u64;
+        while tortoise != hare && mu <= n {
+            tortoise = next(tortoise)?;
+            hare = next(hare)?;
+            mu += 1;
+        }
+        if mu + cycle_len < n {
+            return Err(format!(
+                "cyclic cluster chain: cluster {tortoise} is reached again after {cycle_len} links"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The FAT entry of cluster `c`.
+    fn fat_entry(
+        &self,
+        c: u64,
+        read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let mut b = [0u8; 4];
+        match self.kind {
+            FatKind::Fat12 => {
+                read(self.fat_offset + c + c / 2, &mut b[..2])?;
+                let v = u64::from(u16::from_le_bytes([b[0], b[1]]));
+                Ok(if c % 2 == 1 { v >> 4 } else { v & 0xfff })
+            }
+            FatKind::Fat16 => {
+                read(self.fat_offset + c * 2, &mut b[..2])?;
+                Ok(u64::from(u16::from_le_bytes([b[0], b[1]])))
+            }
+            FatKind::Fat32 => {
+                read(self.fat_offset + c * 4, &mut b)?;
+                Ok(u64::from(u32::from_le_bytes(b) & 0x0fff_ffff))
+            }
+        }
+    }
+
     /// Count free clusters by reading the first FAT in large chunks (much faster than one
     /// lookup per entry). `read` takes volume-relative offsets.
     pub(crate) fn count_free(

@@ -431,11 +431,14 @@ impl DataDisk {
         };
         let dir = self.dir_at(parents, path)?;
         match self.find_in(&dir, name, path)? {
-            Some(e) if e.is_file() => Ok(FileReader {
-                len: e.len(),
-                file: e.to_file(),
-                path: path.to_owned(),
-            }),
+            Some(e) if e.is_file() => {
+                self.check_chain(&e, path)?;
+                Ok(FileReader {
+                    len: e.len(),
+                    file: e.to_file(),
+                    path: path.to_owned(),
+                })
+            }
             Some(_) => Err(Error::WrongKind {
                 path: path.to_owned(),
                 found: "a directory",
@@ -445,6 +448,24 @@ impl DataDisk {
                 path: path.to_owned(),
             }),
         }
+    }
+
+    /// Refuse a file whose cluster chain leaves the volume or loops (a hostile disk).
+    fn check_chain(&self, e: &FatEntry<'_>, path: &str) -> Result<(), Error> {
+        let first = first_cluster(e);
+        let cs = u64::from(self.fs.cluster_size());
+        let start = self.partition.start;
+        let mut cache = lock(&self.cache).map_err(self.fat_err(path))?;
+        self.boot
+            .check_chain(first, e.len(), cs, &mut |off, buf| {
+                cache.read_at(start + off, buf)
+            })
+            .map_err(|detail| Error::Corrupt {
+                path: self.path.clone(),
+                what: "FAT cluster chain",
+                offset: start + self.boot.fat_offset,
+                detail: format!("file '{path}': {detail}"),
+            })
     }
 
     /// Kind and size of `path`, or `None` if it does not exist. The root is a directory.
@@ -578,6 +599,25 @@ fn info_of(e: &FatEntry<'_>) -> DirEntryInfo {
     }
 }
 
+/// The first cluster of an entry. fatfs 0.3.6 (pinned with `=`) does not expose it, but its
+/// `Debug` output prints the raw entry's `first_cluster_hi` and `first_cluster_lo` fields; the
+/// unit test `first_cluster_is_read_from_debug` guards the format.
+fn first_cluster(e: &FatEntry<'_>) -> u32 {
+    let text = format!("{e:?}");
+    let field = |name: &str| -> u32 {
+        text.split(name)
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim_start_matches([':', ' '])
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("first_cluster_hi") << 16) | field("first_cluster_lo")
+}
+
 /// Compare names as FAT does: case-insensitively.
 fn names_equal(a: &str, b: &str) -> bool {
     a.chars()
@@ -655,5 +695,47 @@ impl FileReader<'_> {
 impl Read for FileReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Guards `first_cluster`: the cluster it reports must hold the file's bytes.
+    #[test]
+    fn first_cluster_is_read_from_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        let disk = DataDisk::create(&img, &CreateOptions::new().size(16 << 20)).unwrap();
+        disk.put_file("one", &mut &[1u8; 3000][..]).unwrap();
+        disk.put_file("two", &mut &[2u8; 3000][..]).unwrap();
+        let root = disk.fs.root_dir();
+        let e = disk.find_in(&root, "two", "two").unwrap().unwrap();
+        let c = first_cluster(&e);
+        assert!(c >= 3, "{c}");
+        let cs = u64::from(disk.fs.cluster_size());
+        let start = disk.partition.start;
+        // Data area start = FAT start + FAT sizes + root directory; find it through "one".
+        let one = first_cluster(&disk.find_in(&root, "one", "one").unwrap().unwrap());
+        let mut found = [0u8; 16];
+        let data_start = (0..start + (64 << 20))
+            .step_by(512)
+            .find(|off| {
+                let mut b = [0u8; 16];
+                lock(&disk.cache)
+                    .unwrap()
+                    .read_at(start + off, &mut b)
+                    .is_ok()
+                    && b == [1u8; 16]
+            })
+            .unwrap()
+            - u64::from(one - 2) * cs;
+        lock(&disk.cache)
+            .unwrap()
+            .read_at(start + data_start + u64::from(c - 2) * cs, &mut found)
+            .unwrap();
+        assert_eq!(found, [2u8; 16]);
     }
 }

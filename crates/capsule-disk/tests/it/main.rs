@@ -8,6 +8,7 @@
 )]
 
 mod bulk;
+mod corrupt;
 mod qcow2;
 mod raw_fat;
 mod tar;

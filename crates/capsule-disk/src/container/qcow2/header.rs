@@ -9,8 +9,9 @@ use crate::Error;
 
 /// Largest virtual disk we accept: 64 TiB.
 pub(crate) const MAX_SIZE: u64 = 1 << 46;
-/// Largest L1 table we load (covers 64 TiB even with 4 KiB clusters... and then some).
-const MAX_L1_BYTES: u64 = 32 * 1024 * 1024;
+/// Largest L1 table we load: 4 MiB covers 64 TiB at 64 KiB clusters (smaller clusters need
+/// more; such images are refused rather than allowed to size a big allocation).
+const MAX_L1_BYTES: u64 = 4 * 1024 * 1024;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const MAX_EXTENSIONS: usize = 64;
 

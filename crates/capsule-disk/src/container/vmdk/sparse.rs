@@ -18,8 +18,8 @@ const SECTOR: u64 = 512;
 const GD_AT_END: u64 = u64::MAX;
 /// Largest virtual disk we accept: 64 TiB.
 pub(crate) const MAX_SECTORS: u64 = 1 << 37;
-/// Largest grain directory we load (2M entries, enough for 64 TiB at 32 MiB per table).
-const MAX_GD_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest grain directory we load (1M entries: 32 TiB at the default 32 MiB per table).
+const MAX_GD_BYTES: u64 = 4 * 1024 * 1024;
 /// Grain tables kept in memory before clean ones are dropped.
 const MAX_CACHED_GTS: usize = 4096;
 const FLAG_RGD: u32 = 1 << 1;
