@@ -1,0 +1,299 @@
+//! `JobSpec`: the vanilla job an ad describes, validated once and used everywhere after.
+
+use std::path::{Path, PathBuf};
+
+use classad::eval::evaluate_attr;
+use classad::{ClassAd, Value};
+use thiserror::Error;
+
+use super::args::{parse_env_v1, parse_env_v2, split_v1, split_v2, ArgsError};
+use super::transfer::{input_items, parse_remaps, split_list, InputItem};
+
+/// A job ad that cannot be run as a vanilla job in a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// A required attribute is missing or has the wrong type.
+    #[error("job {job}: attribute {attribute} is {problem}")]
+    BadAttribute {
+        /// `cluster.proc` or `?` when unknown.
+        job: String,
+        /// The attribute.
+        attribute: &'static str,
+        /// What is wrong, e.g. "missing" or "not a string".
+        problem: String,
+    },
+    /// Arguments or environment that HTCondor would refuse as well.
+    #[error("job {job}: {source}")]
+    Args {
+        /// `cluster.proc`.
+        job: String,
+        /// The parse error.
+        #[source]
+        source: ArgsError,
+    },
+}
+
+/// When outputs come back (`WhenToTransferOutput`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenToTransfer {
+    /// `ON_EXIT`: only when the job exits.
+    OnExit,
+    /// `ON_EXIT_OR_EVICT`: also on eviction (a VM job is not checkpointed; treated as on exit).
+    OnExitOrEvict,
+}
+
+/// A standard stream file of the job, as the user named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFile {
+    /// Absolute path on the submit side.
+    pub path: PathBuf,
+    /// The base name used inside the job's sandbox.
+    pub name: String,
+}
+
+/// Everything about a vanilla job that the capsule needs, from its ad.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// `ClusterId`.
+    pub cluster: i64,
+    /// `ProcId`.
+    pub proc_id: i64,
+    /// `Owner` (the hooks run as this user).
+    pub owner: String,
+    /// `Iwd`: the job's initial working directory on the submit side (absolute).
+    pub iwd: PathBuf,
+    /// `Cmd` resolved against `Iwd`.
+    pub executable: PathBuf,
+    /// `TransferExecutable` (default true): ship the executable, else it must exist in the VM.
+    pub transfer_executable: bool,
+    /// Arguments, already split (`argv[1..]`).
+    pub args: Vec<String>,
+    /// Environment in ad order, later duplicates removed.
+    pub env: Vec<(String, String)>,
+    /// `In`, unless unset or `/dev/null`.
+    pub stdin: Option<StreamFile>,
+    /// `Out`, unless unset or `/dev/null`.
+    pub stdout: Option<StreamFile>,
+    /// `Err`, unless unset or `/dev/null`.
+    pub stderr: Option<StreamFile>,
+    /// `TransferInput`, resolved.
+    pub inputs: Vec<InputItem>,
+    /// `TransferOutput`; `None` means HTCondor's default rule (new and changed files).
+    pub outputs: Option<Vec<String>>,
+    /// `TransferOutputRemaps`: sandbox name -> destination (relative to `Iwd` or absolute).
+    pub remaps: Vec<(String, String)>,
+    /// `WhenToTransferOutput`.
+    pub when_to_transfer: WhenToTransfer,
+    /// `RequestMemory` evaluated, MiB.
+    pub request_memory_mib: Option<u64>,
+    /// `RequestCpus` evaluated.
+    pub request_cpus: Option<u64>,
+    /// `RequestDisk` evaluated, KiB.
+    pub request_disk_kib: Option<u64>,
+}
+
+impl JobSpec {
+    /// `cluster.proc`, as HTCondor names jobs.
+    pub fn id(&self) -> String {
+        format!("{}.{}", self.cluster, self.proc_id)
+    }
+
+    /// Read a vanilla job from its ad.
+    ///
+    /// # Errors
+    /// [`JobError`] naming the job and the attribute that is missing, mistyped or malformed.
+    pub fn from_ad(ad: &ClassAd) -> Result<JobSpec, JobError> {
+        let cluster = int_attr(ad, "ClusterId").unwrap_or(-1);
+        let proc_id = int_attr(ad, "ProcId").unwrap_or(0);
+        let job = if cluster >= 0 {
+            format!("{cluster}.{proc_id}")
+        } else {
+            "?".to_owned()
+        };
+        let bad = |attribute: &'static str, problem: &str| JobError::BadAttribute {
+            job: job.clone(),
+            attribute,
+            problem: problem.to_owned(),
+        };
+        let owner = string_attr(ad, "Owner").ok_or_else(|| bad("Owner", "missing"))?;
+        let iwd_text = string_attr(ad, "Iwd").ok_or_else(|| bad("Iwd", "missing"))?;
+        let iwd = PathBuf::from(&iwd_text);
+        if !iwd.is_absolute() {
+            return Err(bad("Iwd", &format!("{iwd_text:?}, not an absolute path")));
+        }
+        let cmd = string_attr(ad, "Cmd").ok_or_else(|| bad("Cmd", "missing"))?;
+        if cmd.is_empty() {
+            return Err(bad("Cmd", "empty"));
+        }
+        let executable = iwd.join(&cmd);
+        let transfer_executable = bool_attr(ad, "TransferExecutable").unwrap_or(true);
+
+        let args_err = |source| JobError::Args {
+            job: job.clone(),
+            source,
+        };
+        // `Arguments` (V2) wins over `Args` (V1) when present (`AppendArgsFromClassAd`).
+        let args = match (string_attr(ad, "Arguments"), string_attr(ad, "Args")) {
+            (Some(v2), _) => split_v2(&v2, "Arguments").map_err(args_err)?,
+            (None, Some(v1)) => split_v1(&v1),
+            (None, None) => Vec::new(),
+        };
+        // `Environment` (V2) wins over `Env` (V1) when present (`Env::MergeFrom`).
+        let env = match (string_attr(ad, "Environment"), string_attr(ad, "Env")) {
+            (Some(v2), _) => parse_env_v2(&v2).map_err(args_err)?,
+            (None, Some(v1)) => {
+                let delim = string_attr(ad, "EnvDelim").and_then(|d| d.chars().next());
+                parse_env_v1(&v1, delim).map_err(args_err)?
+            }
+            (None, None) => Vec::new(),
+        };
+
+        let inputs = string_attr(ad, "TransferInput")
+            .map(|t| input_items(&t, &iwd))
+            .unwrap_or_default();
+        let outputs = string_attr(ad, "TransferOutput").map(|t| split_list(&t));
+        let remaps = string_attr(ad, "TransferOutputRemaps")
+            .map(|t| parse_remaps(&t))
+            .unwrap_or_default();
+        let when_to_transfer = match string_attr(ad, "WhenToTransferOutput") {
+            Some(w) if w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT") => WhenToTransfer::OnExitOrEvict,
+            _ => WhenToTransfer::OnExit,
+        };
+        Ok(JobSpec {
+            cluster,
+            proc_id,
+            owner,
+            stdin: stream(ad, "In", &iwd),
+            stdout: stream(ad, "Out", &iwd),
+            stderr: stream(ad, "Err", &iwd),
+            iwd,
+            executable,
+            transfer_executable,
+            args,
+            env,
+            inputs,
+            outputs,
+            remaps,
+            when_to_transfer,
+            request_memory_mib: positive(ad, "RequestMemory"),
+            request_cpus: positive(ad, "RequestCpus"),
+            request_disk_kib: positive(ad, "RequestDisk"),
+        })
+    }
+
+    /// The executable's name inside the sandbox (HTCondor uses the base name of `Cmd`).
+    pub fn executable_name(&self) -> String {
+        self.executable.file_name().map_or_else(
+            || "executable".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+}
+
+fn string_attr(ad: &ClassAd, name: &str) -> Option<String> {
+    match evaluate_attr(ad, name) {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn int_attr(ad: &ClassAd, name: &str) -> Option<i64> {
+    match evaluate_attr(ad, name) {
+        Value::Integer(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn bool_attr(ad: &ClassAd, name: &str) -> Option<bool> {
+    match evaluate_attr(ad, name) {
+        Value::Bool(b) => Some(b),
+        Value::Integer(i) => Some(i != 0),
+        _ => None,
+    }
+}
+
+/// A request attribute evaluated in the ad: integers, or reals rounded up; others ignored.
+fn positive(ad: &ClassAd, name: &str) -> Option<u64> {
+    match evaluate_attr(ad, name) {
+        Value::Integer(i) => u64::try_from(i).ok().filter(|v| *v > 0),
+        Value::Real(r) if r.is_finite() && r > 0.0 => {
+            // Sizes are far below 2^53, where this conversion is exact.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let v = r.ceil() as u64;
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// `In`/`Out`/`Err`: `/dev/null` or unset means none; relative names are under `Iwd`.
+fn stream(ad: &ClassAd, attr: &str, iwd: &Path) -> Option<StreamFile> {
+    let text = string_attr(ad, attr)?;
+    if text.is_empty() || text == "/dev/null" {
+        return None;
+    }
+    let path = iwd.join(&text);
+    let name = path.file_name().map_or_else(
+        || attr.to_ascii_lowercase(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Some(StreamFile { path, name })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ad(text: &str) -> ClassAd {
+        classad::parse_old_ad(text).unwrap()
+    }
+
+    const BASE: &str = "ClusterId = 12\nProcId = 3\nOwner = \"alice\"\nIwd = \"/home/alice/run\"\nCmd = \"job.sh\"\n";
+
+    #[test]
+    fn arguments_v2_win_over_v1() {
+        let spec = JobSpec::from_ad(&ad(&format!(
+            "{BASE}Args = \"x y\"\nArguments = \"one \\\"two\\\" spacey' '''quoted''' 'argument\"\n"
+        )))
+        .unwrap();
+        assert_eq!(
+            spec.args,
+            vec!["one", "\"two\"", "spacey 'quoted' argument"]
+        );
+        assert_eq!(spec.executable, PathBuf::from("/home/alice/run/job.sh"));
+        assert_eq!(spec.id(), "12.3");
+        let v1 = JobSpec::from_ad(&ad(&format!("{BASE}Args = \"x  y\"\n"))).unwrap();
+        assert_eq!(v1.args, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn request_memory_expression_is_evaluated() {
+        let spec = JobSpec::from_ad(&ad(&format!(
+            "{BASE}ImageSize = 2500\nRequestMemory = ifthenelse(MemoryUsage =!= undefined,MemoryUsage,(ImageSize + 1023) / 1024)\nRequestDisk = DiskUsage\nDiskUsage = 1000\n"
+        )))
+        .unwrap();
+        assert_eq!(spec.request_memory_mib, Some(3));
+        assert_eq!(spec.request_disk_kib, Some(1000));
+    }
+
+    #[test]
+    fn streams_and_missing_owner() {
+        let spec = JobSpec::from_ad(&ad(&format!(
+            "{BASE}In = \"/dev/null\"\nOut = \"out/o.txt\"\nErr = \"/tmp/e.txt\"\n"
+        )))
+        .unwrap();
+        assert_eq!(spec.stdin, None);
+        assert_eq!(
+            spec.stdout.unwrap().path,
+            PathBuf::from("/home/alice/run/out/o.txt")
+        );
+        assert_eq!(spec.stderr.unwrap().name, "e.txt");
+        let err = JobSpec::from_ad(&ad(
+            "ClusterId = 5\nProcId = 0\nIwd = \"/x\"\nCmd = \"a\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "job 5.0: attribute Owner is missing");
+    }
+}

@@ -1,0 +1,7 @@
+//! vm-capsule: run HTCondor vanilla jobs inside virtual machines through JobRouter hooks.
+//!
+//! The library holds the domain logic the `vm-capsule` binary wires together: the vanilla
+//! job model ([`job`]); later the knobs, VM-flavour ad builders and the hooks themselves.
+#![forbid(unsafe_code)]
+
+pub mod job;
