@@ -4,4 +4,5 @@
 //! job model ([`job`]); later the knobs, VM-flavour ad builders and the hooks themselves.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod job;

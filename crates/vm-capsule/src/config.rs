@@ -1,0 +1,279 @@
+//! Knobs: the seed's `VM_CAPSULE_*` configuration and ours, read the way HTCondor tools do.
+//!
+//! Sources, later winning: `condor_config_val -dump VM_CAPSULE_` (when on `PATH` and no
+//! `--config` is given; hooks inherit the router's `CONDOR_CONFIG`) or a config file in the
+//! HTCondor syntax subset (`NAME = value`, `#` comments, `\` continuations, `$(NAME)`
+//! expansion), then `_CONDOR_<KNOB>` environment variables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use thiserror::Error;
+
+/// Every knob we understand, with its default and meaning (for docs and warnings).
+pub const KNOBS: &[(&str, &str, &str)] = &[
+    ("VM_CAPSULE_TEMPLATE", "(required)", "directory holding condor_vm_capsule/, the template VM"),
+    ("VM_CAPSULE_SCRATCH_DIR_PREFIX", "/tmp/vm-capsule", "per-job scratch dirs go under <prefix>/<owner>/"),
+    ("VM_CAPSULE_TRANSLATE_LOG", "(stderr only)", "log file of the translate, update and cleanup hooks"),
+    ("VM_CAPSULE_EXIT_LOG", "(stderr only)", "log file of the finalize hook"),
+    ("VM_CAPSULE_DISK_PART_OFFSET", "(from the template's data disk, else 1048576)", "byte offset of the data disk's FAT partition"),
+    ("VM_CAPSULE_CONDOR_TARBALL", "(unused)", "seed knob: a Condor tarball for the guest; capsule-init needs none"),
+    ("VM_CAPSULE_CONDOR_TARBALL_VERSION", "(unused)", "seed knob: version of that tarball"),
+    ("VM_CAPSULE_INIT_SCRIPT_PATH", "capsule-init beside the vm-capsule binary", "the guest agent copied onto the data disk"),
+    ("VM_CAPSULE_DATA_DISK_MOUNT_POINT", "/condor-data", "where the guest mounts the data disk (seed layout)"),
+    ("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE", "(built-in kvm defaults)", "condor_submit -dump output of the admin's VM submit file"),
+    ("VM_CAPSULE_DATA_DISK_LABEL", "CONDORDATA", "FAT volume label of the data disk"),
+    ("VM_CAPSULE_OUTPUT_HEADROOM_MB", "256", "free space on the data disk for outputs when RequestDisk is unset"),
+    ("VM_CAPSULE_VM_MEMORY_MB", "512", "VM memory when neither the template nor RequestMemory says"),
+    ("VM_CAPSULE_JOB_USER", "condor", "user the job runs as inside the guest (fallback nobody)"),
+    ("VM_CAPSULE_WALL_TIME_LIMIT", "0 (none)", "seconds before the guest agent kills the job"),
+];
+
+/// Configuration that cannot be read or is invalid.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line that is not `NAME = value`.
+    #[error("{path}:{line}: expected NAME = value, found {text:?}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A knob that must be set is not.
+    #[error("{knob} is not set; set it in the HTCondor configuration (see docs/ADMIN.md)")]
+    Missing {
+        /// The knob.
+        knob: &'static str,
+    },
+    /// A knob whose value has the wrong form.
+    #[error("{knob} = {value:?} is not {expected}")]
+    Invalid {
+        /// The knob.
+        knob: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+}
+
+/// Raw knob values by upper-case name, after expansion, plus warnings about them.
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    values: BTreeMap<String, String>,
+    /// Problems worth a log line (unknown `VM_CAPSULE_*` knobs).
+    pub warnings: Vec<String>,
+}
+
+impl Knobs {
+    /// Read knobs from `config_file`, or from `condor_config_val` when none is given and it is
+    /// on `PATH`; then apply `_CONDOR_*` overrides from `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read or parsed.
+    pub fn load(
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Knobs, ConfigError> {
+        let mut values = match config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                parse_config(&text, path)?
+            }
+            None => from_condor_config_val().unwrap_or_default(),
+        };
+        for (name, value) in env {
+            if let Some(knob) = name.strip_prefix("_CONDOR_") {
+                values.insert(knob.to_ascii_uppercase(), value);
+            }
+        }
+        let mut warnings = Vec::new();
+        for name in values.keys() {
+            if name.starts_with("VM_CAPSULE_") && !KNOBS.iter().any(|(k, _, _)| k == name) {
+                warnings.push(format!(
+                    "unknown knob {name} is ignored (known: see `vm-capsule install-hooks --help` or docs/ADMIN.md)"
+                ));
+            }
+        }
+        values.retain(|k, _| k.starts_with("VM_CAPSULE_"));
+        Ok(Knobs { values, warnings })
+    }
+
+    /// Knobs from a literal map (tests, and callers that already have values).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Knobs
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Knobs {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into().to_ascii_uppercase(), v.into()))
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The value of `knob`, if set and not empty.
+    pub fn get(&self, knob: &str) -> Option<&str> {
+        self.values
+            .get(&knob.to_ascii_uppercase())
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+            .map(str::trim)
+    }
+
+    /// A path knob.
+    pub fn path(&self, knob: &str) -> Option<PathBuf> {
+        self.get(knob).map(PathBuf::from)
+    }
+
+    /// An unsigned integer knob.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when set to something that is not a number.
+    pub fn number(&self, knob: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(knob) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| ConfigError::Invalid {
+                knob,
+                value: v.to_owned(),
+                expected: "a whole number",
+            }),
+        }
+    }
+}
+
+/// Run `condor_config_val -dump VM_CAPSULE_` if it exists; `None` when it is not installed
+/// or fails (standalone use).
+fn from_condor_config_val() -> Option<BTreeMap<String, String>> {
+    let out = Command::new("condor_config_val")
+        .args(["-dump", "VM_CAPSULE_"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The dump is already expanded: `NAME = value` lines and `#` comments.
+    parse_config(&text, Path::new("condor_config_val")).ok()
+}
+
+/// Parse the HTCondor config subset and expand `$(NAME)` references (case-insensitive,
+/// unknown names expand to nothing, as HTCondor does).
+///
+/// # Errors
+/// [`ConfigError::Syntax`] for a line that is not an assignment.
+pub fn parse_config(text: &str, path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut raw: BTreeMap<String, String> = BTreeMap::new();
+    let mut pending = String::new();
+    let mut start_line = 0;
+    for (i, line) in text.lines().enumerate() {
+        if pending.is_empty() {
+            start_line = i + 1;
+        }
+        let line = line.trim_end();
+        if let Some(stripped) = line.strip_suffix('\\') {
+            pending.push_str(stripped);
+            continue;
+        }
+        pending.push_str(line);
+        let full = std::mem::take(&mut pending);
+        let trimmed = full.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = trimmed.split_once('=') else {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: start_line,
+                text: trimmed.to_owned(),
+            });
+        };
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: start_line,
+                text: trimmed.to_owned(),
+            });
+        }
+        raw.insert(name.to_ascii_uppercase(), value.trim().to_owned());
+    }
+    let expanded = raw
+        .iter()
+        .map(|(k, v)| (k.clone(), expand(v, &raw, 0)))
+        .collect();
+    Ok(expanded)
+}
+
+/// Expand `$(NAME)` in `value` from `vars`, to a bounded depth (cycles expand to nothing).
+fn expand(value: &str, vars: &BTreeMap<String, String>, depth: usize) -> String {
+    if depth > 16 {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find(')') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = after[..end].trim().to_ascii_uppercase();
+        if let Some(v) = vars.get(&name) {
+            out.push_str(&expand(v, vars, depth + 1));
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn htcondor_syntax_subset() {
+        let text = "# comment\nLOCAL_DIR = /var/lib/condor\nVM_CAPSULE_TEMPLATE = $(LOCAL_DIR)/vmt\nvm_capsule_scratch_dir_prefix = \\\n   /scratch\nVM_CAPSULE_BOGUS = 1\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.conf");
+        std::fs::write(&path, text).unwrap();
+        let env = vec![("_CONDOR_VM_CAPSULE_EXIT_LOG".to_owned(), "/log/exit".to_owned())];
+        let knobs = Knobs::load(Some(&path), env).unwrap();
+        assert_eq!(knobs.get("VM_CAPSULE_TEMPLATE"), Some("/var/lib/condor/vmt"));
+        assert_eq!(knobs.get("VM_CAPSULE_SCRATCH_DIR_PREFIX"), Some("/scratch"));
+        assert_eq!(knobs.get("VM_CAPSULE_EXIT_LOG"), Some("/log/exit"));
+        assert_eq!(knobs.warnings.len(), 1);
+        assert!(knobs.warnings[0].contains("VM_CAPSULE_BOGUS"));
+    }
+
+    #[test]
+    fn bad_lines_and_numbers() {
+        let err = parse_config("A = 1\nnot an assignment\n", Path::new("x.conf")).unwrap_err();
+        assert_eq!(err.to_string(), "x.conf:2: expected NAME = value, found \"not an assignment\"");
+        let knobs = Knobs::from_pairs([("VM_CAPSULE_VM_MEMORY_MB", "lots")]);
+        assert!(knobs.number("VM_CAPSULE_VM_MEMORY_MB").is_err());
+    }
+}
