@@ -1,0 +1,346 @@
+//! The template VM an admin prepares: `$(VM_CAPSULE_TEMPLATE)/condor_vm_capsule/`.
+//!
+//! It holds the OS disk(s), a data disk (`data.vmdk`, `data.img`, `data.raw` or
+//! `data.qcow2`) whose format and partition offset the capsule's data disk copies, and for
+//! VMware a `.vmx`. Optionally `vmlinuz` + `initrd.img` (+ `cmdline`) for direct kernel boot
+//! (test templates; used by `vm-capsule run`). `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`, the output
+//! of `condor_submit -dump` for the admin's VM submit file, supplies `JobVMType`, memory,
+//! `VMPARAM_*` and `Requirements`; without it, built-in KVM defaults apply.
+
+pub mod overlay;
+
+use std::path::{Path, PathBuf};
+
+use capsule_disk::{Access, DataDisk, ImageFormat};
+use classad::{ClassAd, Value};
+use thiserror::Error;
+
+/// The sub-directory of `VM_CAPSULE_TEMPLATE` that holds the template (seed layout).
+pub const TEMPLATE_SUBDIR: &str = "condor_vm_capsule";
+
+/// Which hypervisor the routed job targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// KVM through libvirt (HTCondor 8.x to 25.x).
+    Kvm,
+    /// Xen through libvirt.
+    Xen,
+    /// VMware (Condor 7.2 to 9.x).
+    Vmware,
+}
+
+impl Flavour {
+    /// `JobVMType` value.
+    pub fn vm_type(self) -> &'static str {
+        match self {
+            Flavour::Kvm => "kvm",
+            Flavour::Xen => "xen",
+            Flavour::Vmware => "vmware",
+        }
+    }
+}
+
+/// One disk of the template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateDisk {
+    /// File in the template directory.
+    pub path: PathBuf,
+    /// Guest device (`vda`, `hda`, ...).
+    pub device: String,
+    /// Container format by content (`raw`, `qcow2`, `vmdk`).
+    pub format: ImageFormat,
+}
+
+/// A loaded, checked template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// `$(VM_CAPSULE_TEMPLATE)/condor_vm_capsule`.
+    pub dir: PathBuf,
+    /// The hypervisor.
+    pub flavour: Flavour,
+    /// OS disks, in device order.
+    pub os_disks: Vec<TemplateDisk>,
+    /// The template's data disk.
+    pub data_disk: TemplateDisk,
+    /// Byte offset of the data disk's FAT partition.
+    pub data_partition_offset: u64,
+    /// VMware: the `.vmx` file.
+    pub vmx: Option<PathBuf>,
+    /// Direct kernel boot: kernel, initrd and command line (test templates).
+    pub kernel: Option<(PathBuf, PathBuf, String)>,
+    /// VM attributes from the classad template (`JobVM*`, `VMPARAM_*`, `Requirements`).
+    pub vm_attrs: ClassAd,
+}
+
+/// A template that cannot be used; permanent until the admin fixes it.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// The directory is missing or unreadable.
+    #[error(
+        "template directory {path} cannot be read (check VM_CAPSULE_TEMPLATE and permissions)"
+    )]
+    Unreadable {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No data disk in the template.
+    #[error(
+        "template {dir} has no data disk (expected data.vmdk, data.img, data.raw or data.qcow2)"
+    )]
+    NoDataDisk {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The data disk is not a FAT data disk we can read.
+    #[error("template data disk {path} is not usable")]
+    BadDataDisk {
+        /// The disk.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: capsule_disk::Error,
+    },
+    /// No OS disk and no kernel to boot.
+    #[error("template {dir} has neither an OS disk nor vmlinuz + initrd.img to boot")]
+    NothingToBoot {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The classad template cannot be read.
+    #[error("classad template {path} cannot be read: {message}")]
+    ClassadTemplate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// VMware flavour without a `.vmx`.
+    #[error("template {dir} is for VMware but has no .vmx file")]
+    NoVmx {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+const DATA_NAMES: [&str; 4] = ["data.vmdk", "data.img", "data.raw", "data.qcow2"];
+const DISK_EXTENSIONS: [&str; 4] = ["vmdk", "img", "raw", "qcow2"];
+
+impl Template {
+    /// Load the template under `root` (`VM_CAPSULE_TEMPLATE`), with an optional classad
+    /// template file.
+    ///
+    /// # Errors
+    /// [`TemplateError`] naming what is missing or broken.
+    pub fn load(root: &Path, classad_template: Option<&Path>) -> Result<Template, TemplateError> {
+        let dir = root.join(TEMPLATE_SUBDIR);
+        let unreadable = |source| TemplateError::Unreadable {
+            path: dir.clone(),
+            source,
+        };
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(unreadable)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+
+        let vm_attrs = match classad_template {
+            Some(path) => read_classad_template(path)?,
+            None => ClassAd::new(),
+        };
+        let vmx = names
+            .iter()
+            .find(|n| n.ends_with(".vmx"))
+            .map(|n| dir.join(n));
+        let vm_type = attr_string(&vm_attrs, "JobVMType").map(|t| t.to_ascii_lowercase());
+        let flavour = match vm_type.as_deref() {
+            Some("vmware") => Flavour::Vmware,
+            Some("xen") => Flavour::Xen,
+            Some(_) => Flavour::Kvm,
+            None if vmx.is_some() => Flavour::Vmware,
+            None => Flavour::Kvm,
+        };
+        if flavour == Flavour::Vmware && vmx.is_none() {
+            return Err(TemplateError::NoVmx { dir });
+        }
+
+        let data_name = DATA_NAMES
+            .iter()
+            .find(|d| names.iter().any(|n| n == *d))
+            .ok_or_else(|| TemplateError::NoDataDisk { dir: dir.clone() })?;
+        let data_path = dir.join(data_name);
+        let bad_data = |source| TemplateError::BadDataDisk {
+            path: data_path.clone(),
+            source,
+        };
+        let data = DataDisk::open(&data_path, Access::ReadOnly).map_err(bad_data)?;
+        let info = data.info().map_err(bad_data)?;
+        let data_format = info.container.format;
+        let data_partition_offset = info.partition.start;
+        drop(data);
+
+        // Devices: from VMPARAM_vm_Disk when the classad template names them, else vda, vdb...
+        let named = attr_string(&vm_attrs, "VMPARAM_vm_Disk")
+            .map(|s| parse_vm_disk(&s))
+            .unwrap_or_default();
+        let mut os_disks = Vec::new();
+        for name in &names {
+            let is_disk = DISK_EXTENSIONS
+                .iter()
+                .any(|ext| name.rsplit_once('.').is_some_and(|(_, e)| e == *ext));
+            if !is_disk || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name) {
+                continue;
+            }
+            let path = dir.join(name);
+            let format = detect_format(&path).map_err(unreadable)?;
+            let device = named
+                .iter()
+                .find(|(f, _, _)| f == name)
+                .map_or_else(|| default_device(os_disks.len()), |(_, d, _)| d.clone());
+            os_disks.push(TemplateDisk {
+                path,
+                device,
+                format,
+            });
+        }
+        let data_device = named
+            .iter()
+            .find(|(f, _, _)| f == data_name)
+            .map_or_else(|| default_device(os_disks.len()), |(_, d, _)| d.clone());
+
+        let kernel = match (
+            names.iter().any(|n| n == "vmlinuz"),
+            names.iter().any(|n| n == "initrd.img"),
+        ) {
+            (true, true) => {
+                let cmdline = std::fs::read_to_string(dir.join("cmdline"))
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "console=ttyS0 panic=-1".to_owned());
+                Some((dir.join("vmlinuz"), dir.join("initrd.img"), cmdline))
+            }
+            _ => None,
+        };
+        if os_disks.is_empty() && kernel.is_none() && flavour != Flavour::Vmware {
+            return Err(TemplateError::NothingToBoot { dir });
+        }
+        Ok(Template {
+            data_disk: TemplateDisk {
+                path: data_path,
+                device: data_device,
+                format: data_format,
+            },
+            dir,
+            flavour,
+            os_disks,
+            data_partition_offset,
+            vmx,
+            kernel,
+            vm_attrs,
+        })
+    }
+}
+
+/// `VMPARAM_vm_Disk` entries `file:device:perm[:format]`, comma-separated.
+pub fn parse_vm_disk(text: &str) -> Vec<(String, String, String)> {
+    text.split(',')
+        .filter_map(|d| {
+            let mut parts = d.trim().split(':');
+            let file = parts.next()?.trim();
+            let device = parts.next()?.trim();
+            let perm = parts.next().unwrap_or("w").trim();
+            Some((
+                Path::new(file).file_name()?.to_string_lossy().into_owned(),
+                device.to_owned(),
+                perm.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn default_device(index: usize) -> String {
+    let letter = char::from(b'a' + u8::try_from(index.min(25)).unwrap_or(25));
+    format!("vd{letter}")
+}
+
+/// VMDK extent files (`-flat.vmdk`, `-s001.vmdk`, deltas) are reached through their
+/// descriptor, not listed as disks of their own.
+fn is_vmdk_extent(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".vmdk") else {
+        return false;
+    };
+    stem.ends_with("-flat")
+        || stem.rsplit_once('-').is_some_and(|(_, tail)| {
+            tail.len() >= 4
+                && tail
+                    .trim_start_matches('s')
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+        })
+}
+
+fn detect_format(path: &Path) -> std::io::Result<ImageFormat> {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let mut f = std::fs::File::open(path)?;
+    let n = f.read(&mut head)?;
+    head.truncate(n);
+    Ok(capsule_disk::detect(&head))
+}
+
+fn attr_string(ad: &ClassAd, name: &str) -> Option<String> {
+    match classad::eval::evaluate_attr(ad, name) {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Read `condor_submit -dump` output: blank-line separated blocks of `Attr=value` lines,
+/// merged (later blocks win); only VM attributes and `Requirements` are kept.
+fn read_classad_template(path: &Path) -> Result<ClassAd, TemplateError> {
+    let err = |message: String| TemplateError::ClassadTemplate {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let ads = classad::parser::parse_old_ads(&text).map_err(|e| err(e.to_string()))?;
+    let mut merged = ClassAd::new();
+    for ad in &ads {
+        merged.update(ad);
+    }
+    let keep: ClassAd = merged
+        .iter()
+        .filter(|(n, _)| {
+            let l = n.to_ascii_lowercase();
+            l.starts_with("jobvm") || l.starts_with("vmparam_") || l == "requirements"
+        })
+        .map(|(n, e)| (n.to_owned(), e.clone()))
+        .collect();
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn vm_disk_and_extents() {
+        assert_eq!(
+            parse_vm_disk("os.qcow2:vda:w:qcow2, /abs/data.img:vdb:w:raw"),
+            vec![
+                ("os.qcow2".into(), "vda".into(), "w".into()),
+                ("data.img".into(), "vdb".into(), "w".into())
+            ]
+        );
+        assert!(is_vmdk_extent("os-flat.vmdk"));
+        assert!(is_vmdk_extent("os-s001.vmdk"));
+        assert!(is_vmdk_extent("os-000001.vmdk"));
+        assert!(!is_vmdk_extent("os.vmdk"));
+        assert!(!is_vmdk_extent("my-disk.vmdk"));
+    }
+}
