@@ -299,6 +299,7 @@ fn prepare_and_run(
                 &m.output,
                 &catalog,
                 &m.executable,
+                account.as_ref().map(|a| a.uid),
                 io::BufWriter::new(f),
             )
         });

@@ -1,7 +1,9 @@
 //! Select the job's outputs as HTCondor would and pack them into `output.tar`.
 //!
-//! Nothing the job left behind is trusted: symlinks are never followed (a job could point one at
-//! a file only root may read) and only regular files and directories are packed.
+//! Nothing the job left behind is trusted, because the agent reads it as root: symlinks are
+//! never followed (a job could point one at a file only root may read), a hard link to a file
+//! the job does not own is skipped (the same trick through `link(2)`), only regular files and
+//! directories are packed, and trees deeper than [`MAX_DEPTH`] are cut with a warning.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -12,6 +14,9 @@ use anyhow::{Context, Result};
 use capsule_manifest::{EntryKind, OutputEntry, OutputRule};
 
 use crate::workdir::{self, Catalog};
+
+/// Deepest directory level packed below an explicit output directory.
+pub const MAX_DEPTH: usize = 128;
 
 /// What went into `output.tar`.
 #[derive(Debug, Default)]
@@ -26,16 +31,23 @@ pub struct Collected {
 
 /// Pack the outputs of `work` selected by `rule` into `out` as a tar archive.
 /// `executable` (relative to `work`, if it is there) is never an output of the default rule.
+/// `job_uid` is the account the job ran as (`None`: the agent's own, nothing to guard against).
 pub fn collect(
     work: &Path,
     rule: &OutputRule,
     catalog: &Catalog,
     executable: &str,
+    job_uid: Option<u32>,
     out: impl Write,
 ) -> Result<Collected> {
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    let mut got = Collected::default();
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let mut p = Packer {
+        b: builder,
+        work,
+        job_uid,
+        got: Collected::default(),
+    };
     match rule {
         OutputRule::Default => {
             let mut names: Vec<_> = fs::read_dir(work)
@@ -45,7 +57,7 @@ pub fn collect(
             for entry in names {
                 let meta = entry.metadata()?; // does not follow symlinks
                 let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    got.warnings.push(format!(
+                    p.warn(format!(
                         "output {:?} skipped: the name is not UTF-8",
                         entry.file_name()
                     ));
@@ -53,8 +65,7 @@ pub fn collect(
                 };
                 if !meta.file_type().is_file() {
                     if meta.file_type().is_symlink() {
-                        got.warnings
-                            .push(format!("output {name:?} skipped: it is a symlink"));
+                        p.warn(format!("output {name:?} skipped: it is a symlink"));
                     }
                     continue; // HTCondor's default rule skips subdirectories
                 }
@@ -64,12 +75,13 @@ pub fn collect(
                 if catalog.get(&entry.file_name()) == Some(&workdir::stamp(&meta)) {
                     continue; // an input left unchanged
                 }
-                let size = append_file(&mut b, work, &name, &meta)?;
-                got.outputs.push(OutputEntry {
-                    path: name,
-                    kind: EntryKind::File,
-                    size,
-                });
+                if let Some(size) = p.file(&name, &meta)? {
+                    p.got.outputs.push(OutputEntry {
+                        path: name,
+                        kind: EntryKind::File,
+                        size,
+                    });
+                }
             }
         }
         OutputRule::Explicit { paths } => {
@@ -77,100 +89,116 @@ pub fn collect(
                 let rel = given.trim_end_matches('/');
                 if let Err(e) = workdir::check_no_symlink(work, rel) {
                     if fs::symlink_metadata(work.join(rel)).is_err() {
-                        got.missing.push(given.clone());
+                        p.got.missing.push(given.clone());
                     } else {
-                        got.warnings
-                            .push(format!("output {given:?} skipped: {e:#}"));
+                        p.warn(format!("output {given:?} skipped: {e:#}"));
                     }
                     continue;
                 }
                 let meta = fs::symlink_metadata(work.join(rel))?;
-                if meta.is_dir() {
-                    let size = append_tree(&mut b, work, rel, &mut got.warnings)?;
-                    got.outputs.push(OutputEntry {
-                        path: rel.to_owned(),
-                        kind: EntryKind::Dir,
-                        size,
-                    });
+                let (kind, size) = if meta.is_dir() {
+                    (EntryKind::Dir, Some(p.tree(rel, &meta, 0)?))
                 } else if meta.is_file() {
-                    let size = append_file(&mut b, work, rel, &meta)?;
-                    got.outputs.push(OutputEntry {
+                    (EntryKind::File, p.file(rel, &meta)?)
+                } else {
+                    p.warn(format!("output {given:?} skipped: not a file or directory"));
+                    continue;
+                };
+                if let Some(size) = size {
+                    p.got.outputs.push(OutputEntry {
                         path: rel.to_owned(),
-                        kind: EntryKind::File,
+                        kind,
                         size,
                     });
-                } else {
-                    got.warnings
-                        .push(format!("output {given:?} skipped: not a file or directory"));
                 }
             }
         }
     }
-    b.into_inner()
+    p.b.into_inner()
         .context("cannot finish output.tar")?
         .flush()?;
-    Ok(got)
+    Ok(p.got)
 }
 
-/// Append one regular file; returns its size.
-fn append_file<W: Write>(
-    b: &mut tar::Builder<W>,
-    work: &Path,
-    rel: &str,
-    meta: &fs::Metadata,
-) -> Result<u64> {
-    let file = workdir::open_no_follow(work, rel)?;
-    // Size from the open file, so the header matches what is read even if the path changed.
-    let meta_now = file.metadata()?;
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(meta_now.len());
-    h.set_mode(meta.permissions().mode() & 0o777);
-    h.set_mtime(u64::try_from(meta_now.mtime()).unwrap_or(0));
-    b.append_data(&mut h, rel, Exact::new(file, meta_now.len()))
-        .with_context(|| format!("cannot add {rel} to output.tar"))?;
-    Ok(meta_now.len())
+/// The archive being written and what has been said about it.
+struct Packer<'a, W: Write> {
+    b: tar::Builder<W>,
+    work: &'a Path,
+    job_uid: Option<u32>,
+    got: Collected,
 }
 
-/// Append a directory and everything below it; returns the bytes of file data.
-fn append_tree<W: Write>(
-    b: &mut tar::Builder<W>,
-    work: &Path,
-    rel: &str,
-    warnings: &mut Vec<String>,
-) -> Result<u64> {
-    let dir = work.join(rel);
-    let meta = fs::symlink_metadata(&dir)?;
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_size(0);
-    h.set_mode(meta.permissions().mode() & 0o777);
-    h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
-    b.append_data(&mut h, format!("{rel}/"), std::io::empty())?;
-    let mut entries: Vec<_> = fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(fs::DirEntry::file_name);
-    let mut total = 0u64;
-    for entry in entries {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            warnings.push(format!(
-                "output {rel}/{:?} skipped: the name is not UTF-8",
-                entry.file_name()
-            ));
-            continue;
-        };
-        let child = format!("{rel}/{name}");
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            total = total.saturating_add(append_tree(b, work, &child, warnings)?);
-        } else if meta.is_file() {
-            total = total.saturating_add(append_file(b, work, &child, &meta)?);
-        } else {
-            warnings.push(format!("output {child:?} skipped: not a file or directory"));
-        }
+impl<W: Write> Packer<'_, W> {
+    fn warn(&mut self, warning: String) {
+        self.got.warnings.push(warning);
     }
-    Ok(total)
+
+    /// Append one regular file; its size, or `None` when it was skipped.
+    fn file(&mut self, rel: &str, meta: &fs::Metadata) -> Result<Option<u64>> {
+        if let Some(uid) = self.job_uid {
+            if meta.uid() != uid && meta.nlink() > 1 {
+                self.warn(format!(
+                    "output {rel:?} skipped: a hard link to a file of uid {} (the job ran as uid {uid})",
+                    meta.uid()
+                ));
+                return Ok(None);
+            }
+        }
+        let file = workdir::open_no_follow(self.work, rel)?;
+        // Size from the open file, so the header matches what is read even if the path changed.
+        let meta_now = file.metadata()?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(meta_now.len());
+        h.set_mode(meta.permissions().mode() & 0o777);
+        h.set_mtime(u64::try_from(meta_now.mtime()).unwrap_or(0));
+        self.b
+            .append_data(&mut h, rel, Exact::new(file, meta_now.len()))
+            .with_context(|| format!("cannot add {rel} to output.tar"))?;
+        Ok(Some(meta_now.len()))
+    }
+
+    /// Append a directory and everything below it; returns the bytes of file data.
+    fn tree(&mut self, rel: &str, meta: &fs::Metadata, depth: usize) -> Result<u64> {
+        let dir = self.work.join(rel);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(meta.permissions().mode() & 0o777);
+        h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+        self.b
+            .append_data(&mut h, format!("{rel}/"), std::io::empty())?;
+        if depth >= MAX_DEPTH {
+            self.warn(format!(
+                "output {rel:?}: contents skipped, deeper than {MAX_DEPTH} levels"
+            ));
+            return Ok(0);
+        }
+        let mut entries: Vec<_> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(fs::DirEntry::file_name);
+        let mut total = 0u64;
+        for entry in entries {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                self.warn(format!(
+                    "output {rel}/{:?} skipped: the name is not UTF-8",
+                    entry.file_name()
+                ));
+                continue;
+            };
+            let child = format!("{rel}/{name}");
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                total = total.saturating_add(self.tree(&child, &meta, depth + 1)?);
+            } else if meta.is_file() {
+                total = total.saturating_add(self.file(&child, &meta)?.unwrap_or(0));
+            } else {
+                self.warn(format!("output {child:?} skipped: not a file or directory"));
+            }
+        }
+        Ok(total)
+    }
 }
 
 /// A reader that yields exactly `len` bytes: a file that shrank meanwhile is padded with zeros
@@ -204,5 +232,77 @@ impl std::io::Read for Exact {
         }
         self.remaining -= u64::try_from(n).unwrap_or(self.remaining);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn names(tar_bytes: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(tar_bytes);
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn hard_link_to_a_foreign_file_is_skipped() {
+        let work = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // stands for /etc/shadow: owned by someone else than the job, linked into the work dir
+        fs::write(outside.path().join("secret"), "x").unwrap();
+        fs::hard_link(outside.path().join("secret"), work.path().join("linked")).unwrap();
+        fs::write(work.path().join("plain"), "y").unwrap();
+        let me = fs::metadata(work.path()).unwrap().uid();
+        let mut out = Vec::new();
+        let got = collect(
+            work.path(),
+            &OutputRule::Default,
+            &Catalog::new(),
+            "job",
+            Some(me + 1),
+            &mut out,
+        )
+        .unwrap();
+        // `plain` has one link, so its owner does not matter: the job may have been given it
+        assert_eq!(names(&out), ["plain"]);
+        assert!(
+            got.warnings[0].contains("\"linked\" skipped: a hard link"),
+            "{:?}",
+            got.warnings
+        );
+        // the job's own hard links are fine
+        let mut out = Vec::new();
+        collect(
+            work.path(),
+            &OutputRule::Default,
+            &Catalog::new(),
+            "job",
+            Some(me),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(names(&out), ["linked", "plain"]);
+    }
+
+    #[test]
+    fn deep_trees_are_cut() {
+        let work = tempfile::tempdir().unwrap();
+        let deep: String = (0..MAX_DEPTH + 5).map(|_| "d/").collect();
+        fs::create_dir_all(work.path().join(&deep)).unwrap();
+        let rule = OutputRule::Explicit {
+            paths: vec!["d".into()],
+        };
+        let mut out = Vec::new();
+        let got = collect(work.path(), &rule, &Catalog::new(), "job", None, &mut out).unwrap();
+        assert_eq!(names(&out).len(), MAX_DEPTH + 1);
+        assert!(
+            got.warnings[0].contains("deeper than"),
+            "{:?}",
+            got.warnings
+        );
     }
 }
