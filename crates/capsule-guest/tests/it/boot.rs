@@ -141,6 +141,7 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
     let json = fs::read(files.join("result.json")).unwrap_or_else(|e| {
         panic!("no result.json on the returned disk ({e}); console:\n{console}")
     });
+    cross_check_with_fat_tools(&back, disk.info().unwrap().partition.start, &json);
     let result = JobResult::from_json(&json).unwrap();
     // The timing lines feed docs/PERFORMANCE.md (`cargo test -- --nocapture boot`).
     for line in console
@@ -155,6 +156,38 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
         console,
         _capsule: c,
     }
+}
+
+/// What the guest wrote must also satisfy the reference FAT tools: `fsck.fat -n` finds no
+/// error in the partition and `mtype` reads the same result.json.
+fn cross_check_with_fat_tools(raw: &Path, offset: u64, json: &[u8]) {
+    let part = raw.with_extension("part");
+    let bytes = fs::read(raw).unwrap();
+    fs::write(&part, &bytes[usize::try_from(offset).unwrap()..]).unwrap();
+    let fsck = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "fsck.fat -n: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let mtype = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", raw.display()))
+        .arg("::result.json")
+        .output()
+        .unwrap();
+    assert!(
+        mtype.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&mtype.stderr)
+    );
+    assert_eq!(mtype.stdout, json);
 }
 
 #[test]
