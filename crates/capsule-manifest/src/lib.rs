@@ -60,8 +60,13 @@
 //!   `TransferOutput` is unset: regular files in the top level of the work dir that are new, or
 //!   whose mtime or size differ from what `input.tar` put there, excluding the executable.
 //!   `explicit` lists `TransferOutput` entries (files or directories, relative to the work dir;
-//!   a directory travels as its whole tree, a trailing `/` is kept for the host to interpret as
-//!   HTCondor does). Entries that do not exist are reported in `missing_outputs`.
+//!   a directory travels as its whole tree). `output.tar` stores every entry under its path
+//!   relative to the work dir (`a/b/c.txt`, `dir/...`), so the host applies HTCondor's placement
+//!   rules itself (a nested file lands as its basename, `dir/` with a trailing slash means the
+//!   directory's contents, remaps). Entries that do not exist are reported in
+//!   `missing_outputs` (HTCondor would put such a job on hold).
+//!   Both rules skip symlinks, special files and, when the job ran as another user, hard links
+//!   to files it does not own; skipped entries are listed in `warnings`.
 //! * `inputs` (default empty): the entries of `input.tar` the host put there; the agent checks
 //!   each one was unpacked.
 //!
