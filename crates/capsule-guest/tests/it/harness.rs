@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use capsule_disk::{Access, CreateOptions, DataDisk};
+use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
 use capsule_manifest::{EntryKind, InputEntry, JobResult, Manifest};
 
 /// A capsule under construction: the manifest plus the files that go into input.tar.
@@ -114,10 +114,16 @@ impl Capsule {
     /// Run capsule-init in host mode on a raw image file (`--image`), the FAT read and written
     /// in user space; the disk's files are then copied out for the assertions.
     pub fn run(self) -> Ran {
+        self.run_image(ImageFormat::Raw)
+    }
+
+    /// As [`Capsule::run`], on an image of `format` (capsule-init detects it by magic).
+    pub fn run_image(self, format: ImageFormat) -> Ran {
         let staged = self.dir.path().join("staged");
         self.write_data_dir(&staged);
         let image = self.dir.path().join("data.img");
-        let disk = DataDisk::create(&image, &CreateOptions::new().size(32 << 20)).unwrap();
+        let opts = CreateOptions::new().size(32 << 20).format(format);
+        let disk = DataDisk::create(&image, &opts).unwrap();
         for name in ["capsule.json", "input.tar"] {
             disk.put_file(name, &mut fs::File::open(staged.join(name)).unwrap())
                 .unwrap();

@@ -1,5 +1,6 @@
 //! Host-mode runs (no VM): every behaviour of the job runner that a boot would only slow down.
 
+use capsule_disk::ImageFormat;
 use capsule_manifest::{EntryKind, Outcome, OutputEntry, OutputRule};
 
 use crate::harness::script;
@@ -86,6 +87,19 @@ fn stdin_from_a_file_and_streams_kept_apart() {
     // without a stdin file the job reads /dev/null
     let ran = script("cat; echo done").run_in_dir();
     assert_eq!(ran.text("stdout"), "done\n");
+}
+
+#[test]
+fn vmdk_and_qcow2_image_files() {
+    for format in [ImageFormat::Vmdk, ImageFormat::Qcow2] {
+        let ran = script("echo out > out.txt; echo hello; exit 5").run_image(format);
+        assert_eq!(ran.result.outcome, exited(5), "{format}: {}", ran.log);
+        assert_eq!(ran.text("stdout"), "hello\n");
+        assert_eq!(
+            ran.output_tar(),
+            [("out.txt".to_owned(), "out\n".to_owned())]
+        );
+    }
 }
 
 #[test]
