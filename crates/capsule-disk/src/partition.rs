@@ -368,7 +368,7 @@ pub fn build_mbr(disk_size: u64, start: u64, kind: u8, disk_id: u32) -> Result<[
         value: start.to_string(),
         reason,
     };
-    if start == 0 || start % SECTOR != 0 {
+    if start == 0 || !start.is_multiple_of(SECTOR) {
         return Err(invalid(
             "must be a positive multiple of 512 (e.g. 32256 or 1048576)".into(),
         ));

@@ -126,7 +126,7 @@ impl Header {
             ));
         }
         let in_file = |off: u64, len: u64| {
-            off % cs == 0 && off.checked_add(len).is_some_and(|e| e <= file_len.max(cs))
+            off.is_multiple_of(cs) && off.checked_add(len).is_some_and(|e| e <= file_len.max(cs))
         };
         if !in_file(l1_offset, u64::from(l1_size) * 8) && l1_size != 0 {
             return Err(bad(40, format!("L1 table at {l1_offset} is unaligned or past the end of the {file_len}-byte file")));

@@ -253,7 +253,7 @@ impl Qcow2Backend {
         }
         if !self.l2.contains_key(&i) {
             let cs = self.cs();
-            if off % cs != 0 || off + cs > self.file_end() {
+            if !off.is_multiple_of(cs) || off + cs > self.file_end() {
                 return Err(self.corrupt(
                     "qcow2 L1 entry",
                     self.h.l1_offset + i * 8,
@@ -348,7 +348,7 @@ impl Qcow2Backend {
         if off == 0 {
             return Ok(Loc::Unallocated);
         }
-        if off % cs != 0 || off >= end {
+        if !off.is_multiple_of(cs) || off >= end {
             return Err(self.corrupt(
                 "qcow2 L2 entry",
                 at,

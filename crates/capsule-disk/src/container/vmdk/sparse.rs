@@ -271,7 +271,7 @@ impl SparseExtent {
             value: bytes.to_string(),
             reason,
         };
-        if bytes % SECTOR != 0 {
+        if !bytes.is_multiple_of(SECTOR) {
             return Err(invalid(
                 "a vmdk size must be a multiple of 512 bytes".into(),
             ));
