@@ -13,21 +13,86 @@ use thiserror::Error;
 
 /// Every knob we understand, with its default and meaning (for docs and warnings).
 pub const KNOBS: &[(&str, &str, &str)] = &[
-    ("VM_CAPSULE_TEMPLATE", "(required)", "directory holding condor_vm_capsule/, the template VM"),
-    ("VM_CAPSULE_SCRATCH_DIR_PREFIX", "/tmp/vm-capsule", "per-job scratch dirs go under <prefix>/<owner>/"),
-    ("VM_CAPSULE_TRANSLATE_LOG", "(stderr only)", "log file of the translate, update and cleanup hooks"),
-    ("VM_CAPSULE_EXIT_LOG", "(stderr only)", "log file of the finalize hook"),
-    ("VM_CAPSULE_DISK_PART_OFFSET", "(from the template's data disk, else 1048576)", "byte offset of the data disk's FAT partition"),
-    ("VM_CAPSULE_CONDOR_TARBALL", "(unused)", "seed knob: a Condor tarball for the guest; capsule-init needs none"),
-    ("VM_CAPSULE_CONDOR_TARBALL_VERSION", "(unused)", "seed knob: version of that tarball"),
-    ("VM_CAPSULE_INIT_SCRIPT_PATH", "capsule-init beside the vm-capsule binary", "the guest agent copied onto the data disk"),
-    ("VM_CAPSULE_DATA_DISK_MOUNT_POINT", "/condor-data", "where the guest mounts the data disk (seed layout)"),
-    ("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE", "(built-in kvm defaults)", "condor_submit -dump output of the admin's VM submit file"),
-    ("VM_CAPSULE_DATA_DISK_LABEL", "CONDORDATA", "FAT volume label of the data disk"),
-    ("VM_CAPSULE_OUTPUT_HEADROOM_MB", "256", "free space on the data disk for outputs when RequestDisk is unset"),
-    ("VM_CAPSULE_VM_MEMORY_MB", "512", "VM memory when neither the template nor RequestMemory says"),
-    ("VM_CAPSULE_JOB_USER", "condor", "user the job runs as inside the guest (fallback nobody)"),
-    ("VM_CAPSULE_WALL_TIME_LIMIT", "0 (none)", "seconds before the guest agent kills the job"),
+    (
+        "VM_CAPSULE_TEMPLATE",
+        "(required)",
+        "directory holding condor_vm_capsule/, the template VM",
+    ),
+    (
+        "VM_CAPSULE_SCRATCH_DIR_PREFIX",
+        "/tmp/vm-capsule",
+        "per-job scratch dirs go under <prefix>/<owner>/",
+    ),
+    (
+        "VM_CAPSULE_TRANSLATE_LOG",
+        "(stderr only)",
+        "log file of the translate, update and cleanup hooks",
+    ),
+    (
+        "VM_CAPSULE_EXIT_LOG",
+        "(stderr only)",
+        "log file of the finalize hook",
+    ),
+    (
+        "VM_CAPSULE_DISK_PART_OFFSET",
+        "(from the template's data disk, else 1048576)",
+        "byte offset of the data disk's FAT partition",
+    ),
+    (
+        "VM_CAPSULE_CONDOR_TARBALL",
+        "(unused)",
+        "seed knob: a Condor tarball for the guest; capsule-init needs none",
+    ),
+    (
+        "VM_CAPSULE_CONDOR_TARBALL_VERSION",
+        "(unused)",
+        "seed knob: version of that tarball",
+    ),
+    (
+        "VM_CAPSULE_INIT_SCRIPT_PATH",
+        "capsule-init beside the vm-capsule binary",
+        "the guest agent copied onto the data disk",
+    ),
+    (
+        "VM_CAPSULE_DATA_DISK_MOUNT_POINT",
+        "/condor-data",
+        "where the guest mounts the data disk (seed layout)",
+    ),
+    (
+        "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE",
+        "(built-in kvm defaults)",
+        "condor_submit -dump output of the admin's VM submit file",
+    ),
+    (
+        "VM_CAPSULE_DATA_DISK_LABEL",
+        "CONDORDATA",
+        "FAT volume label of the data disk",
+    ),
+    (
+        "VM_CAPSULE_OUTPUT_HEADROOM_MB",
+        "256",
+        "free space on the data disk for outputs when RequestDisk is unset",
+    ),
+    (
+        "VM_CAPSULE_VM_MEMORY_MB",
+        "512",
+        "VM memory when neither the template nor RequestMemory says",
+    ),
+    (
+        "VM_CAPSULE_JOB_USER",
+        "condor",
+        "user the job runs as inside the guest (fallback nobody)",
+    ),
+    (
+        "VM_CAPSULE_WALL_TIME_LIMIT",
+        "0 (none)",
+        "seconds before the guest agent kills the job",
+    ),
+    (
+        "VM_CAPSULE_MAX_DATA_DISK_MB",
+        "65536",
+        "largest data disk translate creates; bigger jobs are held",
+    ),
 ];
 
 /// Configuration that cannot be read or is invalid.
@@ -260,9 +325,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.conf");
         std::fs::write(&path, text).unwrap();
-        let env = vec![("_CONDOR_VM_CAPSULE_EXIT_LOG".to_owned(), "/log/exit".to_owned())];
+        let env = vec![(
+            "_CONDOR_VM_CAPSULE_EXIT_LOG".to_owned(),
+            "/log/exit".to_owned(),
+        )];
         let knobs = Knobs::load(Some(&path), env).unwrap();
-        assert_eq!(knobs.get("VM_CAPSULE_TEMPLATE"), Some("/var/lib/condor/vmt"));
+        assert_eq!(
+            knobs.get("VM_CAPSULE_TEMPLATE"),
+            Some("/var/lib/condor/vmt")
+        );
         assert_eq!(knobs.get("VM_CAPSULE_SCRATCH_DIR_PREFIX"), Some("/scratch"));
         assert_eq!(knobs.get("VM_CAPSULE_EXIT_LOG"), Some("/log/exit"));
         assert_eq!(knobs.warnings.len(), 1);
@@ -272,7 +343,10 @@ mod tests {
     #[test]
     fn bad_lines_and_numbers() {
         let err = parse_config("A = 1\nnot an assignment\n", Path::new("x.conf")).unwrap_err();
-        assert_eq!(err.to_string(), "x.conf:2: expected NAME = value, found \"not an assignment\"");
+        assert_eq!(
+            err.to_string(),
+            "x.conf:2: expected NAME = value, found \"not an assignment\""
+        );
         let knobs = Knobs::from_pairs([("VM_CAPSULE_VM_MEMORY_MB", "lots")]);
         assert!(knobs.number("VM_CAPSULE_VM_MEMORY_MB").is_err());
     }

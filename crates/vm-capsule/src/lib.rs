@@ -5,5 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod hooks;
 pub mod job;
+pub mod routed;
 pub mod template;

@@ -1,0 +1,187 @@
+//! The VM-universe ad the translate hook prints: the routed job HTCondor will run.
+//!
+//! The JobRouter replaces the routed ad with the hook's output and submits it attribute by
+//! attribute without `condor_submit` (reference/htcondor-protocol.md §1.2, §3.1), so the ad
+//! must be complete: universe, VM parameters, file transfer, `Requirements`, identity and
+//! accounting. It is built, not echoed: the original's history must not leak into the copy.
+
+use classad::{parse_expr, ClassAd, Expr, Syntax};
+
+use crate::job::JobSpec;
+use crate::template::{Flavour, Template};
+
+/// `JobUniverse` of VM jobs.
+pub const VM_UNIVERSE: i64 = 13;
+
+/// Attributes copied from the original job: identity, accounting, priority and notification.
+const CARRIED: &[&str] = &[
+    "Owner",
+    "User",
+    "AcctGroup",
+    "AcctGroupUser",
+    "AccountingGroup",
+    "ProjectName",
+    "NiceUser",
+    "JobPrio",
+    "JobNotification",
+    "NotifyUser",
+    "ConcurrencyLimits",
+    "MaxJobRetirementTime",
+    "JobMaxVacateTime",
+    "QDate",
+    "SubmitterGroup",
+    "OsUser",
+];
+
+/// One disk of the routed VM, as `VMPARAM_vm_Disk` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisk {
+    /// File name in the scratch dir (transferred).
+    pub file: String,
+    /// Guest device.
+    pub device: String,
+    /// `w` or `r`.
+    pub perm: &'static str,
+    /// `raw`, `qcow2` or `vmdk`.
+    pub format: &'static str,
+}
+
+/// What the translate hook staged, for the ad.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The scratch dir: the routed job's `Iwd`.
+    pub scratch: String,
+    /// VM disks in device order (the data disk last).
+    pub disks: Vec<VmDisk>,
+    /// Every file to transfer (disks, backing files, kernel, vmx).
+    pub transfer: Vec<String>,
+    /// The data disk's file name.
+    pub data_disk: String,
+    /// VM memory, MiB.
+    pub memory_mib: u64,
+    /// VM CPUs.
+    pub vcpus: u64,
+    /// VMware: the `.vmx` name.
+    pub vmx: Option<String>,
+    /// Direct kernel boot: kernel, initrd, command line (file names in scratch).
+    pub kernel: Option<(String, String, String)>,
+}
+
+/// Build the routed VM-universe ad.
+///
+/// # Panics
+/// Never: the fixed `Requirements` texts are valid expressions (checked by a unit test).
+pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &Staged) -> ClassAd {
+    let mut ad = ClassAd::new();
+    for name in CARRIED {
+        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
+            ad.insert(n, e.clone());
+        }
+    }
+    ad.insert("MyType", Expr::string("Job"));
+    ad.insert("TargetType", Expr::string("Machine"));
+    ad.insert("JobUniverse", Expr::integer(VM_UNIVERSE));
+    ad.insert("JobStatus", Expr::integer(1));
+    // `Cmd` is only a label for VM jobs.
+    ad.insert("Cmd", Expr::string(format!("vm-capsule job {}", job.id())));
+    ad.insert("Iwd", Expr::string(staged.scratch.clone()));
+    ad.insert("JobVMType", Expr::string(template.flavour.vm_type()));
+    ad.insert("JobVMMemory", Expr::integer(to_i64(staged.memory_mib)));
+    ad.insert("JobVM_VCPUS", Expr::integer(to_i64(staged.vcpus)));
+    ad.insert("JobVMNetworking", Expr::boolean(false));
+    ad.insert("JobVMCheckpoint", Expr::boolean(false));
+    ad.insert("RequestMemory", Expr::attr("JobVMMemory"));
+    ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
+    if let Some(disk) = job.request_disk_kib {
+        ad.insert("RequestDisk", Expr::integer(to_i64(disk)));
+    }
+    ad.insert("ShouldTransferFiles", Expr::string("YES"));
+    ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
+    ad.insert("TransferExecutable", Expr::boolean(false));
+    ad.insert("TransferInput", Expr::string(staged.transfer.join(",")));
+    ad.insert("ImageSize", Expr::integer(to_i64(staged.memory_mib * 1024)));
+    ad.insert(
+        "ExecutableSize",
+        Expr::integer(to_i64(staged.memory_mib * 1024)),
+    );
+    ad.insert("DiskUsage", Expr::integer(1));
+    match template.flavour {
+        Flavour::Kvm | Flavour::Xen => {
+            let disks: Vec<String> = staged
+                .disks
+                .iter()
+                .map(|d| format!("{}:{}:{}:{}", d.file, d.device, d.perm, d.format))
+                .collect();
+            ad.insert("VMPARAM_vm_Disk", Expr::string(disks.join(",")));
+        }
+        Flavour::Vmware => {
+            ad.insert("VMPARAM_VMware_Dir", Expr::string(staged.scratch.clone()));
+            ad.insert("VMPARAM_VMware_Transfer", Expr::boolean(true));
+            // OS disks are hard links to the template: writes must go to snapshot deltas.
+            ad.insert("VMPARAM_VMware_SnapshotDisk", Expr::boolean(true));
+            if let Some(vmx) = &staged.vmx {
+                ad.insert("VMPARAM_VMware_VMX_File", Expr::string(vmx.clone()));
+            }
+            let vmdks: Vec<&str> = staged.disks.iter().map(|d| d.file.as_str()).collect();
+            ad.insert("VMPARAM_VMware_VMDK_Files", Expr::string(vmdks.join(",")));
+        }
+    }
+    ad.insert("VMPARAM_No_Output_VM", Expr::boolean(false));
+    // The admin's classad template may refine VM parameters (not disks or memory we computed).
+    for (name, expr) in template.vm_attrs.iter() {
+        let lower = name.to_ascii_lowercase();
+        let ours = [
+            "vmparam_vm_disk",
+            "vmparam_vmware_dir",
+            "vmparam_vmware_vmdk_files",
+            "vmparam_vmware_vmx_file",
+            "jobvmmemory",
+            "jobvmtype",
+            "jobvm_vcpus",
+        ];
+        if !ours.contains(&lower.as_str()) {
+            ad.insert(name, expr.clone());
+        }
+    }
+    if !ad.contains("Requirements") {
+        ad.insert("Requirements", default_requirements(template.flavour));
+    }
+    if let Some((kernel, initrd, cmdline)) = &staged.kernel {
+        ad.insert("VMCapsuleKernel", Expr::string(kernel.clone()));
+        ad.insert("VMCapsuleInitrd", Expr::string(initrd.clone()));
+        ad.insert("VMCapsuleKernelArgs", Expr::string(cmdline.clone()));
+    }
+    ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
+    ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));
+    ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
+    ad.insert("VMCapsuleVersion", Expr::string(env!("CARGO_PKG_VERSION")));
+    ad
+}
+
+/// What `condor_submit` adds for VM jobs (`SetRequirements`); Xen skips `TotalMemory`.
+fn default_requirements(flavour: Flavour) -> Expr {
+    let memory = match flavour {
+        Flavour::Xen => "",
+        _ => " && (TARGET.TotalMemory >= MY.JobVMMemory)",
+    };
+    let text = format!(
+        "(TARGET.Arch == \"X86_64\") && (TARGET.HasVM =?= true) && (TARGET.VM_Type == MY.JobVMType) && (TARGET.VM_AvailNum > 0){memory} && (TARGET.VM_Memory >= MY.JobVMMemory)"
+    );
+    parse_expr(&text, Syntax::New).unwrap_or(Expr::boolean(false))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_parse() {
+        for f in [Flavour::Kvm, Flavour::Xen, Flavour::Vmware] {
+            assert_ne!(default_requirements(f), Expr::boolean(false));
+        }
+    }
+}
