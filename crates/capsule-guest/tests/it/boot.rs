@@ -138,6 +138,23 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
         let mut dst = fs::File::create(files.join(&entry.name)).unwrap();
         std::io::copy(&mut src, &mut dst).unwrap();
     }
+    // The finalize hook reads the container QEMU wrote to directly, in user space: it must
+    // see the same files as qemu-img's conversion.
+    if format != "raw" {
+        let direct = DataDisk::open(&image, Access::ReadOnly).unwrap();
+        for entry in disk.list("").unwrap() {
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut disk.open_file(&entry.name).unwrap(), &mut a).unwrap();
+            std::io::Read::read_to_end(&mut direct.open_file(&entry.name).unwrap(), &mut b)
+                .unwrap();
+            assert!(
+                a == b,
+                "{format}: {} differs when read from the container",
+                entry.name
+            );
+        }
+    }
     let json = fs::read(files.join("result.json")).unwrap_or_else(|e| {
         panic!("no result.json on the returned disk ({e}); console:\n{console}")
     });
