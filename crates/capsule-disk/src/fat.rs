@@ -142,6 +142,10 @@ pub(crate) struct BootInfo {
     /// Number of data clusters.
     pub(crate) clusters: u64,
     pub(crate) kind: FatKind,
+    /// Bytes per cluster.
+    pub(crate) cluster_size: u64,
+    /// FAT32 only: first cluster of the root directory.
+    pub(crate) root_cluster: Option<u32>,
 }
 
 impl BootInfo {
@@ -216,6 +220,45 @@ impl BootInfo {
             ));
         }
         Ok(())
+    }
+
+    /// Check a directory's cluster chain: it starts at a valid cluster, every link is valid or
+    /// end-of-chain, and it is no longer than the 2 MiB a FAT directory can hold.
+    pub(crate) fn check_dir_chain(
+        &self,
+        first: u32,
+        cluster_size: u64,
+        read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let valid = |c: u64| (2..self.clusters + 2).contains(&c);
+        let eoc: u64 = match self.kind {
+            FatKind::Fat12 => 0xff8,
+            FatKind::Fat16 => 0xfff8,
+            FatKind::Fat32 => 0x0fff_fff8,
+        };
+        let mut c = u64::from(first);
+        if !valid(c) {
+            return Err(format!(
+                "first cluster {c} is outside the volume (2..{})",
+                self.clusters + 2
+            ));
+        }
+        let max = (2 * 1024 * 1024 / cluster_size).max(1);
+        for _ in 0..max {
+            let next = self
+                .fat_entry(c, read)
+                .map_err(|e| format!("cannot read the FAT: {e}"))?;
+            if next >= eoc {
+                return Ok(());
+            }
+            if !valid(next) {
+                return Err(format!(
+                    "cluster {c} links to {next:#x}, which is free, bad or outside the volume"
+                ));
+            }
+            c = next;
+        }
+        Err("cluster chain longer than the 2 MiB a directory can hold (a loop?)".to_owned())
     }
 
     /// The FAT entry of cluster `c`.
@@ -379,11 +422,14 @@ pub(crate) fn check_boot_sector(
             format!("volume of {volume_bytes} bytes does not fit its {part_size}-byte partition"),
         ));
     }
+    let root_cluster = (kind == FatKind::Fat32).then(|| u32at(44));
     Ok(BootInfo {
         volume_bytes,
         fat_offset: u64::from(reserved) * u64::from(bps),
         clusters,
         kind,
+        cluster_size: u64::from(bps) * u64::from(spc),
+        root_cluster,
     })
 }
 

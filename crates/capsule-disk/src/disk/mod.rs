@@ -159,6 +159,19 @@ impl DataDisk {
         boot: fat::BootInfo,
     ) -> Result<DataDisk, Error> {
         let io = VolumeIo::new(Arc::clone(&cache), partition.start, partition.size);
+        if let Some(root) = boot.root_cluster {
+            let mut c = lock(&cache).map_err(|e| Error::io("read", path, e))?;
+            let start = partition.start;
+            boot.check_dir_chain(root, boot.cluster_size, &mut |off, buf| {
+                c.read_at(start + off, buf)
+            })
+            .map_err(|detail| Error::Corrupt {
+                path: path.to_owned(),
+                what: "FAT directory",
+                offset: start + boot.fat_offset,
+                detail: format!("root directory: {detail}"),
+            })?;
+        }
         let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new())
             .map_err(|e| Error::io("mount the FAT volume of", path, e))?;
         Ok(DataDisk {
@@ -256,7 +269,7 @@ impl DataDisk {
                 });
             }
             match self.find_in(&dir, c, full)? {
-                Some(e) if e.is_dir() => dir = e.to_dir(),
+                Some(e) if e.is_dir() => dir = self.enter(&e, full)?,
                 Some(_) => {
                     return Err(Error::WrongKind {
                         path: full.to_owned(),
@@ -286,7 +299,7 @@ impl DataDisk {
                 });
             }
             dir = match self.find_in(&dir, c, full)? {
-                Some(e) if e.is_dir() => e.to_dir(),
+                Some(e) if e.is_dir() => self.enter(&e, full)?,
                 Some(_) => {
                     return Err(Error::WrongKind {
                         path: full.to_owned(),
@@ -448,6 +461,24 @@ impl DataDisk {
                 path: path.to_owned(),
             }),
         }
+    }
+
+    /// Open a subdirectory after checking its cluster chain: `fatfs` would otherwise compute
+    /// offsets from out-of-range cluster numbers (an arithmetic overflow) or follow a loop.
+    fn enter<'a>(&'a self, e: &FatEntry<'a>, path: &str) -> Result<FatDir<'a>, Error> {
+        let first = first_cluster(e);
+        let start = self.partition.start;
+        let cs = u64::from(self.fs.cluster_size());
+        let mut cache = lock(&self.cache).map_err(self.fat_err(path))?;
+        self.boot
+            .check_dir_chain(first, cs, &mut |off, buf| cache.read_at(start + off, buf))
+            .map_err(|detail| Error::Corrupt {
+                path: self.path.clone(),
+                what: "FAT directory",
+                offset: start + self.boot.fat_offset,
+                detail: format!("directory '{path}': {detail}"),
+            })?;
+        Ok(e.to_dir())
     }
 
     /// Refuse a file whose cluster chain leaves the volume or loops (a hostile disk).

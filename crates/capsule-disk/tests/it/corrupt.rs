@@ -244,9 +244,7 @@ fn directory_loops() {
     }
     let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
     let msg = disk.list("a").unwrap_err().to_string();
-    assert!(msg.contains("FAT operation on 'a' failed"), "{msg}");
-    let full = format!("{:?}", disk.list("a").unwrap_err());
-    assert!(full.contains("budget"), "{full}");
+    assert!(msg.contains("directory 'a'") && msg.contains("a loop?"), "{msg}");
 }
 
 #[test]
