@@ -10,7 +10,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    // Hooks are run by path with no arguments: `vm-capsule-translate` means `translate`.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(hook) = argv.first().and_then(|a| cli::hooks::hook_from_argv0(a)) {
+        argv.insert(1, hook.into());
+    }
+    let args = cli::Cli::parse_from(argv);
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -2,6 +2,7 @@
 
 mod ad;
 mod disk;
+pub mod hooks;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,16 @@ enum Command {
     /// Create, fill and read FAT data disks in raw, VMDK and qcow2 images (no qemu-img/mtools).
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// JobRouter translate hook: vanilla job ad on stdin, VM-universe ad on stdout.
+    Translate(hooks::HookArgs),
+    /// JobRouter finalize hook: original and routed ad on stdin, exit attributes on stdout.
+    Finalize(hooks::HookArgs),
+    /// JobRouter cleanup hook: routed ad on stdin; removes the scratch dir.
+    Cleanup(hooks::HookArgs),
+    /// JobRouter update hook: prints nothing.
+    Update(hooks::HookArgs),
+    /// Link the hooks as vm-capsule-<hook> executables into a directory and print the config.
+    InstallHooks(hooks::InstallArgs),
 }
 
 /// Dispatch one parsed command line.
@@ -33,5 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ad(cmd) => ad::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Translate(a) => hooks::run_translate(&a),
+        Command::Finalize(a) => hooks::run_finalize(&a),
+        Command::Cleanup(a) => hooks::run_cleanup(&a),
+        Command::Update(a) => hooks::run_update(&a),
+        Command::InstallHooks(a) => hooks::run_install(&a),
     }
 }

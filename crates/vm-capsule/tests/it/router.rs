@@ -1,0 +1,274 @@
+//! A stand-in JobRouter for host-mode tests (no pool can run here): it writes hook stdin
+//! exactly as `JobRouterHookMgr` does (sorted long-format ads, the route line, `------`,
+//! stdin closed), runs the hooks by their executable names with no arguments from an
+//! unwritable directory with the router's environment, caps stdout at PIPE_BUFFER_MAX, checks
+//! every line with HTCondor's own parser, and applies the router's edits to the routed ad
+//! (reference/htcondor-protocol.md §1.3). The execute node is `capsule-init --image` on the
+//! host. Everything else is real.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use classad::{ClassAd, Expr};
+use serde_json::json;
+
+/// The JobRouter reads at most this much of a hook's stdout (`PIPE_BUFFER_MAX`).
+pub const PIPE_BUFFER_MAX: usize = 10240;
+
+/// What a hook run produced.
+#[derive(Debug)]
+pub struct HookRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Everything a test pool needs: hook links, knobs, template, an unwritable cwd.
+pub struct Pool {
+    pub root: tempfile::TempDir,
+    pub hooks_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/router.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .env("CONDOR_CONFIG", "/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed (HTCondor's library plays condor_submit)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "router.py {args:?} failed (is `pip install 'htcondor==24.0.*'` done?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Real job ads for submit descriptions, as condor_submit and the schedd would make them.
+pub fn job_ads(jobs: &[(String, String, i64)]) -> Vec<ClassAd> {
+    let owner = current_user();
+    let input: Vec<_> = jobs
+        .iter()
+        .map(|(name, submit, cluster)| json!({"name": name, "submit": submit, "cluster": cluster, "owner": owner}))
+        .collect();
+    let out = python_json(&["ads"], &json!(input));
+    jobs.iter()
+        .map(|(name, _, _)| {
+            let text = out[name].as_str().unwrap();
+            classad::parse_old_ad(text).unwrap()
+        })
+        .collect()
+}
+
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Every stdout line must parse alone with HTCondor's old-syntax parser.
+pub fn assert_lines_parse_in_htcondor(stdout: &str) {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors = python_json(&["check"], &json!(lines));
+    assert_eq!(errors, json!([]), "HTCondor rejects hook output lines");
+}
+
+/// The ad as the router prints it: sorted long format.
+pub fn print_ad(ad: &ClassAd) -> String {
+    classad::print::ad_to_hook_string(ad).unwrap()
+}
+
+impl Pool {
+    pub fn new(template: &dyn Fn(&Path)) -> Pool {
+        let root = tempfile::tempdir().unwrap();
+        let hooks_dir = root.path().join("hooks");
+        let out = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(&hooks_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let template_root = root.path().join("template");
+        std::fs::create_dir_all(template_root.join("condor_vm_capsule")).unwrap();
+        template(&template_root.join("condor_vm_capsule"));
+        let scratch_prefix = root.path().join("scratch");
+        std::fs::create_dir(&scratch_prefix).unwrap();
+        let cwd = root.path().join("log");
+        std::fs::create_dir(&cwd).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cwd, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let env = vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("HOME".into(), "/root".into()),
+            ("CONDOR_CONFIG".into(), "/dev/null".into()),
+            (
+                "_CONDOR_VM_CAPSULE_TEMPLATE".into(),
+                template_root.display().to_string(),
+            ),
+            (
+                "_CONDOR_VM_CAPSULE_SCRATCH_DIR_PREFIX".into(),
+                scratch_prefix.display().to_string(),
+            ),
+            (
+                "_CONDOR_VM_CAPSULE_TRANSLATE_LOG".into(),
+                root.path().join("translate.log").display().to_string(),
+            ),
+            (
+                "_CONDOR_VM_CAPSULE_EXIT_LOG".into(),
+                root.path().join("exit.log").display().to_string(),
+            ),
+            ("_CONDOR_VM_CAPSULE_OUTPUT_HEADROOM_MB".into(), "64".into()),
+            (
+                "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH".into(),
+                capsule_init().display().to_string(),
+            ),
+        ];
+        Pool {
+            root,
+            hooks_dir,
+            env,
+            cwd,
+        }
+    }
+
+    /// Run hook `name` by its executable name with `stdin`, as the router does.
+    pub fn run_hook(&self, name: &str, stdin: &str) -> HookRun {
+        let mut child = Command::new(self.hooks_dir.join(format!("vm-capsule-{name}")))
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Written, then closed (`Close_Stdin_Pipe`).
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            stdout.len() <= PIPE_BUFFER_MAX,
+            "{name} printed {} bytes, over PIPE_BUFFER_MAX",
+            stdout.len()
+        );
+        assert_eq!(
+            std::fs::read_dir(&self.cwd).unwrap().count(),
+            0,
+            "{name} wrote into its working directory"
+        );
+        HookRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Translate `job`; returns the routed ad after the router's own edits, or the failed run.
+    pub fn translate(&self, job: &ClassAd) -> Result<ClassAd, HookRun> {
+        let stdin = format!(
+            "[ Name = \"VM capsule\"; TargetUniverse = 13 ]\n------\n{}",
+            print_ad(job)
+        );
+        let run = self.run_hook("translate", &stdin);
+        if run.code != 0 {
+            assert!(
+                run.stdout.is_empty(),
+                "a failing translate must print nothing"
+            );
+            return Err(run);
+        }
+        assert!(
+            !run.stdout.is_empty(),
+            "translate exited 0 with no output: the router would loop"
+        );
+        assert_lines_parse_in_htcondor(&run.stdout);
+        let mut routed = classad::parse_old_ad(&run.stdout).unwrap();
+        // FinishSubmitJob: VanillaToGrid, then the router's bookkeeping, then submit_job.
+        for gone in ["ClusterId", "ProcId", "GlobalJobId", "QDate", "UserLog"] {
+            routed.remove(gone);
+        }
+        let id = |a: &str| classad::eval::evaluate_attr(job, a).as_integer().unwrap();
+        routed.insert("JobStatus", Expr::integer(1));
+        routed.insert(
+            "RoutedFromJobId",
+            Expr::string(format!("{}.{}", id("ClusterId"), id("ProcId"))),
+        );
+        routed.insert("RoutedBy", Expr::string("jobrouter"));
+        routed.insert("RouteName", Expr::string("VM capsule"));
+        routed.insert("ClusterId", Expr::integer(id("ClusterId") + 1000));
+        routed.insert("ProcId", Expr::integer(0));
+        routed.insert(
+            "LeaveJobInQueue",
+            classad::parse_expr("JobStatus == 4", classad::Syntax::New).unwrap(),
+        );
+        Ok(routed)
+    }
+
+    /// Finalize: the original (with the mirrored completion) and the completed routed ad.
+    pub fn finalize(&self, original: &ClassAd, routed: &ClassAd) -> (HookRun, ClassAd) {
+        let mut src = original.clone();
+        let mut dest = routed.clone();
+        for ad in [&mut src, &mut dest] {
+            // The VM job's own completion: the vm-gahp exits 0 whatever the guest did.
+            ad.insert("JobStatus", Expr::integer(4));
+            ad.insert("ExitCode", Expr::integer(0));
+            ad.insert("ExitBySignal", Expr::boolean(false));
+        }
+        src.insert("Managed", Expr::string("External"));
+        let stdin = format!("{}\n------\n{}", print_ad(&src), print_ad(&dest));
+        let run = self.run_hook("finalize", &stdin);
+        assert_eq!(run.code, 0, "finalize must exit 0: {}", run.stderr);
+        assert_lines_parse_in_htcondor(&run.stdout);
+        let attrs = classad::parse_old_ad(&run.stdout).unwrap();
+        src.update(&attrs);
+        (run, src)
+    }
+
+    pub fn cleanup(&self, routed: &ClassAd) -> HookRun {
+        let run = self.run_hook("cleanup", &print_ad(routed));
+        assert_eq!(run.code, 0);
+        assert!(run.stdout.is_empty());
+        run
+    }
+}
+
+/// The guest agent binary (built by `cargo test --workspace`, as scripts/test.sh runs it).
+pub fn capsule_init() -> PathBuf {
+    let path = assert_cmd::cargo::cargo_bin("capsule-init");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p capsule-guest` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The execute node, host mode: run the guest agent on the data disk file in place.
+pub fn run_capsule(disk: &Path, work: &Path) -> std::process::Output {
+    Command::new(capsule_init())
+        .arg("--image")
+        .arg(disk)
+        .arg("--scratch")
+        .arg(work)
+        .args(["--no-poweroff", "--as-current-user"])
+        .output()
+        .unwrap()
+}
