@@ -5,7 +5,9 @@
 //! flush; `qemu-img check` must find no errors and no leaks. Images with internal snapshots,
 //! compressed clusters to be overwritten, or refcount widths other than 16 bits are read-only.
 
+mod create;
 mod header;
+mod refcount;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -87,69 +89,6 @@ fn be_bytes(entries: &[u64]) -> Vec<u8> {
 }
 
 impl Qcow2Backend {
-    /// Create a new, empty qcow2 v3 image of `size` bytes with 64 KiB clusters.
-    pub(crate) fn create(path: &Path, size: u64) -> Result<Self, Error> {
-        if size > header::MAX_SIZE {
-            return Err(Error::InvalidArgument {
-                what: "size",
-                value: size.to_string(),
-                reason: "larger than the 64 TiB limit".to_owned(),
-            });
-        }
-        let cluster_bits = 16u32;
-        let cs = 1u64 << cluster_bits;
-        let l1_size = size.div_ceil(cs * (cs / 8)).max(1);
-        let l1_clusters = (l1_size * 8).div_ceil(cs);
-        let h = Header {
-            version: 3,
-            cluster_bits,
-            size,
-            l1_size: u32::try_from(l1_size).map_err(|_| Error::InvalidArgument {
-                what: "size",
-                value: size.to_string(),
-                reason: "too large".to_owned(),
-            })?,
-            l1_offset: 3 * cs,
-            refcount_table_offset: cs,
-            refcount_table_clusters: 1,
-            nb_snapshots: 0,
-            incompatible: 0,
-            refcount_order: 4,
-            backing_file: None,
-            backing_format: None,
-            zstd: false,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
-        let io = |e| Error::io("write", path, e);
-        let end = 3 + l1_clusters;
-        file.write_all_at(&h.encode_v3(), 0).map_err(io)?;
-        file.write_all_at(&(2 * cs).to_be_bytes(), cs).map_err(io)?;
-        let block: Vec<u8> = (0..end).flat_map(|_| 1u16.to_be_bytes()).collect();
-        file.write_all_at(&block, 2 * cs).map_err(io)?;
-        file.set_len(end * cs).map_err(io)?;
-        Ok(Qcow2Backend {
-            path: path.to_owned(),
-            file,
-            file_len: end * cs,
-            read_only: None,
-            l1: vec![0; usize::try_from(l1_size).unwrap_or(0)],
-            l1_dirty: false,
-            h,
-            l2: HashMap::new(),
-            l2_order: VecDeque::new(),
-            next_free: end * cs,
-            new_clusters: Vec::new(),
-            backing: None,
-            inflated: None,
-        })
-    }
-
     /// Open an existing image; backing files are opened read-only (format from the header
     /// extension, else detected), up to [`MAX_CHAIN`] deep.
     pub(crate) fn open(
@@ -472,64 +411,6 @@ impl Qcow2Backend {
             detail: format!("image is read-only here: {why}"),
         }
         .into_io()
-    }
-
-    /// Write refcount 1 for every cluster allocated since the last flush, allocating refcount
-    /// blocks as needed (a new block can need an entry in itself or in another new block).
-    fn write_refcounts(&mut self) -> io::Result<()> {
-        if self.new_clusters.is_empty() {
-            return Ok(());
-        }
-        let cs = self.cs();
-        let rt_bytes = u64::from(self.h.refcount_table_clusters) * cs;
-        if rt_bytes > MAX_REFTABLE_BYTES {
-            return Err(self.refuse("refcount table too large"));
-        }
-        let mut raw = vec![0u8; usize::try_from(rt_bytes).map_err(io::Error::other)?];
-        read_padded(&self.file, self.h.refcount_table_offset, &mut raw)?;
-        let mut rt = be_entries(&raw);
-        let mut rt_dirty = false;
-        let per_block = cs / 2;
-        let mut blocks: HashMap<u64, Vec<u8>> = HashMap::new();
-        let mut pending = std::mem::take(&mut self.new_clusters);
-        while let Some(c) = pending.pop() {
-            let bi = c / per_block;
-            let slot = usize::try_from(bi).map_err(io::Error::other)?;
-            let Some(&boff) = rt.get(slot) else {
-                return Err(self.refuse("the refcount table is full (image too large for it)"));
-            };
-            if let std::collections::hash_map::Entry::Vacant(v) = blocks.entry(bi) {
-                let mut block = vec![0u8; usize::try_from(cs).map_err(io::Error::other)?];
-                if boff & OFFSET_MASK == 0 {
-                    // A new block, which itself needs a refcount (queued).
-                    let nb = self.next_free;
-                    self.next_free += cs;
-                    rt[slot] = nb;
-                    rt_dirty = true;
-                    pending.push(nb / cs);
-                } else {
-                    read_padded(&self.file, boff & OFFSET_MASK, &mut block)?;
-                }
-                v.insert(block);
-            }
-            let at = usize::try_from((c % per_block) * 2).map_err(io::Error::other)?;
-            if let Some(b) = blocks.get_mut(&bi).and_then(|b| b.get_mut(at..at + 2)) {
-                b.copy_from_slice(&1u16.to_be_bytes());
-            }
-        }
-        for (bi, block) in &blocks {
-            let off = rt
-                .get(usize::try_from(*bi).map_err(io::Error::other)?)
-                .copied()
-                .unwrap_or(0)
-                & OFFSET_MASK;
-            self.file.write_all_at(block, off)?;
-        }
-        if rt_dirty {
-            self.file
-                .write_all_at(&be_bytes(&rt), self.h.refcount_table_offset)?;
-        }
-        Ok(())
     }
 }
 
