@@ -77,3 +77,54 @@ fn raw_fat32_round_trip_with_mtools_and_fsck() {
         assert_eq!(info.partition.start, offset);
     }
 }
+
+#[test]
+fn reads_gpt_disks_made_by_sfdisk_and_mkfs() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("gpt.img");
+    crate::tools::run("truncate", &["-s", "64M", img.to_str().unwrap()]);
+    // A Linux swap partition first, then a Microsoft basic data partition holding FAT16.
+    let script = "label: gpt\nstart=2048, size=4096, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F\n\
+                  start=8192, size=100000, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n";
+    let mut c = Command::new("sfdisk")
+        .args(["-q", img.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+    crate::tools::run(
+        "mkfs.vfat",
+        &[
+            "-F",
+            "16",
+            "-n",
+            "GPTDATA",
+            "--offset=8192",
+            img.to_str().unwrap(),
+            &(100_000 / 2).to_string(),
+        ],
+    );
+    let host = dir.path().join("host.txt");
+    std::fs::write(&host, b"written by mcopy\n").unwrap();
+    let hs = host.to_str().unwrap();
+    mtool("mcopy", &["-i", &mspec(&img, 8192 * 512), hs, "::host.txt"]);
+    let disk = DataDisk::open(&img, Access::ReadWrite).unwrap();
+    let info = disk.info().unwrap();
+    assert_eq!(info.table, capsule_disk::partition::TableKind::Gpt);
+    assert_eq!(
+        (info.partition.index, info.partition.start),
+        (2, 8192 * 512)
+    );
+    assert_eq!(info.label, "GPTDATA");
+    assert_eq!(read_all(&disk, "host.txt"), b"written by mcopy\n");
+    disk.put_file("back.txt", &mut &b"from capsule-disk"[..])
+        .unwrap();
+    disk.finish().unwrap();
+    assert_eq!(
+        mtool("mtype", &["-i", &mspec(&img, 8192 * 512), "::back.txt"]),
+        "from capsule-disk"
+    );
+    fsck(&img, 8192 * 512);
+}
