@@ -202,9 +202,19 @@ impl Pool {
         assert_lines_parse_in_htcondor(&run.stdout);
         let mut routed = classad::parse_old_ad(&run.stdout).unwrap();
         // FinishSubmitJob: VanillaToGrid, then the router's bookkeeping, then submit_job.
-        for gone in ["ClusterId", "ProcId", "GlobalJobId", "QDate", "UserLog"] {
+        // vanillaToGrid with the route's UNIVERSE VM: it keeps our JobUniverse as
+        // Remote_JobUniverse, resets status and counters, and deletes identity attributes.
+        let universe = routed.get("JobUniverse").cloned();
+        if let Some(u) = universe {
+            routed.insert("Remote_JobUniverse", u);
+        }
+        routed.insert("JobUniverse", Expr::integer(13));
+        for gone in ["ClusterId", "ProcId", "GlobalJobId", "User", "OsUser", "QDate", "UserLog"] {
             routed.remove(gone);
         }
+        routed.insert("ExitStatus", Expr::integer(0));
+        routed.insert("CompletionDate", Expr::integer(0));
+        routed.insert("ExitBySignal", Expr::boolean(false));
         let id = |a: &str| classad::eval::evaluate_attr(job, a).as_integer().unwrap();
         routed.insert("JobStatus", Expr::integer(1));
         routed.insert(
