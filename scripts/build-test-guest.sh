@@ -4,14 +4,16 @@
 #   initrd  = busybox-static + the .ko modules needed to see a virtio/IDE/AHCI disk and vfat
 #             + /init + a static capsule-init (built here with -C target-feature=+crt-static)
 #
-# Usage: scripts/build-test-guest.sh        prints the two paths it produced:
-#          $OUT/vmlinuz  $OUT/initrd.gz     (OUT = ${CAPSULE_TEST_GUEST_DIR:-.cache/test-guest})
+# Usage: scripts/build-test-guest.sh        prints the three paths it produced:
+#          $OUT/vmlinuz  $OUT/initrd.gz  $OUT/capsule-init (the static agent, also in the initrd)
+#        (OUT = ${CAPSULE_TEST_GUEST_DIR:-.cache/test-guest})
 # Boot:  qemu-system-x86_64 -accel tcg -m 256 -nographic -no-reboot -nodefaults -serial stdio \
 #          -kernel $OUT/vmlinuz -initrd $OUT/initrd.gz -append 'console=ttyS0 quiet panic=-1' \
 #          -drive file=data.vmdk,format=vmdk,if=virtio
 #        kernel options: capsule.mode=device (default: capsule-init reads the whole disk in user
 #        space with --device) or capsule.mode=mount (mount the first partition as vfat at
-#        /condor-data and use --data-dir, the seed's way).
+#        /condor-data and use --data-dir, the seed's way; a capsule-init on the data disk is
+#        preferred over the initrd's, as the hooks ship one there).
 #
 # Cache (all under OUT, gitignored via /.cache): the kernel and its modules per kernel version
 # (kernel-<version>/), cargo's target dir for the static build (incremental), and the initrd,
@@ -126,7 +128,11 @@ log "data disk /dev/$disk, mode $mode"
 if [ "$mode" = mount ]; then
     mount -t vfat -o rw,shortname=mixed /dev/${disk}1 /condor-data \
         || { log "mount /dev/${disk}1 failed"; poweroff -f; }
-    /sbin/capsule-init --data-dir /condor-data --no-poweroff
+    # The agent the host shipped on the data disk wins over the one in the image.
+    agent=/sbin/capsule-init
+    [ -f /condor-data/capsule-init ] && agent=/condor-data/capsule-init
+    log "agent $agent"
+    $agent --data-dir /condor-data --no-poweroff
     sync
     umount /condor-data || mount -o remount,ro /condor-data
     sync
@@ -166,4 +172,5 @@ if [ ! -f "$OUT/initrd.gz" ] || [ "$(cat "$OUT/initrd.key" 2>/dev/null)" != "$KE
     rm -rf "$root"
 fi
 cp "$KDIR/vmlinuz" "$OUT/vmlinuz.tmp" && mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
-echo "$OUT/vmlinuz $OUT/initrd.gz"
+cp "$INIT_BIN" "$OUT/capsule-init.tmp" && mv "$OUT/capsule-init.tmp" "$OUT/capsule-init"
+echo "$OUT/vmlinuz $OUT/initrd.gz $OUT/capsule-init"

@@ -19,9 +19,9 @@ use crate::harness::{script, Capsule};
 /// Seconds QEMU may run before it is killed (a boot takes 6-8 s; slow CI machines more).
 const BOOT_TIMEOUT_SECS: u32 = 180;
 
-/// (vmlinuz, initrd.gz), built once per test run.
-fn guest() -> &'static (PathBuf, PathBuf) {
-    static GUEST: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+/// (vmlinuz, initrd.gz, static capsule-init), built once per test run.
+fn guest() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static GUEST: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     GUEST.get_or_init(|| {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest.sh");
@@ -34,7 +34,11 @@ fn guest() -> &'static (PathBuf, PathBuf) {
         );
         let stdout = String::from_utf8(out.stdout).unwrap();
         let mut paths = stdout.split_whitespace().map(PathBuf::from);
-        (paths.next().unwrap(), paths.next().unwrap())
+        (
+            paths.next().unwrap(),
+            paths.next().unwrap(),
+            paths.next().unwrap(),
+        )
     })
 }
 
@@ -72,7 +76,7 @@ fn run(tool: &mut Command) {
 
 /// Put the capsule on a data disk of `format`, boot it on `bus` with `mode`, read it back.
 fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
-    let (kernel, initrd) = guest();
+    let (kernel, initrd, agent) = guest();
     let dir = c.dir.path().to_owned();
     let staged = dir.join("staged");
     c.write_data_dir(&staged);
@@ -82,6 +86,9 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
         disk.put_file(name, &mut fs::File::open(staged.join(name)).unwrap())
             .unwrap();
     }
+    // The agent travels on the data disk as the hooks ship it (the mounted mode runs it).
+    disk.put_file("capsule-init", &mut fs::File::open(agent).unwrap())
+        .unwrap();
     disk.finish().unwrap();
     // qemu-img makes the vmdk/qcow2 containers: QEMU itself is the judge of what it can boot.
     let image = dir.join(format!("data.{format}"));
@@ -288,6 +295,11 @@ fn boot_raw_virtio_mounted_data_dir() {
         b.console
     );
     assert_eq!(b.text("stdout"), "condor\n");
+    assert!(
+        b.console.contains("agent /condor-data/capsule-init"),
+        "{}",
+        b.console
+    );
     assert_eq!(b.tar_names(), ["new.txt"]);
     assert!(b.result.error.is_none(), "{:?}", b.result.error);
 }
