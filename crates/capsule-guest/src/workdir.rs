@@ -46,7 +46,9 @@ pub fn unpack(archive: impl Read, work: &Path) -> Result<()> {
                     .with_context(|| format!("cannot create {}", dest.display()))?;
                 dir_modes.push((dest, mode));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            // pax global headers (Python's tarfile, `git archive`) carry no file
+            tar::EntryType::XGlobalHeader => {}
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 if let Some(parent) = dest.parent() {
                     // Safe to create: nothing but files and directories exists under `work`.
                     fs::create_dir_all(parent)
@@ -220,6 +222,47 @@ mod tests {
         .is_err());
         let cat = catalog(work.path()).unwrap();
         assert_eq!(cat.len(), 1);
+    }
+
+    #[test]
+    fn pax_and_gnu_archives_from_other_tools() {
+        let work = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        // a pax global header, as Python's tarfile and `git archive` write
+        let mut g = tar::Header::new_ustar();
+        g.set_entry_type(tar::EntryType::XGlobalHeader);
+        let record = b"19 comment=capsule\n";
+        g.set_size(u64::try_from(record.len()).unwrap());
+        g.set_cksum();
+        b.append(&g, &record[..]).unwrap();
+        // a name over 100 bytes (GNU long-name entry)
+        let long = format!("{}/f.txt", "d".repeat(120));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"hi"[..]).unwrap();
+        let ar = b.into_inner().unwrap();
+        unpack(&ar[..], work.path()).unwrap();
+        assert_eq!(fs::read(work.path().join(&long)).unwrap(), b"hi");
+        // and what GNU tar itself writes in pax format
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("sub")).unwrap();
+        fs::write(src.path().join("sub/x"), "gnu").unwrap();
+        let tarball = src.path().join("t.tar");
+        let ok = std::process::Command::new("tar")
+            .arg("--format=pax")
+            .arg("-C")
+            .arg(src.path())
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("sub")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let work = tempfile::tempdir().unwrap();
+        unpack(fs::File::open(&tarball).unwrap(), work.path()).unwrap();
+        assert_eq!(fs::read(work.path().join("sub/x")).unwrap(), b"gnu");
     }
 
     #[test]
