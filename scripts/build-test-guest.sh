@@ -132,7 +132,8 @@ if [ "$mode" = mount ]; then
     agent=/sbin/capsule-init
     [ -f /condor-data/capsule-init ] && agent=/condor-data/capsule-init
     log "agent $agent"
-    $agent --data-dir /condor-data --no-poweroff
+    # capsule-init unmounts /condor-data and powers off itself; the rest is a fallback.
+    $agent --data-dir /condor-data
     sync
     umount /condor-data || mount -o remount,ro /condor-data
     sync

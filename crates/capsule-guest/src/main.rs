@@ -27,12 +27,16 @@ fn main() -> ExitCode {
     // Guessed before parsing, so a bad command line still powers the guest off; a parsed
     // command line then decides.
     let mut no_poweroff = std::env::args_os().any(|a| a == "--no-poweroff");
+    let mut data_dir = None;
     crate::log!("started (pid {})", std::process::id());
     let code = match args::parse(std::env::args_os().skip(1)) {
         // A panic must not skip the poweroff: as PID 1 an exit would hang a guest booted
         // without panic=-1.
         Ok(Parsed::Run(args)) => {
             no_poweroff = args.no_poweroff;
+            if let agent::SourceSpec::Dir(dir) = &args.source {
+                data_dir = Some(dir.clone());
+            }
             std::panic::catch_unwind(|| run(&args, t0)).unwrap_or((ExitCode::FAILURE, None))
         }
         Ok(Parsed::Help) => {
@@ -57,6 +61,9 @@ fn main() -> ExitCode {
             );
         }
         return code;
+    }
+    if let Some(dir) = &data_dir {
+        power::unmount(dir);
     }
     if let Some(end) = job_end {
         crate::log!(
