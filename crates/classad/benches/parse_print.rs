@@ -21,7 +21,9 @@ fn job_ad_100() -> String {
             0 => format!("ExtraInt{i} = {}\n", i * 7919),
             1 => format!("ExtraReal{i} = {}.25\n", i),
             2 => format!("ExtraString{i} = \"/home/user/run{i}/output with space.txt\"\n"),
-            3 => format!("ExtraExpr{i} = (RequestMemory * {i}) > 1024 && ExtraInt0 =!= undefined\n"),
+            3 => {
+                format!("ExtraExpr{i} = (RequestMemory * {i}) > 1024 && ExtraInt0 =!= undefined\n")
+            }
             _ => format!("ExtraList{i} = {{ \"a\",\"b\",{i} }}\n"),
         };
         text.push_str(&line);

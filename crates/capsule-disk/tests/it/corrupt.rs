@@ -244,7 +244,10 @@ fn directory_loops() {
     }
     let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
     let msg = disk.list("a").unwrap_err().to_string();
-    assert!(msg.contains("directory 'a'") && msg.contains("a loop?"), "{msg}");
+    assert!(
+        msg.contains("directory 'a'") && msg.contains("a loop?"),
+        "{msg}"
+    );
 }
 
 #[test]

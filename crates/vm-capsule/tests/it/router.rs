@@ -209,7 +209,15 @@ impl Pool {
             routed.insert("Remote_JobUniverse", u);
         }
         routed.insert("JobUniverse", Expr::integer(13));
-        for gone in ["ClusterId", "ProcId", "GlobalJobId", "User", "OsUser", "QDate", "UserLog"] {
+        for gone in [
+            "ClusterId",
+            "ProcId",
+            "GlobalJobId",
+            "User",
+            "OsUser",
+            "QDate",
+            "UserLog",
+        ] {
             routed.remove(gone);
         }
         routed.insert("ExitStatus", Expr::integer(0));
