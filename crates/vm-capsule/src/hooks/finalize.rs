@@ -165,6 +165,9 @@ pub fn finalize(stdin: &str, log: &mut HookLog) -> Finalized {
                 .push(format!("output.tar is missing on the data disk: {e}")),
         }
     }
+    if let Err(e) = super::place::sync_filesystem(&job.iwd) {
+        log.warn(&format!("cannot sync {}: {e}", job.iwd.display()));
+    }
     for missing in &result.missing_outputs {
         // HTCondor holds a job whose named output is missing; we can only report it.
         out.problems.push(format!(

@@ -222,7 +222,8 @@ pub fn write_atomic(dest: &Path, src: &mut dyn Read, mode: u32) -> io::Result<u6
             .open(&tmp)?;
         let n = io::copy(src, &mut file)?;
         file.flush()?;
-        file.sync_all()?;
+        // Durability comes from one syncfs per finalize (`sync_filesystem`), not a sync per
+        // file: the rename is atomic either way.
         fs::rename(&tmp, dest)?;
         Ok(n)
     })();
@@ -230,6 +231,15 @@ pub fn write_atomic(dest: &Path, src: &mut dyn Read, mode: u32) -> io::Result<u6
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Flush the file system holding `path` to disk (one `syncfs`, after all files are placed).
+///
+/// # Errors
+/// When `path` cannot be opened or the sync fails.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let dir = fs::File::open(path)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
 }
 
 #[cfg(test)]
