@@ -28,11 +28,11 @@ fn main() -> ExitCode {
     // command line then decides.
     let mut no_poweroff = std::env::args_os().any(|a| a == "--no-poweroff");
     let mut data_dir = None;
-    crate::log!("started (pid {})", std::process::id());
     let code = match args::parse(std::env::args_os().skip(1)) {
         // A panic must not skip the poweroff: as PID 1 an exit would hang a guest booted
         // without panic=-1.
         Ok(Parsed::Run(args)) => {
+            crate::log!("started (pid {})", std::process::id());
             no_poweroff = args.no_poweroff;
             if let agent::SourceSpec::Dir(dir) = &args.source {
                 data_dir = Some(dir.clone());
@@ -87,11 +87,11 @@ fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
     };
     match agent::run(&opts, t0) {
         Ok(report) => {
-            crate::log!(
-                "result.json written: {:?}; overhead: start -> exec {:.3} ms",
-                report.result.outcome,
-                report.result.agent.setup_secs * 1e3
-            );
+            crate::log!("result.json written: {:?}", report.result.outcome);
+            if report.job_end.is_some() {
+                let setup_ms = report.result.agent.setup_secs * 1e3;
+                crate::log!("overhead: start -> exec {setup_ms:.3} ms");
+            }
             (ExitCode::SUCCESS, report.job_end)
         }
         Err(e) => {
