@@ -106,7 +106,7 @@ fn ours_get(img: &Path, out: &Path) {
     let disk = DataDisk::open(img, Access::ReadOnly).unwrap();
     for e in disk.list("/").unwrap() {
         let mut f = fs::File::create(out.join(&e.name)).unwrap();
-        std::io::copy(&mut disk.open_file(&e.name).unwrap(), &mut f).unwrap();
+        disk.open_file(&e.name).unwrap().copy_to(&mut f).unwrap();
     }
 }
 
@@ -168,7 +168,7 @@ fn rss_child(work: &Path) {
     disk.finish().unwrap();
     let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
     let mut out = fs::File::create(work.join("big.out")).unwrap();
-    std::io::copy(&mut disk.open_file("big.bin").unwrap(), &mut out).unwrap();
+    disk.open_file("big.bin").unwrap().copy_to(&mut out).unwrap();
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap();
     println!("{}", hwm.split_whitespace().nth(1).unwrap());

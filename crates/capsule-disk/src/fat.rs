@@ -146,6 +146,8 @@ pub(crate) struct BootInfo {
     pub(crate) cluster_size: u64,
     /// FAT32 only: first cluster of the root directory.
     pub(crate) root_cluster: Option<u32>,
+    /// Byte offset of cluster 2 inside the volume.
+    pub(crate) data_offset: u64,
 }
 
 impl BootInfo {
@@ -261,8 +263,13 @@ impl BootInfo {
         Err("cluster chain longer than the 2 MiB a directory can hold (a loop?)".to_owned())
     }
 
+    /// True if `c` is a data cluster of this volume.
+    pub(crate) fn is_valid_cluster(&self, c: u64) -> bool {
+        (2..self.clusters + 2).contains(&c)
+    }
+
     /// The FAT entry of cluster `c`.
-    fn fat_entry(
+    pub(crate) fn fat_entry(
         &self,
         c: u64,
         read: &mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
@@ -430,6 +437,7 @@ pub(crate) fn check_boot_sector(
         kind,
         cluster_size: u64::from(bps) * u64::from(spc),
         root_cluster,
+        data_offset: (meta + root_sectors) * u64::from(bps),
     })
 }
 

@@ -227,7 +227,7 @@ fn get(a: &GetArgs) -> Result<()> {
     if !info.is_dir {
         if a.dest.as_deref() == Some(Path::new("-")) {
             let mut out = io::stdout().lock();
-            io::copy(&mut disk.open_file(&a.path)?, &mut out)?;
+            disk.open_file(&a.path)?.copy_to(&mut out)?;
             return Ok(out.flush()?);
         }
         let dest = match &a.dest {
@@ -290,7 +290,9 @@ fn write_file(disk: &DataDisk, path: &str, dest: &Path) -> Result<()> {
         .create_new(true)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    let copied = io::copy(&mut disk.open_file(path)?, &mut f)
+    let copied = disk
+        .open_file(path)?
+        .copy_to(&mut f)
         .with_context(|| format!("copying '{path}' out"));
     if let Err(e) = copied {
         let _ = fs::remove_file(&tmp);
