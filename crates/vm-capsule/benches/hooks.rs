@@ -140,7 +140,9 @@ fn cp(src: &Path, dst: &Path) -> Duration {
 fn fill(dir: &Path, total: usize, files: usize) {
     fs::create_dir_all(dir).unwrap();
     let chunk = total / files;
-    let data: Vec<u8> = (0..chunk).map(|i| u8::try_from(i * 7 % 251).unwrap()).collect();
+    let data: Vec<u8> = (0..chunk)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap())
+        .collect();
     for i in 0..files {
         fs::write(dir.join(format!("f{i:03}.bin")), &data).unwrap();
     }

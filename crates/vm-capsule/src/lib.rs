@@ -8,4 +8,5 @@ pub mod config;
 pub mod hooks;
 pub mod job;
 pub mod routed;
+pub mod runner;
 pub mod template;

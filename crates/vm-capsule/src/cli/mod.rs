@@ -3,6 +3,7 @@
 mod ad;
 mod disk;
 pub mod hooks;
+mod run;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,8 @@ enum Command {
     Update(hooks::HookArgs),
     /// Link the hooks as vm-capsule-<hook> executables into a directory and print the config.
     InstallHooks(hooks::InstallArgs),
+    /// Run a routed VM-universe job here with QEMU, as an execute node would.
+    Run(run::RunArgs),
 }
 
 /// Dispatch one parsed command line.
@@ -49,5 +52,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cleanup(a) => hooks::run_cleanup(&a),
         Command::Update(a) => hooks::run_update(&a),
         Command::InstallHooks(a) => hooks::run_install(&a),
+        Command::Run(a) => run::run_cmd(&a),
     }
 }

@@ -193,7 +193,9 @@ impl Template {
             let is_disk = DISK_EXTENSIONS
                 .iter()
                 .any(|ext| name.rsplit_once('.').is_some_and(|(_, e)| e == *ext));
-            if !is_disk || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name) {
+            let boot_file = name == "initrd.img" || name == "vmlinuz";
+            if !is_disk || boot_file || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name)
+            {
                 continue;
             }
             let path = dir.join(name);
