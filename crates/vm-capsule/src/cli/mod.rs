@@ -1,6 +1,7 @@
 //! Subcommands: one module each, each with a clap `Args` struct and a `run` function.
 
 mod ad;
+mod demo;
 mod disk;
 pub mod hooks;
 mod run;
@@ -40,6 +41,8 @@ enum Command {
     InstallHooks(hooks::InstallArgs),
     /// Run a routed VM-universe job here with QEMU, as an execute node would.
     Run(run::RunArgs),
+    /// Show a vanilla job going into a VM and coming back, end to end, on this machine.
+    Demo(demo::DemoArgs),
 }
 
 /// Dispatch one parsed command line.
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Update(a) => hooks::run_update(&a),
         Command::InstallHooks(a) => hooks::run_install(&a),
         Command::Run(a) => run::run_cmd(&a),
+        Command::Demo(a) => demo::run_demo(&a),
     }
 }
