@@ -168,7 +168,10 @@ fn rss_child(work: &Path) {
     disk.finish().unwrap();
     let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
     let mut out = fs::File::create(work.join("big.out")).unwrap();
-    disk.open_file("big.bin").unwrap().copy_to(&mut out).unwrap();
+    disk.open_file("big.bin")
+        .unwrap()
+        .copy_to(&mut out)
+        .unwrap();
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap();
     println!("{}", hwm.split_whitespace().nth(1).unwrap());
