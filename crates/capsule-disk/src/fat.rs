@@ -148,6 +148,14 @@ pub(crate) struct BootInfo {
     pub(crate) root_cluster: Option<u32>,
     /// Byte offset of cluster 2 inside the volume.
     pub(crate) data_offset: u64,
+    /// Number of FAT copies and bytes per copy.
+    pub(crate) fats: u64,
+    pub(crate) fat_bytes: u64,
+    /// FAT12/16: byte offset and length of the fixed root directory region.
+    pub(crate) root_offset: u64,
+    pub(crate) root_bytes: u64,
+    /// FAT32: byte offset of the FSInfo sector (None if absent).
+    pub(crate) fs_info_offset: Option<u64>,
 }
 
 impl BootInfo {
@@ -261,6 +269,61 @@ impl BootInfo {
             c = next;
         }
         Err("cluster chain longer than the 2 MiB a directory can hold (a loop?)".to_owned())
+    }
+
+    /// End-of-chain marker for this FAT type.
+    pub(crate) fn eoc(&self) -> u64 {
+        match self.kind {
+            FatKind::Fat12 => 0xfff,
+            FatKind::Fat16 => 0xffff,
+            FatKind::Fat32 => 0x0fff_ffff,
+        }
+    }
+
+    /// Set the entry of cluster `c` to `value` in every FAT copy (FAT32's top 4 bits kept).
+    /// `start` is the volume's byte offset on the disk behind `cache`.
+    pub(crate) fn set_fat_entry(
+        &self,
+        c: u64,
+        value: u64,
+        cache: &mut crate::cache::Cache,
+        start: u64,
+    ) -> std::io::Result<()> {
+        let read =
+            |cache: &mut crate::cache::Cache, o: u64, b: &mut [u8]| cache.read_at(start + o, b);
+        let write =
+            |cache: &mut crate::cache::Cache, o: u64, b: &[u8]| cache.write_at(start + o, b);
+        for copy in 0..self.fats {
+            let base = self.fat_offset + copy * self.fat_bytes;
+            match self.kind {
+                FatKind::Fat12 => {
+                    let at = base + c + c / 2;
+                    let mut b = [0u8; 2];
+                    read(cache, at, &mut b)?;
+                    let old = u16::from_le_bytes(b);
+                    let v = u16::try_from(value & 0xfff).unwrap_or(0xfff);
+                    let new = if c % 2 == 1 {
+                        (old & 0x000f) | (v << 4)
+                    } else {
+                        (old & 0xf000) | v
+                    };
+                    write(cache, at, &new.to_le_bytes())?;
+                }
+                FatKind::Fat16 => {
+                    let v = u16::try_from(value & 0xffff).unwrap_or(0xffff);
+                    write(cache, base + c * 2, &v.to_le_bytes())?;
+                }
+                FatKind::Fat32 => {
+                    let at = base + c * 4;
+                    let mut b = [0u8; 4];
+                    read(cache, at, &mut b)?;
+                    let keep = u32::from_le_bytes(b) & 0xf000_0000;
+                    let v = u32::try_from(value & 0x0fff_ffff).unwrap_or(0x0fff_ffff);
+                    write(cache, at, &(keep | v).to_le_bytes())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True if `c` is a data cluster of this volume.
@@ -438,6 +501,14 @@ pub(crate) fn check_boot_sector(
         cluster_size: u64::from(bps) * u64::from(spc),
         root_cluster,
         data_offset: (meta + root_sectors) * u64::from(bps),
+        fats: u64::from(fats),
+        fat_bytes: u64::from(fat_size) * u64::from(bps),
+        root_offset: meta * u64::from(bps),
+        root_bytes: root_entries * 32,
+        fs_info_offset: (kind == FatKind::Fat32)
+            .then(|| u64::from(u16at(48)))
+            .filter(|s| *s != 0 && *s != 0xffff && *s < u64::from(reserved))
+            .map(|s| s * u64::from(bps)),
     })
 }
 

@@ -91,3 +91,17 @@ pub(super) fn volume_id(label: &[u8; 11], size: u64) -> u32 {
     }
     h
 }
+
+/// The raw 11-byte short name of an entry, from the same `Debug` output as [`first_cluster`]
+/// (`name: [70, 73, ...]`).
+pub(super) fn raw_short_name(e: &FatEntry<'_>) -> Option<[u8; 11]> {
+    let text = format!("{e:?}");
+    let list = text.split("name: [").nth(1)?.split(']').next()?;
+    let mut out = [0u8; 11];
+    let mut n = 0;
+    for part in list.split(',') {
+        *out.get_mut(n)? = part.trim().parse().ok()?;
+        n += 1;
+    }
+    (n == 11).then_some(out)
+}

@@ -3,6 +3,7 @@
 mod entry;
 mod options;
 mod tar;
+mod write;
 
 pub use options::{CreateOptions, DirEntryInfo, DiskInfo, OpenOptions};
 pub use tar::{TarStats, MAX_WALK_ENTRIES};
@@ -27,8 +28,8 @@ type FatEntry<'a> = fatfs::DirEntry<'a, VolumeIo>;
 pub(crate) const MAX_DIR_ENTRIES: usize = 65_536;
 /// Bytes of volume metadata one directory step may read before we call it a loop.
 const METADATA_BUDGET: u64 = 8 * 1024 * 1024;
-/// Copy buffer for file data.
-const COPY_BUF: usize = 256 * 1024;
+/// Files shorter than this are written through fatfs; longer ones by `write.rs`.
+const SMALL_FILE: usize = 64 * 1024;
 /// Deepest directory nesting we walk (guards against directory loops).
 pub const MAX_DEPTH: usize = 64;
 
@@ -45,6 +46,8 @@ pub struct DataDisk {
     partition: Partition,
     access: Access,
     boot: fat::BootInfo,
+    /// Where the next cluster search starts (see `write.rs`).
+    alloc_hint: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for DataDisk {
@@ -185,6 +188,7 @@ impl DataDisk {
             partition,
             access,
             boot,
+            alloc_hint: std::cell::Cell::new(2),
         })
     }
 
@@ -290,9 +294,16 @@ impl DataDisk {
         Ok(dir)
     }
 
-    fn create_dirs<'a>(&'a self, comps: &[&str], full: &str) -> Result<FatDir<'a>, Error> {
+    /// Create missing directories of `comps`; returns the last one and its first cluster
+    /// (None for the root).
+    fn create_dirs<'a>(
+        &'a self,
+        comps: &[&str],
+        full: &str,
+    ) -> Result<(FatDir<'a>, Option<u32>), Error> {
         self.writable()?;
         let mut dir = self.fs.root_dir();
+        let mut cluster = None;
         for (depth, c) in comps.iter().enumerate() {
             if depth >= MAX_DEPTH {
                 return Err(Error::LimitExceeded {
@@ -302,7 +313,10 @@ impl DataDisk {
                 });
             }
             dir = match self.find_in(&dir, c, full)? {
-                Some(e) if e.is_dir() => self.enter(&e, full)?,
+                Some(e) if e.is_dir() => {
+                    cluster = Some(first_cluster(&e));
+                    self.enter(&e, full)?
+                }
                 Some(_) => {
                     return Err(Error::WrongKind {
                         path: full.to_owned(),
@@ -310,12 +324,17 @@ impl DataDisk {
                         expected: "a directory",
                     })
                 }
-                None => self
-                    .make_dir(&dir, c, depth == 0)
-                    .map_err(self.fat_err(full))?,
+                None => {
+                    let (d, at) = self
+                        .make_dir(&dir, c, depth == 0)
+                        .map_err(self.fat_err(full))?;
+                    let rel = at - self.partition.start - self.boot.data_offset;
+                    cluster = u32::try_from(rel / self.boot.cluster_size + 2).ok();
+                    d
+                }
             };
         }
-        Ok(dir)
+        Ok((dir, cluster))
     }
 
     /// `fatfs` 0.3.6 writes long-name entries in front of a new directory's `.` and `..`, which
@@ -326,7 +345,7 @@ impl DataDisk {
         parent: &FatDir<'a>,
         name: &str,
         parent_is_root: bool,
-    ) -> io::Result<FatDir<'a>> {
+    ) -> io::Result<(FatDir<'a>, u64)> {
         lock(&self.cache)?.watch_zero_write(true);
         let made = self.budgeted(|| parent.create_dir(name));
         let cluster_at = lock(&self.cache)?.watch_zero_write(false);
@@ -353,7 +372,7 @@ impl DataDisk {
             }
             cache.write_at(at, &fixed)?;
         }
-        Ok(dir)
+        Ok((dir, at))
     }
 
     fn writable(&self) -> Result<(), Error> {
@@ -389,7 +408,7 @@ impl DataDisk {
                 reason: "names the root directory",
             });
         };
-        let dir = self.create_dirs(parents, path)?;
+        let (dir, dir_cluster) = self.create_dirs(parents, path)?;
         // fatfs's create_file scans the directory itself (opening or creating the entry); only
         // when it fails do we look again to give a precise error.
         let mut file = match self.budgeted(|| dir.create_file(name)) {
@@ -408,28 +427,22 @@ impl DataDisk {
             }
         };
         file.truncate().map_err(self.fat_err(path))?;
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut total = 0u64;
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read the source for", path, e)),
-            };
-            let chunk = buf.get(..n).unwrap_or_default();
-            if total + n as u64 > u64::from(u32::MAX) {
-                return Err(Error::LimitExceeded {
-                    path: path.to_owned(),
-                    what: "FAT file size",
-                    limit: u64::from(u32::MAX),
-                });
-            }
-            file.write_all(chunk).map_err(self.fat_err(path))?;
-            total += n as u64;
+        let mut buf = vec![0u8; SMALL_FILE];
+        let n =
+            write::fill(src, &mut buf).map_err(|e| Error::io("read the source for", path, e))?;
+        if n < SMALL_FILE {
+            // Small files go through fatfs: one or a few clusters, no extra directory lookup.
+            file.write_all(buf.get(..n).unwrap_or_default())
+                .map_err(self.fat_err(path))?;
+            file.flush().map_err(self.fat_err(path))?;
+            return Ok(n as u64);
         }
+        // Larger files: chain clusters ourselves and write big pieces (see write.rs). The
+        // fatfs handle must be gone first, or it would rewrite the entry when dropped.
         file.flush().map_err(self.fat_err(path))?;
-        Ok(total)
+        drop(file);
+        buf.truncate(n);
+        self.write_data(&dir, dir_cluster, name, path, buf, src)
     }
 
     /// Open a file for streaming reads.
@@ -587,6 +600,9 @@ impl DataDisk {
             cache,
             path,
             access,
+            boot,
+            partition,
+            alloc_hint,
             ..
         } = self;
         if access == Access::ReadOnly {
@@ -594,10 +610,41 @@ impl DataDisk {
         }
         fs.unmount()
             .map_err(|e| Error::io("unmount the FAT volume of", &path, e))?;
-        lock(&cache)
-            .and_then(|mut c| c.flush_all())
-            .map_err(|e| Error::io("write", &path, e))
+        let mut c = lock(&cache).map_err(|e| Error::io("write", &path, e))?;
+        update_fs_info(&boot, partition.start, alloc_hint.get(), &mut c)
+            .map_err(|e| Error::io("update the FSInfo sector of", &path, e))?;
+        c.flush_all().map_err(|e| Error::io("write", &path, e))
     }
+}
+
+/// FAT32: write the true free-cluster count and a next-free hint into the FSInfo sector.
+/// Clusters allocated by `write.rs` bypass fatfs's bookkeeping, so its count would be stale.
+fn update_fs_info(
+    boot: &fat::BootInfo,
+    start: u64,
+    hint: u64,
+    cache: &mut Cache,
+) -> io::Result<()> {
+    let Some(at) = boot.fs_info_offset else {
+        return Ok(());
+    };
+    let mut sig = [0u8; 4];
+    cache.read_at(start + at, &mut sig)?;
+    let mut sig2 = [0u8; 4];
+    cache.read_at(start + at + 484, &mut sig2)?;
+    if sig != *b"RRaA" || sig2 != *b"rrAa" {
+        return Ok(()); // no valid FSInfo sector: leave it alone
+    }
+    let free = boot.count_free(&mut |off, buf| cache.read_at(start + off, buf))?;
+    let mut fields = [0u8; 8];
+    fields[..4].copy_from_slice(&u32::try_from(free).unwrap_or(u32::MAX).to_le_bytes());
+    let next = if boot.is_valid_cluster(hint) {
+        hint
+    } else {
+        0xffff_ffff
+    };
+    fields[4..].copy_from_slice(&u32::try_from(next).unwrap_or(u32::MAX).to_le_bytes());
+    cache.write_at(start + at + 488, &fields)
 }
 
 fn set_budget(cache: &SharedCache, budget: Option<u64>) -> io::Result<()> {

@@ -128,3 +128,24 @@ fn reads_gpt_disks_made_by_sfdisk_and_mkfs() {
     );
     fsck(&img, 8192 * 512);
 }
+
+/// A file that does not fit fails with "full" and leaves no lost clusters behind.
+#[test]
+fn full_disk_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("small.img");
+    let disk = DataDisk::create(&img, &CreateOptions::new().size(8 * MIB)).unwrap();
+    disk.put_file("keep.bin", &mut &data(100_000, 3)[..])
+        .unwrap();
+    let err = disk
+        .put_file("huge.bin", &mut &data(9 * MIB as usize, 4)[..])
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("full"), "{err:?}");
+    disk.put_file("after.bin", &mut &data(200_000, 5)[..])
+        .unwrap();
+    disk.finish().unwrap();
+    fsck(&img, MIB);
+    let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
+    assert_eq!(read_all(&disk, "after.bin"), data(200_000, 5));
+    assert_eq!(read_all(&disk, "keep.bin"), data(100_000, 3));
+}
