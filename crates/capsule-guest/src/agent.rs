@@ -330,6 +330,12 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
     if f.timed_out {
         r.error = Some("the job exceeded its wall-time limit and was killed".to_owned());
     }
+    let escaped_warning = (f.escaped_killed > 0).then(|| {
+        format!(
+            "killed {} process(es) of uid {} that had left the job's process group",
+            f.escaped_killed, r.agent.uid
+        )
+    });
     match collected {
         Ok(c) => {
             r.outputs = c.outputs;
@@ -342,6 +348,7 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
             ));
         }
     }
+    r.warnings.extend(escaped_warning);
     debug_assert!(r.outcome != Outcome::NotStarted);
     r
 }

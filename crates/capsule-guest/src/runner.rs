@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,6 +67,9 @@ pub struct Finished {
     pub system_cpu_secs: f64,
     /// Peak RSS, KiB.
     pub peak_rss_kib: u64,
+    /// Processes of the job's account that had left its process group (setsid) and were
+    /// killed after it ended.
+    pub escaped_killed: usize,
 }
 
 /// Start the job. An `Err` means it never ran (exec failed, bad stdio); the message says why.
@@ -138,6 +142,9 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
         Ok(()) | Err(Errno::ESRCH | Errno::EPERM) => {}
         Err(e) => return Err(e).context("killing the job's process group"),
     }
+    // Processes that left the group with setsid would survive killpg; with a dedicated
+    // account, everything running under it belongs to the job (as with HTCondor's slot users).
+    let escaped_killed = spec.account.map_or(0, |a| kill_escaped(a.uid, pid));
     let status = child.wait().context("reaping the job")?;
     let outcome = match (status.code(), status.signal()) {
         (Some(code), _) => Outcome::Exited {
@@ -166,5 +173,81 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
         user_cpu_secs: secs(usage.user_time()),
         system_cpu_secs: secs(usage.system_time()),
         peak_rss_kib: u64::try_from(usage.max_rss()).unwrap_or(0),
+        escaped_killed,
     })
+}
+
+/// Kill every live process of `uid` outside the job's process group `pgid`; returns how many
+/// there were. The kill itself is `kill(-1, SIGKILL)` from a child that has become `uid`: the
+/// kernel walks the process list atomically, so a process forking meanwhile cannot escape.
+fn kill_escaped(uid: u32, pgid: Pid) -> usize {
+    let escaped = escaped_processes(uid, pgid.as_raw());
+    if escaped == 0 {
+        return 0;
+    }
+    // SAFETY: between fork and _exit the child only makes the setuid and kill system calls
+    // through nix (no allocation, no locks), which is async-signal-safe; the agent runs no
+    // other thread at this point (the watchdog was joined).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            if nix::unistd::setuid(Uid::from_raw(uid)).is_ok() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+            }
+            // SAFETY: _exit is async-signal-safe and skips atexit handlers, as a forked child must.
+            unsafe { nix::libc::_exit(0) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => crate::log!("cannot fork to kill the job's leftover processes: {e}"),
+    }
+    // SIGKILL takes effect when the target is next scheduled: give it a moment, then say so
+    // if anything is still alive.
+    let mut left = escaped;
+    for _ in 0..50 {
+        left = escaped_processes(uid, pgid.as_raw());
+        if left == 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    if left > 0 {
+        crate::log!("{left} process(es) of uid {uid} survived SIGKILL");
+    }
+    escaped
+}
+
+/// Count live (not zombie) processes whose real uid is `uid` and whose process group is not
+/// `pgid`, from /proc.
+fn escaped_processes(uid: u32, pgid: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        // Cheap first cut, one stat per process: /proc/<pid> belongs to the effective uid.
+        // Kernel threads and root's processes never get their files read.
+        .filter(|e| e.metadata().is_ok_and(|m| MetadataExt::uid(&m) == uid))
+        .filter(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let real_uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|u| u.parse::<u32>().ok());
+            // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let mut after = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let state = after.next();
+            let group = after.nth(1).and_then(|g| g.parse::<i32>().ok());
+            real_uid == Some(uid) && state != Some("Z") && group.is_some_and(|g| g != pgid)
+        })
+        .count()
 }

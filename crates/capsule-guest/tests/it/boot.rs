@@ -217,7 +217,8 @@ fn cross_check_with_fat_tools(raw: &Path, offset: u64, json: &[u8]) {
 #[test]
 fn boot_vmdk_virtio_device_mode() {
     let mut c = script(
-        "printf '[%s]\\n' \"$@\"; id -u; id -g; echo \"$GREETING\"; echo err >&2; \
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & sleep 0.5; \
+         printf '[%s]\\n' \"$@\"; id -u; id -g; echo \"$GREETING\"; echo err >&2; \
          mkdir -p res && echo r > res/r.txt; echo o > out.txt; echo x > ignored.txt; exit 7",
     );
     c.manifest.argv = vec!["job.sh".into(), "a b".into(), String::new()];
@@ -239,6 +240,11 @@ fn boot_vmdk_virtio_device_mode() {
     assert_eq!(b.text("stdout"), "[a b]\n[]\n1000\n1000\nhello = world\n");
     assert_eq!(b.text("stderr"), "err\n");
     assert_eq!(b.tar_names(), ["out.txt", "res/", "res/r.txt"]);
+    // the daemon that left the process group with setsid was found and killed
+    assert_eq!(
+        b.result.warnings,
+        ["killed 1 process(es) of uid 1000 that had left the job's process group"]
+    );
     assert_eq!(
         b.result.outputs,
         [
