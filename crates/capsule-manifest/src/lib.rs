@@ -55,7 +55,10 @@
 //!   account the job runs as, looked up in the guest's `/etc/passwd`; the fallback is used when
 //!   `user` does not exist. An account with uid 0 is refused.
 //! * `wall_time_limit_secs` (default none): the job's whole process group is killed with
-//!   SIGKILL when it runs longer; the result then says `timed_out`.
+//!   SIGKILL when it runs longer; the result then says `timed_out`. Whenever the job ends, what
+//!   is left of its process group is killed too, and, when it ran as a dedicated account (not
+//!   `--as-current-user`), so is every process of that account that left the group (setsid);
+//!   `warnings` then counts them.
 //! * `output` (default `{"rule": "default"}`): [`OutputRule`]. `default` is HTCondor's rule when
 //!   `TransferOutput` is unset: regular files in the top level of the work dir that are new, or
 //!   whose mtime or size differ from what `input.tar` put there, excluding the executable.
