@@ -351,6 +351,21 @@ pub fn detect(head: &[u8]) -> ImageFormat {
     }
 }
 
+/// Create `path` as a new, empty file. An existing regular file is unlinked first rather than
+/// truncated: ext4 flushes a file rewritten through truncation when it is closed
+/// (`auto_da_alloc`), which made re-creating a 100 MiB image twice as slow.
+pub(crate) fn create_file(path: &Path) -> Result<File, Error> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        std::fs::remove_file(path).map_err(|e| Error::io("replace", path, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
 pub(crate) fn open_file(path: &Path, access: Access) -> Result<File, Error> {
     std::fs::OpenOptions::new()
         .read(true)

@@ -26,13 +26,7 @@ pub(crate) struct RawBackend {
 
 impl RawBackend {
     pub(crate) fn create(path: &Path, size: u64) -> Result<Self, Error> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
+        let file = crate::container::create_file(path)?;
         file.set_len(size)
             .map_err(|e| Error::io("set the size of", path, e))?;
         Ok(RawBackend {

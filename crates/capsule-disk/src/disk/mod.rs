@@ -28,7 +28,7 @@ type FatEntry<'a> = fatfs::DirEntry<'a, VolumeIo>;
 pub(crate) const MAX_DIR_ENTRIES: usize = 65_536;
 /// Bytes of volume metadata one directory step may read before we call it a loop.
 const METADATA_BUDGET: u64 = 8 * 1024 * 1024;
-/// Files shorter than this are written through fatfs; longer ones by `write.rs`.
+/// Files up to this size are written through fatfs; longer ones by `write.rs`.
 const SMALL_FILE: usize = 64 * 1024;
 /// Deepest directory nesting we walk (guards against directory loops).
 pub const MAX_DEPTH: usize = 64;
@@ -427,10 +427,11 @@ impl DataDisk {
             }
         };
         file.truncate().map_err(self.fat_err(path))?;
-        let mut buf = vec![0u8; SMALL_FILE];
+        // One byte more than SMALL_FILE tells a file of exactly SMALL_FILE from a longer one.
+        let mut buf = vec![0u8; SMALL_FILE + 1];
         let n =
             write::fill(src, &mut buf).map_err(|e| Error::io("read the source for", path, e))?;
-        if n < SMALL_FILE {
+        if n <= SMALL_FILE {
             // Small files go through fatfs: one or a few clusters, no extra directory lookup.
             file.write_all(buf.get(..n).unwrap_or_default())
                 .map_err(self.fat_err(path))?;

@@ -41,6 +41,9 @@ impl DataDisk {
     ) -> Result<u64, Error> {
         let mut n = head.len();
         let mut buf = head;
+        // Every chunk but the last must be whole clusters: top the head up to a full chunk.
+        buf.resize(CHUNK.max(n), 0);
+        n += fill(src, &mut buf[n..]).map_err(|e| Error::io("read the source for", path, e))?;
         let boot = self.boot;
         let cs = boot.cluster_size;
         let start = self.partition.start;
@@ -48,7 +51,6 @@ impl DataDisk {
         let mut last: Option<u64> = None;
         let mut total = 0u64;
         let mut allocated = 0u64;
-        buf.resize(CHUNK, 0);
         let result = (|| -> Result<(), Error> {
             let mut cache = lock(&self.cache).map_err(self.fat_err(path))?;
             while n > 0 {

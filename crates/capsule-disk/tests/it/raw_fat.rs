@@ -149,3 +149,38 @@ fn full_disk_fails_cleanly() {
     assert_eq!(read_all(&disk, "after.bin"), data(200_000, 5));
     assert_eq!(read_all(&disk, "keep.bin"), data(100_000, 3));
 }
+
+/// Sizes around every internal boundary (cluster, small-file limit, 1 MiB chunk); fsck.fat
+/// checks each chain length against its size.
+#[test]
+fn sizes_around_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("sizes.img");
+    let disk = DataDisk::create(&img, &CreateOptions::new().size(64 * MIB)).unwrap();
+    let sizes = [
+        0,
+        1,
+        2047,
+        2048,
+        2049,
+        65535,
+        65536,
+        65537,
+        1 << 20,
+        (1 << 20) + 1,
+        (2 << 20) + 4097,
+    ];
+    for (i, len) in sizes.iter().enumerate() {
+        disk.put_file(&format!("s/{i}.bin"), &mut &data(*len, i as u64)[..])
+            .unwrap();
+    }
+    disk.finish().unwrap();
+    fsck(&img, MIB);
+    let disk = DataDisk::open(&img, Access::ReadOnly).unwrap();
+    for (i, len) in sizes.iter().enumerate() {
+        assert!(
+            read_all(&disk, &format!("s/{i}.bin")) == data(*len, i as u64),
+            "size {len}"
+        );
+    }
+}

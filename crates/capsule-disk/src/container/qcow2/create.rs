@@ -41,13 +41,7 @@ impl Qcow2Backend {
             backing_format: None,
             zstd: false,
         };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
+        let file = crate::container::create_file(path)?;
         let io = |e| Error::io("write", path, e);
         let end = 3 + l1_clusters;
         file.write_all_at(&h.encode_v3(), 0).map_err(io)?;

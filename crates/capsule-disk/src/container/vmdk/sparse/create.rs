@@ -66,13 +66,7 @@ impl SparseExtent {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let desc = super::super::descriptor::Descriptor::render_sparse(cid, sectors, &name);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
+        let file = crate::container::create_file(path)?;
         let io = |e| Error::io("write", path, e);
         file.write_all_at(&h, 0).map_err(io)?;
         file.write_all_at(desc.as_bytes(), SECTOR).map_err(io)?;
