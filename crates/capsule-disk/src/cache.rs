@@ -202,7 +202,16 @@ impl Cache {
         if self.overlaps_pending(off, len) {
             self.flush_pending()?;
         }
-        for idx in off / PAGE_U64..=(off + len - 1) / PAGE_U64 {
+        let pages = off / PAGE_U64..=(off + len - 1) / PAGE_U64;
+        // Zeros onto a region that already reads as zero (formatting a new disk writes
+        // megabytes of them into the FATs) need neither a page nor a write.
+        if crate::container::is_zero(buf)
+            && pages.clone().all(|i| !self.pages.contains_key(&i))
+            && self.backend.reads_as_zero(off, len)?
+        {
+            return Ok(());
+        }
+        for idx in pages {
             let page = self.load(idx)?;
             copy_overlap(idx * PAGE_U64, &mut page.data, off, buf);
             page.dirty = true;

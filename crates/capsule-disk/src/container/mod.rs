@@ -104,6 +104,11 @@ pub(crate) trait Backend: Send + fmt::Debug {
     /// Persist all metadata (tables, headers) and flush file buffers.
     fn flush_meta(&mut self) -> io::Result<()>;
     fn info(&self) -> ContainerInfo;
+    /// True if the range is known to read as zeros without holding data (unallocated, no
+    /// parent), so writing zeros there can be skipped. `false` is always a safe answer.
+    fn reads_as_zero(&mut self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A virtual disk in any supported container, with a cursor: `Read + Write + Seek`.

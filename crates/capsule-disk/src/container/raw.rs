@@ -89,6 +89,14 @@ impl Backend for RawBackend {
         Ok(())
     }
 
+    fn reads_as_zero(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        let Some(written) = &self.written else {
+            return Ok(false);
+        };
+        let last = (offset + len.max(1) - 1) / CHUNK;
+        Ok((offset / CHUNK..=last).all(|c| !written.contains(&c)))
+    }
+
     fn info(&self) -> ContainerInfo {
         ContainerInfo {
             format: ImageFormat::Raw,

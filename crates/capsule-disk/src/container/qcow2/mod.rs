@@ -573,6 +573,19 @@ impl Backend for Qcow2Backend {
         Ok(())
     }
 
+    fn reads_as_zero(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.backing.is_some() {
+            return Ok(false);
+        }
+        let cs = self.cs();
+        for vc in offset / cs..=(offset + len.max(1) - 1) / cs {
+            if !matches!(self.lookup(vc)?, Loc::Unallocated | Loc::Zero(_)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn info(&self) -> ContainerInfo {
         let mut chain = Vec::new();
         if let Some(b) = &self.backing {

@@ -448,6 +448,27 @@ impl Backend for VmdkBackend {
         Ok(())
     }
 
+    fn reads_as_zero(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.parent.is_some() {
+            return Ok(false);
+        }
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        for (i, eoff, _, n) in self.pieces(offset, len) {
+            let Some(ext) = self.extents.get_mut(i) else {
+                return Ok(false);
+            };
+            let zero = match &mut ext.data {
+                ExtentData::Zero => true,
+                ExtentData::Flat { .. } => false,
+                ExtentData::Sparse(sp) => sp.is_unallocated(eoff, n as u64)?,
+            };
+            if !zero {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn info(&self) -> ContainerInfo {
         let mut files = vec![self.path.clone()];
         for e in &self.extents {

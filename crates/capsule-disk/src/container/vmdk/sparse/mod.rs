@@ -453,6 +453,17 @@ impl SparseExtent {
         Ok(())
     }
 
+    /// True if every grain touching `[off, off + len)` of this extent is unallocated or zero.
+    pub(crate) fn is_unallocated(&mut self, off: u64, len: u64) -> io::Result<bool> {
+        let gb = self.grain_bytes;
+        for g in off / gb..=(off + len.max(1) - 1) / gb {
+            if !matches!(self.lookup(g)?, Grain::Unallocated | Grain::Zero) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Append a new grain (and its grain table if the directory has none) for `grain`.
     fn alloc_grain(&mut self, grain: u64) -> io::Result<u64> {
         let gtes = u64::from(self.gtes);
