@@ -100,6 +100,7 @@ impl DataDisk {
         let io = VolumeIo::new(Arc::clone(&cache), opts.partition_offset, volume);
         fatfs::format_volume(io, format_opts)
             .map_err(|e| Error::io("format a FAT volume in", path, e))?;
+        set_hidden_sectors(&cache, opts.partition_offset).map_err(wrap)?;
         let partition = Partition {
             index: 1,
             start: opts.partition_offset,
@@ -616,6 +617,25 @@ impl DataDisk {
             .map_err(|e| Error::io("update the FSInfo sector of", &path, e))?;
         c.flush_all().map_err(|e| Error::io("write", &path, e))
     }
+}
+
+/// Record the partition's start sector in the boot sector's "hidden sectors" field (and in the
+/// FAT32 backup boot sector), as `mkfs.vfat --offset` does; fatfs writes 0, which some
+/// operating systems (Windows) use to locate the volume.
+fn set_hidden_sectors(cache: &SharedCache, start: u64) -> io::Result<()> {
+    let hidden = u32::try_from(start / 512)
+        .map_err(io::Error::other)?
+        .to_le_bytes();
+    let mut c = lock(cache)?;
+    c.write_at(start + 28, &hidden)?;
+    let mut b = [0u8; 90];
+    c.read_at(start, &mut b)?;
+    let is_fat32 = u16::from_le_bytes([b[22], b[23]]) == 0;
+    let backup = u64::from(u16::from_le_bytes([b[50], b[51]]));
+    if is_fat32 && backup != 0 && backup != 0xffff {
+        c.write_at(start + backup * 512 + 28, &hidden)?;
+    }
+    Ok(())
 }
 
 /// FAT32: write the true free-cluster count and a next-free hint into the FSInfo sector.
