@@ -11,7 +11,19 @@
 //!    write-back cache).
 //! 4. **file API** ([`DataDisk`]): create directories, put/get/list files, tar in and out.
 //!
-//! Entry points for other crates:
+//! Entry points for other crates (all on [`DataDisk`] unless noted):
+//!
+//! | call | what it does |
+//! |---|---|
+//! | `DataDisk::create(path, &CreateOptions)` | new sparse image: MBR, one FAT partition at `partition_offset` (default 1 MiB), formatted (FAT type by size as `mkfs.vfat`), label `CONDORDATA` |
+//! | `DataDisk::open(path, Access)` / `open_with(path, &OpenOptions)` | image file or block device; format from content; first FAT partition (MBR or GPT) or a given index |
+//! | `create_dir_all(path)`, `put_file(path, &mut dyn Read) -> u64` | write side; `put_file` creates parents and truncates an existing file |
+//! | `open_file(path) -> FileReader` (`Read`, `copy_to`), `stat`, `list`, `walk` | read side, bounded against hostile disks |
+//! | `tar_in(dir, &mut dyn Read)`, `tar_out(dir, &mut dyn Write)` | streaming tar in and out |
+//! | `info()` | container, chain, partition, FAT type, label, capacity, free |
+//! | `finish(self)` | flush FAT and container metadata; report errors (read-only: no-op) |
+//! | [`Image`] | the container alone, as `Read + Write + Seek` (`open`, `create`, `info`, `finish`) |
+//! | [`detect`], [`parse_size`] | format from magic bytes; `512M`/`4G` sizes |
 //!
 //! ```no_run
 //! use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
@@ -26,8 +38,9 @@
 //! for entry in disk.list("job/in")? {
 //!     println!("{} {} {}", entry.name, entry.is_dir, entry.size);
 //! }
-//! let mut text = String::new();
-//! std::io::Read::read_to_string(&mut disk.open_file("job/in/hello.txt")?, &mut text).ok();
+//! let mut text = Vec::new();
+//! disk.open_file("job/in/hello.txt")?.copy_to(&mut text).ok();
+//! disk.tar_out("job", &mut std::io::sink())?;
 //! # Ok(()) }
 //! ```
 //!
