@@ -110,7 +110,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         "[ Name = \"VMCapsule\"; TargetUniverse = 13 ]\n------\n{}",
         classad::print::ad_to_hook_string(&job_ad)?
     );
+    let t_translate = Instant::now();
     let routed_text = hook("translate", &config, &stdin)?;
+    let translate_time = t_translate.elapsed();
     let routed =
         classad::parse_old_ad(&routed_text).context("translate printed an unreadable ad")?;
     fs::write(dir.join("routed.ad"), &routed_text)?;
@@ -152,7 +154,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         classad::print::ad_to_hook_string(&original)?,
         routed_text
     );
+    let t_finalize = Instant::now();
     let attrs = hook("finalize", &config, &stdin)?;
+    let finalize_time = t_finalize.elapsed();
     clock.step("finalize: attributes for the original job:");
     for line in attrs.lines() {
         println!("             {line}");
@@ -166,6 +170,11 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
             fs::read_to_string(job_dir.join(name)).unwrap_or_else(|e| format!("(missing: {e})"));
         println!("--- {name}\n{}", content.trim_end());
     }
+    let console = fs::read_to_string(&report.console).unwrap_or_default();
+    println!("\nWhere the time went:");
+    for (what, secs) in time_split(translate_time, report.elapsed, &console, finalize_time) {
+        println!("  {what:<44} {secs:8.3} s");
+    }
     let exit = classad::parse_old_ad(&attrs)?;
     let code = classad::eval::evaluate_attr(&exit, "ExitCode");
     println!(
@@ -175,6 +184,46 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         bail!("the demo job's exit code did not come back (got {code})");
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The demo's wall time by phase. Guest phases come from the agent's uptime stamps on the
+/// console (`capsule-init [uptime]: ...`), so boot is QEMU start to agent start.
+fn time_split(
+    translate: Duration,
+    run: Duration,
+    console: &str,
+    finalize: Duration,
+) -> Vec<(&'static str, f64)> {
+    let stamp = |needle: &str| {
+        console
+            .lines()
+            .find(|l| l.starts_with("capsule-init [") && l.contains(needle))
+            .and_then(|l| {
+                l.split('[')
+                    .nth(1)?
+                    .split(']')
+                    .next()?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+    };
+    let mut rows = vec![("translate hook", translate.as_secs_f64())];
+    if let (Some(start), Some(exec), Some(end)) =
+        (stamp("started"), stamp("starting"), stamp("job ended"))
+    {
+        rows.push(("boot (QEMU start -> guest agent start)", start));
+        rows.push(("agent setup (unpack inputs, start job)", exec - start));
+        rows.push(("job", end - exec));
+        rows.push((
+            "collect outputs + poweroff + QEMU exit",
+            run.as_secs_f64() - end,
+        ));
+    } else {
+        rows.push(("VM (boot, job, poweroff)", run.as_secs_f64()));
+    }
+    rows.push(("finalize hook", finalize.as_secs_f64()));
+    rows
 }
 
 fn text(ad: &classad::ClassAd, name: &str) -> String {
