@@ -9,6 +9,7 @@
 
 mod bulk;
 mod corrupt;
+mod mixed;
 mod qcow2;
 mod raw_fat;
 mod tar;
