@@ -182,6 +182,12 @@ impl BootInfo {
             ));
         }
         let n = size.div_ceil(cluster_size);
+        if n > self.clusters {
+            return Err(format!(
+                "size {size} needs {n} clusters but the volume has only {}",
+                self.clusters
+            ));
+        }
         let mut next = |c: u64| {
             self.fat_entry(c, read)
                 .map_err(|e| format!("cannot read the FAT: {e}"))
