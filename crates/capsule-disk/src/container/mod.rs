@@ -321,7 +321,11 @@ pub(crate) fn open_backend_at_depth(
     format: Option<ImageFormat>,
     depth: usize,
 ) -> Result<Box<dyn Backend>, Error> {
-    let mut file = open_file(path, access)?;
+    let mut file = if depth > 0 {
+        open_referenced(path, access)?
+    } else {
+        open_file(path, access)?
+    };
     let mut head = [0u8; MAGIC_LEN];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io("read", path, e))?;
     let head = head.get(..got).unwrap_or_default();
@@ -369,6 +373,20 @@ pub(crate) fn create_file(path: &Path) -> Result<File, Error> {
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io("create", path, e))
+}
+
+/// Open a file that an image names (extent, parent, backing file). Only regular files are
+/// accepted: a hostile descriptor naming a FIFO or `/dev/stdin` would otherwise block.
+pub(crate) fn open_referenced(path: &Path, access: Access) -> Result<File, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Unsupported {
+            path: path.to_owned(),
+            what: "referenced file",
+            detail: "extents, parents and backing files must be regular files".to_owned(),
+        });
+    }
+    open_file(path, access)
 }
 
 pub(crate) fn open_file(path: &Path, access: Access) -> Result<File, Error> {

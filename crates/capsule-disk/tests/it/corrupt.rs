@@ -305,3 +305,38 @@ fn fragmented_chain_reads_in_order() {
     assert!(all == content);
     crate::tools::fsck(&img, MIB);
 }
+
+/// A descriptor naming a FIFO as its parent (or an extent outside its directory) must fail
+/// at once, not block the finalize hook.
+#[test]
+fn hostile_descriptor_references() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::tools::run("mkfifo", &[dir.path().join("fifo").to_str().unwrap()]);
+    std::fs::File::create(dir.path().join("flat.raw"))
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
+    let desc = dir.path().join("d.vmdk");
+    let text = |parent: &str, extent: &str| {
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=87654321\n\
+             createType=\"monolithicFlat\"\nparentFileNameHint=\"{parent}\"\n\
+             RW 2048 FLAT \"{extent}\" 0\n"
+        )
+    };
+    std::fs::write(&desc, text("fifo", "flat.raw")).unwrap();
+    let msg = open_err(&desc);
+    assert!(msg.contains("must be regular files"), "{msg}");
+    for extent in ["../flat.raw", "/etc/passwd"] {
+        std::fs::write(
+            &desc,
+            text("", extent).replace("parentCID=87654321", "parentCID=ffffffff"),
+        )
+        .unwrap();
+        let msg = open_err(&desc);
+        assert!(
+            msg.contains("relative path without '..'"),
+            "{extent}: {msg}"
+        );
+    }
+}

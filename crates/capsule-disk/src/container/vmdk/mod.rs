@@ -163,7 +163,7 @@ impl VmdkBackend {
                 }
                 ExtentKind::Sparse => {
                     let ep = extent_path(&dir, &line.file, path)?;
-                    let f = super::open_file(
+                    let f = super::open_referenced(
                         &ep,
                         if ext_writable {
                             Access::ReadWrite
@@ -187,7 +187,7 @@ impl VmdkBackend {
                 }
                 ExtentKind::Flat => {
                     let ep = extent_path(&dir, &line.file, path)?;
-                    let f = super::open_file(
+                    let f = super::open_referenced(
                         &ep,
                         if ext_writable {
                             Access::ReadWrite
@@ -232,7 +232,7 @@ impl VmdkBackend {
                 } else {
                     dir.join(hint)
                 };
-                let pf = super::open_file(&ppath, Access::ReadOnly)?;
+                let pf = super::open_referenced(&ppath, Access::ReadOnly)?;
                 let p = Self::open_chain(&ppath, pf, false, depth + 1, seen)?;
                 let pcid = p.cid()?;
                 if pcid != desc.parent_cid {
