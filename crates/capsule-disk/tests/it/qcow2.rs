@@ -42,6 +42,7 @@ fn created_qcow2_passes_qemu_img_and_mtools() {
 
     let raw = dir.path().join("data.raw");
     qemu_img(&["convert", "-O", "raw", s(&img), s(&raw)]);
+    assert!(qemu_img(&["compare", s(&img), s(&raw)]).contains("identical"));
     fsck(&raw, 32256);
     let out = dir.path().join("out.bin");
     mtool(

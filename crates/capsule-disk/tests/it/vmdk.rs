@@ -64,6 +64,8 @@ fn reads_what_qemu_img_convert_writes() {
     for (fat, start) in [(16, 63), (32, 2048)] {
         let size = if fat == 32 { 600 } else { 64 };
         let raw = reference_disk(dir.path(), size, fat, start);
+        // The raw disk itself, as mkfs.vfat and mcopy left it.
+        assert_reference(&DataDisk::open(&raw, Access::ReadOnly).unwrap());
         for sub in [
             "monolithicSparse",
             "streamOptimized",
