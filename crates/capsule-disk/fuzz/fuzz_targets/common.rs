@@ -8,8 +8,15 @@ use capsule_disk::{Access, DataDisk, Image};
 
 /// A scratch path private to this fuzzing process (in /dev/shm when available).
 pub fn scratch(name: &str) -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    PathBuf::from(format!("{base}/capsule-disk-fuzz-{}-{name}", std::process::id()))
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    PathBuf::from(format!(
+        "{base}/capsule-disk-fuzz-{}-{name}",
+        std::process::id()
+    ))
 }
 
 /// Exercise an image file; only panics, hangs and huge allocations count as failures.
@@ -23,7 +30,9 @@ pub fn exercise(path: &std::path::Path) {
             }
         }
     }
-    let Ok(disk) = DataDisk::open(path, Access::ReadOnly) else { return };
+    let Ok(disk) = DataDisk::open(path, Access::ReadOnly) else {
+        return;
+    };
     let _ = disk.info();
     if let Ok(tree) = disk.walk("") {
         for (p, e) in tree.iter().take(64) {

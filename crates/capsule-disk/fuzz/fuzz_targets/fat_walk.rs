@@ -23,8 +23,10 @@ fn base() -> &'static Vec<u8> {
         let opts = CreateOptions::new().size(SIZE).partition_offset(32256);
         let disk = DataDisk::create(&path, &opts).expect("base image");
         disk.create_dir_all("job/in/deeper").expect("dirs");
-        disk.put_file("job/in/A Long Mixed Name.txt", &mut &b"hello"[..]).expect("file");
-        disk.put_file("job/in/deeper/x.bin", &mut &[7u8; 3000][..]).expect("file");
+        disk.put_file("job/in/A Long Mixed Name.txt", &mut &b"hello"[..])
+            .expect("file");
+        disk.put_file("job/in/deeper/x.bin", &mut &[7u8; 3000][..])
+            .expect("file");
         disk.put_file("result.json", &mut &b"{}"[..]).expect("file");
         disk.finish().expect("finish");
         let mut head = vec![0u8; HEAD];
@@ -40,7 +42,9 @@ fuzz_target!(|data: &[u8]| {
     let mut head = base().clone();
     common::patch(&mut head, data);
     let path = common::scratch("fat");
-    let Ok(f) = std::fs::File::create(&path) else { return };
+    let Ok(f) = std::fs::File::create(&path) else {
+        return;
+    };
     if f.write_all_at(&head, 0).is_ok() && f.set_len(SIZE).is_ok() {
         drop(f);
         common::exercise(&path);

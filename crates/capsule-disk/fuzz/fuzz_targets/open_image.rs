@@ -15,11 +15,16 @@ mod common;
 
 fn template(format: ImageFormat) -> Vec<u8> {
     let path = common::scratch(&format!("tpl.{format}"));
-    let opts = CreateOptions::new().size(4 << 20).format(format).partition_offset(32256);
+    let opts = CreateOptions::new()
+        .size(4 << 20)
+        .format(format)
+        .partition_offset(32256);
     let disk = DataDisk::create(&path, &opts).expect("template");
     disk.create_dir_all("out/sub").expect("dirs");
-    disk.put_file("out/sub/data.bin", &mut &[9u8; 70_000][..]).expect("file");
-    disk.put_file("result.json", &mut &b"{\"exit\":0}"[..]).expect("file");
+    disk.put_file("out/sub/data.bin", &mut &[9u8; 70_000][..])
+        .expect("file");
+    disk.put_file("result.json", &mut &b"{\"exit\":0}"[..])
+        .expect("file");
     disk.finish().expect("finish");
     let bytes = std::fs::read(&path).expect("read template");
     let _ = std::fs::remove_file(&path);
@@ -39,7 +44,9 @@ fn templates() -> &'static [Vec<u8>; 3] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let path = common::scratch("image");
     let bytes = match sel % 4 {
         0 => rest.to_vec(),
@@ -50,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let ok = std::fs::write(&path, &bytes).is_ok()
-        && (sel % 4 != 3 || std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(4 << 20)).is_ok());
+        && (sel % 4 != 3
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(4 << 20))
+                .is_ok());
     if ok {
         common::exercise(&path);
     }
