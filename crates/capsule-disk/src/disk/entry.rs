@@ -83,10 +83,13 @@ pub(crate) fn components(path: &str) -> Result<Vec<&str>, Error> {
     Ok(out)
 }
 
-/// A deterministic volume serial (reproducible images), mixed from the label and size.
-pub(super) fn volume_id(label: &[u8; 11], size: u64) -> u32 {
+/// A deterministic volume serial (reproducible images), mixed from the label, the size and
+/// the image path, so that two data disks made for different jobs differ.
+pub(super) fn volume_id(label: &[u8; 11], size: u64, path: &std::path::Path) -> u32 {
+    use std::os::unix::ffi::OsStrExt;
     let mut h: u32 = 0x811c_9dc5;
-    for b in label.iter().chain(size.to_le_bytes().iter()) {
+    let path = path.as_os_str().as_bytes();
+    for b in label.iter().chain(size.to_le_bytes().iter()).chain(path) {
         h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
     }
     h

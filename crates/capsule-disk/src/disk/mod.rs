@@ -87,7 +87,7 @@ impl DataDisk {
             });
         };
         let kind = fat::fat_kind_for(volume);
-        let volume_id = volume_id(&label, opts.size);
+        let volume_id = volume_id(&label, opts.size, path);
         let mbr =
             partition::build_mbr(opts.size, opts.partition_offset, kind.mbr_type(), volume_id)?;
         let format_opts = fat::format_options(volume, label, volume_id)?;
