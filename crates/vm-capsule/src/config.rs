@@ -93,6 +93,21 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "65536",
         "largest data disk translate creates; bigger jobs are held",
     ),
+    (
+        "VM_CAPSULE_ROUTED_UNIVERSE",
+        "(from the route: 13 vm, 5 vanilla)",
+        "vm or vanilla: the kind of routed job, overriding the route",
+    ),
+    (
+        "VM_CAPSULE_LAUNCHER_PATH",
+        "the vm-capsule binary running the hook",
+        "launcher a vanilla-flavour job runs (a static vm-capsule build)",
+    ),
+    (
+        "VM_CAPSULE_BOOT_TIMEOUT",
+        "600",
+        "vanilla flavour: seconds allowed for boot and poweroff beyond the job's time limit",
+    ),
 ];
 
 /// Configuration that cannot be read or is invalid.

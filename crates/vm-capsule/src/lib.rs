@@ -7,6 +7,7 @@
 pub mod config;
 pub mod hooks;
 pub mod job;
+pub mod launcher;
 pub mod routed;
 pub mod runner;
 pub mod template;

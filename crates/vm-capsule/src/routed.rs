@@ -5,6 +5,7 @@
 //! must be complete: universe, VM parameters, file transfer, `Requirements`, identity and
 //! accounting. It is built, not echoed: the original's history must not leak into the copy.
 
+use classad::print::expr_to_string;
 use classad::{parse_expr, ClassAd, Expr, Syntax};
 
 use crate::job::JobSpec;
@@ -12,6 +13,15 @@ use crate::template::{Flavour, Template};
 
 /// `JobUniverse` of VM jobs.
 pub const VM_UNIVERSE: i64 = 13;
+/// `JobUniverse` of vanilla jobs.
+pub const VANILLA_UNIVERSE: i64 = 5;
+/// The VM description a vanilla-flavour launcher boots (the VM-universe ad, old syntax).
+pub const CAPSULE_AD: &str = "capsule.ad";
+/// Machine attribute an execute node advertises when it can run the vanilla flavour.
+pub const HAS_QEMU_ATTR: &str = "HasVMCapsuleQemu";
+/// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
+/// (`VM_CAPSULE_BOOT_TIMEOUT`).
+pub const BOOT_MARGIN_SECS: u64 = 600;
 
 /// Attributes copied from the original job: identity, accounting, priority and notification.
 const CARRIED: &[&str] = &[
@@ -151,6 +161,80 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
         ad.insert("VMCapsuleInitrd", Expr::string(initrd.clone()));
         ad.insert("VMCapsuleKernelArgs", Expr::string(cmdline.clone()));
     }
+    ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
+    ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));
+    ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
+    ad.insert("VMCapsuleVersion", Expr::string(env!("CARGO_PKG_VERSION")));
+    ad
+}
+
+/// Build the vanilla-flavour routed ad: an ordinary vanilla job whose executable, the
+/// launcher (`vm-capsule run`), boots the capsule with QEMU on the execute node and exits as
+/// the job did. HTCondor's own file transfer then brings the outputs and streams to where the
+/// original job named them, so `Iwd`, `Out`, `Err`, `TransferOutput` and the remaps are the
+/// original's; only `TransferInput` (the capsule files, by absolute path) changes.
+pub fn build_vanilla(
+    job: &JobSpec,
+    original: &ClassAd,
+    staged: &Staged,
+    launcher: &std::path::Path,
+    timeout_secs: u64,
+) -> ClassAd {
+    let mut ad = ClassAd::new();
+    for name in CARRIED {
+        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
+            ad.insert(n, e.clone());
+        }
+    }
+    for name in ["Out", "Err", "TransferOutput", "TransferOutputRemaps"] {
+        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
+            ad.insert(n, e.clone());
+        }
+    }
+    ad.insert("MyType", Expr::string("Job"));
+    ad.insert("TargetType", Expr::string("Machine"));
+    ad.insert("JobUniverse", Expr::integer(VANILLA_UNIVERSE));
+    ad.insert("JobStatus", Expr::integer(1));
+    ad.insert("Iwd", Expr::string(job.iwd.display().to_string()));
+    ad.insert("Cmd", Expr::string(launcher.display().to_string()));
+    ad.insert("TransferExecutable", Expr::boolean(true));
+    ad.insert(
+        "Arguments",
+        Expr::string(format!(
+            "run {CAPSULE_AD} --vanilla --accel auto --timeout {timeout_secs}"
+        )),
+    );
+    let scratch = std::path::Path::new(&staged.scratch);
+    let mut transfer: Vec<String> = staged
+        .transfer
+        .iter()
+        .map(|f| scratch.join(f).display().to_string())
+        .collect();
+    transfer.push(scratch.join(CAPSULE_AD).display().to_string());
+    ad.insert("TransferInput", Expr::string(transfer.join(",")));
+    ad.insert("ShouldTransferFiles", Expr::string("YES"));
+    ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
+    // QEMU itself needs memory beyond the guest's.
+    ad.insert(
+        "RequestMemory",
+        Expr::integer(to_i64(staged.memory_mib + 128)),
+    );
+    ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
+    if let Some(disk) = job.request_disk_kib {
+        ad.insert("RequestDisk", Expr::integer(to_i64(disk)));
+    }
+    ad.insert("DiskUsage", Expr::integer(1));
+    ad.insert("ImageSize", Expr::integer(to_i64(staged.memory_mib * 1024)));
+    let qemu = format!("(TARGET.{HAS_QEMU_ATTR} =?= true)");
+    let requirements = match original.get("Requirements") {
+        Some(req) => format!("{qemu} && ({})", expr_to_string(req, Syntax::New)),
+        None => format!("{qemu} && (TARGET.Arch == \"X86_64\") && (TARGET.OpSys == \"LINUX\")"),
+    };
+    ad.insert(
+        "Requirements",
+        parse_expr(&requirements, Syntax::New).unwrap_or(Expr::boolean(false)),
+    );
+    ad.insert("VMCapsuleFlavour", Expr::string("vanilla"));
     ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
     ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));
     ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));

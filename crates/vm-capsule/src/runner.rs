@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub in_place: bool,
     /// Where to make the sandbox (default: the system temp dir).
     pub sandbox_parent: Option<PathBuf>,
+    /// Run the disks found in this directory instead of the ad's `Iwd` (the vanilla
+    /// flavour's launcher: HTCondor put them in its sandbox, the working directory).
+    pub workdir: Option<PathBuf>,
 }
 
 /// A disk QEMU attaches.
@@ -302,7 +305,10 @@ pub fn run(
     opts: &RunOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunReport, RunError> {
-    let spec = VmSpec::from_ad(ad)?;
+    let mut spec = VmSpec::from_ad(ad)?;
+    if let Some(dir) = &opts.workdir {
+        spec.iwd.clone_from(dir);
+    }
     let io_err = |what: String| move |source| RunError::Io { what, source };
     let sandbox = if opts.in_place {
         spec.iwd.clone()

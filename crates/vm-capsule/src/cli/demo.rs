@@ -129,6 +129,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         accel: Accel::Auto,
         in_place: false,
         sandbox_parent: Some(dir.clone()),
+        workdir: None,
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;
     clock.step(&format!(

@@ -1,13 +1,22 @@
-//! `vm-capsule run`: execute a routed VM-universe job locally, as an execute node would.
+//! `vm-capsule run`: execute a routed VM-universe job locally, as an execute node would; with
+//! `--vanilla`, be the vanilla flavour's launcher inside an ordinary vanilla slot.
 
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use vm_capsule::runner::{run, Accel, RunOptions};
+use vm_capsule::launcher::{finish_in_sandbox, LauncherExit};
+use vm_capsule::runner::{run, Accel, RunOptions, VmSpec};
+
+/// Exit code of the launcher when the capsule failed (no result from the VM).
+pub const EXIT_CAPSULE_FAILED: u8 = 125;
+/// Exit code of the launcher when the job could not start in the guest.
+pub const EXIT_NOT_STARTED: u8 = 127;
 
 /// Accelerator choice on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,12 +40,17 @@ pub struct RunArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
-    /// Boot the disks in the routed job's Iwd instead of copies in a sandbox.
+    /// Boot the disks in place instead of copies in a sandbox.
     #[arg(long)]
     in_place: bool,
+    /// Launcher mode (the vanilla flavour): the disks are in the current directory; afterwards
+    /// unpack the job's outputs here, copy its stdout/stderr to ours, remove the capsule files
+    /// and exit as the job did (125: the VM failed, 127: the job could not start).
+    #[arg(long)]
+    vanilla: bool,
 }
 
-/// Run the VM; exit 0 when the guest powered off by itself.
+/// Run the VM; exit 0 when the guest powered off by itself (or, with `--vanilla`, as the job).
 pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.routed_ad)
         .with_context(|| format!("cannot read {}", args.routed_ad.display()))?;
@@ -45,6 +59,11 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let ad = ads
         .last()
         .with_context(|| format!("{}: no ad found", args.routed_ad.display()))?;
+    let workdir = if args.vanilla {
+        Some(std::env::current_dir().context("no working directory")?)
+    } else {
+        None
+    };
     let opts = RunOptions {
         timeout: Duration::from_secs(args.timeout),
         accel: match args.accel {
@@ -52,19 +71,85 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
             AccelArg::Kvm => Accel::Kvm,
             AccelArg::Auto => Accel::Auto,
         },
-        in_place: args.in_place,
+        in_place: args.in_place || args.vanilla,
         sandbox_parent: None,
+        workdir: workdir.clone(),
     };
-    let report = run(ad, &opts, &mut |m| eprintln!("vm-capsule run: {m}"))?;
-    eprintln!(
-        "vm-capsule run: guest powered off after {:.1} s; returned {} to the job's Iwd; console log {}",
-        report.elapsed.as_secs_f64(),
-        if report.returned.is_empty() {
-            "nothing (in place)".to_owned()
-        } else {
-            report.returned.join(", ")
-        },
-        report.console.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    let Some(sandbox) = workdir else {
+        let report = run(ad, &opts, &mut |m| eprintln!("vm-capsule run: {m}"))?;
+        eprintln!(
+            "vm-capsule run: guest powered off after {:.1} s; returned {} to the job's Iwd; console log {}",
+            report.elapsed.as_secs_f64(),
+            if report.returned.is_empty() {
+                "nothing (in place)".to_owned()
+            } else {
+                report.returned.join(", ")
+            },
+            report.console.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    // Launcher mode. Quiet on success: our stdout/stderr are the job's.
+    let spec = VmSpec::from_ad(ad)?;
+    let data_disk = match classad::eval::evaluate_attr(ad, "VMCapsuleDataDisk") {
+        classad::Value::String(s) => s,
+        _ => anyhow::bail!("{}: VMCapsuleDataDisk is missing", args.routed_ad.display()),
+    };
+    let mut capsule_files = spec.transfer.clone();
+    capsule_files.push(args.routed_ad.display().to_string());
+    capsule_files.push("console.log".to_owned());
+    let booted = run(ad, &opts, &mut |_| {});
+    if let Err(e) = &booted {
+        // Show the end of the console: it usually says why.
+        if let Ok(console) = std::fs::read_to_string(sandbox.join("console.log")) {
+            let tail: Vec<&str> = console.lines().rev().take(15).collect();
+            for line in tail.iter().rev() {
+                eprintln!("vm-capsule launcher: console: {line}");
+            }
+        }
+        eprintln!("vm-capsule launcher: {e:#}");
+    }
+    let exit = match booted {
+        Ok(_) => finish_in_sandbox(
+            &sandbox,
+            &data_disk,
+            &capsule_files,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+        Err(e) => {
+            let _ = finish_in_sandbox(
+                &sandbox,
+                &data_disk,
+                &capsule_files,
+                &mut std::io::sink(),
+                &mut std::io::sink(),
+            );
+            LauncherExit::Failed(format!("{e:#}"))
+        }
+    };
+    let _ = std::io::stdout().flush();
+    match exit {
+        LauncherExit::Code(code) => Ok(ExitCode::from(code)),
+        LauncherExit::Signal(signal) => {
+            // Die by the same signal: exec a shell that sends it to itself (same pid, default
+            // signal dispositions after exec), so HTCondor records ExitBySignal.
+            let err = Command::new("/bin/sh")
+                .args(["-c", &format!("kill -{signal} $$")])
+                .exec();
+            eprintln!(
+                "vm-capsule launcher: the job died by signal {signal}; cannot re-raise it: {err}"
+            );
+            Ok(ExitCode::from(128u8.saturating_add(signal)))
+        }
+        LauncherExit::NotStarted(why) => {
+            eprintln!("vm-capsule launcher: the job could not start in the VM: {why}");
+            Ok(ExitCode::from(EXIT_NOT_STARTED))
+        }
+        LauncherExit::Failed(why) => {
+            eprintln!("vm-capsule launcher: the VM capsule failed: {why}");
+            Ok(ExitCode::from(EXIT_CAPSULE_FAILED))
+        }
+    }
 }

@@ -85,6 +85,15 @@ pub fn finalize(stdin: &str, log: &mut HookLog) -> Finalized {
         return out;
     };
     let scratch = PathBuf::from(scratch);
+    if string_attr(routed, "VMCapsuleFlavour").as_deref() == Some("vanilla") {
+        // HTCondor's own transfer placed the outputs and the router mirrored the launcher's
+        // exit status, which is the job's: nothing to extract, nothing to correct.
+        log.info(&format!(
+            "job {}: vanilla flavour, outputs placed by HTCondor",
+            job.id()
+        ));
+        return out;
+    }
     log.info(&format!(
         "finalizing job {} from {}",
         job.id(),
@@ -251,7 +260,11 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-fn read_result(disk: &DataDisk) -> Result<JobResult, String> {
+/// Read and validate `result.json` from a returned data disk.
+///
+/// # Errors
+/// A message saying what is missing or invalid.
+pub fn read_result(disk: &DataDisk) -> Result<JobResult, String> {
     let reader = disk
         .open_file(capsule_manifest::RESULT_JSON)
         .map_err(|e| format!("no result.json: {e}"))?;

@@ -53,6 +53,21 @@ pub struct TranslateConfig {
     pub wall_time_limit_secs: Option<u64>,
     /// `VM_CAPSULE_MAX_DATA_DISK_MB`.
     pub max_data_disk_mib: u64,
+    /// `VM_CAPSULE_ROUTED_UNIVERSE` (`vm` or `vanilla`): overrides the route's universe.
+    pub routed_universe: Option<RoutedUniverse>,
+    /// `VM_CAPSULE_LAUNCHER_PATH`: the launcher a vanilla-flavour job runs.
+    pub launcher_path: PathBuf,
+    /// `VM_CAPSULE_BOOT_TIMEOUT`: seconds the launcher allows beyond the job's time limit.
+    pub boot_timeout_secs: u64,
+}
+
+/// Which kind of job the routed copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutedUniverse {
+    /// A VM-universe job (`JobUniverse = 13`): the execute node's vm-gahp boots the capsule.
+    Vm,
+    /// A vanilla job (`JobUniverse = 5`) whose executable, `vm-capsule run`, boots it with QEMU.
+    Vanilla,
 }
 
 impl TranslateConfig {
@@ -100,6 +115,25 @@ impl TranslateConfig {
             max_data_disk_mib: knobs
                 .number("VM_CAPSULE_MAX_DATA_DISK_MB")?
                 .unwrap_or(64 * 1024),
+            routed_universe: match knobs.get("VM_CAPSULE_ROUTED_UNIVERSE") {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("vm") => Some(RoutedUniverse::Vm),
+                Some(v) if v.eq_ignore_ascii_case("vanilla") => Some(RoutedUniverse::Vanilla),
+                Some(v) => {
+                    return Err(ConfigError::Invalid {
+                        knob: "VM_CAPSULE_ROUTED_UNIVERSE",
+                        value: v.to_owned(),
+                        expected: "vm or vanilla",
+                    })
+                }
+            },
+            boot_timeout_secs: knobs
+                .number("VM_CAPSULE_BOOT_TIMEOUT")?
+                .unwrap_or(routed::BOOT_MARGIN_SECS),
+            launcher_path: knobs
+                .path("VM_CAPSULE_LAUNCHER_PATH")
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| PathBuf::from("vm-capsule")),
         })
     }
 }
@@ -177,14 +211,30 @@ pub fn translate(
         job: None,
         reason: e.to_string(),
     })?;
-    log.info(&format!("translating job {} of {}", job.id(), job.owner));
+    // The route's universe picks the flavour (13: VM universe, 5: vanilla); a knob overrides.
+    let route_universe = ads
+        .iter()
+        .find(|a| a.new_syntax)
+        .and_then(|a| classad::eval::evaluate_attr(&a.ad, "TargetUniverse").as_integer());
+    let universe = cfg.routed_universe.unwrap_or(match route_universe {
+        Some(5) => RoutedUniverse::Vanilla,
+        _ => RoutedUniverse::Vm,
+    });
+    log.info(&format!(
+        "translating job {} of {} ({:?} flavour)",
+        job.id(),
+        job.owner,
+        universe
+    ));
 
     let template = Template::load(&cfg.template_root, cfg.classad_template.as_deref())
         .map_err(|e| permanent(&job, format!("vm-capsule template: {}", error_chain(&e))))?;
     let inputs = plan_inputs(&job)?;
 
     let scratch = make_scratch(cfg, &job)?;
-    match stage(cfg, &job, &job_ad, &template, &inputs, &scratch, log) {
+    match stage(
+        cfg, &job, &job_ad, &template, &inputs, &scratch, universe, log,
+    ) {
         Ok(translated) => Ok(translated),
         Err(err) => {
             if matches!(err, TranslateError::Transient(_)) {
@@ -401,6 +451,7 @@ fn make_scratch(cfg: &TranslateConfig, job: &JobSpec) -> Result<PathBuf, Transla
 }
 
 /// Build everything in `scratch` and the routed ad.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn stage(
     cfg: &TranslateConfig,
     job: &JobSpec,
@@ -408,6 +459,7 @@ fn stage(
     template: &Template,
     inputs: &InputPlan,
     scratch: &Path,
+    universe: RoutedUniverse,
     log: &mut HookLog,
 ) -> Result<Translated, TranslateError> {
     // The guest agent travels on the data disk.
@@ -498,7 +550,20 @@ fn stage(
     disk.finish().map_err(|e| io_err("finishing", e))?;
 
     let staged = stage_vm(cfg, job, template, scratch, &data_name)?;
-    let routed = routed::build(job, job_ad, template, &staged);
+    let vm_ad = routed::build(job, job_ad, template, &staged);
+    let routed = match universe {
+        RoutedUniverse::Vm => vm_ad,
+        RoutedUniverse::Vanilla => {
+            // The launcher boots the VM described by the VM ad, from its own sandbox.
+            let description = super::ad_lines(&vm_ad)
+                .map_err(|e| permanent(job, format!("job {}: capsule.ad: {e}", job.id())))?;
+            fs::write(scratch.join(routed::CAPSULE_AD), description)
+                .map_err(|e| transient("cannot write capsule.ad", e))?;
+            // Without a job time limit the launcher still stops a guest that hangs.
+            let timeout = cfg.wall_time_limit_secs.unwrap_or(24 * 3600) + cfg.boot_timeout_secs;
+            routed::build_vanilla(job, job_ad, &staged, &cfg.launcher_path, timeout)
+        }
+    };
     let stdout = super::ad_lines(&routed)
         .map_err(|e| permanent(job, format!("job {}: routed ad: {e}", job.id())))?;
     if stdout.len() > PIPE_BUFFER_MAX {

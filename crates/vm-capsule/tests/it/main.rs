@@ -5,3 +5,4 @@ mod ad;
 mod boot;
 mod hooks;
 mod router;
+mod vanilla;

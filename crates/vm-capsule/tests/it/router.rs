@@ -290,3 +290,130 @@ pub fn run_capsule(disk: &Path, work: &Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// How a stand-in execute node saw the job end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// A STAND-IN for an HTCondor execute node running a vanilla job with file transfer (no
+/// startd/starter can run here): it copies `Cmd` and `TransferInput` into a fresh sandbox,
+/// runs `Cmd` with `Arguments` there, then brings back `TransferOutput` (or the new and
+/// changed top-level files) with `TransferOutputRemaps` and the `Out`/`Err` streams, the way
+/// HTCondor's file transfer does. Returns how the process ended.
+pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, String)]) -> JobEnd {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let text = |n: &str| match classad::eval::evaluate_attr(routed, n) {
+        classad::Value::String(s) => Some(s),
+        _ => None,
+    };
+    let iwd = PathBuf::from(text("Iwd").unwrap());
+    std::fs::create_dir_all(sandbox).unwrap();
+    let cmd = PathBuf::from(text("Cmd").unwrap());
+    let exe = sandbox.join(cmd.file_name().unwrap());
+    std::fs::copy(&cmd, &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut catalog = std::collections::BTreeMap::new();
+    for entry in text("TransferInput")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
+        let src = iwd.join(entry.trim());
+        let dest = sandbox.join(src.file_name().unwrap());
+        copy_tree(&src, &dest);
+        let m = std::fs::metadata(&dest).unwrap();
+        catalog.insert(
+            dest.file_name().unwrap().to_owned(),
+            (m.len(), m.modified().unwrap()),
+        );
+    }
+    let args = vm_capsule::job::args::split_v2(&text("Arguments").unwrap_or_default(), "Arguments")
+        .unwrap();
+    // The job's own environment, as the starter sets it.
+    let mut env: Vec<(String, String)> = env.to_vec();
+    env.extend(
+        vm_capsule::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
+    );
+    let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
+    let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
+    let status = Command::new(&exe)
+        .args(&args)
+        .current_dir(sandbox)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .unwrap();
+    // Output transfer, with the user's remaps.
+    let remaps =
+        vm_capsule::job::transfer::parse_remaps(&text("TransferOutputRemaps").unwrap_or_default());
+    let place = |name: &str, src: &Path| {
+        let base = Path::new(name)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let dest = remaps
+            .iter()
+            .find(|(from, _)| from == name || *from == base)
+            .map_or_else(|| iwd.join(&base), |(_, to)| iwd.join(to));
+        copy_tree(src, &dest);
+    };
+    match text("TransferOutput") {
+        Some(list) => {
+            for name in vm_capsule::job::transfer::split_list(&list) {
+                let src = sandbox.join(name.trim_end_matches('/'));
+                if src.exists() {
+                    place(&name, &src);
+                }
+            }
+        }
+        None => {
+            for e in std::fs::read_dir(sandbox).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name();
+                let m = e.metadata().unwrap();
+                let skip = !m.is_file()
+                    || name == exe.file_name().unwrap()
+                    || name == "_condor_stdout"
+                    || name == "_condor_stderr"
+                    || catalog
+                        .get(&name)
+                        .is_some_and(|(len, t)| *len == m.len() && *t == m.modified().unwrap());
+                if !skip {
+                    place(&name.to_string_lossy(), &e.path());
+                }
+            }
+        }
+    }
+    for (attr, file) in [("Out", "_condor_stdout"), ("Err", "_condor_stderr")] {
+        if let Some(target) = text(attr).filter(|t| t != "/dev/null") {
+            std::fs::copy(sandbox.join(file), iwd.join(target)).unwrap();
+        }
+    }
+    match (status.code(), status.signal()) {
+        (Some(c), _) => JobEnd::Exited(c),
+        (None, Some(s)) => JobEnd::Signaled(s),
+        _ => panic!("unknown end {status:?}"),
+    }
+}
+
+fn copy_tree(src: &Path, dest: &Path) {
+    if src.is_dir() {
+        std::fs::create_dir_all(dest).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &dest.join(e.file_name()));
+        }
+    } else {
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        std::fs::copy(src, dest).unwrap();
+    }
+}

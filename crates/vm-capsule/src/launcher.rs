@@ -1,0 +1,100 @@
+//! The vanilla flavour's launcher, after the VM powered off: turn the returned data disk into
+//! what a vanilla job leaves behind in its sandbox (its outputs, its stdout and stderr) and the
+//! job's exit status, so HTCondor's own file transfer and exit handling do the rest.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use capsule_disk::{Access, DataDisk};
+use capsule_manifest::Outcome;
+
+use crate::hooks::finalize::read_result;
+use crate::hooks::place::{unpack_outputs, OutputMap};
+
+/// How the launcher must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LauncherExit {
+    /// Exit with the job's code.
+    Code(u8),
+    /// Die by the job's signal.
+    Signal(u8),
+    /// The job could not start in the guest (exit 127).
+    NotStarted(String),
+    /// The capsule failed: no result, unreadable disk (exit 125).
+    Failed(String),
+}
+
+/// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
+/// (`capsule_files`, so they are not taken for outputs). Streams go to `out` and `err`.
+pub fn finish_in_sandbox(
+    sandbox: &Path,
+    data_disk: &str,
+    capsule_files: &[String],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> LauncherExit {
+    let exit = extract(sandbox, data_disk, out, err);
+    for name in capsule_files {
+        // Only plain names: these come from our own capsule description.
+        if !name.contains('/') {
+            let _ = fs::remove_file(sandbox.join(name));
+        }
+    }
+    exit
+}
+
+fn extract(
+    sandbox: &Path,
+    data_disk: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> LauncherExit {
+    let disk = match DataDisk::open(&sandbox.join(data_disk), Access::ReadOnly) {
+        Ok(d) => d,
+        Err(e) => {
+            return LauncherExit::Failed(format!("the data disk {data_disk} is unreadable: {e}"))
+        }
+    };
+    let result = match read_result(&disk) {
+        Ok(r) => r,
+        Err(e) => {
+            return LauncherExit::Failed(format!(
+                "the VM ended without a result ({e}); the guest may have crashed or run out of time"
+            ))
+        }
+    };
+    if let Ok(mut reader) = disk.open_file(capsule_manifest::DEFAULT_STDOUT) {
+        let _ = std::io::copy(&mut reader, out);
+    }
+    if let Ok(mut reader) = disk.open_file(capsule_manifest::DEFAULT_STDERR) {
+        let _ = std::io::copy(&mut reader, err);
+    }
+    if !result.outputs.is_empty() {
+        match disk.open_file(capsule_manifest::OUTPUT_TAR) {
+            Ok(reader) => {
+                // Outputs keep their paths in the sandbox; HTCondor applies the user's
+                // transfer_output_files and remaps from there.
+                let map = OutputMap {
+                    iwd: sandbox,
+                    remaps: &[],
+                    explicit: None,
+                };
+                let placed = unpack_outputs(reader, &map);
+                if !placed.problems.is_empty() {
+                    return LauncherExit::Failed(placed.problems.join("; "));
+                }
+            }
+            Err(e) => return LauncherExit::Failed(format!("output.tar is missing: {e}")),
+        }
+    }
+    match result.outcome {
+        Outcome::Exited { code } => LauncherExit::Code(code),
+        Outcome::Signaled { signal, .. } => LauncherExit::Signal(signal),
+        Outcome::NotStarted => LauncherExit::NotStarted(
+            result
+                .error
+                .unwrap_or_else(|| "the job could not be started".to_owned()),
+        ),
+    }
+}

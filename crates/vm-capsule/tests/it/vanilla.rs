@@ -1,0 +1,320 @@
+//! The vanilla flavour end to end (issue 7): translate with a `TargetUniverse = 5` route ->
+//! a stand-in execute node (see `router::vanilla_execute_node`) running the launcher, which
+//! boots the capsule under QEMU (TCG) -> finalize. Each job's files and exit attributes must
+//! equal what running the job natively gives and what the VM-universe flavour gives (run here
+//! in host mode: capsule-init on the data disk, no boot).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
+use classad::eval::evaluate_attr;
+use classad::{ClassAd, Expr, Value};
+
+use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
+
+fn guest_dir() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(repo.join("scripts/build-test-guest.sh"))
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned();
+    PathBuf::from(last).parent().unwrap().to_owned()
+}
+
+fn template(cmdline: &'static str) -> impl Fn(&Path) {
+    move |dir: &Path| {
+        let guest = guest_dir();
+        fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+        fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
+        fs::write(dir.join("cmdline"), cmdline).unwrap();
+        DataDisk::create(
+            &dir.join("data.qcow2"),
+            &CreateOptions::new()
+                .size(64 << 20)
+                .format(ImageFormat::Qcow2),
+        )
+        .unwrap()
+        .finish()
+        .unwrap();
+    }
+}
+
+struct Job {
+    name: &'static str,
+    script: &'static str,
+    submit: &'static str,
+    files: &'static [(&'static str, &'static str)],
+}
+
+const JOBS: &[Job] = &[
+    Job {
+        name: "args-env-exit7",
+        script: "for a in \"$@\"; do printf '[%s]\\n' \"$a\"; done; echo \"G=$G\"; echo oops >&2; exit 7",
+        submit: "arguments = \"one 'two words' '' x\"\nenvironment = \"G='spacey value' H=1\"\noutput = out.txt\nerror = err.txt",
+        files: &[],
+    },
+    Job {
+        name: "input-dir",
+        script: "cat d/a.txt d/sub/b.txt > joined.txt",
+        submit: "transfer_input_files = d\ntransfer_output_files = joined.txt",
+        files: &[("d/a.txt", "A\n"), ("d/sub/b.txt", "B\n")],
+    },
+    Job {
+        name: "remapped",
+        script: "echo r1 > r1.out; echo r2 > r2.out",
+        submit: "transfer_output_files = r1.out, r2.out\ntransfer_output_remaps = \"r1.out = res/one.txt; r2.out = two.txt\"",
+        files: &[],
+    },
+    Job {
+        name: "signal",
+        script: "kill -TERM $$",
+        submit: "",
+        files: &[],
+    },
+    Job {
+        name: "default-rule",
+        script: "echo made > made.txt; echo more >> in.txt; exit 0",
+        submit: "transfer_input_files = in.txt, keep.txt\noutput = out.txt",
+        files: &[("in.txt", "in\n"), ("keep.txt", "keep\n")],
+    },
+];
+
+/// Files under `dir`, relative, with contents (job.sh excluded).
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                if rel != "job.sh" {
+                    out.push((rel, fs::read_to_string(&p).unwrap_or_default()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
+    let iwd = root.join(flavour).join(job.name);
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("job.sh"), format!("#!/bin/sh\n{}\n", job.script)).unwrap();
+    for (p, c) in job.files {
+        let path = iwd.join(p);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, c).unwrap();
+    }
+    iwd
+}
+
+fn exit_of(attrs: &ClassAd) -> JobEnd {
+    if evaluate_attr(attrs, "ExitBySignal") == Value::Bool(true) {
+        JobEnd::Signaled(
+            i32::try_from(evaluate_attr(attrs, "ExitSignal").as_integer().unwrap()).unwrap(),
+        )
+    } else {
+        JobEnd::Exited(
+            i32::try_from(evaluate_attr(attrs, "ExitCode").as_integer().unwrap()).unwrap(),
+        )
+    }
+}
+
+/// Run the job natively (no VM, no hooks): the reference.
+fn native(iwd: &Path, ad: &ClassAd) -> JobEnd {
+    let root = iwd
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("native-sandbox");
+    // What a plain vanilla job sees: its inputs in a sandbox, run there, outputs back.
+    let mut routed = ad.clone();
+    routed.insert(
+        "Cmd",
+        Expr::string(iwd.join("job.sh").display().to_string()),
+    );
+    vanilla_execute_node(
+        &routed,
+        &root.join(iwd.file_name().unwrap()),
+        &[("PATH".into(), "/usr/bin:/bin".into())],
+    )
+}
+
+#[test]
+fn vanilla_flavour_matches_native_and_vm_universe() {
+    let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
+    let root = pool.root.path().join("users");
+    let mut submits = Vec::new();
+    for (i, job) in JOBS.iter().enumerate() {
+        for flavour in ["native", "vm", "vanilla"] {
+            let iwd = setup_iwd(&root, flavour, job);
+            submits.push((
+                format!("{flavour}-{}", job.name),
+                format!(
+                    "executable = {0}/job.sh\ninitialdir = {0}\n{1}\nqueue\n",
+                    iwd.display(),
+                    job.submit
+                ),
+                200 + i64::try_from(i).unwrap(),
+            ));
+        }
+    }
+    let ads = job_ads(&submits);
+    for (k, job) in JOBS.iter().enumerate() {
+        let [native_ad, vm_ad, vanilla_ad] = [&ads[3 * k], &ads[3 * k + 1], &ads[3 * k + 2]];
+
+        // 1. Natively.
+        let native_iwd = root.join("native").join(job.name);
+        let native_end = native(&native_iwd, native_ad);
+
+        // 2. VM-universe flavour, host mode.
+        let routed = pool.translate(vm_ad).unwrap();
+        let scratch = PathBuf::from(match evaluate_attr(&routed, "Iwd") {
+            Value::String(s) => s,
+            v => panic!("{v:?}"),
+        });
+        let disk = scratch.join("data.qcow2");
+        assert!(
+            run_capsule(&disk, &pool.root.path().join(format!("exec-{}", job.name)))
+                .status
+                .success()
+        );
+        let (_, vm_attrs) = pool.finalize(vm_ad, &routed);
+        pool.cleanup(&routed);
+
+        // 3. Vanilla flavour: the launcher boots the capsule on the stand-in execute node.
+        let stdin = format!(
+            "[ Name = \"VMCapsuleVanilla\"; TargetUniverse = 5 ]\n------\n{}",
+            print_ad(vanilla_ad)
+        );
+        let run = pool.run_hook("translate", &stdin);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        crate::router::assert_lines_parse_in_htcondor(&run.stdout);
+        let routed = classad::parse_old_ad(&run.stdout).unwrap();
+        assert_eq!(evaluate_attr(&routed, "JobUniverse"), Value::Integer(5));
+        let sandbox = pool.root.path().join("vanilla-sandbox").join(job.name);
+        let env = vec![
+            ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+            ("TMPDIR".to_owned(), pool.root.path().display().to_string()),
+        ];
+        let vanilla_end = vanilla_execute_node(&routed, &sandbox, &env);
+        // The router mirrors the routed job's exit into the original, then runs finalize.
+        let mut routed_done = routed.clone();
+        match vanilla_end {
+            JobEnd::Exited(c) => {
+                routed_done.insert("ExitCode", Expr::integer(i64::from(c)));
+                routed_done.insert("ExitBySignal", Expr::boolean(false));
+            }
+            JobEnd::Signaled(s) => {
+                routed_done.insert("ExitBySignal", Expr::boolean(true));
+                routed_done.insert("ExitSignal", Expr::integer(i64::from(s)));
+            }
+        }
+        let mut original = vanilla_ad.clone();
+        original.update(&routed_done);
+        let stdin = format!(
+            "{}\n------\n{}",
+            print_ad(&original),
+            print_ad(&routed_done)
+        );
+        let fin = pool.run_hook("finalize", &stdin);
+        assert_eq!(fin.code, 0);
+        assert_eq!(
+            fin.stdout, "",
+            "finalize must not disturb what HTCondor placed"
+        );
+        pool.cleanup(&routed);
+
+        assert_eq!(
+            vanilla_end, native_end,
+            "{}: exit differs from native",
+            job.name
+        );
+        assert_eq!(
+            exit_of(&vm_attrs),
+            native_end,
+            "{}: VM-universe exit differs from native",
+            job.name
+        );
+        let native_files = tree(&native_iwd);
+        assert_eq!(
+            tree(&root.join("vanilla").join(job.name)),
+            native_files,
+            "{}: vanilla files",
+            job.name
+        );
+        assert_eq!(
+            tree(&root.join("vm").join(job.name)),
+            native_files,
+            "{}: VM-universe files",
+            job.name
+        );
+        // Nothing of the capsule leaks into the sandbox's outputs.
+        assert!(!root
+            .join("vanilla")
+            .join(job.name)
+            .join("data.qcow2")
+            .exists());
+    }
+}
+
+/// A guest that never powers off: the launcher stops at its time limit with a clear message,
+/// exits 125, and nothing is written outside its sandbox.
+#[test]
+fn vanilla_launcher_hung_guest() {
+    let mut pool = Pool::new(&template(
+        "console=ttyS0 quiet panic=-1 rdinit=/bin/busybox -- sleep 3600",
+    ));
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_WALL_TIME_LIMIT".into(), "1".into()));
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_BOOT_TIMEOUT".into(), "14".into()));
+    let iwd = pool.root.path().join("u");
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let submit = format!(
+        "executable = {0}/job.sh\ninitialdir = {0}\noutput = out.txt\nqueue\n",
+        iwd.display()
+    );
+    let ad = job_ads(&[("hang".into(), submit, 3)]).remove(0);
+    let stdin = format!(
+        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
+        print_ad(&ad)
+    );
+    let run = pool.run_hook("translate", &stdin);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let sandbox = pool.root.path().join("sandbox");
+    let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
+    let started = std::time::Instant::now();
+    let end = vanilla_execute_node(&routed, &sandbox, &env);
+    assert!(started.elapsed().as_secs() < 60);
+    assert_eq!(end, JobEnd::Exited(125));
+    let err = fs::read_to_string(sandbox.join("_condor_stderr")).unwrap();
+    assert!(err.contains("did not power off within 15 s"), "{err}");
+    // Only out.txt (the stream) came back; the user's dir holds nothing else new.
+    let mut names: Vec<_> = fs::read_dir(&iwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["job.sh", "out.txt"]);
+}
