@@ -144,34 +144,41 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
             (m.stdout.as_str(), m.stderr.as_str())
         });
     let staged = scratch.as_ref().ok();
-    let mut write_errors = Vec::new();
-    for (name, path) in [
-        (out_name, staged.map(|s| &s.stdout)),
-        (err_name, staged.map(|s| &s.stderr)),
-        (OUTPUT_TAR, staged.map(|s| &s.output_tar)),
-    ] {
-        let mut reader: Box<dyn Read> = match path.map(File::open) {
-            Some(Ok(f)) => Box::new(f),
-            _ => Box::new(io::empty()),
-        };
-        if let Err(e) = source.put(name, &mut reader) {
-            write_errors.push(format!("cannot write {name} to the data disk: {e:#}"));
-        }
-    }
-    if !write_errors.is_empty() {
-        let mut all: Vec<String> = result.error.take().into_iter().collect();
-        all.extend(write_errors);
-        result.error = Some(all.join("; "));
-    }
+    let files = [
+        (out_name, staged.map(|s| s.stdout.as_path())),
+        (err_name, staged.map(|s| s.stderr.as_path())),
+        (OUTPUT_TAR, staged.map(|s| s.output_tar.as_path())),
+    ];
+    put_outputs(source.as_mut(), &files, &mut result);
     if let Err(e) = source.sync() {
-        let mut all: Vec<String> = result.error.take().into_iter().collect();
-        all.push(format!("{e:#}"));
-        result.error = Some(all.join("; "));
+        add_error(&mut result, format!("{e:#}"));
     }
     let json = result.to_json().context("cannot encode result.json")?;
-    source
-        .put(RESULT_JSON, &mut &json[..])
-        .context("cannot write result.json")?;
+    if let Err(e) = source.put(RESULT_JSON, &mut &json[..]) {
+        if !is_no_space(&e) {
+            return Err(e).context("cannot write result.json");
+        }
+        // The outputs fit but left no room for result.json. Without it the host knows
+        // nothing, so give their space back: an answer without outputs beats no answer.
+        for (name, _) in &files {
+            if let Err(e) = source.put(name, &mut io::empty()) {
+                add_error(&mut result, format!("cannot empty {name}: {e:#}"));
+            }
+        }
+        result.outputs.clear();
+        let msg = format!(
+            "result.json did not fit on the data disk after the outputs ({}): \
+             they were emptied to make room; increase request_disk",
+            free_text(source.as_mut())
+        );
+        crate::log!("{msg}");
+        add_error(&mut result, msg);
+        source.sync().context("cannot sync the data disk")?;
+        let json = result.to_json().context("cannot encode result.json")?;
+        source
+            .put(RESULT_JSON, &mut &json[..])
+            .context("cannot write result.json")?;
+    }
     source.finish().context("cannot flush the data disk")?;
     Ok(Report { result, job_end })
 }
@@ -181,6 +188,87 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn DataSource>> {
         SourceSpec::Dir(dir) => Ok(Box::new(DirSource::open(dir)?)),
         SourceSpec::Device(path) | SourceSpec::Image(path) => crate::disk::open(path),
     }
+}
+
+/// Put the staged streams and output.tar on the data disk (a missing one as an empty file).
+///
+/// A file that cannot be written is left empty: a cut tar or stream must not pass for a whole
+/// one, and a failed write must not keep the room result.json needs. A full disk is reported
+/// once, with the room there was, so the user knows how much disk to ask for.
+fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: &mut JobResult) {
+    let mut errors = Vec::new();
+    let mut too_big = Vec::new();
+    for &(name, path) in files {
+        let file = path.and_then(|p| File::open(p).ok());
+        let size = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let mut reader: Box<dyn Read> = match file {
+            Some(f) => Box::new(f),
+            None => Box::new(io::empty()),
+        };
+        let Err(e) = source.put(name, &mut reader) else {
+            continue;
+        };
+        if is_no_space(&e) {
+            too_big.push(format!("{name} needs {} MiB", size.div_ceil(MIB)));
+        } else {
+            errors.push(format!("cannot write {name} to the data disk: {e:#}"));
+        }
+        if let Err(e) = source.put(name, &mut io::empty()) {
+            errors.push(format!("cannot empty {name} after a failed write: {e:#}"));
+        }
+        if name == OUTPUT_TAR {
+            // The list describes output.tar, which is now empty.
+            r.outputs.clear();
+        }
+    }
+    if !too_big.is_empty() {
+        errors.insert(
+            0,
+            format!(
+                "outputs did not fit on the data disk ({}, {}; left empty): increase request_disk",
+                free_text(source),
+                too_big.join(", ")
+            ),
+        );
+    }
+    for e in errors {
+        crate::log!("{e}");
+        add_error(r, e);
+    }
+}
+
+/// Bytes in a MiB, for messages.
+const MIB: u64 = 1 << 20;
+
+/// "N MiB free" for a message about a full data disk.
+fn free_text(source: &mut dyn DataSource) -> String {
+    source.free_bytes().map_or_else(
+        || "free space unknown".to_owned(),
+        |b| format!("{} MiB free", b / MIB),
+    )
+}
+
+/// Whether `e` comes from a full disk: ENOSPC from a mounted disk, `StorageFull` from
+/// capsule-disk's own allocator, or the plain "No space left on device" of its FAT layer.
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| {
+            io.kind() == io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(nix::libc::ENOSPC)
+                || io.to_string().contains("No space left on device")
+        })
+}
+
+/// Append `e` to the result's error (several problems are joined with "; ").
+fn add_error(r: &mut JobResult, e: String) {
+    r.error = Some(match r.error.take() {
+        Some(prev) => format!("{prev}; {e}"),
+        None => e,
+    });
 }
 
 fn read_manifest(source: &mut dyn DataSource) -> Result<Manifest> {
@@ -303,6 +391,11 @@ fn prepare_and_run(
                 io::BufWriter::new(f),
             )
         });
+    if collected.is_err() {
+        // A tar cut short (the scratch disk filled up, say) must not reach the data disk as if
+        // it were whole: without the staged file an empty output.tar is written.
+        let _ = fs::remove_file(&s.output_tar);
+    }
     Ok((finished, collected))
 }
 

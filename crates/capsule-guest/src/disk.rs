@@ -55,6 +55,10 @@ impl DataSource for DiskSource {
         Ok(())
     }
 
+    fn free_bytes(&mut self) -> Option<u64> {
+        self.disk.info().ok().map(|i| i.free)
+    }
+
     fn finish(self: Box<Self>) -> Result<()> {
         self.disk.finish().context("cannot flush the data disk")?;
         // The container may sit in the page cache; make it reach the device before poweroff.

@@ -25,6 +25,10 @@ pub trait DataSource {
     /// before it (result.json must never exist without the files it describes).
     fn sync(&mut self) -> Result<()>;
 
+    /// Free bytes on the data disk, for the message when the outputs do not fit (`None`:
+    /// unknown). May be slow (it can read the whole FAT): only for failure paths.
+    fn free_bytes(&mut self) -> Option<u64>;
+
     /// Make everything written durable (fsync, flush the file system); called once at the end.
     fn finish(self: Box<Self>) -> Result<()>;
 }
@@ -82,6 +86,12 @@ impl DataSource for DirSource {
             .with_context(|| format!("cannot open data dir {}", self.dir.display()))?;
         nix::unistd::syncfs(&dir)
             .with_context(|| format!("cannot sync the file system of {}", self.dir.display()))
+    }
+
+    fn free_bytes(&mut self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.dir).ok()?;
+        // Both are u64 on the x86_64 guest and host.
+        st.blocks_available().checked_mul(st.fragment_size())
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {

@@ -15,6 +15,8 @@ pub struct Capsule {
     dirs: Vec<String>,
     /// Raw capsule.json text instead of the manifest (for refusal tests).
     pub raw_manifest: Option<String>,
+    /// Size of the data-disk image made by [`Capsule::run`].
+    pub disk_size: u64,
 }
 
 /// What a run left behind.
@@ -23,6 +25,8 @@ pub struct Ran {
     pub data: PathBuf,
     pub scratch: PathBuf,
     pub log: String,
+    /// The raw image capsule-init wrote (runs on an image only).
+    pub image: Option<PathBuf>,
     /// Keeps the files alive as long as the result is looked at.
     _dir: tempfile::TempDir,
 }
@@ -31,6 +35,31 @@ impl Ran {
     /// A data-disk file as text.
     pub fn text(&self, name: &str) -> String {
         fs::read_to_string(self.data.join(name)).unwrap()
+    }
+
+    /// Assert that `fsck.fat -n` finds no error in the FAT partition of a raw image run.
+    pub fn fsck(&self) {
+        let image = self.image.as_ref().expect("an image run");
+        let start = DataDisk::open(image, Access::ReadOnly)
+            .unwrap()
+            .info()
+            .unwrap()
+            .partition
+            .start;
+        let bytes = fs::read(image).unwrap();
+        let part = image.with_extension("part");
+        fs::write(&part, &bytes[usize::try_from(start).unwrap()..]).unwrap();
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&part)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fsck.fat -n: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The entries of output.tar: (path, content) with directories as `dir/` and no content.
@@ -57,6 +86,7 @@ pub fn script(body: &str) -> Capsule {
         files: Vec::new(),
         dirs: Vec::new(),
         raw_manifest: None,
+        disk_size: 32 << 20,
     };
     c.file("job.sh", &format!("#!/bin/sh\n{body}\n"), 0o755);
     c
@@ -119,16 +149,8 @@ impl Capsule {
 
     /// As [`Capsule::run`], on an image of `format` (capsule-init detects it by magic).
     pub fn run_image(self, format: ImageFormat) -> Ran {
-        let staged = self.dir.path().join("staged");
-        self.write_data_dir(&staged);
         let image = self.dir.path().join("data.img");
-        let opts = CreateOptions::new().size(32 << 20).format(format);
-        let disk = DataDisk::create(&image, &opts).unwrap();
-        for name in ["capsule.json", "input.tar"] {
-            disk.put_file(name, &mut fs::File::open(staged.join(name)).unwrap())
-                .unwrap();
-        }
-        disk.finish().unwrap();
+        self.make_image(&image, format).finish().unwrap();
         let ran = self.run_with(&["--image".as_ref(), image.as_os_str()]);
         let data = self.dir.path().join("returned");
         fs::create_dir(&data).unwrap();
@@ -138,7 +160,34 @@ impl Capsule {
             let mut dst = fs::File::create(data.join(&entry.name)).unwrap();
             std::io::copy(&mut src, &mut dst).unwrap();
         }
-        ran.finish(self, data)
+        let mut ran = ran.finish(self, data);
+        ran.image = Some(image);
+        ran
+    }
+
+    /// Free bytes the job's outputs will find on the data disk made by [`Capsule::run`].
+    pub fn free_for_outputs(&self) -> u64 {
+        let probe = self.dir.path().join("probe.img");
+        let free = self
+            .make_image(&probe, ImageFormat::Raw)
+            .info()
+            .unwrap()
+            .free;
+        fs::remove_file(probe).unwrap();
+        free
+    }
+
+    /// A data disk of `disk_size` holding capsule.json and input.tar, still open.
+    fn make_image(&self, image: &Path, format: ImageFormat) -> DataDisk {
+        let staged = self.dir.path().join("staged");
+        self.write_data_dir(&staged);
+        let opts = CreateOptions::new().size(self.disk_size).format(format);
+        let disk = DataDisk::create(image, &opts).unwrap();
+        for name in ["capsule.json", "input.tar"] {
+            disk.put_file(name, &mut fs::File::open(staged.join(name)).unwrap())
+                .unwrap();
+        }
+        disk
     }
 
     /// Run capsule-init in host mode on a plain data directory (`--data-dir`, the seed's
@@ -183,6 +232,7 @@ impl RawRun {
             data,
             scratch,
             log,
+            image: None,
             _dir: c.dir,
         }
     }

@@ -289,3 +289,74 @@ fn unknown_schema_version_is_refused_in_result_json() {
     // the work dir was never populated
     assert!(!ran.scratch.join("work/job.sh").exists());
 }
+
+/// Outputs larger than the data disk (issue 5/6): the job's real outcome still reaches
+/// result.json, with an error naming the full disk, and no partial output.tar is left.
+#[test]
+fn outputs_that_fill_the_data_disk_still_leave_a_result() {
+    let mut c = script("head -c 90000000 /dev/zero > big.bin; echo small; exit 3");
+    c.disk_size = 64 << 20;
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, exited(3), "{}", ran.log);
+    let e = ran.result.error.clone().unwrap_or_default();
+    assert!(
+        e.starts_with("outputs did not fit on the data disk (")
+            && e.contains(" MiB free, output.tar needs 86 MiB; left empty): increase request_disk"),
+        "{e}"
+    );
+    assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
+    assert!(ran.output_tar().is_empty());
+    // the small stream still arrives
+    assert_eq!(ran.text("stdout"), "small\n");
+    ran.fsck();
+}
+
+/// The same for a stream: stdout too large for the disk is left empty, the rest arrives.
+#[test]
+fn a_stream_too_large_for_the_data_disk_is_left_empty() {
+    let mut c = script("echo kept > small.txt; head -c 90000000 /dev/zero; echo oops >&2");
+    c.disk_size = 64 << 20;
+    let ran = c.run();
+    assert_eq!(ran.result.outcome, exited(0), "{}", ran.log);
+    let e = ran.result.error.clone().unwrap_or_default();
+    assert!(
+        e.contains("stdout needs 86 MiB; left empty): increase request_disk"),
+        "{e}"
+    );
+    assert_eq!(ran.text("stdout"), "");
+    assert_eq!(ran.text("stderr"), "oops\n");
+    assert_eq!(
+        ran.output_tar(),
+        [("small.txt".to_owned(), "kept\n".to_owned())]
+    );
+    assert_eq!(ran.result.outputs.len(), 1);
+    ran.fsck();
+}
+
+/// Outputs that fit to the last cluster leave no room for result.json: they are emptied so
+/// that the result still gets written.
+#[test]
+fn outputs_that_fit_exactly_still_leave_room_for_the_result() {
+    // The size is read from an input of fixed width, so probing the disk does not change it.
+    let capsule = |n: u64| {
+        let mut c = script("head -c $(cat n.txt) /dev/zero > fill.bin; exit 7");
+        c.disk_size = 64 << 20;
+        c.file("n.txt", &format!("{n:010}"), 0o644);
+        c
+    };
+    let free = capsule(0).free_for_outputs();
+    // output.tar = one 512-byte header + the data (a multiple of 512) + 1024 bytes of end
+    // marker: exactly the free space, which is whole clusters.
+    let ran = capsule(free - 1536).run();
+    assert_eq!(ran.result.outcome, exited(7), "{}", ran.log);
+    let e = ran.result.error.clone().unwrap_or_default();
+    assert!(
+        e.starts_with("result.json did not fit on the data disk after the outputs (")
+            && e.ends_with("they were emptied to make room; increase request_disk"),
+        "{e}\n{}",
+        ran.log
+    );
+    assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
+    assert!(ran.output_tar().is_empty());
+    ran.fsck();
+}
