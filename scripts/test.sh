@@ -5,14 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONDOR_CONFIG=${CONDOR_CONFIG:-/dev/null}
 
-echo "==> cargo fmt --check"
+# Elapsed time per phase, so the CI budget (about 20 minutes) stays visible.
+phase() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
+
+phase "cargo fmt --check"
 cargo fmt --all --check
 
-echo "==> cargo clippy (-D warnings)"
+phase "cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "==> cargo test"
+phase "cargo test"
 cargo test --workspace
 
-echo "==> fuzz smoke runs"
+phase "fuzz smoke runs"
 bash scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-10}"
+phase "done"
