@@ -145,9 +145,9 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
         });
     let staged = scratch.as_ref().ok();
     let files = [
-        (out_name, staged.map(|s| s.stdout.as_path())),
-        (err_name, staged.map(|s| s.stderr.as_path())),
         (OUTPUT_TAR, staged.map(|s| s.output_tar.as_path())),
+        (err_name, staged.map(|s| s.stderr.as_path())),
+        (out_name, staged.map(|s| s.stdout.as_path())),
     ];
     put_outputs(source.as_mut(), &files, &mut result);
     if let Err(e) = source.sync() {
@@ -169,7 +169,7 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
         let msg = format!(
             "result.json did not fit on the data disk after the outputs ({}): \
              they were emptied to make room; increase request_disk",
-            free_text(source.as_mut())
+            free_text(source.free_bytes())
         );
         crate::log!("{msg}");
         add_error(&mut result, msg);
@@ -190,14 +190,16 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn DataSource>> {
     }
 }
 
-/// Put the staged streams and output.tar on the data disk (a missing one as an empty file).
+/// Put the staged output.tar and streams on the data disk (a missing one as an empty file).
 ///
-/// A file that cannot be written is left empty: a cut tar or stream must not pass for a whole
-/// one, and a failed write must not keep the room result.json needs. A full disk is reported
-/// once, with the room there was, so the user knows how much disk to ask for.
+/// output.tar goes first: it is what the job is for. A file that does not fit must neither
+/// pass for a whole one nor keep the room result.json needs: output.tar is then left empty (a
+/// cut tar is useless), a stream keeps the head that fits with [`RESERVE`] to spare. A full
+/// disk is reported once, with the room there was, so the user knows what to ask for.
 fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: &mut JobResult) {
     let mut errors = Vec::new();
     let mut too_big = Vec::new();
+    let mut free_at_first_failure = None;
     for &(name, path) in files {
         let file = path.and_then(|p| File::open(p).ok());
         let size = file
@@ -211,26 +213,43 @@ fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: 
         let Err(e) = source.put(name, &mut reader) else {
             continue;
         };
-        if is_no_space(&e) {
-            too_big.push(format!("{name} needs {} MiB", size.div_ceil(MIB)));
-        } else {
-            errors.push(format!("cannot write {name} to the data disk: {e:#}"));
-        }
-        if let Err(e) = source.put(name, &mut io::empty()) {
-            errors.push(format!("cannot empty {name} after a failed write: {e:#}"));
-        }
         if name == OUTPUT_TAR {
             // The list describes output.tar, which is now empty.
             r.outputs.clear();
         }
+        // Empty first: a mounted disk keeps what a failed write got in.
+        if let Err(e) = source.put(name, &mut io::empty()) {
+            errors.push(format!("cannot empty {name} after a failed write: {e:#}"));
+            continue;
+        }
+        if !is_no_space(&e) {
+            errors.push(format!("cannot write {name} to the data disk: {e:#}"));
+            continue;
+        }
+        let free = source.free_bytes();
+        free_at_first_failure = free_at_first_failure.or(Some(free));
+        let room = free.map_or(0, |f| f.saturating_sub(RESERVE));
+        let kept = match path {
+            Some(p) if name != OUTPUT_TAR && room > 0 => put_head(source, name, p, room),
+            _ => 0,
+        };
+        too_big.push(if kept > 0 {
+            format!(
+                "{name} needs {} MiB, kept its first {} MiB",
+                size.div_ceil(MIB),
+                kept / MIB
+            )
+        } else {
+            format!("{name} needs {} MiB, left empty", size.div_ceil(MIB))
+        });
     }
     if !too_big.is_empty() {
+        let free = free_text(free_at_first_failure.flatten());
         errors.insert(
             0,
             format!(
-                "outputs did not fit on the data disk ({}, {}; left empty): increase request_disk",
-                free_text(source),
-                too_big.join(", ")
+                "outputs did not fit on the data disk ({free}; {}): increase request_disk",
+                too_big.join("; ")
             ),
         );
     }
@@ -240,12 +259,31 @@ fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: 
     }
 }
 
+/// Write the first `room` bytes of `path` as `name`; returns the bytes kept (0: none, the file
+/// left empty).
+fn put_head(source: &mut dyn DataSource, name: &str, path: &Path, room: u64) -> u64 {
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    match source.put(name, &mut file.take(room)) {
+        Ok(n) => n,
+        Err(_) => {
+            let _ = source.put(name, &mut io::empty());
+            0
+        }
+    }
+}
+
+/// Room left free when a stream is cut to fit: result.json and a few directory entries need
+/// far less (and if they do not fit, [`run`] empties the outputs to make room).
+const RESERVE: u64 = MIB;
+
 /// Bytes in a MiB, for messages.
 const MIB: u64 = 1 << 20;
 
 /// "N MiB free" for a message about a full data disk.
-fn free_text(source: &mut dyn DataSource) -> String {
-    source.free_bytes().map_or_else(
+fn free_text(free: Option<u64>) -> String {
+    free.map_or_else(
         || "free space unknown".to_owned(),
         |b| format!("{} MiB free", b / MIB),
     )

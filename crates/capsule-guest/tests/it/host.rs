@@ -301,7 +301,7 @@ fn outputs_that_fill_the_data_disk_still_leave_a_result() {
     let e = ran.result.error.clone().unwrap_or_default();
     assert!(
         e.starts_with("outputs did not fit on the data disk (")
-            && e.contains(" MiB free, output.tar needs 86 MiB; left empty): increase request_disk"),
+            && e.contains(" MiB free; output.tar needs 86 MiB, left empty): increase request_disk"),
         "{e}"
     );
     assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
@@ -311,19 +311,23 @@ fn outputs_that_fill_the_data_disk_still_leave_a_result() {
     ran.fsck();
 }
 
-/// The same for a stream: stdout too large for the disk is left empty, the rest arrives.
+/// The same for a stream: stdout too large for the disk keeps the head that fits, with room
+/// to spare for result.json; output.tar and stderr arrive whole.
 #[test]
-fn a_stream_too_large_for_the_data_disk_is_left_empty() {
+fn a_stream_too_large_for_the_data_disk_keeps_its_head() {
     let mut c = script("echo kept > small.txt; head -c 90000000 /dev/zero; echo oops >&2");
     c.disk_size = 64 << 20;
     let ran = c.run();
     assert_eq!(ran.result.outcome, exited(0), "{}", ran.log);
     let e = ran.result.error.clone().unwrap_or_default();
     assert!(
-        e.contains("stdout needs 86 MiB; left empty): increase request_disk"),
+        e.contains("; stdout needs 86 MiB, kept its first ")
+            && e.ends_with("increase request_disk"),
         "{e}"
     );
-    assert_eq!(ran.text("stdout"), "");
+    let stdout = std::fs::read(ran.data.join("stdout")).unwrap();
+    assert!(stdout.len() > 50 << 20, "{}", stdout.len());
+    assert!(stdout.iter().all(|&b| b == 0));
     assert_eq!(ran.text("stderr"), "oops\n");
     assert_eq!(
         ran.output_tar(),
