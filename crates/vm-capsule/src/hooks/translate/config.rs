@@ -1,0 +1,121 @@
+//! Settings of the translate hook, read from the knobs.
+
+use std::path::PathBuf;
+
+use crate::config::{ConfigError, Knobs};
+use crate::routed::{self};
+
+/// `PIPE_BUFFER_MAX` default: the router reads at most this much of a hook's stdout.
+pub const PIPE_BUFFER_MAX: usize = 10240;
+/// Warn in the log when the routed ad gets this close to [`PIPE_BUFFER_MAX`].
+pub const PIPE_BUFFER_WARN: usize = 8192;
+
+/// Settings of the translate hook, from the knobs.
+#[derive(Debug, Clone)]
+pub struct TranslateConfig {
+    /// `VM_CAPSULE_TEMPLATE`.
+    pub template_root: PathBuf,
+    /// `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`.
+    pub classad_template: Option<PathBuf>,
+    /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.
+    pub scratch_prefix: PathBuf,
+    /// `VM_CAPSULE_INIT_SCRIPT_PATH`: the guest agent put on the data disk.
+    pub init_path: PathBuf,
+    /// `VM_CAPSULE_DATA_DISK_LABEL`.
+    pub label: String,
+    /// `VM_CAPSULE_DISK_PART_OFFSET` (else the template's).
+    pub partition_offset: Option<u64>,
+    /// `VM_CAPSULE_OUTPUT_HEADROOM_MB`.
+    pub headroom_mib: u64,
+    /// `VM_CAPSULE_VM_MEMORY_MB`.
+    pub default_memory_mib: u64,
+    /// `VM_CAPSULE_JOB_USER`.
+    pub job_user: String,
+    /// `VM_CAPSULE_WALL_TIME_LIMIT` (0: none).
+    pub wall_time_limit_secs: Option<u64>,
+    /// `VM_CAPSULE_MAX_DATA_DISK_MB`.
+    pub max_data_disk_mib: u64,
+    /// `VM_CAPSULE_ROUTED_UNIVERSE` (`vm` or `vanilla`): overrides the route's universe.
+    pub routed_universe: Option<RoutedUniverse>,
+    /// `VM_CAPSULE_LAUNCHER_PATH`: the launcher a vanilla-flavour job runs.
+    pub launcher_path: PathBuf,
+    /// `VM_CAPSULE_BOOT_TIMEOUT`: seconds the launcher allows beyond the job's time limit.
+    pub boot_timeout_secs: u64,
+}
+
+/// Which kind of job the routed copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutedUniverse {
+    /// A VM-universe job (`JobUniverse = 13`): the execute node's vm-gahp boots the capsule.
+    Vm,
+    /// A vanilla job (`JobUniverse = 5`) whose executable, `vm-capsule run`, boots it with QEMU.
+    Vanilla,
+}
+
+impl TranslateConfig {
+    /// Read the settings from knobs.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a missing template or malformed numbers.
+    pub fn from_knobs(knobs: &Knobs) -> Result<TranslateConfig, ConfigError> {
+        let template_root = knobs
+            .path("VM_CAPSULE_TEMPLATE")
+            .ok_or(ConfigError::Missing {
+                knob: "VM_CAPSULE_TEMPLATE",
+            })?;
+        let init_path = knobs
+            .path("VM_CAPSULE_INIT_SCRIPT_PATH")
+            .unwrap_or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
+                    .unwrap_or_else(|| PathBuf::from("capsule-init"))
+            });
+        Ok(TranslateConfig {
+            template_root,
+            classad_template: knobs.path("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE"),
+            scratch_prefix: knobs
+                .path("VM_CAPSULE_SCRATCH_DIR_PREFIX")
+                .unwrap_or_else(|| PathBuf::from("/tmp/vm-capsule")),
+            init_path,
+            label: knobs
+                .get("VM_CAPSULE_DATA_DISK_LABEL")
+                .unwrap_or("CONDORDATA")
+                .to_owned(),
+            partition_offset: knobs.number("VM_CAPSULE_DISK_PART_OFFSET")?,
+            headroom_mib: knobs
+                .number("VM_CAPSULE_OUTPUT_HEADROOM_MB")?
+                .unwrap_or(256),
+            default_memory_mib: knobs.number("VM_CAPSULE_VM_MEMORY_MB")?.unwrap_or(512),
+            job_user: knobs
+                .get("VM_CAPSULE_JOB_USER")
+                .unwrap_or("condor")
+                .to_owned(),
+            wall_time_limit_secs: knobs
+                .number("VM_CAPSULE_WALL_TIME_LIMIT")?
+                .filter(|s| *s > 0),
+            max_data_disk_mib: knobs
+                .number("VM_CAPSULE_MAX_DATA_DISK_MB")?
+                .unwrap_or(64 * 1024),
+            routed_universe: match knobs.get("VM_CAPSULE_ROUTED_UNIVERSE") {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("vm") => Some(RoutedUniverse::Vm),
+                Some(v) if v.eq_ignore_ascii_case("vanilla") => Some(RoutedUniverse::Vanilla),
+                Some(v) => {
+                    return Err(ConfigError::Invalid {
+                        knob: "VM_CAPSULE_ROUTED_UNIVERSE",
+                        value: v.to_owned(),
+                        expected: "vm or vanilla",
+                    })
+                }
+            },
+            boot_timeout_secs: knobs
+                .number("VM_CAPSULE_BOOT_TIMEOUT")?
+                .unwrap_or(routed::BOOT_MARGIN_SECS),
+            launcher_path: knobs
+                .path("VM_CAPSULE_LAUNCHER_PATH")
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| PathBuf::from("vm-capsule")),
+        })
+    }
+}
