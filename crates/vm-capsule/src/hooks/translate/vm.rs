@@ -1,7 +1,7 @@
 //! The VM around the capsule: template OS disks linked in, overlays, the VMware `.vmx`.
 
 use std::fs;
-use std::io::{self};
+use std::io;
 use std::path::Path;
 
 use capsule_disk::Image;
