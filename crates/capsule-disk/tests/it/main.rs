@@ -8,6 +8,7 @@
 )]
 
 mod bulk;
+mod containers;
 mod corrupt;
 mod mixed;
 mod qcow2;
