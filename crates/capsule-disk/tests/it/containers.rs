@@ -104,3 +104,52 @@ fn random_writes_match_a_model_and_qemu_img() {
         assert!(qemu_img(&["compare", "-F", "raw", s(&top), s(&raw)]).contains("identical"));
     }
 }
+
+/// Images created by qemu-img in other layouts, written by us.
+#[test]
+fn writes_into_qemu_img_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (format, opts) in [
+        ("qcow2", "cluster_size=4096"),
+        ("qcow2", "cluster_size=512"),
+        ("qcow2", "compat=0.10"),
+        ("qcow2", "cluster_size=2097152"),
+        ("vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("vmdk", "subformat=monolithicFlat"),
+        ("vmdk", "subformat=monolithicSparse"),
+    ] {
+        let img = dir
+            .path()
+            .join(format!("{}.{format}", opts.replace(['=', ','], "-")));
+        qemu_img(&[
+            "create",
+            "-f",
+            format,
+            "-o",
+            opts,
+            s(&img),
+            &SIZE.to_string(),
+        ]);
+        let mut model = vec![0u8; SIZE as usize];
+        let mut io = Image::open(&img, Access::ReadWrite).unwrap();
+        random_writes(&mut io, &mut model, 11, 120);
+        io.finish().unwrap();
+        assert_same(&img, &model);
+        let out = std::process::Command::new("qemu-img")
+            .args(["check", s(&img)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let flat = opts.contains("Flat");
+        assert!(
+            flat || (text.contains("No errors were found") && !text.contains("leaked")),
+            "{opts}: {text}"
+        );
+        let raw = dir.path().join("model.raw");
+        std::fs::write(&raw, &model).unwrap();
+        assert!(
+            qemu_img(&["compare", "-F", "raw", s(&img), s(&raw)]).contains("identical"),
+            "{format} {opts}"
+        );
+    }
+}
