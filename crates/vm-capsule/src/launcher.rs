@@ -88,6 +88,10 @@ fn extract(
             Err(e) => return LauncherExit::Failed(format!("output.tar is missing: {e}")),
         }
     }
+    if let (Some(err), false) = (&result.error, matches!(result.outcome, Outcome::NotStarted)) {
+        // Outputs that did not fit on the data disk, say: the job's files are incomplete.
+        return LauncherExit::Failed(format!("the guest agent reported: {err}"));
+    }
     match result.outcome {
         Outcome::Exited { code } => LauncherExit::Code(code),
         Outcome::Signaled { signal, .. } => LauncherExit::Signal(signal),

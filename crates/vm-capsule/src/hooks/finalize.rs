@@ -177,6 +177,12 @@ pub fn finalize(stdin: &str, log: &mut HookLog) -> Finalized {
     if let Err(e) = super::place::sync_filesystem(&job.iwd) {
         log.warn(&format!("cannot sync {}: {e}", job.iwd.display()));
     }
+    // The agent reports trouble beside a real outcome (outputs that did not fit on the data
+    // disk, say): the job's files are incomplete, so the user must hear about it.
+    if let (Some(err), false) = (&result.error, matches!(result.outcome, Outcome::NotStarted)) {
+        out.problems
+            .push(format!("the guest agent reported: {err}"));
+    }
     for missing in &result.missing_outputs {
         // HTCondor holds a job whose named output is missing; we can only report it.
         out.problems.push(format!(

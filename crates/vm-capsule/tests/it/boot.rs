@@ -13,27 +13,6 @@ use classad::{ClassAd, Value};
 
 use crate::router::{job_ads, print_ad, Pool};
 
-/// Kernel, initrd and static agent of the test guest, built (or reused) by the repo script.
-fn test_guest() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-test-guest.sh"))
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/build-test-guest.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
-    PathBuf::from(last).parent().unwrap().to_owned()
-}
-
 /// A template booting the test guest directly, with a data disk of `format`.
 fn guest_template(
     format: ImageFormat,
@@ -41,7 +20,7 @@ fn guest_template(
     initrd: Option<PathBuf>,
 ) -> impl Fn(&Path) {
     move |dir: &Path| {
-        let guest = test_guest();
+        let guest = crate::router::test_guest();
         fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
         fs::copy(
             initrd.clone().unwrap_or_else(|| guest.join("initrd.gz")),

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::eval::evaluate_attr;
@@ -14,29 +13,9 @@ use classad::{ClassAd, Expr, Value};
 
 use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
 
-fn guest_dir() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-test-guest.sh"))
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned();
-    PathBuf::from(last).parent().unwrap().to_owned()
-}
-
 fn template(cmdline: &'static str) -> impl Fn(&Path) {
     move |dir: &Path| {
-        let guest = guest_dir();
+        let guest = crate::router::test_guest();
         fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
         fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
         fs::write(dir.join("cmdline"), cmdline).unwrap();
@@ -92,25 +71,11 @@ const JOBS: &[Job] = &[
     },
 ];
 
-/// Files under `dir`, relative, with contents (job.sh excluded).
-fn tree(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                if rel != "job.sh" {
-                    out.push((rel, fs::read_to_string(&p).unwrap_or_default()));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
+/// Files under `dir` with contents, job.sh excluded.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = crate::router::files_under(dir);
+    files.retain(|(rel, _)| rel != "job.sh");
+    files
 }
 
 fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
