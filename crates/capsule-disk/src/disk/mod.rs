@@ -112,6 +112,9 @@ impl DataDisk {
             .and_then(|mut c| c.read_at(opts.partition_offset, &mut boot))
             .map_err(|e| Error::io("read", path, e))?;
         let info = fat::check_boot_sector(&boot, volume, path, opts.partition_offset)?;
+        if &label != b"NO NAME    " {
+            write_label_entry(&cache, &info, opts.partition_offset, &label).map_err(wrap)?;
+        }
         Self::mount(
             path,
             cache,
@@ -617,6 +620,25 @@ impl DataDisk {
             .map_err(|e| Error::io("update the FSInfo sector of", &path, e))?;
         c.flush_all().map_err(|e| Error::io("write", &path, e))
     }
+}
+
+/// Put the volume label into the root directory too (fatfs 0.3.6 writes it only in the boot
+/// sector; Windows and `mlabel -s` read the root-directory entry). The root is empty right
+/// after formatting, so the entry takes its first slot.
+fn write_label_entry(
+    cache: &SharedCache,
+    boot: &fat::BootInfo,
+    start: u64,
+    label: &[u8; 11],
+) -> io::Result<()> {
+    let root = match boot.root_cluster {
+        Some(c) => boot.data_offset + (u64::from(c).saturating_sub(2)) * boot.cluster_size,
+        None => boot.root_offset,
+    };
+    let mut entry = [0u8; 32];
+    entry[..11].copy_from_slice(label);
+    entry[11] = 0x08; // ATTR_VOLUME_ID
+    lock(cache)?.write_at(start + root, &entry)
 }
 
 /// Record the partition's start sector in the boot sector's "hidden sectors" field (and in the
