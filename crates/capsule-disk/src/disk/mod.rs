@@ -671,6 +671,9 @@ fn update_fs_info(
     let Some(at) = boot.fs_info_offset else {
         return Ok(());
     };
+    if hint == 2 {
+        return Ok(()); // write.rs allocated nothing: fatfs's own bookkeeping is right
+    }
     let mut sig = [0u8; 4];
     cache.read_at(start + at, &mut sig)?;
     let mut sig2 = [0u8; 4];
