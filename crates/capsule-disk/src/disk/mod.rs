@@ -332,7 +332,15 @@ impl DataDisk {
                     let (d, at) = self
                         .make_dir(&dir, c, depth == 0)
                         .map_err(self.fat_err(full))?;
-                    let rel = at - self.partition.start - self.boot.data_offset;
+                    // A directory cluster lies in the data area; anything else is a bug we
+                    // report rather than a subtraction that could wrap.
+                    let rel = at
+                        .checked_sub(self.partition.start + self.boot.data_offset)
+                        .ok_or_else(|| {
+                            self.fat_err(full)(io::Error::other(
+                                "new directory cluster outside the data area",
+                            ))
+                        })?;
                     cluster = u32::try_from(rel / self.boot.cluster_size + 2).ok();
                     d
                 }
