@@ -11,7 +11,9 @@ pub mod overlay;
 
 use std::path::{Path, PathBuf};
 
-use capsule_disk::{Access, DataDisk, ImageFormat};
+use std::io::{Read, Seek, SeekFrom};
+
+use capsule_disk::{partition, Access, Image, ImageFormat};
 use classad::{ClassAd, Value};
 use thiserror::Error;
 
@@ -178,11 +180,24 @@ impl Template {
             path: data_path.clone(),
             source,
         };
-        let data = DataDisk::open(&data_path, Access::ReadOnly).map_err(bad_data)?;
-        let info = data.info().map_err(bad_data)?;
-        let data_format = info.container.format;
-        let data_partition_offset = info.partition.start;
-        drop(data);
+        // Only the container format and the partition offset are needed: read the partition
+        // table, not the FAT (counting free clusters would read the whole table).
+        let mut image = Image::open(&data_path, Access::ReadOnly).map_err(bad_data)?;
+        let data_format = image.format();
+        let size = image.virtual_size();
+        let table = partition::read_table(
+            &mut |off, buf| {
+                image.seek(SeekFrom::Start(off))?;
+                image.read_exact(buf)
+            },
+            size,
+            &data_path,
+        )
+        .map_err(bad_data)?;
+        let data_partition_offset = table
+            .find_fat(None, size, &data_path, &mut |_| true)
+            .map_err(bad_data)?
+            .start;
 
         // Devices: from VMPARAM_vm_Disk when the classad template names them, else vda, vdb...
         let named = attr_string(&vm_attrs, "VMPARAM_vm_Disk")
