@@ -358,7 +358,7 @@ fn intro() -> String {
     "## Data disks (capsule-disk, issue 3)\n\n\
      `cargo bench -p capsule-disk --bench data_disk` (with `CAPSULE_BENCH_WRITE=1` to refresh this\n\
      section). Median of 9 runs (1 MiB) or 3 runs (100 MiB) after a warm-up, warm page cache, no\n\
-     fsync anywhere, release build, 2-core machine shared with other builds (load average ~5, so\n\
+     fsync anywhere, release build, 2-core machine shared with other builds (load average 3-5, so\n\
      absolute times are inflated; `cp` of 1 MiB alone takes ~10 ms here).\n\
      *put*: create a new 1 GiB vmdk data disk and copy the files in (ours), versus the 2009\n\
      pipeline on an empty 1 GiB FAT32 template vmdk (`qemu-img convert` to raw, one `mcopy -i\n\
