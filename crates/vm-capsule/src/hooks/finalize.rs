@@ -174,9 +174,6 @@ pub fn finalize(stdin: &str, log: &mut HookLog) -> Finalized {
                 .push(format!("output.tar is missing on the data disk: {e}")),
         }
     }
-    if let Err(e) = super::place::sync_filesystem(&job.iwd) {
-        log.warn(&format!("cannot sync {}: {e}", job.iwd.display()));
-    }
     // The agent reports trouble beside a real outcome (outputs that did not fit on the data
     // disk, say): the job's files are incomplete, so the user must hear about it.
     if let (Some(err), false) = (&result.error, matches!(result.outcome, Outcome::NotStarted)) {

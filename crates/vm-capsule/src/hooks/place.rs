@@ -104,7 +104,7 @@ pub fn clean_entry_path(path: &Path) -> Result<String, String> {
 /// Unpack `archive` by the map. Every problem is recorded; placement goes on with the rest.
 pub fn unpack_outputs(archive: impl Read, map: &OutputMap<'_>) -> Placement {
     let mut placement = Placement::default();
-    let mut archive = tar::Archive::new(archive);
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, archive));
     let entries = match archive.entries() {
         Ok(e) => e,
         Err(e) => {
@@ -198,7 +198,7 @@ pub fn ensure_dirs(root: &Path, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Write `src` to `dest` atomically: a temporary file beside it, synced, then renamed over
+/// Write `src` to `dest` atomically: a temporary file beside it, then renamed over
 /// `dest` (a symlink at `dest` is replaced, not followed).
 ///
 /// # Errors
@@ -220,10 +220,22 @@ pub fn write_atomic(dest: &Path, src: &mut dyn Read, mode: u32) -> io::Result<u6
             .mode(mode)
             // create_new is O_CREAT|O_EXCL, which fails on an existing path, symlinks included.
             .open(&tmp)?;
-        let n = io::copy(src, &mut file)?;
+        // Large copies in large writes (io::copy moves 8 KiB at a time here).
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let got = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(buf.get(..got).unwrap_or(&[]))?;
+            n += u64::try_from(got).unwrap_or(0);
+        }
         file.flush()?;
-        // Durability comes from one syncfs per finalize (`sync_filesystem`), not a sync per
-        // file: the rename is atomic either way.
+        // No fsync, as HTCondor's own file transfer does none: the rename is atomic, and a
+        // finalize re-run rewrites the same files.
         fs::rename(&tmp, dest)?;
         Ok(n)
     })();
@@ -231,15 +243,6 @@ pub fn write_atomic(dest: &Path, src: &mut dyn Read, mode: u32) -> io::Result<u6
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Flush the file system holding `path` to disk (one `syncfs`, after all files are placed).
-///
-/// # Errors
-/// When `path` cannot be opened or the sync fails.
-pub fn sync_filesystem(path: &Path) -> io::Result<()> {
-    let dir = fs::File::open(path)?;
-    rustix::fs::syncfs(&dir).map_err(io::Error::from)
 }
 
 #[cfg(test)]
