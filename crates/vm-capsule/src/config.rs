@@ -51,7 +51,7 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
     (
         "VM_CAPSULE_INIT_SCRIPT_PATH",
         "capsule-init beside the vm-capsule binary",
-        "the guest agent copied onto the data disk",
+        "the guest agent copied onto the data disk; none: the guest image has its own",
     ),
     (
         "VM_CAPSULE_DATA_DISK_MOUNT_POINT",

@@ -26,18 +26,21 @@ pub(super) fn stage(
     universe: RoutedUniverse,
     log: &mut HookLog,
 ) -> Result<Translated, TranslateError> {
-    // The guest agent travels on the data disk.
-    let init_size = fs::metadata(&cfg.init_path)
-        .map_err(|e| {
-            permanent(
-                job,
-                format!(
-                    "vm-capsule guest agent {} is missing ({e}); set VM_CAPSULE_INIT_SCRIPT_PATH",
-                    cfg.init_path.display()
-                ),
-            )
-        })?
-        .len();
+    // The guest agent travels on the data disk (unless the guest image has its own).
+    let init_size = match &cfg.init_path {
+        Some(path) => fs::metadata(path)
+            .map_err(|e| {
+                permanent(
+                    job,
+                    format!(
+                        "vm-capsule guest agent {} is missing ({e}); set VM_CAPSULE_INIT_SCRIPT_PATH (or to none if the guest image has one)",
+                        path.display()
+                    ),
+                )
+            })?
+            .len(),
+        None => 0,
+    };
 
     let manifest = build_manifest(cfg, job, inputs);
     let manifest_json = manifest
@@ -101,10 +104,12 @@ pub(super) fn stage(
     .map_err(|e| io_err("writing capsule.json", e))?;
     disk.put_file(capsule_manifest::JOB_AD, &mut job_ad_text.as_bytes())
         .map_err(|e| io_err("writing job.ad", e))?;
-    let mut agent = fs::File::open(&cfg.init_path)
-        .map_err(|e| transient(&format!("cannot read {}", cfg.init_path.display()), e))?;
-    disk.put_file(capsule_manifest::CAPSULE_INIT, &mut agent)
-        .map_err(|e| io_err("writing capsule-init", e))?;
+    if let Some(path) = &cfg.init_path {
+        let mut agent = fs::File::open(path)
+            .map_err(|e| transient(&format!("cannot read {}", path.display()), e))?;
+        disk.put_file(capsule_manifest::CAPSULE_INIT, &mut agent)
+            .map_err(|e| io_err("writing capsule-init", e))?;
+    }
     write_input_tar(&disk, inputs).map_err(|e| {
         permanent(
             job,

@@ -19,8 +19,9 @@ pub struct TranslateConfig {
     pub classad_template: Option<PathBuf>,
     /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.
     pub scratch_prefix: PathBuf,
-    /// `VM_CAPSULE_INIT_SCRIPT_PATH`: the guest agent put on the data disk.
-    pub init_path: PathBuf,
+    /// `VM_CAPSULE_INIT_SCRIPT_PATH`: the guest agent put on the data disk; `None` (the knob
+    /// set to `none`) when the template's guest carries its own agent.
+    pub init_path: Option<PathBuf>,
     /// `VM_CAPSULE_DATA_DISK_LABEL`.
     pub label: String,
     /// `VM_CAPSULE_DISK_PART_OFFSET` (else the template's).
@@ -63,14 +64,16 @@ impl TranslateConfig {
             .ok_or(ConfigError::Missing {
                 knob: "VM_CAPSULE_TEMPLATE",
             })?;
-        let init_path = knobs
-            .path("VM_CAPSULE_INIT_SCRIPT_PATH")
-            .unwrap_or_else(|| {
+        let init_path = match knobs.get("VM_CAPSULE_INIT_SCRIPT_PATH") {
+            Some(v) if v.eq_ignore_ascii_case("none") => None,
+            Some(v) => Some(PathBuf::from(v)),
+            None => Some(
                 std::env::current_exe()
                     .ok()
                     .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
-                    .unwrap_or_else(|| PathBuf::from("capsule-init"))
-            });
+                    .unwrap_or_else(|| PathBuf::from("capsule-init")),
+            ),
+        };
         Ok(TranslateConfig {
             template_root,
             classad_template: knobs.path("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE"),
