@@ -40,7 +40,13 @@ impl Accel {
                     || Path::new("/sys/module/kvm_amd").exists();
                 let cpu = fs::read_to_string("/proc/cpuinfo")
                     .is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"));
-                if module && cpu && Path::new("/dev/kvm").exists() {
+                // The job's user must also be allowed to open it.
+                let usable = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
+                if module && cpu && usable {
                     Accel::Kvm
                 } else {
                     Accel::Tcg
