@@ -9,7 +9,7 @@ use std::path::Path;
 use capsule_disk::{Access, DataDisk};
 use capsule_manifest::Outcome;
 
-use crate::hooks::finalize::read_result;
+use crate::hooks::finalize::{agent_problem, read_result};
 use crate::hooks::place::{unpack_outputs, OutputMap};
 
 /// How the launcher must end.
@@ -88,9 +88,9 @@ fn extract(
             Err(e) => return LauncherExit::Failed(format!("output.tar is missing: {e}")),
         }
     }
-    if let (Some(err), false) = (&result.error, matches!(result.outcome, Outcome::NotStarted)) {
+    if let Some(problem) = agent_problem(&result) {
         // Outputs that did not fit on the data disk, say: the job's files are incomplete.
-        return LauncherExit::Failed(format!("the guest agent reported: {err}"));
+        return LauncherExit::Failed(format!("the guest agent reported: {problem}"));
     }
     match result.outcome {
         Outcome::Exited { code } => LauncherExit::Code(code),

@@ -175,10 +175,11 @@ pub fn finalize(stdin: &str, log: &mut HookLog) -> Finalized {
         }
     }
     // The agent reports trouble beside a real outcome (outputs that did not fit on the data
-    // disk, say): the job's files are incomplete, so the user must hear about it.
-    if let (Some(err), false) = (&result.error, matches!(result.outcome, Outcome::NotStarted)) {
+    // disk, say): the job's files are incomplete, so the user must hear about it. A time-limit
+    // kill is the job's outcome, already told by ExitSignal and VMCapsuleTimedOut.
+    if let Some(problem) = agent_problem(&result) {
         out.problems
-            .push(format!("the guest agent reported: {err}"));
+            .push(format!("the guest agent reported: {problem}"));
     }
     for missing in &result.missing_outputs {
         // HTCondor holds a job whose named output is missing; we can only report it.
@@ -261,6 +262,21 @@ fn describe(outcome: &Outcome) -> String {
         }
         Outcome::NotStarted => "not started".to_owned(),
     }
+}
+
+/// What the agent's `error` says beyond the job's own outcome: `None` when nothing, or only the
+/// time-limit kill (part of the outcome), or when the job never started (reported as such).
+pub fn agent_problem(result: &JobResult) -> Option<String> {
+    if matches!(result.outcome, Outcome::NotStarted) {
+        return None;
+    }
+    let parts: Vec<&str> = result
+        .error
+        .as_deref()?
+        .split("; ")
+        .filter(|p| !(result.timed_out && p.contains("wall-time limit")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Read and validate `result.json` from a returned data disk.
