@@ -356,3 +356,35 @@ fn string_attr(ad: &ClassAd, name: &str) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn result(outcome: &str, timed_out: bool, error: Option<&str>) -> JobResult {
+        let json = format!(
+            r#"{{"schema_version":1,"outcome":{outcome},"timed_out":{timed_out},"error":{},"wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}}}"#,
+            error.map_or("null".to_owned(), |e| format!("{e:?}"))
+        );
+        JobResult::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_time_limit_kill_is_not_a_capsule_failure() {
+        let killed = r#"{"kind":"signaled","signal":9,"core_dumped":false}"#;
+        let limit = "the job exceeded its wall-time limit and was killed";
+        assert_eq!(agent_problem(&result(killed, true, Some(limit))), None);
+        let full = "outputs did not fit on the data disk";
+        assert_eq!(
+            agent_problem(&result(killed, true, Some(&format!("{limit}; {full}")))),
+            Some(full.to_owned())
+        );
+        let exited = r#"{"kind":"exited","code":0}"#;
+        assert_eq!(
+            agent_problem(&result(exited, false, Some(full))),
+            Some(full.to_owned())
+        );
+        assert_eq!(agent_problem(&result(exited, false, None)), None);
+    }
+}
