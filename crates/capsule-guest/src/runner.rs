@@ -102,6 +102,9 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
         }
     }
     let started_unix = SystemTime::now();
+    // As pid 1 in a guest, our RUSAGE_CHILDREN already holds everything /init ran before it
+    // exec'd us (insmod, busybox): count only what accrues from here on.
+    let before = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage")?;
     // std reports a failed exec (ENOENT, EACCES, ENOEXEC) here, through its CLOEXEC pipe.
     let mut child = cmd
         .spawn()
@@ -170,11 +173,17 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
         ended_at,
         started_unix,
         ended_unix,
-        user_cpu_secs: secs(usage.user_time()),
-        system_cpu_secs: secs(usage.system_time()),
+        user_cpu_secs: micros(secs(usage.user_time()) - secs(before.user_time())),
+        system_cpu_secs: micros(secs(usage.system_time()) - secs(before.system_time())),
         peak_rss_kib: u64::try_from(usage.max_rss()).unwrap_or(0),
         escaped_killed,
     })
+}
+
+/// A non-negative number of seconds rounded to microseconds (a difference of two rusage
+/// readings would otherwise carry float noise into the job's ad).
+fn micros(secs: f64) -> f64 {
+    (secs.max(0.0) * 1e6).round() / 1e6
 }
 
 /// Kill every live process of `uid` outside the job's process group `pgid`; returns how many
