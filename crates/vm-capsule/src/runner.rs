@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use classad::eval::{integer_attr, string_attr};
 use classad::{ClassAd, Value};
 use thiserror::Error;
 
@@ -168,18 +169,8 @@ pub struct RunReport {
     pub returned: Vec<String>,
 }
 
-fn text(ad: &ClassAd, name: &str) -> Option<String> {
-    match classad::eval::evaluate_attr(ad, name) {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}
-
 fn int(ad: &ClassAd, name: &str) -> Option<u64> {
-    match classad::eval::evaluate_attr(ad, name) {
-        Value::Integer(i) => u64::try_from(i).ok(),
-        _ => None,
-    }
+    integer_attr(ad, name).and_then(|i| u64::try_from(i).ok())
 }
 
 impl VmSpec {
@@ -194,20 +185,20 @@ impl VmSpec {
                 "JobUniverse is not 13 (vm); is this the translate hook's output?",
             ));
         }
-        let iwd = PathBuf::from(text(ad, "Iwd").ok_or_else(|| bad("Iwd is missing"))?);
-        let vm_type = text(ad, "JobVMType")
+        let iwd = PathBuf::from(string_attr(ad, "Iwd").ok_or_else(|| bad("Iwd is missing"))?);
+        let vm_type = string_attr(ad, "JobVMType")
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let transfer: Vec<String> = text(ad, "TransferInput")
+        let transfer: Vec<String> = string_attr(ad, "TransferInput")
             .unwrap_or_default()
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect();
         let drives = if vm_type == "vmware" {
-            let vmx = text(ad, "VMPARAM_VMware_VMX_File")
+            let vmx = string_attr(ad, "VMPARAM_VMware_VMX_File")
                 .ok_or_else(|| bad("VMPARAM_VMware_VMX_File is missing"))?;
-            let data = text(ad, "VMCapsuleDataDisk").unwrap_or_default();
+            let data = string_attr(ad, "VMCapsuleDataDisk").unwrap_or_default();
             let mut drives = vmx_drives(&iwd.join(&vmx)).map_err(|e| RunError::Io {
                 what: format!("cannot read {vmx}"),
                 source: e,
@@ -221,8 +212,8 @@ impl VmSpec {
             }
             drives
         } else {
-            let disks =
-                text(ad, "VMPARAM_vm_Disk").ok_or_else(|| bad("VMPARAM_vm_Disk is missing"))?;
+            let disks = string_attr(ad, "VMPARAM_vm_Disk")
+                .ok_or_else(|| bad("VMPARAM_vm_Disk is missing"))?;
             parse_vm_disk(&disks)
                 .into_iter()
                 .zip(disk_formats(&disks))
@@ -242,8 +233,15 @@ impl VmSpec {
         if drives.is_empty() {
             return Err(bad("the VM has no disks"));
         }
-        let kernel = match (text(ad, "VMCapsuleKernel"), text(ad, "VMCapsuleInitrd")) {
-            (Some(k), Some(i)) => Some((k, i, text(ad, "VMCapsuleKernelArgs").unwrap_or_default())),
+        let kernel = match (
+            string_attr(ad, "VMCapsuleKernel"),
+            string_attr(ad, "VMCapsuleInitrd"),
+        ) {
+            (Some(k), Some(i)) => Some((
+                k,
+                i,
+                string_attr(ad, "VMCapsuleKernelArgs").unwrap_or_default(),
+            )),
             _ => None,
         };
         Ok(VmSpec {

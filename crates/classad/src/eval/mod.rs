@@ -28,6 +28,19 @@ pub fn evaluate_attr(ad: &ClassAd, name: &str) -> Value {
     evaluate(&Expr::attr(name), ad)
 }
 
+/// Attribute `name` of `ad` evaluated, when it is a string.
+pub fn string_attr(ad: &ClassAd, name: &str) -> Option<String> {
+    match evaluate_attr(ad, name) {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Attribute `name` of `ad` evaluated, when it is an integer.
+pub fn integer_attr(ad: &ClassAd, name: &str) -> Option<i64> {
+    evaluate_attr(ad, name).as_integer()
+}
+
 /// Evaluate `expr` with no ad in scope.
 pub fn evaluate_standalone(expr: &Expr) -> Value {
     evaluate(expr, &ClassAd::new())

@@ -92,10 +92,8 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
 
     // Launcher mode. Quiet on success: our stdout/stderr are the job's.
     let spec = VmSpec::from_ad(ad)?;
-    let data_disk = match classad::eval::evaluate_attr(ad, "VMCapsuleDataDisk") {
-        classad::Value::String(s) => s,
-        _ => anyhow::bail!("{}: VMCapsuleDataDisk is missing", args.routed_ad.display()),
-    };
+    let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk")
+        .with_context(|| format!("{}: VMCapsuleDataDisk is missing", args.routed_ad.display()))?;
     let mut capsule_files = spec.transfer.clone();
     capsule_files.push(args.routed_ad.display().to_string());
     capsule_files.push("console.log".to_owned());

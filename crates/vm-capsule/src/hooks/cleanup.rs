@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use classad::stream::parse_hook_stream;
-use classad::Value;
 
 use super::finalize::FAILED_MARKER;
 use super::log::HookLog;
@@ -23,10 +22,7 @@ pub fn cleanup(stdin: &str, prefix: &Path, log: &mut HookLog) -> Option<PathBuf>
         }
     };
     let ad = &ads.last()?.ad;
-    let text = |n: &str| match classad::eval::evaluate_attr(ad, n) {
-        Value::String(s) => Some(s),
-        _ => None,
-    };
+    let text = |n: &str| classad::eval::string_attr(ad, n);
     let scratch = PathBuf::from(text("VMCapsuleScratch")?);
     let owner = text("Owner").unwrap_or_default();
     // Only ever remove a dir of ours: directly under <prefix>/<owner>, and not a symlink.

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use capsule_disk::{Access, DataDisk};
 use capsule_manifest::{JobResult, Outcome};
+use classad::eval::string_attr;
 use classad::stream::parse_hook_stream;
-use classad::{ClassAd, Expr, Literal, Value};
+use classad::{ClassAd, Expr, Literal};
 
 use super::log::HookLog;
 use super::place::{unpack_outputs, write_atomic, OutputMap};
@@ -348,13 +349,6 @@ fn limit(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(2000)
         .collect()
-}
-
-fn string_attr(ad: &ClassAd, name: &str) -> Option<String> {
-    match classad::eval::evaluate_attr(ad, name) {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use classad::eval::evaluate_attr;
+use classad::eval::{evaluate_attr, integer_attr, string_attr};
 use classad::{ClassAd, Value};
 use thiserror::Error;
 
@@ -104,8 +104,8 @@ impl JobSpec {
     /// # Errors
     /// [`JobError`] naming the job and the attribute that is missing, mistyped or malformed.
     pub fn from_ad(ad: &ClassAd) -> Result<JobSpec, JobError> {
-        let cluster = int_attr(ad, "ClusterId").unwrap_or(-1);
-        let proc_id = int_attr(ad, "ProcId").unwrap_or(0);
+        let cluster = integer_attr(ad, "ClusterId").unwrap_or(-1);
+        let proc_id = integer_attr(ad, "ProcId").unwrap_or(0);
         let job = if cluster >= 0 {
             format!("{cluster}.{proc_id}")
         } else {
@@ -188,20 +188,6 @@ impl JobSpec {
             || "executable".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         )
-    }
-}
-
-fn string_attr(ad: &ClassAd, name: &str) -> Option<String> {
-    match evaluate_attr(ad, name) {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn int_attr(ad: &ClassAd, name: &str) -> Option<i64> {
-    match evaluate_attr(ad, name) {
-        Value::Integer(i) => Some(i),
-        _ => None,
     }
 }
 

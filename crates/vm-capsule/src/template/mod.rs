@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::io::{Read, Seek, SeekFrom};
 
 use capsule_disk::{partition, Access, Image, ImageFormat};
-use classad::{ClassAd, Value};
+use classad::eval::string_attr;
+use classad::ClassAd;
 use thiserror::Error;
 
 /// The sub-directory of `VM_CAPSULE_TEMPLATE` that holds the template (seed layout).
@@ -159,7 +160,7 @@ impl Template {
             .iter()
             .find(|n| n.ends_with(".vmx"))
             .map(|n| dir.join(n));
-        let vm_type = attr_string(&vm_attrs, "JobVMType").map(|t| t.to_ascii_lowercase());
+        let vm_type = string_attr(&vm_attrs, "JobVMType").map(|t| t.to_ascii_lowercase());
         let flavour = match vm_type.as_deref() {
             Some("vmware") => Flavour::Vmware,
             Some("xen") => Flavour::Xen,
@@ -200,7 +201,7 @@ impl Template {
             .start;
 
         // Devices: from VMPARAM_vm_Disk when the classad template names them, else vda, vdb...
-        let named = attr_string(&vm_attrs, "VMPARAM_vm_Disk")
+        let named = string_attr(&vm_attrs, "VMPARAM_vm_Disk")
             .map(|s| parse_vm_disk(&s))
             .unwrap_or_default();
         let mut os_disks = Vec::new();
@@ -307,13 +308,6 @@ fn detect_format(path: &Path) -> std::io::Result<ImageFormat> {
     let n = f.read(&mut head)?;
     head.truncate(n);
     Ok(capsule_disk::detect(&head))
-}
-
-fn attr_string(ad: &ClassAd, name: &str) -> Option<String> {
-    match classad::eval::evaluate_attr(ad, name) {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// Read `condor_submit -dump` output: blank-line separated blocks of `Attr=value` lines,
