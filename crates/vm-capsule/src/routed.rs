@@ -83,11 +83,7 @@ pub struct Staged {
 /// Never: the fixed `Requirements` texts are valid expressions (checked by a unit test).
 pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &Staged) -> ClassAd {
     let mut ad = ClassAd::new();
-    for name in CARRIED {
-        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
-            ad.insert(n, e.clone());
-        }
-    }
+    carry(&mut ad, original, CARRIED);
     ad.insert("MyType", Expr::string("Job"));
     ad.insert("TargetType", Expr::string("Machine"));
     ad.insert("JobUniverse", Expr::integer(VM_UNIVERSE));
@@ -181,16 +177,12 @@ pub fn build_vanilla(
     timeout_secs: u64,
 ) -> ClassAd {
     let mut ad = ClassAd::new();
-    for name in CARRIED {
-        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
-            ad.insert(n, e.clone());
-        }
-    }
-    for name in ["Out", "Err", "TransferOutput", "TransferOutputRemaps"] {
-        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
-            ad.insert(n, e.clone());
-        }
-    }
+    carry(&mut ad, original, CARRIED);
+    carry(
+        &mut ad,
+        original,
+        &["Out", "Err", "TransferOutput", "TransferOutputRemaps"],
+    );
     ad.insert("MyType", Expr::string("Job"));
     ad.insert("TargetType", Expr::string("Machine"));
     ad.insert("JobUniverse", Expr::integer(VANILLA_UNIVERSE));
@@ -252,6 +244,15 @@ fn default_requirements(flavour: Flavour) -> Expr {
         "(TARGET.Arch == \"X86_64\") && (TARGET.HasVM =?= true) && (TARGET.VM_Type == MY.JobVMType) && (TARGET.VM_AvailNum > 0){memory} && (TARGET.VM_Memory >= MY.JobVMMemory)"
     );
     parse_expr(&text, Syntax::New).unwrap_or(Expr::boolean(false))
+}
+
+/// Copy `names` that `original` has into `ad`, keeping their spelling.
+fn carry(ad: &mut ClassAd, original: &ClassAd, names: &[&str]) {
+    for name in names {
+        if let (Some(n), Some(e)) = (original.name_of(name), original.get(name)) {
+            ad.insert(n, e.clone());
+        }
+    }
 }
 
 fn to_i64(v: u64) -> i64 {
