@@ -41,7 +41,8 @@ pub struct FmtArgs {
 /// Arguments of `ad eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The expression (new syntax).
+    /// The expression (new syntax); it may start with `-` (`-7 / 2`).
+    #[arg(allow_hyphen_values = true)]
     expr: String,
     /// An ad file (old or new syntax) whose attributes are in scope.
     #[arg(long)]

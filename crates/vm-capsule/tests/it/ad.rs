@@ -83,3 +83,33 @@ fn eval_request_memory_in_a_job_ad() {
         .success()
         .stdout("undefined\n");
 }
+
+/// Issue 10: an expression is data, also when it starts with `-` (HTCondor: -7 / 2 is -3).
+#[test]
+fn eval_accepts_a_leading_hyphen() {
+    vm_capsule()
+        .args(["ad", "eval", "-7 / 2"])
+        .assert()
+        .success()
+        .stdout("-3\n");
+    vm_capsule()
+        .args(["ad", "eval", "-x =?= undefined"])
+        .assert()
+        .success()
+        .stdout("true\n");
+    // `--` keeps working, and options may still follow the expression.
+    vm_capsule()
+        .args(["ad", "eval", "--", "-7 % 4"])
+        .assert()
+        .success()
+        .stdout("-3\n");
+    let dir = tempfile::tempdir().unwrap();
+    let ad = dir.path().join("job.ad");
+    std::fs::write(&ad, "RequestMemory = 512\n").unwrap();
+    vm_capsule()
+        .args(["ad", "eval", "-RequestMemory", "--ad"])
+        .arg(&ad)
+        .assert()
+        .success()
+        .stdout("-512\n");
+}
