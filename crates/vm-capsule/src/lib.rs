@@ -4,6 +4,7 @@
 //! job model ([`job`]); later the knobs, VM-flavour ad builders and the hooks themselves.
 #![forbid(unsafe_code)]
 
+pub mod boot;
 pub mod config;
 pub mod hooks;
 pub mod job;

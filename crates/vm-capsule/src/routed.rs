@@ -8,6 +8,7 @@
 use classad::print::expr_to_string;
 use classad::{parse_expr, ClassAd, Expr, Syntax};
 
+use crate::boot::DirectBoot;
 use crate::job::JobSpec;
 use crate::template::{Flavour, Template};
 
@@ -73,8 +74,8 @@ pub struct Staged {
     pub vcpus: u64,
     /// VMware: the `.vmx` name.
     pub vmx: Option<String>,
-    /// Direct kernel boot: kernel, initrd, command line (file names in scratch).
-    pub kernel: Option<(String, String, String)>,
+    /// Direct kernel boot (file names in scratch).
+    pub boot: Option<DirectBoot<String>>,
 }
 
 /// Build the routed VM-universe ad.
@@ -145,17 +146,21 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
             "jobvmtype",
             "jobvm_vcpus",
         ];
-        if !ours.contains(&lower.as_str()) {
+        // Boot attributes name what travels: written below from what was staged.
+        if !ours.contains(&lower.as_str()) && !lower.starts_with("vmparam_xen_") {
             ad.insert(name, expr.clone());
         }
     }
     if !ad.contains("Requirements") {
         ad.insert("Requirements", default_requirements(template.flavour));
     }
-    if let Some((kernel, initrd, cmdline)) = &staged.kernel {
-        ad.insert("VMCapsuleKernel", Expr::string(kernel.clone()));
-        ad.insert("VMCapsuleInitrd", Expr::string(initrd.clone()));
-        ad.insert("VMCapsuleKernelArgs", Expr::string(cmdline.clone()));
+    let xen = template.flavour == Flavour::Xen;
+    match &staged.boot {
+        Some(boot) => boot.write_to(&mut ad, xen),
+        None if xen => {
+            ad.insert(crate::boot::XEN_KERNEL, Expr::string(crate::boot::INCLUDED));
+        }
+        None => {}
     }
     ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
     ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));

@@ -17,6 +17,7 @@ use classad::eval::{integer_attr, string_attr};
 use classad::{ClassAd, Value};
 use thiserror::Error;
 
+use crate::boot::DirectBoot;
 use crate::template::parse_vm_disk;
 
 /// How QEMU accelerates the guest.
@@ -109,8 +110,8 @@ pub struct VmSpec {
     pub memory_mib: u64,
     /// CPUs.
     pub vcpus: u64,
-    /// Direct kernel boot: kernel, initrd, command line.
-    pub kernel: Option<(String, String, String)>,
+    /// Direct kernel boot (file names in the sandbox).
+    pub boot: Option<DirectBoot<String>>,
 }
 
 /// Why a run failed.
@@ -233,24 +234,13 @@ impl VmSpec {
         if drives.is_empty() {
             return Err(bad("the VM has no disks"));
         }
-        let kernel = match (
-            string_attr(ad, "VMCapsuleKernel"),
-            string_attr(ad, "VMCapsuleInitrd"),
-        ) {
-            (Some(k), Some(i)) => Some((
-                k,
-                i,
-                string_attr(ad, "VMCapsuleKernelArgs").unwrap_or_default(),
-            )),
-            _ => None,
-        };
         Ok(VmSpec {
             iwd,
             transfer,
             drives,
             memory_mib: int(ad, "JobVMMemory").unwrap_or(512),
             vcpus: int(ad, "JobVM_VCPUS").unwrap_or(1).max(1),
-            kernel,
+            boot: DirectBoot::from_routed_ad(ad),
         })
     }
 }
@@ -366,13 +356,12 @@ pub fn run(
         }
         cmd.args(["-drive", &drive]);
     }
-    if let Some((k, i, args)) = &spec.kernel {
-        cmd.arg("-kernel")
-            .arg(sandbox.join(k))
-            .arg("-initrd")
-            .arg(sandbox.join(i))
-            .arg("-append")
-            .arg(args);
+    if let Some(boot) = &spec.boot {
+        cmd.arg("-kernel").arg(sandbox.join(&boot.kernel));
+        if let Some(initrd) = &boot.initrd {
+            cmd.arg("-initrd").arg(sandbox.join(initrd));
+        }
+        cmd.arg("-append").arg(boot.cmdline());
     }
     progress(&format!(
         "booting {} disk(s), {} MiB, {} CPU(s), accel {}",

@@ -2,10 +2,11 @@
 //!
 //! It holds the OS disk(s), a data disk (`data.vmdk`, `data.img`, `data.raw` or
 //! `data.qcow2`) whose format and partition offset the capsule's data disk copies, and for
-//! VMware a `.vmx`. Optionally `vmlinuz` + `initrd.img` (+ `cmdline`) for direct kernel boot
-//! (test templates; used by `vm-capsule run`). `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`, the output
-//! of `condor_submit -dump` for the admin's VM submit file, supplies `JobVMType`, memory,
-//! `VMPARAM_*` and `Requirements`; without it, built-in KVM defaults apply.
+//! VMware a `.vmx`. Direct kernel boot ([`crate::boot`]) takes the files the classad template
+//! names (`xen_kernel`, `xen_initrd`, ...), by default `vmlinuz` + `initrd.img` (+ `cmdline`).
+//! `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`, the output of `condor_submit -dump` for the admin's
+//! VM submit file, supplies `JobVMType`, memory, `VMPARAM_*` and `Requirements`; without it,
+//! built-in KVM defaults apply.
 
 pub mod overlay;
 
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::io::{Read, Seek, SeekFrom};
 
 use capsule_disk::{partition, Access, Image, ImageFormat};
+
+use crate::boot::{self, DirectBoot};
 use classad::eval::string_attr;
 use classad::ClassAd;
 use thiserror::Error;
@@ -69,8 +72,8 @@ pub struct Template {
     pub data_partition_offset: u64,
     /// VMware: the `.vmx` file.
     pub vmx: Option<PathBuf>,
-    /// Direct kernel boot: kernel, initrd and command line (test templates).
-    pub kernel: Option<(PathBuf, PathBuf, String)>,
+    /// Direct kernel boot (else the OS disk boots itself).
+    pub boot: Option<DirectBoot<PathBuf>>,
     /// VM attributes from the classad template (`JobVM*`, `VMPARAM_*`, `Requirements`).
     pub vm_attrs: ClassAd,
 }
@@ -108,10 +111,30 @@ pub enum TemplateError {
         source: capsule_disk::Error,
     },
     /// No OS disk and no kernel to boot.
-    #[error("template {dir} has neither an OS disk nor vmlinuz + initrd.img to boot")]
+    #[error("template {dir} has neither an OS disk nor a kernel to boot: add an OS disk, or vmlinuz + initrd.img, or name the kernel with xen_kernel/xen_initrd in the classad template")]
     NothingToBoot {
         /// The directory.
         dir: PathBuf,
+    },
+    /// The classad template names a boot file the template directory does not have.
+    #[error("the classad template sets {attr} = \"{name}\" but {path} is not a file; put it in the template directory or fix {attr} in VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE")]
+    MissingBootFile {
+        /// `VMPARAM_Xen_Kernel` or `VMPARAM_Xen_Initrd`.
+        attr: &'static str,
+        /// The value.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A boot setting vm-capsule cannot honour.
+    #[error("the classad template sets {attr} = \"{value}\": {why}")]
+    UnsupportedBoot {
+        /// The attribute.
+        attr: &'static str,
+        /// The value.
+        value: String,
+        /// Why, and what to do.
+        why: &'static str,
     },
     /// The classad template cannot be read.
     #[error("classad template {path} cannot be read: {message}")]
@@ -200,6 +223,12 @@ impl Template {
             .map_err(bad_data)?
             .start;
 
+        let boot = direct_boot(&dir, &names, &vm_attrs)?;
+        let boot_files: Vec<&Path> = boot
+            .iter()
+            .flat_map(|b| std::iter::once(b.kernel.as_path()).chain(b.initrd.as_deref()))
+            .collect();
+
         // Devices: from VMPARAM_vm_Disk when the classad template names them, else vda, vdb...
         let named = string_attr(&vm_attrs, "VMPARAM_vm_Disk")
             .map(|s| parse_vm_disk(&s))
@@ -209,12 +238,13 @@ impl Template {
             let is_disk = DISK_EXTENSIONS
                 .iter()
                 .any(|ext| name.rsplit_once('.').is_some_and(|(_, e)| e == *ext));
-            let boot_file = name == "initrd.img" || name == "vmlinuz";
+            let path = dir.join(name);
+            let boot_file =
+                name == "initrd.img" || name == "vmlinuz" || boot_files.contains(&path.as_path());
             if !is_disk || boot_file || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name)
             {
                 continue;
             }
-            let path = dir.join(name);
             let format = detect_format(&path).map_err(unreadable)?;
             let device = named
                 .iter()
@@ -231,19 +261,7 @@ impl Template {
             .find(|(f, _, _)| f == data_name)
             .map_or_else(|| default_device(os_disks.len()), |(_, d, _)| d.clone());
 
-        let kernel = match (
-            names.iter().any(|n| n == "vmlinuz"),
-            names.iter().any(|n| n == "initrd.img"),
-        ) {
-            (true, true) => {
-                let cmdline = std::fs::read_to_string(dir.join("cmdline"))
-                    .map(|s| s.trim().to_owned())
-                    .unwrap_or_else(|_| "console=ttyS0 panic=-1".to_owned());
-                Some((dir.join("vmlinuz"), dir.join("initrd.img"), cmdline))
-            }
-            _ => None,
-        };
-        if os_disks.is_empty() && kernel.is_none() && flavour != Flavour::Vmware {
+        if os_disks.is_empty() && boot.is_none() && flavour != Flavour::Vmware {
             return Err(TemplateError::NothingToBoot { dir });
         }
         Ok(Template {
@@ -257,10 +275,76 @@ impl Template {
             os_disks,
             data_partition_offset,
             vmx,
-            kernel,
+            boot,
             vm_attrs,
         })
     }
+}
+
+/// The template's direct kernel boot: what the classad template names, else the fixed names
+/// `vmlinuz` + `initrd.img` (+ `cmdline`); `None` when the OS disk boots itself.
+fn direct_boot(
+    dir: &Path,
+    names: &[String],
+    vm_attrs: &ClassAd,
+) -> Result<Option<DirectBoot<PathBuf>>, TemplateError> {
+    let Some(kernel) = string_attr(vm_attrs, boot::XEN_KERNEL) else {
+        let has = |n: &str| names.iter().any(|f| f == n);
+        if !(has("vmlinuz") && has("initrd.img")) {
+            return Ok(None);
+        }
+        let params = std::fs::read_to_string(dir.join("cmdline"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "console=ttyS0 panic=-1".to_owned());
+        return Ok(Some(DirectBoot {
+            kernel: dir.join("vmlinuz"),
+            initrd: Some(dir.join("initrd.img")),
+            root: None,
+            params,
+        }));
+    };
+    if kernel.eq_ignore_ascii_case(boot::INCLUDED) {
+        return Ok(None);
+    }
+    if boot::is_keyword(&kernel) {
+        return Err(TemplateError::UnsupportedBoot {
+            attr: boot::XEN_KERNEL,
+            value: kernel,
+            why: "the execute node's own kernel cannot boot a capsule; name a kernel file in the template directory, or `included` to boot from the OS disk",
+        });
+    }
+    let file = |attr: &'static str, name: String| {
+        // Relative names are in the template directory, as `condor_submit` would find them
+        // next to the submit file; what travels is the file's own name.
+        let path = dir.join(&name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(TemplateError::MissingBootFile { attr, name, path })
+        }
+    };
+    let kernel = file(boot::XEN_KERNEL, kernel)?;
+    let initrd = string_attr(vm_attrs, boot::XEN_INITRD)
+        .filter(|i| !i.trim().is_empty())
+        .map(|i| file(boot::XEN_INITRD, i))
+        .transpose()?;
+    // Both travel under their own names into one directory.
+    if let Some(i) = initrd
+        .as_ref()
+        .filter(|i| i.file_name() == kernel.file_name())
+    {
+        return Err(TemplateError::UnsupportedBoot {
+            attr: boot::XEN_INITRD,
+            value: i.display().to_string(),
+            why: "the kernel and the initrd have the same file name; rename one",
+        });
+    }
+    Ok(Some(DirectBoot {
+        kernel,
+        initrd,
+        root: string_attr(vm_attrs, boot::XEN_ROOT).filter(|r| !r.trim().is_empty()),
+        params: string_attr(vm_attrs, boot::XEN_KERNEL_PARAMS).unwrap_or_default(),
+    }))
 }
 
 /// `VMPARAM_vm_Disk` entries `file:device:perm[:format]`, comma-separated.

@@ -3,6 +3,7 @@
 
 mod ad;
 mod boot;
+mod direct_boot;
 mod hooks;
 mod router;
 mod vanilla;

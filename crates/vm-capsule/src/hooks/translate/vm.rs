@@ -89,13 +89,16 @@ pub(super) fn stage_vm(
         }
         _ => None,
     };
-    let kernel = match &template.kernel {
-        Some((k, i, cmdline)) => {
-            let kn = link_into(k, scratch).map_err(|e| transient("cannot link the kernel", e))?;
-            let inn = link_into(i, scratch).map_err(|e| transient("cannot link the initrd", e))?;
-            transfer.push(kn.clone());
-            transfer.push(inn.clone());
-            Some((kn, inn, cmdline.clone()))
+    // Exactly the files the boot names travel, under the names the routed ad gives them.
+    let boot = match &template.boot {
+        Some(boot) => {
+            for file in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
+                let name = link_into(file, scratch).map_err(|e| {
+                    transient(&format!("cannot link {} into scratch", file.display()), e)
+                })?;
+                transfer.push(name);
+            }
+            Some(boot.map(|p| file_name(p)))
         }
         None => None,
     };
@@ -115,7 +118,7 @@ pub(super) fn stage_vm(
         memory_mib,
         vcpus,
         vmx,
-        kernel,
+        boot,
     })
 }
 
