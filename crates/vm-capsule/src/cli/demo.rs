@@ -343,9 +343,8 @@ fn check_tools() -> Result<()> {
     }
     if !packages.is_empty() {
         bail!(
-            "the demo needs these Debian packages: {}\n  install them with: sudo apt-get install -y {}",
-            packages.join(", "),
-            packages.join(" ")
+            "the demo needs these Debian packages: {}\n  install them with: sudo bash scripts/install-deps.sh demo (it keeps QEMU's packages at one version)",
+            packages.join(", ")
         );
     }
     Ok(())
