@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use capsule_manifest::{check_relative_path, EntryKind, InputEntry};
+use capsule_manifest::{EntryKind, InputEntry, RelPath};
 
 /// What a top-level file looked like after unpacking: (mtime seconds, mtime nanoseconds, size).
 pub type Catalog = BTreeMap<std::ffi::OsString, (i64, i64, u64)>;
@@ -23,19 +23,12 @@ pub fn unpack(archive: impl Read, work: &Path) -> Result<()> {
     for entry in ar.entries().context("cannot read input.tar")? {
         let mut entry = entry.context("cannot read an input.tar entry")?;
         let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8(raw)
-            .map_err(|e| anyhow::anyhow!("input.tar entry name {:?} is not UTF-8", e.as_bytes()))?;
-        let mut rel = name.as_str();
-        while let Some(rest) = rel.strip_prefix("./") {
-            rel = rest;
-        }
-        let rel = rel.trim_end_matches('/');
-        if rel.is_empty() || rel == "." {
-            continue; // the archive's own root
-        }
-        if let Err(reason) = check_relative_path(rel, false) {
-            bail!("input.tar entry {name:?} is refused: {reason}");
-        }
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let rel = match RelPath::from_archive_name(&raw) {
+            Ok(Some(rel)) => rel,
+            Ok(None) => continue, // the archive's own root
+            Err(reason) => bail!("input.tar entry {name:?} is refused: {reason}"),
+        };
         let dest = work.join(rel);
         let header = entry.header();
         let mode = header.mode().unwrap_or(0o644) & 0o1777;

@@ -124,7 +124,10 @@ mod result;
 
 pub use error::Error;
 pub use manifest::{EntryKind, InputEntry, Manifest, OutputRule};
-pub use path::{check_file_name, check_relative_path};
+pub use path::{
+    check_file_name, check_relative_path, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+};
 pub use result::{AgentInfo, JobResult, Outcome, OutputEntry};
 
 /// The schema version this crate reads and writes, in both files.

@@ -1,100 +1,302 @@
-//! Checks for paths and names that come from the manifest or the result.
+//! [`RelPath`]: the one rule set for paths relative to a job's work dir, wherever they cross the
+//! host/guest boundary (manifest fields, `result.json`, `input.tar` and `output.tar` entries,
+//! data-disk archive entries, output placement on the host).
+//!
+//! # Security
+//! A `RelPath` is valid by construction: not empty, not absolute, no `.`/`..`/empty components,
+//! no NUL, UTF-8, at most [`MAX_PATH_BYTES`] bytes with components of at most
+//! [`MAX_NAME_BYTES`]. Joined onto a directory it therefore names something inside it,
+//! component by component (links along the way are the caller's to refuse).
+
+use std::fmt;
+
+use thiserror::Error;
 
 /// Longest relative path accepted, in bytes (Linux `PATH_MAX`).
-const MAX_PATH_BYTES: usize = 4096;
+pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest single component accepted, in bytes (Linux `NAME_MAX`).
-const MAX_NAME_BYTES: usize = 255;
+pub const MAX_NAME_BYTES: usize = 255;
 
-/// Check that `path` is a clean path relative to the work dir: not empty, not absolute, no
-/// `.`/`..`/empty components, no NUL, at most 4096 bytes with components of at most 255.
-/// A single trailing `/` is allowed when `allow_trailing_slash` (HTCondor's "dir/" form).
-///
-/// # Errors
-///
-/// Returns the reason the path is refused, for use in a message.
-pub fn check_relative_path(path: &str, allow_trailing_slash: bool) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("the path is empty".into());
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return Err(format!("the path is longer than {MAX_PATH_BYTES} bytes"));
-    }
-    if path.contains('\0') {
-        return Err("the path contains a NUL byte".into());
-    }
-    if path.starts_with('/') {
-        return Err("the path is absolute; it must be relative to the work dir".into());
-    }
-    let body = match path.strip_suffix('/') {
-        Some(b) if allow_trailing_slash => b,
-        Some(_) => return Err("the path ends with '/'".into()),
-        None => path,
-    };
-    for comp in body.split('/') {
-        match comp {
-            "" => return Err("the path has an empty component ('//' or a trailing '/')".into()),
-            "." | ".." => {
-                return Err(format!(
-                    "the path has a '{comp}' component; it must stay inside the work dir"
-                ))
-            }
-            c if c.len() > MAX_NAME_BYTES => {
-                return Err(format!("a component is longer than {MAX_NAME_BYTES} bytes"))
-            }
-            _ => {}
+/// Why a path is not a clean relative path.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// Nothing at all.
+    #[error("the path is empty")]
+    Empty,
+    /// Over [`MAX_PATH_BYTES`].
+    #[error("the path is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    /// A component over [`MAX_NAME_BYTES`].
+    #[error("a component is longer than {MAX_NAME_BYTES} bytes")]
+    ComponentTooLong,
+    /// A NUL byte.
+    #[error("the path contains a NUL byte")]
+    Nul,
+    /// Not UTF-8.
+    #[error("the path is not UTF-8")]
+    NotUtf8,
+    /// Starts with `/`.
+    #[error("the path is absolute; it must be relative to the work dir")]
+    Absolute,
+    /// A `.` or `..` component.
+    #[error("the path has a '{0}' component; it must stay inside the work dir")]
+    DotComponent(&'static str),
+    /// `//`, or a trailing `/` where none is allowed.
+    #[error("the path has an empty component ('//' or a trailing '/')")]
+    EmptyComponent,
+    /// More than one component where a plain name is required.
+    #[error("a plain file name may not contain '/'")]
+    NotAName,
+}
+
+/// A clean path relative to a work dir (see the module docs for the rules).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Parse a strict relative path: `a/b/c`, nothing else.
+    ///
+    /// # Errors
+    /// [`PathError`] naming the broken rule.
+    pub fn parse(path: &str) -> Result<RelPath, PathError> {
+        if path.is_empty() {
+            return Err(PathError::Empty);
         }
+        if path.len() > MAX_PATH_BYTES {
+            return Err(PathError::TooLong);
+        }
+        if path.contains('\0') {
+            return Err(PathError::Nul);
+        }
+        if path.starts_with('/') {
+            return Err(PathError::Absolute);
+        }
+        for comp in path.split('/') {
+            match comp {
+                "" => return Err(PathError::EmptyComponent),
+                "." => return Err(PathError::DotComponent(".")),
+                ".." => return Err(PathError::DotComponent("..")),
+                c if c.len() > MAX_NAME_BYTES => return Err(PathError::ComponentTooLong),
+                _ => {}
+            }
+        }
+        Ok(RelPath(path.to_owned()))
     }
-    Ok(())
+
+    /// Parse an archive entry name as tar writers spell it: leading `./` prefixes and one
+    /// trailing `/` (directory entries) are dropped; everything else follows [`RelPath::parse`].
+    /// `Ok(None)` is the archive's own root (`./`). Bytes are checked before any allocation
+    /// beyond the input's own length.
+    ///
+    /// # Errors
+    /// [`PathError`] naming the broken rule; a name that is not UTF-8 is refused.
+    pub fn from_archive_name(name: &[u8]) -> Result<Option<RelPath>, PathError> {
+        if name.len() > MAX_PATH_BYTES + 2 {
+            return Err(PathError::TooLong);
+        }
+        let text = std::str::from_utf8(name).map_err(|_| PathError::NotUtf8)?;
+        let mut rel = text;
+        while let Some(rest) = rel.strip_prefix("./") {
+            rel = rest;
+        }
+        let rel = rel.strip_suffix('/').unwrap_or(rel);
+        if rel.is_empty() || rel == "." {
+            return if text.is_empty() {
+                Err(PathError::Empty)
+            } else {
+                Ok(None)
+            };
+        }
+        RelPath::parse(rel).map(Some)
+    }
+
+    /// Parse a plain file name: a valid path of exactly one component.
+    ///
+    /// # Errors
+    /// [`PathError`], [`PathError::NotAName`] when it has a `/`.
+    pub fn file_name_only(name: &str) -> Result<RelPath, PathError> {
+        let path = RelPath::parse(name)?;
+        if path.0.contains('/') {
+            return Err(PathError::NotAName);
+        }
+        Ok(path)
+    }
+
+    /// The path as text, components joined with `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, first to last (none is empty, `.` or `..`).
+    pub fn components(&self) -> impl DoubleEndedIterator<Item = &str> + '_ {
+        self.0.split('/')
+    }
+
+    /// Number of components.
+    pub fn depth(&self) -> usize {
+        self.components().count()
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// Everything but the last component, if there is more than one.
+    pub fn parent(&self) -> Option<RelPath> {
+        self.0
+            .rsplit_once('/')
+            .map(|(parent, _)| RelPath(parent.to_owned()))
+    }
+
+    /// Whether `prefix` is this path or a directory above it (component-wise).
+    pub fn starts_with(&self, prefix: &RelPath) -> bool {
+        self.strip_prefix(prefix).is_some()
+    }
+
+    /// What follows `prefix` (`None` if `prefix` is not above this path; `Some(None)` when the
+    /// two are equal).
+    pub fn strip_prefix(&self, prefix: &RelPath) -> Option<Option<RelPath>> {
+        if self.0 == prefix.0 {
+            return Some(None);
+        }
+        let rest = self.0.strip_prefix(&prefix.0)?.strip_prefix('/')?;
+        Some(Some(RelPath(rest.to_owned())))
+    }
+
+    /// `self/other`.
+    ///
+    /// # Errors
+    /// [`PathError::TooLong`] when the result is over [`MAX_PATH_BYTES`].
+    pub fn join(&self, other: &RelPath) -> Result<RelPath, PathError> {
+        let len = self.0.len() + 1 + other.0.len();
+        if len > MAX_PATH_BYTES {
+            return Err(PathError::TooLong);
+        }
+        Ok(RelPath(format!("{}/{}", self.0, other.0)))
+    }
 }
 
-/// Check that `name` is a plain file name: a valid relative path of exactly one component.
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<std::path::Path> for RelPath {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+/// Check that `path` is a clean path relative to the work dir ([`RelPath::parse`]); a single
+/// trailing `/` is allowed when `allow_trailing_slash` (HTCondor's "dir/" form).
 ///
 /// # Errors
-///
-/// Returns the reason the name is refused, for use in a message.
-pub fn check_file_name(name: &str) -> Result<(), String> {
-    check_relative_path(name, false)?;
-    if name.contains('/') {
-        return Err("a plain file name may not contain '/'".into());
-    }
-    Ok(())
+/// The reason the path is refused, for use in a message.
+pub fn check_relative_path(path: &str, allow_trailing_slash: bool) -> Result<(), String> {
+    let body = match path.strip_suffix('/') {
+        Some(b) if allow_trailing_slash && !b.is_empty() => b,
+        _ => path,
+    };
+    RelPath::parse(body).map(|_| ()).map_err(|e| e.to_string())
 }
+
+/// Check that `name` is a plain file name ([`RelPath::file_name_only`]).
+///
+/// # Errors
+/// The reason the name is refused, for use in a message.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    RelPath::file_name_only(name)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Hostile names for tests, in one table: every guard that takes a relative path from the
+/// guest or an archive must refuse each of them (as a strict path and as an archive name).
+pub const HOSTILE_NAMES: &[&[u8]] = &[
+    b"",
+    b"/etc/passwd",
+    b"/tmp/abs-escape",
+    b"..",
+    b"../escape",
+    b"a/../../escape",
+    b"./../escape",
+    b"a//b",
+    b"a/./b",
+    b"a/.",
+    b"a\0b",
+    b"/////////..",
+    b"//",
+    b"\xff\xfe",
+    b"dir/../../../etc/shadow",
+];
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
-    fn hostile_paths_are_refused() {
+    fn hostile_names_are_refused_both_ways() {
         let long = "a".repeat(256);
-        for bad in [
-            "",
-            "/etc/passwd",
-            "..",
-            "../x",
-            "a/../../x",
-            "a//b",
-            "./a",
-            "a/.",
-            "a\0b",
-            "/////////..",
-            long.as_str(),
-        ] {
+        let too_long = "a/".repeat(2049);
+        let mut names: Vec<&[u8]> = HOSTILE_NAMES.to_vec();
+        names.push(long.as_bytes());
+        names.push(too_long.as_bytes());
+        for bad in names {
+            if let Ok(text) = std::str::from_utf8(bad) {
+                assert!(RelPath::parse(text).is_err(), "{bad:?} parsed");
+            }
             assert!(
-                check_relative_path(bad, true).is_err(),
-                "{bad:?} was accepted"
+                !matches!(RelPath::from_archive_name(bad), Ok(Some(_))),
+                "{bad:?} accepted as an archive name"
             );
         }
         assert!(check_relative_path("dir/", false).is_err());
         assert!(check_relative_path("dir//", true).is_err());
+        assert!(check_relative_path("/", true).is_err());
     }
 
     #[test]
     fn clean_paths_are_accepted() {
-        for good in ["a", "a/b/c", "with space", "..hidden", "a.b", "dir/"] {
-            assert_eq!(check_relative_path(good, true), Ok(()), "{good:?}");
+        for good in ["a", "a/b/c", "with space", "..hidden", "a.b"] {
+            assert_eq!(RelPath::parse(good).unwrap().as_str(), good);
         }
+        assert_eq!(check_relative_path("dir/", true), Ok(()));
         assert!(check_file_name("stdout").is_ok());
-        assert!(check_file_name("a/b").is_err());
+        assert_eq!(check_file_name("a/b"), Err(PathError::NotAName.to_string()));
+    }
+
+    #[test]
+    fn archive_names_drop_dot_slash_and_one_trailing_slash() {
+        let p = |s: &[u8]| RelPath::from_archive_name(s).unwrap().map(|p| p.0);
+        assert_eq!(p(b"./a/b/"), Some("a/b".to_owned()));
+        assert_eq!(p(b"././x"), Some("x".to_owned()));
+        assert_eq!(p(b"./"), None);
+        assert!(RelPath::from_archive_name(b"a//").is_err());
+    }
+
+    #[test]
+    fn prefix_parent_and_join_work_by_component() {
+        let ab = RelPath::parse("a/b").unwrap();
+        let abc = RelPath::parse("a/b/c").unwrap();
+        let abx = RelPath::parse("a/bx").unwrap();
+        assert!(abc.starts_with(&ab));
+        assert!(!abx.starts_with(&ab));
+        assert_eq!(abc.strip_prefix(&ab).unwrap().unwrap().as_str(), "c");
+        assert_eq!(ab.strip_prefix(&ab), Some(None));
+        assert_eq!(abc.parent().unwrap(), ab);
+        assert_eq!(abc.file_name(), "c");
+        assert_eq!(abc.depth(), 3);
+        assert_eq!(ab.join(&RelPath::parse("c").unwrap()).unwrap(), abc);
+        let big = RelPath::parse(&"a".repeat(255)).unwrap();
+        let mut p = big.clone();
+        // 16 components of 255 bytes and 15 slashes: 4095 bytes, the last that fits.
+        for _ in 0..15 {
+            p = p.join(&big).unwrap();
+        }
+        assert_eq!(p.join(&big), Err(PathError::TooLong));
     }
 }

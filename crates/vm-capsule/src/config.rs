@@ -108,6 +108,21 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "600",
         "vanilla flavour: seconds allowed for boot and poweroff beyond the job's time limit",
     ),
+    (
+        "VM_CAPSULE_HOOK_TIMEOUT",
+        "3600",
+        "seconds a hook may run; then translate gives up (retried) and finalize reports failure",
+    ),
+    (
+        "VM_CAPSULE_KEEP_FAILED",
+        "10",
+        "failed job dirs kept per owner for inspection; older ones are removed",
+    ),
+    (
+        "VM_CAPSULE_TEST_ANY_USER",
+        "false",
+        "tests only: let hooks run as root or as a user other than the job's owner",
+    ),
 ];
 
 /// Configuration that cannot be read or is invalid.
@@ -237,6 +252,24 @@ impl Knobs {
                 knob,
                 value: v.to_owned(),
                 expected: "a whole number",
+            }),
+        }
+    }
+}
+
+impl Knobs {
+    /// A boolean knob (HTCondor spellings: true/false, yes/no, 1/0, case-insensitive).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for anything else.
+    pub fn flag(&self, knob: &'static str) -> Result<bool, ConfigError> {
+        match self.get(knob).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "no" | "0" | "f" | "n") => Ok(false),
+            Some("true" | "yes" | "1" | "t" | "y") => Ok(true),
+            Some(v) => Err(ConfigError::Invalid {
+                knob,
+                value: v.to_owned(),
+                expected: "true or false",
             }),
         }
     }

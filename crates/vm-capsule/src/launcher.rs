@@ -10,7 +10,7 @@ use capsule_disk::{Access, DataDisk};
 use capsule_manifest::Outcome;
 
 use crate::hooks::finalize::{agent_problem, read_result};
-use crate::hooks::place::{unpack_outputs, OutputMap};
+use crate::hooks::place::{place_outputs, OutputRules};
 
 /// How the launcher must end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub fn finish_in_sandbox(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, data_disk, out, err);
+    let exit = extract(sandbox, data_disk, capsule_files, out, err);
     for name in capsule_files {
         // Only plain names: these come from our own capsule description.
         if !name.contains('/') {
@@ -47,6 +47,7 @@ pub fn finish_in_sandbox(
 fn extract(
     sandbox: &Path,
     data_disk: &str,
+    capsule_files: &[String],
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
@@ -74,15 +75,12 @@ fn extract(
         match disk.open_file(capsule_manifest::OUTPUT_TAR) {
             Ok(reader) => {
                 // Outputs keep their paths in the sandbox; HTCondor applies the user's
-                // transfer_output_files and remaps from there.
-                let map = OutputMap {
-                    iwd: sandbox,
-                    remaps: &[],
-                    explicit: None,
-                };
-                let placed = unpack_outputs(reader, &map);
-                if !placed.problems.is_empty() {
-                    return LauncherExit::Failed(placed.problems.join("; "));
+                // transfer_output_files and remaps from there. The capsule's own files and
+                // the starter's names are never taken.
+                let rules = OutputRules::sandbox(sandbox, capsule_files);
+                let placed = place_outputs(reader, &rules, "launcher");
+                if placed.has_problems() {
+                    return LauncherExit::Failed(placed.summary());
                 }
             }
             Err(e) => return LauncherExit::Failed(format!("output.tar is missing: {e}")),

@@ -1,14 +1,20 @@
 //! vm-capsule: run HTCondor vanilla jobs inside virtual machines through JobRouter hooks.
 //!
-//! The library holds the domain logic the `vm-capsule` binary wires together: the vanilla
-//! job model ([`job`]); later the knobs, VM-flavour ad builders and the hooks themselves.
+//! The library holds the domain logic the `vm-capsule` binary wires together: the knobs
+//! ([`config`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
+//! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
+//! ([`scratch`]) and who they run as ([`identity`]), and the local execute node
+//! ([`runner`], [`launcher`]).
 #![forbid(unsafe_code)]
 
 pub mod boot;
 pub mod config;
 pub mod hooks;
+pub mod identity;
 pub mod job;
 pub mod launcher;
 pub mod routed;
 pub mod runner;
+pub mod scratch;
 pub mod template;
+pub mod text;

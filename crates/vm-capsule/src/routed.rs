@@ -18,6 +18,16 @@ pub const VM_UNIVERSE: i64 = 13;
 pub const VANILLA_UNIVERSE: i64 = 5;
 /// The VM description a vanilla-flavour launcher boots (the VM-universe ad, old syntax).
 pub const CAPSULE_AD: &str = "capsule.ad";
+/// Routed-ad attribute: the job dir in the scratch prefix.
+pub const ATTR_SCRATCH: &str = "VMCapsuleScratch";
+/// Routed-ad attribute: the data disk's file name.
+pub const ATTR_DATA_DISK: &str = "VMCapsuleDataDisk";
+/// Routed-ad attribute: the data disk's container format as staged.
+pub const ATTR_DATA_DISK_FORMAT: &str = "VMCapsuleDataDiskFormat";
+/// Routed-ad attribute: the data disk's virtual size in bytes as staged.
+pub const ATTR_DATA_DISK_BYTES: &str = "VMCapsuleDataDiskBytes";
+/// Routed-ad attribute: `vanilla` for the vanilla flavour.
+pub const ATTR_FLAVOUR: &str = "VMCapsuleFlavour";
 /// Machine attribute an execute node advertises when it can run the vanilla flavour.
 pub const HAS_QEMU_ATTR: &str = "HasVMCapsuleQemu";
 /// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
@@ -68,6 +78,10 @@ pub struct Staged {
     pub transfer: Vec<String>,
     /// The data disk's file name.
     pub data_disk: String,
+    /// The data disk's container format.
+    pub data_disk_format: &'static str,
+    /// The data disk's virtual size, bytes.
+    pub data_disk_bytes: u64,
     /// VM memory, MiB.
     pub memory_mib: u64,
     /// VM CPUs.
@@ -76,6 +90,8 @@ pub struct Staged {
     pub vmx: Option<String>,
     /// Direct kernel boot (file names in scratch).
     pub boot: Option<DirectBoot<String>>,
+    /// What the routed job asks the execute node for (`RequestDisk`), KiB.
+    pub request_disk_kib: u64,
 }
 
 /// Build the routed VM-universe ad.
@@ -99,9 +115,7 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
     ad.insert("JobVMCheckpoint", Expr::boolean(false));
     ad.insert("RequestMemory", Expr::attr("JobVMMemory"));
     ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
-    if let Some(disk) = job.request_disk_kib {
-        ad.insert("RequestDisk", Expr::integer(to_i64(disk)));
-    }
+    ad.insert("RequestDisk", Expr::integer(to_i64(staged.request_disk_kib)));
     ad.insert("ShouldTransferFiles", Expr::string("YES"));
     ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
     ad.insert("TransferExecutable", Expr::boolean(false));
@@ -162,8 +176,7 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
         }
         None => {}
     }
-    ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
-    ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));
+    capsule_attrs(&mut ad, staged);
     ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
     ad.insert("VMCapsuleVersion", Expr::string(env!("CARGO_PKG_VERSION")));
     ad
@@ -179,7 +192,7 @@ pub fn build_vanilla(
     original: &ClassAd,
     staged: &Staged,
     launcher: &std::path::Path,
-    timeout_secs: u64,
+    timeout_secs: Option<u64>,
 ) -> ClassAd {
     let mut ad = ClassAd::new();
     carry(&mut ad, original, CARRIED);
@@ -195,11 +208,11 @@ pub fn build_vanilla(
     ad.insert("Iwd", Expr::string(job.iwd.display().to_string()));
     ad.insert("Cmd", Expr::string(launcher.display().to_string()));
     ad.insert("TransferExecutable", Expr::boolean(true));
+    // Without a job time limit the launcher waits as long as HTCondor lets the job run.
+    let timeout = timeout_secs.map_or_else(String::new, |t| format!(" --timeout {t}"));
     ad.insert(
         "Arguments",
-        Expr::string(format!(
-            "run {CAPSULE_AD} --vanilla --accel auto --timeout {timeout_secs}"
-        )),
+        Expr::string(format!("run {CAPSULE_AD} --vanilla --accel auto{timeout}")),
     );
     let scratch = std::path::Path::new(&staged.scratch);
     let mut transfer: Vec<String> = staged
@@ -217,9 +230,7 @@ pub fn build_vanilla(
         Expr::integer(to_i64(staged.memory_mib + 128)),
     );
     ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
-    if let Some(disk) = job.request_disk_kib {
-        ad.insert("RequestDisk", Expr::integer(to_i64(disk)));
-    }
+    ad.insert("RequestDisk", Expr::integer(to_i64(staged.request_disk_kib)));
     ad.insert("DiskUsage", Expr::integer(1));
     ad.insert("ImageSize", Expr::integer(to_i64(staged.memory_mib * 1024)));
     let qemu = format!("(TARGET.{HAS_QEMU_ATTR} =?= true)");
@@ -231,12 +242,19 @@ pub fn build_vanilla(
         "Requirements",
         parse_expr(&requirements, Syntax::New).unwrap_or(Expr::boolean(false)),
     );
-    ad.insert("VMCapsuleFlavour", Expr::string("vanilla"));
-    ad.insert("VMCapsuleScratch", Expr::string(staged.scratch.clone()));
-    ad.insert("VMCapsuleDataDisk", Expr::string(staged.data_disk.clone()));
+    ad.insert(ATTR_FLAVOUR, Expr::string("vanilla"));
+    capsule_attrs(&mut ad, staged);
     ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
     ad.insert("VMCapsuleVersion", Expr::string(env!("CARGO_PKG_VERSION")));
     ad
+}
+
+/// Where the capsule is, for finalize, cleanup and the launcher.
+fn capsule_attrs(ad: &mut ClassAd, staged: &Staged) {
+    ad.insert(ATTR_SCRATCH, Expr::string(staged.scratch.clone()));
+    ad.insert(ATTR_DATA_DISK, Expr::string(staged.data_disk.clone()));
+    ad.insert(ATTR_DATA_DISK_FORMAT, Expr::string(staged.data_disk_format));
+    ad.insert(ATTR_DATA_DISK_BYTES, Expr::integer(to_i64(staged.data_disk_bytes)));
 }
 
 /// What `condor_submit` adds for VM jobs (`SetRequirements`); Xen skips `TotalMemory`.

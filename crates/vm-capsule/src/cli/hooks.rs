@@ -7,14 +7,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
 use vm_capsule::config::Knobs;
 use vm_capsule::hooks::log::HookLog;
-use vm_capsule::hooks::translate::{hold_original, translate, TranslateConfig, TranslateError};
-use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update};
+use vm_capsule::hooks::finalize::FinalizeConfig;
+use vm_capsule::hooks::translate::{
+    hold_original, translate, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
+};
+use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update, watchdog};
+use vm_capsule::scratch::ScratchPrefix;
 
 /// The hook names, as executables and subcommands.
 pub const HOOKS: [&str; 4] = ["translate", "update", "finalize", "cleanup"];
@@ -48,6 +53,20 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
     for w in &knobs.warnings {
         log.warn(w);
     }
+    let cfg = match TranslateConfig::from_knobs(&knobs) {
+        Ok(c) => c,
+        Err(e) => {
+            // An admin problem, not the job's: let the router retry after the fix.
+            log.error(&format!("{e:#}; the job stays idle until this is fixed"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let limit = cfg.hook_timeout_secs;
+    watchdog::arm(Duration::from_secs(limit), 1, move || {
+        eprintln!(
+            "vm-capsule translate: error: did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); the JobRouter will try again"
+        );
+    });
     let stdin = match read_stdin(std::io::stdin()) {
         Ok(s) => s,
         Err(e) => {
@@ -55,62 +74,93 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let cfg = match TranslateConfig::from_knobs(&knobs) {
-        Ok(c) => c,
-        Err(e) => {
-            // An admin problem, not the job's: let the router retry after the fix.
-            log.error(&format!("{e:#}"));
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    match translate(&stdin, &cfg, &mut log) {
+    let result = translate(&stdin, &cfg, &mut log);
+    if !watchdog::claim_answer() {
+        return Ok(ExitCode::FAILURE);
+    }
+    match result {
         Ok(done) => {
             stdout_write(&done.stdout)?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(TranslateError::Transient(msg)) => {
-            log.error(&format!("{msg}; the JobRouter will try again"));
-            Ok(ExitCode::FAILURE)
-        }
-        Err(TranslateError::Permanent { job, reason }) => {
-            log.error(&reason);
-            // Hold the original so the user sees why (hold-path.md, option c), then exit
-            // non-zero so the router yields it; stdout stays empty.
-            if let Some(id) = job {
-                hold_original(&id, &reason, &mut log);
+        Err(err) => {
+            match err.job_to_hold() {
+                // Hold the original so the user sees why (hold-path.md, option c), then exit
+                // non-zero so the router yields it; stdout stays empty.
+                Some(id) => {
+                    log.error(&err.to_string());
+                    hold_original(id, &err.to_string(), &mut log);
+                }
+                None if err.is_admin_problem() => log.error(&format!(
+                    "{err}; no job is held for this, they stay idle until it is fixed"
+                )),
+                None => log.error(&format!("{err}; the JobRouter will try again")),
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-/// The finalize hook: always exits 0 once it could read its input.
+/// The finalize hook: exits 0 on every input (a non-zero exit loses the terminate event).
 pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
-    let knobs = knobs(args)?;
+    let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
     let mut log = HookLog::open("finalize", knobs.path("VM_CAPSULE_EXIT_LOG").as_deref());
-    let stdin = match read_stdin(std::io::stdin()) {
-        Ok(s) => s,
-        Err(e) => {
-            log.error(&e);
-            return Ok(ExitCode::FAILURE);
-        }
+    let limit = knobs
+        .number("VM_CAPSULE_HOOK_TIMEOUT")
+        .ok()
+        .flatten()
+        .unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS);
+    watchdog::arm(Duration::from_secs(limit), 0, move || {
+        let mut attrs = classad::ClassAd::new();
+        finalize::failure_attributes(
+            &mut attrs,
+            &format!("finalize did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); outputs may be incomplete"),
+            None,
+        );
+        let _ = ad_lines(&attrs).map(|t| stdout_write(&t));
+    });
+    let cfg = FinalizeConfig {
+        prefix: ScratchPrefix::new(&scratch_prefix(&knobs)),
+        max_disk_bytes: knobs
+            .number("VM_CAPSULE_MAX_DATA_DISK_MB")
+            .ok()
+            .flatten()
+            .unwrap_or(64 * 1024)
+            .saturating_mul(1 << 20),
+        test_any_user: knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false),
     };
-    let done = finalize::finalize(&stdin, &mut log);
+    let done = match read_stdin(std::io::stdin()) {
+        Ok(stdin) => finalize::finalize(&stdin, &cfg, &mut log),
+        Err(e) => finalize::failed(&e, &mut log),
+    };
+    if !watchdog::claim_answer() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let text = ad_lines(&done.attrs).context("cannot print the exit attributes")?;
     stdout_write(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
+fn scratch_prefix(knobs: &Knobs) -> PathBuf {
+    knobs
+        .path("VM_CAPSULE_SCRATCH_DIR_PREFIX")
+        .unwrap_or_else(|| PathBuf::from("/tmp/vm-capsule"))
+}
+
 /// The cleanup hook: always exits 0 (non-zero would re-run it every poll).
 pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
-    let knobs = knobs(args)?;
+    let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
     let mut log = HookLog::open("cleanup", knobs.path("VM_CAPSULE_TRANSLATE_LOG").as_deref());
-    let prefix = knobs
-        .path("VM_CAPSULE_SCRATCH_DIR_PREFIX")
-        .unwrap_or_else(|| PathBuf::from("/tmp/vm-capsule"));
+    let prefix = ScratchPrefix::new(&scratch_prefix(&knobs));
+    let keep_failed = knobs
+        .number("VM_CAPSULE_KEEP_FAILED")
+        .ok()
+        .flatten()
+        .map_or(DEFAULT_KEEP_FAILED, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let test_any_user = knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false);
     match read_stdin(std::io::stdin()) {
         Ok(stdin) => {
-            cleanup::cleanup(&stdin, &prefix, &mut log);
+            cleanup::cleanup(&stdin, &prefix, keep_failed, test_any_user, &mut log);
         }
         Err(e) => log.error(&e),
     }

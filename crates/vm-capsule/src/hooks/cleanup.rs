@@ -2,18 +2,29 @@
 //!
 //! stdin is the routed ad. A non-zero exit makes the router re-run cleanup every poll
 //! (`CleanupClient::hookExited`), so this hook exits 0 and logs what it could not do.
+//!
+//! # Security
+//! The routed ad names the dir; it is removed only when it is a job dir of ours: a direct
+//! child of `<prefix>/<Owner>` with a name we generate (so never `<prefix>/<owner>/..`), a
+//! real directory owned by us and private (see [`crate::scratch`]).
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use classad::stream::parse_hook_stream;
 
-use super::finalize::FAILED_MARKER;
 use super::log::HookLog;
+use crate::routed::ATTR_SCRATCH;
+use crate::scratch::{ScratchPrefix, FAILED_MARKER};
 
-/// Remove the scratch dir named by the routed ad, if it lies under `prefix/<Owner>/`.
-/// Returns the dir removed, if any.
-pub fn cleanup(stdin: &str, prefix: &Path, log: &mut HookLog) -> Option<PathBuf> {
+/// Remove the scratch dir named by the routed ad. Returns the dir removed, if any.
+pub fn cleanup(
+    stdin: &str,
+    prefix: &ScratchPrefix,
+    keep_failed: usize,
+    test_any_user: bool,
+    log: &mut HookLog,
+) -> Option<PathBuf> {
     let ads = match parse_hook_stream(stdin) {
         Ok(ads) => ads,
         Err(e) => {
@@ -22,32 +33,34 @@ pub fn cleanup(stdin: &str, prefix: &Path, log: &mut HookLog) -> Option<PathBuf>
         }
     };
     let ad = &ads.last()?.ad;
-    let text = |n: &str| classad::eval::string_attr(ad, n);
-    let scratch = PathBuf::from(text("VMCapsuleScratch")?);
-    let owner = text("Owner").unwrap_or_default();
-    // Only ever remove a dir of ours: directly under <prefix>/<owner>, and not a symlink.
-    let owner_dir = prefix.join(&owner);
-    let inside = scratch.parent() == Some(owner_dir.as_path())
-        && !owner.is_empty()
-        && !owner.contains('/')
-        && fs::symlink_metadata(&scratch).is_ok_and(|m| m.is_dir());
-    if !inside {
-        log.error(&format!(
-            "not removing {}: it is not a scratch dir under {}",
-            scratch.display(),
-            owner_dir.display()
-        ));
+    let scratch = PathBuf::from(classad::eval::string_attr(ad, ATTR_SCRATCH)?);
+    let owner = classad::eval::string_attr(ad, "Owner").unwrap_or_default();
+    if let Err(e) = crate::identity::check_runs_as(&owner, test_any_user) {
+        log.error(&format!("not removing {}: {e}", scratch.display()));
         return None;
     }
-    if let Ok(reason) = fs::read_to_string(scratch.join(FAILED_MARKER)) {
+    let opened = prefix
+        .owner_dir(&owner, false)
+        .and_then(|o| o.open_job_dir(&scratch).map(|d| (o, d)));
+    let (owner_dir, dir) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            log.error(&format!("not removing {}: {e}", scratch.display()));
+            return None;
+        }
+    };
+    if let Ok(Some(_)) = dir.stat(FAILED_MARKER) {
+        let reason = std::fs::read_to_string(scratch.join(FAILED_MARKER)).unwrap_or_default();
         log.warn(&format!(
             "keeping {} for inspection: finalize failed: {}",
             scratch.display(),
-            reason.trim()
+            crate::text::safe_text(reason.trim(), 500)
         ));
+        // Kept dirs are bounded: the oldest beyond VM_CAPSULE_KEEP_FAILED go.
+        owner_dir.sweep_now(Duration::MAX, keep_failed);
         return None;
     }
-    match fs::remove_dir_all(&scratch) {
+    match owner_dir.remove_job_dir(dir) {
         Ok(()) => {
             log.info(&format!("removed {}", scratch.display()));
             Some(scratch)

@@ -10,16 +10,19 @@ pub mod log;
 pub mod place;
 pub mod translate;
 pub mod update;
+pub mod watchdog;
 
 use std::io::Read;
 
 /// Largest stdin a hook accepts: job ads are a few KiB.
 pub const MAX_STDIN: usize = classad::stream::MAX_STREAM_BYTES;
 
-/// Read all of stdin as text, bounded.
+/// Read all of stdin as text, bounded. Bytes that are not UTF-8 (a Latin-1 `Description`,
+/// say) become U+FFFD: the attributes the hooks use are checked where they are used, and one
+/// stray byte elsewhere must not cost the job its hold or its terminate event (issue 11).
 ///
 /// # Errors
-/// I/O errors, input over [`MAX_STDIN`], or input that is not UTF-8.
+/// I/O errors, or input over [`MAX_STDIN`].
 pub fn read_stdin(mut input: impl Read) -> Result<String, String> {
     let mut bytes = Vec::new();
     input
@@ -30,7 +33,10 @@ pub fn read_stdin(mut input: impl Read) -> Result<String, String> {
     if bytes.len() > MAX_STDIN {
         return Err(format!("stdin is larger than {MAX_STDIN} bytes"));
     }
-    String::from_utf8(bytes).map_err(|_| "stdin is not UTF-8 text".to_owned())
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Print ClassAd attribute lines for the router: old syntax, sorted, one per line.

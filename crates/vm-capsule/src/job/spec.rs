@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use classad::eval::{evaluate_attr, integer_attr, string_attr};
+use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Value};
 use thiserror::Error;
 
@@ -91,6 +91,20 @@ pub struct JobSpec {
     pub request_cpus: Option<u64>,
     /// `RequestDisk` evaluated, KiB.
     pub request_disk_kib: Option<u64>,
+    /// `PreserveRelativePaths`: outputs keep their relative paths instead of base names.
+    pub preserve_relative_paths: bool,
+    /// Base name of `x509userproxy`, which HTCondor never brings back as an output.
+    pub proxy_name: Option<String>,
+}
+
+impl JobError {
+    /// The job id (`cluster.proc`) when the ad told it, for a hold.
+    pub fn job_id(&self) -> Option<&str> {
+        let job = match self {
+            JobError::BadAttribute { job, .. } | JobError::Args { job, .. } => job,
+        };
+        (!job.contains('?')).then_some(job.as_str())
+    }
 }
 
 impl JobSpec {
@@ -104,19 +118,37 @@ impl JobSpec {
     /// # Errors
     /// [`JobError`] naming the job and the attribute that is missing, mistyped or malformed.
     pub fn from_ad(ad: &ClassAd) -> Result<JobSpec, JobError> {
-        let cluster = integer_attr(ad, "ClusterId").unwrap_or(-1);
-        let proc_id = integer_attr(ad, "ProcId").unwrap_or(0);
-        let job = if cluster >= 0 {
-            format!("{cluster}.{proc_id}")
-        } else {
-            "?".to_owned()
-        };
+        let cluster = job_number(ad, "ClusterId").map_err(|problem| JobError::BadAttribute {
+            job: "?".to_owned(),
+            attribute: "ClusterId",
+            problem,
+        })?;
+        let proc_id = job_number(ad, "ProcId").map_err(|problem| JobError::BadAttribute {
+            job: format!("{cluster}.?"),
+            attribute: "ProcId",
+            problem,
+        })?;
+        let job = format!("{cluster}.{proc_id}");
         let bad = |attribute: &'static str, problem: &str| JobError::BadAttribute {
             job: job.clone(),
             attribute,
             problem: problem.to_owned(),
         };
         let owner = string_attr(ad, "Owner").ok_or_else(|| bad("Owner", "missing"))?;
+        check_owner(&owner).map_err(|p| bad("Owner", &p))?;
+        // Attributes that must be strings when present: a number here means a broken ad.
+        for attribute in ["TransferInput", "TransferOutput", "TransferOutputRemaps", "In", "Out", "Err", "Arguments", "Args", "Environment", "Env"] {
+            if ad.contains(attribute) && string_attr(ad, attribute).is_none() {
+                let value = classad::eval::evaluate_attr(ad, attribute);
+                if !matches!(value, Value::Undefined) {
+                    return Err(JobError::BadAttribute {
+                        job: job.clone(),
+                        attribute: static_name(attribute),
+                        problem: format!("{value:?}, not a string"),
+                    });
+                }
+            }
+        }
         let iwd_text = string_attr(ad, "Iwd").ok_or_else(|| bad("Iwd", "missing"))?;
         let iwd = PathBuf::from(&iwd_text);
         if !iwd.is_absolute() {
@@ -176,9 +208,15 @@ impl JobSpec {
             outputs,
             remaps,
             when_to_transfer,
-            request_memory_mib: positive(ad, "RequestMemory"),
+            request_memory_mib: bounded(ad, "RequestMemory", MAX_REQUEST_MEMORY_MIB, &job)?,
             request_cpus: positive(ad, "RequestCpus"),
             request_disk_kib: positive(ad, "RequestDisk"),
+            preserve_relative_paths: bool_attr(ad, "PreserveRelativePaths").unwrap_or(false),
+            proxy_name: string_attr(ad, "x509userproxy").and_then(|p| {
+                Path::new(&p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            }),
         })
     }
 
@@ -211,6 +249,53 @@ fn positive(ad: &ClassAd, name: &str) -> Option<u64> {
         }
         _ => None,
     }
+}
+
+/// Largest `RequestMemory` a VM can be given, MiB (`JobVMMemory` is an int in HTCondor).
+pub const MAX_REQUEST_MEMORY_MIB: u64 = (i32::MAX as u64) - 1024;
+
+/// `ClusterId`/`ProcId`: a non-negative integer that fits HTCondor's int.
+fn job_number(ad: &ClassAd, name: &str) -> Result<i64, String> {
+    match classad::eval::evaluate_attr(ad, name) {
+        Value::Integer(i) if (0..=i64::from(i32::MAX)).contains(&i) => Ok(i),
+        Value::Integer(i) => Err(format!("{i}, out of range")),
+        Value::Undefined => Err("missing".to_owned()),
+        other => Err(format!("{other:?}, not an integer")),
+    }
+}
+
+/// A request that must stay below `max`.
+fn bounded(ad: &ClassAd, name: &'static str, max: u64, job: &str) -> Result<Option<u64>, JobError> {
+    match positive(ad, name) {
+        Some(v) if v > max => Err(JobError::BadAttribute {
+            job: job.to_owned(),
+            attribute: name,
+            problem: format!("{v}, more than the {max} a VM can be given"),
+        }),
+        v => Ok(v),
+    }
+}
+
+/// `Owner` names a local account: used as a directory name and to look the user up, so it
+/// must be a plain, non-empty name.
+fn check_owner(owner: &str) -> Result<(), String> {
+    let plain = !owner.is_empty()
+        && owner.len() <= 256
+        && !owner.starts_with(['-', '.'])
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'$'));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!("{owner:?}, not a plain user name"))
+    }
+}
+
+/// The attribute names checked for their type, as `&'static str` for the error.
+fn static_name(name: &str) -> &'static str {
+    const NAMES: [&str; 10] = ["TransferInput", "TransferOutput", "TransferOutputRemaps", "In", "Out", "Err", "Arguments", "Args", "Environment", "Env"];
+    NAMES.iter().copied().find(|n| *n == name).unwrap_or("attribute")
 }
 
 /// `In`/`Out`/`Err`: `/dev/null` or unset means none; relative names are under `Iwd`.

@@ -55,6 +55,12 @@ pub struct TemplateDisk {
     pub device: String,
     /// Container format by content (`raw`, `qcow2`, `vmdk`).
     pub format: ImageFormat,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Every file the image is made of (extents, backing files), top first.
+    pub files: Vec<PathBuf>,
+    /// Bytes those files take (what travels with a job).
+    pub bytes: u64,
 }
 
 /// A loaded, checked template.
@@ -74,6 +80,8 @@ pub struct Template {
     pub vmx: Option<PathBuf>,
     /// Direct kernel boot (else the OS disk boots itself).
     pub boot: Option<DirectBoot<PathBuf>>,
+    /// Bytes of the direct-boot files (what travels with a job).
+    pub boot_bytes: u64,
     /// VM attributes from the classad template (`JobVM*`, `VMPARAM_*`, `Requirements`).
     pub vm_attrs: ClassAd,
 }
@@ -135,6 +143,15 @@ pub enum TemplateError {
         value: String,
         /// Why, and what to do.
         why: &'static str,
+    },
+    /// An OS disk that cannot be opened.
+    #[error("template OS disk {path} is not usable")]
+    BadOsDisk {
+        /// The disk.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: capsule_disk::Error,
     },
     /// The classad template cannot be read.
     #[error("classad template {path} cannot be read: {message}")]
@@ -245,7 +262,12 @@ impl Template {
             {
                 continue;
             }
-            let format = detect_format(&path).map_err(unreadable)?;
+            let info = Image::open(&path, Access::ReadOnly)
+                .map(|img| img.info())
+                .map_err(|source| TemplateError::BadOsDisk {
+                    path: path.clone(),
+                    source,
+                })?;
             let device = named
                 .iter()
                 .find(|(f, _, _)| f == name)
@@ -253,7 +275,10 @@ impl Template {
             os_disks.push(TemplateDisk {
                 path,
                 device,
-                format,
+                format: info.format,
+                virtual_size: info.virtual_size,
+                bytes: files_bytes(&info.files),
+                files: info.files,
             });
         }
         let data_device = named
@@ -265,10 +290,16 @@ impl Template {
             return Err(TemplateError::NothingToBoot { dir });
         }
         Ok(Template {
+            boot_bytes: boot.as_ref().map_or(0, |b| {
+                files_bytes(&std::iter::once(b.kernel.clone()).chain(b.initrd.clone()).collect::<Vec<_>>())
+            }),
             data_disk: TemplateDisk {
+                bytes: files_bytes(std::slice::from_ref(&data_path)),
+                files: vec![data_path.clone()],
                 path: data_path,
                 device: data_device,
                 format: data_format,
+                virtual_size: size,
             },
             dir,
             flavour,
@@ -347,6 +378,15 @@ fn direct_boot(
     }))
 }
 
+/// Bytes the files take (missing ones count 0: they fail later with a clear message).
+fn files_bytes(files: &[PathBuf]) -> u64 {
+    files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// `VMPARAM_vm_Disk` entries `file:device:perm[:format]`, comma-separated.
 pub fn parse_vm_disk(text: &str) -> Vec<(String, String, String)> {
     text.split(',')
@@ -383,15 +423,6 @@ fn is_vmdk_extent(name: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_digit())
         })
-}
-
-fn detect_format(path: &Path) -> std::io::Result<ImageFormat> {
-    use std::io::Read;
-    let mut head = vec![0u8; 4096];
-    let mut f = std::fs::File::open(path)?;
-    let n = f.read(&mut head)?;
-    head.truncate(n);
-    Ok(capsule_disk::detect(&head))
 }
 
 /// Read `condor_submit -dump` output: blank-line separated blocks of `Attr=value` lines,

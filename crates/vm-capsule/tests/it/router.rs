@@ -106,6 +106,9 @@ impl Pool {
         template(&template_root.join("condor_vm_capsule"));
         let scratch_prefix = root.path().join("scratch");
         std::fs::create_dir(&scratch_prefix).unwrap();
+        // As an admin makes it: root-owned (these tests run as root), mode 1777.
+        std::fs::set_permissions(&scratch_prefix, std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
         let cwd = root.path().join("log");
         std::fs::create_dir(&cwd).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -131,6 +134,9 @@ impl Pool {
                 root.path().join("exit.log").display().to_string(),
             ),
             ("_CONDOR_VM_CAPSULE_OUTPUT_HEADROOM_MB".into(), "64".into()),
+            // These tests run as root and play the job's owner: the hostile suite runs hooks
+            // as real unprivileged users without this knob.
+            ("_CONDOR_VM_CAPSULE_TEST_ANY_USER".into(), "true".into()),
             (
                 "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH".into(),
                 capsule_init().display().to_string(),

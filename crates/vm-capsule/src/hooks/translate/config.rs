@@ -42,7 +42,18 @@ pub struct TranslateConfig {
     pub launcher_path: PathBuf,
     /// `VM_CAPSULE_BOOT_TIMEOUT`: seconds the launcher allows beyond the job's time limit.
     pub boot_timeout_secs: u64,
+    /// `VM_CAPSULE_HOOK_TIMEOUT`: seconds a hook may run before it gives up.
+    pub hook_timeout_secs: u64,
+    /// `VM_CAPSULE_KEEP_FAILED`: failed job dirs kept per owner for inspection.
+    pub keep_failed: usize,
+    /// `VM_CAPSULE_TEST_ANY_USER`: tests only; do not check the hook runs as the job's owner.
+    pub test_any_user: bool,
 }
+
+/// `VM_CAPSULE_HOOK_TIMEOUT` default, seconds.
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 3600;
+/// `VM_CAPSULE_KEEP_FAILED` default.
+pub const DEFAULT_KEEP_FAILED: usize = 10;
 
 /// Which kind of job the routed copy is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +130,13 @@ impl TranslateConfig {
                 .path("VM_CAPSULE_LAUNCHER_PATH")
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or_else(|| PathBuf::from("vm-capsule")),
+            hook_timeout_secs: knobs
+                .number("VM_CAPSULE_HOOK_TIMEOUT")?
+                .unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS),
+            keep_failed: knobs
+                .number("VM_CAPSULE_KEEP_FAILED")?
+                .map_or(DEFAULT_KEEP_FAILED, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            test_any_user: knobs.flag("VM_CAPSULE_TEST_ANY_USER")?,
         })
     }
 }

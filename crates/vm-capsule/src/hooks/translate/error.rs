@@ -1,30 +1,66 @@
-//! Why translation failed, and whether a retry could help.
+//! Why translation failed, whose mistake it is, and whether a retry could help.
 
 use std::path::PathBuf;
 
 use classad::ClassAd;
+use thiserror::Error;
 
-use crate::job::JobSpec;
-
-/// Why translation failed, and whether retrying could help.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why translation failed. Only [`TranslateError::Job`] holds the user's job; every other
+/// variant leaves it idle for the router to try again (an admin's mistake never holds users'
+/// jobs, issue 13).
+#[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TranslateError {
-    /// Retrying later may work (I/O trouble, a busy file system): exit non-zero.
-    Transient(String),
-    /// The job cannot run as it is (missing input, bad template, too big): hold it.
-    Permanent {
-        /// The job id, when known.
-        job: Option<String>,
+    /// The job cannot run as it is (missing input, too big, broken attribute): hold it.
+    #[error("{reason}")]
+    Job {
+        /// `cluster.proc`.
+        job: String,
         /// The hold reason for the user.
         reason: String,
     },
+    /// The pool's configuration is wrong (template, knobs, scratch prefix, agent, the user
+    /// the hook runs as): the admin must fix it; the job waits.
+    #[error("{0}")]
+    Admin(String),
+    /// The JobRouter's stdin is not what it sends (no route line, no job ad, no job id).
+    #[error("{0}")]
+    Protocol(String),
+    /// The scratch file system (or the user's quota there) is full.
+    #[error("scratch file system full at {path}: {detail}; the JobRouter will try again")]
+    ScratchFull {
+        /// Where the write failed.
+        path: PathBuf,
+        /// What was being written.
+        detail: String,
+    },
+    /// Passing I/O trouble while staging.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-impl std::fmt::Display for TranslateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl TranslateError {
+    /// Whether the router should simply try again later (everything but a job problem).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, TranslateError::Job { .. })
+    }
+
+    /// Whether the admin must fix something.
+    pub fn is_admin_problem(&self) -> bool {
+        matches!(self, TranslateError::Admin(_))
+    }
+
+    /// The job to hold, for a job problem.
+    pub fn job_to_hold(&self) -> Option<&str> {
         match self {
-            TranslateError::Transient(m) => write!(f, "{m} (will retry)"),
-            TranslateError::Permanent { reason, .. } => f.write_str(reason),
+            TranslateError::Job { job, .. } => Some(job),
+            _ => None,
         }
     }
 }
@@ -40,17 +76,15 @@ pub struct Translated {
     pub routed: ClassAd,
 }
 
-pub(super) fn permanent(job: &JobSpec, reason: impl Into<String>) -> TranslateError {
-    TranslateError::Permanent {
-        job: Some(job.id()),
+/// A job problem for job `job`.
+pub(super) fn job_problem(job: &str, reason: impl Into<String>) -> TranslateError {
+    TranslateError::Job {
+        job: job.to_owned(),
         reason: reason.into(),
     }
 }
 
-pub(super) fn transient(what: &str, err: impl std::fmt::Display) -> TranslateError {
-    TranslateError::Transient(format!("{what}: {err}"))
-}
-
+/// The error and its sources on one line.
 pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -60,4 +94,18 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Whether an error, or anything it was caused by, is a full file system or quota.
+pub(super) fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(crate::scratch::is_storage_full)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }

@@ -1,25 +1,85 @@
-//! The translate hook: vanilla job ad in, VM-universe ad out, capsule staged in scratch.
+//! The translate hook: vanilla job ad in, routed ad out, capsule staged in scratch.
 //!
 //! stdin is the route line, `------`, and the job ad (JobRouterHookMgr `hookTranslateJob`).
 //! stdout must be the complete routed ad: it replaces the router's copy. Exit codes follow
 //! `TranslateClient::hookExited`: 0 with output continues; non-zero makes the router yield
-//! the job and retry later, so permanent problems first put the original on hold with
-//! `condor_hold` (reference/hold-path.md) and transient ones just exit non-zero.
+//! the job and retry later, so job problems first put the original on hold with
+//! `condor_hold`, while passing trouble and the admin's mistakes just exit non-zero.
+//!
+//! Phases: [`request`] parses stdin, the identity and template are checked, [`survey`] reads
+//! the inputs' metadata, [`plan`] decides everything without writing, [`execute`] writes.
 
-mod capsule;
 mod config;
 mod error;
+mod execute;
 mod hold;
-mod hook;
 mod inputs;
+mod plan;
+mod request;
+mod survey;
 mod vm;
 
-pub use config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX, PIPE_BUFFER_WARN};
+pub use config::{
+    RoutedUniverse, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
+    PIPE_BUFFER_MAX, PIPE_BUFFER_WARN,
+};
 pub use error::{TranslateError, Translated};
 pub use hold::hold_original;
-pub use hook::translate;
+pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
+pub use request::TranslateRequest;
+pub use survey::{survey_inputs, InputPlan};
 
-use capsule::stage;
-use error::{error_chain, permanent, transient};
-use inputs::{plan_inputs, write_input_tar, InputPlan};
-use vm::stage_vm;
+use crate::hooks::log::HookLog;
+use crate::template::Template;
+
+/// Translate the hook's stdin into a routed ad, staging the capsule in a new job dir.
+///
+/// # Errors
+/// [`TranslateError`]; nothing is left in scratch on any error.
+pub fn translate(
+    stdin: &str,
+    cfg: &TranslateConfig,
+    log: &mut HookLog,
+) -> Result<Translated, TranslateError> {
+    let request = TranslateRequest::parse(stdin)?;
+    let job = &request.job;
+    crate::identity::check_runs_as(&job.owner, cfg.test_any_user)
+        .map_err(|e| TranslateError::Admin(e.to_string()))?;
+    log.info(&format!("translating job {} of {}", job.id(), job.owner));
+    let template = Template::load(&cfg.template_root, cfg.classad_template.as_deref())
+        .map_err(|e| TranslateError::Admin(format!("vm-capsule template: {}", error::error_chain(&e))))?;
+    let inputs = survey_inputs(job)?;
+    let binaries = binaries(cfg)?;
+    let plan = plan::plan(&request, cfg, &template, inputs, binaries)?;
+    let done = execute::execute(&plan, cfg, log)?;
+    if done.stdout.len() > PIPE_BUFFER_WARN {
+        log.warn(&format!(
+            "routed ad for job {} is {} bytes, close to PIPE_BUFFER_MAX ({PIPE_BUFFER_MAX}); consider raising JOB_ROUTER.PIPE_BUFFER_MAX",
+            job.id(),
+            done.stdout.len()
+        ));
+    }
+    Ok(done)
+}
+
+/// The agent's and launcher's sizes; a missing agent is the admin's to fix.
+fn binaries(cfg: &TranslateConfig) -> Result<Binaries, TranslateError> {
+    let agent_bytes = match &cfg.init_path {
+        Some(path) => Some(
+            std::fs::metadata(path)
+                .map_err(|e| {
+                    TranslateError::Admin(format!(
+                        "vm-capsule guest agent {} is missing ({e}); set VM_CAPSULE_INIT_SCRIPT_PATH (or to none if the guest image has one)",
+                        path.display()
+                    ))
+                })?
+                .len(),
+        ),
+        None => None,
+    };
+    let launcher_bytes = std::fs::metadata(&cfg.launcher_path).map_or(0, |m| m.len());
+    Ok(Binaries {
+        agent_bytes,
+        launcher_bytes,
+    })
+}

@@ -1,0 +1,202 @@
+//! Carrying out a [`CapsulePlan`]: the only part of translate that writes.
+//!
+//! The job dir is made as `<cluster>.<proc>.<random>.staging` and renamed to its final name
+//! only once everything is staged: a translate killed on the way leaves a `.staging` dir
+//! that a later translate of the same owner reclaims, and any error removes what was staged.
+//! A full scratch file system is a passing problem, said as such, never a hold.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use capsule_disk::{CreateOptions, DataDisk};
+
+use super::config::TranslateConfig;
+use super::error::{error_chain, is_storage_full, TranslateError, Translated};
+use super::inputs::write_input_tar;
+use super::plan::{file_name, overlay_name, CapsulePlan};
+use super::vm::{link_into, write_vmx};
+use crate::hooks::log::HookLog;
+use crate::routed;
+use crate::scratch::{OwnerDir, ScratchError, ScratchPrefix};
+use crate::template::overlay::create_overlay;
+use crate::template::Flavour;
+
+/// Stage the capsule the plan describes and return the routed ad.
+///
+/// # Errors
+/// [`TranslateError`]: an unsafe scratch prefix is the admin's to fix; I/O trouble (a full
+/// file system included) is passing. Nothing staged stays behind on error.
+pub fn execute(
+    plan: &CapsulePlan,
+    cfg: &TranslateConfig,
+    log: &mut HookLog,
+) -> Result<Translated, TranslateError> {
+    let prefix = ScratchPrefix::new(&cfg.scratch_prefix);
+    let owner = prefix
+        .owner_dir(&plan.job.owner, true)
+        .map_err(scratch_error)?;
+    let reclaimed = owner.sweep(
+        Duration::from_secs(cfg.hook_timeout_secs + 60),
+        cfg.keep_failed,
+    );
+    if reclaimed > 0 {
+        log.info(&format!(
+            "removed {reclaimed} stale or old failed job dir(s) in {}",
+            owner.path().display()
+        ));
+    }
+    let staging = owner
+        .create_job_dir(&plan.job.id())
+        .map_err(scratch_error)?;
+    let final_path = owner
+        .path()
+        .join(staging.name().trim_end_matches(crate::scratch::STAGING_SUFFIX));
+    let (routed, stdout, capsule_ad) = plan.routed(&final_path)?;
+    let staged = stage(plan, staging.path(), capsule_ad.as_deref());
+    let committed = staged.and_then(|()| staging_commit(staging, &owner));
+    match committed {
+        Ok(dir) => {
+            log.info(&format!(
+                "job {} staged in {} ({} MiB {} data disk)",
+                plan.job.id(),
+                dir.display(),
+                plan.disk.bytes >> 20,
+                plan.disk.format.name()
+            ));
+            Ok(Translated {
+                stdout,
+                scratch: dir,
+                routed,
+            })
+        }
+        Err((dir, err)) => {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                log.warn(&format!("cannot remove {}: {e}", dir.display()));
+            }
+            Err(err)
+        }
+    }
+}
+
+fn staging_commit(
+    staging: crate::scratch::JobDir,
+    owner: &OwnerDir,
+) -> Result<std::path::PathBuf, (std::path::PathBuf, TranslateError)> {
+    let path = staging.path().to_owned();
+    staging
+        .commit(owner)
+        .map(|d| d.path().to_owned())
+        .map_err(|e| (path, scratch_error(e)))
+}
+
+fn scratch_error(e: ScratchError) -> TranslateError {
+    if e.is_admin_problem() {
+        TranslateError::Admin(e.to_string())
+    } else if e.is_storage_full() {
+        TranslateError::ScratchFull {
+            path: match &e {
+                ScratchError::Io { path, .. } => path.clone(),
+                _ => Default::default(),
+            },
+            detail: error_chain(&e),
+        }
+    } else {
+        TranslateError::Admin(error_chain(&e))
+    }
+}
+
+/// Write everything into `dir`; on error, the error and the dir to remove.
+fn stage(
+    plan: &CapsulePlan,
+    dir: &Path,
+    capsule_ad: Option<&str>,
+) -> Result<(), (std::path::PathBuf, TranslateError)> {
+    let fail = |e| (dir.to_owned(), e);
+    write_data_disk(plan, dir).map_err(fail)?;
+    stage_vm(plan, dir).map_err(fail)?;
+    if let Some(text) = capsule_ad {
+        let path = dir.join(routed::CAPSULE_AD);
+        fs::write(&path, text).map_err(|e| fail(io_error(&path, "cannot write", e)))?;
+    }
+    Ok(())
+}
+
+/// An I/O failure while staging: a full file system is said as such.
+fn io_error(path: &Path, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> TranslateError {
+    if is_storage_full(&e) {
+        TranslateError::ScratchFull {
+            path: path.to_owned(),
+            detail: format!("{what} {}: {}", path.display(), error_chain(&e)),
+        }
+    } else {
+        TranslateError::Io {
+            what: format!("{what} {}", path.display()),
+            source: std::io::Error::other(error_chain(&e)),
+        }
+    }
+}
+
+/// The data disk: manifest, job ad, agent, inputs.
+fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError> {
+    let path = dir.join(&plan.disk.name);
+    let opts = CreateOptions::new()
+        .size(plan.disk.bytes)
+        .format(plan.disk.format)
+        .partition_offset(plan.disk.offset)
+        .label(plan.disk.label.clone());
+    let disk = DataDisk::create(&path, &opts)
+        .map_err(|e| io_error(&path, "cannot create the data disk", e))?;
+    let put = |name: &str, src: &mut dyn std::io::Read| {
+        disk.put_file(name, src)
+            .map(|_| ())
+            .map_err(|e| io_error(&path, &format!("cannot write {name} on"), e))
+    };
+    put(capsule_manifest::CAPSULE_JSON, &mut plan.manifest_json.as_slice())?;
+    put(capsule_manifest::JOB_AD, &mut plan.job_ad_text.as_bytes())?;
+    if let Some(agent) = &plan.agent {
+        let mut file = fs::File::open(agent).map_err(|e| {
+            TranslateError::Admin(format!(
+                "the guest agent {} cannot be read ({e}); check VM_CAPSULE_INIT_SCRIPT_PATH",
+                agent.display()
+            ))
+        })?;
+        put(capsule_manifest::CAPSULE_INIT, &mut file)?;
+    }
+    write_input_tar(&disk, &plan.inputs).map_err(|e| match e {
+        super::inputs::InputTarError::Source { .. } => TranslateError::Job {
+            job: plan.job.id(),
+            reason: format!("job {}: {e}", plan.job.id()),
+        },
+        other => io_error(&path, "cannot write input.tar on", other),
+    })?;
+    disk.finish()
+        .map_err(|e| io_error(&path, "cannot finish", e))
+}
+
+/// The VM around the data disk: template files linked in, overlays, the VMware `.vmx`, the
+/// direct-boot files.
+fn stage_vm(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError> {
+    let template = &plan.template;
+    for disk in &template.os_disks {
+        for file in &disk.files {
+            link_into(file, dir).map_err(|e| io_error(file, "cannot link into scratch", e))?;
+        }
+        if matches!(template.flavour, Flavour::Kvm | Flavour::Xen) {
+            let base = file_name(&disk.path);
+            let overlay = dir.join(overlay_name(&base));
+            create_overlay(&overlay, &base, disk.format.name(), disk.virtual_size)
+                .map_err(|e| io_error(&overlay, "cannot create the overlay", e))?;
+        }
+    }
+    if let (Flavour::Vmware, Some(vmx)) = (&template.flavour, &template.vmx) {
+        let dest = dir.join(file_name(vmx));
+        write_vmx(vmx, &dest, &plan.disk.name).map_err(|e| io_error(&dest, "cannot write", e))?;
+    }
+    if let Some(boot) = &template.boot {
+        for file in std::iter::once(&boot.kernel).chain(boot.initrd.as_ref()) {
+            link_into(file, dir).map_err(|e| io_error(file, "cannot link into scratch", e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Every decision of a translation, made before anything is written (issue 16: check, then
+//! do): the manifest, the data disk's size and layout, the VM, the routed ad and its size. A
+//! job that cannot run is refused here, so a refusal leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use capsule_disk::ImageFormat;
+use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
+use classad::ClassAd;
+
+use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
+use super::error::{job_problem, TranslateError};
+use super::request::TranslateRequest;
+use super::survey::InputPlan;
+use crate::hooks::place::OutputRules;
+use crate::job::JobSpec;
+use crate::routed::{self, Staged, VmDisk};
+use crate::template::{Flavour, Template};
+
+const MIB: u64 = 1 << 20;
+/// Smallest data disk made, MiB.
+const MIN_DATA_DISK_MIB: u64 = 64;
+
+/// What the agent and launcher binaries weigh (read before planning).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binaries {
+    /// The guest agent put on the data disk, if any.
+    pub agent_bytes: Option<u64>,
+    /// The launcher a vanilla-flavour job ships.
+    pub launcher_bytes: u64,
+}
+
+/// Everything a translation will do, decided.
+#[derive(Debug, Clone)]
+pub struct CapsulePlan {
+    /// The job.
+    pub job: JobSpec,
+    /// The original ad.
+    pub job_ad: ClassAd,
+    /// Which flavour the routed job is.
+    pub universe: RoutedUniverse,
+    /// `capsule.json`.
+    pub manifest_json: Vec<u8>,
+    /// `job.ad`.
+    pub job_ad_text: String,
+    /// The agent to put on the data disk.
+    pub agent: Option<PathBuf>,
+    /// The inputs that go into `input.tar`.
+    pub inputs: InputPlan,
+    /// The data disk.
+    pub disk: DiskPlan,
+    /// The template it runs on.
+    pub template: Template,
+    /// VM memory, MiB.
+    pub memory_mib: u64,
+    /// VM CPUs.
+    pub vcpus: u64,
+    /// Bytes the routed job asks the execute node for (`RequestDisk`, KiB).
+    pub request_disk_kib: u64,
+    /// The launcher a vanilla-flavour job runs.
+    pub launcher: PathBuf,
+    /// The launcher's time limit, seconds (none: as long as HTCondor lets the job run).
+    pub launcher_timeout: Option<u64>,
+}
+
+/// The data disk to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskPlan {
+    /// File name in the job dir.
+    pub name: String,
+    /// Container format (the template data disk's).
+    pub format: ImageFormat,
+    /// Virtual size, bytes.
+    pub bytes: u64,
+    /// Byte offset of the FAT partition.
+    pub offset: u64,
+    /// FAT volume label.
+    pub label: String,
+}
+
+/// Decide everything for `request` on `template`.
+///
+/// # Errors
+/// [`TranslateError::Job`] when the job cannot run as it is (too big, outputs it cannot name,
+/// a routed ad too large for the router), [`TranslateError::Admin`] for a missing agent.
+pub fn plan(
+    request: &TranslateRequest,
+    cfg: &TranslateConfig,
+    template: &Template,
+    inputs: InputPlan,
+    binaries: Binaries,
+) -> Result<CapsulePlan, TranslateError> {
+    let job = &request.job;
+    let id = job.id();
+    // Outputs the guest could never be asked for are the job's problem, found now.
+    OutputRules::for_job(job).map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+    let universe = cfg.routed_universe.unwrap_or(match request.route_universe {
+        Some(5) => RoutedUniverse::Vanilla,
+        _ => RoutedUniverse::Vm,
+    });
+    let manifest_json = build_manifest(cfg, job, &inputs)
+        .to_json()
+        .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+    let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
+        .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
+    let disk_mib = data_disk_mib(cfg, job, &inputs, binaries, manifest_json.len() + job_ad_text.len())?;
+    let disk = DiskPlan {
+        name: template.data_disk.path.file_name().map_or_else(
+            || "data.img".to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        format: template.data_disk.format,
+        bytes: disk_mib * MIB,
+        offset: cfg
+            .partition_offset
+            .unwrap_or(template.data_partition_offset),
+        label: cfg.label.clone(),
+    };
+    let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
+        classad::Value::Integer(m) => u64::try_from(m).ok(),
+        _ => None,
+    };
+    let memory_mib = template_memory
+        .unwrap_or(cfg.default_memory_mib)
+        .max(job.request_memory_mib.map_or(0, |m| m + 64));
+    let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>()
+        + template.boot_bytes;
+    let launcher = match universe {
+        RoutedUniverse::Vanilla => binaries.launcher_bytes,
+        RoutedUniverse::Vm => 0,
+    };
+    let needs_kib = (disk.bytes + travel + launcher + MIB).div_ceil(1024);
+    let plan = CapsulePlan {
+        job: job.clone(),
+        job_ad: request.ad.clone(),
+        universe,
+        manifest_json,
+        job_ad_text,
+        agent: cfg.init_path.clone(),
+        inputs,
+        disk,
+        template: template.clone(),
+        memory_mib,
+        vcpus: job.request_cpus.unwrap_or(1).max(1),
+        request_disk_kib: needs_kib.max(job.request_disk_kib.unwrap_or(0)),
+        launcher: cfg.launcher_path.clone(),
+        launcher_timeout: cfg
+            .wall_time_limit_secs
+            .map(|limit| limit + cfg.boot_timeout_secs),
+    };
+    // The routed ad must fit the router's pipe: check it with a job dir path of the length
+    // the real one will have.
+    let example = cfg
+        .scratch_prefix
+        .join(&job.owner)
+        .join(format!("{id}.XXXXXX"));
+    let (_, stdout, _) = plan.routed(&example)?;
+    if stdout.len() > PIPE_BUFFER_MAX {
+        return Err(job_problem(
+            &id,
+            format!(
+                "job {id}: the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
+                stdout.len()
+            ),
+        ));
+    }
+    Ok(plan)
+}
+
+/// The data disk's size: inputs, agent and manifest, plus room for outputs (what the job
+/// asks with `request_disk` beyond its inputs, at least `VM_CAPSULE_OUTPUT_HEADROOM_MB`:
+/// condor_submit sets `RequestDisk = DiskUsage`, about the inputs, so the headroom is the
+/// floor), plus FAT overhead.
+fn data_disk_mib(
+    cfg: &TranslateConfig,
+    job: &JobSpec,
+    inputs: &InputPlan,
+    binaries: Binaries,
+    text_bytes: usize,
+) -> Result<u64, TranslateError> {
+    let id = job.id();
+    let payload = inputs
+        .tar_bytes
+        .saturating_add(binaries.agent_bytes.unwrap_or(0))
+        .saturating_add(u64::try_from(text_bytes).unwrap_or(u64::MAX));
+    let asked = job.request_disk_kib.map_or(0, |kib| kib.saturating_mul(1024));
+    let room = asked
+        .saturating_sub(inputs.tar_bytes)
+        .max(cfg.headroom_mib.saturating_mul(MIB));
+    let needed = payload
+        .saturating_add(room)
+        .saturating_add(payload / 32 + 4 * MIB)
+        .div_ceil(MIB)
+        .max(MIN_DATA_DISK_MIB);
+    if needed > cfg.max_data_disk_mib {
+        return Err(job_problem(
+            &id,
+            format!(
+                "job {id}: needs a {needed} MiB data disk (inputs {} MiB + output room {} MiB), more than VM_CAPSULE_MAX_DATA_DISK_MB = {}; lower request_disk or transfer less",
+                inputs.tar_bytes >> 20,
+                room >> 20,
+                cfg.max_data_disk_mib
+            ),
+        ));
+    }
+    Ok(needed)
+}
+
+impl CapsulePlan {
+    /// What will be in job dir `scratch`, for the routed ad.
+    pub fn staged(&self, scratch: &Path) -> Staged {
+        let mut disks = Vec::new();
+        let mut transfer = Vec::new();
+        for disk in &self.template.os_disks {
+            transfer.extend(disk.files.iter().map(|f| file_name(f)));
+            let base = file_name(&disk.path);
+            match self.template.flavour {
+                Flavour::Kvm | Flavour::Xen => {
+                    let overlay = overlay_name(&base);
+                    transfer.push(overlay.clone());
+                    disks.push(VmDisk {
+                        file: overlay,
+                        device: disk.device.clone(),
+                        perm: "w",
+                        format: "qcow2",
+                    });
+                }
+                Flavour::Vmware => disks.push(VmDisk {
+                    file: base,
+                    device: disk.device.clone(),
+                    perm: "w",
+                    format: "vmdk",
+                }),
+            }
+        }
+        disks.push(VmDisk {
+            file: self.disk.name.clone(),
+            device: self.template.data_disk.device.clone(),
+            perm: "w",
+            format: self.disk.format.name(),
+        });
+        transfer.push(self.disk.name.clone());
+        let vmx = match (&self.template.flavour, &self.template.vmx) {
+            (Flavour::Vmware, Some(vmx)) => {
+                let name = file_name(vmx);
+                transfer.push(name.clone());
+                Some(name)
+            }
+            _ => None,
+        };
+        let boot = self.template.boot.as_ref().map(|b| b.map(|p| file_name(p)));
+        if let Some(b) = &boot {
+            transfer.push(b.kernel.clone());
+            transfer.extend(b.initrd.clone());
+        }
+        Staged {
+            scratch: scratch.display().to_string(),
+            disks,
+            transfer,
+            data_disk: self.disk.name.clone(),
+            data_disk_format: self.disk.format.name(),
+            data_disk_bytes: self.disk.bytes,
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            vmx,
+            boot,
+            request_disk_kib: self.request_disk_kib,
+        }
+    }
+
+    /// The routed ad for job dir `scratch`, as printed, and for the vanilla flavour the VM
+    /// description its launcher boots (`capsule.ad`).
+    ///
+    /// # Errors
+    /// [`TranslateError::Job`] when an attribute cannot be printed in the old syntax.
+    pub fn routed(&self, scratch: &Path) -> Result<(ClassAd, String, Option<String>), TranslateError> {
+        let id = self.job.id();
+        let staged = self.staged(scratch);
+        let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
+        let print = |ad: &ClassAd, what: &str| {
+            crate::hooks::ad_lines(ad).map_err(|e| job_problem(&id, format!("job {id}: {what}: {e}")))
+        };
+        match self.universe {
+            RoutedUniverse::Vm => {
+                let text = print(&vm_ad, "routed ad")?;
+                Ok((vm_ad, text, None))
+            }
+            RoutedUniverse::Vanilla => {
+                let capsule = print(&vm_ad, "capsule.ad")?;
+                let ad = routed::build_vanilla(&self.job, &self.job_ad, &staged, &self.launcher, self.launcher_timeout);
+                let text = print(&ad, "routed ad")?;
+                Ok((ad, text, Some(capsule)))
+            }
+        }
+    }
+}
+
+/// The qcow2 overlay made for OS disk `base`.
+pub fn overlay_name(base: &str) -> String {
+    let stem = base.rsplit_once('.').map_or(base, |(s, _)| s);
+    format!("{stem}.overlay.qcow2")
+}
+
+/// The last component of `path`.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// `capsule.json` for the job.
+pub fn build_manifest(cfg: &TranslateConfig, job: &JobSpec, inputs: &InputPlan) -> Manifest {
+    let (executable, argv0) = if job.transfer_executable {
+        let name = job.executable_name();
+        (name.clone(), name)
+    } else {
+        let path = job.executable.display().to_string();
+        (path.clone(), path)
+    };
+    let mut argv = vec![argv0];
+    argv.extend(job.args.iter().cloned());
+    let mut m = Manifest::new(executable, argv);
+    m.env = job.env.iter().cloned().collect();
+    m.stdin = job.stdin.as_ref().map(|s| s.name.clone());
+    m.user.clone_from(&cfg.job_user);
+    m.wall_time_limit_secs = cfg.wall_time_limit_secs;
+    m.output = match &job.outputs {
+        Some(paths) => OutputRule::Explicit {
+            paths: paths.clone(),
+        },
+        None => OutputRule::Default,
+    };
+    m.inputs = inputs
+        .items
+        .iter()
+        .map(|i| InputEntry {
+            path: i.name.clone(),
+            kind: if i.is_dir {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            },
+        })
+        .collect();
+    m
+}
