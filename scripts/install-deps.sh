@@ -42,7 +42,7 @@ fi
 # zstd/xz-compressed from Debian's kernel package).
 pkgs=(busybox-static cpio kmod zstd xz-utils ca-certificates gzip)
 if [ "$what" = test ]; then
-    # Cross-check tools for the disk code.
-    pkgs+=(dosfstools mtools fdisk)
+    # Cross-check tools for the disk code; GNU time measures the hooks' peak memory.
+    pkgs+=(dosfstools mtools fdisk time)
 fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades "${qemu_pkgs[@]}" "${pkgs[@]}"

@@ -46,12 +46,13 @@ pub fn check_runs_as(owner: &str, allow_any: bool) -> Result<(), IdentityError> 
             owner: owner.to_owned(),
         });
     }
-    let user = User::from_name(owner)
-        .ok()
-        .flatten()
-        .ok_or_else(|| IdentityError::UnknownOwner {
-            owner: owner.to_owned(),
-        })?;
+    let user =
+        User::from_name(owner)
+            .ok()
+            .flatten()
+            .ok_or_else(|| IdentityError::UnknownOwner {
+                owner: owner.to_owned(),
+            })?;
     if user.uid != running {
         return Err(IdentityError::OtherUser {
             owner: owner.to_owned(),

@@ -115,7 +115,10 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
     ad.insert("JobVMCheckpoint", Expr::boolean(false));
     ad.insert("RequestMemory", Expr::attr("JobVMMemory"));
     ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
-    ad.insert("RequestDisk", Expr::integer(to_i64(staged.request_disk_kib)));
+    ad.insert(
+        "RequestDisk",
+        Expr::integer(to_i64(staged.request_disk_kib)),
+    );
     ad.insert("ShouldTransferFiles", Expr::string("YES"));
     ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
     ad.insert("TransferExecutable", Expr::boolean(false));
@@ -230,7 +233,10 @@ pub fn build_vanilla(
         Expr::integer(to_i64(staged.memory_mib + 128)),
     );
     ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
-    ad.insert("RequestDisk", Expr::integer(to_i64(staged.request_disk_kib)));
+    ad.insert(
+        "RequestDisk",
+        Expr::integer(to_i64(staged.request_disk_kib)),
+    );
     ad.insert("DiskUsage", Expr::integer(1));
     ad.insert("ImageSize", Expr::integer(to_i64(staged.memory_mib * 1024)));
     let qemu = format!("(TARGET.{HAS_QEMU_ATTR} =?= true)");
@@ -254,7 +260,10 @@ fn capsule_attrs(ad: &mut ClassAd, staged: &Staged) {
     ad.insert(ATTR_SCRATCH, Expr::string(staged.scratch.clone()));
     ad.insert(ATTR_DATA_DISK, Expr::string(staged.data_disk.clone()));
     ad.insert(ATTR_DATA_DISK_FORMAT, Expr::string(staged.data_disk_format));
-    ad.insert(ATTR_DATA_DISK_BYTES, Expr::integer(to_i64(staged.data_disk_bytes)));
+    ad.insert(
+        ATTR_DATA_DISK_BYTES,
+        Expr::integer(to_i64(staged.data_disk_bytes)),
+    );
 }
 
 /// What `condor_submit` adds for VM jobs (`SetRequirements`); Xen skips `TotalMemory`.

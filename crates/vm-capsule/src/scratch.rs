@@ -169,7 +169,11 @@ impl ScratchPrefix {
                 _ => None,
             })
             .collect();
-        if self.path.components().any(|c| matches!(c, Component::ParentDir)) {
+        if self
+            .path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
             return Err(unsafe_dir(&self.path, "contains '..'".to_owned()));
         }
         let last = comps.len();
@@ -185,7 +189,10 @@ impl ScratchPrefix {
                     let st = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(|e| ScratchError::io(&here, e))?;
                     if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || st.st_uid != 0 {
-                        return Err(unsafe_dir(&here, "is not a directory or a root-owned link".to_owned()));
+                        return Err(unsafe_dir(
+                            &here,
+                            "is not a directory or a root-owned link".to_owned(),
+                        ));
                     }
                     rustix::fs::openat(&fd, name, dir_flags() & !OFlags::NOFOLLOW, Mode::empty())
                         .map_err(|e| ScratchError::io(&here, e))?
@@ -266,10 +273,17 @@ fn check_private(fd: &OwnedFd, path: &Path) -> Result<(), ScratchError> {
         why,
     };
     if st.st_uid != me() {
-        return Err(not_private(format!("is owned by uid {}, not by us (uid {})", st.st_uid, me())));
+        return Err(not_private(format!(
+            "is owned by uid {}, not by us (uid {})",
+            st.st_uid,
+            me()
+        )));
     }
     if st.st_mode & 0o077 != 0 {
-        return Err(not_private(format!("has mode {:o}, not 0700", st.st_mode & 0o7777)));
+        return Err(not_private(format!(
+            "has mode {:o}, not 0700",
+            st.st_mode & 0o7777
+        )));
     }
     Ok(())
 }
@@ -370,16 +384,15 @@ impl OwnerDir {
         let Ok(mut dir) = rustix::fs::Dir::read_from(&self.fd) else {
             return 0;
         };
-        let now = SystemTime::UNIX_EPOCH
-            .elapsed()
-            .map_or(0, |d| d.as_secs());
+        let now = SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_secs());
         let mut failed: Vec<(i64, String)> = Vec::new();
         let mut removed = 0;
         while let Some(Ok(entry)) = dir.read() {
             let Ok(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            let Ok(st) = rustix::fs::statat(&self.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            let Ok(st) = rustix::fs::statat(&self.fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
                 continue;
             };
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory || st.st_uid != me() {
@@ -409,7 +422,8 @@ impl OwnerDir {
 /// `<cluster>.<proc>.<6 alphanumerics>`.
 fn is_job_dir_name(name: &str) -> bool {
     let mut parts = name.split('.');
-    let digits = |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
     digits(parts.next())
         && digits(parts.next())
         && parts
@@ -423,8 +437,11 @@ fn random_suffix() -> String {
     let mut bytes = [0u8; 6];
     if rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty()).is_err() {
         // Uniqueness, not secrecy, is what matters here (mkdirat refuses a clash).
-        let seed = u64::from(SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos()))
-            ^ u64::from(std::process::id()) << 32;
+        let seed = u64::from(
+            SystemTime::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| d.subsec_nanos()),
+        ) ^ u64::from(std::process::id()) << 32;
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = seed.to_le_bytes().get(i).copied().unwrap_or(0);
         }
@@ -489,7 +506,13 @@ impl JobDir {
         while let Some(Ok(entry)) = dir.read() {
             let name = OsStr::from_bytes(entry.file_name().to_bytes());
             let Some(name) = name.to_str() else { continue };
-            if keep(name) && self.stat(name).ok().flatten().is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+            if keep(name)
+                && self
+                    .stat(name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+            {
                 out.push(name.to_owned());
             }
         }
@@ -515,7 +538,14 @@ mod tests {
     #[test]
     fn names_of_job_dirs() {
         assert!(is_job_dir_name("12.0.aB3dE9"));
-        for bad in ["..", "12.0", "12.0.aB3dE9.staging", "x.0.aB3dE9", "12.0.ab/cd1", "12.0.aB3dE"] {
+        for bad in [
+            "..",
+            "12.0",
+            "12.0.aB3dE9.staging",
+            "x.0.aB3dE9",
+            "12.0.ab/cd1",
+            "12.0.aB3dE",
+        ] {
             assert!(!is_job_dir_name(bad), "{bad}");
         }
     }
@@ -534,14 +564,24 @@ mod tests {
     fn a_squatted_or_open_owner_dir_is_refused_and_not_chmodded() {
         let (dir, p) = prefix();
         std::fs::create_dir(dir.path().join("alice")).unwrap();
-        std::fs::set_permissions(dir.path().join("alice"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("alice"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
         let err = p.owner_dir("alice", true).unwrap_err();
         assert!(matches!(err, ScratchError::NotPrivate { .. }), "{err}");
-        let mode = std::fs::metadata(dir.path().join("alice")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("alice"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o777, "the squat was modified");
         let target = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(target.path(), dir.path().join("bob")).unwrap();
-        assert!(matches!(p.owner_dir("bob", true).unwrap_err(), ScratchError::NotPrivate { .. }));
+        assert!(matches!(
+            p.owner_dir("bob", true).unwrap_err(),
+            ScratchError::NotPrivate { .. }
+        ));
     }
 
     #[test]
@@ -574,7 +614,11 @@ mod tests {
         let fresh = owner.create_job_dir("2.0").unwrap();
         let mut failed = Vec::new();
         for i in 0..4 {
-            let d = owner.create_job_dir(&format!("3.{i}")).unwrap().commit(&owner).unwrap();
+            let d = owner
+                .create_job_dir(&format!("3.{i}"))
+                .unwrap()
+                .commit(&owner)
+                .unwrap();
             std::fs::write(d.path().join(FAILED_MARKER), "x").unwrap();
             failed.push(d);
         }

@@ -71,13 +71,22 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
             .format(ImageFormat::Qcow2),
     )?
     .finish()?;
+    // The scratch prefix an admin creates (root-owned, 1777); here it is ours, which the
+    // hooks accept for a single-user setup.
     let scratch = dir.join("scratch");
     fs::create_dir_all(&scratch)?;
+    // Hooks refuse to run as root; the demo plays the router and the job's owner at once, so
+    // run as root it says so with the test knob.
+    let as_root = if rustix::process::geteuid().is_root() {
+        "# the demo runs as root and plays the job's owner too\nVM_CAPSULE_TEST_ANY_USER = true\n"
+    } else {
+        ""
+    };
     let config = dir.join("vm-capsule.conf");
     fs::write(
         &config,
         format!(
-            "# knobs as an admin would set them (docs/ADMIN.md)\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_TRANSLATE_LOG = {}\nVM_CAPSULE_EXIT_LOG = {}\nVM_CAPSULE_VM_MEMORY_MB = 256\n",
+            "# knobs as an admin would set them (docs/ADMIN.md)\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_TRANSLATE_LOG = {}\nVM_CAPSULE_EXIT_LOG = {}\nVM_CAPSULE_VM_MEMORY_MB = 256\n{as_root}",
             dir.join("template").display(),
             scratch.display(),
             guest.join("capsule-init").display(),

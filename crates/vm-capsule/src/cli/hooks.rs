@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use vm_capsule::config::Knobs;
-use vm_capsule::hooks::log::HookLog;
 use vm_capsule::hooks::finalize::FinalizeConfig;
+use vm_capsule::hooks::log::HookLog;
 use vm_capsule::hooks::translate::{
     hold_original, translate, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
 };
@@ -156,7 +156,9 @@ pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
         .number("VM_CAPSULE_KEEP_FAILED")
         .ok()
         .flatten()
-        .map_or(DEFAULT_KEEP_FAILED, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        .map_or(DEFAULT_KEEP_FAILED, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
     let test_any_user = knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false);
     match read_stdin(std::io::stdin()) {
         Ok(stdin) => {

@@ -291,7 +291,11 @@ impl Template {
         }
         Ok(Template {
             boot_bytes: boot.as_ref().map_or(0, |b| {
-                files_bytes(&std::iter::once(b.kernel.clone()).chain(b.initrd.clone()).collect::<Vec<_>>())
+                files_bytes(
+                    &std::iter::once(b.kernel.clone())
+                        .chain(b.initrd.clone())
+                        .collect::<Vec<_>>(),
+                )
             }),
             data_disk: TemplateDisk {
                 bytes: files_bytes(std::slice::from_ref(&data_path)),

@@ -5,5 +5,6 @@ mod ad;
 mod boot;
 mod direct_boot;
 mod hooks;
+mod hostile;
 mod router;
 mod vanilla;

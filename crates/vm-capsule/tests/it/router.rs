@@ -30,6 +30,8 @@ pub struct Pool {
     pub hooks_dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// Run the hooks as this (uid, gid), as the router runs them as the job's owner.
+    pub run_as: Option<(u32, u32)>,
 }
 
 pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
@@ -60,7 +62,11 @@ pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Valu
 
 /// Real job ads for submit descriptions, as condor_submit and the schedd would make them.
 pub fn job_ads(jobs: &[(String, String, i64)]) -> Vec<ClassAd> {
-    let owner = current_user();
+    job_ads_of(&current_user(), jobs)
+}
+
+/// Job ads as [`job_ads`], submitted by `owner`.
+pub fn job_ads_of(owner: &str, jobs: &[(String, String, i64)]) -> Vec<ClassAd> {
     let input: Vec<_> = jobs
         .iter()
         .map(|(name, submit, cluster)| json!({"name": name, "submit": submit, "cluster": cluster, "owner": owner}))
@@ -107,8 +113,7 @@ impl Pool {
         let scratch_prefix = root.path().join("scratch");
         std::fs::create_dir(&scratch_prefix).unwrap();
         // As an admin makes it: root-owned (these tests run as root), mode 1777.
-        std::fs::set_permissions(&scratch_prefix, std::fs::Permissions::from_mode(0o1777))
-            .unwrap();
+        std::fs::set_permissions(&scratch_prefix, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let cwd = root.path().join("log");
         std::fs::create_dir(&cwd).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -147,27 +152,35 @@ impl Pool {
             hooks_dir,
             env,
             cwd,
+            run_as: None,
         }
     }
 
     /// Run hook `name` by its executable name with `stdin`, as the router does.
     pub fn run_hook(&self, name: &str, stdin: &str) -> HookRun {
-        let mut child = Command::new(self.hooks_dir.join(format!("vm-capsule-{name}")))
-            .env_clear()
+        self.run_hook_bytes(name, stdin.as_bytes())
+    }
+
+    fn hook_command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.hooks_dir.join(format!("vm-capsule-{name}")));
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// [`Pool::run_hook`] with stdin as raw bytes (ads need not be UTF-8).
+    pub fn run_hook_bytes(&self, name: &str, stdin: &[u8]) -> HookRun {
+        let mut child = self.hook_command(name).spawn().unwrap();
         // Written, then closed (`Close_Stdin_Pipe`).
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(
@@ -185,6 +198,20 @@ impl Pool {
             stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Start hook `name` with `stdin` and `kill -9` it after `delay_ms` (a crash).
+    pub fn run_hook_killed(&self, name: &str, stdin: &str, delay_ms: u64) {
+        let mut child = self.hook_command(name).spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let text = stdin.to_owned();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(text.as_bytes());
+        });
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = writer.join();
     }
 
     /// Translate `job`; returns the routed ad after the router's own edits, or the failed run.

@@ -41,10 +41,12 @@ pub fn load(dir: &JobDir, capsule: &RoutedCapsule, max_bytes: u64) -> Result<Ret
         .map_or(max_bytes, |v| v.saturating_add(v / 8))
         .saturating_add(CONTAINER_SLACK);
     for file in std::iter::once(name).chain(top.as_deref()) {
-        let st = dir
-            .stat(file)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the VM's data disk {} is missing", dir.path().join(file).display()))?;
+        let st = dir.stat(file).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!(
+                "the VM's data disk {} is missing",
+                dir.path().join(file).display()
+            )
+        })?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err(format!(
                 "{} is not a regular file; refused",
@@ -85,7 +87,9 @@ pub fn load(dir: &JobDir, capsule: &RoutedCapsule, max_bytes: u64) -> Result<Ret
     let disk = DataDisk::open(&path, Access::ReadOnly)
         .map_err(|e| format!("the VM's data disk {} is unreadable: {e}", path.display()))?;
     let result = read_result(&disk).map_err(|e| {
-        format!("the VM ended without a result ({e}); the guest may have crashed or run out of time")
+        format!(
+            "the VM ended without a result ({e}); the guest may have crashed or run out of time"
+        )
     })?;
     Ok(Returned { disk, result })
 }

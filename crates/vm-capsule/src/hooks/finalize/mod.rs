@@ -68,13 +68,20 @@ pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finaliz
     if capsule.vanilla {
         // HTCondor's own transfer placed the outputs and the router mirrored the launcher's
         // exit status, which is the job's: nothing to extract, nothing to correct.
-        log.info(&format!("job {}: vanilla flavour, outputs placed by HTCondor", job.id()));
+        log.info(&format!(
+            "job {}: vanilla flavour, outputs placed by HTCondor",
+            job.id()
+        ));
         return out;
     }
     if let Err(e) = crate::identity::check_runs_as(&job.owner, cfg.test_any_user) {
         return fail(out, &format!("job {}: {e}", job.id()), None, log);
     }
-    log.info(&format!("finalizing job {} from {}", job.id(), capsule.scratch.display()));
+    log.info(&format!(
+        "finalizing job {} from {}",
+        job.id(),
+        capsule.scratch.display()
+    ));
     let dir = match cfg
         .prefix
         .owner_dir(&job.owner, false)
@@ -138,7 +145,9 @@ fn place_streams(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut P
                         placement.files += 1;
                         placement.bytes += bytes;
                     }
-                    Err(e) => placement.problem(format!("{name} -> {}: {e}", target.path.display())),
+                    Err(e) => {
+                        placement.problem(format!("{name} -> {}: {e}", target.path.display()))
+                    }
                 }
             }
             Err(e) => placement.problem(format!("{name} is missing on the data disk: {e}")),
@@ -188,5 +197,10 @@ fn fail(mut out: Finalized, reason: &str, dir: Option<&JobDir>, log: &mut HookLo
 /// Leave the reason in the job dir, so cleanup keeps it for inspection.
 fn mark_failed(dir: &JobDir, reason: &str) {
     let path = dir.path().join(crate::scratch::FAILED_MARKER);
-    let _ = write_stream(&path, "marker", &mut format!("{reason}\n").as_bytes(), 1 << 16);
+    let _ = write_stream(
+        &path,
+        "marker",
+        &mut format!("{reason}\n").as_bytes(),
+        1 << 16,
+    );
 }

@@ -50,7 +50,9 @@ pub enum Member<'e> {
 impl std::fmt::Debug for Member<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Member::File { path, mode, size, .. } => {
+            Member::File {
+                path, mode, size, ..
+            } => {
                 write!(f, "File({path}, {mode:o}, {size} bytes)")
             }
             Member::Dir { path } => write!(f, "Dir({path})"),
@@ -81,10 +83,7 @@ pub fn for_each_member<R: Read>(
     visit: &mut dyn FnMut(Member<'_>) -> bool,
 ) -> Result<(), ArchiveError> {
     let mut archive = tar::Archive::new(archive);
-    let entries = archive
-        .entries()
-        .map_err(ArchiveError::Damaged)?
-        .raw(true);
+    let entries = archive.entries().map_err(ArchiveError::Damaged)?.raw(true);
     let mut long_name: Option<Result<Vec<u8>, String>> = None;
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::Damaged)?;
@@ -267,7 +266,9 @@ mod tests {
         let mut seen = Vec::new();
         let r = for_each_member(bytes, &mut |m| {
             seen.push(match m {
-                Member::File { path, size, data, .. } => {
+                Member::File {
+                    path, size, data, ..
+                } => {
                     let mut v = Vec::new();
                     data.read_to_end(&mut v).unwrap();
                     format!("file {path} {size} {}", String::from_utf8_lossy(&v))
@@ -334,7 +335,10 @@ mod tests {
 
     #[test]
     fn quoting_escapes_bidi_and_line_separators() {
-        assert_eq!(quote("a\u{202e}b\u{2028}c\n".as_bytes()), "\"a\\u{202e}b\\u{2028}c\\n\"");
+        assert_eq!(
+            quote("a\u{202e}b\u{2028}c\n".as_bytes()),
+            "\"a\\u{202e}b\\u{2028}c\\n\""
+        );
         assert!(quote(&[b'x'; 1000]).ends_with("...\""));
     }
 }

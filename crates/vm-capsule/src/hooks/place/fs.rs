@@ -145,8 +145,12 @@ impl Placer {
     ) -> Result<&OwnedFd, PlaceError> {
         if self.root.as_ref().is_none_or(|(p, _)| p != root) {
             self.chain.clear();
-            let fd = rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| PlaceError::io(root, e))?;
+            let fd = rustix::fs::open(
+                root,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| PlaceError::io(root, e))?;
             self.root = Some((root.to_owned(), fd));
         }
         let comps: Vec<&str> = comps.collect();
@@ -265,13 +269,12 @@ fn write_beside(
     let mut file = File::from(fd);
     let copied = copy_exact(data, &mut file, size, buf).map_err(|e| PlaceError::io(&target, e));
     let result = match copied {
-        Ok(got) if got == size => rustix::fs::renameat(dir, tmp, dir, name)
-            .map_err(|e| match e {
-                Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
-                    PlaceError::io(&target, io::Error::other("a directory is in the way"))
-                }
-                e => PlaceError::io(&target, e),
-            }),
+        Ok(got) if got == size => rustix::fs::renameat(dir, tmp, dir, name).map_err(|e| match e {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                PlaceError::io(&target, io::Error::other("a directory is in the way"))
+            }
+            e => PlaceError::io(&target, e),
+        }),
         Ok(got) => Err(PlaceError::Truncated { got, size }),
         Err(e) => Err(e),
     };
@@ -282,13 +285,20 @@ fn write_beside(
 }
 
 /// Copy at most `size` bytes; returns how many there were.
-fn copy_exact(data: &mut dyn Read, out: &mut File, size: u64, buf: &mut Vec<u8>) -> io::Result<u64> {
+fn copy_exact(
+    data: &mut dyn Read,
+    out: &mut File,
+    size: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<u64> {
     if buf.len() < COPY_BUF {
         buf.resize(COPY_BUF, 0);
     }
     let mut done = 0u64;
     while done < size {
-        let want = usize::try_from(size - done).unwrap_or(COPY_BUF).min(COPY_BUF);
+        let want = usize::try_from(size - done)
+            .unwrap_or(COPY_BUF)
+            .min(COPY_BUF);
         let chunk = buf.get_mut(..want).unwrap_or_default();
         let got = match data.read(chunk) {
             Ok(0) => break,
@@ -307,14 +317,23 @@ fn copy_exact(data: &mut dyn Read, out: &mut File, size: u64, buf: &mut Vec<u8>)
 ///
 /// # Errors
 /// [`PlaceError`]; no temporary file stays.
-pub fn write_stream(path: &Path, tag: &str, data: &mut dyn Read, max: u64) -> Result<u64, PlaceError> {
+pub fn write_stream(
+    path: &Path,
+    tag: &str,
+    data: &mut dyn Read,
+    max: u64,
+) -> Result<u64, PlaceError> {
     let parent = path.parent().unwrap_or_else(|| Path::new("/"));
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| PlaceError::io(path, io::Error::other("names no file")))?;
-    let dir = rustix::fs::open(parent, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| PlaceError::io(parent, e))?;
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| PlaceError::io(parent, e))?;
     let mut counted = CountingReader { inner: data, n: 0 };
     let mut buf = Vec::new();
     // The stream's length is unknown: copy up to `max` and accept whatever there was.
@@ -327,7 +346,8 @@ pub fn write_stream(path: &Path, tag: &str, data: &mut dyn Read, max: u64) -> Re
     let result = copy_exact(&mut counted, &mut file, max, &mut buf)
         .map_err(|e| PlaceError::io(path, e))
         .and_then(|_| {
-            rustix::fs::renameat(&dir, tmp.as_str(), &dir, name).map_err(|e| PlaceError::io(path, e))
+            rustix::fs::renameat(&dir, tmp.as_str(), &dir, name)
+                .map_err(|e| PlaceError::io(path, e))
         });
     if result.is_err() {
         let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
@@ -366,10 +386,8 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         let mut p = Placer::new("1.0");
-        let err = p
-            .write_file(&root, &rel("new/deeper/link2/x"), &mut &b"x"[..], 1, 0o644)
-            .map(|()| ());
-        assert!(err.is_ok());
+        p.write_file(&root, &rel("new/deeper/link2/x"), &mut &b"x"[..], 1, 0o644)
+            .unwrap();
         let err = p
             .write_file(&root, &rel("link/x"), &mut &b"x"[..], 1, 0o644)
             .unwrap_err();
@@ -392,7 +410,10 @@ mod tests {
             .write_file(dir.path(), &rel("out"), &mut &b"short"[..], 100, 0o644)
             .unwrap_err();
         assert!(matches!(err, PlaceError::Truncated { got: 5, size: 100 }));
-        assert_eq!(std::fs::read_to_string(dir.path().join("out")).unwrap(), "old");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "old"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -405,6 +426,9 @@ mod tests {
         p.write_file(dir.path(), &rel("out"), &mut &b"new"[..], 3, 0o600)
             .unwrap();
         assert!(!tmp.exists());
-        assert_eq!(std::fs::read_to_string(dir.path().join("out")).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "new"
+        );
     }
 }

@@ -137,7 +137,9 @@ impl OutputRules {
                     return Err("HTCondor brings back no directory that transfer_output_files does not name".to_owned());
                 }
                 if excluded.iter().any(|e| e == path.as_str()) {
-                    return Err("HTCondor never brings back the job's executable or proxy".to_owned());
+                    return Err(
+                        "HTCondor never brings back the job's executable or proxy".to_owned()
+                    );
                 }
                 self.remapped(path.as_str(), path.as_str(), None).map(Some)
             }
@@ -147,7 +149,9 @@ impl OutputRules {
                     || SANDBOX_RESERVED.contains(&top)
                     || top.starts_with("_condor_")
                 {
-                    return Err(format!("{top:?} is a name HTCondor or the capsule uses in the sandbox"));
+                    return Err(format!(
+                        "{top:?} is a name HTCondor or the capsule uses in the sandbox"
+                    ));
                 }
                 Ok(Some(Destination {
                     root: self.iwd.clone(),
@@ -157,7 +161,11 @@ impl OutputRules {
         }
     }
 
-    fn named_destination(&self, named: &[Named], path: &RelPath) -> Result<Option<Destination>, String> {
+    fn named_destination(
+        &self,
+        named: &[Named],
+        path: &RelPath,
+    ) -> Result<Option<Destination>, String> {
         let Some(entry) = named
             .iter()
             .filter(|n| path.starts_with(&n.path))
@@ -170,7 +178,9 @@ impl OutputRules {
             // `dir/`: the children land as top-level outputs of their own.
             let Some(rest) = rest else { return Ok(None) };
             let first = rest.components().next().unwrap_or_default();
-            let tail = rest.strip_prefix(&RelPath::parse(first).map_err(|e| e.to_string())?).flatten();
+            let tail = rest
+                .strip_prefix(&RelPath::parse(first).map_err(|e| e.to_string())?)
+                .flatten();
             return self.remapped(first, first, tail.as_ref()).map(Some);
         }
         let base = if self.preserve_relative_paths {
@@ -184,7 +194,12 @@ impl OutputRules {
 
     /// The destination of output `name` (as the user wrote it) with base `base`, plus `rest`
     /// below it, after `transfer_output_remaps`.
-    fn remapped(&self, name: &str, base: &str, rest: Option<&RelPath>) -> Result<Destination, String> {
+    fn remapped(
+        &self,
+        name: &str,
+        base: &str,
+        rest: Option<&RelPath>,
+    ) -> Result<Destination, String> {
         let remap = self
             .remaps
             .iter()
@@ -232,8 +247,11 @@ fn remap_target(iwd: &Path, to: &str) -> Result<(PathBuf, RelPath), String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("transfer_output_remaps target {to:?} names no file"))?;
-    let below = RelPath::parse(name).map_err(|e| format!("transfer_output_remaps target {to:?}: {e}"))?;
-    let root = full.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+    let below =
+        RelPath::parse(name).map_err(|e| format!("transfer_output_remaps target {to:?}: {e}"))?;
+    let root = full
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
     Ok((root, below))
 }
 
@@ -250,7 +268,11 @@ mod tests {
         JobSpec::from_ad(&ad).unwrap()
     }
 
-    fn dest(rules: &OutputRules, path: &str, is_dir: bool) -> Result<Option<(String, String)>, String> {
+    fn dest(
+        rules: &OutputRules,
+        path: &str,
+        is_dir: bool,
+    ) -> Result<Option<(String, String)>, String> {
         rules
             .destination(&RelPath::parse(path).unwrap(), is_dir)
             .map(|d| d.map(|d| (d.root.display().to_string(), d.below.to_string())))
@@ -259,7 +281,10 @@ mod tests {
     #[test]
     fn default_rule_takes_top_level_files_but_not_the_executable_or_dirs() {
         let rules = OutputRules::for_job(&job("x509userproxy = \"/tmp/x509up_u1\"\n")).unwrap();
-        assert_eq!(dest(&rules, ".bashrc", false).unwrap().unwrap().1, ".bashrc");
+        assert_eq!(
+            dest(&rules, ".bashrc", false).unwrap().unwrap().1,
+            ".bashrc"
+        );
         assert!(dest(&rules, ".ssh/authorized_keys", false).is_err());
         assert!(dest(&rules, ".ssh", true).is_err());
         assert!(dest(&rules, "job.sh", false).is_err());
@@ -273,11 +298,20 @@ mod tests {
              TransferOutputRemaps = \"a.out = res/a.txt;url.out = osdf:///x/y\"\n",
         ))
         .unwrap();
-        assert_eq!(dest(&rules, "sub/c.txt", false).unwrap().unwrap().1, "c.txt");
-        assert_eq!(dest(&rules, "outdir/x/y", false).unwrap().unwrap().1, "outdir/x/y");
+        assert_eq!(
+            dest(&rules, "sub/c.txt", false).unwrap().unwrap().1,
+            "c.txt"
+        );
+        assert_eq!(
+            dest(&rules, "outdir/x/y", false).unwrap().unwrap().1,
+            "outdir/x/y"
+        );
         assert_eq!(dest(&rules, "flat/k/v", false).unwrap().unwrap().1, "k/v");
         assert_eq!(dest(&rules, "flat", true).unwrap(), None);
-        assert_eq!(dest(&rules, "a.out", false).unwrap().unwrap().1, "res/a.txt");
+        assert_eq!(
+            dest(&rules, "a.out", false).unwrap().unwrap().1,
+            "res/a.txt"
+        );
         assert!(dest(&rules, "url.out", false).unwrap_err().contains("URL"));
         assert!(dest(&rules, "sub/other", false).is_err());
         assert!(dest(&rules, ".bashrc", false).is_err());
@@ -306,14 +340,23 @@ mod tests {
             "TransferOutput = \"sub/c.txt\"\nPreserveRelativePaths = true\n",
         ))
         .unwrap();
-        assert_eq!(dest(&rules, "sub/c.txt", false).unwrap().unwrap().1, "sub/c.txt");
+        assert_eq!(
+            dest(&rules, "sub/c.txt", false).unwrap().unwrap().1,
+            "sub/c.txt"
+        );
     }
 
     #[test]
     fn the_sandbox_keeps_paths_but_not_reserved_names() {
         let rules = OutputRules::sandbox(Path::new("/sb"), &["data.qcow2".to_owned()]);
         assert_eq!(dest(&rules, "a/b", false).unwrap().unwrap().1, "a/b");
-        for bad in ["data.qcow2", ".job.ad", "_condor_stdout", "_condor_x/y", ".chirp.config"] {
+        for bad in [
+            "data.qcow2",
+            ".job.ad",
+            "_condor_stdout",
+            "_condor_x/y",
+            ".chirp.config",
+        ] {
             assert!(dest(&rules, bad, false).is_err(), "{bad}");
         }
     }

@@ -105,7 +105,9 @@ fn undeclared_outputs_are_reported_not_placed() {
     let named = place(iwd, "TransferOutput = \"out.txt\"\n", &hostile);
     assert_eq!(named.files, 1, "{named:?}");
     assert_eq!(named.problems.len(), 3, "{named:?}");
-    assert!(named.summary().contains("\".bashrc\" was not placed: transfer_output_files does not name it"));
+    assert!(named
+        .summary()
+        .contains("\".bashrc\" was not placed: transfer_output_files does not name it"));
     assert_eq!(tree(iwd), vec!["job.sh", "out.txt"]);
     assert_eq!(fs::read_to_string(iwd.join("job.sh")).unwrap(), "original");
 
@@ -134,7 +136,9 @@ fn symlinked_directories_and_targets_are_not_followed() {
     assert!(!outside.join("file.txt").exists());
     assert!(!outside.join("victim").exists());
     // The symlink itself was replaced by a regular file.
-    assert!(fs::symlink_metadata(iwd.join("link.txt")).unwrap().is_file());
+    assert!(fs::symlink_metadata(iwd.join("link.txt"))
+        .unwrap()
+        .is_file());
     assert_eq!(placed.problems.len(), 1, "{placed:?}");
 }
 
@@ -176,11 +180,18 @@ fn deep_nesting_is_bounded_and_refused_members_leave_no_directories() {
         tar.extend(member(path.as_bytes(), EntryType::Directory, b""));
         path.push_str("/d");
     }
-    tar.extend(member(format!("{path}/f").as_bytes(), EntryType::Regular, b"deep"));
+    tar.extend(member(
+        format!("{path}/f").as_bytes(),
+        EntryType::Regular,
+        b"deep",
+    ));
     tar.extend([0u8; 1024]);
     let ok = place(dir.path(), "TransferOutput = \"d\"\n", &tar);
     assert!(!ok.has_problems(), "{ok:?}");
-    assert_eq!(fs::read_to_string(dir.path().join(format!("{path}/f"))).unwrap(), "deep");
+    assert_eq!(
+        fs::read_to_string(dir.path().join(format!("{path}/f"))).unwrap(),
+        "deep"
+    );
 
     let other = tempfile::tempdir().unwrap();
     let too_deep = "e/".repeat(super::fs::MAX_DEPTH + 5) + "f";

@@ -135,7 +135,9 @@ impl TranslateConfig {
                 .unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS),
             keep_failed: knobs
                 .number("VM_CAPSULE_KEEP_FAILED")?
-                .map_or(DEFAULT_KEEP_FAILED, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                .map_or(DEFAULT_KEEP_FAILED, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             test_any_user: knobs.flag("VM_CAPSULE_TEST_ANY_USER")?,
         })
     }

@@ -49,9 +49,11 @@ pub fn execute(
     let staging = owner
         .create_job_dir(&plan.job.id())
         .map_err(scratch_error)?;
-    let final_path = owner
-        .path()
-        .join(staging.name().trim_end_matches(crate::scratch::STAGING_SUFFIX));
+    let final_path = owner.path().join(
+        staging
+            .name()
+            .trim_end_matches(crate::scratch::STAGING_SUFFIX),
+    );
     let (routed, stdout, capsule_ad) = plan.routed(&final_path)?;
     let staged = stage(plan, staging.path(), capsule_ad.as_deref());
     let committed = staged.and_then(|()| staging_commit(staging, &owner));
@@ -123,7 +125,11 @@ fn stage(
 }
 
 /// An I/O failure while staging: a full file system is said as such.
-fn io_error(path: &Path, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> TranslateError {
+fn io_error(
+    path: &Path,
+    what: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> TranslateError {
     if is_storage_full(&e) {
         TranslateError::ScratchFull {
             path: path.to_owned(),
@@ -152,7 +158,10 @@ fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError>
             .map(|_| ())
             .map_err(|e| io_error(&path, &format!("cannot write {name} on"), e))
     };
-    put(capsule_manifest::CAPSULE_JSON, &mut plan.manifest_json.as_slice())?;
+    put(
+        capsule_manifest::CAPSULE_JSON,
+        &mut plan.manifest_json.as_slice(),
+    )?;
     put(capsule_manifest::JOB_AD, &mut plan.job_ad_text.as_bytes())?;
     if let Some(agent) = &plan.agent {
         let mut file = fs::File::open(agent).map_err(|e| {

@@ -46,7 +46,9 @@ fn append_tree<W: Write>(
     let meta = fs::metadata(path).map_err(source)?;
     if meta.is_dir() {
         if depth > 64 {
-            return Err(source(io::Error::other("nested more than 64 directories deep")));
+            return Err(source(io::Error::other(
+                "nested more than 64 directories deep",
+            )));
         }
         tar.append_dir(name, path).map_err(InputTarError::Pipe)?;
         let mut children: Vec<_> = fs::read_dir(path)

@@ -46,8 +46,10 @@ pub fn translate(
     crate::identity::check_runs_as(&job.owner, cfg.test_any_user)
         .map_err(|e| TranslateError::Admin(e.to_string()))?;
     log.info(&format!("translating job {} of {}", job.id(), job.owner));
-    let template = Template::load(&cfg.template_root, cfg.classad_template.as_deref())
-        .map_err(|e| TranslateError::Admin(format!("vm-capsule template: {}", error::error_chain(&e))))?;
+    let template =
+        Template::load(&cfg.template_root, cfg.classad_template.as_deref()).map_err(|e| {
+            TranslateError::Admin(format!("vm-capsule template: {}", error::error_chain(&e)))
+        })?;
     let inputs = survey_inputs(job)?;
     let binaries = binaries(cfg)?;
     let plan = plan::plan(&request, cfg, &template, inputs, binaries)?;

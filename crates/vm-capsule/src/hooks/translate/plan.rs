@@ -103,7 +103,13 @@ pub fn plan(
         .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
-    let disk_mib = data_disk_mib(cfg, job, &inputs, binaries, manifest_json.len() + job_ad_text.len())?;
+    let disk_mib = data_disk_mib(
+        cfg,
+        job,
+        &inputs,
+        binaries,
+        manifest_json.len() + job_ad_text.len(),
+    )?;
     let disk = DiskPlan {
         name: template.data_disk.path.file_name().map_or_else(
             || "data.img".to_owned(),
@@ -123,8 +129,7 @@ pub fn plan(
     let memory_mib = template_memory
         .unwrap_or(cfg.default_memory_mib)
         .max(job.request_memory_mib.map_or(0, |m| m + 64));
-    let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>()
-        + template.boot_bytes;
+    let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>() + template.boot_bytes;
     let launcher = match universe {
         RoutedUniverse::Vanilla => binaries.launcher_bytes,
         RoutedUniverse::Vm => 0,
@@ -183,7 +188,9 @@ fn data_disk_mib(
         .tar_bytes
         .saturating_add(binaries.agent_bytes.unwrap_or(0))
         .saturating_add(u64::try_from(text_bytes).unwrap_or(u64::MAX));
-    let asked = job.request_disk_kib.map_or(0, |kib| kib.saturating_mul(1024));
+    let asked = job
+        .request_disk_kib
+        .map_or(0, |kib| kib.saturating_mul(1024));
     let room = asked
         .saturating_sub(inputs.tar_bytes)
         .max(cfg.headroom_mib.saturating_mul(MIB));
@@ -273,12 +280,16 @@ impl CapsulePlan {
     ///
     /// # Errors
     /// [`TranslateError::Job`] when an attribute cannot be printed in the old syntax.
-    pub fn routed(&self, scratch: &Path) -> Result<(ClassAd, String, Option<String>), TranslateError> {
+    pub fn routed(
+        &self,
+        scratch: &Path,
+    ) -> Result<(ClassAd, String, Option<String>), TranslateError> {
         let id = self.job.id();
         let staged = self.staged(scratch);
         let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
         let print = |ad: &ClassAd, what: &str| {
-            crate::hooks::ad_lines(ad).map_err(|e| job_problem(&id, format!("job {id}: {what}: {e}")))
+            crate::hooks::ad_lines(ad)
+                .map_err(|e| job_problem(&id, format!("job {id}: {what}: {e}")))
         };
         match self.universe {
             RoutedUniverse::Vm => {
@@ -287,7 +298,13 @@ impl CapsulePlan {
             }
             RoutedUniverse::Vanilla => {
                 let capsule = print(&vm_ad, "capsule.ad")?;
-                let ad = routed::build_vanilla(&self.job, &self.job_ad, &staged, &self.launcher, self.launcher_timeout);
+                let ad = routed::build_vanilla(
+                    &self.job,
+                    &self.job_ad,
+                    &staged,
+                    &self.launcher,
+                    self.launcher_timeout,
+                );
                 let text = print(&ad, "routed ad")?;
                 Ok((ad, text, Some(capsule)))
             }

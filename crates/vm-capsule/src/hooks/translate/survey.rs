@@ -116,7 +116,16 @@ pub fn survey_inputs(job: &JobSpec) -> Result<InputPlan, TranslateError> {
         })?;
         if meta.is_dir() && *contents_only {
             let mut children: Vec<_> = fs::read_dir(source)
-                .map_err(|e| job_problem(&job.id(), format!("job {}: input dir {} cannot be read: {e}", job.id(), source.display())))?
+                .map_err(|e| {
+                    job_problem(
+                        &job.id(),
+                        format!(
+                            "job {}: input dir {} cannot be read: {e}",
+                            job.id(),
+                            source.display()
+                        ),
+                    )
+                })?
                 .filter_map(Result::ok)
                 .collect();
             children.sort_by_key(fs::DirEntry::file_name);
@@ -137,7 +146,14 @@ pub fn survey_inputs(job: &JobSpec) -> Result<InputPlan, TranslateError> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .ok_or_else(|| {
-                    job_problem(&job.id(), format!("job {}: input {} has no file name", job.id(), source.display()))
+                    job_problem(
+                        &job.id(),
+                        format!(
+                            "job {}: input {} has no file name",
+                            job.id(),
+                            source.display()
+                        ),
+                    )
                 })?;
             push(
                 TarItem {
@@ -178,4 +194,3 @@ pub fn tar_size(path: &Path, depth: usize) -> u64 {
         header + meta.len().div_ceil(512) * 512
     }
 }
-
