@@ -3,6 +3,7 @@
 
 mod ad;
 mod boot;
+mod crash;
 mod direct_boot;
 mod hooks;
 mod hostile;
