@@ -4,15 +4,16 @@
 //! ([`config`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
 //! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
 //! ([`scratch`]) and who they run as ([`identity`]), and the local execute node
-//! ([`runner`], [`launcher`]).
+//! ([`runner`], [`extract`]).
 #![forbid(unsafe_code)]
 
 pub mod boot;
 pub mod config;
+pub mod exit;
+pub mod extract;
 pub mod hooks;
 pub mod identity;
 pub mod job;
-pub mod launcher;
 pub mod routed;
 pub mod runner;
 pub mod scratch;

@@ -134,7 +134,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
 
     clock.step("run: booting the VM under QEMU (TCG emulation here: this takes a while)");
     let opts = RunOptions {
-        timeout: Duration::from_secs(args.timeout),
+        timeout: Some(Duration::from_secs(args.timeout)),
         accel: Accel::Auto,
         in_place: false,
         sandbox_parent: Some(dir.clone()),

@@ -10,13 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use vm_capsule::launcher::{finish_in_sandbox, LauncherExit};
+use vm_capsule::extract::{finish_in_sandbox, LauncherExit};
 use vm_capsule::runner::{run, Accel, RunOptions, VmSpec};
 
-/// Exit code of the launcher when the capsule failed (no result from the VM).
-pub const EXIT_CAPSULE_FAILED: u8 = 125;
-/// Exit code of the launcher when the job could not start in the guest.
-pub const EXIT_NOT_STARTED: u8 = 127;
+/// `--timeout` when none is given (outside the vanilla flavour).
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 /// Accelerator choice on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -34,9 +32,10 @@ pub enum AccelArg {
 pub struct RunArgs {
     /// The routed ad: the translate hook's output (old or new syntax).
     routed_ad: PathBuf,
-    /// Seconds before a guest that does not power off is killed.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    /// Seconds before a guest that does not power off is killed (default 300; with
+    /// `--vanilla`, none: the guest runs as long as HTCondor lets the job run).
+    #[arg(long)]
+    timeout: Option<u64>,
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
@@ -65,7 +64,11 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         None
     };
     let opts = RunOptions {
-        timeout: Duration::from_secs(args.timeout),
+        timeout: match (args.timeout, args.vanilla) {
+            (Some(secs), _) => Some(Duration::from_secs(secs)),
+            (None, true) => None,
+            (None, false) => Some(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
+        },
         accel: match args.accel {
             AccelArg::Tcg => Accel::Tcg,
             AccelArg::Kvm => Accel::Kvm,
@@ -97,6 +100,13 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let mut capsule_files = spec.transfer.clone();
     capsule_files.push(args.routed_ad.display().to_string());
     capsule_files.push("console.log".to_owned());
+    // The launcher itself, as HTCondor transferred it into the sandbox.
+    if let Some(name) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    {
+        capsule_files.push(name);
+    }
     let booted = run(ad, &opts, &mut |_| {});
     if let Err(e) = &booted {
         // Show the end of the console: it usually says why.
@@ -143,11 +153,11 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         }
         LauncherExit::NotStarted(why) => {
             eprintln!("vm-capsule launcher: the job could not start in the VM: {why}");
-            Ok(ExitCode::from(EXIT_NOT_STARTED))
+            Ok(ExitCode::from(vm_capsule::exit::NOT_STARTED))
         }
         LauncherExit::Failed(why) => {
             eprintln!("vm-capsule launcher: the VM capsule failed: {why}");
-            Ok(ExitCode::from(EXIT_CAPSULE_FAILED))
+            Ok(ExitCode::from(vm_capsule::exit::CAPSULE_FAILED))
         }
     }
 }

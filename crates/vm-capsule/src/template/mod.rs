@@ -9,6 +9,11 @@
 //! built-in KVM defaults apply.
 
 pub mod overlay;
+pub mod vm_disk;
+pub mod vmx;
+
+pub use vm_disk::{parse_vm_disks, VmDiskEntry};
+pub use vmx::Vmx;
 
 use std::path::{Path, PathBuf};
 
@@ -247,9 +252,15 @@ impl Template {
             .collect();
 
         // Devices: from VMPARAM_vm_Disk when the classad template names them, else vda, vdb...
-        let named = string_attr(&vm_attrs, "VMPARAM_vm_Disk")
-            .map(|s| parse_vm_disk(&s))
-            .unwrap_or_default();
+        let named = match string_attr(&vm_attrs, "VMPARAM_vm_Disk") {
+            Some(text) => {
+                parse_vm_disks(&text).map_err(|message| TemplateError::ClassadTemplate {
+                    path: classad_template.map(Path::to_path_buf).unwrap_or_default(),
+                    message,
+                })?
+            }
+            None => Vec::new(),
+        };
         let mut os_disks = Vec::new();
         for name in &names {
             let is_disk = DISK_EXTENSIONS
@@ -270,8 +281,8 @@ impl Template {
                 })?;
             let device = named
                 .iter()
-                .find(|(f, _, _)| f == name)
-                .map_or_else(|| default_device(os_disks.len()), |(_, d, _)| d.clone());
+                .find(|d| d.file == *name)
+                .map_or_else(|| default_device(os_disks.len()), |d| d.device.clone());
             os_disks.push(TemplateDisk {
                 path,
                 device,
@@ -283,8 +294,8 @@ impl Template {
         }
         let data_device = named
             .iter()
-            .find(|(f, _, _)| f == data_name)
-            .map_or_else(|| default_device(os_disks.len()), |(_, d, _)| d.clone());
+            .find(|d| d.file == *data_name)
+            .map_or_else(|| default_device(os_disks.len()), |d| d.device.clone());
 
         if os_disks.is_empty() && boot.is_none() && flavour != Flavour::Vmware {
             return Err(TemplateError::NothingToBoot { dir });
@@ -391,23 +402,6 @@ fn files_bytes(files: &[PathBuf]) -> u64 {
         .sum()
 }
 
-/// `VMPARAM_vm_Disk` entries `file:device:perm[:format]`, comma-separated.
-pub fn parse_vm_disk(text: &str) -> Vec<(String, String, String)> {
-    text.split(',')
-        .filter_map(|d| {
-            let mut parts = d.trim().split(':');
-            let file = parts.next()?.trim();
-            let device = parts.next()?.trim();
-            let perm = parts.next().unwrap_or("w").trim();
-            Some((
-                Path::new(file).file_name()?.to_string_lossy().into_owned(),
-                device.to_owned(),
-                perm.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 fn default_device(index: usize) -> String {
     let letter = char::from(b'a' + u8::try_from(index.min(25)).unwrap_or(25));
     format!("vd{letter}")
@@ -459,14 +453,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_disk_and_extents() {
-        assert_eq!(
-            parse_vm_disk("os.qcow2:vda:w:qcow2, /abs/data.img:vdb:w:raw"),
-            vec![
-                ("os.qcow2".into(), "vda".into(), "w".into()),
-                ("data.img".into(), "vdb".into(), "w".into())
-            ]
-        );
+    fn vmdk_extents() {
         assert!(is_vmdk_extent("os-flat.vmdk"));
         assert!(is_vmdk_extent("os-s001.vmdk"));
         assert!(is_vmdk_extent("os-000001.vmdk"));

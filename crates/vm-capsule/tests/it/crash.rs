@@ -37,7 +37,7 @@ impl Rng {
             .unwrap_or_else(|| {
                 std::time::SystemTime::UNIX_EPOCH
                     .elapsed()
-                    .map_or(1, |d| d.as_nanos() as u64)
+                    .map_or(1, |d| u64::from(d.subsec_nanos()) ^ d.as_secs())
                     | 1
             });
         eprintln!("crash test seed: CRASH_SEED={seed}");

@@ -6,11 +6,10 @@ use classad::{ClassAd, Expr, Literal};
 
 use crate::text::safe_text;
 
-/// `ExitCode` when the capsule failed (VM died, results unreadable, outputs not placed),
-/// as `docker run` uses 125 for its own failures.
-pub const EXIT_CAPSULE_FAILED: i64 = 125;
-/// `ExitCode` when the job could not be started in the guest (missing executable, ...).
-pub const EXIT_NOT_STARTED: i64 = 127;
+/// `ExitCode` when the capsule failed ([`crate::exit::CAPSULE_FAILED`]).
+pub const EXIT_CAPSULE_FAILED: i64 = crate::exit::CAPSULE_FAILED as i64;
+/// `ExitCode` when the job could not be started in the guest ([`crate::exit::NOT_STARTED`]).
+pub const EXIT_NOT_STARTED: i64 = crate::exit::NOT_STARTED as i64;
 /// Longest `VMCapsuleError`, in characters.
 const MAX_ERROR_CHARS: usize = 1000;
 

@@ -28,34 +28,11 @@ pub fn link_into(file: &Path, dir: &Path) -> io::Result<String> {
     }
 }
 
-/// Copy the template's `.vmx`, marking the data disk independent-persistent so VMware writes
-/// it in place (not into a snapshot delta) while OS disks stay snapshotted.
+/// Copy the template's `.vmx` with the data disk made independent-persistent.
 ///
 /// # Errors
 /// I/O errors.
 pub fn write_vmx(src: &Path, dest: &Path, data_name: &str) -> io::Result<()> {
-    let text = fs::read_to_string(src)?;
-    let mut out = String::new();
-    let mut data_key = None;
-    for line in text.lines() {
-        if let Some((key, value)) = line.split_once('=') {
-            let key = key.trim();
-            let value = value.trim().trim_matches('"');
-            if key.ends_with(".fileName") && value == data_name {
-                data_key = key.strip_suffix(".fileName").map(str::to_owned);
-            }
-            if data_key
-                .as_deref()
-                .is_some_and(|k| key == format!("{k}.mode"))
-            {
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    if let Some(k) = data_key {
-        out.push_str(&format!("{k}.mode = \"independent-persistent\"\n"));
-    }
-    fs::write(dest, out)
+    let vmx = crate::template::Vmx::parse(&fs::read_to_string(src)?);
+    fs::write(dest, vmx.with_persistent_disk(data_name))
 }

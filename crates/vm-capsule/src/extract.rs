@@ -1,6 +1,7 @@
-//! The vanilla flavour's launcher, after the VM powered off: turn the returned data disk into
-//! what a vanilla job leaves behind in its sandbox (its outputs, its stdout and stderr) and the
-//! job's exit status, so HTCondor's own file transfer and exit handling do the rest.
+//! Extracting a job's results after its VM stopped, for the vanilla flavour's launcher: turn
+//! the returned data disk into what a vanilla job leaves behind in its sandbox (its outputs,
+//! its stdout and stderr) and the job's exit status, so HTCondor's own file transfer and exit
+//! handling do the rest.
 
 use std::fs;
 use std::io::Write;

@@ -1,0 +1,106 @@
+//! Waiting for QEMU with a deadline while its stderr is drained: QEMU's stderr used to be
+//! read only after it exited, so a QEMU that wrote more than a pipe buffer blocked and was
+//! then reported as a timeout (issue 16).
+
+use std::io::Read;
+use std::process::{Child, ExitStatus};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The last bytes of stderr kept for a message.
+const STDERR_TAIL: usize = 16 * 1024;
+
+/// How the wait ended.
+#[derive(Debug)]
+pub enum Waited {
+    /// QEMU exited; the tail of what it wrote to stderr.
+    Exited(ExitStatus, String),
+    /// The deadline passed; QEMU was killed.
+    TimedOut,
+}
+
+/// Drain `child`'s stderr in a thread, keeping its tail.
+fn drain(child: &mut Child) -> Option<JoinHandle<String>> {
+    let mut stderr = child.stderr.take()?;
+    Some(std::thread::spawn(move || {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(buf.get(..n).unwrap_or_default());
+            if tail.len() > 2 * STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+        }
+        let start = tail.len().saturating_sub(STDERR_TAIL);
+        String::from_utf8_lossy(tail.get(start..).unwrap_or_default()).into_owned()
+    }))
+}
+
+/// Wait for `child` until `deadline` (none: as long as it runs), reporting progress every
+/// few seconds.
+///
+/// # Errors
+/// Errors of `try_wait`.
+pub fn wait(
+    child: &mut Child,
+    deadline: Option<Duration>,
+    progress: &mut dyn FnMut(&str),
+) -> std::io::Result<Waited> {
+    let drainer = drain(child);
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = drainer.and_then(|h| h.join().ok()).unwrap_or_default();
+            return Ok(Waited::Exited(status, tail));
+        }
+        if deadline.is_some_and(|d| start.elapsed() > d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Waited::TimedOut);
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            progress(&format!("guest running, {} s", start.elapsed().as_secs()));
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Issue 16: a child that writes far more than a pipe buffer to stderr still exits.
+    #[test]
+    fn a_chatty_child_does_not_block() {
+        let mut child = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        match wait(&mut child, Some(Duration::from_secs(30)), &mut |_| {}).unwrap() {
+            Waited::Exited(status, tail) => {
+                assert_eq!(status.code(), Some(3));
+                assert_eq!(tail.len(), STDERR_TAIL);
+            }
+            Waited::TimedOut => panic!("blocked on a full stderr pipe"),
+        }
+    }
+
+    #[test]
+    fn the_deadline_kills() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let w = wait(&mut child, Some(Duration::from_millis(200)), &mut |_| {}).unwrap();
+        assert!(matches!(w, Waited::TimedOut));
+    }
+}
