@@ -1,7 +1,7 @@
 //! The VM-universe ad the translate hook prints: the routed job HTCondor will run.
 //!
 //! The JobRouter replaces the routed ad with the hook's output and submits it attribute by
-//! attribute without `condor_submit` (reference/htcondor-protocol.md §1.2, §3.1), so the ad
+//! attribute without `condor_submit` (`JobRouter::FinishSubmitJob`, `submit_job.cpp`), so the ad
 //! must be complete: universe, VM parameters, file transfer, `Requirements`, identity and
 //! accounting. It is built, not echoed: the original's history must not leak into the copy.
 

@@ -46,7 +46,7 @@ fn tar_in_and_out_round_trip_with_gnu_tar() {
         .unwrap();
     assert_eq!(stats.files, 4);
     assert!(stats.skipped.is_empty(), "{:?}", stats.skipped);
-    // The same archive as one file, the DESIGN.md way.
+    // The same archive as one file, as the data disk carries it.
     disk.put_file("input.tar", &mut std::fs::File::open(&archive).unwrap())
         .unwrap();
     disk.finish().unwrap();

@@ -85,7 +85,7 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
         }
         Err(err) => {
             match err.job_to_hold() {
-                // Hold the original so the user sees why (hold-path.md, option c), then exit
+                // Hold the original so the user sees why (docs/DESIGN.md, holds), then exit
                 // non-zero so the router yields it; stdout stays empty.
                 Some(id) => {
                     log.error(&err.to_string());

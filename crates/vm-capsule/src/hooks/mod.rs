@@ -1,6 +1,6 @@
 //! The JobRouter hooks: translate, update, finalize and cleanup.
 //!
-//! Each hook is a thin shell (DESIGN.md): read stdin, run the pure logic, execute its plan,
+//! Each hook is a thin shell (docs/DESIGN.md): read stdin, run the pure logic, execute its plan,
 //! print ClassAd lines on stdout. Diagnostics go to the configured log file and to stderr
 //! (the JobRouter copies hook stderr into its own log).
 

@@ -1,5 +1,5 @@
 //! Job arguments and environment as HTCondor stores them in the ad
-//! (`condor_arglist.cpp`, `env.cpp`; summary in reference/htcondor-protocol.md §4.3).
+//! (HTCondor's `condor_arglist.cpp` and `env.cpp`).
 
 use thiserror::Error;
 

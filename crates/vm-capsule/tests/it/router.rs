@@ -3,7 +3,7 @@
 //! stdin closed), runs the hooks by their executable names with no arguments from an
 //! unwritable directory with the router's environment, caps stdout at PIPE_BUFFER_MAX, checks
 //! every line with HTCondor's own parser, and applies the router's edits to the routed ad
-//! (reference/htcondor-protocol.md §1.3). The execute node is `capsule-init --image` on the
+//! (`VanillaToGrid::vanillaToGrid` in HTCondor). The execute node is `capsule-init --image` on the
 //! host. Everything else is real.
 
 use std::io::Write;
