@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use capsule_manifest::{
-    AgentInfo, JobResult, Manifest, Outcome, CAPSULE_JSON, DEFAULT_STDERR, DEFAULT_STDOUT,
-    INPUT_TAR, OUTPUT_TAR, RESULT_JSON, SCHEMA_VERSION,
+    AgentInfo, JobResult, Manifest, Outcome, ProblemKind, CAPSULE_JSON, DEFAULT_STDERR,
+    DEFAULT_STDOUT, INPUT_TAR, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
 };
 
 use crate::collect::{self, Collected};
@@ -127,8 +127,8 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
             }
         },
     };
-    if let Some(e) = &result.error {
-        crate::log!("{e}");
+    for p in &result.problems {
+        crate::log!("{}", p.message);
     }
     if let Some(end) = job_end {
         crate::log!(
@@ -151,7 +151,7 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
     ];
     put_outputs(source.as_mut(), &files, &mut result);
     if let Err(e) = source.sync() {
-        add_error(&mut result, format!("{e:#}"));
+        result.add_problem(ProblemKind::Agent, format!("{e:#}"));
     }
     let json = result.to_json().context("cannot encode result.json")?;
     if let Err(e) = source.put(RESULT_JSON, &mut &json[..]) {
@@ -162,7 +162,7 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
         // nothing, so give their space back: an answer without outputs beats no answer.
         for (name, _) in &files {
             if let Err(e) = source.put(name, &mut io::empty()) {
-                add_error(&mut result, format!("cannot empty {name}: {e:#}"));
+                result.add_problem(ProblemKind::Agent, format!("cannot empty {name}: {e:#}"));
             }
         }
         result.outputs.clear();
@@ -172,7 +172,7 @@ pub fn run(opts: &Options, t0: Instant) -> Result<Report> {
             free_text(source.free_bytes())
         );
         crate::log!("{msg}");
-        add_error(&mut result, msg);
+        result.add_problem(ProblemKind::OutputsDidNotFit, msg);
         source.sync().context("cannot sync the data disk")?;
         let json = result.to_json().context("cannot encode result.json")?;
         source
@@ -197,7 +197,7 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn DataSource>> {
 /// cut tar is useless), a stream keeps the head that fits with [`RESERVE`] to spare. A full
 /// disk is reported once, with the room there was, so the user knows what to ask for.
 fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: &mut JobResult) {
-    let mut errors = Vec::new();
+    let mut errors: Vec<(ProblemKind, String)> = Vec::new();
     let mut too_big = Vec::new();
     let mut free_at_first_failure = None;
     for &(name, path) in files {
@@ -219,11 +219,17 @@ fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: 
         }
         // Empty first: a mounted disk keeps what a failed write got in.
         if let Err(e) = source.put(name, &mut io::empty()) {
-            errors.push(format!("cannot empty {name} after a failed write: {e:#}"));
+            errors.push((
+                ProblemKind::Agent,
+                format!("cannot empty {name} after a failed write: {e:#}"),
+            ));
             continue;
         }
         if !is_no_space(&e) {
-            errors.push(format!("cannot write {name} to the data disk: {e:#}"));
+            errors.push((
+                ProblemKind::Agent,
+                format!("cannot write {name} to the data disk: {e:#}"),
+            ));
             continue;
         }
         let free = source.free_bytes();
@@ -247,15 +253,18 @@ fn put_outputs(source: &mut dyn DataSource, files: &[(&str, Option<&Path>)], r: 
         let free = free_text(free_at_first_failure.flatten());
         errors.insert(
             0,
-            format!(
-                "outputs did not fit on the data disk ({free}; {}): increase request_disk",
-                too_big.join("; ")
+            (
+                ProblemKind::OutputsDidNotFit,
+                format!(
+                    "outputs did not fit on the data disk ({free}; {}): increase request_disk",
+                    too_big.join(", ")
+                ),
             ),
         );
     }
-    for e in errors {
+    for (kind, e) in errors {
         crate::log!("{e}");
-        add_error(r, e);
+        r.add_problem(kind, e);
     }
 }
 
@@ -299,14 +308,6 @@ fn is_no_space(e: &anyhow::Error) -> bool {
                 || io.raw_os_error() == Some(nix::libc::ENOSPC)
                 || io.to_string().contains("No space left on device")
         })
-}
-
-/// Append `e` to the result's error (several problems are joined with "; ").
-fn add_error(r: &mut JobResult, e: String) {
-    r.error = Some(match r.error.take() {
-        Some(prev) => format!("{prev}; {e}"),
-        None => e,
-    });
 }
 
 fn read_manifest(source: &mut dyn DataSource) -> Result<Manifest> {
@@ -443,10 +444,10 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
             .map_or(0.0, |d| d.as_secs_f64())
     };
     let mut r = JobResult {
-        schema_version: SCHEMA_VERSION,
+        schema_version: RESULT_SCHEMA_VERSION,
         outcome: f.outcome,
         timed_out: f.timed_out,
-        error: None,
+        problems: Vec::new(),
         wall_time_secs: f.ended_at.duration_since(f.exec_at).as_secs_f64(),
         user_cpu_secs: f.user_cpu_secs,
         system_cpu_secs: f.system_cpu_secs,
@@ -459,7 +460,10 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
         agent,
     };
     if f.timed_out {
-        r.error = Some("the job exceeded its wall-time limit and was killed".to_owned());
+        r.add_problem(
+            ProblemKind::TimeLimit,
+            "the job exceeded its wall-time limit and was killed",
+        );
     }
     let escaped_warning = (f.escaped_killed > 0).then(|| {
         format!(
@@ -474,9 +478,10 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
             r.warnings = c.warnings;
         }
         Err(e) => {
-            r.error = Some(format!(
-                "the job ran but its outputs could not be collected: {e:#}"
-            ));
+            r.add_problem(
+                ProblemKind::Collect,
+                format!("the job ran but its outputs could not be collected: {e:#}"),
+            );
         }
     }
     r.warnings.extend(escaped_warning);

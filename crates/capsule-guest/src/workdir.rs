@@ -22,6 +22,10 @@ pub fn unpack(archive: impl Read, work: &Path) -> Result<()> {
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     for entry in ar.entries().context("cannot read input.tar")? {
         let mut entry = entry.context("cannot read an input.tar entry")?;
+        // pax global headers (Python's tarfile, `git archive`) carry no file and may be unnamed
+        if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+            continue;
+        }
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let rel = match RelPath::from_archive_name(&raw) {

@@ -73,14 +73,14 @@
 //! * `inputs` (default empty): the entries of `input.tar` the host put there; the agent checks
 //!   each one was unpacked.
 //!
-//! # `result.json`, schema version 1
+//! # `result.json`, schema version 2
 //!
 //! ```json
 //! {
-//!   "schema_version": 1,
+//!   "schema_version": 2,
 //!   "outcome": { "kind": "exited", "code": 3 },
 //!   "timed_out": false,
-//!   "error": null,
+//!   "problems": [],
 //!   "wall_time_secs": 0.012,
 //!   "user_cpu_secs": 0.001,
 //!   "system_cpu_secs": 0.002,
@@ -95,10 +95,13 @@
 //! ```
 //!
 //! * `outcome`: [`Outcome`]: `{"kind":"exited","code":N}`, `{"kind":"signaled","signal":N,
-//!   "core_dumped":B}` or `{"kind":"not_started"}` (then `error` says why).
+//!   "core_dumped":B}` or `{"kind":"not_started"}` (then a `not_started` problem says why).
 //! * `timed_out`: the wall-time limit killed the job (the outcome is then `signaled` 9).
-//! * `error`: a human-readable reason when something went wrong: the job could not start, or
-//!   the agent failed after the job ran (then `outcome` still holds the job's status).
+//! * `problems` (at most 64, messages of at most 4096 bytes): [`Problem`]s, each
+//!   `{"kind": K, "message": "..."}` with `K` one of `not_started`, `time_limit` (both part of
+//!   the job's outcome), `outputs_did_not_fit`, `collect`, `agent` (the capsule failed: the
+//!   job's results are incomplete, and the outcome still holds the job's status). Version 1
+//!   carried one `error` text instead; it is still read and its parts typed.
 //! * times are seconds as floats; `peak_rss_kib` is the largest resident set of the job or any
 //!   descendant it waited for; `outputs` lists the top-level entries in `output.tar` (a dir's
 //!   `size` is the sum of its files); `agent.setup_secs` is agent start -> job exec.
@@ -128,9 +131,12 @@ pub use path::{
     check_file_name, check_relative_path, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES,
     MAX_PATH_BYTES,
 };
-pub use result::{AgentInfo, JobResult, Outcome, OutputEntry};
+pub use result::{
+    AgentInfo, JobResult, Outcome, OutputEntry, Problem, ProblemKind, RESULT_SCHEMA_VERSION,
+};
 
-/// The schema version this crate reads and writes, in both files.
+/// The `capsule.json` schema version this crate reads and writes ([`RESULT_SCHEMA_VERSION`]
+/// is `result.json`'s).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Largest `capsule.json` or `result.json` accepted, in bytes.

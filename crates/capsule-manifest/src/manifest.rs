@@ -158,7 +158,7 @@ impl Manifest {
     /// the guest would refuse).
     pub fn to_json(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
-        json::to_vec(CAPSULE_JSON, self)
+        json::to_vec(CAPSULE_JSON, SCHEMA_VERSION, self)
     }
 
     /// Check every rule of the schema (see the crate docs).

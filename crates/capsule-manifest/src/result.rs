@@ -5,23 +5,29 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use crate::path::check_relative_path;
-use crate::{json, EntryKind, Error, RESULT_JSON, SCHEMA_VERSION};
+use crate::{json, EntryKind, Error, RESULT_JSON};
 
+/// The `result.json` schema this crate writes; version 1 (a single `error` text) is still read.
+pub const RESULT_SCHEMA_VERSION: u32 = 2;
 /// Highest signal number Linux uses (`SIGRTMAX`).
 const MAX_SIGNAL: u8 = 64;
+/// Most problems one result may carry.
+const MAX_PROBLEMS: usize = 64;
+/// Longest problem message, in bytes.
+const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// The result, `result.json`, written last by the guest agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobResult {
-    /// Always [`SCHEMA_VERSION`] once validated.
+    /// [`RESULT_SCHEMA_VERSION`] (a version-1 file is converted when read).
     pub schema_version: u32,
     /// How the job ended, or that it never started.
     pub outcome: Outcome,
     /// The wall-time limit killed the job.
     pub timed_out: bool,
-    /// What went wrong, for a human; `None` when nothing did.
-    pub error: Option<String>,
+    /// What went wrong, each with its kind; empty when nothing did.
+    pub problems: Vec<Problem>,
     /// Job start to job end, seconds.
     pub wall_time_secs: f64,
     /// User CPU of the job and its waited-for descendants, seconds.
@@ -42,6 +48,101 @@ pub struct JobResult {
     pub warnings: Vec<String>,
     /// Facts about the agent run.
     pub agent: AgentInfo,
+}
+
+/// Something that went wrong, typed so the host branches on the kind, not on the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Problem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// For a human.
+    pub message: String,
+}
+
+/// The kinds of [`Problem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The job could not be started (the outcome is `not_started`).
+    NotStarted,
+    /// The wall-time limit killed the job (part of its outcome, not a capsule failure).
+    TimeLimit,
+    /// Outputs or streams did not fit on the data disk (they are incomplete).
+    OutputsDidNotFit,
+    /// The job ran but its outputs could not be collected.
+    Collect,
+    /// Anything else the agent could not do.
+    Agent,
+}
+
+impl ProblemKind {
+    /// Whether the problem leaves the job's results incomplete (the capsule failed), as
+    /// opposed to describing the job's own outcome.
+    pub fn is_capsule_failure(self) -> bool {
+        !matches!(self, ProblemKind::NotStarted | ProblemKind::TimeLimit)
+    }
+}
+
+/// `result.json` version 1: one `error` text instead of typed problems.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobResultV1 {
+    schema_version: u32,
+    outcome: Outcome,
+    timed_out: bool,
+    error: Option<String>,
+    wall_time_secs: f64,
+    user_cpu_secs: f64,
+    system_cpu_secs: f64,
+    peak_rss_kib: u64,
+    started_at_unix: f64,
+    ended_at_unix: f64,
+    outputs: Vec<OutputEntry>,
+    missing_outputs: Vec<String>,
+    warnings: Vec<String>,
+    agent: AgentInfo,
+}
+
+impl From<JobResultV1> for JobResult {
+    fn from(v1: JobResultV1) -> JobResult {
+        // Version 1 joined its problems with "; ": split them and type them by what version 1
+        // agents wrote (only for reading old results; new ones carry the kind).
+        let problems = v1
+            .error
+            .iter()
+            .flat_map(|e| e.split("; "))
+            .map(|part| Problem {
+                kind: if v1.outcome == Outcome::NotStarted {
+                    ProblemKind::NotStarted
+                } else if v1.timed_out && part.contains("wall-time limit") {
+                    ProblemKind::TimeLimit
+                } else if part.contains("did not fit") {
+                    ProblemKind::OutputsDidNotFit
+                } else {
+                    ProblemKind::Agent
+                },
+                message: part.to_owned(),
+            })
+            .collect();
+        let _ = v1.schema_version;
+        JobResult {
+            schema_version: RESULT_SCHEMA_VERSION,
+            outcome: v1.outcome,
+            timed_out: v1.timed_out,
+            problems,
+            wall_time_secs: v1.wall_time_secs,
+            user_cpu_secs: v1.user_cpu_secs,
+            system_cpu_secs: v1.system_cpu_secs,
+            peak_rss_kib: v1.peak_rss_kib,
+            started_at_unix: v1.started_at_unix,
+            ended_at_unix: v1.ended_at_unix,
+            outputs: v1.outputs,
+            missing_outputs: v1.missing_outputs,
+            warnings: v1.warnings,
+            agent: v1.agent,
+        }
+    }
 }
 
 /// How the job ended.
@@ -95,10 +196,13 @@ impl JobResult {
     #[must_use]
     pub fn not_started(error: impl Into<String>, agent: AgentInfo) -> Self {
         JobResult {
-            schema_version: SCHEMA_VERSION,
+            schema_version: RESULT_SCHEMA_VERSION,
             outcome: Outcome::NotStarted,
             timed_out: false,
-            error: Some(error.into()),
+            problems: vec![Problem {
+                kind: ProblemKind::NotStarted,
+                message: error.into(),
+            }],
             wall_time_secs: 0.0,
             user_cpu_secs: 0.0,
             system_cpu_secs: 0.0,
@@ -118,9 +222,34 @@ impl JobResult {
     ///
     /// As [`crate::Manifest::from_json`], for `result.json`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, Error> {
-        let r: JobResult = json::from_slice(RESULT_JSON, bytes)?;
+        let version = json::schema_version(RESULT_JSON, bytes, &[1, RESULT_SCHEMA_VERSION])?;
+        let r: JobResult = if version == 1 {
+            json::parse::<JobResultV1>(RESULT_JSON, 1, bytes)?.into()
+        } else {
+            json::parse(RESULT_JSON, version, bytes)?
+        };
         r.validate()?;
         Ok(r)
+    }
+
+    /// Record a problem.
+    pub fn add_problem(&mut self, kind: ProblemKind, message: impl Into<String>) {
+        self.problems.push(Problem {
+            kind,
+            message: message.into(),
+        });
+    }
+
+    /// The messages of the problems of these kinds, joined for a human; `None` when there
+    /// are none.
+    pub fn problem_text(&self, keep: impl Fn(ProblemKind) -> bool) -> Option<String> {
+        let parts: Vec<&str> = self
+            .problems
+            .iter()
+            .filter(|p| keep(p.kind))
+            .map(|p| p.message.as_str())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// Read (at most [`crate::MAX_JSON_BYTES`] + 1 bytes), parse and validate a `result.json`.
@@ -129,9 +258,7 @@ impl JobResult {
     ///
     /// As [`JobResult::from_json`], plus [`Error::Read`].
     pub fn from_reader(reader: impl Read) -> Result<Self, Error> {
-        let r: JobResult = json::from_reader(RESULT_JSON, reader)?;
-        r.validate()?;
-        Ok(r)
+        JobResult::from_json(&json::read_bounded(RESULT_JSON, reader)?)
     }
 
     /// Validate, then serialize as pretty JSON.
@@ -141,7 +268,7 @@ impl JobResult {
     /// [`Error::Invalid`] when a field breaks the schema.
     pub fn to_json(&self) -> Result<Vec<u8>, Error> {
         self.validate()?;
-        json::to_vec(RESULT_JSON, self)
+        json::to_vec(RESULT_JSON, RESULT_SCHEMA_VERSION, self)
     }
 
     /// Check every rule of the schema.
@@ -150,12 +277,33 @@ impl JobResult {
     ///
     /// The first broken rule, as [`Error::Invalid`] or [`Error::UnsupportedSchemaVersion`].
     pub fn validate(&self) -> Result<(), Error> {
-        if self.schema_version != SCHEMA_VERSION {
+        if self.schema_version != RESULT_SCHEMA_VERSION {
             return Err(Error::UnsupportedSchemaVersion {
                 file: RESULT_JSON,
                 found: u64::from(self.schema_version),
-                supported: SCHEMA_VERSION,
+                supported: RESULT_SCHEMA_VERSION,
             });
+        }
+        if self.problems.len() > MAX_PROBLEMS {
+            return Err(Error::invalid(
+                RESULT_JSON,
+                "problems",
+                &self.problems.len().to_string(),
+                format!("at most {MAX_PROBLEMS} problems"),
+            ));
+        }
+        if let Some((i, p)) = self
+            .problems
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.message.len() > MAX_MESSAGE_BYTES)
+        {
+            return Err(Error::invalid(
+                RESULT_JSON,
+                format!("problems[{i}].message"),
+                &format!("{} bytes", p.message.len()),
+                format!("at most {MAX_MESSAGE_BYTES} bytes"),
+            ));
         }
         if let Outcome::Signaled { signal, .. } = self.outcome {
             if signal == 0 || signal > MAX_SIGNAL {
@@ -167,12 +315,17 @@ impl JobResult {
                 ));
             }
         }
-        if self.outcome == Outcome::NotStarted && self.error.is_none() {
+        if self.outcome == Outcome::NotStarted
+            && !self
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::NotStarted)
+        {
             return Err(Error::invalid(
                 RESULT_JSON,
-                "error",
-                "null",
-                "a job that did not start needs an error saying why",
+                "problems",
+                "no not_started problem",
+                "a job that did not start needs a not_started problem saying why",
             ));
         }
         for (field, v) in [
@@ -227,7 +380,8 @@ mod tests {
             signal: 11,
             core_dumped: false,
         };
-        r.error = None;
+        r.problems.clear();
+        r.add_problem(ProblemKind::Agent, "something");
         r.outputs.push(OutputEntry {
             path: "d/x".into(),
             kind: EntryKind::Dir,
@@ -237,6 +391,23 @@ mod tests {
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains(r#""kind": "signaled""#), "{text}");
         assert_eq!(JobResult::from_json(&json).unwrap(), r);
+    }
+
+    /// Issue 16: a version-1 result (one joined `error` text) is still read, typed.
+    #[test]
+    fn version_1_results_are_read_with_typed_problems() {
+        let v1 = br#"{"schema_version":1,"outcome":{"kind":"signaled","signal":9,"core_dumped":false},"timed_out":true,"error":"the job exceeded its wall-time limit and was killed; outputs did not fit on the data disk (3 MiB free)","wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}"#;
+        let r = JobResult::from_json(v1).unwrap();
+        assert_eq!(r.schema_version, RESULT_SCHEMA_VERSION);
+        let kinds: Vec<ProblemKind> = r.problems.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::TimeLimit, ProblemKind::OutputsDidNotFit]
+        );
+        assert_eq!(
+            r.problem_text(ProblemKind::is_capsule_failure).unwrap(),
+            "outputs did not fit on the data disk (3 MiB free)"
+        );
     }
 
     #[test]
@@ -260,7 +431,10 @@ mod tests {
         };
         assert!(bad.validate().is_err());
         let mut bad = good.clone();
-        bad.error = None;
+        bad.problems.clear();
+        assert!(bad.validate().is_err());
+        let mut bad = good.clone();
+        bad.problems[0].message = "x".repeat(5000);
         assert!(bad.validate().is_err());
         let mut bad = good;
         bad.wall_time_secs = -1.0;
@@ -272,7 +446,7 @@ mod tests {
             "{e}"
         );
         let e =
-            JobResult::from_json(br#"{"schema_version":1,"outcome":{"kind":"exited","code":256}}"#)
+            JobResult::from_json(br#"{"schema_version":2,"outcome":{"kind":"exited","code":256}}"#)
                 .unwrap_err();
         assert!(e.to_string().contains("result.json does not match"), "{e}");
     }

@@ -96,7 +96,7 @@ fn extract(
         Outcome::Signaled { signal, .. } => LauncherExit::Signal(signal),
         Outcome::NotStarted => LauncherExit::NotStarted(
             result
-                .error
+                .problem_text(|k| k == capsule_manifest::ProblemKind::NotStarted)
                 .unwrap_or_else(|| "the job could not be started".to_owned()),
         ),
     }

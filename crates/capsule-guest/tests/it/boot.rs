@@ -307,5 +307,5 @@ fn boot_raw_virtio_mounted_data_dir() {
         b.console
     );
     assert_eq!(b.tar_names(), ["new.txt"]);
-    assert!(b.result.error.is_none(), "{:?}", b.result.error);
+    assert!(b.result.problems.is_empty(), "{:?}", b.result.problems);
 }

@@ -107,7 +107,7 @@ fn exit_codes_0_1_255() {
     for code in [0u8, 1, 255] {
         let ran = script(&format!("exit {code}")).run();
         assert_eq!(ran.result.outcome, exited(code));
-        assert!(ran.result.error.is_none());
+        assert!(ran.result.problems.is_empty());
         assert!(!ran.result.timed_out);
         assert!(ran.result.wall_time_secs > 0.0);
         assert!(ran.result.started_at_unix > 1.6e9);
@@ -146,11 +146,14 @@ fn time_limit_kills_the_whole_process_group() {
         "{}",
         ran.result.wall_time_secs
     );
+    assert_eq!(
+        ran.result.problems.first().map(|p| p.kind),
+        Some(capsule_manifest::ProblemKind::TimeLimit)
+    );
     assert!(ran
         .result
-        .error
-        .as_deref()
-        .unwrap_or("")
+        .problem_text(|_| true)
+        .unwrap_or_default()
         .contains("wall-time limit"));
     // the background child died too (at most a zombie waiting for its new parent)
     let pid = std::fs::read_to_string(ran.scratch.join("work/bg.pid")).unwrap();
@@ -253,7 +256,7 @@ fn a_job_that_cannot_start_is_reported() {
     missing.manifest.executable = "nothere".into();
     let ran = missing.run();
     assert_eq!(ran.result.outcome, Outcome::NotStarted);
-    let e = ran.result.error.clone().unwrap();
+    let e = ran.result.problem_text(|_| true).unwrap();
     assert!(
         e.contains("cannot execute") && e.contains("nothere") && e.contains("hint"),
         "{e}"
@@ -267,12 +270,12 @@ fn a_job_that_cannot_start_is_reported() {
     c.manifest.executable = "plain.sh".into();
     let ran = c.run();
     assert_eq!(ran.result.outcome, Outcome::NotStarted);
-    let e = ran.result.error.unwrap();
+    let e = ran.result.problem_text(|_| true).unwrap();
     assert!(e.contains("Permission denied") && e.contains("0755"), "{e}");
 
     let mut c = script("true");
     c.manifest.stdin = Some("no-such-input".into());
-    let e = c.run().result.error.unwrap();
+    let e = c.run().result.problem_text(|_| true).unwrap();
     assert!(e.contains("stdin file \"no-such-input\""), "{e}");
 }
 
@@ -283,7 +286,7 @@ fn unknown_schema_version_is_refused_in_result_json() {
         Some(r#"{"schema_version": 2, "executable": "job.sh", "argv": ["job.sh"]}"#.into());
     let ran = c.run();
     assert_eq!(ran.result.outcome, Outcome::NotStarted);
-    let e = ran.result.error.clone().unwrap();
+    let e = ran.result.problem_text(|_| true).unwrap();
     assert!(e.contains("capsule.json has schema_version 2"), "{e}");
     assert_eq!(ran.text("stdout"), "");
     // the work dir was never populated
@@ -298,11 +301,15 @@ fn outputs_that_fill_the_data_disk_still_leave_a_result() {
     c.disk_size = 64 << 20;
     let ran = c.run();
     assert_eq!(ran.result.outcome, exited(3), "{}", ran.log);
-    let e = ran.result.error.clone().unwrap_or_default();
+    let e = ran.result.problem_text(|_| true).unwrap_or_default();
     assert!(
         e.starts_with("outputs did not fit on the data disk (")
             && e.contains(" MiB free; output.tar needs 86 MiB, left empty): increase request_disk"),
         "{e}"
+    );
+    assert_eq!(
+        ran.result.problems[0].kind,
+        capsule_manifest::ProblemKind::OutputsDidNotFit
     );
     assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
     assert!(ran.output_tar().is_empty());
@@ -319,7 +326,7 @@ fn a_stream_too_large_for_the_data_disk_keeps_its_head() {
     c.disk_size = 64 << 20;
     let ran = c.run();
     assert_eq!(ran.result.outcome, exited(0), "{}", ran.log);
-    let e = ran.result.error.clone().unwrap_or_default();
+    let e = ran.result.problem_text(|_| true).unwrap_or_default();
     assert!(
         e.contains("; stdout needs 86 MiB, kept its first ")
             && e.ends_with("increase request_disk"),
@@ -353,7 +360,7 @@ fn outputs_that_fit_exactly_still_leave_room_for_the_result() {
     // marker: exactly the free space, which is whole clusters.
     let ran = capsule(free - 1536).run();
     assert_eq!(ran.result.outcome, exited(7), "{}", ran.log);
-    let e = ran.result.error.clone().unwrap_or_default();
+    let e = ran.result.problem_text(|_| true).unwrap_or_default();
     assert!(
         e.starts_with("result.json did not fit on the data disk after the outputs (")
             && e.ends_with("they were emptied to make room; increase request_disk"),

@@ -177,6 +177,7 @@ fn finalize_killed_anywhere_then_rerun_converges() {
         },
     );
     result.outcome = capsule_manifest::Outcome::Exited { code: 0 };
+    result.problems.clear();
     result.outputs = vec![capsule_manifest::OutputEntry {
         path: "o".into(),
         kind: capsule_manifest::EntryKind::Dir,

@@ -79,7 +79,10 @@ fn result_json(code: u8, outputs: &[&str], error: Option<&str>) -> Vec<u8> {
         },
     );
     r.outcome = Outcome::Exited { code };
-    r.error = error.map(str::to_owned);
+    r.problems.clear();
+    if let Some(e) = error {
+        r.add_problem(capsule_manifest::ProblemKind::Agent, e);
+    }
     r.outputs = outputs
         .iter()
         .map(|p| OutputEntry {

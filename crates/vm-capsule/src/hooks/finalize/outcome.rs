@@ -1,7 +1,7 @@
 //! The attributes finalize prints for the original job: the guest's real exit status and
 //! usage, or the capsule's failure.
 
-use capsule_manifest::{JobResult, Outcome};
+use capsule_manifest::{JobResult, Outcome, ProblemKind};
 use classad::{ClassAd, Expr, Literal};
 
 use crate::text::safe_text;
@@ -30,8 +30,7 @@ pub fn exit_attributes(attrs: &mut ClassAd, result: &JobResult) {
             attrs.insert("ExitCode", Expr::integer(EXIT_NOT_STARTED));
             attrs.insert("ExitBySignal", Expr::boolean(false));
             let why = result
-                .error
-                .clone()
+                .problem_text(|k| k == ProblemKind::NotStarted)
                 .unwrap_or_else(|| "the job could not be started".to_owned());
             attrs.insert("VMCapsuleError", error_text(&why));
         }
@@ -83,19 +82,13 @@ pub fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// What the agent's `error` says beyond the job's own outcome: `None` when nothing, or only the
-/// time-limit kill (part of the outcome), or when the job never started (reported as such).
+/// What the agent reports beyond the job's own outcome (a time-limit kill and a job that
+/// never started are the outcome, reported as such): `None` when nothing.
 pub fn agent_problem(result: &JobResult) -> Option<String> {
     if matches!(result.outcome, Outcome::NotStarted) {
         return None;
     }
-    let parts: Vec<&str> = result
-        .error
-        .as_deref()?
-        .split("; ")
-        .filter(|p| !(result.timed_out && p.contains("wall-time limit")))
-        .collect();
-    (!parts.is_empty()).then(|| parts.join("; "))
+    result.problem_text(ProblemKind::is_capsule_failure)
 }
 
 #[cfg(test)]
