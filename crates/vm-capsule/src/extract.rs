@@ -13,6 +13,40 @@ use capsule_manifest::Outcome;
 use crate::hooks::finalize::{agent_problem, read_result};
 use crate::hooks::place::{place_outputs, OutputRules};
 
+/// The attributes the launcher publishes through Chirp, with what the guest measured.
+pub fn usage_attributes(result: &capsule_manifest::JobResult) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "VMCapsuleJobUserCpu",
+            format!("{:.3}", result.user_cpu_secs),
+        ),
+        (
+            "VMCapsuleJobSysCpu",
+            format!("{:.3}", result.system_cpu_secs),
+        ),
+        (
+            "VMCapsuleJobWallTime",
+            format!("{:.3}", result.wall_time_secs),
+        ),
+        ("VMCapsulePeakRssKiB", result.peak_rss_kib.to_string()),
+        (
+            "VMCapsuleResult",
+            format!("\"{}\"", crate::hooks::finalize::describe(&result.outcome)),
+        ),
+    ]
+}
+
+fn publish_usage(
+    sandbox: &Path,
+    result: &capsule_manifest::JobResult,
+) -> Result<(), crate::chirp::ChirpError> {
+    let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox)?;
+    for (name, value) in usage_attributes(result) {
+        chirp.set_job_attr(name, &value)?;
+    }
+    Ok(())
+}
+
 /// How the launcher must end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LauncherExit {
@@ -66,6 +100,10 @@ fn extract(
             ))
         }
     };
+    // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
+    // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
+    // a starter that does not answer, loses only these attributes.
+    let _ = publish_usage(sandbox, &result);
     if let Ok(mut reader) = disk.open_file(capsule_manifest::DEFAULT_STDOUT) {
         let _ = std::io::copy(&mut reader, out);
     }

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod boot;
+pub mod capsule;
+pub mod chirp;
 pub mod config;
 pub mod exit;
 pub mod extract;
@@ -16,6 +18,7 @@ pub mod identity;
 pub mod job;
 pub mod routed;
 pub mod runner;
+pub mod sandbox;
 pub mod scratch;
 pub mod template;
 pub mod text;

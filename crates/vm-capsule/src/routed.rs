@@ -17,7 +17,25 @@ pub const VM_UNIVERSE: i64 = 13;
 /// `JobUniverse` of vanilla jobs.
 pub const VANILLA_UNIVERSE: i64 = 5;
 /// The VM description a vanilla-flavour launcher boots (the VM-universe ad, old syntax).
-pub const CAPSULE_AD: &str = "capsule.ad";
+pub const CAPSULE_AD: &str = "vm-capsule.ad";
+/// Vanilla flavour: the manifest the launcher puts on the data disk it makes.
+pub const CAPSULE_JSON_FILE: &str = "vm-capsule.json";
+/// Vanilla flavour: the original job ad the launcher puts on the data disk.
+pub const JOB_AD_FILE: &str = "vm-capsule.job.ad";
+/// The files translate writes for the vanilla launcher (their names are taken in its sandbox).
+pub const VANILLA_FILES: [&str; 3] = [CAPSULE_AD, CAPSULE_JSON_FILE, JOB_AD_FILE];
+/// Capsule-ad attribute: the data disk's partition offset (the launcher makes the disk).
+pub const ATTR_DISK_OFFSET: &str = "VMCapsuleDataDiskOffset";
+/// Capsule-ad attribute: the data disk's FAT label.
+pub const ATTR_DISK_LABEL: &str = "VMCapsuleDataDiskLabel";
+/// Capsule-ad attribute: what the job asked for in all (`RequestDisk`), bytes.
+pub const ATTR_DISK_REQUEST: &str = "VMCapsuleRequestDiskBytes";
+/// Capsule-ad attribute: the least room for outputs, bytes.
+pub const ATTR_DISK_HEADROOM: &str = "VMCapsuleOutputHeadroomBytes";
+/// Capsule-ad attribute: the largest data disk, bytes.
+pub const ATTR_DISK_MAX: &str = "VMCapsuleMaxDataDiskBytes";
+/// Capsule-ad attribute: the agent's file name in the sandbox (absent: the guest has one).
+pub const ATTR_AGENT: &str = "VMCapsuleAgent";
 /// Routed-ad attribute: the job dir in the scratch prefix.
 pub const ATTR_SCRATCH: &str = "VMCapsuleScratch";
 /// Routed-ad attribute: the data disk's file name.
@@ -80,8 +98,8 @@ pub struct Staged {
     pub data_disk: String,
     /// The data disk's container format.
     pub data_disk_format: &'static str,
-    /// The data disk's virtual size, bytes.
-    pub data_disk_bytes: u64,
+    /// The data disk's virtual size, bytes (none: the vanilla launcher sizes it).
+    pub data_disk_bytes: Option<u64>,
     /// VM memory, MiB.
     pub memory_mib: u64,
     /// VM CPUs.
@@ -185,17 +203,59 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
     ad
 }
 
+/// What a vanilla-flavour routed job runs and ships besides the capsule's own files.
+#[derive(Debug, Clone, Copy)]
+pub struct VanillaInputs<'a> {
+    /// The launcher (`vm-capsule run --vanilla`), the routed job's executable.
+    pub launcher: &'a std::path::Path,
+    /// The guest agent to put on the data disk, unless the guest image has its own.
+    pub agent: Option<&'a std::path::Path>,
+    /// The launcher's time limit (none: as long as HTCondor lets the job run).
+    pub timeout_secs: Option<u64>,
+}
+
+/// `TransferInput` of a vanilla-flavour routed job: the capsule's files (VM disks but the data
+/// disk, which the launcher makes; the launcher's own files; the agent), then the job's own
+/// executable, `In` and inputs exactly as the user wrote them (URLs and `dir/` included), so
+/// HTCondor's transfer moves them straight to the execute node.
+fn vanilla_transfer(job: &JobSpec, staged: &Staged, parts: &VanillaInputs<'_>) -> Vec<String> {
+    let scratch = std::path::Path::new(&staged.scratch);
+    let mut transfer: Vec<String> = staged
+        .transfer
+        .iter()
+        .filter(|f| **f != staged.data_disk)
+        .chain(
+            VANILLA_FILES
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .map(|f| scratch.join(f).display().to_string())
+        .collect();
+    transfer.extend(parts.agent.map(|a| a.display().to_string()));
+    if job.transfer_executable {
+        transfer.push(job.executable.display().to_string());
+    }
+    if let Some(stdin) = &job.stdin {
+        if !job.inputs.iter().any(|i| i.source == stdin.path) {
+            transfer.push(stdin.path.display().to_string());
+        }
+    }
+    transfer.extend(job.inputs.iter().map(|i| i.entry.clone()));
+    transfer
+}
+
 /// Build the vanilla-flavour routed ad: an ordinary vanilla job whose executable, the
 /// launcher (`vm-capsule run`), boots the capsule with QEMU on the execute node and exits as
 /// the job did. HTCondor's own file transfer then brings the outputs and streams to where the
 /// original job named them, so `Iwd`, `Out`, `Err`, `TransferOutput` and the remaps are the
-/// original's; only `TransferInput` (the capsule files, by absolute path) changes.
+/// original's; `TransferInput` carries the capsule's files and the job's own inputs as written.
 pub fn build_vanilla(
     job: &JobSpec,
     original: &ClassAd,
     staged: &Staged,
-    launcher: &std::path::Path,
-    timeout_secs: Option<u64>,
+    parts: &VanillaInputs<'_>,
 ) -> ClassAd {
     let mut ad = ClassAd::new();
     carry(&mut ad, original, CARRIED);
@@ -209,24 +269,24 @@ pub fn build_vanilla(
     ad.insert("JobUniverse", Expr::integer(VANILLA_UNIVERSE));
     ad.insert("JobStatus", Expr::integer(1));
     ad.insert("Iwd", Expr::string(job.iwd.display().to_string()));
-    ad.insert("Cmd", Expr::string(launcher.display().to_string()));
+    ad.insert("Cmd", Expr::string(parts.launcher.display().to_string()));
     ad.insert("TransferExecutable", Expr::boolean(true));
     // Without a job time limit the launcher waits as long as HTCondor lets the job run.
-    let timeout = timeout_secs.map_or_else(String::new, |t| format!(" --timeout {t}"));
+    let timeout = parts
+        .timeout_secs
+        .map_or_else(String::new, |t| format!(" --timeout {t}"));
     ad.insert(
         "Arguments",
         Expr::string(format!("run {CAPSULE_AD} --vanilla --accel auto{timeout}")),
     );
-    let scratch = std::path::Path::new(&staged.scratch);
-    let mut transfer: Vec<String> = staged
-        .transfer
-        .iter()
-        .map(|f| scratch.join(f).display().to_string())
-        .collect();
-    transfer.push(scratch.join(CAPSULE_AD).display().to_string());
-    ad.insert("TransferInput", Expr::string(transfer.join(",")));
+    ad.insert(
+        "TransferInput",
+        Expr::string(vanilla_transfer(job, staged, parts).join(",")),
+    );
     ad.insert("ShouldTransferFiles", Expr::string("YES"));
     ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
+    // The launcher publishes the job's own usage through the starter's Chirp server.
+    ad.insert("WantIOProxy", Expr::boolean(true));
     // QEMU itself needs memory beyond the guest's.
     ad.insert(
         "RequestMemory",
@@ -260,10 +320,9 @@ fn capsule_attrs(ad: &mut ClassAd, staged: &Staged) {
     ad.insert(ATTR_SCRATCH, Expr::string(staged.scratch.clone()));
     ad.insert(ATTR_DATA_DISK, Expr::string(staged.data_disk.clone()));
     ad.insert(ATTR_DATA_DISK_FORMAT, Expr::string(staged.data_disk_format));
-    ad.insert(
-        ATTR_DATA_DISK_BYTES,
-        Expr::integer(to_i64(staged.data_disk_bytes)),
-    );
+    if let Some(bytes) = staged.data_disk_bytes {
+        ad.insert(ATTR_DATA_DISK_BYTES, Expr::integer(to_i64(bytes)));
+    }
 }
 
 /// What `condor_submit` adds for VM jobs (`SetRequirements`); Xen skips `TotalMemory`.

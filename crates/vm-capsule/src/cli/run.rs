@@ -11,7 +11,9 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use vm_capsule::extract::{finish_in_sandbox, LauncherExit};
+use vm_capsule::routed;
 use vm_capsule::runner::{run, Accel, RunOptions, VmSpec};
+use vm_capsule::sandbox::make_data_disk;
 
 /// `--timeout` when none is given (outside the vanilla flavour).
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -100,6 +102,8 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let mut capsule_files = spec.transfer.clone();
     capsule_files.push(args.routed_ad.display().to_string());
     capsule_files.push("console.log".to_owned());
+    capsule_files.extend(routed::VANILLA_FILES.iter().map(|f| (*f).to_owned()));
+    capsule_files.extend(classad::eval::string_attr(ad, routed::ATTR_AGENT));
     // The launcher itself, as HTCondor transferred it into the sandbox.
     if let Some(name) = std::env::current_exe()
         .ok()
@@ -107,7 +111,10 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     {
         capsule_files.push(name);
     }
-    let booted = run(ad, &opts, &mut |_| {});
+    // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
+    let booted = make_data_disk(&sandbox, ad)
+        .map_err(|e| anyhow::anyhow!("cannot make the data disk in the sandbox: {e:#}"))
+        .and_then(|_| run(ad, &opts, &mut |_| {}).map_err(anyhow::Error::from));
     if let Err(e) = &booted {
         // Show the end of the console: it usually says why.
         if let Ok(console) = std::fs::read_to_string(sandbox.join("console.log")) {

@@ -6,10 +6,44 @@ use std::path::{Path, PathBuf};
 /// One `TransferInput` entry, resolved against the job's `Iwd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputItem {
-    /// Absolute path on the submit side.
+    /// The entry as the user wrote it (what a routed job hands to HTCondor's transfer).
+    pub entry: String,
+    /// Absolute path on the submit side (for a URL, the URL).
     pub source: PathBuf,
     /// `dir/` (trailing slash): transfer the directory's contents, not the directory.
     pub contents_only: bool,
+    /// A URL (`scheme://...`), fetched on the execute node by HTCondor's file-transfer
+    /// plugins; the file's name in the sandbox is the URL's last path component.
+    pub url: Option<String>,
+}
+
+impl InputItem {
+    /// The name the entry takes in the sandbox, when it is one entry (not `dir/`).
+    pub fn sandbox_name(&self) -> Option<String> {
+        match &self.url {
+            Some(url) => {
+                let path = url.split(['?', '#']).next().unwrap_or(url);
+                path.rsplit('/')
+                    .next()
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+            }
+            None => self
+                .source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+        }
+    }
+}
+
+/// Whether `entry` is a URL as HTCondor's file transfer sees one: `scheme://`, the scheme a
+/// letter followed by letters, digits, `+`, `-` or `.`.
+pub fn is_url(entry: &str) -> bool {
+    entry.split_once("://").is_some_and(|(scheme, _)| {
+        let mut chars = scheme.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 /// Split a comma-separated transfer list, trimming spaces and skipping empty entries.
@@ -26,6 +60,14 @@ pub fn input_items(text: &str, iwd: &Path) -> Vec<InputItem> {
     split_list(text)
         .into_iter()
         .map(|entry| {
+            if is_url(&entry) {
+                return InputItem {
+                    source: PathBuf::from(&entry),
+                    contents_only: false,
+                    url: Some(entry.clone()),
+                    entry,
+                };
+            }
             let contents_only = entry.len() > 1 && entry.ends_with('/');
             let trimmed = if contents_only {
                 entry.trim_end_matches('/')
@@ -35,6 +77,8 @@ pub fn input_items(text: &str, iwd: &Path) -> Vec<InputItem> {
             InputItem {
                 source: iwd.join(trimmed),
                 contents_only,
+                url: None,
+                entry,
             }
         })
         .collect()
@@ -98,6 +142,23 @@ mod tests {
         assert!(items[2].contents_only);
         assert_eq!(items[2].source, PathBuf::from("/home/u/run/dir2"));
         assert_eq!(items[3].source, PathBuf::from("/abs/path/data.bin"));
+    }
+
+    #[test]
+    fn urls_keep_their_entry_and_name() {
+        let items = input_items(
+            "https://example.org/d/data.tar.gz?x=1, osdf:///ospool/x/y.dat, plain:name, C://x",
+            Path::new("/home/u/run"),
+        );
+        assert_eq!(
+            items[0].url.as_deref(),
+            Some("https://example.org/d/data.tar.gz?x=1")
+        );
+        assert_eq!(items[0].sandbox_name().as_deref(), Some("data.tar.gz"));
+        assert_eq!(items[1].sandbox_name().as_deref(), Some("y.dat"));
+        assert_eq!(items[2].url, None);
+        assert_eq!(items[2].entry, "plain:name");
+        assert!(items[3].url.is_some());
     }
 
     #[test]

@@ -360,7 +360,7 @@ fn item_19_guest_text_is_made_safe() {
     let j = job(&pool, "text", "", 1119);
     let hostile = format!(
         "ok\u{2028}Injected = 1\u{202e}gnp.exe{}",
-        "z".repeat(10_000)
+        "z".repeat(3_000)
     );
     let (run, attrs) = run_forged(&pool, &j, &result_json(0, &[], Some(&hostile)), None);
     let err = string_attr(&attrs, "VMCapsuleError").unwrap();
@@ -720,7 +720,11 @@ fn item_02_scratch_squatting_is_refused() {
 #[test]
 fn item_03_a_missing_prefix_is_the_admins_to_create() {
     let (mut pool, alice) = alice_pool();
-    let missing = pool.root.path().join("no-such-prefix");
+    // Under a /tmp-like dir where the first submitter could create it.
+    let shared = pool.root.path().join("tmp");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let missing = shared.join("no-such-prefix");
     pool.env.push((
         "_CONDOR_VM_CAPSULE_SCRATCH_DIR_PREFIX".into(),
         missing.display().to_string(),

@@ -7,5 +7,6 @@ mod crash;
 mod direct_boot;
 mod hooks;
 mod hostile;
+mod inputs;
 mod router;
 mod vanilla;

@@ -350,14 +350,48 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     std::fs::copy(&cmd, &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut catalog = std::collections::BTreeMap::new();
+    let mut placed = Vec::new();
     for entry in text("TransferInput")
         .unwrap_or_default()
         .split(',')
+        .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let src = iwd.join(entry.trim());
-        let dest = sandbox.join(src.file_name().unwrap());
-        copy_tree(&src, &dest);
+        if vm_capsule::job::transfer::is_url(entry) {
+            // STAND-IN for HTCondor's curl_plugin: fetch the URL into the sandbox under the
+            // last component of its path.
+            let name = entry
+                .split(['?', '#'])
+                .next()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap();
+            let dest = sandbox.join(name);
+            let ok = Command::new("curl")
+                .args(["-fsS", "-o"])
+                .arg(&dest)
+                .arg(entry)
+                .status()
+                .expect("curl is needed by the stand-in execute node (.ci/run installs it)");
+            assert!(ok.success(), "the stand-in starter could not fetch {entry}");
+            placed.push(dest);
+        } else if entry.len() > 1 && entry.ends_with('/') {
+            // `dir/`: the directory's contents, not the directory.
+            for child in std::fs::read_dir(iwd.join(entry)).unwrap() {
+                let child = child.unwrap();
+                let dest = sandbox.join(child.file_name());
+                copy_tree(&child.path(), &dest);
+                placed.push(dest);
+            }
+        } else {
+            let src = iwd.join(entry);
+            let dest = sandbox.join(src.file_name().unwrap());
+            copy_tree(&src, &dest);
+            placed.push(dest);
+        }
+    }
+    for dest in placed {
         let m = std::fs::metadata(&dest).unwrap();
         catalog.insert(
             dest.file_name().unwrap().to_owned(),

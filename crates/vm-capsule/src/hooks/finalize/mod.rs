@@ -18,7 +18,9 @@ mod request;
 use classad::ClassAd;
 
 pub use load::read_result;
-pub use outcome::{agent_problem, failure_attributes, EXIT_CAPSULE_FAILED, EXIT_NOT_STARTED};
+pub use outcome::{
+    agent_problem, describe, failure_attributes, EXIT_CAPSULE_FAILED, EXIT_NOT_STARTED,
+};
 pub use request::{FinalizeRequest, RoutedCapsule};
 
 use super::log::HookLog;

@@ -9,13 +9,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use capsule_disk::{CreateOptions, DataDisk};
-
 use super::config::TranslateConfig;
 use super::error::{error_chain, is_storage_full, TranslateError, Translated};
-use super::inputs::write_input_tar;
 use super::plan::{file_name, overlay_name, CapsulePlan};
 use super::vm::{link_into, write_vmx};
+use crate::capsule::{BuildError, DiskContents, InputTarError};
 use crate::hooks::log::HookLog;
 use crate::routed;
 use crate::scratch::{OwnerDir, ScratchError, ScratchPrefix};
@@ -63,8 +61,8 @@ pub fn execute(
                 "job {} staged in {} ({} MiB {} data disk)",
                 plan.job.id(),
                 dir.display(),
-                plan.disk.bytes >> 20,
-                plan.disk.format.name()
+                plan.disk.bytes.unwrap_or(0) >> 20,
+                plan.disk.recipe.format.name()
             ));
             Ok(Translated {
                 stdout,
@@ -115,12 +113,23 @@ fn stage(
     capsule_ad: Option<&str>,
 ) -> Result<(), (std::path::PathBuf, TranslateError)> {
     let fail = |e| (dir.to_owned(), e);
-    write_data_disk(plan, dir).map_err(fail)?;
-    stage_vm(plan, dir).map_err(fail)?;
-    if let Some(text) = capsule_ad {
-        let path = dir.join(routed::CAPSULE_AD);
-        fs::write(&path, text).map_err(|e| fail(io_error(&path, "cannot write", e)))?;
+    match capsule_ad {
+        None => write_data_disk(plan, dir).map_err(fail)?,
+        // The vanilla launcher makes the data disk on the node, from the inputs HTCondor
+        // brings there: translate writes only these small files, whatever the inputs weigh.
+        Some(text) => {
+            let files: [(&str, &[u8]); 3] = [
+                (routed::CAPSULE_AD, text.as_bytes()),
+                (routed::CAPSULE_JSON_FILE, &plan.manifest_json),
+                (routed::JOB_AD_FILE, plan.job_ad_text.as_bytes()),
+            ];
+            for (name, data) in files {
+                let path = dir.join(name);
+                fs::write(&path, data).map_err(|e| fail(io_error(&path, "cannot write", e)))?;
+            }
+        }
     }
+    stage_vm(plan, dir).map_err(fail)?;
     Ok(())
 }
 
@@ -146,41 +155,26 @@ fn io_error(
 /// The data disk: manifest, job ad, agent, inputs.
 fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError> {
     let path = dir.join(&plan.disk.name);
-    let opts = CreateOptions::new()
-        .size(plan.disk.bytes)
-        .format(plan.disk.format)
-        .partition_offset(plan.disk.offset)
-        .label(plan.disk.label.clone());
-    let disk = DataDisk::create(&path, &opts)
-        .map_err(|e| io_error(&path, "cannot create the data disk", e))?;
-    let put = |name: &str, src: &mut dyn std::io::Read| {
-        disk.put_file(name, src)
-            .map(|_| ())
-            .map_err(|e| io_error(&path, &format!("cannot write {name} on"), e))
+    let contents = DiskContents {
+        manifest_json: &plan.manifest_json,
+        job_ad: plan.job_ad_text.as_bytes(),
+        agent: plan.agent.as_deref(),
+        inputs: &plan.inputs,
     };
-    put(
-        capsule_manifest::CAPSULE_JSON,
-        &mut plan.manifest_json.as_slice(),
-    )?;
-    put(capsule_manifest::JOB_AD, &mut plan.job_ad_text.as_bytes())?;
-    if let Some(agent) = &plan.agent {
-        let mut file = fs::File::open(agent).map_err(|e| {
-            TranslateError::Admin(format!(
-                "the guest agent {} cannot be read ({e}); check VM_CAPSULE_INIT_SCRIPT_PATH",
-                agent.display()
-            ))
-        })?;
-        put(capsule_manifest::CAPSULE_INIT, &mut file)?;
-    }
-    write_input_tar(&disk, &plan.inputs).map_err(|e| match e {
-        super::inputs::InputTarError::Source { .. } => TranslateError::Job {
-            job: plan.job.id(),
-            reason: format!("job {}: {e}", plan.job.id()),
-        },
-        other => io_error(&path, "cannot write input.tar on", other),
-    })?;
-    disk.finish()
-        .map_err(|e| io_error(&path, "cannot finish", e))
+    let bytes = plan.disk.bytes.unwrap_or(0);
+    plan.disk
+        .recipe
+        .build(&path, bytes, &contents)
+        .map_err(|e| match e {
+            BuildError::Inputs(InputTarError::Source { .. }) => TranslateError::Job {
+                job: plan.job.id(),
+                reason: format!("job {}: {e}", plan.job.id()),
+            },
+            BuildError::Agent { .. } => {
+                TranslateError::Admin(format!("{e}; check VM_CAPSULE_INIT_SCRIPT_PATH"))
+            }
+            other => io_error(&path, "cannot make the data disk", other),
+        })
 }
 
 /// The VM around the data disk: template files linked in, overlays, the VMware `.vmx`, the

@@ -13,7 +13,6 @@ mod config;
 mod error;
 mod execute;
 mod hold;
-mod inputs;
 mod plan;
 mod request;
 mod survey;
@@ -27,7 +26,7 @@ pub use error::{TranslateError, Translated};
 pub use hold::hold_original;
 pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
 pub use request::TranslateRequest;
-pub use survey::{survey_inputs, InputPlan};
+pub use survey::survey_inputs;
 
 use crate::hooks::log::HookLog;
 use crate::template::Template;
@@ -50,7 +49,8 @@ pub fn translate(
         Template::load(&cfg.template_root, cfg.classad_template.as_deref()).map_err(|e| {
             TranslateError::Admin(format!("vm-capsule template: {}", error::error_chain(&e)))
         })?;
-    let inputs = survey_inputs(job)?;
+    let universe = plan::universe(&request, cfg);
+    let inputs = survey_inputs(job, universe == RoutedUniverse::Vm)?;
     let binaries = binaries(cfg)?;
     let plan = plan::plan(&request, cfg, &template, inputs, binaries)?;
     let done = execute::execute(&plan, cfg, log)?;

@@ -4,22 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_disk::ImageFormat;
 use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
-use classad::ClassAd;
+use classad::{ClassAd, Expr};
 
 use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
 use super::error::{job_problem, TranslateError};
 use super::request::TranslateRequest;
-use super::survey::InputPlan;
+use crate::capsule::{DiskRecipe, InputPlan};
 use crate::hooks::place::OutputRules;
 use crate::job::JobSpec;
 use crate::routed::{self, Staged, VmDisk};
 use crate::template::{Flavour, Template};
 
 const MIB: u64 = 1 << 20;
-/// Smallest data disk made, MiB.
-const MIN_DATA_DISK_MIB: u64 = 64;
 
 /// What the agent and launcher binaries weigh (read before planning).
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,16 +63,22 @@ pub struct CapsulePlan {
 /// The data disk to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskPlan {
-    /// File name in the job dir.
+    /// File name (in the job dir, or in the vanilla launcher's sandbox).
     pub name: String,
-    /// Container format (the template data disk's).
-    pub format: ImageFormat,
-    /// Virtual size, bytes.
-    pub bytes: u64,
-    /// Byte offset of the FAT partition.
-    pub offset: u64,
-    /// FAT volume label.
-    pub label: String,
+    /// Layout and room.
+    pub recipe: DiskRecipe,
+    /// Virtual size in bytes, when translate makes it (VM universe); the vanilla launcher
+    /// sizes it from the inputs HTCondor brought.
+    pub bytes: Option<u64>,
+}
+
+/// The universe the routed job goes to: the route's (13: VM universe, 5: vanilla), unless
+/// `VM_CAPSULE_ROUTED_UNIVERSE` says.
+pub fn universe(request: &TranslateRequest, cfg: &TranslateConfig) -> RoutedUniverse {
+    cfg.routed_universe.unwrap_or(match request.route_universe {
+        Some(5) => RoutedUniverse::Vanilla,
+        _ => RoutedUniverse::Vm,
+    })
 }
 
 /// Decide everything for `request` on `template`.
@@ -94,33 +97,44 @@ pub fn plan(
     let id = job.id();
     // Outputs the guest could never be asked for are the job's problem, found now.
     OutputRules::for_job(job).map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
-    let universe = cfg.routed_universe.unwrap_or(match request.route_universe {
-        Some(5) => RoutedUniverse::Vanilla,
-        _ => RoutedUniverse::Vm,
-    });
+    let universe = universe(request, cfg);
     let manifest_json = build_manifest(cfg, job, &inputs)
         .to_json()
         .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
-    let disk_mib = data_disk_mib(
-        cfg,
-        job,
-        &inputs,
-        binaries,
-        manifest_json.len() + job_ad_text.len(),
-    )?;
+    let recipe = DiskRecipe {
+        format: template.data_disk.format,
+        offset: cfg
+            .partition_offset
+            .unwrap_or(template.data_partition_offset),
+        label: cfg.label.clone(),
+        request_bytes: job.request_disk_kib.map(|kib| kib.saturating_mul(1024)),
+        headroom_bytes: cfg.headroom_mib.saturating_mul(MIB),
+        max_bytes: cfg.max_data_disk_mib.saturating_mul(MIB),
+    };
+    let text_bytes = u64::try_from(manifest_json.len() + job_ad_text.len()).unwrap_or(u64::MAX);
+    let payload = inputs
+        .tar_bytes
+        .saturating_add(binaries.agent_bytes.unwrap_or(0))
+        .saturating_add(text_bytes);
+    let bytes = match universe {
+        RoutedUniverse::Vm => Some(
+            recipe
+                .size(payload, inputs.tar_bytes)
+                .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?,
+        ),
+        RoutedUniverse::Vanilla => None,
+    };
     let disk = DiskPlan {
         name: template.data_disk.path.file_name().map_or_else(
             || "data.img".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         ),
-        format: template.data_disk.format,
-        bytes: disk_mib * MIB,
-        offset: cfg
-            .partition_offset
-            .unwrap_or(template.data_partition_offset),
-        label: cfg.label.clone(),
+        // The vanilla launcher's estimate of the disk: what the job asks, at least the
+        // headroom beyond the files translate knows about.
+        bytes,
+        recipe,
     };
     let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
         classad::Value::Integer(m) => u64::try_from(m).ok(),
@@ -130,11 +144,21 @@ pub fn plan(
         .unwrap_or(cfg.default_memory_mib)
         .max(job.request_memory_mib.map_or(0, |m| m + 64));
     let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>() + template.boot_bytes;
-    let launcher = match universe {
-        RoutedUniverse::Vanilla => binaries.launcher_bytes,
-        RoutedUniverse::Vm => 0,
+    let on_node = match (universe, disk.bytes) {
+        (RoutedUniverse::Vm, Some(bytes)) => bytes,
+        // The launcher, the agent, the inputs HTCondor brings and the disk made from them.
+        _ => {
+            binaries.launcher_bytes
+                + binaries.agent_bytes.unwrap_or(0)
+                + disk
+                    .recipe
+                    .request_bytes
+                    .unwrap_or(0)
+                    .saturating_mul(2)
+                    .max(payload + disk.recipe.headroom_bytes)
+        }
     };
-    let needs_kib = (disk.bytes + travel + launcher + MIB).div_ceil(1024);
+    let needs_kib = (on_node + travel + MIB).div_ceil(1024);
     let plan = CapsulePlan {
         job: job.clone(),
         job_ad: request.ad.clone(),
@@ -153,6 +177,24 @@ pub fn plan(
             .wall_time_limit_secs
             .map(|limit| limit + cfg.boot_timeout_secs),
     };
+    if universe == RoutedUniverse::Vanilla {
+        let reserved = plan.reserved_names();
+        if let Some(item) = plan
+            .inputs
+            .items
+            .iter()
+            .find(|i| reserved.contains(&i.name))
+        {
+            return Err(job_problem(
+                &id,
+                format!(
+                    "job {id}: input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
+                    item.source.display(),
+                    item.name
+                ),
+            ));
+        }
+    }
     // The routed ad must fit the router's pipe: check it with a job dir path of the length
     // the real one will have.
     let example = cfg
@@ -170,47 +212,6 @@ pub fn plan(
         ));
     }
     Ok(plan)
-}
-
-/// The data disk's size: inputs, agent and manifest, plus room for outputs (what the job
-/// asks with `request_disk` beyond its inputs, at least `VM_CAPSULE_OUTPUT_HEADROOM_MB`:
-/// condor_submit sets `RequestDisk = DiskUsage`, about the inputs, so the headroom is the
-/// floor), plus FAT overhead.
-fn data_disk_mib(
-    cfg: &TranslateConfig,
-    job: &JobSpec,
-    inputs: &InputPlan,
-    binaries: Binaries,
-    text_bytes: usize,
-) -> Result<u64, TranslateError> {
-    let id = job.id();
-    let payload = inputs
-        .tar_bytes
-        .saturating_add(binaries.agent_bytes.unwrap_or(0))
-        .saturating_add(u64::try_from(text_bytes).unwrap_or(u64::MAX));
-    let asked = job
-        .request_disk_kib
-        .map_or(0, |kib| kib.saturating_mul(1024));
-    let room = asked
-        .saturating_sub(inputs.tar_bytes)
-        .max(cfg.headroom_mib.saturating_mul(MIB));
-    let needed = payload
-        .saturating_add(room)
-        .saturating_add(payload / 32 + 4 * MIB)
-        .div_ceil(MIB)
-        .max(MIN_DATA_DISK_MIB);
-    if needed > cfg.max_data_disk_mib {
-        return Err(job_problem(
-            &id,
-            format!(
-                "job {id}: needs a {needed} MiB data disk (inputs {} MiB + output room {} MiB), more than VM_CAPSULE_MAX_DATA_DISK_MB = {}; lower request_disk or transfer less",
-                inputs.tar_bytes >> 20,
-                room >> 20,
-                cfg.max_data_disk_mib
-            ),
-        ));
-    }
-    Ok(needed)
 }
 
 impl CapsulePlan {
@@ -244,7 +245,7 @@ impl CapsulePlan {
             file: self.disk.name.clone(),
             device: self.template.data_disk.device.clone(),
             perm: "w",
-            format: self.disk.format.name(),
+            format: self.disk.recipe.format.name(),
         });
         transfer.push(self.disk.name.clone());
         let vmx = match (&self.template.flavour, &self.template.vmx) {
@@ -265,7 +266,7 @@ impl CapsulePlan {
             disks,
             transfer,
             data_disk: self.disk.name.clone(),
-            data_disk_format: self.disk.format.name(),
+            data_disk_format: self.disk.recipe.format.name(),
             data_disk_bytes: self.disk.bytes,
             memory_mib: self.memory_mib,
             vcpus: self.vcpus,
@@ -297,18 +298,54 @@ impl CapsulePlan {
                 Ok((vm_ad, text, None))
             }
             RoutedUniverse::Vanilla => {
+                let mut vm_ad = vm_ad;
+                self.recipe_attrs(&mut vm_ad);
                 let capsule = print(&vm_ad, "capsule.ad")?;
                 let ad = routed::build_vanilla(
                     &self.job,
                     &self.job_ad,
                     &staged,
-                    &self.launcher,
-                    self.launcher_timeout,
+                    &routed::VanillaInputs {
+                        launcher: &self.launcher,
+                        agent: self.agent.as_deref(),
+                        timeout_secs: self.launcher_timeout,
+                    },
                 );
                 let text = print(&ad, "routed ad")?;
                 Ok((ad, text, Some(capsule)))
             }
         }
+    }
+}
+
+impl CapsulePlan {
+    /// What the vanilla launcher needs to make the data disk on the node, in its VM ad.
+    fn recipe_attrs(&self, ad: &mut ClassAd) {
+        let r = &self.disk.recipe;
+        let int = |v: u64| Expr::integer(i64::try_from(v).unwrap_or(i64::MAX));
+        ad.insert(routed::ATTR_DISK_OFFSET, int(r.offset));
+        ad.insert(routed::ATTR_DISK_LABEL, Expr::string(r.label.clone()));
+        if let Some(request) = r.request_bytes {
+            ad.insert(routed::ATTR_DISK_REQUEST, int(request));
+        }
+        ad.insert(routed::ATTR_DISK_HEADROOM, int(r.headroom_bytes));
+        ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
+        if let Some(agent) = &self.agent {
+            ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent)));
+        }
+    }
+
+    /// Sandbox names the vanilla flavour's capsule takes, which an input may not.
+    pub fn reserved_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = routed::VANILLA_FILES
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect();
+        names.push(self.disk.name.clone());
+        names.push(file_name(&self.launcher));
+        names.extend(self.agent.as_deref().map(file_name));
+        names.extend(self.staged(Path::new("/")).transfer);
+        names
     }
 }
 

@@ -1,31 +1,19 @@
 //! The job's inputs, surveyed before anything is written: each top-level sandbox entry with
-//! its source, checked to exist and be readable, and the bytes `input.tar` will take.
+//! its source, checked to exist (local files) and, where translate packs them itself (the VM
+//! universe), the bytes `input.tar` will take. In the vanilla flavour HTCondor's own transfer
+//! moves the inputs, so only their names are needed: the survey's cost does not grow with
+//! the inputs' size.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use super::error::{job_problem, TranslateError};
+use crate::capsule::{InputPlan, TarItem};
 use crate::job::{InputItem, JobSpec};
 
-/// One top-level entry of `input.tar`.
-#[derive(Debug, Clone)]
-pub struct TarItem {
-    pub source: PathBuf,
-    pub name: String,
-    pub is_dir: bool,
-    pub executable: bool,
-}
-
-/// The inputs with their sizes, checked to exist.
-#[derive(Debug, Clone)]
-pub struct InputPlan {
-    pub items: Vec<TarItem>,
-    /// Bytes `input.tar` will take.
-    pub tar_bytes: u64,
-}
-
-/// Resolve the executable, `In` and `TransferInput` into top-level sandbox entries.
-pub fn survey_inputs(job: &JobSpec) -> Result<InputPlan, TranslateError> {
+/// Resolve the executable, `In` and `TransferInput` into top-level sandbox entries; `packed`
+/// when translate writes `input.tar` itself (the VM universe: URL inputs are refused, since
+/// only HTCondor's transfer on the execute node can fetch them).
+pub fn survey_inputs(job: &JobSpec, packed: bool) -> Result<InputPlan, TranslateError> {
     let mut items: Vec<TarItem> = Vec::new();
     let mut push = |item: TarItem, job: &JobSpec| -> Result<(), TranslateError> {
         if items.iter().any(|i| i.name == item.name) {
@@ -99,11 +87,40 @@ pub fn survey_inputs(job: &JobSpec) -> Result<InputPlan, TranslateError> {
             }
         }
     }
-    for InputItem {
-        source,
-        contents_only,
-    } in &job.inputs
-    {
+    for item in &job.inputs {
+        let InputItem {
+            source,
+            contents_only,
+            url,
+            ..
+        } = item;
+        if let Some(url) = url {
+            if packed {
+                return Err(job_problem(
+                    &job.id(),
+                    format!(
+                        "job {}: input {url} is a URL, which HTCondor fetches only on the execute node; the VM-universe route cannot carry it: use the vanilla-flavour route (UNIVERSE VANILLA)",
+                        job.id()
+                    ),
+                ));
+            }
+            let name = item.sandbox_name().ok_or_else(|| {
+                job_problem(
+                    &job.id(),
+                    format!("job {}: input URL {url} names no file", job.id()),
+                )
+            })?;
+            push(
+                TarItem {
+                    source: source.clone(),
+                    name,
+                    is_dir: false,
+                    executable: false,
+                },
+                job,
+            )?;
+            continue;
+        }
         let meta = fs::metadata(source).map_err(|e| {
             job_problem(
                 &job.id(),
@@ -166,31 +183,12 @@ pub fn survey_inputs(job: &JobSpec) -> Result<InputPlan, TranslateError> {
             )?;
         }
     }
-    let mut tar_bytes = 1024u64; // end-of-archive blocks
-    for item in &items {
-        tar_bytes = tar_bytes.saturating_add(tar_size(&item.source, 0));
-    }
-    Ok(InputPlan { items, tar_bytes })
-}
-
-/// Bytes a path takes in a tar archive: a header per entry, data rounded to 512, and long
-/// names (GNU long-name entries) estimated generously.
-pub fn tar_size(path: &Path, depth: usize) -> u64 {
-    let Ok(meta) = fs::metadata(path) else {
-        return 0;
-    };
-    let header = 1536u64;
-    if meta.is_dir() {
-        if depth > 64 {
-            return header;
-        }
-        let children = fs::read_dir(path).map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| tar_size(&e.path(), depth + 1))
-                .sum::<u64>()
-        });
-        header + children.unwrap_or(0)
+    if packed {
+        Ok(InputPlan::of(items))
     } else {
-        header + meta.len().div_ceil(512) * 512
+        Ok(InputPlan {
+            items,
+            tar_bytes: 0,
+        })
     }
 }

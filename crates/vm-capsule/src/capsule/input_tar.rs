@@ -1,4 +1,5 @@
-//! Writing `input.tar` onto the data disk: streamed from the inputs, no temporary copy.
+//! `input.tar`: the job's inputs as top-level sandbox entries, and writing them onto the data
+//! disk, streamed from where they are, with no temporary copy.
 
 use std::fs;
 use std::io::{self, Write};
@@ -6,7 +7,59 @@ use std::path::{Path, PathBuf};
 
 use capsule_disk::DataDisk;
 
-use super::survey::InputPlan;
+/// One top-level entry of `input.tar`.
+#[derive(Debug, Clone)]
+pub struct TarItem {
+    /// Where it is.
+    pub source: PathBuf,
+    /// Its name in the sandbox.
+    pub name: String,
+    /// A directory (its whole tree goes in).
+    pub is_dir: bool,
+    /// The job's executable (made executable, as HTCondor does).
+    pub executable: bool,
+}
+
+/// The inputs with their sizes, checked to exist.
+#[derive(Debug, Clone)]
+pub struct InputPlan {
+    /// The entries.
+    pub items: Vec<TarItem>,
+    /// Bytes `input.tar` will take.
+    pub tar_bytes: u64,
+}
+
+impl InputPlan {
+    /// The plan for `items`, with the bytes their archive will take.
+    pub fn of(items: Vec<TarItem>) -> InputPlan {
+        let tar_bytes = items
+            .iter()
+            .fold(1024u64, |n, i| n.saturating_add(tar_size(&i.source, 0)));
+        InputPlan { items, tar_bytes }
+    }
+}
+
+/// Bytes a path takes in a tar archive: a header per entry, data rounded to 512, and long
+/// names (GNU long-name entries) estimated generously.
+pub fn tar_size(path: &Path, depth: usize) -> u64 {
+    let Ok(meta) = fs::metadata(path) else {
+        return 0;
+    };
+    let header = 1536u64;
+    if meta.is_dir() {
+        if depth > 64 {
+            return header;
+        }
+        let children = fs::read_dir(path).map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| tar_size(&e.path(), depth + 1))
+                .sum::<u64>()
+        });
+        header + children.unwrap_or(0)
+    } else {
+        header + meta.len().div_ceil(512) * 512
+    }
+}
 
 /// Why `input.tar` could not be written.
 #[derive(Debug, thiserror::Error)]
