@@ -358,10 +358,7 @@ fn item_16_truncated_entries_are_not_placed() {
 fn item_19_guest_text_is_made_safe() {
     let pool = Pool::new(&template(ImageFormat::Qcow2));
     let j = job(&pool, "text", "", 1119);
-    let hostile = format!(
-        "ok\u{2028}Injected = 1\u{202e}gnp.exe{}",
-        "z".repeat(3_000)
-    );
+    let hostile = format!("ok\u{2028}Injected = 1\u{202e}gnp.exe{}", "z".repeat(3_000));
     let (run, attrs) = run_forged(&pool, &j, &result_json(0, &[], Some(&hostile)), None);
     let err = string_attr(&attrs, "VMCapsuleError").unwrap();
     assert!(

@@ -156,6 +156,22 @@ fn url_and_local_inputs_through_the_vanilla_flavour_match_a_native_run() {
     let end = vanilla_execute_node(&routed, &pool.root.path().join("vanilla-sb"), &env);
     assert_eq!(end, native_end);
     assert_eq!(tree(&vanilla_iwd), tree(&native_iwd));
+    // The guest's own usage reached the job ad over Chirp (a stand-in server here).
+    let chirp = fs::read_to_string(pool.root.path().join("vanilla-sb.chirp")).unwrap();
+    let published = classad::parse_old_ad(&chirp).unwrap();
+    assert_eq!(
+        string_attr(&published, "VMCapsuleResult").as_deref(),
+        Some("exited with code 4"),
+        "{chirp}"
+    );
+    for name in [
+        "VMCapsuleJobUserCpu",
+        "VMCapsuleJobSysCpu",
+        "VMCapsuleJobWallTime",
+        "VMCapsulePeakRssKiB",
+    ] {
+        assert!(published.get(name).is_some(), "{name} missing in {chirp}");
+    }
     let mut done = routed.clone();
     done.insert("ExitCode", classad::Expr::integer(4));
     pool.cleanup(&done);

@@ -405,6 +405,8 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     env.extend(
         vm_capsule::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
     );
+    let chirp = (classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true))
+        .then(|| ChirpStandIn::start(sandbox));
     let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
     let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
     let status = Command::new(&exe)
@@ -416,6 +418,9 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
         .stderr(stderr)
         .status()
         .unwrap();
+    if let Some(chirp) = chirp {
+        chirp.finish(sandbox);
+    }
     // Output transfer, with the user's remaps.
     let remaps =
         vm_capsule::job::transfer::parse_remaps(&text("TransferOutputRemaps").unwrap_or_default());
@@ -523,4 +528,84 @@ pub fn test_guest() -> PathBuf {
         .unwrap()
         .to_owned();
     PathBuf::from(last).parent().unwrap().to_owned()
+}
+
+/// A STAND-IN for the starter's Chirp server (no starter can run here): it writes
+/// `.chirp.config` into the sandbox, accepts `cookie` and `set_job_attr` lines as HTCondor's
+/// Chirp protocol has them, answers `0`, and records the attributes in
+/// `<sandbox>/../<sandbox name>.chirp` (outside the sandbox, so output transfer ignores it).
+pub struct ChirpStandIn {
+    thread: std::thread::JoinHandle<Vec<(String, String)>>,
+}
+
+impl ChirpStandIn {
+    pub fn start(sandbox: &Path) -> ChirpStandIn {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::fs::write(
+            sandbox.join(".chirp.config"),
+            format!("127.0.0.1 {port} c00kie\n"),
+        )
+        .unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut attrs = Vec::new();
+            // One session is all the launcher opens; stop when it ends or after a while.
+            listener.set_nonblocking(true).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            let stream = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break Some(s),
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some(stream) = stream else { return attrs };
+            stream.set_nonblocking(false).unwrap();
+            let mut out = stream.try_clone().unwrap();
+            let unquote = |w: &str| w.replace("\\ ", " ").replace("\\\\", "\\");
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+                let answer = match cmd {
+                    "cookie" if rest == "c00kie" => "0",
+                    "set_job_attr" => {
+                        // name and value are separated by the first unescaped space
+                        let mut split = None;
+                        let bytes = rest.as_bytes();
+                        for i in 0..bytes.len() {
+                            if bytes[i] == b' ' && (i == 0 || bytes[i - 1] != b'\\') {
+                                split = Some(i);
+                                break;
+                            }
+                        }
+                        let i = split.unwrap_or(rest.len());
+                        attrs.push((
+                            unquote(&rest[..i]),
+                            unquote(rest.get(i + 1..).unwrap_or("")),
+                        ));
+                        "0"
+                    }
+                    _ => "-1",
+                };
+                use std::io::Write;
+                out.write_all(format!("{answer}\n").as_bytes()).unwrap();
+            }
+            attrs
+        });
+        ChirpStandIn { thread }
+    }
+
+    /// Wait for the session (the job has ended) and record what was set.
+    pub fn finish(self, sandbox: &Path) {
+        // The launcher has exited: its connection is closed, so the thread ends.
+        if let Ok(attrs) = self.thread.join() {
+            let text: String = attrs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            let name = format!("{}.chirp", sandbox.file_name().unwrap().to_string_lossy());
+            std::fs::write(sandbox.parent().unwrap().join(name), text).unwrap();
+        }
+    }
 }
