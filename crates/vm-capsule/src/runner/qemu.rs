@@ -42,9 +42,14 @@ impl Hardening {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
+        // A benchmark override: 0 leaves QEMU's own default (docs/PERFORMANCE.md).
+        let tb_size_mib = std::env::var("VM_CAPSULE_TCG_TB_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TB_SIZE_MIB);
         Hardening {
             seccomp,
-            tb_size_mib: TB_SIZE_MIB,
+            tb_size_mib,
         }
     }
 }
@@ -60,6 +65,7 @@ pub fn qemu_command(
     let mut cmd = Command::new(QEMU);
     let accel_arg = match accel {
         Accel::Kvm => "kvm".to_owned(),
+        _ if hardening.tb_size_mib == 0 => "tcg".to_owned(),
         _ => format!("tcg,tb-size={}", hardening.tb_size_mib),
     };
     cmd.current_dir(sandbox)
