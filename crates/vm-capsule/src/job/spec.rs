@@ -136,25 +136,13 @@ impl JobSpec {
         };
         let owner = string_attr(ad, "Owner").ok_or_else(|| bad("Owner", "missing"))?;
         check_owner(&owner).map_err(|p| bad("Owner", &p))?;
-        // Attributes that must be strings when present: a number here means a broken ad.
-        for attribute in [
-            "TransferInput",
-            "TransferOutput",
-            "TransferOutputRemaps",
-            "In",
-            "Out",
-            "Err",
-            "Arguments",
-            "Args",
-            "Environment",
-            "Env",
-        ] {
+        for attribute in STRING_ATTRS {
             if ad.contains(attribute) && string_attr(ad, attribute).is_none() {
                 let value = classad::eval::evaluate_attr(ad, attribute);
                 if !matches!(value, Value::Undefined) {
                     return Err(JobError::BadAttribute {
                         job: job.clone(),
-                        attribute: static_name(attribute),
+                        attribute,
                         problem: format!("{value:?}, not a string"),
                     });
                 }
@@ -303,26 +291,19 @@ fn check_owner(owner: &str) -> Result<(), String> {
     }
 }
 
-/// The attribute names checked for their type, as `&'static str` for the error.
-fn static_name(name: &str) -> &'static str {
-    const NAMES: [&str; 10] = [
-        "TransferInput",
-        "TransferOutput",
-        "TransferOutputRemaps",
-        "In",
-        "Out",
-        "Err",
-        "Arguments",
-        "Args",
-        "Environment",
-        "Env",
-    ];
-    NAMES
-        .iter()
-        .copied()
-        .find(|n| *n == name)
-        .unwrap_or("attribute")
-}
+/// Attributes that must be strings when present (a number there means a broken ad).
+const STRING_ATTRS: [&str; 10] = [
+    "TransferInput",
+    "TransferOutput",
+    "TransferOutputRemaps",
+    "In",
+    "Out",
+    "Err",
+    "Arguments",
+    "Args",
+    "Environment",
+    "Env",
+];
 
 /// `In`/`Out`/`Err`: `/dev/null` or unset means none; relative names are under `Iwd`.
 fn stream(ad: &ClassAd, attr: &str, iwd: &Path) -> Option<StreamFile> {

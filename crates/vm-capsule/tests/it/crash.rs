@@ -5,22 +5,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
+use capsule_disk::{Access, DataDisk, ImageFormat};
 use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 
 use crate::router::{files_under, job_ads, print_ad, Pool};
 
 fn template(dir: &Path) {
-    DataDisk::create(
-        &dir.join("data.qcow2"),
-        &CreateOptions::new()
-            .size(64 << 20)
-            .format(ImageFormat::Qcow2),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
+    crate::router::qcow2_data_disk(dir);
     capsule_disk::Image::create(&dir.join("os.qcow2"), ImageFormat::Qcow2, 32 << 20)
         .unwrap()
         .finish()

@@ -7,7 +7,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
@@ -35,15 +34,7 @@ fn xen_template(decoy: bool) -> impl Fn(&Path) {
         if decoy {
             fs::write(dir.join("initrd.img"), b"not the initrd").unwrap();
         }
-        DataDisk::create(
-            &dir.join("data.qcow2"),
-            &CreateOptions::new()
-                .size(64 << 20)
-                .format(ImageFormat::Qcow2),
-        )
-        .unwrap()
-        .finish()
-        .unwrap();
+        crate::router::qcow2_data_disk(dir);
     }
 }
 

@@ -9,26 +9,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Value};
 
 use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
 
 fn template(dir: &Path) {
-    let guest = crate::router::test_guest();
-    fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
-    fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
-    fs::write(dir.join("cmdline"), "console=ttyS0 quiet panic=-1").unwrap();
-    DataDisk::create(
-        &dir.join("data.qcow2"),
-        &CreateOptions::new()
-            .size(64 << 20)
-            .format(ImageFormat::Qcow2),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
+    crate::router::test_guest_template(dir, "console=ttyS0 quiet panic=-1");
 }
 
 /// A web server on 127.0.0.1 serving `dir` (Python's http.server), stopped on drop.

@@ -609,3 +609,27 @@ impl ChirpStandIn {
         }
     }
 }
+
+/// A template's data disk: `data.qcow2`, 64 MiB.
+pub fn qcow2_data_disk(dir: &Path) {
+    use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
+    DataDisk::create(
+        &dir.join("data.qcow2"),
+        &CreateOptions::new()
+            .size(64 << 20)
+            .format(ImageFormat::Qcow2),
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+}
+
+/// A template that boots the test guest directly (`vmlinuz`, `initrd.img`, `cmdline`) with a
+/// qcow2 data disk.
+pub fn test_guest_template(dir: &Path, cmdline: &str) {
+    let guest = test_guest();
+    std::fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
+    std::fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
+    std::fs::write(dir.join("cmdline"), cmdline).unwrap();
+    qcow2_data_disk(dir);
+}

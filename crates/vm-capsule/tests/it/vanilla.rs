@@ -7,28 +7,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Expr, Value};
 
 use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
 
 fn template(cmdline: &'static str) -> impl Fn(&Path) {
-    move |dir: &Path| {
-        let guest = crate::router::test_guest();
-        fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
-        fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
-        fs::write(dir.join("cmdline"), cmdline).unwrap();
-        DataDisk::create(
-            &dir.join("data.qcow2"),
-            &CreateOptions::new()
-                .size(64 << 20)
-                .format(ImageFormat::Qcow2),
-        )
-        .unwrap()
-        .finish()
-        .unwrap();
-    }
+    move |dir: &Path| crate::router::test_guest_template(dir, cmdline)
 }
 
 struct Job {
