@@ -2,7 +2,11 @@
 //! translate of a small job (target: median under 10 ms, the hook binary as the router runs
 //! it), translate of 100 MiB of inputs against `cp -r` of the same inputs (target: at most
 //! 1.5x), translate with a 64 MiB and a 4 GiB template OS disk (target: the same time), and
-//! finalize of 100 MiB of outputs against `cp -r` (target: at most 1.5x).
+//! finalize of 100 MiB of outputs against `cp -r` (target: at most 1.5x); placing outputs with
+//! 1,000 to 10,000 nested entries (issue 11: linear, 10,000 in under 2 s); the vanilla flavour's
+//! translate with 1 MiB, 100 MiB and 1 GiB of inputs against a job with no inputs, and against
+//! the translate of an earlier build when `VM_CAPSULE_BENCH_BEFORE` names its binary (issue 15:
+//! flat, within 2x); the launcher's data disk from 100 MiB of inputs against `cp -r` (≤ 1.2x).
 //! Run: `cargo bench -p vm-capsule --bench hooks`; results go to docs/PERFORMANCE.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -68,6 +72,8 @@ fn setup_with_agent(os_size: u64, ship_agent: bool) -> Setup {
     assert!(st.success());
     let env = vec![
         ("PATH".into(), "/usr/bin:/bin".into()),
+        // The bench plays the job's owner as whoever runs it.
+        ("_CONDOR_VM_CAPSULE_TEST_ANY_USER".into(), "true".into()),
         (
             "_CONDOR_VM_CAPSULE_TEMPLATE".into(),
             root.path().join("template").display().to_string(),
@@ -104,8 +110,12 @@ fn job_ad(iwd: &Path, inputs: &str, outputs: Option<&str>) -> String {
 }
 
 fn run_hook(s: &Setup, hook: &str, stdin: &str) -> (Duration, String) {
+    run_hook_of(&bin("vm-capsule"), s, hook, stdin)
+}
+
+fn run_hook_of(exe: &Path, s: &Setup, hook: &str, stdin: &str) -> (Duration, String) {
     let start = Instant::now();
-    let mut child = Command::new(bin("vm-capsule"))
+    let mut child = Command::new(exe)
         .arg(hook)
         .env_clear()
         .envs(s.env.iter().map(|(k, v)| (k, v)))
@@ -255,6 +265,9 @@ fn main() {
         ms(o) / ms(c)
     ));
 
+    placement(&mut rows);
+    vanilla_inputs(&mut rows);
+
     println!("| operation | ours vs baseline | goal | ratio |");
     println!("|---|---|---|---|");
     for r in rows {
@@ -264,4 +277,163 @@ fn main() {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Issue 11.4: placing outputs with nested directories is linear.
+fn placement(rows: &mut Vec<String>) {
+    use vm_capsule::hooks::place::{place_outputs, OutputRules};
+    for entries in [1_000usize, 2_000, 10_000] {
+        // A chain of directories, each holding files, down to the depth the placer allows.
+        let levels = 200.min(entries / 10);
+        let per_level = entries / levels - 1;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut dir = String::from("d");
+        for level in 0..levels {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o755);
+            tar.append_data(&mut h, &dir, std::io::empty()).unwrap();
+            for f in 0..per_level {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                tar.append_data(&mut h, format!("{dir}/f{level}-{f}"), &b"x"[..])
+                    .unwrap();
+            }
+            dir.push_str("/d");
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let iwd = tempfile::tempdir().unwrap();
+            let ad = classad::parse_old_ad(&format!(
+                "ClusterId = 1\nProcId = 0\nOwner = \"b\"\nIwd = \"{}\"\nCmd = \"job.sh\"\nTransferOutput = \"d\"\n",
+                iwd.path().display()
+            ))
+            .unwrap();
+            let rules =
+                OutputRules::for_job(&vm_capsule::job::JobSpec::from_ad(&ad).unwrap()).unwrap();
+            let start = Instant::now();
+            let placed = place_outputs(tar.as_slice(), &rules, "1.0");
+            times.push(start.elapsed());
+            assert!(!placed.has_problems(), "{placed:?}");
+        }
+        let t = median(times);
+        rows.push(format!(
+            "| place outputs, {entries} entries in {levels} nested dirs (median of 3) | {:.0} ms ({:.1} µs/entry) | 10,000 in < 2 s; was 1,000: 4.4 s, 2,000: 40 s, 10,000: > 15 min | {:.3}× of 2 s |",
+            ms(t),
+            t.as_secs_f64() * 1e6 / entries as f64,
+            t.as_secs_f64() / 2.0
+        ));
+    }
+}
+
+/// Bytes of the files in `dir` that are not hard links to the template (what translate wrote).
+fn new_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .filter(|m| m.nlink() == 1)
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Issue 15: the vanilla flavour's translate does not grow with the inputs; the launcher's
+/// data disk against `cp -r`.
+fn vanilla_inputs(rows: &mut Vec<String>) {
+    let s = setup(64 << 20);
+    let before = std::env::var_os("VM_CAPSULE_BENCH_BEFORE").map(PathBuf::from);
+    let route = |ad: &str| ad.replace("TargetUniverse = 13", "TargetUniverse = 5");
+    let empty_iwd = s.root.path().join("empty");
+    fs::create_dir_all(&empty_iwd).unwrap();
+    fs::write(empty_iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let empty_ad = route(&job_ad(&empty_iwd, "", None));
+    for (label, bytes) in [
+        ("1 MiB", 1usize << 20),
+        ("100 MiB", 100 << 20),
+        ("1 GiB", 1 << 30),
+    ] {
+        let iwd = s.root.path().join(format!("in-{bytes}"));
+        fill(&iwd.join("inputs"), bytes, 8);
+        fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+        let ad = route(&job_ad(&iwd, "inputs", None));
+        let (mut ours, mut none, mut old) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut written, mut old_written) = (0, 0);
+        for _ in 0..5 {
+            let (t, out) = run_hook(&s, "translate", &ad);
+            written = new_bytes(&scratch_of(&out));
+            fs::remove_dir_all(scratch_of(&out)).unwrap();
+            ours.push(t);
+            let (t, out) = run_hook(&s, "translate", &empty_ad);
+            fs::remove_dir_all(scratch_of(&out)).unwrap();
+            none.push(t);
+            if let Some(exe) = &before {
+                let (t, out) = run_hook_of(exe, &s, "translate", &ad);
+                old_written = new_bytes(&scratch_of(&out));
+                fs::remove_dir_all(scratch_of(&out)).unwrap();
+                old.push(t);
+            }
+        }
+        let (o, n) = (median(ours), median(none));
+        let before_text = if old.is_empty() {
+            String::from("(no earlier build given)")
+        } else {
+            format!(
+                "before: {:.0} ms, {:.1} MiB written",
+                ms(median(old)),
+                old_written as f64 / f64::from(1 << 20)
+            )
+        };
+        rows.push(format!(
+            "| vanilla translate, {label} of inputs: {:.1} ms, {:.1} KiB written; no inputs: {:.1} ms; {before_text} | flat, ≤ 2× no inputs | {:.2}× |",
+            ms(o),
+            written as f64 / 1024.0,
+            ms(n),
+            ms(o) / ms(n)
+        ));
+    }
+
+    // The launcher on the node: the data disk from 100 MiB of inputs HTCondor brought.
+    let iwd = s.root.path().join("launcher");
+    fill(&iwd.join("inputs"), 100 << 20, 20);
+    fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let ad = route(&job_ad(&iwd, "inputs", None));
+    let (_, out) = run_hook(&s, "translate", &ad);
+    let scratch = scratch_of(&out);
+    let sandbox = s.root.path().join("sandbox");
+    fs::create_dir_all(&sandbox).unwrap();
+    for f in vm_capsule::routed::VANILLA_FILES {
+        fs::copy(scratch.join(f), sandbox.join(f)).unwrap();
+    }
+    fs::copy(
+        s.root.path().join("capsule-init"),
+        sandbox.join("capsule-init"),
+    )
+    .unwrap();
+    fs::copy(iwd.join("job.sh"), sandbox.join("job.sh")).unwrap();
+    cp(&iwd.join("inputs"), &sandbox.join("inputs"));
+    let capsule = classad::parse_old_ad(
+        &fs::read_to_string(sandbox.join(vm_capsule::routed::CAPSULE_AD)).unwrap(),
+    )
+    .unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let _ = fs::remove_file(sandbox.join("data.qcow2"));
+        let start = Instant::now();
+        vm_capsule::sandbox::make_data_disk(&sandbox, &capsule).unwrap();
+        ours.push(start.elapsed());
+        theirs.push(cp(
+            &sandbox.join("inputs"),
+            &s.root.path().join("cp-launcher"),
+        ));
+    }
+    let (o, c) = (median(ours), median(theirs));
+    rows.push(format!(
+        "| launcher data disk from 100 MiB of inputs vs `cp -r` | {:.0} ms vs {:.0} ms | ≤ 1.2× | {:.2}× |",
+        ms(o),
+        ms(c),
+        ms(o) / ms(c)
+    ));
 }
