@@ -7,11 +7,11 @@
 //! container in big sequential writes. Memory stays bounded by `MAX_PAGES * PAGE + PENDING_MAX`.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::container::{check_range, seek_to, Backend};
+use crate::container::{check_range, Backend};
 
 const PAGE: usize = 64 * 1024;
 const PAGE_U64: u64 = 64 * 1024;
@@ -26,7 +26,7 @@ struct Page {
     dirty: bool,
 }
 
-/// The cache itself; shared behind a mutex by every [`VolumeIo`] window.
+/// The cache itself; shared behind a mutex by every partition slice.
 #[derive(Debug)]
 pub(crate) struct Cache {
     backend: Box<dyn Backend>,
@@ -35,11 +35,8 @@ pub(crate) struct Cache {
     order: VecDeque<u64>,
     pending_off: u64,
     pending: Vec<u8>,
-    /// Counters shared with every [`VolumeIo`] without taking the lock.
+    /// Counters shared with every partition slice without taking the lock.
     shared: Arc<Shared>,
-    /// While `Some`, records the offset of the first zero write of at least 512 bytes (the
-    /// cluster `fatfs` zeroes for a new directory); see `DataDisk::create_dirs`.
-    zero_watch: Option<Option<u64>>,
 }
 
 impl Cache {
@@ -56,15 +53,12 @@ impl Cache {
                 generation: AtomicU64::new(0),
                 budget: AtomicU64::new(u64::MAX),
             }),
-            zero_watch: None,
         }
     }
 
-    /// Start (`true`) or stop recording the first large zero write; returns what was recorded.
-    pub(crate) fn watch_zero_write(&mut self, on: bool) -> Option<u64> {
-        let seen = self.zero_watch.flatten();
-        self.zero_watch = if on { Some(None) } else { None };
-        seen
+    /// The counters shared with every partition slice.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     /// Limit the bytes the volume's next reads may fetch: a looping FAT directory chain then
@@ -181,9 +175,6 @@ impl Cache {
         }
         let len = buf.len() as u64;
         self.shared.generation.fetch_add(1, Ordering::Relaxed);
-        if self.zero_watch == Some(None) && buf.len() >= 512 && crate::container::is_zero(buf) {
-            self.zero_watch = Some(Some(off));
-        }
         let continues = !self.pending.is_empty() && off == self.pending_end();
         if buf.len() >= DIRECT_MIN || continues {
             self.update_pages(off, buf);
@@ -280,7 +271,8 @@ pub(crate) fn lock(cache: &SharedCache) -> io::Result<MutexGuard<'_, Cache>> {
         .map_err(|_| io::Error::other("disk cache lock poisoned by an earlier panic"))
 }
 
-/// State a [`VolumeIo`] checks on every read without locking the cache.
+/// State every [`PartitionSlice`](crate::slice::PartitionSlice) checks on each read without
+/// locking the cache.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// Bumped on every write, so a reader's private window knows when it is stale.
@@ -289,127 +281,25 @@ pub(crate) struct Shared {
     budget: AtomicU64,
 }
 
-/// Size of a [`VolumeIo`]'s private read window. `fatfs` reads a directory entry field by
-/// field (a dozen reads of 1-11 bytes), so serving those from a local copy matters.
-const WINDOW: u64 = 4096;
-
-/// A bounded window `[start, start + len)` of the cached disk: a partition, handed to `fatfs`.
-/// Every access is bounds-checked against the window.
-#[derive(Debug)]
-pub(crate) struct VolumeIo {
-    cache: SharedCache,
-    shared: Arc<Shared>,
-    start: u64,
-    len: u64,
-    pos: u64,
-    win: Vec<u8>,
-    /// Volume offset of `win`, and the cache generation it was read at.
-    win_off: u64,
-    win_gen: u64,
-}
-
-impl VolumeIo {
-    pub(crate) fn new(cache: SharedCache, start: u64, len: u64) -> Self {
-        // A poisoned lock here only means we start without the shared counters' history.
-        let shared = match cache.lock() {
-            Ok(c) => Arc::clone(&c.shared),
-            Err(p) => Arc::clone(&p.get_ref().shared),
-        };
-        VolumeIo {
-            cache,
-            shared,
-            start,
-            len,
-            pos: 0,
-            win: Vec::new(),
-            win_off: 0,
-            win_gen: u64::MAX,
-        }
+impl Shared {
+    /// The current write generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
-    fn charge(&self, n: u64) -> io::Result<()> {
-        let left = self.shared.budget.load(Ordering::Relaxed);
+    /// Take `n` bytes from the read budget; `at` (a volume offset) is for the message.
+    pub(crate) fn charge(&self, n: u64, at: u64) -> io::Result<()> {
+        let left = self.budget.load(Ordering::Relaxed);
         if left == u64::MAX {
             return Ok(());
         }
         let rest = left.checked_sub(n).ok_or_else(|| {
             io::Error::other(format!(
-                "directory read at volume offset {} exceeds the metadata read budget (cluster chain loop?)",
-                self.pos
+                "directory read at volume offset {at} exceeds the metadata read budget (cluster chain loop?)"
             ))
         })?;
-        self.shared.budget.store(rest, Ordering::Relaxed);
+        self.budget.store(rest, Ordering::Relaxed);
         Ok(())
-    }
-}
-
-impl Read for VolumeIo {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        if n == 0 {
-            return Ok(0);
-        }
-        let (head, _) = buf.split_at_mut(n);
-        self.charge(n as u64)?;
-        let generation = self.shared.generation.load(Ordering::Relaxed);
-        if (n as u64) < WINDOW {
-            let fresh = self.win_gen == generation;
-            let inside = self.pos >= self.win_off
-                && self.pos + n as u64 <= self.win_off + self.win.len() as u64;
-            if !(fresh && inside) {
-                let wstart = self.pos / WINDOW * WINDOW;
-                let wlen =
-                    usize::try_from(WINDOW.min(self.len - wstart)).map_err(io::Error::other)?;
-                self.win.resize(wlen, 0);
-                lock(&self.cache)?.read_at(self.start + wstart, &mut self.win)?;
-                self.win_off = wstart;
-                self.win_gen = generation;
-            }
-            let s = usize::try_from(self.pos - self.win_off).map_err(io::Error::other)?;
-            if let Some(src) = self.win.get(s..s + n) {
-                head.copy_from_slice(src);
-                self.pos += n as u64;
-                return Ok(n);
-            }
-        }
-        lock(&self.cache)?.read_at(self.start + self.pos, head)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for VolumeIo {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let left = self.len.saturating_sub(self.pos);
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "write at volume offset {} is past the end of the partition",
-                    self.pos
-                ),
-            ));
-        }
-        let (head, _) = buf.split_at(n);
-        lock(&self.cache)?.write_at(self.start + self.pos, head)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        lock(&self.cache)?.flush_data()
-    }
-}
-
-impl Seek for VolumeIo {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.pos = seek_to(self.pos, self.len, pos)?;
-        Ok(self.pos)
     }
 }
 
@@ -418,6 +308,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
     use super::*;
     use crate::container::ContainerInfo;
+    use crate::slice::{Bounds, Volume};
+    use std::io::{Read, Seek, SeekFrom, Write};
 
     /// An in-memory backend that counts writes (a fake, for the model test).
     #[derive(Debug)]
@@ -471,7 +363,8 @@ mod tests {
             0u8;
             size
         ])))));
-        let mut io = VolumeIo::new(Arc::clone(&shared), 0, size as u64);
+        let volume = Volume::new(Arc::clone(&shared), Bounds::new(0, size as u64));
+        let mut io = volume.slice();
         let mut x = 0x1234_5678_9abc_def1u64;
         let mut rnd = move |n: u64| {
             x ^= x << 13;

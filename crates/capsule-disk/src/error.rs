@@ -1,7 +1,7 @@
 //! The crate's one public error type.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong while creating, opening, reading or writing a data disk.
 ///
@@ -117,6 +117,21 @@ pub enum Error {
         /// The image file.
         path: PathBuf,
     },
+    /// The FAT volume, or the storage holding the image, has no room left for a file being
+    /// written. [`Error::is_volume_full`] tells callers this case without matching text.
+    #[error("{}", full_message(image, path, *capacity, source.is_some()))]
+    VolumeFull {
+        /// The image file.
+        image: PathBuf,
+        /// The file being written, inside the volume.
+        path: String,
+        /// Bytes the FAT volume's data area holds.
+        capacity: u64,
+        /// `None` when the FAT volume itself is full; the refused write when the file system
+        /// or device holding the image ran out of space (the volume may still have room).
+        #[source]
+        source: Option<io::Error>,
+    },
     /// An operation on the FAT file system failed.
     #[error("FAT operation on '{path}' failed")]
     Fat {
@@ -137,7 +152,74 @@ pub enum Error {
     },
 }
 
+/// The message of [`Error::VolumeFull`].
+fn full_message(image: &Path, path: &str, capacity: u64, host: bool) -> String {
+    let image = image.display();
+    if host {
+        format!(
+            "no room to write '{path}' into data disk '{image}': the storage holding the image \
+             is full; hint: free space there"
+        )
+    } else {
+        format!(
+            "data disk '{image}' is full: no room left for '{path}' in its FAT volume of {}; \
+             hint: make the data disk larger",
+            human_size(capacity)
+        )
+    }
+}
+
+/// `123.4 MiB` style sizes for messages (binary units).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {} ({bytes} bytes)", UNITS[unit])
+}
+
+/// True for an I/O error saying the storage has no room (`ENOSPC`, `EDQUOT`).
+pub(crate) fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl Error {
+    /// True if there was no room: the FAT volume is full ([`Error::VolumeFull`]), or the
+    /// storage holding the image refused a write for lack of space.
+    #[must_use]
+    pub fn is_volume_full(&self) -> bool {
+        match self {
+            Error::VolumeFull { .. } => true,
+            Error::Io { source, .. } | Error::Fat { source, .. } => is_storage_full(source),
+            _ => false,
+        }
+    }
+
+    /// This error as [`Error::VolumeFull`] for the file `path` when the storage under the
+    /// image ran out of space; any other error unchanged.
+    pub(crate) fn naming_full(self, image: &Path, path: &str, capacity: u64) -> Error {
+        match self {
+            Error::Io { source, .. } | Error::Fat { source, .. } if is_storage_full(&source) => {
+                Error::VolumeFull {
+                    image: image.to_owned(),
+                    path: path.to_owned(),
+                    capacity,
+                    source: Some(source),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Turn an `io::Error` into ours: container errors travel through `std::io` traits wrapped
     /// in `io::Error::other`, and are unwrapped here so the caller sees the precise variant.
     pub(crate) fn from_io(err: io::Error, wrap: impl FnOnce(io::Error) -> Error) -> Error {

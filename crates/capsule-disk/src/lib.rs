@@ -7,8 +7,11 @@
 //!    or block device, a VMDK, or a qcow2 file; format detected from the magic bytes.
 //! 2. **partition** ([`partition`]): MBR or GPT, or none (superfloppy); the first FAT-typed
 //!    partition is used unless an index is given.
-//! 3. **FAT volume** (the `fatfs` crate behind a bounded partition window and a small
-//!    write-back cache).
+//! 3. **FAT volume** ([`fat`]): the one owner of FAT's on-disk structures (boot sector, FAT,
+//!    raw directory entries, file data along cluster chains, the fixes applied behind the
+//!    `fatfs` crate, which formats volumes and creates entries). It works on partition-relative
+//!    offsets only; the partition's place on the disk is added in one place (`slice`), over a
+//!    small write-back cache.
 //! 4. **file API** ([`DataDisk`]): create directories, put/get/list files, tar in and out.
 //!
 //! Entry points for other crates (all on [`DataDisk`] unless noted):
@@ -17,7 +20,7 @@
 //! |---|---|
 //! | `DataDisk::create(path, &CreateOptions)` | new sparse image: MBR, one FAT partition at `partition_offset` (default 1 MiB), formatted (FAT type by size as `mkfs.vfat`), label `CONDORDATA` |
 //! | `DataDisk::open(path, Access)` / `open_with(path, &OpenOptions)` | image file or block device; format from content; first FAT partition (MBR or GPT) or a given index |
-//! | `create_dir_all(path)`, `put_file(path, &mut dyn Read) -> u64` | write side; `put_file` creates parents and truncates an existing file |
+//! | `create_dir_all(path)`, `put_file(path, &mut dyn Read) -> u64` | write side; `put_file` creates parents and truncates an existing file; no room is [`Error::VolumeFull`] ([`Error::is_volume_full`]) |
 //! | `open_file(path) -> FileReader` (`Read`, `copy_to`), `stat`, `list`, `walk` | read side, bounded against hostile disks |
 //! | `tar_in(dir, &mut dyn Read)`, `tar_out(dir, &mut dyn Write)` | streaming tar in and out |
 //! | `info()` | container, chain, partition, FAT type, label, capacity, free |
@@ -52,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// TEMP #![warn(clippy::too_many_lines)]
 
 mod cache;
 mod container;
@@ -60,6 +64,7 @@ mod error;
 pub mod fat;
 pub mod partition;
 mod size;
+mod slice;
 
 pub use container::{detect, Access, ContainerInfo, Image, ImageFormat};
 pub use disk::{

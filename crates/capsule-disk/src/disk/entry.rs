@@ -1,14 +1,16 @@
-//! Directory entries and volume paths: names, timestamps, first clusters.
+//! Directory entries and volume paths: names, timestamps, the path rule.
 
-use super::{DirEntryInfo, FatEntry};
+use super::DirEntryInfo;
+use crate::fat::RawEntry;
 use crate::Error;
 
-/// Seconds since the epoch of a FAT timestamp (days-from-civil, Howard Hinnant's algorithm).
-pub(super) fn unix_time(t: fatfs::DateTime) -> u64 {
+/// Seconds since the epoch of a FAT timestamp, DOS-encoded `(date, time)` and read as UTC
+/// (days-from-civil, Howard Hinnant's algorithm).
+pub(super) fn unix_time((date, time): (u16, u16)) -> u64 {
     let (y, m, d) = (
-        i64::from(t.date.year),
-        i64::from(t.date.month),
-        i64::from(t.date.day),
+        i64::from((date >> 9) + 1980),
+        i64::from((date >> 5) & 0xf),
+        i64::from(date & 0x1f),
     );
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -18,38 +20,19 @@ pub(super) fn unix_time(t: fatfs::DateTime) -> u64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400
-        + i64::from(t.time.hour) * 3600
-        + i64::from(t.time.min) * 60
-        + i64::from(t.time.sec);
+        + i64::from(time >> 11) * 3600
+        + i64::from((time >> 5) & 0x3f) * 60
+        + i64::from(time & 0x1f) * 2;
     u64::try_from(secs).unwrap_or(0)
 }
 
-pub(super) fn info_of(e: &FatEntry<'_>) -> DirEntryInfo {
+pub(super) fn info_of(e: &RawEntry) -> DirEntryInfo {
     DirEntryInfo {
-        name: e.file_name(),
+        name: e.name.clone(),
         is_dir: e.is_dir(),
-        size: if e.is_dir() { 0 } else { e.len() },
-        modified: unix_time(e.modified()),
+        size: if e.is_dir() { 0 } else { u64::from(e.size) },
+        modified: unix_time(e.modified),
     }
-}
-
-/// The first cluster of an entry. fatfs 0.3.6 (pinned with `=`) does not expose it, but its
-/// `Debug` output prints the raw entry's `first_cluster_hi` and `first_cluster_lo` fields; the
-/// unit test `first_cluster_is_read_from_debug` guards the format.
-pub(super) fn first_cluster(e: &FatEntry<'_>) -> u32 {
-    let text = format!("{e:?}");
-    let field = |name: &str| -> u32 {
-        text.split(name)
-            .nth(1)
-            .and_then(|rest| {
-                rest.trim_start_matches([':', ' '])
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()
-            })
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("first_cluster_hi") << 16) | field("first_cluster_lo")
 }
 
 /// Compare names as FAT does: case-insensitively.
@@ -60,6 +43,9 @@ pub(super) fn names_equal(a: &str, b: &str) -> bool {
 }
 
 /// Split a volume path into components, rejecting `..` and control characters.
+///
+/// The one check of volume paths given to the file API (archive entry names get theirs in
+/// `tar::entry_parts` first); both are meant to give way to a shared relative-path type.
 pub(crate) fn components(path: &str) -> Result<Vec<&str>, Error> {
     let mut out = Vec::new();
     for c in path.split('/') {
@@ -95,16 +81,16 @@ pub(super) fn volume_id(label: &[u8; 11], size: u64, path: &std::path::Path) -> 
     h
 }
 
-/// The raw 11-byte short name of an entry, from the same `Debug` output as [`first_cluster`]
-/// (`name: [70, 73, ...]`).
-pub(super) fn raw_short_name(e: &FatEntry<'_>) -> Option<[u8; 11]> {
-    let text = format!("{e:?}");
-    let list = text.split("name: [").nth(1)?.split(']').next()?;
-    let mut out = [0u8; 11];
-    let mut n = 0;
-    for part in list.split(',') {
-        *out.get_mut(n)? = part.trim().parse().ok()?;
-        n += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fat_timestamps() {
+        // 2024-02-29 13:45:58 -> date (44 << 9) | (2 << 5) | 29, time (13 << 11) | (45 << 5) | 29
+        let date = (44 << 9) | (2 << 5) | 29;
+        let time = (13 << 11) | (45 << 5) | 29;
+        assert_eq!(unix_time((date, time)), 1_709_214_358);
+        assert_eq!(unix_time(((1 << 5) | 1, 0)), 315_532_800);
     }
-    (n == 11).then_some(out)
 }

@@ -8,7 +8,7 @@
 //! read from the volume (no `/`, `\`, NUL, `.` or `..`) and bound depth and entry count.
 
 use std::io::{self, Read, Write};
-use std::path::Component;
+use std::path::{Component, Path};
 
 use super::{DataDisk, DirEntryInfo, MAX_DEPTH};
 use crate::Error;
@@ -38,6 +38,24 @@ fn check_name(dir: &str, name: &str) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// The name check of archive entries: the components of `path` with `/`, `.` and prefixes
+/// dropped, or None for a name with `..` or one that is not UTF-8 (the entry is skipped).
+fn entry_parts(path: &Path) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut unsafe_name = false;
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => match p.to_str() {
+                Some(s) => parts.push(s.to_owned()),
+                None => unsafe_name = true,
+            },
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::ParentDir => unsafe_name = true,
+        }
+    }
+    (!unsafe_name).then_some(parts)
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -197,24 +215,12 @@ impl DataDisk {
                 .map_err(tar_err(format!("reading the name of entry {n}")))?
                 .into_owned();
             let shown = raw.display().to_string();
-            let mut parts = Vec::new();
-            let mut unsafe_name = false;
-            for c in raw.components() {
-                match c {
-                    Component::Normal(p) => match p.to_str() {
-                        Some(s) => parts.push(s.to_owned()),
-                        None => unsafe_name = true,
-                    },
-                    Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-                    Component::ParentDir => unsafe_name = true,
-                }
-            }
-            if unsafe_name {
+            let Some(parts) = entry_parts(&raw) else {
                 stats
                     .skipped
                     .push(format!("{shown}: '..' or a non-UTF-8 name"));
                 continue;
-            }
+            };
             let dest = join(dir, &parts.join("/"));
             match entry.header().entry_type() {
                 tar::EntryType::Directory => {

@@ -1,23 +1,28 @@
-//! Writing file data around `fatfs`: clusters are allocated and chained here and the data goes
-//! to the container in pieces of up to 1 MiB, instead of one `fatfs` call (with its FAT
-//! lookups and a buffer copy) per cluster. `fatfs` still creates the directory entry; its
-//! first cluster and size are patched in afterwards.
+//! The write side of the file API: directories and files.
+//!
+//! `fatfs` creates every directory entry (long names, short-name tails, growing the
+//! directory) and writes files up to [`SMALL_FILE`] bytes. Longer files go along a chain of
+//! our own ([`ChainWriter`]) in pieces of up to 1 MiB, and their entry gets the first
+//! cluster and size afterwards: `fatfs` would write one cluster per call with FAT lookups in
+//! between.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
-use super::entry::raw_short_name;
-use super::{DataDisk, FatDir};
-use crate::cache::{lock, Cache};
+use super::entry::components;
+use super::DataDisk;
+use crate::fat::{ChainWriter, DirLoc};
 use crate::Error;
 
+/// Files up to this size are written through `fatfs`.
+const SMALL_FILE: usize = 64 * 1024;
 /// Bytes read from the source and written per step (a multiple of every cluster size).
 const CHUNK: usize = 1024 * 1024;
 
 /// Fill `buf` from `src` until it is full or the source ends.
-pub(super) fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
+    while let Some(rest) = buf.get_mut(got..).filter(|r| !r.is_empty()) {
+        match src.read(rest) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -28,211 +33,156 @@ pub(super) fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl DataDisk {
+    /// Create directory `path` and any missing parents.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::WrongKind`] if a component is a file, [`Error::ReadOnly`],
+    /// [`Error::VolumeFull`] when there is no room, [`Error::Fat`] for other volume errors.
+    pub fn create_dir_all(&self, path: &str) -> Result<(), Error> {
+        let comps = components(path)?;
+        self.create_dirs(&comps, path)
+            .map(|_| ())
+            .map_err(|e| self.naming_full(e, path))
+    }
+
+    /// Write a file from `src`, creating it (and missing parent directories) or truncating it.
+    /// Returns the number of bytes written. Data is streamed, never held whole in memory.
+    ///
+    /// # Errors
+    /// As [`DataDisk::create_dir_all`]; [`Error::VolumeFull`] (naming `path` and the volume's
+    /// size) when the volume or the storage under the image has no room left;
+    /// [`Error::LimitExceeded`] past FAT's 4 GiB - 1 file size; [`Error::Io`] when `src` fails.
+    pub fn put_file(&self, path: &str, src: &mut dyn Read) -> Result<u64, Error> {
+        self.put(path, src).map_err(|e| self.naming_full(e, path))
+    }
+
+    fn put(&self, path: &str, src: &mut dyn Read) -> Result<u64, Error> {
+        let comps = components(path)?;
+        let Some((name, parents)) = comps.split_last() else {
+            return Err(Error::InvalidPath {
+                path: path.to_owned(),
+                reason: "names the root directory",
+            });
+        };
+        let (dir, loc) = self.create_dirs(parents, path)?;
+        // fatfs's create_file scans the directory itself (opening or creating the entry); only
+        // when it fails do we look again to give a precise error.
+        let mut file = match self.fatfs(path, || dir.create_file(name)) {
+            Ok(f) => f,
+            Err(e) => {
+                if let Ok(Some(found)) = self.find(loc, name, path) {
+                    if found.is_dir() {
+                        return Err(Error::WrongKind {
+                            path: path.to_owned(),
+                            found: "a directory",
+                            expected: "a file",
+                        });
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let failed = |e| self.fatfs_failed(path, e);
+        file.truncate().map_err(failed)?;
+        // One byte more than SMALL_FILE tells a file of exactly SMALL_FILE from a longer one.
+        let mut buf = vec![0u8; SMALL_FILE + 1];
+        let n = fill(src, &mut buf).map_err(|e| Error::io("read the source for", path, e))?;
+        buf.truncate(n);
+        if n <= SMALL_FILE {
+            file.write_all(&buf).map_err(failed)?;
+            file.flush().map_err(failed)?;
+            return Ok(n as u64);
+        }
+        // The fatfs handle must be gone first, or it would rewrite the entry when dropped.
+        file.flush().map_err(failed)?;
+        drop(file);
+        self.write_chain(loc, name, path, buf, src)
+    }
+
     /// Store `head` (already read from the source) plus the rest of `src` as the content of
-    /// the empty file `name` in `dir` (whose first cluster is `dir_cluster`, None for the root).
-    pub(super) fn write_data(
+    /// the empty file `name` in directory `loc`.
+    fn write_chain(
         &self,
-        dir: &FatDir<'_>,
-        dir_cluster: Option<u32>,
+        loc: DirLoc,
         name: &str,
         path: &str,
         head: Vec<u8>,
         src: &mut dyn Read,
     ) -> Result<u64, Error> {
-        let mut n = head.len();
-        let mut buf = head;
-        // Every chunk but the last must be whole clusters: top the head up to a full chunk.
-        buf.resize(CHUNK.max(n), 0);
-        n += fill(src, &mut buf[n..]).map_err(|e| Error::io("read the source for", path, e))?;
-        let boot = self.boot;
-        let cs = boot.cluster_size;
-        let start = self.partition.start;
-        let mut first: Option<u64> = None;
-        let mut last: Option<u64> = None;
-        let mut total = 0u64;
-        let mut allocated = 0u64;
-        let result = (|| -> Result<(), Error> {
-            let mut cache = lock(&self.cache).map_err(self.fat_err(path))?;
-            while n > 0 {
-                if total + n as u64 > u64::from(u32::MAX) {
-                    return Err(Error::LimitExceeded {
-                        path: path.to_owned(),
-                        what: "FAT file size",
-                        limit: u64::from(u32::MAX),
-                    });
-                }
-                let mut done = 0usize;
-                while done < n {
-                    let need = (n - done) as u64;
-                    let (c, len) = self.alloc_run(&mut cache, need.div_ceil(cs), path)?;
-                    allocated += len;
-                    let link = |cache: &mut Cache, from: u64, to: u64| {
-                        boot.set_fat_entry(from, to, cache, start)
-                    };
-                    let io = self.fat_err(path);
-                    match last {
-                        Some(l) => link(&mut cache, l, c).map_err(&io)?,
-                        None => first = Some(c),
-                    }
-                    for i in c..c + len - 1 {
-                        link(&mut cache, i, i + 1).map_err(&io)?;
-                    }
-                    link(&mut cache, c + len - 1, boot.eoc()).map_err(&io)?;
-                    last = Some(c + len - 1);
-                    let bytes = usize::try_from((len * cs).min(need))
-                        .map_err(|e| io(io::Error::other(e)))?;
-                    let at = start + boot.data_offset + (c - 2) * cs;
-                    cache.write_at(at, &buf[done..done + bytes]).map_err(&io)?;
-                    done += bytes;
-                }
-                total += n as u64;
-                drop(cache);
-                n = fill(src, &mut buf).map_err(|e| Error::io("read the source for", path, e))?;
-                cache = lock(&self.cache).map_err(self.fat_err(path))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        let entry = self.find(loc, name, path)?.ok_or_else(|| Error::NotFound {
+            path: path.to_owned(),
+        })?;
+        let mut chain = ChainWriter::new(self.alloc_hint.get());
+        let appended = self.append_all(&mut chain, head, src, path);
+        self.alloc_hint.set(chain.hint());
+        let mut v = self.volume.lock().map_err(self.fat_err(path))?;
+        if let Err(e) = appended {
             // Give the clusters back so a failed put leaves no lost chain behind.
-            if let Some(f) = first {
-                let _ = self.free_chain(f, allocated);
-            }
+            let _ = chain.abort(&self.boot, &mut v);
             return Err(e);
         }
-        let entry = self
-            .find_in(dir, name, path)?
-            .ok_or_else(|| Error::NotFound {
-                path: path.to_owned(),
-            })?;
-        let raw = raw_short_name(&entry).ok_or_else(|| Error::Corrupt {
-            path: self.path.clone(),
-            what: "FAT directory entry",
-            offset: 0,
-            detail: format!("cannot read the short name of '{path}'"),
-        })?;
-        self.patch_entry(dir_cluster, raw, first.unwrap_or(0), total, path)?;
-        Ok(total)
+        self.boot
+            .set_entry_data(&mut v, entry.pos, chain.first_cluster(), chain.written())
+            .map_err(self.fat_err(path))?;
+        Ok(chain.written())
     }
 
-    /// Find up to `want` free clusters, consecutive, starting from the allocation hint.
-    fn alloc_run(&self, cache: &mut Cache, want: u64, path: &str) -> Result<(u64, u64), Error> {
-        let boot = self.boot;
-        let start = self.partition.start;
-        let end = boot.clusters + 2;
-        let mut c = self.alloc_hint.get().clamp(2, end);
-        let mut scanned = 0u64;
-        let io = self.fat_err(path);
-        let entry =
-            |cache: &mut Cache, c: u64| boot.fat_entry(c, &mut |o, b| cache.read_at(start + o, b));
-        loop {
-            if c >= end {
-                c = 2;
-            }
-            if scanned > boot.clusters {
-                return Err(Error::Fat {
-                    path: path.to_owned(),
-                    source: io::Error::new(io::ErrorKind::StorageFull, "the data disk is full"),
-                });
-            }
-            if entry(cache, c).map_err(&io)? == 0 {
-                break;
-            }
-            c += 1;
-            scanned += 1;
-        }
-        let mut len = 1;
-        while len < want && c + len < end && entry(cache, c + len).map_err(&io)? == 0 {
-            len += 1;
-        }
-        self.alloc_hint.set(c + len);
-        Ok((c, len))
-    }
-
-    /// Mark `count` clusters of the chain starting at `first` free again.
-    fn free_chain(&self, first: u64, count: u64) -> io::Result<()> {
-        let boot = self.boot;
-        let start = self.partition.start;
-        let mut cache = lock(&self.cache)?;
-        let mut c = first;
-        for _ in 0..count {
-            if !boot.is_valid_cluster(c) {
-                break;
-            }
-            let next = boot.fat_entry(c, &mut |o, b| cache.read_at(start + o, b))?;
-            boot.set_fat_entry(c, 0, &mut cache, start)?;
-            c = next;
+    /// Append `head` and then all of `src` to `chain`, in pieces of [`CHUNK`] bytes.
+    fn append_all(
+        &self,
+        chain: &mut ChainWriter,
+        head: Vec<u8>,
+        src: &mut dyn Read,
+        path: &str,
+    ) -> Result<(), Error> {
+        let read_err = |e| Error::io("read the source for", path, e);
+        let mut n = head.len();
+        let mut buf = head;
+        // Every piece but the last must be whole clusters: top the head up to a full chunk.
+        buf.resize(CHUNK.max(n), 0);
+        n += fill(src, buf.get_mut(n..).unwrap_or_default()).map_err(read_err)?;
+        while n > 0 {
+            let piece = buf.get(..n).unwrap_or_default();
+            let appended = match self.volume.lock() {
+                Ok(mut v) => chain.append(&self.boot, &mut v, piece),
+                Err(e) => Err(e.into()),
+            };
+            appended.map_err(|e| self.fat_error(e, path, &format!("file '{path}'")))?;
+            n = fill(src, &mut buf).map_err(read_err)?;
         }
         Ok(())
     }
+}
 
-    /// Set the first cluster and size of the short-name entry `raw` in a directory.
-    fn patch_entry(
-        &self,
-        dir_cluster: Option<u32>,
-        raw: [u8; 11],
-        first: u64,
-        size: u64,
-        path: &str,
-    ) -> Result<(), Error> {
-        let boot = self.boot;
-        let start = self.partition.start;
-        let cs = boot.cluster_size;
-        let io = self.fat_err(path);
-        let mut cache = lock(&self.cache).map_err(&io)?;
-        // The directory's regions: the fixed FAT12/16 root, or a cluster chain.
-        let mut regions: Vec<(u64, u64)> = Vec::new();
-        match dir_cluster
-            .map(u64::from)
-            .or(boot.root_cluster.map(u64::from))
-        {
-            None => regions.push((boot.root_offset, boot.root_bytes)),
-            Some(mut c) => {
-                for _ in 0..(2 * 1024 * 1024 / cs).max(1) {
-                    if !boot.is_valid_cluster(c) {
-                        break;
-                    }
-                    regions.push((boot.data_offset + (c - 2) * cs, cs));
-                    c = boot
-                        .fat_entry(c, &mut |o, b| cache.read_at(start + o, b))
-                        .map_err(&io)?;
-                }
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A reader that hands out at most 3 bytes per call and is interrupted now and then.
+    struct Trickle<'a>(&'a [u8], u32);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 += 1;
+            if self.1.is_multiple_of(5) {
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
             }
+            let n = self.0.len().min(buf.len()).min(3);
+            let (head, rest) = self.0.split_at(n);
+            buf[..n].copy_from_slice(head);
+            self.0 = rest;
+            Ok(n)
         }
-        let mut block = Vec::new();
-        for (off, len) in regions {
-            block.resize(
-                usize::try_from(len).map_err(|e| io(io::Error::other(e)))?,
-                0,
-            );
-            cache.read_at(start + off, &mut block).map_err(&io)?;
-            for (i, e) in block.chunks_exact(32).enumerate() {
-                if e[0] == 0 {
-                    break;
-                }
-                if e[0] == 0xe5 || e[11] & 0x3f == 0x0f || e[..11] != raw {
-                    continue;
-                }
-                let mut fields = [0u8; 12];
-                fields[0..2]
-                    .copy_from_slice(&u16::try_from(first >> 16).unwrap_or(0).to_le_bytes());
-                fields[6..8]
-                    .copy_from_slice(&u16::try_from(first & 0xffff).unwrap_or(0).to_le_bytes());
-                fields[8..12]
-                    .copy_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
-                let at = start + off + i as u64 * 32;
-                let mut cur = [0u8; 12];
-                cache.read_at(at + 20, &mut cur).map_err(&io)?;
-                // Keep the modification time and date (bytes 22..26), replace the rest.
-                fields[2..6].copy_from_slice(&cur[2..6]);
-                cache.write_at(at + 20, &fields).map_err(&io)?;
-                return Ok(());
-            }
-        }
-        Err(Error::Corrupt {
-            path: self.path.clone(),
-            what: "FAT directory entry",
-            offset: start,
-            detail: format!("the entry of '{path}' vanished while writing it"),
-        })
+    }
+
+    #[test]
+    fn fill_collects_short_reads() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut buf = [0u8; 64];
+        assert_eq!(fill(&mut Trickle(&data, 0), &mut buf).unwrap(), 64);
+        assert_eq!(buf[..], data[..64]);
+        let mut big = [0u8; 200];
+        assert_eq!(fill(&mut Trickle(&data, 0), &mut big).unwrap(), 100);
     }
 }

@@ -1,6 +1,6 @@
 //! Raw image + MBR + FAT: what we write, fsck.fat and mtools read.
 
-use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
+use capsule_disk::{Access, CreateOptions, DataDisk, Error, ImageFormat};
 use std::io::Read;
 
 use crate::tools::{data, fsck, mspec, mtool};
@@ -129,7 +129,8 @@ fn reads_gpt_disks_made_by_sfdisk_and_mkfs() {
     fsck(&img, 8192 * 512);
 }
 
-/// A file that does not fit fails with "full" and leaves no lost clusters behind.
+/// A file that does not fit fails with the typed volume-full error, naming the file and the
+/// volume's size, and leaves no lost clusters behind (issue 16).
 #[test]
 fn full_disk_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,10 +138,27 @@ fn full_disk_fails_cleanly() {
     let disk = DataDisk::create(&img, &CreateOptions::new().size(8 * MIB)).unwrap();
     disk.put_file("keep.bin", &mut &data(100_000, 3)[..])
         .unwrap();
+    let capacity = disk.info().unwrap().capacity;
     let err = disk
-        .put_file("huge.bin", &mut &data(9 * MIB as usize, 4)[..])
+        .put_file("out/huge.bin", &mut &data(9 * MIB as usize, 4)[..])
         .unwrap_err();
-    assert!(format!("{err:?}").contains("full"), "{err:?}");
+    assert!(err.is_volume_full(), "{err:?}");
+    match &err {
+        Error::VolumeFull {
+            path,
+            capacity: c,
+            source: None,
+            ..
+        } => assert_eq!((path.as_str(), *c), ("out/huge.bin", capacity)),
+        other => panic!("{other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("is full")
+            && msg.contains("'out/huge.bin'")
+            && msg.contains(&format!("({capacity} bytes)")),
+        "{msg}"
+    );
     disk.put_file("after.bin", &mut &data(200_000, 5)[..])
         .unwrap();
     disk.finish().unwrap();
