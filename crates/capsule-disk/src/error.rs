@@ -263,3 +263,47 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_for_messages() {
+        assert_eq!(human_size(512), "512 bytes");
+        assert_eq!(human_size(2048), "2.0 KiB (2048 bytes)");
+        assert_eq!(human_size(15 << 20), "15.0 MiB (15728640 bytes)");
+        assert_eq!(human_size(3 << 30), "3.0 GiB (3221225472 bytes)");
+    }
+
+    /// The storage under the image running out of space (ENOSPC, EDQUOT) is a volume-full
+    /// error too, worded for the host; other I/O errors are not.
+    #[test]
+    fn host_storage_full_is_volume_full() {
+        let full = || io::Error::from(io::ErrorKind::StorageFull);
+        let err = Error::Fat {
+            path: "out.tar".into(),
+            source: full(),
+        };
+        assert!(err.is_volume_full());
+        let named = err.naming_full(Path::new("d.img"), "out.tar", 1 << 20);
+        assert!(matches!(
+            named,
+            Error::VolumeFull {
+                source: Some(_),
+                ..
+            }
+        ));
+        let msg = named.to_string();
+        assert!(
+            msg.contains("'out.tar'") && msg.contains("storage holding the image is full"),
+            "{msg}"
+        );
+        let quota = Error::io("write", "d.img", io::ErrorKind::QuotaExceeded.into());
+        assert!(quota.is_volume_full());
+        let other = Error::io("write", "d.img", io::ErrorKind::PermissionDenied.into());
+        assert!(!other.is_volume_full());
+        let kept = other.naming_full(Path::new("d.img"), "x", 1);
+        assert!(matches!(kept, Error::Io { .. }));
+    }
+}

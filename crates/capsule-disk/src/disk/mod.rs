@@ -3,6 +3,8 @@
 //! This layer knows paths, files and errors for the user; FAT's on-disk structures belong to
 //! [`crate::fat`], and where the volume lies on the disk to [`crate::slice`].
 
+#[cfg(test)]
+mod crosscheck;
 mod entry;
 mod lookup;
 mod options;

@@ -10,6 +10,7 @@
 mod bulk;
 mod containers;
 mod corrupt;
+mod full;
 mod mixed;
 mod qcow2;
 mod raw_fat;

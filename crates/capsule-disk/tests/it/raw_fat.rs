@@ -43,6 +43,22 @@ fn raw_fat32_round_trip_with_mtools_and_fsck() {
 
         fsck(&img, offset);
         let spec = mspec(&img, offset);
+        // The fixes behind fatfs: the label in the root directory too (mlabel reads it there)
+        // and the partition's start in "hidden sectors" (and the FAT32 backup boot sector).
+        let label = mtool("mlabel", &["-i", &spec, "-s", "::"]);
+        assert!(label.contains("Volume label is CONDORDATA"), "{label}");
+        let hidden_at = |sector: u64| {
+            let mut field = [0u8; 4];
+            let f = std::fs::File::open(&img).unwrap();
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut field, offset + sector * 512 + 28)
+                .unwrap();
+            u32::from_le_bytes(field)
+        };
+        let hidden = (offset / 512) as u32;
+        assert_eq!(hidden_at(0), hidden, "{offset}");
+        if size >= 512 * MIB {
+            assert_eq!(hidden_at(6), hidden, "FAT32 backup boot sector");
+        }
         let listing = mtool("mdir", &["-b", "-/", "-i", &spec, "::"]);
         for name in [
             "::/hello.txt",
