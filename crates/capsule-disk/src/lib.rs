@@ -55,7 +55,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-// TEMP #![warn(clippy::too_many_lines)]
+#![warn(clippy::too_many_lines)]
 
 mod cache;
 mod container;

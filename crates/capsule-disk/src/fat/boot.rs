@@ -36,84 +36,124 @@ pub(crate) struct BootInfo {
 /// Byte offset of the "hidden sectors" field (sectors before the volume) in a boot sector.
 pub(crate) const HIDDEN_SECTORS_FIELD: u64 = 28;
 
-impl BootInfo {
-    /// Parse and check the boot sector `b` of a volume that may span `part_size` bytes.
-    pub(crate) fn parse(b: &[u8; 512], part_size: u64) -> Result<BootInfo, FatError> {
-        let bad = |off: u64, detail: String| FatError::Corrupt {
-            what: "FAT boot sector",
-            offset: off,
-            detail,
-        };
+/// The BIOS parameter block fields the layout comes from, each checked on its own.
+struct Bpb {
+    sector: u64,
+    sectors_per_cluster: u64,
+    reserved: u64,
+    fats: u64,
+    total: u64,
+    fat_size: u64,
+    root_entries: u64,
+    /// FAT32 fields: root cluster, FSInfo sector, backup boot sector.
+    root_cluster: u32,
+    fs_info: u16,
+    backup: u16,
+}
+
+fn corrupt(offset: u64, detail: String) -> FatError {
+    FatError::Corrupt {
+        what: "FAT boot sector",
+        offset,
+        detail,
+    }
+}
+
+impl Bpb {
+    fn read(b: &[u8; 512]) -> Result<Bpb, FatError> {
         let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let u32at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         if b[510..512] != [0x55, 0xaa] {
-            return Err(bad(
+            return Err(corrupt(
                 510,
                 "missing 0x55aa signature; not a FAT volume".into(),
             ));
         }
         let bps = u16at(11);
         if !matches!(bps, 512 | 1024 | 2048 | 4096) {
-            return Err(bad(
+            return Err(corrupt(
                 11,
                 format!("bytes per sector {bps} is not 512, 1024, 2048 or 4096"),
             ));
         }
         let spc = b[13];
         if !spc.is_power_of_two() {
-            return Err(bad(
+            return Err(corrupt(
                 13,
                 format!("sectors per cluster {spc} is not a power of two"),
             ));
         }
         let cluster_size = u32::from(bps) * u32::from(spc);
         if cluster_size > 64 * 1024 {
-            return Err(bad(
+            return Err(corrupt(
                 13,
                 format!("cluster size {cluster_size} exceeds 64 KiB"),
             ));
         }
         let reserved = u16at(14);
         if reserved == 0 {
-            return Err(bad(14, "zero reserved sectors".into()));
+            return Err(corrupt(14, "zero reserved sectors".into()));
         }
         let fats = b[16];
         if !(1..=2).contains(&fats) {
-            return Err(bad(16, format!("{fats} FATs; expected 1 or 2")));
+            return Err(corrupt(16, format!("{fats} FATs; expected 1 or 2")));
         }
-        let total = match u16at(19) {
-            0 => u32at(32),
-            n => u32::from(n),
-        };
         let fat_size = match u16at(22) {
             0 => u32at(36),
             n => u32::from(n),
         };
         if fat_size == 0 {
-            return Err(bad(22, "FAT size is zero".into()));
+            return Err(corrupt(22, "FAT size is zero".into()));
         }
-        let sector = u64::from(bps);
-        let volume_bytes = u64::from(total) * sector;
-        let meta = u64::from(reserved) + u64::from(fats) * u64::from(fat_size);
-        if meta >= u64::from(total) {
-            return Err(bad(
+        Ok(Bpb {
+            sector: u64::from(bps),
+            sectors_per_cluster: u64::from(spc),
+            reserved: u64::from(reserved),
+            fats: u64::from(fats),
+            total: u64::from(match u16at(19) {
+                0 => u32at(32),
+                n => u32::from(n),
+            }),
+            fat_size: u64::from(fat_size),
+            root_entries: u64::from(u16at(17)),
+            root_cluster: u32at(44),
+            fs_info: u16at(48),
+            backup: u16at(50),
+        })
+    }
+}
+
+impl BootInfo {
+    /// Parse and check the boot sector `b` of a volume that may span `part_size` bytes.
+    pub(crate) fn parse(b: &[u8; 512], part_size: u64) -> Result<BootInfo, FatError> {
+        let p = Bpb::read(b)?;
+        let sector = p.sector;
+        let volume_bytes = p.total * sector;
+        let meta = p.reserved + p.fats * p.fat_size;
+        if meta >= p.total {
+            return Err(corrupt(
                 19,
-                format!("{total} total sectors leave no room after {meta} FAT sectors"),
+                format!(
+                    "{} total sectors leave no room after {meta} FAT sectors",
+                    p.total
+                ),
             ));
         }
-        let root_entries = u64::from(u16at(17));
-        let root_sectors = (root_entries * 32).div_ceil(sector);
-        let data_sectors = u64::from(total) - meta - root_sectors.min(u64::from(total) - meta);
-        let clusters = data_sectors / u64::from(spc);
+        let root_sectors = (p.root_entries * 32).div_ceil(sector);
+        let data_sectors = p.total - meta - root_sectors.min(p.total - meta);
+        let clusters = data_sectors / p.sectors_per_cluster;
         let kind = kind_of(clusters);
-        if (clusters + 2) * kind.entry_bits() > u64::from(fat_size) * sector * 8 {
-            return Err(bad(
+        if (clusters + 2) * kind.entry_bits() > p.fat_size * sector * 8 {
+            return Err(corrupt(
                 22,
-                format!("a FAT of {fat_size} sectors cannot map {clusters} clusters"),
+                format!(
+                    "a FAT of {} sectors cannot map {clusters} clusters",
+                    p.fat_size
+                ),
             ));
         }
         if volume_bytes > part_size {
-            return Err(bad(
+            return Err(corrupt(
                 32,
                 format!(
                     "volume of {volume_bytes} bytes does not fit its {part_size}-byte partition"
@@ -124,22 +164,22 @@ impl BootInfo {
         // A FAT32 sector field of 0 or 0xffff means "none"; it must lie in the reserved area.
         let reserved_sector = |v: u16| {
             let v = u64::from(v);
-            (fat32 && v != 0 && v != 0xffff && v < u64::from(reserved)).then_some(v)
+            (fat32 && v != 0 && v != 0xffff && v < p.reserved).then_some(v)
         };
         Ok(BootInfo {
             volume_bytes,
-            fat_offset: u64::from(reserved) * sector,
+            fat_offset: p.reserved * sector,
             clusters,
             kind,
-            cluster_size: u64::from(cluster_size),
-            root_cluster: fat32.then(|| u32at(44)),
+            cluster_size: sector * p.sectors_per_cluster,
+            root_cluster: fat32.then_some(p.root_cluster),
             data_offset: (meta + root_sectors) * sector,
-            fats: u64::from(fats),
-            fat_bytes: u64::from(fat_size) * sector,
+            fats: p.fats,
+            fat_bytes: p.fat_size * sector,
             root_offset: meta * sector,
-            root_bytes: root_entries * 32,
-            fs_info_offset: reserved_sector(u16at(48)).map(|s| s * sector),
-            backup_boot_sector: reserved_sector(u16at(50)),
+            root_bytes: p.root_entries * 32,
+            fs_info_offset: reserved_sector(p.fs_info).map(|s| s * sector),
+            backup_boot_sector: reserved_sector(p.backup),
             sector_size: sector,
         })
     }

@@ -69,28 +69,8 @@ impl Header {
     /// Parse and check the header of `file` (`file_len` bytes).
     pub(crate) fn read(path: &Path, file: &File, file_len: u64) -> Result<Header, Error> {
         let bad = |off: u64, d: String| Error::corrupt(path, "qcow2 header", off, d);
-        let mut h = vec![0u8; 4096];
-        let got = file
-            .read_at(&mut h, 0)
-            .map_err(|e| Error::io("read", path, e))?;
-        if got < 72 {
-            return Err(bad(
-                0,
-                format!("file is only {got} bytes, a header needs 72"),
-            ));
-        }
-        h.truncate(got);
-        if h.get(0..4) != Some(b"QFI\xfb".as_slice()) {
-            return Err(bad(0, "missing QFI\\xfb magic".into()));
-        }
+        let h = read_head(path, file)?;
         let version = be32(&h, 4);
-        if !(2..=3).contains(&version) {
-            return Err(Error::Unsupported {
-                path: path.to_owned(),
-                what: "qcow2 version",
-                detail: format!("{version} (2 and 3 are supported)"),
-            });
-        }
         let backing_offset = be64(&h, 8);
         let backing_size = be32(&h, 16);
         let cluster_bits = be32(&h, 20);
@@ -98,9 +78,6 @@ impl Header {
         let crypt = be32(&h, 32);
         let l1_size = be32(&h, 36);
         let l1_offset = be64(&h, 40);
-        let refcount_table_offset = be64(&h, 48);
-        let refcount_table_clusters = be32(&h, 56);
-        let nb_snapshots = be32(&h, 60);
         if !(9..=21).contains(&cluster_bits) {
             return Err(bad(20, format!("cluster_bits {cluster_bits} is not 9..21")));
         }
@@ -131,108 +108,22 @@ impl Header {
         if !in_file(l1_offset, u64::from(l1_size) * 8) && l1_size != 0 {
             return Err(bad(40, format!("L1 table at {l1_offset} is unaligned or past the end of the {file_len}-byte file")));
         }
-        let (incompatible, refcount_order, header_len, compression) = if version == 3 {
-            if h.len() < 104 {
-                return Err(bad(0, "v3 header shorter than 104 bytes".into()));
-            }
-            let hl = be32(&h, 100);
-            let ct = if hl > 104 {
-                h.get(104).copied().unwrap_or(0)
-            } else {
-                0
-            };
-            (be64(&h, 72), be32(&h, 96), u64::from(hl), ct)
-        } else {
-            (0, 4, 72, 0)
-        };
-        if header_len < 72 || header_len > cs.min(4096) {
-            return Err(bad(
-                100,
-                format!("header length {header_len} is out of range"),
-            ));
-        }
-        let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
-        if incompatible & !known != 0 {
-            let what = if incompatible & INCOMPAT_EXTERNAL_DATA != 0 {
-                "external data file"
-            } else if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
-                "extended L2 entries (subclusters)"
-            } else {
-                "unknown"
-            };
-            return Err(Error::Unsupported {
-                path: path.to_owned(),
-                what: "qcow2 incompatible feature",
-                detail: format!(
-                    "{what} (bits 0x{incompatible:x}); hint: qemu-img convert to a plain qcow2"
-                ),
-            });
-        }
-        if refcount_order > 6 {
-            return Err(bad(
-                96,
-                format!("refcount order {refcount_order} is above 6"),
-            ));
-        }
-        let mut backing_format = None;
-        let mut at = usize::try_from(header_len).unwrap_or(72);
-        for _ in 0..MAX_EXTENSIONS {
-            let (Some(kind), Some(len)) = (
-                h.get(at..at + 4).map(|_| be32(&h, at)),
-                h.get(at + 4..at + 8).map(|_| be32(&h, at + 4)),
-            ) else {
-                break;
-            };
-            if kind == 0 {
-                break;
-            }
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            let Some(data) = h.get(at + 8..(at + 8).saturating_add(len)) else {
-                return Err(bad(
-                    at as u64,
-                    format!("header extension 0x{kind:08x} of {len} bytes runs past the header"),
-                ));
-            };
-            if kind == EXT_BACKING_FORMAT {
-                backing_format = Some(String::from_utf8_lossy(data).into_owned());
-            }
-            at = at + 8 + len.div_ceil(8) * 8;
-        }
-        let backing_file = if backing_offset != 0 {
-            if backing_size == 0 || backing_size > 1023 {
-                return Err(bad(
-                    16,
-                    format!("backing file name length {backing_size} is not 1..1023"),
-                ));
-            }
-            let mut name = vec![0u8; usize::try_from(backing_size).unwrap_or(0)];
-            file.read_exact_at(&mut name, backing_offset).map_err(|_| {
-                bad(
-                    8,
-                    format!("backing file name at {backing_offset} lies past the end"),
-                )
-            })?;
-            Some(
-                String::from_utf8(name)
-                    .map_err(|_| bad(backing_offset, "backing file name is not UTF-8".into()))?,
-            )
-        } else {
-            None
-        };
+        let v3 = V3Fields::read(&h, version, cs, &bad)?;
+        check_incompatible(path, v3.incompatible)?;
         Ok(Header {
             version,
             cluster_bits,
             size,
             l1_size,
             l1_offset,
-            refcount_table_offset,
-            refcount_table_clusters,
-            nb_snapshots,
-            incompatible,
-            refcount_order,
-            backing_file,
-            backing_format,
-            zstd: compression == 1,
+            refcount_table_offset: be64(&h, 48),
+            refcount_table_clusters: be32(&h, 56),
+            nb_snapshots: be32(&h, 60),
+            incompatible: v3.incompatible,
+            refcount_order: v3.refcount_order,
+            backing_file: backing_name(file, backing_offset, backing_size, &bad)?,
+            backing_format: backing_format(&h, v3.header_len, &bad)?,
+            zstd: v3.compression == 1,
         })
     }
 
@@ -252,4 +143,170 @@ impl Header {
         // bytes 104..112: end-of-extensions marker (type 0, length 0)
         h
     }
+}
+
+/// The first 4 KiB of the file (a header with its extensions), its magic and version checked.
+fn read_head(path: &Path, file: &File) -> Result<Vec<u8>, Error> {
+    let bad = |off: u64, d: String| Error::corrupt(path, "qcow2 header", off, d);
+    let mut h = vec![0u8; 4096];
+    let got = file
+        .read_at(&mut h, 0)
+        .map_err(|e| Error::io("read", path, e))?;
+    if got < 72 {
+        return Err(bad(
+            0,
+            format!("file is only {got} bytes, a header needs 72"),
+        ));
+    }
+    h.truncate(got);
+    if h.get(0..4) != Some(b"QFI\xfb".as_slice()) {
+        return Err(bad(0, "missing QFI\\xfb magic".into()));
+    }
+    let version = be32(&h, 4);
+    if !(2..=3).contains(&version) {
+        return Err(Error::Unsupported {
+            path: path.to_owned(),
+            what: "qcow2 version",
+            detail: format!("{version} (2 and 3 are supported)"),
+        });
+    }
+    Ok(h)
+}
+
+/// The fields version 3 added (with the values version 2 implies).
+struct V3Fields {
+    incompatible: u64,
+    refcount_order: u32,
+    header_len: u64,
+    compression: u8,
+}
+
+impl V3Fields {
+    fn read(
+        h: &[u8],
+        version: u32,
+        cs: u64,
+        bad: &dyn Fn(u64, String) -> Error,
+    ) -> Result<V3Fields, Error> {
+        let v3 = if version == 3 {
+            if h.len() < 104 {
+                return Err(bad(0, "v3 header shorter than 104 bytes".into()));
+            }
+            let hl = be32(h, 100);
+            let ct = if hl > 104 {
+                h.get(104).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            V3Fields {
+                incompatible: be64(h, 72),
+                refcount_order: be32(h, 96),
+                header_len: u64::from(hl),
+                compression: ct,
+            }
+        } else {
+            V3Fields {
+                incompatible: 0,
+                refcount_order: 4,
+                header_len: 72,
+                compression: 0,
+            }
+        };
+        if v3.header_len < 72 || v3.header_len > cs.min(4096) {
+            return Err(bad(
+                100,
+                format!("header length {} is out of range", v3.header_len),
+            ));
+        }
+        if v3.refcount_order > 6 {
+            return Err(bad(
+                96,
+                format!("refcount order {} is above 6", v3.refcount_order),
+            ));
+        }
+        Ok(v3)
+    }
+}
+
+/// Refuse incompatible features we do not implement, naming them.
+fn check_incompatible(path: &Path, incompatible: u64) -> Result<(), Error> {
+    let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
+    if incompatible & !known == 0 {
+        return Ok(());
+    }
+    let what = if incompatible & INCOMPAT_EXTERNAL_DATA != 0 {
+        "external data file"
+    } else if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
+        "extended L2 entries (subclusters)"
+    } else {
+        "unknown"
+    };
+    Err(Error::Unsupported {
+        path: path.to_owned(),
+        what: "qcow2 incompatible feature",
+        detail: format!(
+            "{what} (bits 0x{incompatible:x}); hint: qemu-img convert to a plain qcow2"
+        ),
+    })
+}
+
+/// The backing format named by the header extensions that follow the `header_len`-byte header.
+fn backing_format(
+    h: &[u8],
+    header_len: u64,
+    bad: &dyn Fn(u64, String) -> Error,
+) -> Result<Option<String>, Error> {
+    let mut backing_format = None;
+    let mut at = usize::try_from(header_len).unwrap_or(72);
+    for _ in 0..MAX_EXTENSIONS {
+        let (Some(kind), Some(len)) = (
+            h.get(at..at + 4).map(|_| be32(h, at)),
+            h.get(at + 4..at + 8).map(|_| be32(h, at + 4)),
+        ) else {
+            break;
+        };
+        if kind == 0 {
+            break;
+        }
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let Some(data) = h.get(at + 8..(at + 8).saturating_add(len)) else {
+            return Err(bad(
+                at as u64,
+                format!("header extension 0x{kind:08x} of {len} bytes runs past the header"),
+            ));
+        };
+        if kind == EXT_BACKING_FORMAT {
+            backing_format = Some(String::from_utf8_lossy(data).into_owned());
+        }
+        at = at + 8 + len.div_ceil(8) * 8;
+    }
+    Ok(backing_format)
+}
+
+/// The backing file name (`size` bytes at `offset`; offset 0: none).
+fn backing_name(
+    file: &File,
+    offset: u64,
+    size: u32,
+    bad: &dyn Fn(u64, String) -> Error,
+) -> Result<Option<String>, Error> {
+    if offset == 0 {
+        return Ok(None);
+    }
+    if size == 0 || size > 1023 {
+        return Err(bad(
+            16,
+            format!("backing file name length {size} is not 1..1023"),
+        ));
+    }
+    let mut name = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    file.read_exact_at(&mut name, offset).map_err(|_| {
+        bad(
+            8,
+            format!("backing file name at {offset} lies past the end"),
+        )
+    })?;
+    String::from_utf8(name)
+        .map(Some)
+        .map_err(|_| bad(offset, "backing file name is not UTF-8".into()))
 }

@@ -97,45 +97,8 @@ impl VmdkBackend {
                 "the chain loops back to this file",
             ));
         }
-        let mut magic = [0u8; 4];
-        let got = file
-            .read_at(&mut magic, 0)
-            .map_err(|e| Error::io("read", path, e))?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
-        let (desc, mut embedded) = if got == 4 && &magic == b"KDMV" {
-            let sp = SparseExtent::open(path, file, writable)?;
-            let desc = match &sp.descriptor {
-                Some((text, off)) => Descriptor::parse(text, path, *off)?,
-                None => Descriptor {
-                    cid: 0xffff_ffff,
-                    parent_cid: 0xffff_ffff,
-                    create_type: "monolithicSparse".to_owned(),
-                    parent_hint: None,
-                    extents: vec![descriptor::ExtentLine {
-                        writable: true,
-                        sectors: sp.capacity_sectors,
-                        kind: ExtentKind::Sparse,
-                        file: String::new(),
-                        offset: 0,
-                    }],
-                },
-            };
-            (desc, Some(sp))
-        } else {
-            let mut text = String::new();
-            (&file)
-                .take(descriptor::MAX_DESCRIPTOR + 1)
-                .read_to_string(&mut text)
-                .map_err(|e| Error::io("read the descriptor", path, e))?;
-            if text.len() as u64 > descriptor::MAX_DESCRIPTOR {
-                return Err(Error::LimitExceeded {
-                    path: path.display().to_string(),
-                    what: "vmdk descriptor size",
-                    limit: descriptor::MAX_DESCRIPTOR,
-                });
-            }
-            (Descriptor::parse(&text, path, 0)?, None)
-        };
+        let (desc, mut embedded) = read_descriptor(path, file, writable)?;
         let mut extents = Vec::new();
         let mut start = 0u64;
         for line in &desc.extents {
@@ -152,60 +115,9 @@ impl VmdkBackend {
                     )
                 })?;
             let ext_writable = writable && line.writable;
-            let (epath, data) = match line.kind {
-                ExtentKind::Zero => (path.to_owned(), ExtentData::Zero),
-                ExtentKind::Sparse if embedded.is_some() && desc.extents.len() == 1 => {
-                    // monolithicSparse: the extent is this very file, whatever name it records.
-                    let sp = embedded
-                        .take()
-                        .ok_or_else(|| Error::corrupt(path, "vmdk", 0, "extent lost"))?;
-                    (path.to_owned(), ExtentData::Sparse(Box::new(sp)))
-                }
-                ExtentKind::Sparse => {
-                    let ep = extent_path(&dir, &line.file, path)?;
-                    let f = super::open_referenced(
-                        &ep,
-                        if ext_writable {
-                            Access::ReadWrite
-                        } else {
-                            Access::ReadOnly
-                        },
-                    )?;
-                    let sp = SparseExtent::open(&ep, f, ext_writable)?;
-                    if sp.capacity_sectors < line.sectors {
-                        return Err(Error::corrupt(
-                            &ep,
-                            "vmdk sparse header",
-                            12,
-                            format!(
-                                "capacity {} sectors is smaller than the descriptor's {}",
-                                sp.capacity_sectors, line.sectors
-                            ),
-                        ));
-                    }
-                    (ep, ExtentData::Sparse(Box::new(sp)))
-                }
-                ExtentKind::Flat => {
-                    let ep = extent_path(&dir, &line.file, path)?;
-                    let f = super::open_referenced(
-                        &ep,
-                        if ext_writable {
-                            Access::ReadWrite
-                        } else {
-                            Access::ReadOnly
-                        },
-                    )?;
-                    let base = line.offset.checked_mul(SECTOR).ok_or_else(|| {
-                        Error::corrupt(
-                            path,
-                            "vmdk extent line",
-                            0,
-                            format!("offset {} overflows", line.offset),
-                        )
-                    })?;
-                    (ep, ExtentData::Flat { file: f, base })
-                }
-            };
+            // monolithicSparse: the extent is this very file, whatever name it records.
+            let this_file = embedded.take().filter(|_| desc.extents.len() == 1);
+            let (epath, data) = open_extent(path, &dir, line, ext_writable, this_file)?;
             extents.push(Extent {
                 start,
                 len,
@@ -225,27 +137,7 @@ impl VmdkBackend {
                     )
                 })?;
         }
-        let parent = match &desc.parent_hint {
-            Some(hint) if desc.parent_cid != 0xffff_ffff => {
-                let ppath = if Path::new(hint).is_absolute() {
-                    PathBuf::from(hint)
-                } else {
-                    dir.join(hint)
-                };
-                let pf = super::open_referenced(&ppath, Access::ReadOnly)?;
-                let p = Self::open_chain(&ppath, pf, false, depth + 1, seen)?;
-                let pcid = p.cid()?;
-                if pcid != desc.parent_cid {
-                    return Err(Error::corrupt(path, "vmdk descriptor", 0, format!(
-                        "parentCID {:08x} does not match CID {pcid:08x} of parent '{}' (the parent changed after the delta was made)",
-                        desc.parent_cid,
-                        ppath.display()
-                    )));
-                }
-                Some(Box::new(p))
-            }
-            _ => None,
-        };
+        let parent = Self::open_parent(path, &dir, &desc, depth, seen)?;
         Ok(VmdkBackend {
             path: path.to_owned(),
             create_type: desc.create_type,
@@ -254,6 +146,40 @@ impl VmdkBackend {
             parent,
             writable,
         })
+    }
+
+    /// The parent named by `desc` (of the image at `path`, in `dir`), checked against the
+    /// descriptor's parentCID.
+    fn open_parent(
+        path: &Path,
+        dir: &Path,
+        desc: &Descriptor,
+        depth: usize,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<Option<Box<Self>>, Error> {
+        let Some(hint) = desc
+            .parent_hint
+            .as_ref()
+            .filter(|_| desc.parent_cid != 0xffff_ffff)
+        else {
+            return Ok(None);
+        };
+        let ppath = if Path::new(hint).is_absolute() {
+            PathBuf::from(hint)
+        } else {
+            dir.join(hint)
+        };
+        let pf = super::open_referenced(&ppath, Access::ReadOnly)?;
+        let p = Self::open_chain(&ppath, pf, false, depth + 1, seen)?;
+        let pcid = p.cid()?;
+        if pcid != desc.parent_cid {
+            return Err(Error::corrupt(path, "vmdk descriptor", 0, format!(
+                "parentCID {:08x} does not match CID {pcid:08x} of parent '{}' (the parent changed after the delta was made)",
+                desc.parent_cid,
+                ppath.display()
+            )));
+        }
+        Ok(Some(Box::new(p)))
     }
 
     /// The CID of this image's descriptor (re-read; used to validate a child's parentCID).
@@ -497,6 +423,104 @@ impl Backend for VmdkBackend {
             virtual_size: self.size,
             files,
             backing_chain: chain,
+        }
+    }
+}
+
+/// The descriptor of the VMDK `file` at `path`: embedded in a sparse extent (returned too,
+/// opened), or the whole file.
+fn read_descriptor(
+    path: &Path,
+    file: File,
+    writable: bool,
+) -> Result<(Descriptor, Option<SparseExtent>), Error> {
+    let mut magic = [0u8; 4];
+    let got = file
+        .read_at(&mut magic, 0)
+        .map_err(|e| Error::io("read", path, e))?;
+    if got == 4 && &magic == b"KDMV" {
+        let sp = SparseExtent::open(path, file, writable)?;
+        let desc = match &sp.descriptor {
+            Some((text, off)) => Descriptor::parse(text, path, *off)?,
+            None => Descriptor {
+                cid: 0xffff_ffff,
+                parent_cid: 0xffff_ffff,
+                create_type: "monolithicSparse".to_owned(),
+                parent_hint: None,
+                extents: vec![descriptor::ExtentLine {
+                    writable: true,
+                    sectors: sp.capacity_sectors,
+                    kind: ExtentKind::Sparse,
+                    file: String::new(),
+                    offset: 0,
+                }],
+            },
+        };
+        return Ok((desc, Some(sp)));
+    }
+    let mut text = String::new();
+    (&file)
+        .take(descriptor::MAX_DESCRIPTOR + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io("read the descriptor", path, e))?;
+    if text.len() as u64 > descriptor::MAX_DESCRIPTOR {
+        return Err(Error::LimitExceeded {
+            path: path.display().to_string(),
+            what: "vmdk descriptor size",
+            limit: descriptor::MAX_DESCRIPTOR,
+        });
+    }
+    Ok((Descriptor::parse(&text, path, 0)?, None))
+}
+
+/// Open the extent of descriptor line `line` (of the image at `path`, in `dir`);
+/// `this_file` is the image's own sparse extent when it is the only one.
+fn open_extent(
+    path: &Path,
+    dir: &Path,
+    line: &descriptor::ExtentLine,
+    writable: bool,
+    this_file: Option<SparseExtent>,
+) -> Result<(PathBuf, ExtentData), Error> {
+    let access = if writable {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
+    match line.kind {
+        ExtentKind::Zero => Ok((path.to_owned(), ExtentData::Zero)),
+        ExtentKind::Sparse => {
+            if let Some(sp) = this_file {
+                return Ok((path.to_owned(), ExtentData::Sparse(Box::new(sp))));
+            }
+            let ep = extent_path(dir, &line.file, path)?;
+            let f = super::open_referenced(&ep, access)?;
+            let sp = SparseExtent::open(&ep, f, writable)?;
+            if sp.capacity_sectors < line.sectors {
+                return Err(Error::corrupt(
+                    &ep,
+                    "vmdk sparse header",
+                    12,
+                    format!(
+                        "capacity {} sectors is smaller than the descriptor's {}",
+                        sp.capacity_sectors, line.sectors
+                    ),
+                ));
+            }
+            Ok((ep, ExtentData::Sparse(Box::new(sp))))
+        }
+        ExtentKind::Flat => {
+            let ep = extent_path(dir, &line.file, path)?;
+            let f = super::open_referenced(&ep, access)?;
+            let base = line.offset.checked_mul(SECTOR).ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    "vmdk extent line",
+                    0,
+                    format!("offset {} overflows", line.offset),
+                )
+            })?;
+            Ok((ep, ExtentData::Flat { file: f, base }))
         }
     }
 }

@@ -14,6 +14,9 @@ use crate::container::{is_zero, FillFn};
 use crate::Error;
 
 mod create;
+mod header;
+
+use header::Header;
 
 const SECTOR: u64 = 512;
 /// The header field value meaning "grain directory is in the footer" (streamOptimized).
@@ -120,142 +123,27 @@ impl SparseExtent {
             .metadata()
             .map_err(|e| Error::io("stat", path, e))?
             .len();
-        let bad = |off: u64, d: String| Error::corrupt(path, "vmdk sparse header", off, d);
-        let mut h = [0u8; 512];
-        if file_len < SECTOR {
-            return Err(bad(
-                0,
-                format!("file is only {file_len} bytes, a header needs 512"),
-            ));
-        }
-        read_padded(&file, 0, &mut h).map_err(|e| Error::io("read", path, e))?;
-        if &h[0..4] != b"KDMV" {
-            return Err(bad(0, "missing KDMV magic".into()));
-        }
-        let mut gd_offset = le64(&h, 56);
-        let mut hdr = h;
-        if gd_offset == GD_AT_END {
-            // streamOptimized: the real header is the footer, 1024 bytes before the end.
-            let at = file_len
-                .checked_sub(1024)
-                .ok_or_else(|| bad(0, "grain directory at end but file has no footer".into()))?;
-            read_padded(&file, at, &mut hdr).map_err(|e| Error::io("read", path, e))?;
-            if &hdr[0..4] != b"KDMV" {
-                return Err(bad(at, "footer has no KDMV magic".into()));
-            }
-            gd_offset = le64(&hdr, 56);
-            if gd_offset == GD_AT_END {
-                return Err(bad(
-                    at + 56,
-                    "footer does not say where the grain directory is".into(),
-                ));
-            }
-        }
-        let version = le32(&hdr, 4);
-        if !(1..=3).contains(&version) {
-            return Err(bad(4, format!("version {version} is not 1, 2 or 3")));
-        }
-        let flags = le32(&hdr, 8);
-        let capacity = le64(&hdr, 12);
-        let grain = le64(&hdr, 20);
-        let desc_off = le64(&hdr, 28);
-        let desc_size = le64(&hdr, 36);
-        let gtes = le32(&hdr, 44);
-        let rgd_offset = le64(&hdr, 48);
-        let compress = u16::from_le_bytes([hdr[77], hdr[78]]);
-        if capacity > MAX_SECTORS {
-            return Err(bad(
-                12,
-                format!("capacity of {capacity} sectors exceeds the 64 TiB limit"),
-            ));
-        }
-        if !grain.is_power_of_two() || grain > 4096 {
-            return Err(bad(
-                20,
-                format!("grain size of {grain} sectors is not a power of two up to 4096"),
-            ));
-        }
-        if gtes == 0 || gtes > 4096 {
-            return Err(bad(
-                44,
-                format!("{gtes} entries per grain table is not 1..4096"),
-            ));
-        }
-        let compressed = flags & FLAG_COMPRESSED != 0;
-        if compressed && compress != 1 {
-            return Err(Error::Unsupported {
-                path: path.to_owned(),
-                what: "vmdk compression",
-                detail: format!("algorithm {compress} (only 1, deflate, exists)"),
-            });
-        }
-        let grain_bytes = grain * SECTOR;
-        let per_gt = grain * u64::from(gtes);
-        let gd_entries = capacity.div_ceil(per_gt);
-        let gd_bytes = gd_entries * 4;
-        if gd_bytes > MAX_GD_BYTES {
-            return Err(bad(
-                12,
-                format!("grain directory of {gd_bytes} bytes is too large"),
-            ));
-        }
-        let read_dir = |sector: u64, field: u64| -> Result<Vec<u32>, Error> {
-            let off = sector
-                .checked_mul(SECTOR)
-                .filter(|o| o.checked_add(gd_bytes).is_some_and(|e| e <= file_len))
-                .ok_or_else(|| {
-                    bad(field, format!("grain directory at sector {sector} lies past the end of the {file_len}-byte file"))
-                })?;
-            let mut raw = vec![0u8; usize::try_from(gd_bytes).unwrap_or(0)];
-            read_padded(&file, off, &mut raw).map_err(|e| Error::io("read", path, e))?;
-            Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
-        };
-        let gd = read_dir(gd_offset, 56)?;
-        let rgd = if flags & FLAG_RGD != 0 && rgd_offset != 0 && !compressed {
-            Some(read_dir(rgd_offset, 48)?)
+        let h = Header::read(path, &file, file_len)?;
+        let gd = h.grain_dir(path, &file, file_len, h.gd_offset, 56)?;
+        let rgd = if h.flags & FLAG_RGD != 0 && h.rgd_offset != 0 && !h.compressed() {
+            Some(h.grain_dir(path, &file, file_len, h.rgd_offset, 48)?)
         } else {
             None
         };
-        let descriptor = if desc_off != 0 && desc_size != 0 {
-            let bytes = desc_size
-                .checked_mul(SECTOR)
-                .filter(|b| *b <= super::descriptor::MAX_DESCRIPTOR)
-                .ok_or_else(|| {
-                    bad(
-                        36,
-                        format!("embedded descriptor of {desc_size} sectors is too large"),
-                    )
-                })?;
-            let off = desc_off
-                .checked_mul(SECTOR)
-                .filter(|o| o.checked_add(bytes).is_some_and(|e| e <= file_len))
-                .ok_or_else(|| {
-                    bad(
-                        28,
-                        format!("embedded descriptor at sector {desc_off} lies past the end"),
-                    )
-                })?;
-            let mut raw = vec![0u8; usize::try_from(bytes).unwrap_or(0)];
-            read_padded(&file, off, &mut raw).map_err(|e| Error::io("read", path, e))?;
-            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-            raw.truncate(end);
-            Some((String::from_utf8_lossy(&raw).into_owned(), off))
-        } else {
-            None
-        };
+        let descriptor = h.descriptor(path, &file, file_len)?;
         Ok(SparseExtent {
             path: path.to_owned(),
             file,
             file_len,
-            writable: writable && !compressed,
-            capacity_sectors: capacity,
-            grain_bytes,
-            gtes,
-            flags,
+            writable: writable && !h.compressed(),
+            capacity_sectors: h.capacity,
+            grain_bytes: h.grain * SECTOR,
+            gtes: h.gtes,
+            flags: h.flags,
             gd,
             rgd,
-            gd_offset,
-            rgd_offset,
+            gd_offset: h.gd_offset,
+            rgd_offset: h.rgd_offset,
             gd_dirty: false,
             gts: HashMap::new(),
             next_free: file_len.div_ceil(SECTOR) * SECTOR,
