@@ -298,16 +298,17 @@ fn free_text(free: Option<u64>) -> String {
     )
 }
 
-/// Whether `e` comes from a full disk: ENOSPC from a mounted disk, `StorageFull` from
-/// capsule-disk's own allocator, or the plain "No space left on device" of its FAT layer.
+/// Whether `e` comes from a full disk: capsule-disk's typed volume-full error, or ENOSPC
+/// (`StorageFull`) from a mounted disk.
 fn is_no_space(e: &anyhow::Error) -> bool {
-    e.chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
-        .any(|io| {
-            io.kind() == io::ErrorKind::StorageFull
-                || io.raw_os_error() == Some(nix::libc::ENOSPC)
-                || io.to_string().contains("No space left on device")
-        })
+    e.chain().any(|c| {
+        c.downcast_ref::<capsule_disk::Error>()
+            .is_some_and(capsule_disk::Error::is_volume_full)
+            || c.downcast_ref::<io::Error>().is_some_and(|io| {
+                io.kind() == io::ErrorKind::StorageFull
+                    || io.raw_os_error() == Some(nix::libc::ENOSPC)
+            })
+    })
 }
 
 fn read_manifest(source: &mut dyn DataSource) -> Result<Manifest> {
