@@ -6,7 +6,8 @@ use std::io;
 
 use super::entry::names_equal;
 use super::{DataDisk, FatDir, MAX_DEPTH};
-use crate::fat::{self, DirLoc, RawEntry};
+use crate::fat::{self, DirLoc, FatError, RawEntry};
+use crate::Access;
 use crate::Error;
 
 /// Bytes of volume metadata one `fatfs` directory operation may read before we call it a loop.
@@ -169,8 +170,8 @@ impl DataDisk {
     pub(super) fn fatfs_failed(&self, path: &str, e: io::Error) -> Error {
         let untyped = e.kind() == io::ErrorKind::Other
             && !e.get_ref().is_some_and(|inner| inner.is::<Error>());
-        if untyped && self.access == crate::Access::ReadWrite && !self.has_free_cluster() {
-            return self.fat_error(fat::FatError::Full, path, "");
+        if untyped && self.access == Access::ReadWrite && !self.has_free_cluster() {
+            return self.fat_error(FatError::Full, path, "");
         }
         self.fat_err(path)(e)
     }

@@ -244,15 +244,16 @@ impl BootInfo {
         first: u64,
         size: u64,
     ) -> io::Result<()> {
-        let first = u32::try_from(first).map_err(io::Error::other)?;
+        let hi = u16::try_from(first >> 16).map_err(io::Error::other)?;
+        let lo = u16::try_from(first & 0xffff).map_err(io::Error::other)?;
         let size = u32::try_from(size).map_err(io::Error::other)?;
         let mut fields = [0u8; 12]; // bytes 20..32 of the entry
         v.read_at(pos + 20, &mut fields)?;
-        let [hi0, hi1, lo0, lo1] = first.to_be_bytes();
+        // The high word is FAT32's; FAT12/16 keep what is there (as fatfs does).
         if self.kind == FatKind::Fat32 {
-            fields[0..2].copy_from_slice(&[hi1, hi0]);
+            fields[0..2].copy_from_slice(&hi.to_le_bytes());
         }
-        fields[6..8].copy_from_slice(&[lo1, lo0]);
+        fields[6..8].copy_from_slice(&lo.to_le_bytes());
         fields[8..12].copy_from_slice(&size.to_le_bytes());
         v.write_at(pos + 20, &fields)
     }

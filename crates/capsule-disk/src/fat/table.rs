@@ -114,18 +114,22 @@ impl BootInfo {
         let mut buf = vec![0u8; bytes];
         for copy in 0..self.fats {
             let at = self.fat_offset + copy * self.fat_bytes + first * width;
-            if width == 4 {
+            if self.kind == FatKind::Fat32 {
                 v.read_at(at, &mut buf)?; // FAT32 keeps each entry's top 4 bits
             }
-            for (i, slot) in (0u64..).zip(buf.chunks_exact_mut(usize::from(width == 4) * 2 + 2)) {
+            let step = usize::try_from(width).map_err(io::Error::other)?;
+            for (i, slot) in (0u64..).zip(buf.chunks_exact_mut(step)) {
                 let to = if i + 1 == len { next } else { first + i + 1 };
-                if let Ok(s) = <&mut [u8; 4]>::try_from(&mut *slot) {
-                    let keep = u32::from_le_bytes(*s) & 0xf000_0000;
-                    let val = u32::try_from(to & 0x0fff_ffff).unwrap_or(0x0fff_ffff);
-                    *s = (keep | val).to_le_bytes();
-                } else {
-                    let val = u16::try_from(to & 0xffff).unwrap_or(0xffff);
-                    slot.copy_from_slice(&val.to_le_bytes());
+                match slot {
+                    [a, b, c, d] => {
+                        let keep = u32::from_le_bytes([*a, *b, *c, *d]) & 0xf000_0000;
+                        let val = u32::try_from(to & 0x0fff_ffff).unwrap_or(0x0fff_ffff);
+                        [*a, *b, *c, *d] = (keep | val).to_le_bytes();
+                    }
+                    _ => {
+                        let val = u16::try_from(to & 0xffff).unwrap_or(0xffff);
+                        slot.copy_from_slice(&val.to_le_bytes());
+                    }
                 }
             }
             v.write_at(at, &buf)?;
@@ -156,7 +160,8 @@ impl BootInfo {
             let n = (to - c).min(SCAN_ENTRIES);
             buf.resize(usize::try_from(n * width).map_err(io::Error::other)?, 0);
             v.read_at(self.fat_offset + c * width, &mut buf)?;
-            for (i, e) in (0u64..).zip(buf.chunks_exact(usize::try_from(width).unwrap_or(4))) {
+            let step = usize::try_from(width).map_err(io::Error::other)?;
+            for (i, e) in (0u64..).zip(buf.chunks_exact(step)) {
                 let value = match *e {
                     [a, b] => u64::from(u16::from_le_bytes([a, b])),
                     [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d & 0x0f])),
