@@ -35,13 +35,6 @@ pub(super) fn info_of(e: &RawEntry) -> DirEntryInfo {
     }
 }
 
-/// Compare names as FAT does: case-insensitively.
-pub(super) fn names_equal(a: &str, b: &str) -> bool {
-    a.chars()
-        .flat_map(char::to_uppercase)
-        .eq(b.chars().flat_map(char::to_uppercase))
-}
-
 /// Split a volume path into components, rejecting `..` and control characters.
 ///
 /// The one check of volume paths given to the file API (archive entry names get theirs in

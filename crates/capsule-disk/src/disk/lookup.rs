@@ -4,9 +4,8 @@
 
 use std::io;
 
-use super::entry::names_equal;
 use super::{DataDisk, FatDir, MAX_DEPTH};
-use crate::fat::{self, DirLoc, FatError, RawEntry};
+use crate::fat::{self, DirLoc, FatError, RawEntry, Slot};
 use crate::Access;
 use crate::Error;
 
@@ -39,12 +38,12 @@ impl DataDisk {
         &self,
         loc: DirLoc,
         full: &str,
-        f: &mut dyn FnMut(RawEntry) -> bool,
+        f: &mut dyn FnMut(&Slot<'_>) -> bool,
     ) -> Result<(), Error> {
         let visited = match self.volume.lock() {
-            Ok(mut v) => self.boot.visit_dir(&mut v, loc, &mut |e| {
-                e.short_name == "." || e.short_name == ".." || f(e)
-            }),
+            Ok(mut v) => self
+                .boot
+                .visit_dir(&mut v, loc, &mut |e| e.is_dot() || f(e)),
             Err(e) => Err(e.into()),
         };
         visited.map_err(|e| self.fat_error(e, full, &format!("directory '{full}'")))
@@ -60,8 +59,8 @@ impl DataDisk {
     ) -> Result<Option<RawEntry>, Error> {
         let mut found = None;
         self.visit(loc, full, &mut |e| {
-            if names_equal(&e.name, name) || names_equal(&e.short_name, name) {
-                found = Some(e);
+            if e.is_named(name) {
+                found = Some(e.entry());
                 return false;
             }
             true

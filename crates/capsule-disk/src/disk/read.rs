@@ -150,7 +150,7 @@ impl DataDisk {
         let loc = self.dir_at(&comps, dir)?;
         let mut out = Vec::new();
         self.visit(loc, dir, &mut |e| {
-            out.push(info_of(&e));
+            out.push(info_of(&e.entry()));
             true
         })?;
         Ok(out)

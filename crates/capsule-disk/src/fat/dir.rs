@@ -60,14 +60,14 @@ impl RawEntry {
     }
 
     /// Parse the short entry `e`, stored at `pos`, preceded by the long name `long`.
-    fn parse(kind: FatKind, e: &[u8; 32], long: Option<String>, pos: u64) -> RawEntry {
+    fn parse(kind: FatKind, e: &[u8; 32], long: Option<&[u16]>, pos: u64) -> RawEntry {
         let le16 = |at: usize| u16::from_le_bytes([e[at], e[at + 1]]);
         let mut raw = [0u8; 11];
         raw.copy_from_slice(&e[..11]);
         let hi = if kind == FatKind::Fat32 { le16(20) } else { 0 };
         let flags = e[12];
         RawEntry {
-            name: long.unwrap_or_else(|| {
+            name: long.map(String::from_utf16_lossy).unwrap_or_else(|| {
                 let mut lower = raw;
                 let (base, ext) = lower.split_at_mut(8);
                 if flags & 0x08 != 0 {
@@ -88,23 +88,71 @@ impl RawEntry {
     }
 }
 
+/// A short entry met during a directory walk, with the long name in front of it. Borrowed:
+/// a lookup builds nothing for the entries it passes over.
+#[derive(Debug)]
+pub(crate) struct Slot<'a> {
+    kind: FatKind,
+    e: &'a [u8; 32],
+    long: Option<&'a [u16]>,
+    pos: u64,
+}
+
+impl Slot<'_> {
+    fn raw_name(&self) -> &[u8; 11] {
+        let (name, _) = self.e.split_first_chunk::<11>().unwrap_or((&[0; 11], &[]));
+        name
+    }
+
+    /// True for the `.` and `..` entries of a subdirectory.
+    pub(crate) fn is_dot(&self) -> bool {
+        matches!(self.raw_name(), b".          " | b"..         ")
+    }
+
+    /// True if `name` is this entry's long or short name, case-insensitively (FAT's rule,
+    /// and `fatfs`'s when it looks a name up).
+    pub(crate) fn is_named(&self, name: &str) -> bool {
+        self.long.is_some_and(|l| {
+            same_name(
+                char::decode_utf16(l.iter().copied()).map(|c| c.unwrap_or('\u{fffd}')),
+                name,
+            )
+        }) || same_name(short_chars(self.raw_name()), name)
+    }
+
+    /// The entry, parsed.
+    pub(crate) fn entry(&self) -> RawEntry {
+        RawEntry::parse(self.kind, self.e, self.long, self.pos)
+    }
+}
+
 /// `NAME.EXT` from the 11 stored bytes, as `fatfs` shows it: padding dropped, a leading 0x05
 /// read as 0xE5, bytes above 0x7F (OEM code page) shown as U+FFFD.
 fn short_name(raw: &[u8; 11]) -> String {
+    short_chars(raw).collect()
+}
+
+/// The characters of [`short_name`], without allocating.
+fn short_chars(raw: &[u8; 11]) -> impl Iterator<Item = char> + '_ {
     let (base, ext) = raw.split_at(8);
     let used = |part: &[u8]| part.iter().rposition(|b| *b != b' ').map_or(0, |p| p + 1);
-    let mut out: Vec<u8> = base.get(..used(base)).unwrap_or_default().to_vec();
+    let base = base.get(..used(base)).unwrap_or_default();
     let ext = ext.get(..used(ext)).unwrap_or_default();
-    if !ext.is_empty() {
-        out.push(b'.');
-        out.extend_from_slice(ext);
-    }
-    if let Some(first) = out.first_mut().filter(|b| **b == REALLY_E5) {
-        *first = DELETED;
-    }
-    out.into_iter()
+    let dot: &[u8] = if ext.is_empty() { b"" } else { b"." };
+    let first = base.first().or(dot.first());
+    let e5 = first == Some(&REALLY_E5);
+    base.iter()
+        .chain(dot)
+        .chain(ext)
+        .enumerate()
+        .map(move |(i, b)| if i == 0 && e5 { DELETED } else { *b })
         .map(|b| if b <= 0x7f { char::from(b) } else { '\u{fffd}' })
-        .collect()
+}
+
+/// Compare names as FAT does: case-insensitively.
+fn same_name(a: impl Iterator<Item = char>, b: &str) -> bool {
+    a.flat_map(char::to_uppercase)
+        .eq(b.chars().flat_map(char::to_uppercase))
 }
 
 /// The checksum of a short name that its long-name entries carry.
@@ -154,19 +202,18 @@ impl LongName {
         }
     }
 
-    /// The long name for the short entry `raw`, if a complete one with its checksum was seen.
-    fn take(&mut self, raw: &[u8; 11]) -> Option<String> {
-        let complete = self.index == 1 && lfn_checksum(raw) == self.checksum;
-        let name = complete.then(|| {
-            let end = self
-                .buf
-                .iter()
-                .rposition(|c| *c != 0 && *c != 0xffff)
-                .map_or(0, |p| p + 1);
-            String::from_utf16_lossy(self.buf.get(..end).unwrap_or_default())
-        });
-        self.clear();
-        name.filter(|n| !n.is_empty())
+    /// The long name (UTF-16, padding dropped) for the short entry `raw`, if a complete one
+    /// with its checksum was seen. Call [`LongName::clear`] before the next entry.
+    fn finish(&self, raw: &[u8; 11]) -> Option<&[u16]> {
+        if self.index != 1 || lfn_checksum(raw) != self.checksum {
+            return None;
+        }
+        let end = self
+            .buf
+            .iter()
+            .rposition(|c| *c != 0 && *c != 0xffff)
+            .map_or(0, |p| p + 1);
+        self.buf.get(..end).filter(|n| !n.is_empty())
     }
 }
 
@@ -186,7 +233,7 @@ impl BootInfo {
         &self,
         v: &mut dyn VolumeRw,
         loc: DirLoc,
-        f: &mut dyn FnMut(RawEntry) -> bool,
+        f: &mut dyn FnMut(&Slot<'_>) -> bool,
     ) -> Result<(), FatError> {
         let mut walk = DirWalk {
             kind: self.kind,
@@ -264,7 +311,7 @@ struct DirWalk<'f> {
     kind: FatKind,
     long: LongName,
     buf: Vec<u8>,
-    f: &'f mut dyn FnMut(RawEntry) -> bool,
+    f: &'f mut dyn FnMut(&Slot<'_>) -> bool,
 }
 
 impl DirWalk<'_> {
@@ -285,9 +332,15 @@ impl DirWalk<'_> {
                 _ => {
                     let mut raw = [0u8; 11];
                     raw.copy_from_slice(&e[..11]);
-                    let long = self.long.take(&raw);
-                    let entry = RawEntry::parse(self.kind, e, long, off + i * ENTRY_SIZE);
-                    if !(self.f)(entry) {
+                    let slot = Slot {
+                        kind: self.kind,
+                        e,
+                        long: self.long.finish(&raw),
+                        pos: off + i * ENTRY_SIZE,
+                    };
+                    let go_on = (self.f)(&slot);
+                    self.long.clear();
+                    if !go_on {
                         return Ok(true);
                     }
                 }
@@ -347,14 +400,49 @@ mod tests {
         let mut l = LongName::default();
         l.add(&lfn_entry(0x42, sum, b));
         l.add(&lfn_entry(0x01, sum, a));
-        assert_eq!(l.take(&raw).as_deref(), Some("Long file name.txt"));
+        assert_eq!(l.finish(&raw), Some(&name[..]));
         // Wrong checksum, or a part missing: no long name.
+        assert_eq!(l.finish(b"OTHER   TXT"), None);
+        l.clear();
         l.add(&lfn_entry(0x42, sum, b));
+        assert_eq!(l.finish(&raw), None);
+        l.clear();
         l.add(&lfn_entry(0x01, sum, a));
-        assert_eq!(l.take(b"OTHER   TXT"), None);
-        l.add(&lfn_entry(0x42, sum, b));
-        assert_eq!(l.take(&raw), None);
-        l.add(&lfn_entry(0x01, sum, a));
-        assert_eq!(l.take(&raw), None);
+        assert_eq!(l.finish(&raw), None);
+    }
+
+    #[test]
+    fn lookups_match_long_and_short_names_in_any_case() {
+        let mut e = [0u8; 32];
+        e[..11].copy_from_slice(b"LONGFI~1TXT");
+        e[12] = 0x18; // lower-case base and extension
+        let long: Vec<u16> = "Long File.txt".encode_utf16().collect();
+        let with_long = Slot {
+            kind: FatKind::Fat16,
+            e: &e,
+            long: Some(&long),
+            pos: 0,
+        };
+        for name in [
+            "Long File.txt",
+            "LONG FILE.TXT",
+            "longfi~1.txt",
+            "LONGFI~1.TXT",
+        ] {
+            assert!(with_long.is_named(name), "{name}");
+        }
+        assert!(!with_long.is_named("Long File"));
+        assert_eq!(with_long.entry().name, "Long File.txt");
+        let short = Slot {
+            long: None,
+            ..with_long
+        };
+        assert!(short.is_named("LongFi~1.Txt"));
+        assert!(!short.is_named("Long File.txt"));
+        assert_eq!(short.entry().name, "longfi~1.txt");
+        assert_eq!(short.entry().short_name, "LONGFI~1.TXT");
+        let mut dot = [b' '; 32];
+        dot[0] = b'.';
+        assert!(Slot { e: &dot, ..short }.is_dot());
     }
 }

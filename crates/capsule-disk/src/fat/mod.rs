@@ -29,7 +29,7 @@ use std::io;
 
 pub(crate) use boot::BootInfo;
 pub(crate) use chain::{ChainReader, ChainWriter, MAX_FILE_SIZE};
-pub(crate) use dir::{DirLoc, RawEntry};
+pub(crate) use dir::{DirLoc, RawEntry, Slot};
 pub(crate) use fixup::{dot_entries, fs_info, hidden_sectors, label_entry};
 pub(crate) use format::format_options;
 pub use format::{fat_kind_for, label_bytes, FatKind, MIN_VOLUME};

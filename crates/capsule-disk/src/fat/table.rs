@@ -6,8 +6,12 @@ use std::io;
 
 use super::{BootInfo, FatError, FatKind, VolumeRw};
 
-/// Most FAT entries read per step of a scan (64 KiB of FAT32).
-const SCAN_ENTRIES: u64 = 16 * 1024;
+/// FAT entries read per step when looking for a free cluster: small enough (16 KiB of FAT32)
+/// to be served from the cache's pages, where the FAT being written lives.
+const FIND_ENTRIES: u64 = 4 * 1024;
+/// FAT entries read per step when counting every free cluster (1 MiB of FAT32, read past the
+/// pages).
+const COUNT_ENTRIES: u64 = 256 * 1024;
 
 /// A FAT directory holds at most 2 MiB (65536 entries of 32 bytes).
 pub(crate) const MAX_DIR_BYTES: u64 = 2 * 1024 * 1024;
@@ -138,12 +142,12 @@ impl BootInfo {
     }
 
     /// Visit the entries of clusters `from..to` in order until `stop(cluster, value)` returns
-    /// true; returns that cluster. FAT16/32 are read in large pieces.
+    /// true; returns that cluster. FAT16/32 are read `step` entries at a time.
     fn scan(
         &self,
         v: &mut dyn VolumeRw,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
+        step: u64,
         stop: &mut dyn FnMut(u64, u64) -> bool,
     ) -> io::Result<Option<u64>> {
         let Some(width) = self.entry_width() else {
@@ -157,7 +161,7 @@ impl BootInfo {
         let mut buf = Vec::new();
         let mut c = from;
         while c < to {
-            let n = (to - c).min(SCAN_ENTRIES);
+            let n = (to - c).min(step);
             buf.resize(usize::try_from(n * width).map_err(io::Error::other)?, 0);
             v.read_at(self.fat_offset + c * width, &mut buf)?;
             let step = usize::try_from(width).map_err(io::Error::other)?;
@@ -179,7 +183,7 @@ impl BootInfo {
     /// Count the free clusters (entries of value 0 in the first FAT).
     pub(crate) fn count_free(&self, v: &mut dyn VolumeRw) -> io::Result<u64> {
         let mut free = 0u64;
-        self.scan(v, 2, self.clusters + 2, &mut |_, value| {
+        self.scan(v, (2, self.clusters + 2), COUNT_ENTRIES, &mut |_, value| {
             free += u64::from(value == 0);
             false
         })?;
@@ -191,9 +195,9 @@ impl BootInfo {
         let end = self.clusters + 2;
         let from = from.clamp(2, end);
         let mut free = |_, value| value == 0;
-        match self.scan(v, from, end, &mut free)? {
+        match self.scan(v, (from, end), FIND_ENTRIES, &mut free)? {
             Some(c) => Ok(Some(c)),
-            None => self.scan(v, 2, from, &mut free),
+            None => self.scan(v, (2, from), FIND_ENTRIES, &mut free),
         }
     }
 
@@ -207,7 +211,9 @@ impl BootInfo {
     ) -> Result<(u64, u64), FatError> {
         let first = self.find_free(v, hint)?.ok_or(FatError::Full)?;
         let end = (self.clusters + 2).min(first.saturating_add(want.max(1)));
-        let used = self.scan(v, first + 1, end, &mut |_, value| value != 0)?;
+        let used = self.scan(v, (first + 1, end), FIND_ENTRIES, &mut |_, value| {
+            value != 0
+        })?;
         Ok((first, used.unwrap_or(end) - first))
     }
 
