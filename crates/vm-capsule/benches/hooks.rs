@@ -121,7 +121,7 @@ fn run_hook_of(exe: &Path, s: &Setup, hook: &str, stdin: &str) -> (Duration, Str
         .envs(s.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -132,7 +132,12 @@ fn run_hook_of(exe: &Path, s: &Setup, hook: &str, stdin: &str) -> (Duration, Str
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let t = start.elapsed();
-    assert!(out.status.success(), "{hook} failed");
+    assert!(
+        out.status.success(),
+        "{} {hook} failed: {}",
+        exe.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (t, String::from_utf8(out.stdout).unwrap())
 }
 

@@ -37,8 +37,9 @@ pub(super) fn info_of(e: &RawEntry) -> DirEntryInfo {
 
 /// Split a volume path into components, rejecting `..` and control characters.
 ///
-/// The one check of volume paths given to the file API (archive entry names get theirs in
-/// `tar::entry_parts` first); both are meant to give way to a shared relative-path type.
+/// The check of volume paths given to the file API: `/job/out.txt` and `job/out.txt` name the
+/// same file from the volume's root. Archive entry names, which are relative to a work dir and
+/// come from the guest, are `capsule_manifest::RelPath`s instead.
 pub(crate) fn components(path: &str) -> Result<Vec<&str>, Error> {
     let mut out = Vec::new();
     for c in path.split('/') {

@@ -8,7 +8,8 @@
 //! read from the volume (no `/`, `\`, NUL, `.` or `..`) and bound depth and entry count.
 
 use std::io::{self, Read, Write};
-use std::path::{Component, Path};
+
+use capsule_manifest::RelPath;
 
 use super::{DataDisk, DirEntryInfo, MAX_DEPTH};
 use crate::Error;
@@ -38,24 +39,6 @@ fn check_name(dir: &str, name: &str) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// The name check of archive entries: the components of `path` with `/`, `.` and prefixes
-/// dropped, or None for a name with `..` or one that is not UTF-8 (the entry is skipped).
-fn entry_parts(path: &Path) -> Option<Vec<String>> {
-    let mut parts = Vec::new();
-    let mut unsafe_name = false;
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => match p.to_str() {
-                Some(s) => parts.push(s.to_owned()),
-                None => unsafe_name = true,
-            },
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-            Component::ParentDir => unsafe_name = true,
-        }
-    }
-    (!unsafe_name).then_some(parts)
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -210,17 +193,18 @@ impl DataDisk {
                 });
             }
             let mut entry = entry.map_err(tar_err(format!("reading entry {n}")))?;
-            let raw = entry
-                .path()
-                .map_err(tar_err(format!("reading the name of entry {n}")))?
-                .into_owned();
-            let shown = raw.display().to_string();
-            let Some(parts) = entry_parts(&raw) else {
-                stats
-                    .skipped
-                    .push(format!("{shown}: '..' or a non-UTF-8 name"));
-                continue;
+            let raw = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw).into_owned();
+            // One rule set for relative paths (capsule_manifest::RelPath): an absolute name is
+            // refused, not quietly re-rooted.
+            let rel = match RelPath::from_archive_name(&raw) {
+                Ok(rel) => rel,
+                Err(reason) => {
+                    stats.skipped.push(format!("{shown}: {reason}"));
+                    continue;
+                }
             };
+            let parts: Vec<&str> = rel.iter().flat_map(RelPath::components).collect();
             let dest = join(dir, &parts.join("/"));
             match entry.header().entry_type() {
                 tar::EntryType::Directory => {

@@ -116,9 +116,42 @@ fn hostile_archive_entries_are_skipped() {
     let img = dir.path().join("d.img");
     let disk = DataDisk::create(&img, &CreateOptions::new().size(8 * MIB)).unwrap();
     let stats = disk.tar_in("/", &mut &raw[..]).unwrap();
-    assert_eq!(stats.files, 2, "{stats:?}");
-    assert_eq!(stats.skipped.len(), 4, "{stats:?}");
+    // An absolute name is refused, not re-rooted (issue 16: one RelPath rule set).
+    assert_eq!(stats.files, 1, "{stats:?}");
+    assert_eq!(stats.skipped.len(), 5, "{stats:?}");
     let names: Vec<String> = disk.walk("").unwrap().into_iter().map(|(p, _)| p).collect();
-    assert_eq!(names, ["abs", "fine.txt", "abs/rooted.txt"]);
+    assert_eq!(names, ["fine.txt"]);
+    disk.finish().unwrap();
+}
+
+/// The shared table of hostile names: none of them lands on the volume.
+#[test]
+fn the_shared_hostile_names_are_skipped() {
+    let mut raw = Vec::new();
+    for name in capsule_manifest::HOSTILE_NAMES
+        .iter()
+        .filter(|n| !n.is_empty())
+    {
+        let mut h = tar::Header::new_gnu();
+        let n = name.len().min(100);
+        h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend_from_slice(&[b'x'; 512]);
+    }
+    raw.extend([0u8; 1024]);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DataDisk::create(
+        &dir.path().join("h.img"),
+        &CreateOptions::new().size(8 * MIB),
+    )
+    .unwrap();
+    let stats = disk.tar_in("/", &mut &raw[..]).unwrap();
+    let names: Vec<String> = disk.walk("").unwrap().into_iter().map(|(p, _)| p).collect();
+    // "a\0b" ends at its NUL in a header field: it is the plain name "a".
+    assert_eq!(names, ["a"], "{stats:?}");
     disk.finish().unwrap();
 }
