@@ -10,6 +10,7 @@
 //! `CAPSULE_BENCH_WRITE=1` it also replaces its section in docs/PERFORMANCE.md.
 #![allow(
     missing_docs,
+    clippy::too_many_lines,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::cast_precision_loss,

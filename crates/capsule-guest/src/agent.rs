@@ -318,6 +318,47 @@ fn read_manifest(source: &mut dyn DataSource) -> Result<Manifest> {
     Ok(Manifest::from_reader(reader)?)
 }
 
+/// The account the job runs as (`None`: as the agent's own user, `--as-current-user`).
+fn resolve_account(opts: &Options, m: &Manifest, agent: &mut AgentInfo) -> Result<Option<Account>> {
+    Ok(if opts.as_current_user {
+        agent.uid = nix::unistd::getuid().as_raw();
+        agent.user = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", agent.uid));
+        None
+    } else {
+        let a = users::resolve(&opts.etc, &m.user, m.fallback_user.as_deref())?;
+        agent.uid = a.uid;
+        agent.user.clone_from(&a.name);
+        Some(a)
+    })
+}
+
+/// The job's work dir: inputs unpacked and checked, handed to the job's account, and the
+/// catalog of what it holds (for the default output rule).
+fn prepare_work(
+    m: &Manifest,
+    s: &Scratch,
+    source: &mut dyn DataSource,
+    account: Option<&Account>,
+    t0: Instant,
+) -> Result<workdir::Catalog> {
+    match source.open(INPUT_TAR)? {
+        Some(reader) => workdir::unpack(reader, &s.work)?,
+        None if m.inputs.is_empty() => {}
+        None => anyhow::bail!("the data disk has no {INPUT_TAR} but capsule.json lists inputs"),
+    }
+    workdir::check_inputs(&s.work, &m.inputs)?;
+    if let Some(a) = account {
+        workdir::chown_tree(&s.work, a.uid, a.gid)?;
+    }
+    let catalog = workdir::catalog(&s.work)?;
+    crate::log!(
+        "work dir ready after {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    Ok(catalog)
+}
+
 /// Everything from the manifest to the collected outputs. `Err` = the job did not start.
 fn prepare_and_run(
     opts: &Options,
@@ -327,31 +368,8 @@ fn prepare_and_run(
     agent: &mut AgentInfo,
     t0: Instant,
 ) -> Result<(Finished, Result<Collected>)> {
-    let account: Option<Account> = if opts.as_current_user {
-        agent.uid = nix::unistd::getuid().as_raw();
-        agent.user = std::env::var("USER").unwrap_or_else(|_| format!("uid {}", agent.uid));
-        None
-    } else {
-        let a = users::resolve(&opts.etc, &m.user, m.fallback_user.as_deref())?;
-        agent.uid = a.uid;
-        agent.user.clone_from(&a.name);
-        Some(a)
-    };
-
-    match source.open(INPUT_TAR)? {
-        Some(reader) => workdir::unpack(reader, &s.work)?,
-        None if m.inputs.is_empty() => {}
-        None => anyhow::bail!("the data disk has no {INPUT_TAR} but capsule.json lists inputs"),
-    }
-    workdir::check_inputs(&s.work, &m.inputs)?;
-    if let Some(a) = &account {
-        workdir::chown_tree(&s.work, a.uid, a.gid)?;
-    }
-    let catalog = workdir::catalog(&s.work)?;
-    crate::log!(
-        "work dir ready after {:.1} ms",
-        t0.elapsed().as_secs_f64() * 1e3
-    );
+    let account = resolve_account(opts, m, agent)?;
+    let catalog = prepare_work(m, s, source, account.as_ref(), t0)?;
 
     let stdin = match &m.stdin {
         Some(rel) => Some(

@@ -8,7 +8,12 @@
 //! the translate of an earlier build when `VM_CAPSULE_BENCH_BEFORE` names its binary (issue 15:
 //! flat, within 2x); the launcher's data disk from 100 MiB of inputs against `cp -r` (≤ 1.2x).
 //! Run: `cargo bench -p vm-capsule --bench hooks`; results go to docs/PERFORMANCE.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    missing_docs
+)]
 
 use std::fs;
 use std::io::Write;
@@ -141,9 +146,16 @@ fn run_hook_of(exe: &Path, s: &Setup, hook: &str, stdin: &str) -> (Duration, Str
     (t, String::from_utf8(out.stdout).unwrap())
 }
 
+/// The job dir a routed ad names (a vanilla routed ad's `Iwd` is the user's own).
 fn scratch_of(stdout: &str) -> PathBuf {
-    let line = stdout.lines().find(|l| l.starts_with("Iwd = ")).unwrap();
-    PathBuf::from(line.trim_start_matches("Iwd = ").trim_matches('"'))
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("VMCapsuleScratch = "))
+        .unwrap();
+    PathBuf::from(
+        line.trim_start_matches("VMCapsuleScratch = ")
+            .trim_matches('"'),
+    )
 }
 
 fn cp(src: &Path, dst: &Path) -> Duration {

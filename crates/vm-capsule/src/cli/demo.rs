@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
-use classad::Expr;
+use classad::{ClassAd, Expr};
 use vm_capsule::runner::{run, Accel, RunOptions};
 
 /// Arguments of `demo`.
@@ -58,61 +58,8 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
     let guest = test_guest(&clock)?;
 
     let _ = fs::remove_dir_all(&dir);
-    let template = dir.join("template/condor_vm_capsule");
-    fs::create_dir_all(&template)
-        .with_context(|| format!("cannot create {}", template.display()))?;
-    fs::copy(guest.join("vmlinuz"), template.join("vmlinuz"))?;
-    fs::copy(guest.join("initrd.gz"), template.join("initrd.img"))?;
-    fs::write(template.join("cmdline"), "console=ttyS0 quiet panic=-1\n")?;
-    DataDisk::create(
-        &template.join("data.qcow2"),
-        &CreateOptions::new()
-            .size(64 << 20)
-            .format(ImageFormat::Qcow2),
-    )?
-    .finish()?;
-    // The scratch prefix an admin creates (root-owned, 1777); here it is ours, which the
-    // hooks accept for a single-user setup.
-    let scratch = dir.join("scratch");
-    fs::create_dir_all(&scratch)?;
-    // Hooks refuse to run as root; the demo plays the router and the job's owner at once, so
-    // run as root it says so with the test knob.
-    let as_root = if rustix::process::geteuid().is_root() {
-        "# the demo runs as root and plays the job's owner too\nVM_CAPSULE_TEST_ANY_USER = true\n"
-    } else {
-        ""
-    };
-    let config = dir.join("vm-capsule.conf");
-    fs::write(
-        &config,
-        format!(
-            "# knobs as an admin would set them (docs/ADMIN.md)\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_TRANSLATE_LOG = {}\nVM_CAPSULE_EXIT_LOG = {}\nVM_CAPSULE_VM_MEMORY_MB = 256\n{as_root}",
-            dir.join("template").display(),
-            scratch.display(),
-            guest.join("capsule-init").display(),
-            dir.join("translate.log").display(),
-            dir.join("exit.log").display(),
-        ),
-    )?;
-    clock.step(&format!(
-        "template: {} (test guest kernel + initrd, qcow2 data disk)",
-        template.display()
-    ));
-
-    let job_dir = dir.join("job");
-    fs::create_dir_all(&job_dir)?;
-    let exe = job_dir.join("analyze.sh");
-    fs::write(&exe, JOB_SCRIPT)?;
-    fs::write(job_dir.join("numbers.txt"), "1\n2\n3\n4\n5\n")?;
-    fs::write(
-        job_dir.join("analyze.sub"),
-        "# what the user submitted (plus +WantJobRouter = true)\nexecutable = analyze.sh\narguments = \"--mode fast 'hello world'\"\nenvironment = \"DEMO_GREETING=from-the-submit-file\"\ntransfer_input_files = numbers.txt\ntransfer_output_files = summary.txt\noutput = analyze.out\nerror = analyze.err\n+WantJobRouter = true\nqueue\n",
-    )?;
-    let job_ad = example_job_ad(&job_dir, &exe);
-    clock.step(&format!(
-        "example vanilla job: {} (exits with code 3)",
-        job_dir.join("analyze.sub").display()
-    ));
+    let config = write_template(&dir, &guest, &clock)?;
+    let (job_dir, job_ad) = write_job(&dir, &clock)?;
 
     // translate, fed as the JobRouter does: route line, ------, the job ad.
     let stdin = format!(
@@ -331,6 +278,73 @@ fn hook(name: &str, config: &Path, stdin: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The template (the test guest booted directly, a qcow2 data disk) and the knobs an admin
+/// would set; returns the config file.
+fn write_template(dir: &Path, guest: &Path, clock: &Clock) -> Result<PathBuf> {
+    let template = dir.join("template/condor_vm_capsule");
+    fs::create_dir_all(&template)
+        .with_context(|| format!("cannot create {}", template.display()))?;
+    fs::copy(guest.join("vmlinuz"), template.join("vmlinuz"))?;
+    fs::copy(guest.join("initrd.gz"), template.join("initrd.img"))?;
+    fs::write(template.join("cmdline"), "console=ttyS0 quiet panic=-1\n")?;
+    DataDisk::create(
+        &template.join("data.qcow2"),
+        &CreateOptions::new()
+            .size(64 << 20)
+            .format(ImageFormat::Qcow2),
+    )?
+    .finish()?;
+    // The scratch prefix an admin creates (root-owned, 1777); here it is ours, which the
+    // hooks accept for a single-user setup.
+    let scratch = dir.join("scratch");
+    fs::create_dir_all(&scratch)?;
+    // Hooks refuse to run as root; the demo plays the router and the job's owner at once, so
+    // run as root it says so with the test knob.
+    let as_root = if rustix::process::geteuid().is_root() {
+        "# the demo runs as root and plays the job's owner too\nVM_CAPSULE_TEST_ANY_USER = true\n"
+    } else {
+        ""
+    };
+    let config = dir.join("vm-capsule.conf");
+    fs::write(
+        &config,
+        format!(
+            "# knobs as an admin would set them (docs/ADMIN.md)\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_TRANSLATE_LOG = {}\nVM_CAPSULE_EXIT_LOG = {}\nVM_CAPSULE_VM_MEMORY_MB = 256\n{as_root}",
+            dir.join("template").display(),
+            scratch.display(),
+            guest.join("capsule-init").display(),
+            dir.join("translate.log").display(),
+            dir.join("exit.log").display(),
+        ),
+    )?;
+    clock.step(&format!(
+        "template: {} (test guest kernel + initrd, qcow2 data disk)",
+        template.display()
+    ));
+
+    Ok(config)
+}
+
+/// The example vanilla job: its dir and its ad.
+fn write_job(dir: &Path, clock: &Clock) -> Result<(PathBuf, ClassAd)> {
+    let job_dir = dir.join("job");
+    fs::create_dir_all(&job_dir)?;
+    let exe = job_dir.join("analyze.sh");
+    fs::write(&exe, JOB_SCRIPT)?;
+    fs::write(job_dir.join("numbers.txt"), "1\n2\n3\n4\n5\n")?;
+    fs::write(
+        job_dir.join("analyze.sub"),
+        "# what the user submitted (plus +WantJobRouter = true)\nexecutable = analyze.sh\narguments = \"--mode fast 'hello world'\"\nenvironment = \"DEMO_GREETING=from-the-submit-file\"\ntransfer_input_files = numbers.txt\ntransfer_output_files = summary.txt\noutput = analyze.out\nerror = analyze.err\n+WantJobRouter = true\nqueue\n",
+    )?;
+    let job_ad = example_job_ad(&job_dir, &exe);
+    clock.step(&format!(
+        "example vanilla job: {} (exits with code 3)",
+        job_dir.join("analyze.sub").display()
+    ));
+
+    Ok((job_dir, job_ad))
 }
 
 /// Tools the demo needs, with the install line when one is missing.

@@ -94,8 +94,18 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     };
+    launch(args, ad, &opts, &sandbox)
+}
 
-    // Launcher mode. Quiet on success: our stdout/stderr are the job's.
+/// The vanilla flavour's launcher: make the data disk from what HTCondor transferred, boot,
+/// extract the results into the sandbox, exit as the job did. Quiet on success: our stdout
+/// and stderr are the job's.
+fn launch(
+    args: &RunArgs,
+    ad: &classad::ClassAd,
+    opts: &RunOptions,
+    sandbox: &std::path::Path,
+) -> Result<ExitCode> {
     let spec = VmSpec::from_ad(ad)?;
     let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk")
         .with_context(|| format!("{}: VMCapsuleDataDisk is missing", args.routed_ad.display()))?;
@@ -112,9 +122,9 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         capsule_files.push(name);
     }
     // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
-    let booted = make_data_disk(&sandbox, ad)
+    let booted = make_data_disk(sandbox, ad)
         .map_err(|e| anyhow::anyhow!("cannot make the data disk in the sandbox: {e:#}"))
-        .and_then(|_| run(ad, &opts, &mut |_| {}).map_err(anyhow::Error::from));
+        .and_then(|_| run(ad, opts, &mut |_| {}).map_err(anyhow::Error::from));
     if let Err(e) = &booted {
         // Show the end of the console: it usually says why.
         if let Ok(console) = std::fs::read_to_string(sandbox.join("console.log")) {
@@ -127,7 +137,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     }
     let exit = match booted {
         Ok(_) => finish_in_sandbox(
-            &sandbox,
+            sandbox,
             &data_disk,
             &capsule_files,
             &mut std::io::stdout().lock(),
@@ -135,7 +145,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         ),
         Err(e) => {
             let _ = finish_in_sandbox(
-                &sandbox,
+                sandbox,
                 &data_disk,
                 &capsule_files,
                 &mut std::io::sink(),

@@ -222,28 +222,7 @@ impl Template {
             .find(|d| names.iter().any(|n| n == *d))
             .ok_or_else(|| TemplateError::NoDataDisk { dir: dir.clone() })?;
         let data_path = dir.join(data_name);
-        let bad_data = |source| TemplateError::BadDataDisk {
-            path: data_path.clone(),
-            source,
-        };
-        // Only the container format and the partition offset are needed: read the partition
-        // table, not the FAT (counting free clusters would read the whole table).
-        let mut image = Image::open(&data_path, Access::ReadOnly).map_err(bad_data)?;
-        let data_format = image.format();
-        let size = image.virtual_size();
-        let table = partition::read_table(
-            &mut |off, buf| {
-                image.seek(SeekFrom::Start(off))?;
-                image.read_exact(buf)
-            },
-            size,
-            &data_path,
-        )
-        .map_err(bad_data)?;
-        let data_partition_offset = table
-            .find_fat(None, size, &data_path, &mut |_| true)
-            .map_err(bad_data)?
-            .start;
+        let (data_format, size, data_partition_offset) = data_disk_layout(&data_path)?;
 
         let boot = direct_boot(&dir, &names, &vm_attrs)?;
         let boot_files: Vec<&Path> = boot
@@ -261,37 +240,7 @@ impl Template {
             }
             None => Vec::new(),
         };
-        let mut os_disks = Vec::new();
-        for name in &names {
-            let is_disk = DISK_EXTENSIONS
-                .iter()
-                .any(|ext| name.rsplit_once('.').is_some_and(|(_, e)| e == *ext));
-            let path = dir.join(name);
-            let boot_file =
-                name == "initrd.img" || name == "vmlinuz" || boot_files.contains(&path.as_path());
-            if !is_disk || boot_file || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name)
-            {
-                continue;
-            }
-            let info = Image::open(&path, Access::ReadOnly)
-                .map(|img| img.info())
-                .map_err(|source| TemplateError::BadOsDisk {
-                    path: path.clone(),
-                    source,
-                })?;
-            let device = named
-                .iter()
-                .find(|d| d.file == *name)
-                .map_or_else(|| default_device(os_disks.len()), |d| d.device.clone());
-            os_disks.push(TemplateDisk {
-                path,
-                device,
-                format: info.format,
-                virtual_size: info.virtual_size,
-                bytes: files_bytes(&info.files),
-                files: info.files,
-            });
-        }
+        let os_disks = os_disks(&dir, &names, &named, &boot_files)?;
         let data_device = named
             .iter()
             .find(|d| d.file == *data_name)
@@ -391,6 +340,73 @@ fn direct_boot(
         root: string_attr(vm_attrs, boot::XEN_ROOT).filter(|r| !r.trim().is_empty()),
         params: string_attr(vm_attrs, boot::XEN_KERNEL_PARAMS).unwrap_or_default(),
     }))
+}
+
+/// The data disk's container format, virtual size and FAT partition offset. Only the
+/// partition table is read, not the FAT (counting free clusters would read the whole table).
+fn data_disk_layout(path: &Path) -> Result<(ImageFormat, u64, u64), TemplateError> {
+    let bad_data = |source| TemplateError::BadDataDisk {
+        path: path.to_owned(),
+        source,
+    };
+    let mut image = Image::open(path, Access::ReadOnly).map_err(bad_data)?;
+    let format = image.format();
+    let size = image.virtual_size();
+    let table = partition::read_table(
+        &mut |off, buf| {
+            image.seek(SeekFrom::Start(off))?;
+            image.read_exact(buf)
+        },
+        size,
+        path,
+    )
+    .map_err(bad_data)?;
+    let offset = table
+        .find_fat(None, size, path, &mut |_| true)
+        .map_err(bad_data)?
+        .start;
+    Ok((format, size, offset))
+}
+
+/// The OS disks among `names` (disk images that are neither the data disk, nor a VMDK
+/// extent, nor a direct-boot file), with their devices from `named` or `vda`, `vdb`...
+fn os_disks(
+    dir: &Path,
+    names: &[String],
+    named: &[VmDiskEntry],
+    boot_files: &[&Path],
+) -> Result<Vec<TemplateDisk>, TemplateError> {
+    let mut os_disks = Vec::new();
+    for name in names {
+        let is_disk = DISK_EXTENSIONS
+            .iter()
+            .any(|ext| name.rsplit_once('.').is_some_and(|(_, e)| e == *ext));
+        let path = dir.join(name);
+        let boot_file =
+            name == "initrd.img" || name == "vmlinuz" || boot_files.contains(&path.as_path());
+        if !is_disk || boot_file || DATA_NAMES.contains(&name.as_str()) || is_vmdk_extent(name) {
+            continue;
+        }
+        let info = Image::open(&path, Access::ReadOnly)
+            .map(|img| img.info())
+            .map_err(|source| TemplateError::BadOsDisk {
+                path: path.clone(),
+                source,
+            })?;
+        let device = named
+            .iter()
+            .find(|d| d.file == *name)
+            .map_or_else(|| default_device(os_disks.len()), |d| d.device.clone());
+        os_disks.push(TemplateDisk {
+            path,
+            device,
+            format: info.format,
+            virtual_size: info.virtual_size,
+            bytes: files_bytes(&info.files),
+            files: info.files,
+        });
+    }
+    Ok(os_disks)
 }
 
 /// Bytes the files take (missing ones count 0: they fail later with a clear message).

@@ -103,6 +103,54 @@ pub fn plan(
         .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
+    let text_bytes = u64::try_from(manifest_json.len() + job_ad_text.len()).unwrap_or(u64::MAX);
+    let payload = inputs
+        .tar_bytes
+        .saturating_add(binaries.agent_bytes.unwrap_or(0))
+        .saturating_add(text_bytes);
+    let disk = disk_plan(cfg, job, template, universe, payload, inputs.tar_bytes)?;
+    let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
+        classad::Value::Integer(m) => u64::try_from(m).ok(),
+        _ => None,
+    };
+    let plan = CapsulePlan {
+        job: job.clone(),
+        job_ad: request.ad.clone(),
+        universe,
+        request_disk_kib: request_disk_kib(job, template, &disk, binaries, payload),
+        manifest_json,
+        job_ad_text,
+        agent: cfg.init_path.clone(),
+        inputs,
+        disk,
+        template: template.clone(),
+        memory_mib: template_memory
+            .unwrap_or(cfg.default_memory_mib)
+            .max(job.request_memory_mib.map_or(0, |m| m + 64)),
+        vcpus: job.request_cpus.unwrap_or(1).max(1),
+        launcher: cfg.launcher_path.clone(),
+        launcher_timeout: cfg
+            .wall_time_limit_secs
+            .map(|limit| limit + cfg.boot_timeout_secs),
+    };
+    if universe == RoutedUniverse::Vanilla {
+        plan.check_sandbox_names()?;
+    }
+    plan.check_pipe(cfg)?;
+    Ok(plan)
+}
+
+/// The data disk: the template's layout, sized here for the VM universe (the vanilla
+/// launcher sizes it on the node from the inputs HTCondor brought).
+fn disk_plan(
+    cfg: &TranslateConfig,
+    job: &JobSpec,
+    template: &Template,
+    universe: RoutedUniverse,
+    payload: u64,
+    input_bytes: u64,
+) -> Result<DiskPlan, TranslateError> {
+    let id = job.id();
     let recipe = DiskRecipe {
         format: template.data_disk.format,
         offset: cfg
@@ -113,41 +161,38 @@ pub fn plan(
         headroom_bytes: cfg.headroom_mib.saturating_mul(MIB),
         max_bytes: cfg.max_data_disk_mib.saturating_mul(MIB),
     };
-    let text_bytes = u64::try_from(manifest_json.len() + job_ad_text.len()).unwrap_or(u64::MAX);
-    let payload = inputs
-        .tar_bytes
-        .saturating_add(binaries.agent_bytes.unwrap_or(0))
-        .saturating_add(text_bytes);
     let bytes = match universe {
         RoutedUniverse::Vm => Some(
             recipe
-                .size(payload, inputs.tar_bytes)
+                .size(payload, input_bytes)
                 .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?,
         ),
         RoutedUniverse::Vanilla => None,
     };
-    let disk = DiskPlan {
+    Ok(DiskPlan {
         name: template.data_disk.path.file_name().map_or_else(
             || "data.img".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         ),
-        // The vanilla launcher's estimate of the disk: what the job asks, at least the
-        // headroom beyond the files translate knows about.
         bytes,
         recipe,
-    };
-    let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
-        classad::Value::Integer(m) => u64::try_from(m).ok(),
-        _ => None,
-    };
-    let memory_mib = template_memory
-        .unwrap_or(cfg.default_memory_mib)
-        .max(job.request_memory_mib.map_or(0, |m| m + 64));
+    })
+}
+
+/// What the routed job asks the execute node for (`RequestDisk`, KiB): the disks that travel
+/// and the data disk, or for the vanilla flavour the launcher, the agent, the inputs HTCondor
+/// brings and the data disk made from them; never less than the job itself asked.
+fn request_disk_kib(
+    job: &JobSpec,
+    template: &Template,
+    disk: &DiskPlan,
+    binaries: Binaries,
+    payload: u64,
+) -> u64 {
     let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>() + template.boot_bytes;
-    let on_node = match (universe, disk.bytes) {
-        (RoutedUniverse::Vm, Some(bytes)) => bytes,
-        // The launcher, the agent, the inputs HTCondor brings and the disk made from them.
-        _ => {
+    let on_node = match disk.bytes {
+        Some(bytes) => bytes,
+        None => {
             binaries.launcher_bytes
                 + binaries.agent_bytes.unwrap_or(0)
                 + disk
@@ -158,60 +203,50 @@ pub fn plan(
                     .max(payload + disk.recipe.headroom_bytes)
         }
     };
-    let needs_kib = (on_node + travel + MIB).div_ceil(1024);
-    let plan = CapsulePlan {
-        job: job.clone(),
-        job_ad: request.ad.clone(),
-        universe,
-        manifest_json,
-        job_ad_text,
-        agent: cfg.init_path.clone(),
-        inputs,
-        disk,
-        template: template.clone(),
-        memory_mib,
-        vcpus: job.request_cpus.unwrap_or(1).max(1),
-        request_disk_kib: needs_kib.max(job.request_disk_kib.unwrap_or(0)),
-        launcher: cfg.launcher_path.clone(),
-        launcher_timeout: cfg
-            .wall_time_limit_secs
-            .map(|limit| limit + cfg.boot_timeout_secs),
-    };
-    if universe == RoutedUniverse::Vanilla {
-        let reserved = plan.reserved_names();
-        if let Some(item) = plan
-            .inputs
-            .items
-            .iter()
-            .find(|i| reserved.contains(&i.name))
-        {
-            return Err(job_problem(
+    (on_node + travel + MIB)
+        .div_ceil(1024)
+        .max(job.request_disk_kib.unwrap_or(0))
+}
+
+impl CapsulePlan {
+    /// An input that would arrive in the vanilla sandbox under a name the capsule uses there
+    /// is the job's problem.
+    fn check_sandbox_names(&self) -> Result<(), TranslateError> {
+        let id = self.job.id();
+        let reserved = self.reserved_names();
+        match self.inputs.items.iter().find(|i| reserved.contains(&i.name)) {
+            Some(item) => Err(job_problem(
                 &id,
                 format!(
                     "job {id}: input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
                     item.source.display(),
                     item.name
                 ),
-            ));
+            )),
+            None => Ok(()),
         }
     }
-    // The routed ad must fit the router's pipe: check it with a job dir path of the length
-    // the real one will have.
-    let example = cfg
-        .scratch_prefix
-        .join(&job.owner)
-        .join(format!("{id}.XXXXXX"));
-    let (_, stdout, _) = plan.routed(&example)?;
-    if stdout.len() > PIPE_BUFFER_MAX {
-        return Err(job_problem(
-            &id,
-            format!(
-                "job {id}: the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
-                stdout.len()
-            ),
-        ));
+
+    /// The routed ad must fit the router's pipe: checked with a job dir path of the length
+    /// the real one will have.
+    fn check_pipe(&self, cfg: &TranslateConfig) -> Result<(), TranslateError> {
+        let id = self.job.id();
+        let example = cfg
+            .scratch_prefix
+            .join(&self.job.owner)
+            .join(format!("{id}.XXXXXX"));
+        let (_, stdout, _) = self.routed(&example)?;
+        if stdout.len() > PIPE_BUFFER_MAX {
+            return Err(job_problem(
+                &id,
+                format!(
+                    "job {id}: the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
+                    stdout.len()
+                ),
+            ));
+        }
+        Ok(())
     }
-    Ok(plan)
 }
 
 impl CapsulePlan {

@@ -5,6 +5,7 @@
 //! the inputs' size.
 
 use std::fs;
+use std::path::Path;
 
 use super::error::{job_problem, TranslateError};
 use crate::capsule::{InputPlan, TarItem};
@@ -13,182 +14,130 @@ use crate::job::{InputItem, JobSpec};
 /// Resolve the executable, `In` and `TransferInput` into top-level sandbox entries; `packed`
 /// when translate writes `input.tar` itself (the VM universe: URL inputs are refused, since
 /// only HTCondor's transfer on the execute node can fetch them).
+///
+/// # Errors
+/// [`TranslateError::Job`] naming the input that is missing, unreadable or clashes.
 pub fn survey_inputs(job: &JobSpec, packed: bool) -> Result<InputPlan, TranslateError> {
-    let mut items: Vec<TarItem> = Vec::new();
-    let mut push = |item: TarItem, job: &JobSpec| -> Result<(), TranslateError> {
-        if items.iter().any(|i| i.name == item.name) {
-            return Err(job_problem(
-                &job.id(),
-                format!(
-                    "job {}: two inputs are named {:?} in the sandbox ({}); rename one",
-                    job.id(),
-                    item.name,
-                    item.source.display()
-                ),
-            ));
-        }
-        items.push(item);
-        Ok(())
+    let mut survey = Survey {
+        job,
+        items: Vec::new(),
     };
     if job.transfer_executable {
-        let meta = fs::metadata(&job.executable).map_err(|e| {
-            job_problem(
-                &job.id(),
-                format!(
-                    "job {}: executable {} cannot be read ({e}); check the path in the submit file",
-                    job.id(),
-                    job.executable.display()
-                ),
-            )
-        })?;
-        if !meta.is_file() {
-            return Err(job_problem(
-                &job.id(),
-                format!(
-                    "job {}: executable {} is not a file",
-                    job.id(),
-                    job.executable.display()
-                ),
-            ));
-        }
-        push(
-            TarItem {
-                source: job.executable.clone(),
-                name: job.executable_name(),
-                is_dir: false,
-                executable: true,
-            },
-            job,
-        )?;
+        survey.executable()?;
     }
     if let Some(stdin) = &job.stdin {
-        let in_inputs = job.inputs.iter().any(|i| i.source == stdin.path);
-        if !in_inputs {
-            let meta = fs::metadata(&stdin.path).map_err(|e| {
-                job_problem(
-                    &job.id(),
-                    format!(
-                        "job {}: input file {} (In) cannot be read ({e})",
-                        job.id(),
-                        stdin.path.display()
-                    ),
-                )
-            })?;
+        if !job.inputs.iter().any(|i| i.source == stdin.path) {
+            let meta = survey.metadata(&stdin.path, "input file", "(In)")?;
             if meta.is_file() {
-                push(
-                    TarItem {
-                        source: stdin.path.clone(),
-                        name: stdin.name.clone(),
-                        is_dir: false,
-                        executable: false,
-                    },
-                    job,
-                )?;
+                survey.push(&stdin.path, stdin.name.clone(), false, false)?;
             }
         }
     }
     for item in &job.inputs {
-        let InputItem {
-            source,
-            contents_only,
-            url,
-            ..
-        } = item;
-        if let Some(url) = url {
-            if packed {
-                return Err(job_problem(
-                    &job.id(),
-                    format!(
-                        "job {}: input {url} is a URL, which HTCondor fetches only on the execute node; the VM-universe route cannot carry it: use the vanilla-flavour route (UNIVERSE VANILLA)",
-                        job.id()
-                    ),
-                ));
-            }
-            let name = item.sandbox_name().ok_or_else(|| {
-                job_problem(
-                    &job.id(),
-                    format!("job {}: input URL {url} names no file", job.id()),
-                )
-            })?;
-            push(
-                TarItem {
-                    source: source.clone(),
-                    name,
-                    is_dir: false,
-                    executable: false,
-                },
-                job,
-            )?;
-            continue;
+        survey.input(item, packed)?;
+    }
+    Ok(if packed {
+        InputPlan::of(survey.items)
+    } else {
+        InputPlan {
+            items: survey.items,
+            tar_bytes: 0,
         }
-        let meta = fs::metadata(source).map_err(|e| {
-            job_problem(
-                &job.id(),
-                format!(
-                    "job {}: input {} (transfer_input_files) cannot be read ({e}); fix the path or create it",
-                    job.id(),
-                    source.display()
-                ),
-            )
-        })?;
-        if meta.is_dir() && *contents_only {
+    })
+}
+
+struct Survey<'a> {
+    job: &'a JobSpec,
+    items: Vec<TarItem>,
+}
+
+impl Survey<'_> {
+    fn problem(&self, text: String) -> TranslateError {
+        job_problem(&self.job.id(), format!("job {}: {text}", self.job.id()))
+    }
+
+    fn push(
+        &mut self,
+        source: &Path,
+        name: String,
+        is_dir: bool,
+        executable: bool,
+    ) -> Result<(), TranslateError> {
+        if self.items.iter().any(|i| i.name == name) {
+            return Err(self.problem(format!(
+                "two inputs are named {name:?} in the sandbox ({}); rename one",
+                source.display()
+            )));
+        }
+        self.items.push(TarItem {
+            source: source.to_owned(),
+            name,
+            is_dir,
+            executable,
+        });
+        Ok(())
+    }
+
+    fn metadata(
+        &self,
+        path: &Path,
+        what: &str,
+        knob: &str,
+    ) -> Result<fs::Metadata, TranslateError> {
+        fs::metadata(path).map_err(|e| {
+            self.problem(format!(
+                "{what} {} {knob} cannot be read ({e}); fix the path or create it",
+                path.display()
+            ))
+        })
+    }
+
+    fn executable(&mut self) -> Result<(), TranslateError> {
+        let exe = &self.job.executable;
+        let meta = self.metadata(exe, "executable", "(check the path in the submit file)")?;
+        if !meta.is_file() {
+            return Err(self.problem(format!("executable {} is not a file", exe.display())));
+        }
+        self.push(exe, self.job.executable_name(), false, true)
+    }
+
+    fn input(&mut self, item: &InputItem, packed: bool) -> Result<(), TranslateError> {
+        if let Some(url) = &item.url {
+            if packed {
+                return Err(self.problem(format!(
+                    "input {url} is a URL, which HTCondor fetches only on the execute node; the VM-universe route cannot carry it: use the vanilla-flavour route (UNIVERSE VANILLA)"
+                )));
+            }
+            let name = item
+                .sandbox_name()
+                .ok_or_else(|| self.problem(format!("input URL {url} names no file")))?;
+            return self.push(&item.source, name, false, false);
+        }
+        let source = &item.source;
+        let meta = self.metadata(source, "input", "(transfer_input_files)")?;
+        if meta.is_dir() && item.contents_only {
+            // `dir/`: its children are top-level entries of their own.
             let mut children: Vec<_> = fs::read_dir(source)
                 .map_err(|e| {
-                    job_problem(
-                        &job.id(),
-                        format!(
-                            "job {}: input dir {} cannot be read: {e}",
-                            job.id(),
-                            source.display()
-                        ),
-                    )
+                    self.problem(format!(
+                        "input dir {} cannot be read: {e}",
+                        source.display()
+                    ))
                 })?
                 .filter_map(Result::ok)
                 .collect();
             children.sort_by_key(fs::DirEntry::file_name);
             for child in children {
                 let path = child.path();
-                push(
-                    TarItem {
-                        is_dir: path.is_dir(),
-                        name: child.file_name().to_string_lossy().into_owned(),
-                        source: path,
-                        executable: false,
-                    },
-                    job,
-                )?;
+                let name = child.file_name().to_string_lossy().into_owned();
+                self.push(&path, name, path.is_dir(), false)?;
             }
-        } else {
-            let name = source
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| {
-                    job_problem(
-                        &job.id(),
-                        format!(
-                            "job {}: input {} has no file name",
-                            job.id(),
-                            source.display()
-                        ),
-                    )
-                })?;
-            push(
-                TarItem {
-                    source: source.clone(),
-                    name,
-                    is_dir: meta.is_dir(),
-                    executable: false,
-                },
-                job,
-            )?;
+            return Ok(());
         }
-    }
-    if packed {
-        Ok(InputPlan::of(items))
-    } else {
-        Ok(InputPlan {
-            items,
-            tar_bytes: 0,
-        })
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| self.problem(format!("input {} has no file name", source.display())))?;
+        self.push(source, name, meta.is_dir(), false)
     }
 }
