@@ -261,11 +261,17 @@ fn write_beside(
     buf: &mut Vec<u8>,
 ) -> Result<(), PlaceError> {
     let target = dir_path.join(name);
-    // A leftover of an interrupted run of this very job: ours to replace.
-    let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, tmp, flags, Mode::from_raw_mode(mode & 0o777))
-        .map_err(|e| PlaceError::io(&target, e))?;
+    let create = || rustix::fs::openat(dir, tmp, flags, Mode::from_raw_mode(mode & 0o777));
+    let fd = match create() {
+        // A leftover of an interrupted run of this very job: ours to replace.
+        Err(Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            create()
+        }
+        other => other,
+    }
+    .map_err(|e| PlaceError::io(&target, e))?;
     let mut file = File::from(fd);
     let copied = copy_exact(data, &mut file, size, buf).map_err(|e| PlaceError::io(&target, e));
     let result = match copied {

@@ -72,6 +72,8 @@ impl Placement {
 pub fn place_outputs(archive: impl Read, rules: &OutputRules, tag: &str) -> Placement {
     let mut placement = Placement::default();
     let mut placer = Placer::new(tag);
+    // Headers are read 512 bytes at a time: buffer them (large data reads pass through).
+    let archive = std::io::BufReader::with_capacity(1 << 20, archive);
     let result = for_each_member(archive, &mut |member| {
         let (path, outcome) = match member {
             Member::Refused { name, reason } => {
