@@ -202,16 +202,34 @@ impl Pool {
 
     /// Start hook `name` with `stdin` and `kill -9` it after `delay_ms` (a crash).
     pub fn run_hook_killed(&self, name: &str, stdin: &str, delay_ms: u64) {
+        let start = std::time::Instant::now();
+        let delay = std::time::Duration::from_millis(delay_ms);
+        self.run_hook_killed_when(name, stdin, &|| start.elapsed() >= delay);
+    }
+
+    /// Start hook `name` with `stdin` and `kill -9` it as soon as `now` says so (or when it
+    /// ends by itself). Returns whether it was still running when killed.
+    pub fn run_hook_killed_when(&self, name: &str, stdin: &str, now: &dyn Fn() -> bool) -> bool {
         let mut child = self.hook_command(name).spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         let text = stdin.to_owned();
         let writer = std::thread::spawn(move || {
             let _ = input.write_all(text.as_bytes());
         });
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
+        let mut killed = false;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if now() {
+                killed = child.kill().is_ok();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         let _ = child.wait();
         let _ = writer.join();
+        killed
     }
 
     /// Translate `job`; returns the routed ad after the router's own edits, or the failed run.
