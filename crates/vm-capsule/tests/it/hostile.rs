@@ -603,17 +603,20 @@ fn item_09_stale_and_failed_dirs_are_reclaimed() {
         "[ Name = \"VM capsule\"; TargetUniverse = 13 ]\n------\n{}",
         print_ad(&slow.ad)
     );
-    pool.run_hook_killed("translate", &stdin, 300);
-    let staging: Vec<PathBuf> = fs::read_dir(&owner_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".staging"))
-        .collect();
-    assert_eq!(
-        staging.len(),
-        1,
-        "the kill came too late to leave a staging dir"
-    );
+    let staging_dirs = || -> Vec<PathBuf> {
+        fs::read_dir(&owner_dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| p.to_string_lossy().ends_with(".staging"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Killed while staging: as soon as its staging dir exists.
+    let killed = pool.run_hook_killed_when("translate", &stdin, &|| !staging_dirs().is_empty());
+    assert!(killed, "translate ended before it was killed");
+    let staging = staging_dirs();
+    assert_eq!(staging.len(), 1);
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 3600);
     fs::File::open(&staging[0])
         .unwrap()
