@@ -471,6 +471,7 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
                 let skip = !m.is_file()
                     || name == exe.file_name().unwrap()
                     || name == "_condor_stdout"
+                    || name == ".chirp.config"
                     || name == "_condor_stderr"
                     || catalog
                         .get(&name)
