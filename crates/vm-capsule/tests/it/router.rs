@@ -555,6 +555,7 @@ pub fn test_guest() -> PathBuf {
 /// `<sandbox>/../<sandbox name>.chirp` (outside the sandbox, so output transfer ignores it).
 pub struct ChirpStandIn {
     thread: std::thread::JoinHandle<Vec<(String, String)>>,
+    job_ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ChirpStandIn {
@@ -568,6 +569,8 @@ impl ChirpStandIn {
         )
         .unwrap();
         listener.set_nonblocking(false).unwrap();
+        let job_ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = job_ended.clone();
         let thread = std::thread::spawn(move || {
             let mut attrs = Vec::new();
             // One session is all the launcher opens; stop when it ends or after a while.
@@ -576,6 +579,8 @@ impl ChirpStandIn {
             let stream = loop {
                 match listener.accept() {
                     Ok((s, _)) => break Some(s),
+                    // A job that never connected (its VM failed, say) has no session.
+                    Err(_) if ended.load(std::sync::atomic::Ordering::SeqCst) => break None,
                     Err(_) if std::time::Instant::now() < deadline => {
                         std::thread::sleep(std::time::Duration::from_millis(50));
                     }
@@ -615,12 +620,15 @@ impl ChirpStandIn {
             }
             attrs
         });
-        ChirpStandIn { thread }
+        ChirpStandIn { thread, job_ended }
     }
 
     /// Wait for the session (the job has ended) and record what was set.
     pub fn finish(self, sandbox: &Path) {
-        // The launcher has exited: its connection is closed, so the thread ends.
+        // The launcher has exited: its connection, if any, is made and closed, so the thread
+        // ends.
+        self.job_ended
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(attrs) = self.thread.join() {
             let text: String = attrs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
             let name = format!("{}.chirp", sandbox.file_name().unwrap().to_string_lossy());
