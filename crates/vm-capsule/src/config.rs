@@ -1,7 +1,8 @@
 //! Knobs: the seed's `VM_CAPSULE_*` configuration and ours, read the way HTCondor tools do.
 //!
-//! Sources, later winning: `condor_config_val -dump VM_CAPSULE_` (when on `PATH` and no
-//! `--config` is given; hooks inherit the router's `CONDOR_CONFIG`) or a config file in the
+//! Sources, later winning: `condor_config_val -dump VM_CAPSULE_` (found as
+//! [`crate::condor_tools`] says, when no `--config` is given; hooks inherit the router's
+//! `CONDOR_CONFIG`) or a config file in the
 //! HTCondor syntax subset (`NAME = value`, `#` comments, `\` continuations, `$(NAME)`
 //! expansion), then `_CONDOR_<KNOB>` environment variables.
 
@@ -25,13 +26,28 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
     ),
     (
         "VM_CAPSULE_TRANSLATE_LOG",
-        "(stderr only)",
-        "log file of the translate, update and cleanup hooks",
+        "/var/log/vm-capsule/TranslateLog",
+        "log of the translate, update and cleanup hooks; each job owner writes <file>.<owner>",
     ),
     (
         "VM_CAPSULE_EXIT_LOG",
-        "(stderr only)",
-        "log file of the finalize hook",
+        "/var/log/vm-capsule/ExitLog",
+        "log of the finalize hook; each job owner writes <file>.<owner>",
+    ),
+    (
+        "VM_CAPSULE_MAX_TRANSLATE_LOG",
+        "10485760",
+        "bytes after which the translate log is renamed to <file>.old (0: never)",
+    ),
+    (
+        "VM_CAPSULE_MAX_EXIT_LOG",
+        "10485760",
+        "bytes after which the finalize log is renamed to <file>.old (0: never)",
+    ),
+    (
+        "VM_CAPSULE_DEBUG",
+        "false",
+        "true: the hooks also log DEBUG lines (as --debug does)",
     ),
     (
         "VM_CAPSULE_DISK_PART_OFFSET",
@@ -123,6 +139,16 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "false",
         "tests only: let hooks run as root or as a user other than the job's owner",
     ),
+    (
+        "VM_CAPSULE_QEMU",
+        "(qemu-system-x86_64 on PATH, else /usr/libexec/qemu-kvm)",
+        "execute nodes: the QEMU the launcher runs and the probe checks",
+    ),
+    (
+        "VM_CAPSULE_LIBVIRT_DOMAIN_TYPE",
+        "auto",
+        "execute nodes, VM universe: kvm, qemu (TCG) or auto (kvm where the node has it)",
+    ),
 ];
 
 /// Configuration that cannot be read or is invalid.
@@ -172,6 +198,12 @@ pub struct Knobs {
     values: BTreeMap<String, String>,
     /// Problems worth a log line (unknown `VM_CAPSULE_*` knobs).
     pub warnings: Vec<String>,
+    /// Where the knobs came from (`condor_config_val /usr/bin/condor_config_val`, a file).
+    pub source: String,
+    /// Why the HTCondor configuration could not be read, when it could not: every knob then
+    /// reads as unset (or as its `_CONDOR_` override), so an error about an unset knob must
+    /// say this too.
+    pub source_problem: Option<String>,
 }
 
 impl Knobs {
@@ -184,15 +216,25 @@ impl Knobs {
         config_file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Knobs, ConfigError> {
-        let mut values = match config_file {
+        let mut source_problem = None;
+        let (mut values, source) = match config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_owned(),
                     source,
                 })?;
-                parse_config(&text, path)?
+                (parse_config(&text, path)?, format!("{}", path.display()))
             }
-            None => from_condor_config_val().unwrap_or_default(),
+            None => match from_condor_config_val() {
+                Ok((values, tool)) => (values, format!("{}", tool.display())),
+                Err(problem) => {
+                    source_problem = Some(problem);
+                    (
+                        BTreeMap::new(),
+                        "nothing (no HTCondor configuration)".to_owned(),
+                    )
+                }
+            },
         };
         for (name, value) in env {
             if let Some(knob) = name.strip_prefix("_CONDOR_") {
@@ -208,7 +250,12 @@ impl Knobs {
             }
         }
         values.retain(|k, _| k.starts_with("VM_CAPSULE_"));
-        Ok(Knobs { values, warnings })
+        Ok(Knobs {
+            values,
+            warnings,
+            source,
+            source_problem,
+        })
     }
 
     /// Knobs from a literal map (tests, and callers that already have values).
@@ -224,6 +271,8 @@ impl Knobs {
                 .map(|(k, v)| (k.into().to_ascii_uppercase(), v.into()))
                 .collect(),
             warnings: Vec::new(),
+            source: "literal values".to_owned(),
+            source_problem: None,
         }
     }
 
@@ -275,19 +324,26 @@ impl Knobs {
     }
 }
 
-/// Run `condor_config_val -dump VM_CAPSULE_` if it exists; `None` when it is not installed
-/// or fails (standalone use).
-fn from_condor_config_val() -> Option<BTreeMap<String, String>> {
-    let out = Command::new("condor_config_val")
+/// Run `condor_config_val -dump VM_CAPSULE_`; the error says why there are no values
+/// (not installed where we looked, failed, unreadable output).
+fn from_condor_config_val() -> Result<(BTreeMap<String, String>, PathBuf), String> {
+    let tool = crate::condor_tools::condor_tool("condor_config_val").map_err(|e| e.to_string())?;
+    let out = Command::new(&tool)
         .args(["-dump", "VM_CAPSULE_"])
         .output()
-        .ok()?;
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
     if !out.status.success() {
-        return None;
+        return Err(format!(
+            "{} -dump VM_CAPSULE_ failed ({}): {}",
+            tool.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     // The dump is already expanded: `NAME = value` lines and `#` comments.
-    parse_config(&text, Path::new("condor_config_val")).ok()
+    let values = parse_config(&text, &tool).map_err(|e| e.to_string())?;
+    Ok((values, tool))
 }
 
 /// Parse the HTCondor config subset and expand `$(NAME)` references (case-insensitive,
@@ -336,6 +392,12 @@ pub fn parse_config(text: &str, path: &Path) -> Result<BTreeMap<String, String>,
         .map(|(k, v)| (k.clone(), expand(v, &raw, 0)))
         .collect();
     Ok(expanded)
+}
+
+/// Expand `$(NAME)` in `value` from `vars` (upper-case names) as HTCondor does: unknown
+/// names expand to nothing, cycles stop at a bounded depth.
+pub fn expand_vars(value: &str, vars: &BTreeMap<String, String>) -> String {
+    expand(value, vars, 0)
 }
 
 /// Expand `$(NAME)` in `value` from `vars`, to a bounded depth (cycles expand to nothing).

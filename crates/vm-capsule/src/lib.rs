@@ -7,18 +7,26 @@
 //! ([`runner`], [`extract`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod boot;
 pub mod capsule;
 pub mod chirp;
+pub mod condor_tools;
 pub mod config;
+pub mod doctor;
 pub mod exit;
 pub mod extract;
 pub mod hooks;
 pub mod identity;
 pub mod job;
+pub mod libvirt;
+pub mod perms;
+pub mod probe;
+pub mod qemu;
 pub mod routed;
 pub mod runner;
 pub mod sandbox;
 pub mod scratch;
+pub mod snippet;
 pub mod template;
 pub mod text;

@@ -85,6 +85,8 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         accel: Accel::Auto,
         in_place: false,
         sandbox_parent: Some(dir.clone()),
+        sandbox: None,
+        qemu: None,
         workdir: None,
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;

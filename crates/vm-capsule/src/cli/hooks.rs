@@ -1,4 +1,4 @@
-//! `vm-capsule translate|finalize|cleanup|update`: the JobRouter hooks, and `install-hooks`.
+//! `vm-capsule translate|finalize|cleanup|update`: the JobRouter hooks.
 //!
 //! HTCondor runs a hook by path with no arguments (JobRouterHookMgr: `spawn(client, NULL, ...)`),
 //! so each hook is also reachable as its own executable name: `vm-capsule-translate`, ...
@@ -12,17 +12,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use vm_capsule::agent;
 use vm_capsule::config::Knobs;
 use vm_capsule::hooks::finalize::FinalizeConfig;
-use vm_capsule::hooks::log::HookLog;
+use vm_capsule::hooks::log::{
+    owner_name, HookLog, LogOptions, DEFAULT_LOG_DIR, DEFAULT_MAX_LOG_BYTES,
+};
 use vm_capsule::hooks::translate::{
     hold_original, translate, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
 };
 use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update, watchdog};
 use vm_capsule::scratch::ScratchPrefix;
-
-/// The hook names, as executables and subcommands.
-pub const HOOKS: [&str; 4] = ["translate", "update", "finalize", "cleanup"];
 
 /// Options every hook takes.
 #[derive(Debug, Args)]
@@ -30,10 +30,97 @@ pub struct HookArgs {
     /// Read knobs from this file (HTCondor syntax) instead of `condor_config_val`.
     #[arg(long, env = "VM_CAPSULE_CONFIG")]
     config: Option<PathBuf>,
+    /// Also log DEBUG lines (the knob VM_CAPSULE_DEBUG = true does the same for hooks,
+    /// which HTCondor runs without arguments).
+    #[arg(long)]
+    debug: bool,
 }
 
 fn knobs(args: &HookArgs) -> Result<Knobs> {
     Knobs::load(args.config.as_deref(), std::env::vars()).context("cannot read the configuration")
+}
+
+/// Which log a hook writes.
+struct LogKnobs {
+    file: &'static str,
+    max: &'static str,
+    default_name: &'static str,
+}
+
+const TRANSLATE_LOG: LogKnobs = LogKnobs {
+    file: "VM_CAPSULE_TRANSLATE_LOG",
+    max: "VM_CAPSULE_MAX_TRANSLATE_LOG",
+    default_name: "TranslateLog",
+};
+const EXIT_LOG: LogKnobs = LogKnobs {
+    file: "VM_CAPSULE_EXIT_LOG",
+    max: "VM_CAPSULE_MAX_EXIT_LOG",
+    default_name: "ExitLog",
+};
+
+/// The log of `hook`: the owner's file named by the knobs, about the job on `stdin`.
+fn hook_log(
+    hook: &'static str,
+    which: &LogKnobs,
+    knobs: &Knobs,
+    args: &HookArgs,
+    stdin: Option<&str>,
+) -> HookLog {
+    let (job, owner) = stdin.map(job_of).unwrap_or_default();
+    let mut problems = Vec::new();
+    let max_bytes = knobs.number(which.max).unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        None
+    });
+    let debug = knobs.flag("VM_CAPSULE_DEBUG").unwrap_or_else(|e| {
+        problems.push(e.to_string());
+        false
+    });
+    let opts = LogOptions {
+        base: Some(
+            knobs
+                .path(which.file)
+                .unwrap_or_else(|| Path::new(DEFAULT_LOG_DIR).join(which.default_name)),
+        ),
+        owner: owner_name(owner.as_deref()),
+        max_bytes: max_bytes.unwrap_or(DEFAULT_MAX_LOG_BYTES),
+        debug: args.debug || debug,
+    };
+    let mut log = HookLog::with_options(hook, &opts);
+    if let Some(id) = job {
+        log.set_job(&id);
+    }
+    for p in problems {
+        log.warn(&p);
+    }
+    for w in &knobs.warnings {
+        log.warn(w);
+    }
+    log.debug(&format!("knobs from {}", knobs.source));
+    if let Some(p) = &knobs.source_problem {
+        log.info(&format!("the HTCondor configuration was not read: {p}"));
+    }
+    log
+}
+
+/// The job a hook's stdin is about (`RoutedFromJobId` of a routed ad, else `ClusterId.ProcId`
+/// of the first job ad) and its `Owner`.
+fn job_of(stdin: &str) -> (Option<String>, Option<String>) {
+    use classad::eval::{integer_attr, string_attr};
+    let Ok(ads) = classad::stream::parse_hook_stream(stdin) else {
+        return (None, None);
+    };
+    let Some(ad) = ads.iter().find(|a| !a.new_syntax).map(|a| &a.ad) else {
+        return (None, None);
+    };
+    let id = string_attr(ad, "RoutedFromJobId").or_else(|| {
+        Some(format!(
+            "{}.{}",
+            integer_attr(ad, "ClusterId")?,
+            integer_attr(ad, "ProcId")?
+        ))
+    });
+    (id, string_attr(ad, "Owner"))
 }
 
 fn stdout_write(text: &str) -> Result<()> {
@@ -46,28 +133,49 @@ fn stdout_write(text: &str) -> Result<()> {
 /// The translate hook.
 pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
     let knobs = knobs(args)?;
-    let mut log = HookLog::open(
-        "translate",
-        knobs.path("VM_CAPSULE_TRANSLATE_LOG").as_deref(),
-    );
-    for w in &knobs.warnings {
-        log.warn(w);
-    }
-    let cfg = match TranslateConfig::from_knobs(&knobs) {
-        Ok(c) => c,
-        Err(e) => {
-            // An admin problem, not the job's: let the router retry after the fix.
-            log.error(&format!("{e:#}; the job stays idle until this is fixed"));
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    let limit = cfg.hook_timeout_secs;
+    let cfg = TranslateConfig::from_knobs(&knobs);
+    let limit = cfg
+        .as_ref()
+        .map_or(DEFAULT_HOOK_TIMEOUT_SECS, |c| c.hook_timeout_secs);
     watchdog::arm(Duration::from_secs(limit), 1, move || {
         eprintln!(
             "vm-capsule translate: error: did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); the JobRouter will try again"
         );
     });
-    let stdin = match read_stdin(std::io::stdin()) {
+    // stdin first: the log is the job owner's and names the job.
+    let stdin = read_stdin(std::io::stdin());
+    let mut log = hook_log(
+        "translate",
+        &TRANSLATE_LOG,
+        &knobs,
+        args,
+        stdin.as_deref().ok(),
+    );
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            // An admin problem, not the job's: let the router retry after the fix.
+            let why = knobs
+                .source_problem
+                .as_ref()
+                .map(|p| format!(" (the HTCondor configuration was not read: {p})"))
+                .unwrap_or_default();
+            log.error(&format!(
+                "{e:#}{why}; the job stays idle until this is fixed"
+            ));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Some(agent) = &cfg.init_path {
+        // A dynamic agent cannot start in a minimal guest: every job would end with 125.
+        if let Err(e) = agent::check_shippable(agent) {
+            log.error(&format!(
+                "{e}; no job is held for this, they stay idle until it is fixed"
+            ));
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let stdin = match stdin {
         Ok(s) => s,
         Err(e) => {
             log.error(&e);
@@ -104,7 +212,6 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
 /// The finalize hook: exits 0 on every input (a non-zero exit loses the terminate event).
 pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
     let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
-    let mut log = HookLog::open("finalize", knobs.path("VM_CAPSULE_EXIT_LOG").as_deref());
     let limit = knobs
         .number("VM_CAPSULE_HOOK_TIMEOUT")
         .ok()
@@ -129,7 +236,9 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
             .saturating_mul(1 << 20),
         test_any_user: knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false),
     };
-    let done = match read_stdin(std::io::stdin()) {
+    let stdin = read_stdin(std::io::stdin());
+    let mut log = hook_log("finalize", &EXIT_LOG, &knobs, args, stdin.as_deref().ok());
+    let done = match stdin {
         Ok(stdin) => finalize::finalize(&stdin, &cfg, &mut log),
         Err(e) => finalize::failed(&e, &mut log),
     };
@@ -150,7 +259,14 @@ fn scratch_prefix(knobs: &Knobs) -> PathBuf {
 /// The cleanup hook: always exits 0 (non-zero would re-run it every poll).
 pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
     let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
-    let mut log = HookLog::open("cleanup", knobs.path("VM_CAPSULE_TRANSLATE_LOG").as_deref());
+    let stdin = read_stdin(std::io::stdin());
+    let mut log = hook_log(
+        "cleanup",
+        &TRANSLATE_LOG,
+        &knobs,
+        args,
+        stdin.as_deref().ok(),
+    );
     let prefix = ScratchPrefix::new(&scratch_prefix(&knobs));
     let keep_failed = knobs
         .number("VM_CAPSULE_KEEP_FAILED")
@@ -160,7 +276,7 @@ pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
             usize::try_from(n).unwrap_or(usize::MAX)
         });
     let test_any_user = knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false);
-    match read_stdin(std::io::stdin()) {
+    match stdin {
         Ok(stdin) => {
             cleanup::cleanup(&stdin, &prefix, keep_failed, test_any_user, &mut log);
         }
@@ -176,74 +292,8 @@ pub fn run_update(_args: &HookArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Arguments of `install-hooks`.
-#[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// Directory for the hook executables (must not be world-writable: HTCondor refuses it).
-    dir: PathBuf,
-    /// HTCondor hook keyword used in the printed configuration.
-    #[arg(long, default_value = "VMCAPSULE")]
-    keyword: String,
-}
-
-/// Make `vm-capsule-<hook>` links to this binary in a directory and print the config lines.
-pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
-    let exe = std::env::current_exe().context("cannot find the vm-capsule binary")?;
-    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let mut lines = Vec::new();
-    for hook in HOOKS {
-        let link = args.dir.join(format!("vm-capsule-{hook}"));
-        replace_symlink(&exe, &link)?;
-        let knob = match hook {
-            "translate" => "HOOK_TRANSLATE_JOB",
-            "update" => "HOOK_UPDATE_JOB_INFO",
-            "finalize" => "HOOK_JOB_FINALIZE",
-            _ => "HOOK_JOB_CLEANUP",
-        };
-        lines.push(format!("{}_{knob} = {}", args.keyword, link.display()));
-    }
-    let capsule_init = exe.with_file_name("capsule-init");
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "# vm-capsule hooks installed in {}; add to the JobRouter's configuration:",
-        args.dir.display()
-    )?;
-    writeln!(out, "JOB_ROUTER_HOOK_KEYWORD = {}", args.keyword)?;
-    for l in lines {
-        writeln!(out, "{l}")?;
-    }
-    writeln!(
-        out,
-        "VM_CAPSULE_INIT_SCRIPT_PATH = {}",
-        capsule_init.display()
-    )?;
-    writeln!(
-        out,
-        "# see docs/ADMIN.md for the route, the template and the other knobs"
-    )?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(link) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link)
-            .with_context(|| format!("cannot replace {}", link.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a link; remove it first",
-            link.display()
-        ),
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("cannot create {}", link.display()))
-}
-
-/// The subcommand implied by the program name (`vm-capsule-translate` -> `translate`).
+/// The subcommand implied by the program name (`vm-capsule-translate` -> `translate`,
+/// `vm-capsule-probe` -> `probe`).
 pub fn hook_from_argv0(argv0: &std::ffi::OsStr) -> Option<&'static str> {
-    let name = Path::new(argv0).file_name()?.to_str()?;
-    let hook = name.strip_prefix("vm-capsule-")?;
-    HOOKS.iter().copied().find(|h| *h == hook)
+    vm_capsule::snippet::command_for_program(Path::new(argv0))
 }

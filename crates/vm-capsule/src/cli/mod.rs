@@ -3,7 +3,12 @@
 mod ad;
 mod demo;
 mod disk;
+mod doctor;
+mod generate;
 pub mod hooks;
+mod install;
+mod libvirt_xml;
+mod probe;
 mod run;
 
 use std::process::ExitCode;
@@ -37,12 +42,21 @@ enum Command {
     Cleanup(hooks::HookArgs),
     /// JobRouter update hook: prints nothing.
     Update(hooks::HookArgs),
-    /// Link the hooks as vm-capsule-<hook> executables into a directory and print the config.
-    InstallHooks(hooks::InstallArgs),
+    /// Link the hooks as vm-capsule-<hook> executables into a directory and write the config.
+    InstallHooks(install::InstallArgs),
     /// Run a routed VM-universe job here with QEMU, as an execute node would.
     Run(run::RunArgs),
     /// Show a vanilla job going into a VM and coming back, end to end, on this machine.
     Demo(demo::DemoArgs),
+    /// Check this node's configuration (submit side, execute side, or both) before jobs come.
+    Doctor(doctor::DoctorArgs),
+    /// Startd cron job: print the machine attributes this node offers the vanilla flavour.
+    Probe(probe::ProbeArgs),
+    /// LIBVIRT_XML_SCRIPT for HTCondor's vm-gahp: the job's attributes on stdin, domain XML out.
+    LibvirtXml(libvirt_xml::LibvirtXmlArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Dispatch one parsed command line.
@@ -54,8 +68,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Finalize(a) => hooks::run_finalize(&a),
         Command::Cleanup(a) => hooks::run_cleanup(&a),
         Command::Update(a) => hooks::run_update(&a),
-        Command::InstallHooks(a) => hooks::run_install(&a),
+        Command::InstallHooks(a) => install::run_install(&a),
         Command::Run(a) => run::run_cmd(&a),
         Command::Demo(a) => demo::run_demo(&a),
+        Command::Doctor(a) => doctor::run_doctor(&a),
+        Command::Probe(a) => probe::run_probe(&a),
+        Command::LibvirtXml(a) => libvirt_xml::run_libvirt_xml(&a),
+        Command::Generate(a) => generate::run_generate(&a),
     }
 }

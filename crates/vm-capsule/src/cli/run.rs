@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -44,11 +44,92 @@ pub struct RunArgs {
     /// Boot the disks in place instead of copies in a sandbox.
     #[arg(long)]
     in_place: bool,
+    /// Keep the sandbox after a successful run (it is always kept after a failure).
+    #[arg(long)]
+    keep: bool,
+    /// QEMU to run [default: the VM_CAPSULE_QEMU knob, else qemu-system-x86_64 on PATH,
+    /// else /usr/libexec/qemu-kvm].
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Launcher mode (the vanilla flavour): the disks are in the current directory; afterwards
     /// unpack the job's outputs here, copy its stdout/stderr to ours, remove the capsule files
     /// and exit as the job did (125: the VM failed, 127: the job could not start).
     #[arg(long)]
     vanilla: bool,
+}
+
+/// `run --vanilla` is the launcher inside a slot: HTCondor has put the capsule's files in
+/// the working directory. Say so when they are not there (run by hand, outside a slot).
+fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Result<()> {
+    let spec = VmSpec::from_ad(ad)?;
+    // The launcher makes the data disk itself, from what HTCondor transferred.
+    let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk");
+    let missing: Vec<&String> = spec
+        .transfer
+        .iter()
+        .filter(|f| data_disk.as_deref() != Some(f.as_str()) && !cwd.join(f).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+    anyhow::bail!(
+        "{} (the capsule's files, TransferInput of {}) not in the working directory {}: `run --vanilla` is the launcher of a routed vanilla job and expects HTCondor to have transferred them into its sandbox; outside a slot, run the routed ad without --vanilla",
+        list.join(", "),
+        routed_ad.display(),
+        cwd.display()
+    )
+}
+
+/// Run a routed VM-universe ad by hand: remove the sandbox on success unless `keep`, keep
+/// it on failure, and say which.
+fn run_here(
+    ad: &classad::ClassAd,
+    opts: &RunOptions,
+    sandbox: Option<&Path>,
+    keep: bool,
+) -> Result<ExitCode> {
+    let result = run(ad, opts, &mut |m| eprintln!("vm-capsule run: {m}"));
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(dir) = sandbox {
+                let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+                if empty {
+                    let _ = std::fs::remove_dir(dir);
+                } else {
+                    eprintln!(
+                        "vm-capsule run: the sandbox is kept for inspection: {} (remove it with rm -r)",
+                        dir.display()
+                    );
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    eprintln!(
+        "vm-capsule run: guest powered off after {:.1} s; returned {} to the job's Iwd",
+        report.elapsed.as_secs_f64(),
+        if report.returned.is_empty() {
+            "nothing (in place)".to_owned()
+        } else {
+            report.returned.join(", ")
+        },
+    );
+    match sandbox {
+        Some(dir) if !keep => {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot remove the sandbox {}", dir.display()))?;
+            eprintln!("vm-capsule run: sandbox removed (--keep keeps it)");
+        }
+        Some(dir) => eprintln!(
+            "vm-capsule run: sandbox kept: {}; console log {}",
+            dir.display(),
+            report.console.display()
+        ),
+        None => eprintln!("vm-capsule run: console log {}", report.console.display()),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run the VM; exit 0 when the guest powered off by itself (or, with `--vanilla`, as the job).
@@ -61,9 +142,31 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         .last()
         .with_context(|| format!("{}: no ad found", args.routed_ad.display()))?;
     let workdir = if args.vanilla {
-        Some(std::env::current_dir().context("no working directory")?)
+        let cwd = std::env::current_dir().context("no working directory")?;
+        check_slot_sandbox(ad, &cwd, &args.routed_ad)?;
+        Some(cwd)
     } else {
         None
+    };
+    let qemu = match &args.qemu {
+        Some(q) => q.clone(),
+        None => {
+            let knobs = vm_capsule::config::Knobs::load(None, std::env::vars())
+                .context("cannot read the configuration")?;
+            vm_capsule::qemu::find_qemu_here(&knobs)?
+        }
+    };
+    // Our own sandbox, so that we know it to remove or keep whatever happens.
+    let sandbox = if args.vanilla || args.in_place {
+        None
+    } else {
+        Some(
+            tempfile::Builder::new()
+                .prefix("vm-capsule-run.")
+                .tempdir()
+                .context("cannot create a sandbox in the temp dir")?
+                .keep(),
+        )
     };
     let opts = RunOptions {
         timeout: match (args.timeout, args.vanilla) {
@@ -78,23 +181,14 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         },
         in_place: args.in_place || args.vanilla,
         sandbox_parent: None,
+        sandbox: sandbox.clone(),
+        qemu: Some(qemu),
         workdir: workdir.clone(),
     };
-    let Some(sandbox) = workdir else {
-        let report = run(ad, &opts, &mut |m| eprintln!("vm-capsule run: {m}"))?;
-        eprintln!(
-            "vm-capsule run: guest powered off after {:.1} s; returned {} to the job's Iwd; console log {}",
-            report.elapsed.as_secs_f64(),
-            if report.returned.is_empty() {
-                "nothing (in place)".to_owned()
-            } else {
-                report.returned.join(", ")
-            },
-            report.console.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+    let Some(slot) = workdir else {
+        return run_here(ad, &opts, sandbox.as_deref(), args.keep);
     };
-    launch(args, ad, &opts, &sandbox)
+    launch(args, ad, &opts, &slot)
 }
 
 /// The vanilla flavour's launcher: make the data disk from what HTCondor transferred, boot,

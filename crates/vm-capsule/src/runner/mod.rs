@@ -42,17 +42,8 @@ impl Accel {
     pub fn resolve(self) -> Accel {
         match self {
             Accel::Auto => {
-                let module = Path::new("/sys/module/kvm_intel").exists()
-                    || Path::new("/sys/module/kvm_amd").exists();
-                let cpu = fs::read_to_string("/proc/cpuinfo")
-                    .is_ok_and(|c| c.contains(" vmx") || c.contains(" svm"));
-                // The job's user must also be allowed to open it.
-                let usable = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/kvm")
-                    .is_ok();
-                if module && cpu && usable {
+                // The job's user must also be allowed to open /dev/kvm.
+                if crate::qemu::kvm_usable_here() {
                     Accel::Kvm
                 } else {
                     Accel::Tcg
@@ -81,6 +72,11 @@ pub struct RunOptions {
     pub in_place: bool,
     /// Where to make the sandbox (default: the system temp dir).
     pub sandbox_parent: Option<PathBuf>,
+    /// Use this existing directory as the sandbox instead of making one (the caller then
+    /// knows it, to remove or keep it).
+    pub sandbox: Option<PathBuf>,
+    /// QEMU to run (`None`: [`crate::qemu::find_qemu`] without a knob).
+    pub qemu: Option<PathBuf>,
     /// Run the disks found in this directory instead of the ad's `Iwd` (the vanilla
     /// flavour's launcher: HTCondor put them in its sandbox, the working directory).
     pub workdir: Option<PathBuf>,
@@ -101,6 +97,27 @@ pub enum RunError {
         /// Why it failed.
         #[source]
         source: io::Error,
+    },
+    /// A file the ad names is not where it should be.
+    #[error("{file} (named by the routed ad's {attr}) is not in {dir}; hint: the cleanup hook removes a job's scratch dir after finalize, so translate the job again for a fresh capsule")]
+    MissingInput {
+        /// The file.
+        file: String,
+        /// The attribute naming it.
+        attr: &'static str,
+        /// Where it was looked for.
+        dir: PathBuf,
+    },
+    /// QEMU was not found.
+    #[error(transparent)]
+    QemuNotFound(#[from] crate::qemu::QemuNotFound),
+    /// The firmware found nothing to boot.
+    #[error("no bootable device: the firmware found no boot loader on {disk} and the ad names no kernel to boot directly (VMCapsuleKernel); console log: {console}; hint: give the template's OS disk a boot loader, or boot a kernel directly (xen_kernel in the classad template, or vmlinuz + initrd.img in the template dir)")]
+    NoBootableDevice {
+        /// The first disk.
+        disk: String,
+        /// The console log file.
+        console: PathBuf,
     },
     /// QEMU is missing.
     #[error("cannot start {qemu}: {source}; install it (Debian: apt-get install qemu-system-x86)")]
@@ -142,6 +159,19 @@ pub struct RunReport {
     pub returned: Vec<String>,
 }
 
+/// Whether SeaBIOS said it found nothing to boot (it then retries forever).
+fn firmware_gave_up(console: &Path) -> bool {
+    use std::io::Read;
+    // The message comes before any kernel output: the first 64 KiB hold it.
+    let mut head = Vec::new();
+    fs::File::open(console)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .is_ok()
+        && head
+            .windows(b"No bootable device".len())
+            .any(|w| w == b"No bootable device")
+}
+
 /// Copy preserving holes (disk images are sparse).
 fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
     let status = Command::new("cp")
@@ -171,21 +201,35 @@ pub fn run(
         spec.iwd.clone_from(dir);
     }
     let io_err = |what: String| move |source| RunError::Io { what, source };
+    if !opts.in_place {
+        if let Some(file) = spec.transfer.iter().find(|n| !spec.iwd.join(n).exists()) {
+            return Err(RunError::MissingInput {
+                file: file.clone(),
+                attr: "TransferInput",
+                dir: spec.iwd.clone(),
+            });
+        }
+    }
     let sandbox = if opts.in_place {
         spec.iwd.clone()
     } else {
-        let parent = opts
-            .sandbox_parent
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        let dir = tempfile::Builder::new()
-            .prefix("vm-capsule-run.")
-            .tempdir_in(&parent)
-            .map_err(io_err(format!(
-                "cannot create a sandbox in {}",
-                parent.display()
-            )))?
-            .keep();
+        let dir = match &opts.sandbox {
+            Some(dir) => dir.clone(),
+            None => {
+                let parent = opts
+                    .sandbox_parent
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir);
+                tempfile::Builder::new()
+                    .prefix("vm-capsule-run.")
+                    .tempdir_in(&parent)
+                    .map_err(io_err(format!(
+                        "cannot create a sandbox in {}",
+                        parent.display()
+                    )))?
+                    .keep()
+            }
+        };
         for name in &spec.transfer {
             copy_sparse(&spec.iwd.join(name), &dir.join(name))
                 .map_err(io_err(format!("cannot transfer {name} into the sandbox")))?;
@@ -194,7 +238,18 @@ pub fn run(
     };
     let console = sandbox.join("console.log");
     let accel = opts.accel.resolve();
-    let mut cmd = qemu_command(&spec, &sandbox, &console, accel, Hardening::probe());
+    let qemu = match &opts.qemu {
+        Some(q) => q.clone(),
+        None => crate::qemu::find_qemu(None, std::env::var_os("PATH").as_deref())?,
+    };
+    let mut cmd = qemu_command(
+        &qemu,
+        &spec,
+        &sandbox,
+        &console,
+        accel,
+        Hardening::probe(&qemu),
+    );
     progress(&format!(
         "booting {} disk(s), {} MiB, {} CPU(s), accel {}",
         spec.drives.len(),
@@ -209,15 +264,25 @@ pub fn run(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| RunError::NoQemu {
-            qemu: qemu::QEMU.to_owned(),
+            qemu: qemu.display().to_string(),
             source,
         })?;
-    let waited = wait::wait(&mut child, opts.timeout, progress).map_err(|source| RunError::Io {
-        what: "waiting for QEMU".to_owned(),
-        source,
+    // SeaBIOS retries forever when nothing boots: stop as soon as it says so.
+    let gave_up = || firmware_gave_up(&console);
+    let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up).map_err(|source| {
+        RunError::Io {
+            what: "waiting for QEMU".to_owned(),
+            source,
+        }
     })?;
+    let no_boot = || RunError::NoBootableDevice {
+        disk: spec.drives.first().map(|d| d.file.clone()).unwrap_or_default(),
+        console: console.clone(),
+    };
     let (status, stderr) = match waited {
         Waited::Exited(status, stderr) => (status, stderr),
+        Waited::GaveUp => return Err(no_boot()),
+        Waited::TimedOut if firmware_gave_up(&console) => return Err(no_boot()),
         Waited::TimedOut => {
             return Err(RunError::Timeout {
                 secs: opts.timeout.map_or(0, |t| t.as_secs()),
@@ -228,8 +293,13 @@ pub fn run(
     let elapsed = start.elapsed();
     let log = fs::read_to_string(&console).unwrap_or_default();
     if !status.success() {
+        // Our own fw_cfg name draws a QEMU warning; it says nothing about the crash.
+        let stderr: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("sercon-port"))
+            .collect();
         return Err(RunError::Crashed {
-            why: format!("QEMU exited with {status}: {}", stderr.trim()),
+            why: format!("QEMU exited with {status}: {}", stderr.join(" ").trim()),
             console,
         });
     }

@@ -8,6 +8,8 @@
 //! control), and under TCG the translation cache is bounded so QEMU's memory stays near the
 //! guest's own (it defaults to 1 GiB).
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -32,10 +34,10 @@ pub struct Hardening {
 }
 
 impl Hardening {
-    /// What this host's QEMU supports: seccomp is probed once (a QEMU built without it
+    /// What the QEMU at `qemu` supports: seccomp is probed once (a QEMU built without it
     /// refuses the option).
-    pub fn probe() -> Hardening {
-        let seccomp = Command::new(QEMU)
+    pub fn probe(qemu: &Path) -> Hardening {
+        let seccomp = Command::new(qemu)
             .args(["-sandbox", SANDBOX, "-version"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -54,15 +56,17 @@ impl Hardening {
     }
 }
 
-/// The command that boots `spec` from the files in `sandbox`, its console into `console`.
+/// The command that runs QEMU `qemu` to boot `spec` from the files in `sandbox`, its console
+/// into `console`.
 pub fn qemu_command(
+    qemu: &Path,
     spec: &VmSpec,
     sandbox: &Path,
     console: &Path,
     accel: Accel,
     hardening: Hardening,
 ) -> Command {
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = Command::new(qemu);
     let accel_arg = match accel {
         Accel::Kvm => "kvm".to_owned(),
         _ if hardening.tb_size_mib == 0 => "tcg".to_owned(),
@@ -82,7 +86,11 @@ pub fn qemu_command(
             "none",
         ])
         .arg("-serial")
-        .arg(format!("file:{}", console.display()));
+        .arg(format!("file:{}", console.display()))
+        // SeaBIOS mirrors its screen on the serial port at this I/O port (0x3f8, as a
+        // little-endian integer): "No bootable device." lands in the console log.
+        .arg("-fw_cfg")
+        .arg(OsStr::from_bytes(b"name=etc/sercon-port,string=\xf8\x03"));
     if hardening.seccomp {
         cmd.args(["-sandbox", SANDBOX]);
     }
@@ -167,6 +175,7 @@ mod tests {
             }),
         );
         let a = args(&qemu_command(
+            Path::new(QEMU),
             &s,
             Path::new("/sb"),
             Path::new("/sb/console.log"),
@@ -184,6 +193,7 @@ mod tests {
             "-kernel /sb/vmlinuz -initrd /sb/initrd.gz -append root=/dev/ram0 console=ttyS0"
         ));
         assert!(!joined.contains("-netdev") && !joined.contains("usb"));
+        assert!(joined.contains("-fw_cfg name=etc/sercon-port"), "{joined}");
     }
 
     #[test]
@@ -200,6 +210,7 @@ mod tests {
             tb_size_mib: 64,
         };
         let a = args(&qemu_command(
+            Path::new(QEMU),
             &s,
             Path::new("/sb"),
             Path::new("/c"),
@@ -222,6 +233,7 @@ mod tests {
             None,
         );
         let a = args(&qemu_command(
+            Path::new(QEMU),
             &s,
             Path::new("/sb"),
             Path::new("/c"),

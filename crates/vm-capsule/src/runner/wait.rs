@@ -17,6 +17,8 @@ pub enum Waited {
     Exited(ExitStatus, String),
     /// The deadline passed; QEMU was killed.
     TimedOut,
+    /// `gave_up` said there is no point waiting; QEMU was killed.
+    GaveUp,
 }
 
 /// Drain `child`'s stderr in a thread, keeping its tail.
@@ -39,8 +41,8 @@ fn drain(child: &mut Child) -> Option<JoinHandle<String>> {
     }))
 }
 
-/// Wait for `child` until `deadline` (none: as long as it runs), reporting progress every
-/// few seconds.
+/// Wait for `child` until `deadline` (none: as long as it runs) or until `gave_up` (asked
+/// once a second) says the guest will never finish, reporting progress every few seconds.
 ///
 /// # Errors
 /// Errors of `try_wait`.
@@ -48,10 +50,12 @@ pub fn wait(
     child: &mut Child,
     deadline: Option<Duration>,
     progress: &mut dyn FnMut(&str),
+    gave_up: &dyn Fn() -> bool,
 ) -> std::io::Result<Waited> {
     let drainer = drain(child);
     let start = Instant::now();
     let mut last_report = Instant::now();
+    let mut last_check = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
             let tail = drainer.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -61,6 +65,14 @@ pub fn wait(
             let _ = child.kill();
             let _ = child.wait();
             return Ok(Waited::TimedOut);
+        }
+        if last_check.elapsed() > Duration::from_secs(1) {
+            last_check = Instant::now();
+            if gave_up() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Waited::GaveUp);
+            }
         }
         if last_report.elapsed() > Duration::from_secs(5) {
             progress(&format!("guest running, {} s", start.elapsed().as_secs()));
@@ -84,7 +96,7 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        match wait(&mut child, Some(Duration::from_secs(30)), &mut |_| {}).unwrap() {
+        match wait(&mut child, Some(Duration::from_secs(30)), &mut |_| {}, &|| false).unwrap() {
             Waited::Exited(status, tail) => {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(tail.len(), STDERR_TAIL);
@@ -100,7 +112,18 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let w = wait(&mut child, Some(Duration::from_millis(200)), &mut |_| {}).unwrap();
+        let w = wait(&mut child, Some(Duration::from_millis(200)), &mut |_| {}, &|| false).unwrap();
         assert!(matches!(w, Waited::TimedOut));
+    }
+
+    #[test]
+    fn giving_up_kills() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let w = wait(&mut child, None, &mut |_| {}, &|| true).unwrap();
+        assert!(matches!(w, Waited::GaveUp));
     }
 }

@@ -369,8 +369,13 @@ fn kvm_qcow2_suite() {
 
     // Scratch dirs of successful jobs are gone after cleanup.
     assert!(!by("exit-3").scratch.as_ref().unwrap().exists());
-    // The hooks logged to the configured files.
-    let log = fs::read_to_string(pool.root.path().join("translate.log")).unwrap();
+    // The hooks logged to the configured files, one per job owner.
+    let log = fs::read_to_string(
+        pool.root
+            .path()
+            .join(format!("translate.log.{}", crate::router::current_user())),
+    )
+    .unwrap();
     assert!(log.contains("translating job"), "{log}");
 }
 

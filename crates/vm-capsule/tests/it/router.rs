@@ -103,10 +103,15 @@ impl Pool {
         let hooks_dir = root.path().join("hooks");
         let out = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
             .arg("install-hooks")
+            .arg("--print")
             .arg(&hooks_dir)
             .output()
             .unwrap();
-        assert!(out.status.success());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let template_root = root.path().join("template");
         std::fs::create_dir_all(template_root.join("condor_vm_capsule")).unwrap();
         template(&template_root.join("condor_vm_capsule"));

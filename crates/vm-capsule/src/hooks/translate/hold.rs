@@ -19,7 +19,14 @@ pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
         })
         .take(1000)
         .collect();
-    match Command::new("condor_hold")
+    let tool = match crate::condor_tools::condor_tool("condor_hold") {
+        Ok(t) => t,
+        Err(e) => {
+            log.error(&format!("cannot hold job {job_id}: {e}"));
+            return false;
+        }
+    };
+    match Command::new(&tool)
         .args([
             "-reason",
             &format!("vm-capsule: {clean}"),

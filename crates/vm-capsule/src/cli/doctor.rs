@@ -1,0 +1,84 @@
+//! `vm-capsule doctor [submit|execute]`: check this node's configuration and say what to fix
+//! (see [`vm_capsule::doctor`]). Exit 0 when nothing failed (warnings allowed), 1 otherwise.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use vm_capsule::doctor::execute::SlotUser;
+use vm_capsule::doctor::{execute, submit, ConfigSource, Report};
+
+/// Which side to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// The submit node: JobRouter, hooks, knobs, template.
+    Submit,
+    /// An execute node: QEMU, KVM, the startd probe, libvirt.
+    Execute,
+    /// Both.
+    Both,
+}
+
+/// Arguments of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The side to check.
+    #[arg(value_enum, default_value_t = Which::Both)]
+    side: Which,
+    /// Read this HTCondor configuration file (and the local files it names) instead of
+    /// asking condor_config_val.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Check KVM access for this slot user instead of for every slot user.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run the checks, print the report, exit 1 when something failed.
+pub fn run_doctor(args: &DoctorArgs) -> Result<ExitCode> {
+    let config = match &args.config {
+        Some(f) => {
+            anyhow::ensure!(f.is_file(), "{} is not a file", f.display());
+            ConfigSource::file(f)
+        }
+        None => ConfigSource::from_env(),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let user = args
+        .user
+        .as_deref()
+        .map(SlotUser::lookup)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut report = Report::default();
+    if args.side != Which::Execute {
+        submit::check(&config, &env, &mut report);
+    }
+    if args.side != Which::Submit {
+        let knobs = config.knobs(env.iter().cloned());
+        execute::check(&config, &knobs, user.as_ref(), &mut report);
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{:#}", report.to_json())?;
+    } else {
+        write!(
+            out,
+            "vm-capsule doctor {}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            report.render()
+        )?;
+    }
+    out.flush()?;
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,161 @@
+//! `vm-capsule install-hooks DIR`: link the hooks (and the probe and libvirt script) as
+//! executables HTCondor can run by path, then write the configuration they need.
+//!
+//! HTCondor runs a hook by path with no arguments (JobRouterHookMgr: `spawn(client, NULL,
+//! ...)`), so each is a link named after it that dispatches by `argv[0]`. HTCondor refuses
+//! hooks in a world-writable directory (`validateHookPath`), so we refuse to put them there.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use vm_capsule::agent::{self, Linkage};
+use vm_capsule::perms;
+use vm_capsule::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
+
+/// Where the configuration goes unless told otherwise.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/condor/config.d/50-vm-capsule.conf";
+
+/// Arguments of `install-hooks`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Directory for the hook executables (not world-writable: HTCondor refuses those).
+    dir: PathBuf,
+    /// HTCondor hook keyword used in the configuration.
+    #[arg(long, default_value = "VMCAPSULE")]
+    keyword: String,
+    /// The guest agent to name in the configuration [default: capsule-init beside this
+    /// program].
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Print the configuration on stdout instead of writing it.
+    #[arg(long)]
+    print: bool,
+    /// Where to write the configuration.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
+    config_file: PathBuf,
+    /// Replace an existing configuration file that differs.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Make the links, check the agent, write or print the configuration.
+pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the vm-capsule binary")?;
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    if let Some(why) = perms::unsafe_dir(&args.dir) {
+        bail!("refusing to install hooks in {}: {why}", args.dir.display());
+    }
+    if let Some(why) = perms::unsafe_program(&exe) {
+        bail!("refusing to link the hooks to {}: {why}", exe.display());
+    }
+    create_dir(&args.dir)?;
+    let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    for name in HOOKS.iter().map(|(h, _)| *h).chain(LINKED_COMMANDS) {
+        let link = dir.join(format!("vm-capsule-{name}"));
+        // Relative when beside the binary, so a packaged tree works wherever it is unpacked.
+        let target = if exe.parent() == Some(dir.as_path()) {
+            PathBuf::from(exe.file_name().unwrap_or_default())
+        } else {
+            exe.clone()
+        };
+        replace_symlink(&target, &link)?;
+    }
+    let mut snippet = Snippet::for_dir(&dir);
+    snippet.keyword.clone_from(&args.keyword);
+    snippet.agent = args
+        .agent
+        .clone()
+        .unwrap_or_else(|| exe.with_file_name("capsule-init"));
+    snippet.launcher = exe.clone();
+    warn_about_program(
+        &snippet.agent,
+        "the guest agent (VM_CAPSULE_INIT_SCRIPT_PATH)",
+    );
+    warn_about_program(&exe, "the launcher (VM_CAPSULE_LAUNCHER_PATH)");
+    let text = snippet.render();
+    if args.print {
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    write_config(&args.config_file, &text, args.force)?;
+    eprintln!(
+        "vm-capsule install-hooks: hooks in {}; configuration written to {}; check with `vm-capsule doctor`",
+        dir.display(),
+        args.config_file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A warning on stderr when `path` is missing or dynamically linked (it would fail in a
+/// guest or on an execute node without our libraries).
+fn warn_about_program(path: &Path, what: &str) {
+    match agent::linkage(path) {
+        Ok(Linkage::Static | Linkage::Script) => {}
+        Ok(Linkage::Dynamic { interpreter }) => eprintln!(
+            "vm-capsule install-hooks: warning: {what} {} is dynamically linked (needs {interpreter}): it will not run in a minimal guest or on a node without the same libraries; use a static build (`cargo build --release` in the vm-capsule workspace makes one)",
+            path.display()
+        ),
+        Err(e) => eprintln!("vm-capsule install-hooks: warning: {what}: {e}"),
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn write_config(file: &Path, text: &str, force: bool) -> Result<()> {
+    if let Ok(old) = std::fs::read_to_string(file) {
+        if old == text {
+            return Ok(());
+        }
+        if !force {
+            bail!(
+                "{} exists and differs from what this version writes; compare with `vm-capsule install-hooks --print`, then re-run with --force to replace it",
+                file.display()
+            );
+        }
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!(
+            "{} does not exist (is HTCondor installed here?); use --print to see the configuration, or --config-file to put it elsewhere",
+            dir.display()
+        );
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vm-capsule-conf.")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
+}
+
+fn replace_symlink(target: &Path, link: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(link)
+            .with_context(|| format!("cannot replace {}", link.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a link; remove it first",
+            link.display()
+        ),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot create {}", link.display()))
+}

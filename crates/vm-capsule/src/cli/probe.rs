@@ -1,0 +1,38 @@
+//! `vm-capsule probe`: the startd cron job that advertises what this execute node offers
+//! the vanilla flavour (`HasVMCapsuleQemu`, `VMCapsuleKvm`, `VMCapsuleVersion`, ...).
+//!
+//! HTCondor runs it by path (`STARTD_CRON_<NAME>_EXECUTABLE`, the `vm-capsule-probe` link)
+//! and reads ClassAd lines from stdout; it always exits 0 so the attributes are published
+//! even when the answer is "no".
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use vm_capsule::config::Knobs;
+use vm_capsule::probe::Probe;
+use vm_capsule::qemu::QEMU_KNOB;
+
+/// Arguments of `probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Read knobs from this file (HTCondor syntax) instead of `condor_config_val`.
+    #[arg(long, env = "VM_CAPSULE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Print the machine attributes.
+pub fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
+    let knobs = Knobs::load(args.config.as_deref(), std::env::vars())
+        .context("cannot read the configuration")?;
+    let probe = Probe::run(knobs.get(QEMU_KNOB));
+    let text = vm_capsule::hooks::ad_lines(&probe.attributes())
+        .context("cannot print the machine attributes")?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

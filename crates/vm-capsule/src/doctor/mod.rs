@@ -1,0 +1,352 @@
+//! `doctor`: check a node's configuration before jobs arrive, and say what to fix.
+//!
+//! Submit side ([`submit`]): the configuration is readable, the knobs are valid, the hooks
+//! are where HTCondor will run them, the agent is static and of our version, the scratch
+//! prefix and log directories are shared the safe way, the template loads, the routes have
+//! the right universe, `PIPE_BUFFER_MAX` is big enough. Execute side ([`execute`]): QEMU,
+//! KVM for the slot users, the startd probe, the VM universe's libvirt settings.
+//!
+//! A check yields [`Finding`]s; the [`Report`] renders them for a person (one line each,
+//! the fix under a problem) or as JSON for scripts.
+
+pub mod execute;
+pub mod submit;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::condor_tools::{read_condor_config, ToolNotFound};
+use crate::config::expand_vars;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Worth knowing, nothing to fix.
+    Info,
+    /// Works, but not as well as it could, or may bite later.
+    Warn,
+    /// Jobs will fail or never be routed.
+    Fail,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Info => "info",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One result of one check.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// `submit` or `execute`.
+    pub side: &'static str,
+    /// What was checked (a knob, a file, a setting).
+    pub check: String,
+    /// How it came out.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it, for a warning or failure.
+    pub fix: Option<String>,
+}
+
+/// All findings of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// In check order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether any check failed.
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.status == Status::Fail)
+    }
+
+    /// The findings of check `check`.
+    pub fn of<'a>(&'a self, check: &'a str) -> impl Iterator<Item = &'a Finding> + 'a {
+        self.findings.iter().filter(move |f| f.check == check)
+    }
+
+    /// A report a person reads at a glance: one line per finding, grouped by side, the fix
+    /// below each problem, a summary last.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let width = self
+            .findings
+            .iter()
+            .map(|f| f.check.len())
+            .max()
+            .unwrap_or(0)
+            .min(34);
+        let mut side = "";
+        for f in &self.findings {
+            if f.side != side {
+                side = f.side;
+                let _ = writeln!(out, "{side} side");
+            }
+            let _ = writeln!(
+                out,
+                "  {:<4}  {:<width$}  {}",
+                f.status.label(),
+                f.check,
+                f.detail
+            );
+            if let Some(fix) = &f.fix {
+                let _ = writeln!(out, "  {:<4}  {:<width$}  fix: {fix}", "", "");
+            }
+        }
+        let count = |s| self.findings.iter().filter(|f| f.status == s).count();
+        let (fails, warns) = (count(Status::Fail), count(Status::Warn));
+        let _ = writeln!(
+            out,
+            "{}: {fails} problem(s), {warns} warning(s)",
+            if fails == 0 { "ready" } else { "NOT READY" }
+        );
+        out
+    }
+
+    /// The findings as JSON: `{"ok": bool, "findings": [{side, check, status, detail, fix}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let findings: Vec<serde_json::Value> = self
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "side": f.side,
+                    "check": f.check,
+                    "status": f.status.label().to_ascii_lowercase(),
+                    "detail": f.detail,
+                    "fix": f.fix,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "ok": !self.failed(),
+            "findings": findings,
+        })
+    }
+}
+
+/// Findings of one side, collected by the checks.
+#[derive(Debug)]
+pub(crate) struct Side<'a> {
+    side: &'static str,
+    report: &'a mut Report,
+}
+
+impl Side<'_> {
+    fn push(&mut self, status: Status, check: &str, detail: String, fix: Option<String>) {
+        self.report.findings.push(Finding {
+            side: self.side,
+            check: check.to_owned(),
+            status,
+            detail,
+            fix,
+        });
+    }
+
+    fn ok(&mut self, check: &str, detail: impl Into<String>) {
+        self.push(Status::Ok, check, detail.into(), None);
+    }
+
+    fn info(&mut self, check: &str, detail: impl Into<String>) {
+        self.push(Status::Info, check, detail.into(), None);
+    }
+
+    fn warn(&mut self, check: &str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(Status::Warn, check, detail.into(), Some(fix.into()));
+    }
+
+    fn fail(&mut self, check: &str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(Status::Fail, check, detail.into(), Some(fix.into()));
+    }
+}
+
+/// Where HTCondor configuration values come from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// `condor_config_val` (the configuration `CONDOR_CONFIG` names, as HTCondor reads it).
+    Tool(PathBuf),
+    /// An HTCondor configuration file read by us (`--config`), with the local files it names.
+    File(PathBuf, BTreeMap<String, String>),
+    /// Nothing could be read.
+    Missing(ToolNotFound),
+}
+
+impl ConfigSource {
+    /// `condor_config_val` when it is found, else [`ConfigSource::Missing`].
+    pub fn from_env() -> ConfigSource {
+        match crate::condor_tools::condor_tool("condor_config_val") {
+            Ok(t) => ConfigSource::Tool(t),
+            Err(e) => ConfigSource::Missing(e),
+        }
+    }
+
+    /// An HTCondor configuration file.
+    pub fn file(path: &Path) -> ConfigSource {
+        ConfigSource::File(path.to_owned(), read_condor_config(path))
+    }
+
+    /// The value of `name`, expanded; `None` when not defined.
+    pub fn get(&self, name: &str) -> Option<String> {
+        match self {
+            ConfigSource::Tool(tool) => config_val(tool, &[name]),
+            ConfigSource::File(_, vars) => vars
+                .get(&name.to_ascii_uppercase())
+                .map(|v| expand_vars(v, vars)),
+            ConfigSource::Missing(_) => None,
+        }
+        .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `name` as daemon `subsys` sees it (`SUBSYS.NAME` first).
+    pub fn get_for(&self, subsys: &str, name: &str) -> Option<String> {
+        match self {
+            ConfigSource::Tool(tool) => config_val(tool, &["-subsystem", subsys, name]),
+            _ => self
+                .get(&format!("{subsys}.{name}"))
+                .or_else(|| self.get(name)),
+        }
+        .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The `VM_CAPSULE_*` knobs, with `_CONDOR_` overrides from `env`.
+    pub fn knobs(&self, env: impl IntoIterator<Item = (String, String)>) -> crate::config::Knobs {
+        let mut pairs: BTreeMap<String, String> = match self {
+            ConfigSource::File(_, vars) => vars
+                .iter()
+                .filter(|(k, _)| k.starts_with("VM_CAPSULE_"))
+                .map(|(k, v)| (k.clone(), expand_vars(v, vars)))
+                .collect(),
+            ConfigSource::Tool(_) => {
+                return crate::config::Knobs::load(None, env).unwrap_or_default();
+            }
+            ConfigSource::Missing(_) => BTreeMap::new(),
+        };
+        for (k, v) in env {
+            if let Some(knob) = k.strip_prefix("_CONDOR_") {
+                if knob.to_ascii_uppercase().starts_with("VM_CAPSULE_") {
+                    pairs.insert(knob.to_ascii_uppercase(), v);
+                }
+            }
+        }
+        crate::config::Knobs::from_pairs(pairs)
+    }
+
+    /// A line saying where the configuration came from.
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::Tool(t) => format!(
+                "read with {} (CONDOR_CONFIG={})",
+                t.display(),
+                std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
+            ),
+            ConfigSource::File(p, _) => format!("read from {}", p.display()),
+            ConfigSource::Missing(e) => e.to_string(),
+        }
+    }
+}
+
+fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(tool).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.trim_end_matches('\n').to_owned())
+}
+
+/// Whether `dir` is made like `/tmp`: root-owned, mode 1777; else what is wrong.
+pub(crate) fn shared_dir_problem(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{}: {e}", dir.display())),
+    };
+    if !meta.is_dir() {
+        return Some(format!("{} is not a directory", dir.display()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode != 0o1777 {
+        return Some(format!(
+            "{} has mode {mode:o}, not 1777 (every job owner writes there; the sticky bit keeps them apart)",
+            dir.display()
+        ));
+    }
+    if meta.uid() != 0 {
+        return Some(format!(
+            "{} belongs to uid {}, not root (its owner could delete everyone's files)",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn render_and_json() {
+        let mut r = Report::default();
+        let mut s = Side {
+            side: "submit",
+            report: &mut r,
+        };
+        s.ok("hooks", "all four");
+        s.fail("VM_CAPSULE_TEMPLATE", "missing", "set it");
+        let text = r.render();
+        assert!(text.starts_with("submit side\n  ok    "), "{text}");
+        assert!(
+            text.contains("FAIL  VM_CAPSULE_TEMPLATE  missing\n"),
+            "{text}"
+        );
+        assert!(text.contains("fix: set it"), "{text}");
+        assert!(
+            text.ends_with("NOT READY: 1 problem(s), 0 warning(s)\n"),
+            "{text}"
+        );
+        let j = r.to_json();
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["findings"][1]["status"], "fail");
+        assert!(r.failed());
+    }
+
+    #[test]
+    fn file_source_expands_and_knows_subsystems() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("condor_config");
+        std::fs::write(
+            &f,
+            "LOCAL = /srv\nVM_CAPSULE_TEMPLATE = $(LOCAL)/t\nJOB_ROUTER.PIPE_BUFFER_MAX = 1048576\nX @=e\n  UNIVERSE VM\n@e\n",
+        )
+        .unwrap();
+        let c = ConfigSource::file(&f);
+        assert_eq!(c.get("vm_capsule_template").as_deref(), Some("/srv/t"));
+        assert_eq!(
+            c.get_for("JOB_ROUTER", "PIPE_BUFFER_MAX").as_deref(),
+            Some("1048576")
+        );
+        assert_eq!(c.get_for("SCHEDD", "PIPE_BUFFER_MAX"), None);
+        assert_eq!(c.get("X").as_deref(), Some("  UNIVERSE VM"));
+        let k = c.knobs(vec![(
+            "_CONDOR_VM_CAPSULE_JOB_USER".to_owned(),
+            "nobody".to_owned(),
+        )]);
+        assert_eq!(k.get("VM_CAPSULE_TEMPLATE"), Some("/srv/t"));
+        assert_eq!(k.get("VM_CAPSULE_JOB_USER"), Some("nobody"));
+    }
+}

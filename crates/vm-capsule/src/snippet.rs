@@ -1,0 +1,218 @@
+//! The HTCondor configuration vm-capsule needs, as one commented `config.d` file: the hooks,
+//! routes for both flavours, `PIPE_BUFFER_MAX`, the startd probe, the libvirt domain script
+//! and every `VM_CAPSULE_*` knob with its default.
+//!
+//! `vm-capsule install-hooks` writes (or prints) it and the packages ship it as
+//! `/etc/condor/config.d/50-vm-capsule.conf`, so both say the same thing.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::KNOBS;
+
+/// The hook names, as executables and subcommands, with their HTCondor knob suffixes.
+pub const HOOKS: [(&str, &str); 4] = [
+    ("translate", "HOOK_TRANSLATE_JOB"),
+    ("update", "HOOK_UPDATE_JOB_INFO"),
+    ("finalize", "HOOK_JOB_FINALIZE"),
+    ("cleanup", "HOOK_JOB_CLEANUP"),
+];
+/// Other subcommands reachable by an executable name (`vm-capsule-probe`): HTCondor runs
+/// startd cron jobs and `LIBVIRT_XML_SCRIPT` by path; a link needs no argument knob.
+pub const LINKED_COMMANDS: [&str; 2] = ["probe", "libvirt-xml"];
+/// The subcommand a program name stands for (`vm-capsule-translate` -> `translate`).
+pub fn command_for_program(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_str()?;
+    let cmd = name.strip_prefix("vm-capsule-")?;
+    HOOKS
+        .iter()
+        .map(|(h, _)| *h)
+        .chain(LINKED_COMMANDS)
+        .find(|h| *h == cmd)
+}
+
+/// Where the packages install the programs.
+pub const LIBEXEC_DIR: &str = "/usr/libexec/vm-capsule";
+/// Where the packages keep the template and the scratch prefix.
+pub const STATE_DIR: &str = "/var/lib/vm-capsule";
+
+/// What the snippet names.
+#[derive(Debug, Clone)]
+pub struct Snippet {
+    /// Directory of the hook links, the probe and the libvirt script.
+    pub dir: PathBuf,
+    /// `JOB_ROUTER_HOOK_KEYWORD`.
+    pub keyword: String,
+    /// The guest agent.
+    pub agent: PathBuf,
+    /// The launcher shipped with vanilla-flavour jobs.
+    pub launcher: PathBuf,
+}
+
+impl Snippet {
+    /// The snippet for programs installed in `dir` (agent and launcher there too).
+    pub fn for_dir(dir: &Path) -> Snippet {
+        Snippet {
+            dir: dir.to_owned(),
+            keyword: "VMCAPSULE".to_owned(),
+            agent: dir.join("capsule-init"),
+            launcher: dir.join("vm-capsule"),
+        }
+    }
+
+    /// The path of linked program `name` (`translate` -> `<dir>/vm-capsule-translate`).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("vm-capsule-{name}"))
+    }
+
+    /// The whole file.
+    pub fn render(&self) -> String {
+        let mut t = String::new();
+        let kw = &self.keyword;
+        // Writing to a String cannot fail.
+        let _ = write!(
+            t,
+            "\
+# vm-capsule: JobRouter hooks that run vanilla jobs inside virtual machines.
+# Written by `vm-capsule install-hooks` (version {version}); check the result with
+# `vm-capsule doctor`. Every line is explained in the administrator's guide (ADMIN.md).
+
+##### Submit side: the JobRouter and its hooks ##########################################
+# Run the JobRouter on the submit node (HTCondor 24+ sets DAEMON_LIST through `use ROLE`):
+#DAEMON_LIST = $(DAEMON_LIST) JOB_ROUTER
+JOB_ROUTER_HOOK_KEYWORD = {kw}
+",
+            version = env!("CARGO_PKG_VERSION"),
+        );
+        for (hook, knob) in HOOKS {
+            let _ = writeln!(t, "{kw}_{knob} = {}", self.program(hook).display());
+        }
+        let _ = write!(
+            t,
+            "\
+# Before HTCondor 8.4.9 the finalize hook was called JOB_EXIT:
+#{kw}_HOOK_JOB_EXIT = {finalize}
+
+# Routes are tried in order, the first match wins: the narrower route comes first.
+# A job with +WantJobRouter = true and +WantVMCapsuleVanilla = true becomes a vanilla job
+# whose executable boots the VM with QEMU inside an ordinary slot (any execute node with
+# QEMU); any other +WantJobRouter = true job becomes a VM-universe job (libvirt nodes).
+# The route MUST say its universe: the router applies it after the hook.
+JOB_ROUTER_ROUTE_NAMES = VMCapsuleVanilla VMCapsule
+JOB_ROUTER_ROUTE_VMCapsuleVanilla @=rt
+  UNIVERSE VANILLA
+  REQUIREMENTS WantJobRouter is true && WantVMCapsuleVanilla is true
+@rt
+JOB_ROUTER_ROUTE_VMCapsule @=rt
+  UNIVERSE VM
+  REQUIREMENTS WantJobRouter is true
+@rt
+
+# The router reads at most PIPE_BUFFER_MAX bytes of a hook's output (default 10240); a
+# routed ad is a few KiB, more for jobs with long environments or many input files.
+JOB_ROUTER.PIPE_BUFFER_MAX = 1048576
+
+# Keep a job that asks for routing from matching a slot before the router takes it
+# (on the execute nodes):
+#START = ($(START)) && ((TARGET.WantJobRouter =!= true) || (TARGET.RoutedBy =!= undefined))
+
+##### Execute side ########################################################################
+# Advertise HasVMCapsuleQemu, VMCapsuleKvm, VMCapsuleVersion (and VMCapsuleUnusableReason)
+# for the vanilla flavour; the routed job requires HasVMCapsuleQemu.
+STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE
+STARTD_CRON_VMCAPSULE_EXECUTABLE = {probe}
+STARTD_CRON_VMCAPSULE_PERIOD = 10m
+
+# VM universe: the domain XML for vm-capsule jobs (direct kernel boot, kvm or qemu domain,
+# console on a pty); other VM jobs get HTCondor's built-in XML.
+LIBVIRT_XML_SCRIPT = {libvirt}
+# The starter polls the VM every VM_STATUS_INTERVAL seconds (default 60, minimum 30):
+# a short job waits up to that long after its VM powered off.
+#VM_STATUS_INTERVAL = 30
+
+##### vm-capsule's own knobs (each with its default) #####################################
+# Required: the template VM (a directory holding condor_vm_capsule/).
+VM_CAPSULE_TEMPLATE = {state}/template
+# Per-job scratch dirs, <prefix>/<owner>/<job>.XXXXXX; create once: install -d -m 1777 <prefix>
+VM_CAPSULE_SCRATCH_DIR_PREFIX = {state}/scratch
+# Hook logs, one file per job owner (<file>.<owner>); create the directory once:
+# install -d -m 1777 /var/log/vm-capsule
+VM_CAPSULE_TRANSLATE_LOG = /var/log/vm-capsule/TranslateLog
+VM_CAPSULE_EXIT_LOG = /var/log/vm-capsule/ExitLog
+# The static guest agent put on each data disk, and the launcher of vanilla-flavour jobs.
+VM_CAPSULE_INIT_SCRIPT_PATH = {agent}
+VM_CAPSULE_LAUNCHER_PATH = {launcher}
+",
+            finalize = self.program("finalize").display(),
+            probe = self.program("probe").display(),
+            libvirt = self.program("libvirt-xml").display(),
+            state = STATE_DIR,
+            agent = self.agent.display(),
+            launcher = self.launcher.display(),
+        );
+        let set = [
+            "VM_CAPSULE_TEMPLATE",
+            "VM_CAPSULE_SCRATCH_DIR_PREFIX",
+            "VM_CAPSULE_TRANSLATE_LOG",
+            "VM_CAPSULE_EXIT_LOG",
+            "VM_CAPSULE_INIT_SCRIPT_PATH",
+            "VM_CAPSULE_LAUNCHER_PATH",
+        ];
+        let _ = writeln!(t, "\n# The others, commented out at their defaults:");
+        for (name, default, meaning) in KNOBS.iter().filter(|(n, _, _)| !set.contains(n)) {
+            let _ = writeln!(t, "# {meaning}");
+            let _ = writeln!(t, "#{name} = {}", default_value(default));
+        }
+        t
+    }
+}
+
+/// A knob's default as a value to write after `=`: descriptions in parentheses stay a
+/// comment of their own.
+fn default_value(default: &str) -> String {
+    if default.starts_with('(') {
+        format!("   {default}")
+    } else {
+        default.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_knob_appears_and_the_active_lines_parse() {
+        let text = Snippet::for_dir(Path::new(LIBEXEC_DIR)).render();
+        for (name, _, _) in KNOBS {
+            assert!(text.contains(&format!("{name} = ")), "{name} missing");
+        }
+        assert!(text.contains(
+            "VMCAPSULE_HOOK_TRANSLATE_JOB = /usr/libexec/vm-capsule/vm-capsule-translate"
+        ));
+        assert!(text.contains("UNIVERSE VM\n") && text.contains("UNIVERSE VANILLA\n"));
+        // Without the @= blocks, what is left is plain assignments (our config subset).
+        let mut plain = String::new();
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.contains("@=rt") {
+                in_block = true;
+            } else if line == "@rt" {
+                in_block = false;
+            } else if !in_block {
+                plain.push_str(line);
+                plain.push('\n');
+            }
+        }
+        let vars = crate::config::parse_config(&plain, Path::new("50-vm-capsule.conf")).unwrap();
+        assert_eq!(
+            vars.get("VM_CAPSULE_INIT_SCRIPT_PATH").map(String::as_str),
+            Some("/usr/libexec/vm-capsule/capsule-init")
+        );
+        assert_eq!(
+            vars.get("JOB_ROUTER.PIPE_BUFFER_MAX").map(String::as_str),
+            Some("1048576")
+        );
+    }
+}
