@@ -40,39 +40,60 @@ pub struct InstallArgs {
     /// Replace an existing configuration file that differs.
     #[arg(long)]
     force: bool,
+    /// Stage into this root instead of `/` (packaging): links go to DESTDIR/DIR, the
+    /// configuration to DESTDIR/FILE, and both name the final paths.
+    #[arg(long, value_name = "DIR")]
+    destdir: Option<PathBuf>,
 }
 
 /// Make the links, check the agent, write or print the configuration.
 pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the vm-capsule binary")?;
     let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
-    if let Some(why) = perms::unsafe_dir(&args.dir) {
-        bail!("refusing to install hooks in {}: {why}", args.dir.display());
+    let staged = |p: &Path| match &args.destdir {
+        Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
+        None => p.to_owned(),
+    };
+    let real_dir = staged(&args.dir);
+    if let Some(why) = perms::unsafe_dir(&real_dir) {
+        bail!("refusing to install hooks in {}: {why}", real_dir.display());
     }
     if let Some(why) = perms::unsafe_program(&exe) {
         bail!("refusing to link the hooks to {}: {why}", exe.display());
     }
-    create_dir(&args.dir)?;
-    let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    create_dir(&real_dir)?;
+    let real_dir = std::fs::canonicalize(&real_dir).unwrap_or(real_dir);
+    // What the configuration names: the final path (under DESTDIR: as given).
+    let dir = if args.destdir.is_some() {
+        args.dir.clone()
+    } else {
+        real_dir.clone()
+    };
+    let beside = exe.parent() == Some(real_dir.as_path());
     for name in HOOKS.iter().map(|(h, _)| *h).chain(LINKED_COMMANDS) {
-        let link = dir.join(format!("vm-capsule-{name}"));
+        let link = real_dir.join(format!("vm-capsule-{name}"));
         // Relative when beside the binary, so a packaged tree works wherever it is unpacked.
-        let target = if exe.parent() == Some(dir.as_path()) {
+        let target = if beside {
             PathBuf::from(exe.file_name().unwrap_or_default())
         } else {
             exe.clone()
         };
         replace_symlink(&target, &link)?;
     }
+    let final_exe = if beside {
+        dir.join(exe.file_name().unwrap_or_default())
+    } else {
+        exe.clone()
+    };
     let mut snippet = Snippet::for_dir(&dir);
     snippet.keyword.clone_from(&args.keyword);
     snippet.agent = args
         .agent
         .clone()
-        .unwrap_or_else(|| exe.with_file_name("capsule-init"));
-    snippet.launcher = exe.clone();
+        .unwrap_or_else(|| final_exe.with_file_name("capsule-init"));
+    snippet.launcher = final_exe;
     warn_about_program(
-        &snippet.agent,
+        &staged(&snippet.agent),
         "the guest agent (VM_CAPSULE_INIT_SCRIPT_PATH)",
     );
     warn_about_program(&exe, "the launcher (VM_CAPSULE_LAUNCHER_PATH)");
@@ -81,11 +102,17 @@ pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
         std::io::stdout().lock().write_all(text.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    write_config(&args.config_file, &text, args.force)?;
+    let config_file = staged(&args.config_file);
+    if args.destdir.is_some() {
+        if let Some(parent) = config_file.parent() {
+            create_dir(parent)?;
+        }
+    }
+    write_config(&config_file, &text, args.force)?;
     eprintln!(
         "vm-capsule install-hooks: hooks in {}; configuration written to {}; check with `vm-capsule doctor`",
-        dir.display(),
-        args.config_file.display()
+        real_dir.display(),
+        config_file.display()
     );
     Ok(ExitCode::SUCCESS)
 }
