@@ -241,14 +241,7 @@ impl Knobs {
                 values.insert(knob.to_ascii_uppercase(), value);
             }
         }
-        let mut warnings = Vec::new();
-        for name in values.keys() {
-            if name.starts_with("VM_CAPSULE_") && !KNOBS.iter().any(|(k, _, _)| k == name) {
-                warnings.push(format!(
-                    "unknown knob {name} is ignored (known: see `vm-capsule install-hooks --help` or docs/ADMIN.md)"
-                ));
-            }
-        }
+        let warnings = unknown_knobs(&values);
         values.retain(|k, _| k.starts_with("VM_CAPSULE_"));
         Ok(Knobs {
             values,
@@ -274,6 +267,13 @@ impl Knobs {
             source: "literal values".to_owned(),
             source_problem: None,
         }
+    }
+
+    /// The same knobs, with a warning for each unknown `VM_CAPSULE_*` name.
+    #[must_use]
+    pub fn with_unknown_warnings(mut self) -> Knobs {
+        self.warnings = unknown_knobs(&self.values);
+        self
     }
 
     /// The value of `knob`, if set and not empty.
@@ -322,6 +322,19 @@ impl Knobs {
             }),
         }
     }
+}
+
+/// A warning for each `VM_CAPSULE_*` name we do not know (a typo is otherwise silent).
+fn unknown_knobs(values: &BTreeMap<String, String>) -> Vec<String> {
+    values
+        .keys()
+        .filter(|name| name.starts_with("VM_CAPSULE_") && !KNOBS.iter().any(|(k, _, _)| k == *name))
+        .map(|name| {
+            format!(
+                "unknown knob {name} is ignored (the known ones: `vm-capsule install-hooks --print`, docs/ADMIN.md)"
+            )
+        })
+        .collect()
 }
 
 /// Run `condor_config_val -dump VM_CAPSULE_`; the error says why there are no values

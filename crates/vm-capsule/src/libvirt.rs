@@ -173,9 +173,11 @@ pub fn domain_xml(ad: &ClassAd, domain: DomainType) -> Result<String, LibvirtErr
         .map(|b| -> Result<_, LibvirtError> {
             Ok(DirectBoot {
                 kernel: sandbox.file("VMCapsuleKernel", &b.kernel)?,
+                // The vm-gahp appends `VMPARAM_Xen_Initrd = ""` when the ad has none.
                 initrd: b
                     .initrd
                     .as_deref()
+                    .filter(|i| !i.is_empty())
                     .map(|i| sandbox.file("VMCapsuleInitrd", i))
                     .transpose()?,
                 root: b.root.clone(),

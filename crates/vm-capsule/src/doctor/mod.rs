@@ -241,7 +241,7 @@ impl ConfigSource {
                 }
             }
         }
-        crate::config::Knobs::from_pairs(pairs)
+        crate::config::Knobs::from_pairs(pairs).with_unknown_warnings()
     }
 
     /// A line saying where the configuration came from.

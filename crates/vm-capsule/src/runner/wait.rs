@@ -101,7 +101,7 @@ mod tests {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(tail.len(), STDERR_TAIL);
             }
-            Waited::TimedOut => panic!("blocked on a full stderr pipe"),
+            Waited::TimedOut | Waited::GaveUp => panic!("blocked on a full stderr pipe"),
         }
     }
 

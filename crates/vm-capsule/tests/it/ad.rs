@@ -4,7 +4,7 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 
 fn vm_capsule() -> Command {
-    Command::cargo_bin("vm-capsule").unwrap()
+    Command::new(crate::router::bin("vm-capsule"))
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn boot_job(
     });
     let ad_file = pool.root.path().join(format!("{name}.routed.ad"));
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let run = Command::new(crate::router::bin("vm-capsule"))
         .arg("run")
         .arg(&ad_file)
         .args(["--accel", "tcg", "--timeout", "120"])
@@ -275,7 +275,7 @@ fn boot_guest_that_never_powers_off() {
     let routed = pool.translate(&ad).unwrap();
     let ad_file = pool.root.path().join("hang.ad");
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let run = Command::new(crate::router::bin("vm-capsule"))
         .arg("run")
         .arg(&ad_file)
         .args(["--accel", "tcg", "--timeout", "15"])
@@ -293,7 +293,7 @@ fn boot_guest_that_never_powers_off() {
 #[test]
 fn boot_demo() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let out = Command::new(crate::router::bin("vm-capsule"))
         .arg("demo")
         .arg("--dir")
         .arg(dir.path().join("demo"))

@@ -13,20 +13,21 @@ use classad::{ClassAd, Expr, Value};
 use crate::router::{job_ads, print_ad, vanilla_execute_node, JobEnd, Pool};
 
 /// The admin's VM submit file, as HTCondor turns it into an ad: the classad template.
-fn classad_template(dir: &Path, submit: &str) -> PathBuf {
+pub fn classad_template(dir: &Path, submit: &str) -> PathBuf {
     let ad = job_ads(&[("vm-template".into(), format!("{submit}\nqueue\n"), 9)]).remove(0);
     let path = dir.join("vm-template.ad");
     fs::write(&path, classad::print::ad_to_old_string(&ad).unwrap()).unwrap();
     path
 }
 
-const XEN_SUBMIT: &str = "universe = vm\nexecutable = capsule\nvm_type = xen\nvm_memory = 256\n\
+pub const XEN_SUBMIT: &str =
+    "universe = vm\nexecutable = capsule\nvm_type = xen\nvm_memory = 256\n\
     xen_kernel = vmlinuz\nxen_initrd = initrd.gz\nxen_root = /dev/ram0\n\
     xen_kernel_params = console=ttyS0 quiet panic=-1\nvm_disk = data.qcow2:xvdb:w";
 
 /// A test-guest template whose initrd is `initrd.gz`; `decoy` also puts the fixed default
 /// names there (a different initrd.img), which must not be shipped.
-fn xen_template(decoy: bool) -> impl Fn(&Path) {
+pub fn xen_template(decoy: bool) -> impl Fn(&Path) {
     move |dir: &Path| {
         let guest = crate::router::test_guest();
         fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
@@ -178,7 +179,7 @@ fn xen_style_template_boots_in_both_flavours() {
     let routed = pool.translate(&ad).unwrap();
     let ad_file = pool.root.path().join("xen-vm.routed.ad");
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = std::process::Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let run = std::process::Command::new(crate::router::bin("vm-capsule"))
         .arg("run")
         .arg(&ad_file)
         .args(["--accel", "tcg", "--timeout", "120"])

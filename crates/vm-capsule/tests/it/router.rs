@@ -97,21 +97,56 @@ pub fn print_ad(ad: &ClassAd) -> String {
     classad::print::ad_to_hook_string(ad).unwrap()
 }
 
+/// The root of an installed package (`VM_CAPSULE_INSTALLED`: `/` after `dpkg -i`, or where
+/// the .deb was unpacked): the tests then run the packaged programs and hook links.
+pub fn installed_root() -> Option<PathBuf> {
+    std::env::var_os("VM_CAPSULE_INSTALLED")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The packaged programs' directory under an installed root.
+pub fn installed_libexec(root: &Path) -> PathBuf {
+    root.join("usr/libexec/vm-capsule")
+}
+
+/// Program `name` (`vm-capsule`, `capsule-init`): the installed one when testing a package,
+/// else the one cargo built (`cargo test --workspace` builds both, as scripts/test.sh runs it).
+pub fn bin(name: &str) -> PathBuf {
+    let path = match installed_root() {
+        Some(root) => installed_libexec(&root).join(name),
+        None => assert_cmd::cargo::cargo_bin(name),
+    };
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --workspace` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 impl Pool {
     pub fn new(template: &dyn Fn(&Path)) -> Pool {
         let root = tempfile::tempdir().unwrap();
-        let hooks_dir = root.path().join("hooks");
-        let out = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
-            .arg("install-hooks")
-            .arg("--print")
-            .arg(&hooks_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let hooks_dir = match installed_root() {
+            // The package's own hook links.
+            Some(installed) => installed_libexec(&installed),
+            None => {
+                let hooks_dir = root.path().join("hooks");
+                let out = Command::new(bin("vm-capsule"))
+                    .arg("install-hooks")
+                    .arg("--print")
+                    .arg(&hooks_dir)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                hooks_dir
+            }
+        };
         let template_root = root.path().join("template");
         std::fs::create_dir_all(template_root.join("condor_vm_capsule")).unwrap();
         template(&template_root.join("condor_vm_capsule"));
@@ -324,15 +359,9 @@ impl Pool {
     }
 }
 
-/// The guest agent binary (built by `cargo test --workspace`, as scripts/test.sh runs it).
+/// The guest agent binary (installed, or built by `cargo test --workspace`).
 pub fn capsule_init() -> PathBuf {
-    let path = assert_cmd::cargo::cargo_bin("capsule-init");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p capsule-guest` (scripts/test.sh does)",
-        path.display()
-    );
-    path
+    bin("capsule-init")
 }
 
 /// The execute node, host mode: run the guest agent on the data disk file in place.

@@ -12,7 +12,7 @@ use classad::{ClassAd, Expr, Value};
 
 use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
 
-fn template(cmdline: &'static str) -> impl Fn(&Path) {
+pub fn template(cmdline: &'static str) -> impl Fn(&Path) {
     move |dir: &Path| crate::router::test_guest_template(dir, cmdline)
 }
 
@@ -160,6 +160,24 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         crate::router::assert_lines_parse_in_htcondor(&run.stdout);
         let routed = classad::parse_old_ad(&run.stdout).unwrap();
         assert_eq!(evaluate_attr(&routed, "JobUniverse"), Value::Integer(5));
+        // The launcher that travels with the job is static (issue 13.1): the shipped one
+        // when a package is under test.
+        let launcher = match evaluate_attr(&routed, "Cmd") {
+            Value::String(s) => PathBuf::from(s),
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            vm_capsule::agent::linkage(&launcher).unwrap(),
+            vm_capsule::agent::Linkage::Static,
+            "{}",
+            launcher.display()
+        );
+        if let Some(root) = crate::router::installed_root() {
+            assert_eq!(
+                launcher,
+                crate::router::installed_libexec(&root).join("vm-capsule")
+            );
+        }
         let sandbox = pool.root.path().join("vanilla-sandbox").join(job.name);
         let env = vec![
             ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),

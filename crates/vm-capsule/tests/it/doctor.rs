@@ -1,0 +1,229 @@
+//! `vm-capsule doctor` against a good and a deliberately broken configuration (issue 13.2):
+//! the findings, the exit code, the JSON. The good one is read the way a pool reads it,
+//! through condor_config_val (the stand-in built on HTCondor's configuration reader) found
+//! in a fake tarball install outside PATH; the broken one with `--config FILE`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value as Json;
+
+use crate::ops::{kvm_template, Tarball};
+use crate::router::{bin, capsule_init, Pool};
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn snippet(hooks: &Path) -> String {
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(hooks)
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run doctor with `args` and this environment; (exit code, JSON findings, text report).
+fn doctor(args: &[&str], env: &[(&str, String)]) -> (i32, Json, String) {
+    let run = |json: bool| {
+        let mut cmd = Command::new(bin("vm-capsule"));
+        cmd.arg("doctor")
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(true);
+    let json: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let text = run(false);
+    assert_eq!(text.status.code(), out.status.code());
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&text.stdout).into_owned(),
+    )
+}
+
+fn finding<'a>(json: &'a Json, check: &str) -> &'a Json {
+    json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == check)
+        .unwrap_or_else(|| panic!("no finding {check} in {json:#}"))
+}
+
+fn status(json: &Json, check: &str) -> String {
+    finding(json, check)["status"].as_str().unwrap().to_owned()
+}
+
+fn detail(json: &Json, check: &str) -> String {
+    finding(json, check)["detail"].as_str().unwrap().to_owned()
+}
+
+/// A directory every job owner may write, made as the docs say (root-owned 1777 when we are
+/// root, as CI is).
+fn shared_dir(p: &Path) {
+    fs::create_dir_all(p).unwrap();
+    chmod(p, 0o1777);
+}
+
+#[test]
+fn doctor_passes_a_good_submit_configuration() {
+    let pool = Pool::new(&kvm_template);
+    let root = pool.root.path();
+    let scratch = root.join("scratch");
+    shared_dir(&scratch);
+    let logs = root.join("logs");
+    shared_dir(&logs);
+    let knobs = format!(
+        "{}\nDAEMON_LIST = MASTER SCHEDD JOB_ROUTER\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_TRANSLATE_LOG = {}/TranslateLog\nVM_CAPSULE_EXIT_LOG = {}/ExitLog\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\n",
+        snippet(&pool.hooks_dir),
+        root.join("template").display(),
+        scratch.display(),
+        logs.display(),
+        logs.display(),
+        capsule_init().display()
+    );
+    let tarball = Tarball::new(root, &knobs);
+    let env = [("CONDOR_CONFIG", tarball.config.display().to_string())];
+    let (code, json, text) = doctor(&["submit"], &env);
+    let root_user = rustix::process::geteuid().is_root();
+    if root_user {
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(json["ok"], true);
+        assert!(text.contains("ready: 0 problem(s)"), "{text}");
+        assert_eq!(status(&json, "VM_CAPSULE_SCRATCH_DIR_PREFIX"), "ok");
+    } else {
+        // Only root can make the prefix root-owned; doctor says so.
+        assert!(detail(&json, "VM_CAPSULE_SCRATCH_DIR_PREFIX").contains("not root"));
+    }
+    assert!(
+        detail(&json, "configuration").contains("condor_config_val"),
+        "read through the tool found in the tarball's BIN: {json:#}"
+    );
+    for check in [
+        "knobs",
+        "VMCAPSULE_HOOK_TRANSLATE_JOB",
+        "VMCAPSULE_HOOK_JOB_FINALIZE",
+        "VM_CAPSULE_INIT_SCRIPT_PATH",
+        "VM_CAPSULE_TEMPLATE",
+        "JOB_ROUTER_ROUTE_VMCapsule",
+        "JOB_ROUTER_ROUTE_VMCapsuleVanilla",
+        "PIPE_BUFFER_MAX",
+        "DAEMON_LIST",
+        "condor_hold",
+    ] {
+        assert_eq!(status(&json, check), "ok", "{check}: {json:#}");
+    }
+    assert!(detail(&json, "VM_CAPSULE_INIT_SCRIPT_PATH").contains("static"));
+    assert!(detail(&json, "VM_CAPSULE_TEMPLATE").contains("kvm template"));
+}
+
+#[test]
+fn doctor_names_each_mistake_of_a_broken_submit_configuration() {
+    let pool = Pool::new(&kvm_template);
+    let root = pool.root.path();
+    // Hooks in a world-writable directory (HTCondor refuses them).
+    let open = root.join("open-hooks");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let exe = fs::canonicalize(bin("vm-capsule")).unwrap();
+    std::os::unix::fs::symlink(&exe, open.join("vm-capsule-translate")).unwrap();
+    let scratch = root.join("scratch-0755");
+    fs::create_dir(&scratch).unwrap();
+    chmod(&scratch, 0o755);
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    let config = root.join("broken_config");
+    let tarball = Tarball::new(&root.join("t"), "");
+    fs::write(
+        &config,
+        format!(
+            "RELEASE_DIR = {}\nJOB_ROUTER_HOOK_KEYWORD = VMCAPSULE\n\
+             VMCAPSULE_HOOK_TRANSLATE_JOB = {}/vm-capsule-translate\n\
+             VMCAPSULE_HOOK_JOB_FINALIZE = {}/vm-capsule-finalize\n\
+             JOB_ROUTER_ROUTE_NAMES = Mine\nJOB_ROUTER_ROUTE_Mine @=rt\n  REQUIREMENTS WantJobRouter is true\n@rt\n\
+             VM_CAPSULE_TEMPLATE = {}/no-such-template\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\n\
+             VM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_BOGUS = 1\nVM_CAPSULE_MAX_EXIT_LOG = lots\n",
+            tarball.prefix.display(),
+            open.display(),
+            root.join("nowhere").display(),
+            root.display(),
+            scratch.display(),
+            sh.display()
+        ),
+    )
+    .unwrap();
+    let env = [("CONDOR_CONFIG", config.display().to_string())];
+    let (code, json, text) = doctor(&["submit", "--config", config.to_str().unwrap()], &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(json["ok"], false);
+    assert!(text.contains("NOT READY"), "{text}");
+    let expect = [
+        ("VM_CAPSULE_TEMPLATE", "fail", "no-such-template"),
+        ("VM_CAPSULE_SCRATCH_DIR_PREFIX", "fail", "mode 755"),
+        ("VMCAPSULE_HOOK_TRANSLATE_JOB", "fail", "world-writable"),
+        ("VMCAPSULE_HOOK_JOB_FINALIZE", "fail", "nowhere"),
+        ("VMCAPSULE_HOOK_JOB_CLEANUP", "warn", "not set"),
+        ("JOB_ROUTER_ROUTE_Mine", "fail", "no UNIVERSE line"),
+        ("PIPE_BUFFER_MAX", "fail", "10240"),
+        ("VM_CAPSULE_INIT_SCRIPT_PATH", "fail", "dynamically linked"),
+        ("knobs", "warn", "VM_CAPSULE_BOGUS"),
+        ("VM_CAPSULE_MAX_EXIT_LOG", "fail", "lots"),
+        ("DAEMON_LIST", "warn", "JOB_ROUTER is not in DAEMON_LIST"),
+    ];
+    for (check, want, text) in expect {
+        assert_eq!(status(&json, check), want, "{check}: {json:#}");
+        assert!(
+            detail(&json, check).contains(text),
+            "{check}: {}",
+            detail(&json, check)
+        );
+        assert!(
+            !finding(&json, check)["fix"].is_null(),
+            "{check} has no fix"
+        );
+    }
+}
+
+#[test]
+fn doctor_checks_the_execute_side() {
+    let t = tempfile::tempdir().unwrap();
+    let config = t.path().join("condor_config");
+    fs::write(&config, "VM_TYPE = kvm\nVM_STATUS_INTERVAL = 60\n").unwrap();
+    let env = [("CONDOR_CONFIG", "/dev/null".to_owned())];
+    let args = ["execute", "--config", config.to_str().unwrap()];
+    let (_, json, text) = doctor(&args, &env);
+    assert_eq!(status(&json, "QEMU"), "ok", "{text}");
+    assert!(detail(&json, "QEMU").contains("version"));
+    assert!(["ok", "warn"].contains(&status(&json, "KVM").as_str()));
+    assert_eq!(status(&json, "startd probe"), "warn");
+    assert!(detail(&json, "startd probe").contains("HasVMCapsuleQemu = true"));
+    assert_eq!(status(&json, "VM_MEMORY"), "fail");
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "warn");
+    assert_eq!(status(&json, "VM_STATUS_INTERVAL"), "info");
+
+    let env = [
+        ("CONDOR_CONFIG", "/dev/null".to_owned()),
+        ("_CONDOR_VM_CAPSULE_QEMU", "/nonexistent/qemu".to_owned()),
+    ];
+    let (code, json, _) = doctor(&args, &env);
+    assert_eq!(code, 1);
+    assert_eq!(status(&json, "QEMU"), "fail");
+    assert!(detail(&json, "QEMU").contains("VM_CAPSULE_QEMU = /nonexistent/qemu"));
+}

@@ -1,0 +1,591 @@
+//! Deploying and operating vm-capsule as an HTCondor admin does (issues 13 and 14): HTCondor's
+//! tools outside PATH, hook logs, `install-hooks`, the startd probe, man pages and
+//! completions, static programs, the configuration snippet read by HTCondor's own parser.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
+use classad::eval::evaluate_attr;
+use classad::{ClassAd, Value};
+
+use crate::router::{bin, capsule_init, current_user, job_ads, print_ad, Pool};
+
+/// A KVM template: an OS disk and a qcow2 data disk.
+pub fn kvm_template(dir: &Path) {
+    Image::create(&dir.join("os.qcow2"), ImageFormat::Qcow2, 64 << 20)
+        .unwrap()
+        .finish()
+        .unwrap();
+    DataDisk::create(
+        &dir.join("data.qcow2"),
+        &CreateOptions::new()
+            .size(64 << 20)
+            .format(ImageFormat::Qcow2),
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A job of the current user whose script is `script`, with `extra` submit lines.
+pub fn job(root: &Path, name: &str, extra: &str, cluster: i64) -> ClassAd {
+    let iwd = root.join("users").join(name);
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("job.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    let submit = format!(
+        "executable = {0}/job.sh\ninitialdir = {0}\n{extra}\nqueue\n",
+        iwd.display()
+    );
+    job_ads(&[(name.to_owned(), submit, cluster)]).remove(0)
+}
+
+fn translate_stdin(ad: &ClassAd) -> String {
+    format!(
+        "[ Name = \"VMCapsule\"; TargetUniverse = 13 ]\n------\n{}",
+        print_ad(ad)
+    )
+}
+
+/// A fake "tarball install" of HTCondor under `<root>/condor`, outside PATH: `bin/` holds
+/// STAND-INS for `condor_config_val` (HTCondor's own configuration reader, see
+/// tests/condor_config_val.py) and `condor_hold` (records its arguments in `holds.log`);
+/// `etc/condor_config` names `RELEASE_DIR` and holds `config`.
+pub struct Tarball {
+    pub prefix: PathBuf,
+    pub config: PathBuf,
+    pub holds: PathBuf,
+}
+
+impl Tarball {
+    pub fn new(root: &Path, config: &str) -> Tarball {
+        let prefix = root.join("condor");
+        let bin_dir = prefix.join("bin");
+        fs::create_dir_all(&bin_dir).unwrap();
+        fs::create_dir_all(prefix.join("etc")).unwrap();
+        // The router's PATH has no python with HTCondor's library: name the one that has it.
+        let stand_in = fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/condor_config_val.py"
+        ))
+        .unwrap();
+        let body = stand_in.split_once('\n').unwrap().1;
+        fs::write(
+            bin_dir.join("condor_config_val"),
+            format!("#!{}\n{body}", python_with_htcondor().display()),
+        )
+        .unwrap();
+        let holds = root.join("holds.log");
+        fs::write(
+            bin_dir.join("condor_hold"),
+            format!(
+                "#!/bin/sh\n# STAND-IN for condor_hold: records its arguments\nprintf '%s\\n' \"$*\" >> {}\necho \"Job $# held\"\n",
+                holds.display()
+            ),
+        )
+        .unwrap();
+        chmod(&bin_dir.join("condor_config_val"), 0o755);
+        chmod(&bin_dir.join("condor_hold"), 0o755);
+        let config_file = prefix.join("etc/condor_config");
+        fs::write(
+            &config_file,
+            format!(
+                "RELEASE_DIR = {}\nBIN = $(RELEASE_DIR)/bin\n{config}",
+                prefix.display()
+            ),
+        )
+        .unwrap();
+        Tarball {
+            prefix,
+            config: config_file,
+            holds,
+        }
+    }
+}
+
+/// The python interpreter that has HTCondor's library (`python3` on the tests' PATH).
+pub fn python_with_htcondor() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import htcondor, sys; print(sys.executable)"])
+        .env("CONDOR_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python3 with HTCondor's library is needed (pip install 'htcondor==24.0.*'): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The router's environment with knobs only from the configuration (no `_CONDOR_` ones).
+fn router_env(pool: &mut Pool, condor_config: &Path) {
+    pool.env.retain(|(k, _)| !k.starts_with("_CONDOR_"));
+    pool.env.retain(|(k, _)| k != "CONDOR_CONFIG");
+    pool.env
+        .push(("CONDOR_CONFIG".into(), condor_config.display().to_string()));
+}
+
+/// The pool's `_CONDOR_` knobs as configuration lines.
+pub fn knob_lines(pool: &Pool) -> String {
+    let mut out = String::new();
+    for (k, v) in &pool.env {
+        if let Some(knob) = k.strip_prefix("_CONDOR_") {
+            out.push_str(&format!("{knob} = {v}\n"));
+        }
+    }
+    out
+}
+
+#[test]
+fn tools_found_in_a_tarball_install_outside_path_issue_14_1() {
+    let mut pool = Pool::new(&kvm_template);
+    let tarball = Tarball::new(pool.root.path(), &knob_lines(&pool));
+    router_env(&mut pool, &tarball.config);
+    assert_eq!(
+        pool.env.iter().find(|(k, _)| k == "PATH").unwrap().1,
+        "/usr/bin:/bin",
+        "the router's PATH"
+    );
+
+    // Knobs come through the stand-in condor_config_val found from BIN, not PATH.
+    let ad = job(pool.root.path(), "tarball-ok", "", 301);
+    let routed = pool.translate(&ad).unwrap();
+    assert_eq!(evaluate_attr(&routed, "JobUniverse"), Value::Integer(13));
+
+    // A job problem is a hold, through the stand-in condor_hold.
+    let ad = job(
+        pool.root.path(),
+        "tarball-missing",
+        "transfer_input_files = nope.dat",
+        302,
+    );
+    let run = pool.run_hook("translate", &translate_stdin(&ad));
+    assert_ne!(run.code, 0);
+    let holds = fs::read_to_string(&tarball.holds).unwrap();
+    assert!(
+        holds.contains("302.0") && holds.contains("nope.dat"),
+        "{holds}"
+    );
+
+    // No BIN, no RELEASE_DIR, nothing on PATH: the error says exactly that.
+    let ad = job(pool.root.path(), "tarball-none", "", 303);
+    pool.env.retain(|(k, _)| k != "CONDOR_CONFIG");
+    let bare = pool.root.path().join("bare_config");
+    fs::write(&bare, "# nothing\n").unwrap();
+    pool.env
+        .push(("CONDOR_CONFIG".into(), bare.display().to_string()));
+    let run = pool.run_hook("translate", &translate_stdin(&ad));
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("VM_CAPSULE_TEMPLATE is not set")
+            && run.stderr.contains("condor_config_val not found")
+            && run.stderr.contains("names no BIN or RELEASE_DIR")
+            && run.stderr.contains("not on PATH (/usr/bin:/bin)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn tools_found_beside_the_daemon_that_started_the_hook() {
+    // A stand-in "router": a copy of the shell named condor_job_router in <prefix>/sbin, with
+    // the tools in <prefix>/bin; no configuration names them.
+    let mut pool = Pool::new(&kvm_template);
+    let prefix = pool.root.path().join("opt-condor");
+    let tarball = Tarball::new(&prefix, &knob_lines(&pool));
+    fs::create_dir_all(tarball.prefix.join("sbin")).unwrap();
+    let router = tarball.prefix.join("sbin/condor_job_router");
+    fs::copy(fs::canonicalize("/bin/sh").unwrap(), &router).unwrap();
+    // CONDOR_CONFIG names the knobs but no BIN: only the daemon's dir finds the tools.
+    let knobs_only = pool.root.path().join("knobs_only");
+    fs::write(&knobs_only, knob_lines(&pool)).unwrap();
+    router_env(&mut pool, &knobs_only);
+    let ad = job(pool.root.path(), "beside", "", 304);
+    let hook = pool.hooks_dir.join("vm-capsule-translate");
+    let mut child = Command::new(&router)
+        .arg("-c")
+        .arg(format!("{}; exit $?", hook.display()))
+        .env_clear()
+        .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&pool.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(translate_stdin(&ad).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("JobUniverse = 13"));
+}
+
+#[test]
+fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable_issue_14_2() {
+    let mut pool = Pool::new(&kvm_template);
+    let logs = pool.root.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    chmod(&logs, 0o1777);
+    let set = |pool: &mut Pool, knob: &str, value: String| {
+        pool.env.retain(|(k, _)| k != &format!("_CONDOR_{knob}"));
+        pool.env.push((format!("_CONDOR_{knob}"), value));
+    };
+    set(
+        &mut pool,
+        "VM_CAPSULE_TRANSLATE_LOG",
+        logs.join("TranslateLog").display().to_string(),
+    );
+    set(&mut pool, "VM_CAPSULE_MAX_TRANSLATE_LOG", "600".into());
+
+    // Success: nothing on stderr (the router logs every stderr line as a warning).
+    for i in 0..4 {
+        let ad = job(pool.root.path(), &format!("log-{i}"), "", 320 + i);
+        let run = pool.run_hook("translate", &translate_stdin(&ad));
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(run.stderr, "", "info lines must not reach stderr");
+    }
+    let file = logs.join(format!("TranslateLog.{}", current_user()));
+    let text = fs::read_to_string(&file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("translating job"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // 2026-11-28T14:03:07.123+01:00 INFO  translate[4242] 323.0: translating job ...
+    let mut words = line.split_whitespace();
+    let stamp = words.next().unwrap();
+    assert!(
+        stamp.len() == 29 && stamp.as_bytes()[10] == b'T' && stamp.contains('.'),
+        "{line}"
+    );
+    assert_eq!(words.next(), Some("INFO"));
+    assert!(words.next().unwrap().starts_with("translate["));
+    assert!(words.next().unwrap().ends_with(".0:"), "{line}");
+    // Rotation at 600 bytes keeps one old file.
+    let old = logs.join(format!("TranslateLog.{}.old", current_user()));
+    assert!(old.exists(), "no rotation: {} bytes", text.len());
+    assert!(fs::metadata(&file).unwrap().len() < 1200);
+
+    // A log that cannot be opened: one warning, the hook still works.
+    let nowhere = pool.root.path().join("no-such-dir/TranslateLog");
+    set(
+        &mut pool,
+        "VM_CAPSULE_TRANSLATE_LOG",
+        nowhere.display().to_string(),
+    );
+    let ad = job(pool.root.path(), "log-nowhere", "", 330);
+    let run = pool.run_hook("translate", &translate_stdin(&ad));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("cannot open the hook log") && lines[0].contains("install -d -m 1777"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
+    let t = tempfile::tempdir().unwrap();
+    let open = t.path().join("open");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(&open)
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing") && err.contains("world-writable"),
+        "{err}"
+    );
+    // Below a world-writable parent without the sticky bit, too.
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(open.join("hooks"))
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // A good dir: links, and the snippet written where asked, with every knob.
+    let hooks = t.path().join("hooks");
+    let conf = t.path().join("50-vm-capsule.conf");
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(&hooks)
+        .arg("--config-file")
+        .arg(&conf)
+        .args(["--agent", "/bin/bash"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the guest agent") && err.contains("dynamically linked"),
+        "{err}"
+    );
+    for name in [
+        "translate",
+        "update",
+        "finalize",
+        "cleanup",
+        "probe",
+        "libvirt-xml",
+    ] {
+        let link = hooks.join(format!("vm-capsule-{name}"));
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{name}"
+        );
+    }
+    let text = fs::read_to_string(&conf).unwrap();
+    for (knob, _, _) in vm_capsule::config::KNOBS {
+        assert!(text.contains(knob), "{knob} missing from the snippet");
+    }
+    assert!(text.contains("JOB_ROUTER.PIPE_BUFFER_MAX = 1048576"));
+    assert!(text.contains("VM_CAPSULE_INIT_SCRIPT_PATH = /bin/bash"));
+    // An existing, different file is not overwritten without --force; a missing agent warns.
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(&hooks)
+        .arg("--config-file")
+        .arg(&conf)
+        .args(["--agent", "/nonexistent/capsule-init"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("/nonexistent/capsule-init") && err.contains("--force"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_snippet_reads_the_same_in_htcondor() {
+    // HTCondor's own configuration reader (through the stand-in condor_config_val) on the
+    // snippet install-hooks prints.
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("vm-capsule"))
+        .arg("install-hooks")
+        .arg(t.path().join("hooks"))
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let conf = t.path().join("condor_config");
+    fs::write(&conf, &out.stdout).unwrap();
+    let ask = |args: &[&str]| {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/condor_config_val.py"
+            ))
+            .args(args)
+            .env("CONDOR_CONFIG", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        ask(&["VMCAPSULE_HOOK_JOB_FINALIZE"]),
+        t.path()
+            .join("hooks/vm-capsule-finalize")
+            .display()
+            .to_string()
+    );
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule"]).contains("UNIVERSE VM"));
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsuleVanilla"]).contains("UNIVERSE VANILLA"));
+    assert_eq!(
+        ask(&["-subsystem", "JOB_ROUTER", "PIPE_BUFFER_MAX"]),
+        "1048576"
+    );
+    assert!(ask(&["STARTD_CRON_JOBLIST"]).contains("VMCAPSULE"));
+    let dump = ask(&["-dump", "VM_CAPSULE_"]);
+    assert!(
+        dump.contains("VM_CAPSULE_TEMPLATE = /var/lib/vm-capsule/template"),
+        "{dump}"
+    );
+}
+
+#[test]
+fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
+    let t = tempfile::tempdir().unwrap();
+    let probe = match crate::router::installed_root() {
+        Some(root) => crate::router::installed_libexec(&root).join("vm-capsule-probe"),
+        None => {
+            let hooks = t.path().join("hooks");
+            let out = Command::new(bin("vm-capsule"))
+                .arg("install-hooks")
+                .arg(&hooks)
+                .arg("--print")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            hooks.join("vm-capsule-probe")
+        }
+    };
+    let run = |extra: &[(&str, &str)]| {
+        // As a startd cron job: by path, no arguments.
+        let out = Command::new(&probe)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CONDOR_CONFIG", "/dev/null")
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        crate::router::assert_lines_parse_in_htcondor(&text);
+        classad::parse_old_ad(&text).unwrap()
+    };
+    let ad = run(&[]);
+    assert_eq!(
+        evaluate_attr(&ad, "HasVMCapsuleQemu"),
+        Value::Bool(true),
+        "{}",
+        print_ad(&ad)
+    );
+    assert_eq!(
+        evaluate_attr(&ad, "VMCapsuleVersion"),
+        Value::String(env!("CARGO_PKG_VERSION").into())
+    );
+    match evaluate_attr(&ad, "VMCapsuleKvm") {
+        Value::Bool(true) => {}
+        Value::Bool(false) => assert!(matches!(
+            evaluate_attr(&ad, "VMCapsuleKvmReason"),
+            Value::String(s) if !s.is_empty()
+        )),
+        v => panic!("VMCapsuleKvm = {v:?}"),
+    }
+    let ad = run(&[("_CONDOR_VM_CAPSULE_QEMU", "/nonexistent/qemu")]);
+    assert_eq!(evaluate_attr(&ad, "HasVMCapsuleQemu"), Value::Bool(false));
+    assert!(matches!(
+        evaluate_attr(&ad, "VMCapsuleUnusableReason"),
+        Value::String(s) if s.contains("VM_CAPSULE_QEMU = /nonexistent/qemu")
+    ));
+}
+
+#[test]
+fn shipped_programs_are_static_issue_13_1() {
+    for name in ["vm-capsule", "capsule-init"] {
+        let path = bin(name);
+        let out = Command::new("ldd").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("statically linked") || text.contains("not a dynamic executable"),
+            "{}: {text}",
+            path.display()
+        );
+        assert_eq!(
+            vm_capsule::agent::linkage(&path).unwrap(),
+            vm_capsule::agent::Linkage::Static
+        );
+    }
+    // The agent the hooks ship reports the hooks' version.
+    assert_eq!(
+        vm_capsule::agent::version(&capsule_init()).as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn translate_refuses_a_dynamic_agent_issue_13_1() {
+    let mut pool = Pool::new(&kvm_template);
+    pool.env
+        .retain(|(k, _)| k != "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH");
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH".into(),
+        sh.display().to_string(),
+    ));
+    let ad = job(pool.root.path(), "dynamic-agent", "", 340);
+    let run = pool.run_hook("translate", &translate_stdin(&ad));
+    assert_ne!(run.code, 0);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr.contains("VM_CAPSULE_INIT_SCRIPT_PATH")
+            && run.stderr.contains("dynamically linked"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn man_pages_and_completions_issue_13_1() {
+    let t = tempfile::tempdir().unwrap();
+    let (man, comp) = match crate::router::installed_root() {
+        Some(root) => (
+            root.join("usr/share/man/man1"),
+            root.join("usr/share/bash-completion/completions"),
+        ),
+        None => {
+            let t = t.path();
+            let out = Command::new(bin("vm-capsule"))
+                .arg("generate")
+                .arg("--man-dir")
+                .arg(t.join("man"))
+                .arg("--completions-dir")
+                .arg(t.join("comp"))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            (t.join("man"), t.join("comp"))
+        }
+    };
+    let page = |name: &str| -> String {
+        let plain = man.join(format!("{name}.1"));
+        if plain.exists() {
+            return fs::read_to_string(plain).unwrap();
+        }
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(man.join(format!("{name}.1.gz")))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(page("vm-capsule").contains(".TH vm-capsule 1"));
+    let doctor = page("vm-capsule-doctor");
+    assert!(
+        doctor.contains(".TH vm-capsule-doctor") && doctor.contains("json"),
+        "{doctor}"
+    );
+    // Packaged as bash-completion wants it (`vm-capsule`), generated as `vm-capsule.bash`.
+    let bash = ["vm-capsule", "vm-capsule.bash"]
+        .iter()
+        .map(|n| comp.join(n))
+        .find(|p| p.exists())
+        .unwrap();
+    let bash = fs::read_to_string(bash).unwrap();
+    assert!(bash.contains("install-hooks") && bash.contains("doctor"));
+}
