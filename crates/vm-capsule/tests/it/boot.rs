@@ -84,6 +84,7 @@ fn boot_job(
     });
     let ad_file = pool.root.path().join(format!("{name}.routed.ad"));
     fs::write(&ad_file, print_ad(&routed)).unwrap();
+    let before = crate::run_hygiene::sandboxes(pool.root.path());
     let run = Command::new(crate::router::bin("vm-capsule"))
         .arg("run")
         .arg(&ad_file)
@@ -91,6 +92,16 @@ fn boot_job(
         .env("TMPDIR", pool.root.path())
         .output()
         .unwrap();
+    // Issue 13.7: the sandbox goes on success, stays on failure, and `run` says which.
+    let after = crate::run_hygiene::sandboxes(pool.root.path());
+    let err = String::from_utf8_lossy(&run.stderr);
+    if run.status.success() {
+        assert_eq!(after, before, "{err}");
+        assert!(err.contains("sandbox removed (--keep keeps it)"), "{err}");
+    } else {
+        assert_eq!(after, before + 1, "{err}");
+        assert!(err.contains("the sandbox is kept for inspection"), "{err}");
+    }
     let (_, attrs) = pool.finalize(&ad, &routed);
     pool.cleanup(&routed);
     Booted {

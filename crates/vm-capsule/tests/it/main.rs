@@ -18,4 +18,5 @@ mod inputs;
 mod libvirt;
 mod ops;
 mod router;
+mod run_hygiene;
 mod vanilla;
