@@ -96,4 +96,31 @@ rpmbuild --quiet -bb \
 cp "$rpmtop"/RPMS/x86_64/*.rpm "$OUT/"
 rm -rf "$rpmtop"
 
+say "checking both packages against the staged tree"
+deb=$(ls "$OUT"/*.deb)
+rpmfile=$(ls "$OUT"/*.rpm)
+check=$(mktemp -d)
+trap 'rm -rf "$gen" "$check"' EXIT
+dpkg-deb -x "$deb" "$check/deb"
+rpm --root "$check/rpm" --initdb
+rpm --root "$check/rpm" -i --nodeps --noscripts --nosignature "$rpmfile"
+staged=$(cd "$ROOT" && find . \( -type f -o -type l \) | sort)
+for tree in deb rpm; do
+    while IFS= read -r f; do
+        case $tree:$f in
+            # zsh completions live in site-functions on RHEL.
+            rpm:./usr/share/zsh/vendor-completions/_vm-capsule) f=./usr/share/zsh/site-functions/_vm-capsule ;;
+        esac
+        [ -e "$check/$tree/$f" ] || [ -L "$check/$tree/$f" ] || die "$tree package lacks ${f#.}"
+    done <<< "$staged"
+    link=$(readlink "$check/$tree$LIBEXEC/vm-capsule-translate")
+    [ "$link" = vm-capsule ] || die "$tree: vm-capsule-translate -> $link, not a link to vm-capsule"
+done
+for d in var/log/vm-capsule var/lib/vm-capsule/scratch; do
+    mode=$(stat -c %a "$check/rpm/$d")
+    [ "$mode" = 1777 ] || die "rpm: /$d has mode $mode, not 1777"
+done
+dpkg-deb -I "$deb" postinst | grep -q 'install -d -m 1777' || die "deb: postinst does not make the 1777 dirs"
+say "ok: $(echo "$staged" | wc -l) files in both packages"
+
 ls -1 "$OUT"/*.deb "$OUT"/*.rpm "$OUT/vm-capsule" "$OUT/capsule-init"

@@ -44,5 +44,9 @@ pkgs=(busybox-static cpio kmod zstd xz-utils ca-certificates gzip)
 if [ "$what" = test ]; then
     # Cross-check tools for the disk code; GNU time measures the hooks' peak memory.
     pkgs+=(dosfstools mtools fdisk time)
+    # libvirt checks and boots the LIBVIRT_XML_SCRIPT's domains (virt-xml-validate needs
+    # xmllint); the packages are built with dpkg-deb and rpmbuild and checked with file/ldd.
+    pkgs+=(libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu libxml2-utils)
+    pkgs+=(dpkg-dev rpm file)
 fi
 $SUDO apt-get install -y -q --no-install-recommends --allow-downgrades "${qemu_pkgs[@]}" "${pkgs[@]}"

@@ -511,6 +511,14 @@ fn shipped_programs_are_static_issue_13_1() {
             vm_capsule::agent::Linkage::Static
         );
     }
+    // Installed with dpkg -i: postinst made the directories every job owner writes.
+    if crate::router::installed_root().as_deref() == Some(Path::new("/")) {
+        use std::os::unix::fs::MetadataExt;
+        for d in ["/var/log/vm-capsule", "/var/lib/vm-capsule/scratch"] {
+            let m = fs::metadata(d).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.uid()), (0o1777, 0), "{d}");
+        }
+    }
     // The agent the hooks ship reports the hooks' version.
     assert_eq!(
         vm_capsule::agent::version(&capsule_init()).as_deref(),
