@@ -276,7 +276,11 @@ pub fn run(
         }
     })?;
     let no_boot = || RunError::NoBootableDevice {
-        disk: spec.drives.first().map(|d| d.file.clone()).unwrap_or_default(),
+        disk: spec
+            .drives
+            .first()
+            .map(|d| d.file.clone())
+            .unwrap_or_default(),
         console: console.clone(),
     };
     let (status, stderr) = match waited {

@@ -96,7 +96,14 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        match wait(&mut child, Some(Duration::from_secs(30)), &mut |_| {}, &|| false).unwrap() {
+        match wait(
+            &mut child,
+            Some(Duration::from_secs(30)),
+            &mut |_| {},
+            &|| false,
+        )
+        .unwrap()
+        {
             Waited::Exited(status, tail) => {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(tail.len(), STDERR_TAIL);
@@ -112,7 +119,13 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let w = wait(&mut child, Some(Duration::from_millis(200)), &mut |_| {}, &|| false).unwrap();
+        let w = wait(
+            &mut child,
+            Some(Duration::from_millis(200)),
+            &mut |_| {},
+            &|| false,
+        )
+        .unwrap();
         assert!(matches!(w, Waited::TimedOut));
     }
 

@@ -151,7 +151,7 @@ fn vanilla_outside_a_slot_says_what_is_missing() {
     );
     assert!(!ok);
     assert!(
-        err.contains("data.qcow2")
+        err.contains("os.overlay.qcow2")
             && err.contains("not in the working directory")
             && err.contains("launcher of a routed vanilla job")
             && err.contains("without --vanilla"),
