@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-2}
-exe=$PWD/target/release/vm-capsule
+exe=$PWD/target/x86_64-unknown-linux-gnu/release/vm-capsule   # .cargo/config.toml names the target
 guest=$(dirname "$(bash scripts/build-test-guest.sh | awk '{print $1}')")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
