@@ -117,6 +117,7 @@ pub enum LibvirtError {
 struct Disk {
     path: PathBuf,
     device: String,
+    bus: &'static str,
     readonly: bool,
     format: Option<String>,
 }
@@ -126,138 +127,173 @@ struct Disk {
 /// # Errors
 /// [`LibvirtError::NotOurs`] for other VM jobs, else what is wrong with the ad.
 pub fn domain_xml(ad: &ClassAd, domain: DomainType) -> Result<String, LibvirtError> {
-    if string_attr(ad, DATA_DISK_ATTR).is_none() {
-        return Err(LibvirtError::NotOurs);
-    }
-    let bad = |attr: &'static str, why: &str| LibvirtError::BadAttribute {
-        attr,
-        why: why.to_owned(),
-    };
-    let dir = PathBuf::from(
-        string_attr(ad, "VM_WORKING_DIR").ok_or_else(|| bad("VM_WORKING_DIR", "missing"))?,
-    );
-    if !dir.is_absolute() {
-        return Err(bad("VM_WORKING_DIR", "not an absolute path"));
-    }
-    let sandbox = Sandbox::new(&dir)?;
-    let name = string_attr(ad, "VMPARAM_VM_NAME").unwrap_or_else(|| {
-        let id = |a| integer_attr(ad, a).unwrap_or(0);
-        format!("vm-capsule-{}.{}", id("ClusterId"), id("ProcId"))
-    });
-    let vm_type = string_attr(ad, "JobVMType")
-        .unwrap_or_else(|| "kvm".to_owned())
-        .to_ascii_lowercase();
-    let xen = vm_type == "xen";
-    let memory = positive(ad, "JobVMMemory").or_else(|| positive(ad, "RequestMemory"));
-    let memory = memory.ok_or_else(|| bad("JobVMMemory", "missing or not a positive number"))?;
-    let vcpus = positive(ad, "JobVM_VCPUS").unwrap_or(1);
-    let disk_text =
-        string_attr(ad, "VMPARAM_vm_Disk").ok_or_else(|| bad("VMPARAM_vm_Disk", "missing"))?;
-    let entries = parse_vm_disks(&disk_text).map_err(|why| LibvirtError::BadAttribute {
-        attr: "VMPARAM_vm_Disk",
-        why,
-    })?;
-    let mut disks = Vec::new();
-    for e in entries {
-        disks.push(Disk {
-            path: sandbox.file("VMPARAM_vm_Disk", &e.file)?,
-            readonly: !e.writable,
-            device: e.device,
-            format: e.format,
-        });
-    }
-    if disks.is_empty() {
-        return Err(bad("VMPARAM_vm_Disk", "names no disk"));
-    }
-    let boot = DirectBoot::from_routed_ad(ad)
-        .map(|b| -> Result<_, LibvirtError> {
-            Ok(DirectBoot {
-                kernel: sandbox.file("VMCapsuleKernel", &b.kernel)?,
-                // The vm-gahp appends `VMPARAM_Xen_Initrd = ""` when the ad has none.
-                initrd: b
-                    .initrd
-                    .as_deref()
-                    .filter(|i| !i.is_empty())
-                    .map(|i| sandbox.file("VMCapsuleInitrd", i))
-                    .transpose()?,
-                root: b.root.clone(),
-                params: b.params.clone(),
-            })
-        })
-        .transpose()?;
+    Ok(Domain::from_ad(ad, domain)?.render())
+}
 
-    let mut x = String::new();
-    let kind = match (xen, domain) {
-        (true, _) => "xen",
-        (false, DomainType::Kvm) => "kvm",
-        (false, _) => "qemu",
-    };
-    // Writing to a String cannot fail. One element per line: the vm-gahp joins the lines.
-    let _ = writeln!(x, "<domain type='{kind}'>");
-    let _ = writeln!(x, "  <name>{}</name>", esc(&name));
-    let _ = writeln!(x, "  <memory unit='MiB'>{memory}</memory>");
-    let _ = writeln!(x, "  <vcpu>{vcpus}</vcpu>");
-    let _ = writeln!(x, "  <os>");
-    if xen && boot.is_some() {
-        let _ = writeln!(x, "    <type>linux</type>");
-    } else {
-        let _ = writeln!(x, "    <type arch='x86_64'>hvm</type>");
+/// What the domain is made of, checked.
+#[derive(Debug)]
+struct Domain {
+    kind: &'static str,
+    name: String,
+    memory_mib: u64,
+    vcpus: u64,
+    boot: Option<DirectBoot<PathBuf>>,
+    bootloader: Option<String>,
+    disks: Vec<Disk>,
+}
+
+impl Domain {
+    fn from_ad(ad: &ClassAd, domain: DomainType) -> Result<Domain, LibvirtError> {
+        if string_attr(ad, DATA_DISK_ATTR).is_none() {
+            return Err(LibvirtError::NotOurs);
+        }
+        let bad = |attr: &'static str, why: &str| LibvirtError::BadAttribute {
+            attr,
+            why: why.to_owned(),
+        };
+        let dir = PathBuf::from(
+            string_attr(ad, "VM_WORKING_DIR").ok_or_else(|| bad("VM_WORKING_DIR", "missing"))?,
+        );
+        if !dir.is_absolute() {
+            return Err(bad("VM_WORKING_DIR", "not an absolute path"));
+        }
+        let sandbox = Sandbox::new(&dir)?;
+        let xen = string_attr(ad, "JobVMType").is_some_and(|t| t.eq_ignore_ascii_case("xen"));
+        let memory_mib = positive(ad, "JobVMMemory")
+            .or_else(|| positive(ad, "RequestMemory"))
+            .ok_or_else(|| bad("JobVMMemory", "missing or not a positive number"))?;
+        let disk_text =
+            string_attr(ad, "VMPARAM_vm_Disk").ok_or_else(|| bad("VMPARAM_vm_Disk", "missing"))?;
+        let entries = parse_vm_disks(&disk_text).map_err(|why| LibvirtError::BadAttribute {
+            attr: "VMPARAM_vm_Disk",
+            why,
+        })?;
+        let mut disks = Vec::new();
+        for e in entries {
+            disks.push(Disk {
+                path: sandbox.file("VMPARAM_vm_Disk", &e.file)?,
+                bus: bus(&e.device, xen),
+                readonly: !e.writable,
+                device: e.device,
+                // libvirt's Xen driver takes the format from the image itself.
+                format: e.format.filter(|_| !xen),
+            });
+        }
+        if disks.is_empty() {
+            return Err(bad("VMPARAM_vm_Disk", "names no disk"));
+        }
+        let boot = DirectBoot::from_routed_ad(ad)
+            .map(|b| -> Result<_, LibvirtError> {
+                Ok(DirectBoot {
+                    kernel: sandbox.file("VMCapsuleKernel", &b.kernel)?,
+                    // The vm-gahp appends `VMPARAM_Xen_Initrd = ""` when the ad has none.
+                    initrd: b
+                        .initrd
+                        .as_deref()
+                        .filter(|i| !i.is_empty())
+                        .map(|i| sandbox.file("VMCapsuleInitrd", i))
+                        .transpose()?,
+                    root: b.root.clone(),
+                    params: b.params.clone(),
+                })
+            })
+            .transpose()?;
+        let bootloader = string_attr(ad, "VMPARAM_Xen_Bootloader")
+            .filter(|l| xen && boot.is_none() && !l.is_empty());
+        Ok(Domain {
+            kind: match (xen, domain) {
+                (true, _) => "xen",
+                (false, DomainType::Kvm) => "kvm",
+                (false, _) => "qemu",
+            },
+            name: string_attr(ad, "VMPARAM_VM_NAME").unwrap_or_else(|| {
+                let id = |a| integer_attr(ad, a).unwrap_or(0);
+                format!("vm-capsule-{}.{}", id("ClusterId"), id("ProcId"))
+            }),
+            memory_mib,
+            vcpus: positive(ad, "JobVM_VCPUS").unwrap_or(1),
+            boot,
+            bootloader,
+            disks,
+        })
     }
-    match &boot {
-        Some(b) => {
-            let _ = writeln!(x, "    <kernel>{}</kernel>", esc_path(&b.kernel));
-            if let Some(i) = &b.initrd {
-                let _ = writeln!(x, "    <initrd>{}</initrd>", esc_path(i));
+
+    /// The XML, one element per line (the vm-gahp joins the lines).
+    fn render(&self) -> String {
+        let mut x = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(x, "<domain type='{}'>", self.kind);
+        let _ = writeln!(x, "  <name>{}</name>", esc(&self.name));
+        let _ = writeln!(x, "  <memory unit='MiB'>{}</memory>", self.memory_mib);
+        let _ = writeln!(x, "  <vcpu>{}</vcpu>", self.vcpus);
+        let _ = writeln!(x, "  <os>");
+        match &self.boot {
+            Some(b) => {
+                let os_type = if self.kind == "xen" {
+                    "<type>linux</type>"
+                } else {
+                    "<type arch='x86_64'>hvm</type>"
+                };
+                let _ = writeln!(x, "    {os_type}");
+                let _ = writeln!(x, "    <kernel>{}</kernel>", esc_path(&b.kernel));
+                if let Some(i) = &b.initrd {
+                    let _ = writeln!(x, "    <initrd>{}</initrd>", esc_path(i));
+                }
+                let cmdline = b.cmdline();
+                if !cmdline.is_empty() {
+                    let _ = writeln!(x, "    <cmdline>{}</cmdline>", esc(&cmdline));
+                }
             }
-            let cmdline = b.cmdline();
-            if !cmdline.is_empty() {
-                let _ = writeln!(x, "    <cmdline>{}</cmdline>", esc(&cmdline));
+            None => {
+                let _ = writeln!(x, "    <type arch='x86_64'>hvm</type>");
+                let _ = writeln!(x, "    <boot dev='hd'/>");
             }
         }
-        None => {
-            let _ = writeln!(x, "    <boot dev='hd'/>");
+        let _ = writeln!(x, "  </os>");
+        if let Some(loader) = &self.bootloader {
+            let _ = writeln!(x, "  <bootloader>{}</bootloader>", esc(loader));
         }
-    }
-    let _ = writeln!(x, "  </os>");
-    if xen && boot.is_none() {
-        if let Some(loader) = string_attr(ad, "VMPARAM_Xen_Bootloader").filter(|l| !l.is_empty()) {
-            let _ = writeln!(x, "  <bootloader>{}</bootloader>", esc(&loader));
+        let _ = writeln!(x, "  <features><acpi/><apic/></features>");
+        if self.kind == "kvm" {
+            let _ = writeln!(x, "  <cpu mode='host-passthrough'/>");
         }
+        // The job ends when the guest powers off, whatever else happens.
+        for event in ["on_poweroff", "on_reboot", "on_crash"] {
+            let _ = writeln!(x, "  <{event}>destroy</{event}>");
+        }
+        let _ = writeln!(x, "  <devices>");
+        for d in &self.disks {
+            d.render(&mut x);
+        }
+        // A pty, never a file: virtlogd would create the file as root 0600.
+        let _ = writeln!(
+            x,
+            "    <console type='pty'><target type='serial' port='0'/></console>"
+        );
+        let _ = writeln!(x, "  </devices>");
+        let _ = writeln!(x, "</domain>");
+        x
     }
-    let _ = writeln!(x, "  <features><acpi/><apic/></features>");
-    if kind == "kvm" {
-        let _ = writeln!(x, "  <cpu mode='host-passthrough'/>");
-    }
-    // The job ends when the guest powers off, whatever else happens.
-    for event in ["on_poweroff", "on_reboot", "on_crash"] {
-        let _ = writeln!(x, "  <{event}>destroy</{event}>");
-    }
-    let _ = writeln!(x, "  <devices>");
-    for d in &disks {
+}
+
+impl Disk {
+    fn render(&self, x: &mut String) {
         let _ = writeln!(x, "    <disk type='file' device='disk'>");
-        if let (Some(f), false) = (&d.format, xen) {
+        if let Some(f) = &self.format {
             let _ = writeln!(x, "      <driver name='qemu' type='{}'/>", esc(f));
         }
-        let _ = writeln!(x, "      <source file='{}'/>", esc_path(&d.path));
+        let _ = writeln!(x, "      <source file='{}'/>", esc_path(&self.path));
         let _ = writeln!(
             x,
             "      <target dev='{}' bus='{}'/>",
-            d.device,
-            bus(&d.device, xen)
+            esc(&self.device),
+            self.bus
         );
-        if d.readonly {
+        if self.readonly {
             let _ = writeln!(x, "      <readonly/>");
         }
         let _ = writeln!(x, "    </disk>");
     }
-    // A pty, never a file: virtlogd would create the file as root 0600.
-    let _ = writeln!(
-        x,
-        "    <console type='pty'><target type='serial' port='0'/></console>"
-    );
-    let _ = writeln!(x, "  </devices>");
-    let _ = writeln!(x, "</domain>");
-    Ok(x)
 }
 
 /// The guest bus a device name implies, as HTCondor's own XML lets libvirt infer it.

@@ -186,6 +186,92 @@ fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// The directory the VM runs in: the ad's `Iwd` itself (in place), or a sandbox (the
+/// caller's, or a new one) holding copies of the files the ad transfers.
+fn stage(spec: &VmSpec, opts: &RunOptions) -> Result<PathBuf, RunError> {
+    if opts.in_place {
+        return Ok(spec.iwd.clone());
+    }
+    if let Some(file) = spec.transfer.iter().find(|n| !spec.iwd.join(n).exists()) {
+        return Err(RunError::MissingInput {
+            file: file.clone(),
+            attr: "TransferInput",
+            dir: spec.iwd.clone(),
+        });
+    }
+    let io_err = |what: String| move |source| RunError::Io { what, source };
+    let dir = match &opts.sandbox {
+        Some(dir) => dir.clone(),
+        None => {
+            let parent = opts
+                .sandbox_parent
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            tempfile::Builder::new()
+                .prefix("vm-capsule-run.")
+                .tempdir_in(&parent)
+                .map_err(io_err(format!(
+                    "cannot create a sandbox in {}",
+                    parent.display()
+                )))?
+                .keep()
+        }
+    };
+    for name in &spec.transfer {
+        copy_sparse(&spec.iwd.join(name), &dir.join(name))
+            .map_err(io_err(format!("cannot transfer {name} into the sandbox")))?;
+    }
+    Ok(dir)
+}
+
+/// Whether the guest ended the way a job's VM should (powered off by itself); else why not.
+fn check_ended(
+    waited: Waited,
+    spec: &VmSpec,
+    console: &Path,
+    timeout: Option<Duration>,
+) -> Result<(), RunError> {
+    let console = console.to_owned();
+    let no_boot = || RunError::NoBootableDevice {
+        disk: spec
+            .drives
+            .first()
+            .map(|d| d.file.clone())
+            .unwrap_or_default(),
+        console: console.clone(),
+    };
+    let (status, stderr) = match waited {
+        Waited::Exited(status, stderr) => (status, stderr),
+        Waited::GaveUp => return Err(no_boot()),
+        Waited::TimedOut if firmware_gave_up(&console) => return Err(no_boot()),
+        Waited::TimedOut => {
+            return Err(RunError::Timeout {
+                secs: timeout.map_or(0, |t| t.as_secs()),
+                console,
+            })
+        }
+    };
+    if !status.success() {
+        // Our own fw_cfg name draws a QEMU warning; it says nothing about the crash.
+        let stderr: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("sercon-port"))
+            .collect();
+        return Err(RunError::Crashed {
+            why: format!("QEMU exited with {status}: {}", stderr.join(" ").trim()),
+            console,
+        });
+    }
+    let log = fs::read_to_string(&console).unwrap_or_default();
+    if let Some(line) = log.lines().find(|l| l.contains("Kernel panic")) {
+        return Err(RunError::Crashed {
+            why: line.trim().to_owned(),
+            console,
+        });
+    }
+    Ok(())
+}
+
 /// Run the VM of `ad`.
 ///
 /// # Errors
@@ -201,41 +287,7 @@ pub fn run(
         spec.iwd.clone_from(dir);
     }
     let io_err = |what: String| move |source| RunError::Io { what, source };
-    if !opts.in_place {
-        if let Some(file) = spec.transfer.iter().find(|n| !spec.iwd.join(n).exists()) {
-            return Err(RunError::MissingInput {
-                file: file.clone(),
-                attr: "TransferInput",
-                dir: spec.iwd.clone(),
-            });
-        }
-    }
-    let sandbox = if opts.in_place {
-        spec.iwd.clone()
-    } else {
-        let dir = match &opts.sandbox {
-            Some(dir) => dir.clone(),
-            None => {
-                let parent = opts
-                    .sandbox_parent
-                    .clone()
-                    .unwrap_or_else(std::env::temp_dir);
-                tempfile::Builder::new()
-                    .prefix("vm-capsule-run.")
-                    .tempdir_in(&parent)
-                    .map_err(io_err(format!(
-                        "cannot create a sandbox in {}",
-                        parent.display()
-                    )))?
-                    .keep()
-            }
-        };
-        for name in &spec.transfer {
-            copy_sparse(&spec.iwd.join(name), &dir.join(name))
-                .map_err(io_err(format!("cannot transfer {name} into the sandbox")))?;
-        }
-        dir
-    };
+    let sandbox = stage(&spec, opts)?;
     let console = sandbox.join("console.log");
     let accel = opts.accel.resolve();
     let qemu = match &opts.qemu {
@@ -275,44 +327,8 @@ pub fn run(
             source,
         }
     })?;
-    let no_boot = || RunError::NoBootableDevice {
-        disk: spec
-            .drives
-            .first()
-            .map(|d| d.file.clone())
-            .unwrap_or_default(),
-        console: console.clone(),
-    };
-    let (status, stderr) = match waited {
-        Waited::Exited(status, stderr) => (status, stderr),
-        Waited::GaveUp => return Err(no_boot()),
-        Waited::TimedOut if firmware_gave_up(&console) => return Err(no_boot()),
-        Waited::TimedOut => {
-            return Err(RunError::Timeout {
-                secs: opts.timeout.map_or(0, |t| t.as_secs()),
-                console,
-            })
-        }
-    };
     let elapsed = start.elapsed();
-    let log = fs::read_to_string(&console).unwrap_or_default();
-    if !status.success() {
-        // Our own fw_cfg name draws a QEMU warning; it says nothing about the crash.
-        let stderr: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.contains("sercon-port"))
-            .collect();
-        return Err(RunError::Crashed {
-            why: format!("QEMU exited with {status}: {}", stderr.join(" ").trim()),
-            console,
-        });
-    }
-    if let Some(line) = log.lines().find(|l| l.contains("Kernel panic")) {
-        return Err(RunError::Crashed {
-            why: line.trim().to_owned(),
-            console,
-        });
-    }
+    check_ended(waited, &spec, &console, opts.timeout)?;
     // Output transfer: the writable disks come back (the vm-gahp touches their mtime).
     let mut returned = Vec::new();
     if !opts.in_place {
