@@ -130,6 +130,10 @@ fn stdout_write(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// How often a problem of the pool's configuration is said loudly: the JobRouter's default
+/// polling period (`JOB_ROUTER_POLLING_PERIOD`), so once per poll rather than once per job.
+const ALARM_PERIOD: Duration = Duration::from_secs(10);
+
 /// The translate hook.
 pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
     let knobs = knobs(args)?;
@@ -160,9 +164,10 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
                 .as_ref()
                 .map(|p| format!(" (the HTCondor configuration was not read: {p})"))
                 .unwrap_or_default();
-            log.error(&format!(
-                "{e:#}{why}; the job stays idle until this is fixed"
-            ));
+            log.alarm(
+                &format!("{e:#}{why}; the job stays idle until this is fixed"),
+                ALARM_PERIOD,
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -199,9 +204,10 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
                     log.error(&err.to_string());
                     hold_original(id, &err.to_string(), &mut log);
                 }
-                None if err.is_admin_problem() => log.error(&format!(
-                    "{err}; no job is held for this, they stay idle until it is fixed"
-                )),
+                None if err.is_admin_problem() => log.alarm(
+                    &format!("{err}; no job is held for this, they stay idle until it is fixed"),
+                    ALARM_PERIOD,
+                ),
                 None => log.error(&format!("{err}; the JobRouter will try again")),
             }
             Ok(ExitCode::FAILURE)

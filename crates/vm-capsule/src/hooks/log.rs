@@ -239,6 +239,48 @@ impl HookLog {
     pub fn error(&mut self, message: &str) {
         self.line(Level::Error, message);
     }
+
+    /// Log a problem of the pool's configuration: it hits every job, so it is said loudly
+    /// (error, stderr) once per `period` (the JobRouter's polling period), not once per job;
+    /// repeats within the period go to the file at debug level. The last alarm's text and time
+    /// are kept beside the log file, so hooks of the same owner share it.
+    pub fn alarm(&mut self, message: &str, period: std::time::Duration) {
+        let Some(stamp) = self.path().map(|p| p.with_extension("alarm")) else {
+            return self.error(message);
+        };
+        let digest = fnv(message);
+        let recent = std::fs::symlink_metadata(&stamp).ok().is_some_and(|m| {
+            m.is_file()
+                && m.modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < period)
+                && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == digest)
+        });
+        if recent {
+            self.debug(&format!(
+                "again (said at most {} s ago): {message}",
+                period.as_secs()
+            ));
+            return;
+        }
+        self.error(message);
+        // Replace, never follow: a temp name beside it, renamed over it.
+        let tmp = stamp.with_extension(format!("alarm.{}", std::process::id()));
+        if std::fs::write(&tmp, &digest).is_ok() && std::fs::rename(&tmp, &stamp).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// A short stable digest of a message (FNV-1a), to recognise a repeat.
+fn fnv(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 impl LogFile {

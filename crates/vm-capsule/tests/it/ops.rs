@@ -597,3 +597,45 @@ fn man_pages_and_completions_issue_13_1() {
     let bash = fs::read_to_string(bash).unwrap();
     assert!(bash.contains("install-hooks") && bash.contains("doctor"));
 }
+
+/// Issue 13.4: the pool's mistake (here a template that is gone) holds no job, and is said
+/// loudly once per polling period, not once per job: the router runs translate for every
+/// idle job each poll.
+#[test]
+fn an_admin_problem_holds_no_job_and_is_said_once_per_poll_issue_13_4() {
+    let mut pool = Pool::new(&kvm_template);
+    let logs = pool.root.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    chmod(&logs, 0o1777);
+    pool.env.retain(|(k, _)| {
+        k != "_CONDOR_VM_CAPSULE_TRANSLATE_LOG" && k != "_CONDOR_VM_CAPSULE_TEMPLATE"
+    });
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_TRANSLATE_LOG".into(),
+        logs.join("TranslateLog").display().to_string(),
+    ));
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_TEMPLATE".into(),
+        pool.root.path().join("gone").display().to_string(),
+    ));
+    let mut loud = 0;
+    for i in 0..5 {
+        let ad = job(pool.root.path(), &format!("admin-{i}"), "", 340 + i);
+        let run = pool.translate(&ad).unwrap_err();
+        assert!(!run.stderr.contains("condor_hold"), "{}", run.stderr);
+        if run.stderr.contains("template") {
+            loud += 1;
+        }
+    }
+    assert_eq!(loud, 1, "said on stderr once, not once per job");
+    let text = fs::read_to_string(logs.join(format!("TranslateLog.{}", current_user()))).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" ERROR ")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot be read (check VM_CAPSULE_TEMPLATE"),
+        "{text}"
+    );
+}
