@@ -44,6 +44,8 @@ pkgs=(busybox-static cpio kmod zstd xz-utils ca-certificates gzip)
 if [ "$what" = test ]; then
     # Cross-check tools for the disk code; GNU time measures the hooks' peak memory.
     pkgs+=(dosfstools mtools fdisk time)
+    # curl: the stand-in execute node fetches URL inputs as HTCondor's curl plugin would.
+    pkgs+=(curl)
     # libvirt checks and boots the LIBVIRT_XML_SCRIPT's domains (virt-xml-validate needs
     # xmllint); the packages are built with dpkg-deb and rpmbuild and checked with file/ldd.
     pkgs+=(libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu libxml2-utils)
