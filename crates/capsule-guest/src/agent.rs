@@ -30,6 +30,9 @@ pub enum SourceSpec {
     Device(PathBuf),
     /// An image file (raw, VMDK or qcow2) holding the data disk.
     Image(PathBuf),
+    /// The block device whose FAT volume has this label (resolved to a `Device` before the
+    /// agent runs; see `launch::locate`).
+    Label(String),
 }
 
 /// Validated options of one run.
@@ -187,6 +190,9 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn DataSource>> {
     match spec {
         SourceSpec::Dir(dir) => Ok(Box::new(DirSource::open(dir)?)),
         SourceSpec::Device(path) | SourceSpec::Image(path) => crate::disk::open(path),
+        SourceSpec::Label(label) => {
+            anyhow::bail!("the data disk labelled {label} was not located (a bug)")
+        }
     }
 }
 

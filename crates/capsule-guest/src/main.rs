@@ -9,6 +9,8 @@ mod agent;
 mod args;
 mod collect;
 mod disk;
+mod find;
+mod launch;
 mod log;
 mod power;
 mod runner;
@@ -31,13 +33,22 @@ fn main() -> ExitCode {
     let code = match args::parse(std::env::args_os().skip(1)) {
         // A panic must not skip the poweroff: as PID 1 an exit would hang a guest booted
         // without panic=-1.
-        Ok(Parsed::Run(args)) => {
+        Ok(Parsed::Run(mut args)) => {
             crate::log!("started (pid {})", std::process::id());
             no_poweroff = args.no_poweroff;
             if let agent::SourceSpec::Dir(dir) = &args.source {
                 data_dir = Some(dir.clone());
             }
-            std::panic::catch_unwind(|| run(&args, t0)).unwrap_or((ExitCode::FAILURE, None))
+            match launch::locate(&mut args) {
+                Ok(()) => {
+                    launch::hand_over(&args);
+                    std::panic::catch_unwind(|| run(&args, t0)).unwrap_or((ExitCode::FAILURE, None))
+                }
+                Err(e) => {
+                    crate::log!("error: {e:#}");
+                    (ExitCode::FAILURE, None)
+                }
+            }
         }
         Ok(Parsed::Help) => {
             print!("{}", args::USAGE);

@@ -190,6 +190,48 @@ impl Capsule {
         disk
     }
 
+    /// Run capsule-init in host mode the way a guest unit does: `--label` finds the data disk
+    /// (a raw image standing in for `vdb`) in a fake `/sys/class/block` + `/dev`, next to a
+    /// disk that is not FAT; `shipped`, if given, goes on the disk as its `capsule-init`;
+    /// `extra` are further arguments (`--shipped-agent`).
+    pub fn run_by_label(self, label: &str, shipped: Option<&[u8]>, extra: &[&str]) -> Ran {
+        let sys = self.dir.path().join("sys");
+        let dev = self.dir.path().join("dev");
+        for (name, size) in [("vda", "4096"), ("vdb", "65536")] {
+            fs::create_dir_all(sys.join(name)).unwrap();
+            fs::write(sys.join(name).join("size"), size).unwrap();
+        }
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("vda"), vec![0u8; 2 << 20]).unwrap();
+        let image = dev.join("vdb");
+        let disk = self.make_image(&image, ImageFormat::Raw);
+        if let Some(agent) = shipped {
+            disk.put_file("capsule-init", &mut &agent[..]).unwrap();
+        }
+        disk.finish().unwrap();
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--label".as_ref(),
+            label.as_ref(),
+            "--sys-block".as_ref(),
+            sys.as_os_str(),
+            "--dev-dir".as_ref(),
+            dev.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let ran = self.run_with(&args);
+        let data = self.dir.path().join("returned");
+        fs::create_dir(&data).unwrap();
+        let disk = DataDisk::open(&image, Access::ReadOnly).unwrap();
+        for entry in disk.list("").unwrap() {
+            let mut src = disk.open_file(&entry.name).unwrap();
+            let mut dst = fs::File::create(data.join(&entry.name)).unwrap();
+            std::io::copy(&mut src, &mut dst).unwrap();
+        }
+        let mut ran = ran.finish(self, data);
+        ran.image = Some(image);
+        ran
+    }
+
     /// Run capsule-init in host mode on a plain data directory (`--data-dir`, the seed's
     /// mounted mode).
     pub fn run_in_dir(self) -> Ran {
