@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod identity;
 pub mod job;
 pub mod libvirt;
+pub mod nocloud;
 pub mod perms;
 pub mod probe;
 pub mod qemu;

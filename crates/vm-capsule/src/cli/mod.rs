@@ -10,6 +10,7 @@ mod install;
 mod libvirt_xml;
 mod probe;
 mod run;
+mod template;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
+    /// Make, fill and check template VMs: build from Debian, install the agent, boot a probe.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 /// Dispatch one parsed command line.
@@ -75,5 +79,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Probe(a) => probe::run_probe(&a),
         Command::LibvirtXml(a) => libvirt_xml::run_libvirt_xml(&a),
         Command::Generate(a) => generate::run_generate(&a),
+        Command::Template(cmd) => template::run(cmd),
     }
 }

@@ -8,6 +8,8 @@
 //! VM submit file, supplies `JobVMType`, memory, `VMPARAM_*` and `Requirements`; without it,
 //! built-in KVM defaults apply.
 
+pub mod build;
+pub mod elf;
 pub mod overlay;
 pub mod vm_disk;
 pub mod vmx;

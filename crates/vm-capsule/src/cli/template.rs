@@ -1,0 +1,140 @@
+//! `vm-capsule template`: make a template (`build`), put the agent into an existing image
+//! (`install-agent`), and boot a template once with a probe job to see that it works (`check`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use vm_capsule::template::build::{self, AgentStart, BuildOptions};
+
+/// `template` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Build a template from Debian's packages (mmdebstrap): a BIOS-bootable qcow2 OS disk
+    /// with systemd, the agent and its unit, a data disk and a classad template. Needs root.
+    Build(BuildArgs),
+}
+
+/// Arguments of `template build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Debian suite to build from.
+    #[arg(long = "debian", value_name = "SUITE", default_value = "bookworm")]
+    suite: String,
+    /// The template directory to create (what VM_CAPSULE_TEMPLATE names).
+    out: PathBuf,
+    /// Make a plain Debian cloud image (cloud-init, no agent in it), for
+    /// VM_CAPSULE_AGENT_START = cloud-init.
+    #[arg(long)]
+    cloud_init: bool,
+    /// The static agent to put in the image [default: capsule-init beside vm-capsule].
+    #[arg(long, value_name = "FILE")]
+    agent: Option<PathBuf>,
+    /// Virtual size of the OS disk (only what is used takes space).
+    #[arg(long, default_value = "2G")]
+    size: String,
+    /// Debian mirror [default: deb.debian.org].
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Where root file systems and packages are kept between builds
+    /// [default: ~/.cache/vm-capsule/template-build].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Also boot the image's own kernel directly (vmlinuz, initrd.img, cmdline in the
+    /// template): faster; VM-universe nodes need docs/ADMIN.md's LIBVIRT_XML_SCRIPT for it.
+    #[arg(long)]
+    direct_boot: bool,
+    /// SOURCE_DATE_EPOCH: every time stamp in the image (same inputs, same image).
+    #[arg(long, default_value_t = 1_700_000_000)]
+    epoch: u64,
+}
+
+/// Dispatch one `template` subcommand.
+pub fn run(cmd: TemplateCommand) -> Result<ExitCode> {
+    match cmd {
+        TemplateCommand::Build(a) => run_build(&a),
+    }
+}
+
+fn run_build(a: &BuildArgs) -> Result<ExitCode> {
+    let size = capsule_disk::parse_size(&a.size)
+        .with_context(|| format!("--size {:?}: expected a size such as 2G or 1536M", a.size))?;
+    let agent = match &a.agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
+            .unwrap_or_else(|| PathBuf::from("capsule-init")),
+    };
+    let start = if a.cloud_init {
+        AgentStart::CloudInit
+    } else {
+        check_static(&agent)?;
+        AgentStart::Image
+    };
+    let cache = match &a.cache {
+        Some(c) => c.clone(),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("vm-capsule/template-build"),
+    };
+    let opts = BuildOptions {
+        suite: a.suite.clone(),
+        mirror: a.mirror.clone(),
+        out: a.out.clone(),
+        start,
+        agent,
+        size,
+        cache,
+        epoch: a.epoch,
+        direct_boot: a.direct_boot,
+    };
+    let started = std::time::Instant::now();
+    let built = build::build(&opts, &mut |m| {
+        eprintln!(
+            "template build: [{:5.1} s] {m}",
+            started.elapsed().as_secs_f64()
+        );
+    })?;
+    eprintln!(
+        "template build: done in {:.0} s: {} ({} MiB, kernel {}, sha256 {})",
+        started.elapsed().as_secs_f64(),
+        built.os_disk.display(),
+        built.os_bytes >> 20,
+        built.kernel_version,
+        built.os_sha256
+    );
+    // The configuration to use it, on stdout.
+    let out = std::path::absolute(&a.out).unwrap_or_else(|_| a.out.clone());
+    println!("VM_CAPSULE_TEMPLATE = {}", out.display());
+    println!(
+        "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE = {}",
+        out.join(build::CLASSAD_TEMPLATE).display()
+    );
+    if start == AgentStart::CloudInit {
+        println!("VM_CAPSULE_AGENT_START = cloud-init");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The agent must be a static binary: it runs in guests whose C library we do not know.
+fn check_static(agent: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(agent).with_context(|| {
+        format!(
+            "cannot read the agent {}; pass --agent (scripts/build-test-guest.sh builds a static one)",
+            agent.display()
+        )
+    })?;
+    match vm_capsule::template::elf::interpreter(&bytes) {
+        Ok(None) => Ok(()),
+        Ok(Some(interp)) => anyhow::bail!(
+            "the agent {} is dynamically linked (interpreter {interp}); build it static: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p capsule-guest --target x86_64-unknown-linux-gnu",
+            agent.display()
+        ),
+        Err(why) => anyhow::bail!("the agent {} is not an x86_64 Linux program: {why}", agent.display()),
+    }
+}

@@ -1,0 +1,64 @@
+//! Just enough ELF to tell whether an agent binary is static: it runs in guests whose C
+//! library (or lack of one) nobody checked.
+
+/// The program interpreter an x86_64 ELF executable asks for (`None`: statically linked).
+///
+/// # Errors
+/// A message when `bytes` is not a 64-bit little-endian x86_64 ELF file or its program
+/// headers lie outside it.
+pub fn interpreter(bytes: &[u8]) -> Result<Option<String>, String> {
+    let u16_at = |off: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(bytes.get(off..off + 2)?.try_into().ok()?))
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?))
+    };
+    let u64_at = |off: usize| -> Option<usize> {
+        let v = u64::from_le_bytes(bytes.get(off..off + 8)?.try_into().ok()?);
+        usize::try_from(v).ok()
+    };
+    if bytes.get(..4) != Some(b"\x7fELF") || bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        return Err("not a 64-bit little-endian ELF file".to_owned());
+    }
+    if u16_at(18) != Some(62) {
+        return Err("not built for x86_64".to_owned());
+    }
+    let bad = || "program headers out of bounds".to_owned();
+    let phoff = u64_at(32).ok_or_else(bad)?;
+    let phentsize = usize::from(u16_at(54).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(56).ok_or_else(bad)?);
+    for i in 0..phnum {
+        let ph = i
+            .checked_mul(phentsize)
+            .and_then(|o| o.checked_add(phoff))
+            .ok_or_else(bad)?;
+        // PT_INTERP
+        if u32_at(ph).ok_or_else(bad)? == 3 {
+            let off = u64_at(ph + 8).ok_or_else(bad)?;
+            let len = u64_at(ph + 32).ok_or_else(bad)?;
+            let end = off.checked_add(len).ok_or_else(bad)?;
+            let text = bytes.get(off..end).ok_or_else(bad)?;
+            let text = String::from_utf8_lossy(text);
+            return Ok(Some(text.trim_end_matches('\0').to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dynamic_and_not_elf() {
+        // The test binary itself is dynamically linked.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let interp = interpreter(&me).unwrap().unwrap();
+        assert!(interp.contains("ld-linux"), "{interp}");
+        assert!(interpreter(b"#!/bin/sh\n").is_err());
+        let mut truncated = me[..64].to_vec();
+        truncated.extend_from_slice(&[0; 8]);
+        assert!(interpreter(&truncated).is_err());
+    }
+}
