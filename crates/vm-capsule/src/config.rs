@@ -125,6 +125,16 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "vanilla flavour: seconds allowed for boot and poweroff beyond the job's time limit",
     ),
     (
+        "VM_CAPSULE_AGENT_START",
+        "image",
+        "image: the guest image starts capsule-init (unit); cloud-init: the data disk is also a NoCloud seed that runs it",
+    ),
+    (
+        "VM_CAPSULE_NODE_IMAGE_DIR",
+        "(unset: the OS disk travels with each job)",
+        "directory on every execute node holding the template's OS disk and its .sha256",
+    ),
+    (
         "VM_CAPSULE_HOOK_TIMEOUT",
         "3600",
         "seconds a hook may run; then translate gives up (retried) and finalize reports failure",

@@ -25,6 +25,9 @@ pub enum AgentStart {
 /// The knob.
 pub const KNOB: &str = "VM_CAPSULE_AGENT_START";
 
+/// The vanilla flavour's capsule ad says `cloud-init` here, so the launcher writes the seed.
+pub const ATTR_AGENT_START: &str = "VMCapsuleAgentStart";
+
 /// The data disk's FAT label in cloud-init mode.
 pub const NOCLOUD_LABEL: &str = "CIDATA";
 
@@ -42,7 +45,9 @@ impl AgentStart {
         match value.map(str::trim) {
             None => Ok(AgentStart::Image),
             Some(v) if v.eq_ignore_ascii_case("image") => Ok(AgentStart::Image),
-            Some(v) if v.eq_ignore_ascii_case("cloud-init") || v.eq_ignore_ascii_case("cloudinit") => {
+            Some(v)
+                if v.eq_ignore_ascii_case("cloud-init") || v.eq_ignore_ascii_case("cloudinit") =>
+            {
                 Ok(AgentStart::CloudInit)
             }
             Some(v) => Err(ConfigError::Invalid {
@@ -51,6 +56,26 @@ impl AgentStart {
                 expected: "image or cloud-init",
             }),
         }
+    }
+}
+
+/// The data disk's FAT label: the knob's, or [`NOCLOUD_LABEL`] when it is a NoCloud seed.
+pub fn data_disk_label(start: AgentStart, label: &str) -> &str {
+    match start {
+        AgentStart::Image => label,
+        AgentStart::CloudInit => NOCLOUD_LABEL,
+    }
+}
+
+/// The files that make the data disk a NoCloud seed (none in image mode): `user-data` and
+/// `meta-data`, for a job with this id running as `user`.
+pub fn seed_files(start: AgentStart, user: &str, job_id: &str) -> Vec<(&'static str, String)> {
+    match start {
+        AgentStart::Image => Vec::new(),
+        AgentStart::CloudInit => vec![
+            ("user-data", user_data(user)),
+            ("meta-data", meta_data(job_id)),
+        ],
     }
 }
 
@@ -90,7 +115,9 @@ mod tests {
             AgentStart::from_knob(Some(" Cloud-Init ")).unwrap(),
             AgentStart::CloudInit
         );
-        let e = AgentStart::from_knob(Some("systemd")).unwrap_err().to_string();
+        let e = AgentStart::from_knob(Some("systemd"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "VM_CAPSULE_AGENT_START = \"systemd\" is not image or cloud-init"
@@ -104,7 +131,10 @@ mod tests {
         assert!(text.contains("  - name: condor\n"));
         assert!(text.contains("power_state:\n  mode: poweroff\n  condition: true\n"));
         // The script is one double-quoted YAML scalar with its inner quotes escaped.
-        let line = text.lines().find(|l| l.starts_with("  - [/bin/sh, -c, ")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("  - [/bin/sh, -c, "))
+            .unwrap();
         assert!(line.ends_with("--no-poweroff\"]"), "{line}");
         assert!(line.contains("dev=$(blkid -L CIDATA)"));
         assert!(line.contains("--device \\\"$dev\\\""), "{line}");

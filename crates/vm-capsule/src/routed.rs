@@ -110,6 +110,8 @@ pub struct Staged {
     pub boot: Option<DirectBoot<String>>,
     /// What the routed job asks the execute node for (`RequestDisk`), KiB.
     pub request_disk_kib: u64,
+    /// OS disks staged on the execute nodes (`VM_CAPSULE_NODE_IMAGE_DIR`), not transferred.
+    pub node_bases: Vec<crate::node_image::NodeBase>,
 }
 
 /// Build the routed VM-universe ad.
@@ -189,6 +191,7 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
     if !ad.contains("Requirements") {
         ad.insert("Requirements", default_requirements(template.flavour));
     }
+    require_node_bases(&mut ad, staged);
     let xen = template.flavour == Flavour::Xen;
     match &staged.boot {
         Some(boot) => boot.write_to(&mut ad, xen),
@@ -224,6 +227,8 @@ fn vanilla_transfer(job: &JobSpec, staged: &Staged, parts: &VanillaInputs<'_>) -
         .transfer
         .iter()
         .filter(|f| **f != staged.data_disk)
+        // The launcher makes the overlays over node-staged bases itself.
+        .filter(|f| !staged.node_bases.iter().any(|b| &b.overlay == *f))
         .chain(
             VANILLA_FILES
                 .iter()
@@ -308,6 +313,7 @@ pub fn build_vanilla(
         "Requirements",
         parse_expr(&requirements, Syntax::New).unwrap_or(Expr::boolean(false)),
     );
+    require_node_bases(&mut ad, staged);
     ad.insert(ATTR_FLAVOUR, Expr::string("vanilla"));
     capsule_attrs(&mut ad, staged);
     ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
@@ -322,6 +328,22 @@ fn capsule_attrs(ad: &mut ClassAd, staged: &Staged) {
     ad.insert(ATTR_DATA_DISK_FORMAT, Expr::string(staged.data_disk_format));
     if let Some(bytes) = staged.data_disk_bytes {
         ad.insert(ATTR_DATA_DISK_BYTES, Expr::integer(to_i64(bytes)));
+    }
+}
+
+/// With OS disks staged on the nodes: name them, and match only nodes that hold them.
+fn require_node_bases(ad: &mut ClassAd, staged: &Staged) {
+    if staged.node_bases.is_empty() {
+        return;
+    }
+    crate::node_image::write_to(ad, &staged.node_bases);
+    let clause = crate::node_image::requirement(&staged.node_bases);
+    let text = match ad.get("Requirements") {
+        Some(req) => format!("({}) && {clause}", expr_to_string(req, Syntax::New)),
+        None => clause,
+    };
+    if let Ok(expr) = parse_expr(&text, Syntax::New) {
+        ad.insert("Requirements", expr);
     }
 }
 

@@ -87,11 +87,19 @@ pub fn make_data_disk(sandbox: &Path, capsule: &ClassAd) -> Result<String, Sandb
     })?;
     let agent = string_attr(capsule, routed::ATTR_AGENT).map(|a| sandbox.join(a));
     let inputs = inputs(sandbox, &manifest)?;
+    // A cloud image's NoCloud seed, made here as translate makes it for the VM universe.
+    let start = crate::nocloud::AgentStart::from_knob(
+        string_attr(capsule, crate::nocloud::ATTR_AGENT_START).as_deref(),
+    )
+    .unwrap_or_default();
+    let job_id = string_attr(capsule, "VMCapsuleOriginalJob").unwrap_or_default();
+    let seed = crate::nocloud::seed_files(start, &manifest.user, &job_id);
     let contents = DiskContents {
         manifest_json: &manifest_json,
         job_ad: &job_ad,
         agent: agent.as_deref(),
         inputs: &inputs,
+        seed: &seed,
     };
     let bytes = recipe.size_for(&contents)?;
     recipe.build(&sandbox.join(&name), bytes, &contents)?;

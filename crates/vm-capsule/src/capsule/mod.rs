@@ -45,6 +45,8 @@ pub struct DiskContents<'a> {
     pub agent: Option<&'a Path>,
     /// The inputs.
     pub inputs: &'a InputPlan,
+    /// Further top-level files (the NoCloud seed's `user-data` and `meta-data`).
+    pub seed: &'a [(&'static str, String)],
 }
 
 /// Why a data disk is not made.
@@ -132,8 +134,9 @@ impl DiskRecipe {
                 .len(),
             None => 0,
         };
-        let text =
-            u64::try_from(contents.manifest_json.len() + contents.job_ad.len()).unwrap_or(u64::MAX);
+        let seed: usize = contents.seed.iter().map(|(_, t)| t.len()).sum();
+        let text = u64::try_from(contents.manifest_json.len() + contents.job_ad.len() + seed)
+            .unwrap_or(u64::MAX);
         let inputs = contents.inputs.tar_bytes;
         self.size(inputs.saturating_add(agent).saturating_add(text), inputs)
     }
@@ -177,6 +180,10 @@ impl DiskRecipe {
             })?;
             disk.put_file(capsule_manifest::CAPSULE_INIT, &mut file as &mut dyn Read)
                 .map_err(disk_err("cannot write capsule-init on"))?;
+        }
+        for (name, text) in contents.seed {
+            disk.put_file(name, &mut text.as_bytes())
+                .map_err(disk_err(&format!("cannot write {name} on")))?;
         }
         write_input_tar(&disk, contents.inputs)?;
         disk.finish().map_err(disk_err("cannot finish"))

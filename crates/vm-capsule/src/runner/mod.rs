@@ -1,7 +1,8 @@
 //! A local execute node: run a routed VM-universe job with QEMU the way HTCondor's vm-gahp
 //! would run it with libvirt, so templates and hooks can be tested without a pool.
 //!
-//! The disks the ad transfers are copied into a private sandbox (or used in place), booted
+//! The disks the ad transfers are staged in a private sandbox (only the writable ones copied,
+//! see [`crate::run_files`]) or used in place, booted
 //! following the ad (`JobVMType`, `VMPARAM_vm_Disk` devices and formats, `JobVMMemory`,
 //! `JobVM_VCPUS`, no network; VMware ads: the `.vmx`'s disks), and the writable disks are
 //! copied back into the routed job's `Iwd` as HTCondor's output transfer would. Success means
@@ -10,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use classad::ClassAd;
@@ -136,6 +137,9 @@ pub enum RunError {
         /// The console log file.
         console: PathBuf,
     },
+    /// An OS disk staged on this node is missing or is not the job's.
+    #[error(transparent)]
+    NodeImage(#[from] crate::node_image::NodeImageError),
     /// The guest kernel panicked, or QEMU failed.
     #[error("the VM crashed ({why}); console log: {console}")]
     Crashed {
@@ -172,20 +176,6 @@ fn firmware_gave_up(console: &Path) -> bool {
             .any(|w| w == b"No bootable device")
 }
 
-/// Copy preserving holes (disk images are sparse).
-fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
-    let status = Command::new("cp")
-        .args(["--sparse=always", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("cp {} failed", from.display())))
-    }
-}
-
 /// The directory the VM runs in: the ad's `Iwd` itself (in place), or a sandbox (the
 /// caller's, or a new one) holding copies of the files the ad transfers.
 fn stage(spec: &VmSpec, opts: &RunOptions) -> Result<PathBuf, RunError> {
@@ -218,7 +208,9 @@ fn stage(spec: &VmSpec, opts: &RunOptions) -> Result<PathBuf, RunError> {
         }
     };
     for name in &spec.transfer {
-        copy_sparse(&spec.iwd.join(name), &dir.join(name))
+        // Only what the guest writes is copied; read-only files are linked.
+        let writable = spec.drives.iter().any(|d| d.writable && &d.file == name);
+        crate::run_files::stage(&spec.iwd, &dir, name, writable)
             .map_err(io_err(format!("cannot transfer {name} into the sandbox")))?;
     }
     Ok(dir)
@@ -288,6 +280,7 @@ pub fn run(
     }
     let io_err = |what: String| move |source| RunError::Io { what, source };
     let sandbox = stage(&spec, opts)?;
+    crate::node_image::prepare(ad, &sandbox)?;
     let console = sandbox.join("console.log");
     let accel = opts.accel.resolve();
     let qemu = match &opts.qemu {
@@ -333,14 +326,11 @@ pub fn run(
     let mut returned = Vec::new();
     if !opts.in_place {
         for d in spec.drives.iter().filter(|d| d.writable) {
-            let tmp = spec.iwd.join(format!(".{}.returning", d.file));
-            copy_sparse(&sandbox.join(&d.file), &tmp)
-                .and_then(|()| fs::rename(&tmp, spec.iwd.join(&d.file)))
-                .map_err(io_err(format!(
-                    "cannot return {} to {}",
-                    d.file,
-                    spec.iwd.display()
-                )))?;
+            crate::run_files::give_back(&sandbox, &spec.iwd, &d.file).map_err(io_err(format!(
+                "cannot return {} to {}",
+                d.file,
+                spec.iwd.display()
+            )))?;
             returned.push(d.file.clone());
         }
     }

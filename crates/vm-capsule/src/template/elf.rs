@@ -8,10 +8,14 @@
 /// headers lie outside it.
 pub fn interpreter(bytes: &[u8]) -> Result<Option<String>, String> {
     let u16_at = |off: usize| -> Option<u16> {
-        Some(u16::from_le_bytes(bytes.get(off..off + 2)?.try_into().ok()?))
+        Some(u16::from_le_bytes(
+            bytes.get(off..off + 2)?.try_into().ok()?,
+        ))
     };
     let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?))
+        Some(u32::from_le_bytes(
+            bytes.get(off..off + 4)?.try_into().ok()?,
+        ))
     };
     let u64_at = |off: usize| -> Option<usize> {
         let v = u64::from_le_bytes(bytes.get(off..off + 8)?.try_into().ok()?);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::config::{ConfigError, Knobs};
+use crate::nocloud::{self, AgentStart};
 use crate::routed::{self};
 
 /// `PIPE_BUFFER_MAX` default: the router reads at most this much of a hook's stdout.
@@ -42,6 +43,11 @@ pub struct TranslateConfig {
     pub launcher_path: PathBuf,
     /// `VM_CAPSULE_BOOT_TIMEOUT`: seconds the launcher allows beyond the job's time limit.
     pub boot_timeout_secs: u64,
+    /// `VM_CAPSULE_AGENT_START`: whether the data disk is also a cloud-init NoCloud seed.
+    pub agent_start: AgentStart,
+    /// `VM_CAPSULE_NODE_IMAGE_DIR`: where the OS disks are on the execute nodes (`None`: they
+    /// travel with each job).
+    pub node_image_dir: Option<PathBuf>,
     /// `VM_CAPSULE_HOOK_TIMEOUT`: seconds a hook may run before it gives up.
     pub hook_timeout_secs: u64,
     /// `VM_CAPSULE_KEEP_FAILED`: failed job dirs kept per owner for inspection.
@@ -85,7 +91,25 @@ impl TranslateConfig {
                     .unwrap_or_else(|| PathBuf::from("capsule-init")),
             ),
         };
+        let agent_start = AgentStart::from_knob(knobs.get(nocloud::KNOB))?;
+        if agent_start == AgentStart::CloudInit && init_path.is_none() {
+            return Err(ConfigError::Invalid {
+                knob: "VM_CAPSULE_INIT_SCRIPT_PATH",
+                value: "none".to_owned(),
+                expected: "the agent to ship: VM_CAPSULE_AGENT_START = cloud-init runs the agent from the data disk",
+            });
+        }
+        let node_image_dir = knobs.path(crate::node_image::KNOB);
+        if let Some(dir) = node_image_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                knob: crate::node_image::KNOB,
+                value: dir.display().to_string(),
+                expected: "an absolute path (the directory on the execute nodes)",
+            });
+        }
         Ok(TranslateConfig {
+            agent_start,
+            node_image_dir,
             template_root,
             classad_template: knobs.path("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE"),
             scratch_prefix: knobs

@@ -160,6 +160,7 @@ fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError>
         job_ad: plan.job_ad_text.as_bytes(),
         agent: plan.agent.as_deref(),
         inputs: &plan.inputs,
+        seed: &plan.seed,
     };
     let bytes = plan.disk.bytes.unwrap_or(0);
     plan.disk
@@ -182,13 +183,19 @@ fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError>
 fn stage_vm(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError> {
     let template = &plan.template;
     for disk in &template.os_disks {
-        for file in &disk.files {
-            link_into(file, dir).map_err(|e| io_error(file, "cannot link into scratch", e))?;
+        let base = file_name(&disk.path);
+        let overlay_file = overlay_name(&base);
+        // Staged once per execute node: nothing of it travels, the overlay names its path there.
+        let node = plan.node_bases.iter().find(|b| b.overlay == overlay_file);
+        if node.is_none() {
+            for file in &disk.files {
+                link_into(file, dir).map_err(|e| io_error(file, "cannot link into scratch", e))?;
+            }
         }
         if matches!(template.flavour, Flavour::Kvm | Flavour::Xen) {
-            let base = file_name(&disk.path);
-            let overlay = dir.join(overlay_name(&base));
-            create_overlay(&overlay, &base, disk.format.name(), disk.virtual_size)
+            let backing = node.map_or_else(|| base.clone(), |b| b.path.display().to_string());
+            let overlay = dir.join(&overlay_file);
+            create_overlay(&overlay, &backing, disk.format.name(), disk.virtual_size)
                 .map_err(|e| io_error(&overlay, "cannot create the overlay", e))?;
         }
     }

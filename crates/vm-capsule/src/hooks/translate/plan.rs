@@ -58,6 +58,10 @@ pub struct CapsulePlan {
     pub launcher: PathBuf,
     /// The launcher's time limit, seconds (none: as long as HTCondor lets the job run).
     pub launcher_timeout: Option<u64>,
+    /// OS disks staged on the execute nodes (`VM_CAPSULE_NODE_IMAGE_DIR`), in disk order.
+    pub node_bases: Vec<crate::node_image::NodeBase>,
+    /// Files that make the data disk a cloud-init NoCloud seed (`VM_CAPSULE_AGENT_START`).
+    pub seed: Vec<(&'static str, String)>,
 }
 
 /// The data disk to make.
@@ -109,6 +113,7 @@ pub fn plan(
         .saturating_add(binaries.agent_bytes.unwrap_or(0))
         .saturating_add(text_bytes);
     let disk = disk_plan(cfg, job, template, universe, payload, inputs.tar_bytes)?;
+    let node_bases = node_bases(cfg, template)?;
     let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
         classad::Value::Integer(m) => u64::try_from(m).ok(),
         _ => None,
@@ -117,7 +122,7 @@ pub fn plan(
         job: job.clone(),
         job_ad: request.ad.clone(),
         universe,
-        request_disk_kib: request_disk_kib(job, template, &disk, binaries, payload),
+        request_disk_kib: request_disk_kib(job, template, &disk, binaries, payload, &node_bases),
         manifest_json,
         job_ad_text,
         agent: cfg.init_path.clone(),
@@ -132,12 +137,29 @@ pub fn plan(
         launcher_timeout: cfg
             .wall_time_limit_secs
             .map(|limit| limit + cfg.boot_timeout_secs),
+        seed: crate::nocloud::seed_files(cfg.agent_start, &cfg.job_user, &id),
+        node_bases,
     };
     if universe == RoutedUniverse::Vanilla {
         plan.check_sandbox_names()?;
     }
     plan.check_pipe(cfg)?;
     Ok(plan)
+}
+
+/// Where each OS disk lives on the execute nodes, when `VM_CAPSULE_NODE_IMAGE_DIR` says.
+fn node_bases(
+    cfg: &TranslateConfig,
+    template: &Template,
+) -> Result<Vec<crate::node_image::NodeBase>, TranslateError> {
+    let mut bases = Vec::new();
+    for disk in &template.os_disks {
+        let overlay = overlay_name(&file_name(&disk.path));
+        let base = crate::node_image::plan(cfg.node_image_dir.as_deref(), template, disk, &overlay)
+            .map_err(|e| TranslateError::Admin(format!("vm-capsule template: {e}")))?;
+        bases.extend(base);
+    }
+    Ok(bases)
 }
 
 /// The data disk: the template's layout, sized here for the VM universe (the vanilla
@@ -156,7 +178,7 @@ fn disk_plan(
         offset: cfg
             .partition_offset
             .unwrap_or(template.data_partition_offset),
-        label: cfg.label.clone(),
+        label: crate::nocloud::data_disk_label(cfg.agent_start, &cfg.label).to_owned(),
         request_bytes: job.request_disk_kib.map(|kib| kib.saturating_mul(1024)),
         headroom_bytes: cfg.headroom_mib.saturating_mul(MIB),
         max_bytes: cfg.max_data_disk_mib.saturating_mul(MIB),
@@ -188,8 +210,21 @@ fn request_disk_kib(
     disk: &DiskPlan,
     binaries: Binaries,
     payload: u64,
+    node_bases: &[crate::node_image::NodeBase],
 ) -> u64 {
-    let travel: u64 = template.os_disks.iter().map(|d| d.bytes).sum::<u64>() + template.boot_bytes;
+    // OS disks staged on the nodes do not travel (their 256 KiB overlays are in the MiB below).
+    let travelling = |d: &&crate::template::TemplateDisk| {
+        !node_bases
+            .iter()
+            .any(|b| b.path.file_name() == d.path.file_name())
+    };
+    let travel: u64 = template
+        .os_disks
+        .iter()
+        .filter(travelling)
+        .map(|d| d.bytes)
+        .sum::<u64>()
+        + template.boot_bytes;
     let on_node = match disk.bytes {
         Some(bytes) => bytes,
         None => {
@@ -255,8 +290,14 @@ impl CapsulePlan {
         let mut disks = Vec::new();
         let mut transfer = Vec::new();
         for disk in &self.template.os_disks {
-            transfer.extend(disk.files.iter().map(|f| file_name(f)));
             let base = file_name(&disk.path);
+            if !self
+                .node_bases
+                .iter()
+                .any(|b| b.overlay == overlay_name(&base))
+            {
+                transfer.extend(disk.files.iter().map(|f| file_name(f)));
+            }
             match self.template.flavour {
                 Flavour::Kvm | Flavour::Xen => {
                     let overlay = overlay_name(&base);
@@ -308,6 +349,7 @@ impl CapsulePlan {
             vmx,
             boot,
             request_disk_kib: self.request_disk_kib,
+            node_bases: self.node_bases.clone(),
         }
     }
 
@@ -367,6 +409,9 @@ impl CapsulePlan {
         ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
         if let Some(agent) = &self.agent {
             ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent)));
+        }
+        if !self.seed.is_empty() {
+            ad.insert(crate::nocloud::ATTR_AGENT_START, Expr::string("cloud-init"));
         }
     }
 

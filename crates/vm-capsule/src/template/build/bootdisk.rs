@@ -56,7 +56,12 @@ pub struct DiskSpec {
 ///
 /// # Errors
 /// [`BuildError`] when a tool fails or the result would not boot (core image too large).
-pub fn make_raw(spec: &DiskSpec, raw: &Path, work: &Path, progress: Progress) -> Result<(), BuildError> {
+pub fn make_raw(
+    spec: &DiskSpec,
+    raw: &Path,
+    work: &Path,
+    progress: Progress,
+) -> Result<(), BuildError> {
     let io = |what: &str| {
         let what = format!("{what} {}", raw.display());
         move |e| BuildError::io(what, e)
@@ -86,7 +91,16 @@ pub fn make_raw(spec: &DiskSpec, raw: &Path, work: &Path, progress: Progress) ->
     let mut mke2fs = Command::new("mke2fs");
     mke2fs
         .env("E2FSPROGS_FAKE_TIME", spec.epoch.to_string())
-        .args(["-q", "-F", "-t", "ext4", "-L", "capsule-root", "-U", &spec.uuid])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "capsule-root",
+            "-U",
+            &spec.uuid,
+        ])
         .arg("-E")
         .arg(format!(
             "offset={PART_OFFSET},hash_seed={},root_owner=0:0",
@@ -133,7 +147,8 @@ pub fn make_raw(spec: &DiskSpec, raw: &Path, work: &Path, progress: Progress) ->
         .map_err(io("cannot open"))?;
     f.write_all(&mbr).map_err(io("cannot write the MBR of"))?;
     f.seek(SeekFrom::Start(512)).map_err(io("cannot seek in"))?;
-    f.write_all(&core).map_err(io("cannot write GRUB's core image to"))?;
+    f.write_all(&core)
+        .map_err(io("cannot write GRUB's core image to"))?;
     Ok(())
 }
 
@@ -148,7 +163,8 @@ fn core_image(spec: &DiskSpec, work: &Path) -> Result<Vec<u8>, BuildError> {
          search --no-floppy --fs-uuid --set=root {}\nlinux {} {}\ninitrd {}\nboot\n",
         spec.uuid, spec.kernel, spec.cmdline, spec.initrd
     );
-    fs::write(&cfg, text).map_err(|e| BuildError::io(format!("cannot write {}", cfg.display()), e))?;
+    fs::write(&cfg, text)
+        .map_err(|e| BuildError::io(format!("cannot write {}", cfg.display()), e))?;
     let mut cmd = Command::new("grub-mkimage");
     cmd.args(["-O", "i386-pc", "-d", GRUB_DIR])
         .arg("-c")
@@ -198,7 +214,8 @@ fn fix_times(device: &str, epoch: u64, work: &Path) -> Result<(), BuildError> {
         }
     }
     let path = work.join("times.debugfs");
-    fs::write(&path, script).map_err(|e| BuildError::io(format!("cannot write {}", path.display()), e))?;
+    fs::write(&path, script)
+        .map_err(|e| BuildError::io(format!("cannot write {}", path.display()), e))?;
     let mut debugfs = Command::new("debugfs");
     debugfs
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())

@@ -151,7 +151,11 @@ const TOOLS: &[(&str, &str)] = &[
 
 /// Run `cmd`; on failure the error carries the end of its output (or names `log`, where all
 /// of it went).
-pub(crate) fn run_tool(cmd: &mut Command, tool: &str, log: Option<&Path>) -> Result<(), BuildError> {
+pub(crate) fn run_tool(
+    cmd: &mut Command,
+    tool: &str,
+    log: Option<&Path>,
+) -> Result<(), BuildError> {
     let out = match log {
         Some(path) => {
             let file = fs::File::create(path)
@@ -206,7 +210,9 @@ pub(crate) fn run_tool(cmd: &mut Command, tool: &str, log: Option<&Path>) -> Res
 
 /// Run `cmd` and return its stdout.
 pub(crate) fn tool_output(cmd: &mut Command, tool: &str) -> Result<String, BuildError> {
-    let out = cmd.output().map_err(|e| BuildError::io(format!("cannot run {tool}"), e))?;
+    let out = cmd
+        .output()
+        .map_err(|e| BuildError::io(format!("cannot run {tool}"), e))?;
     if !out.status.success() {
         return Err(BuildError::Tool {
             tool: tool.to_owned(),
@@ -288,7 +294,8 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
         AgentStart::CloudInit => None,
     };
     let dir = opts.out.join(TEMPLATE_SUBDIR);
-    fs::create_dir_all(&dir).map_err(|e| BuildError::io(format!("cannot create {}", dir.display()), e))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| BuildError::io(format!("cannot create {}", dir.display()), e))?;
     fs::create_dir_all(&opts.cache)
         .map_err(|e| BuildError::io(format!("cannot create {}", opts.cache.display()), e))?;
 
@@ -305,9 +312,15 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
         .prefix("template-build.")
         .disable_cleanup(std::env::var_os("VM_CAPSULE_KEEP_WORK").is_some())
         .tempdir_in(&opts.cache)
-        .map_err(|e| BuildError::io(format!("cannot create a work dir in {}", opts.cache.display()), e))?;
+        .map_err(|e| {
+            BuildError::io(
+                format!("cannot create a work dir in {}", opts.cache.display()),
+                e,
+            )
+        })?;
     let root = work.path().join("root");
-    fs::create_dir(&root).map_err(|e| BuildError::io(format!("cannot create {}", root.display()), e))?;
+    fs::create_dir(&root)
+        .map_err(|e| BuildError::io(format!("cannot create {}", root.display()), e))?;
     progress("unpacking the root file system");
     let mut untar = Command::new("tar");
     untar
@@ -343,7 +356,14 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
     let mut convert = Command::new("qemu-img");
     convert
         // zstd: six times faster to write than zlib and smaller (QEMU 5.1 and later read it).
-        .args(["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd"])
+        .args([
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+        ])
         .arg(&raw)
         .arg(&partial);
     run_tool(&mut convert, "qemu-img", None)?;
@@ -364,13 +384,18 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
     }
     let data = dir.join("data.qcow2");
     if !data.exists() {
-        DataDisk::create(&data, &CreateOptions::new().size(64 << 20).format(ImageFormat::Qcow2))
-            .and_then(DataDisk::finish)
-            .map_err(|e| BuildError::Invalid {
-                what: "data disk",
-                value: data.display().to_string(),
-                why: e.to_string(),
-            })?;
+        DataDisk::create(
+            &data,
+            &CreateOptions::new()
+                .size(64 << 20)
+                .format(ImageFormat::Qcow2),
+        )
+        .and_then(DataDisk::finish)
+        .map_err(|e| BuildError::Invalid {
+            what: "data disk",
+            value: data.display().to_string(),
+            why: e.to_string(),
+        })?;
     }
     let classad_template = opts.out.join(CLASSAD_TEMPLATE);
     fs::write(&classad_template, classad_template_text())
@@ -402,7 +427,8 @@ fn install_agent_into(root: &Path, agent: &[u8], epoch: u64) -> Result<(), Build
     put(AGENT_PATH, agent, 0o755)?;
     put(UNIT_PATH, UNIT_FILE.as_bytes(), 0o644)?;
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    fs::create_dir_all(&wants).map_err(|e| BuildError::io(format!("cannot create {}", wants.display()), e))?;
+    fs::create_dir_all(&wants)
+        .map_err(|e| BuildError::io(format!("cannot create {}", wants.display()), e))?;
     let link = wants.join("capsule-init.service");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(format!("/{UNIT_PATH}"), &link)
@@ -448,7 +474,12 @@ fn kernel_version(root: &Path) -> Result<String, BuildError> {
 
 /// The image's own kernel and initrd beside the OS disk, with the same command line GRUB
 /// uses, so the template can also be booted directly (`vmlinuz` + `initrd.img` + `cmdline`).
-fn write_direct_boot(root: &Path, dir: &Path, version: &str, cmdline: &str) -> Result<(), BuildError> {
+fn write_direct_boot(
+    root: &Path,
+    dir: &Path,
+    version: &str,
+    cmdline: &str,
+) -> Result<(), BuildError> {
     for (from, to) in [
         (format!("boot/vmlinuz-{version}"), "vmlinuz"),
         (format!("boot/initrd.img-{version}"), "initrd.img"),

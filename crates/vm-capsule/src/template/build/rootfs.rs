@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{run_tool, sha256_hex, BuildError, AgentStart, Progress};
+use super::{run_tool, sha256_hex, AgentStart, BuildError, Progress};
 
 /// Kernel modules the initramfs loads to reach an ext4 root on virtio, SCSI, IDE or SATA
 /// (`MODULES=list`: the image is for VMs, not for the build host `MODULES=dep` would inspect).
@@ -64,7 +64,10 @@ impl Recipe {
 
     /// Shell commands run before any package is installed (`$1` is the root).
     fn setup_hooks(&self) -> Vec<String> {
-        let modules: String = INITRAMFS_MODULES.iter().map(|m| format!("{m}\\n")).collect();
+        let modules: String = INITRAMFS_MODULES
+            .iter()
+            .map(|m| format!("{m}\\n"))
+            .collect();
         vec![
             r#"mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" "$1/var/cache/apt/archives""#.to_owned(),
             r#"printf 'MODULES=list\nCOMPRESS=lz4\nFSTYPE=ext4\nRESUME=none\n' > "$1/etc/initramfs-tools/conf.d/vm-capsule.conf""#.to_owned(),
@@ -93,7 +96,9 @@ impl Recipe {
                     .to_owned(),
             );
             for unit in MASKED_UNITS {
-                h.push(format!(r#"ln -sf /dev/null "$1/etc/systemd/system/{unit}""#));
+                h.push(format!(
+                    r#"ln -sf /dev/null "$1/etc/systemd/system/{unit}""#
+                ));
             }
         }
         h
@@ -119,7 +124,11 @@ impl Recipe {
 ///
 /// # Errors
 /// [`BuildError`] when mmdebstrap is missing or fails (its log is kept in the cache).
-pub fn rootfs_tar(recipe: &Recipe, cache: &Path, progress: Progress) -> Result<PathBuf, BuildError> {
+pub fn rootfs_tar(
+    recipe: &Recipe,
+    cache: &Path,
+    progress: Progress,
+) -> Result<PathBuf, BuildError> {
     let key = recipe.key();
     let tar = cache.join(format!("rootfs-{}-{}.tar", recipe.suite, &key[..16]));
     if tar.is_file() {
@@ -127,7 +136,8 @@ pub fn rootfs_tar(recipe: &Recipe, cache: &Path, progress: Progress) -> Result<P
         return Ok(tar);
     }
     let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(|e| BuildError::io(format!("cannot create {}", debs.display()), e))?;
+    fs::create_dir_all(&debs)
+        .map_err(|e| BuildError::io(format!("cannot create {}", debs.display()), e))?;
     let partial = tar.with_extension("tar.partial");
     let log = tar.with_extension("log");
     progress(&format!(
@@ -200,6 +210,9 @@ mod tests {
         assert_ne!(unit.key(), other.key());
         assert_eq!(unit.key(), recipe(AgentStart::Image).key());
         // Stock cloud images have no condor account and mask nothing.
-        assert!(cloud.customize_hooks().iter().all(|h| !h.contains("useradd") && !h.contains("/dev/null")));
+        assert!(cloud
+            .customize_hooks()
+            .iter()
+            .all(|h| !h.contains("useradd") && !h.contains("/dev/null")));
     }
 }
