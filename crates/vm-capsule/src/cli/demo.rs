@@ -88,6 +88,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         sandbox: None,
         qemu: None,
         workdir: None,
+        cancel: None,
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;
     clock.step(&format!(

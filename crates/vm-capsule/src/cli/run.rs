@@ -29,6 +29,16 @@ pub enum AccelArg {
     Auto,
 }
 
+impl From<AccelArg> for Accel {
+    fn from(a: AccelArg) -> Accel {
+        match a {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Auto => Accel::Auto,
+        }
+    }
+}
+
 /// Arguments of `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -184,6 +194,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         sandbox: sandbox.clone(),
         qemu: Some(qemu),
         workdir: workdir.clone(),
+        cancel: None,
     };
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use vm_capsule::template::build::{self, AgentStart, BuildOptions};
+use vm_capsule::template::check::{self, CheckOptions, CheckReport};
 
 /// `template` subcommands.
 #[derive(Debug, Subcommand)]
@@ -15,6 +16,37 @@ pub enum TemplateCommand {
     /// Build a template from Debian's packages (mmdebstrap): a BIOS-bootable qcow2 OS disk
     /// with systemd, the agent and its unit, a data disk and a classad template. Needs root.
     Build(BuildArgs),
+    /// Boot a template once with a probe job: time each stage, show what the job saw, and say
+    /// which stage failed if one did (exit 1).
+    Check(CheckArgs),
+}
+
+/// Arguments of `template check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The template directory (what VM_CAPSULE_TEMPLATE names: it holds condor_vm_capsule/).
+    dir: PathBuf,
+    /// The static agent shipped on the data disk [default: capsule-init beside vm-capsule].
+    #[arg(long, value_name = "FILE")]
+    agent: Option<PathBuf>,
+    /// Check it as a stock cloud image (VM_CAPSULE_AGENT_START = cloud-init).
+    #[arg(long)]
+    cloud_init: bool,
+    /// The classad template to use [default: DIR/classad-template.ad when it exists].
+    #[arg(long, value_name = "FILE")]
+    classad_template: Option<PathBuf>,
+    /// Seconds before a guest that does not power off is given up on.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = super::run::AccelArg::Auto)]
+    accel: super::run::AccelArg,
+    /// Work in this directory and keep it (capsule, console log).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Boot this many times and also print the medians (for benchmarks).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 /// Arguments of `template build`.
@@ -55,19 +87,14 @@ pub struct BuildArgs {
 pub fn run(cmd: TemplateCommand) -> Result<ExitCode> {
     match cmd {
         TemplateCommand::Build(a) => run_build(&a),
+        TemplateCommand::Check(a) => run_check(&a),
     }
 }
 
 fn run_build(a: &BuildArgs) -> Result<ExitCode> {
     let size = capsule_disk::parse_size(&a.size)
         .with_context(|| format!("--size {:?}: expected a size such as 2G or 1536M", a.size))?;
-    let agent = match &a.agent {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
-            .unwrap_or_else(|| PathBuf::from("capsule-init")),
-    };
+    let agent = a.agent.clone().unwrap_or_else(default_agent);
     let start = if a.cloud_init {
         AgentStart::CloudInit
     } else {
@@ -136,5 +163,106 @@ fn check_static(agent: &std::path::Path) -> Result<()> {
             agent.display()
         ),
         Err(why) => anyhow::bail!("the agent {} is not an x86_64 Linux program: {why}", agent.display()),
+    }
+}
+
+fn default_agent() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
+        .unwrap_or_else(|| PathBuf::from("capsule-init"))
+}
+
+fn run_check(a: &CheckArgs) -> Result<ExitCode> {
+    let mut knobs = Vec::new();
+    if a.cloud_init {
+        knobs.push(("VM_CAPSULE_AGENT_START".to_owned(), "cloud-init".to_owned()));
+    }
+    let classad = a
+        .classad_template
+        .clone()
+        .or_else(|| Some(a.dir.join(build::CLASSAD_TEMPLATE)).filter(|p| p.is_file()));
+    if let Some(path) = classad {
+        knobs.push((
+            "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE".to_owned(),
+            path.display().to_string(),
+        ));
+    }
+    let opts = CheckOptions {
+        template_root: std::path::absolute(&a.dir).unwrap_or_else(|_| a.dir.clone()),
+        agent: a.agent.clone().unwrap_or_else(default_agent),
+        knobs,
+        timeout: std::time::Duration::from_secs(a.timeout),
+        accel: a.accel.into(),
+        keep: a.keep.clone(),
+    };
+    let mut reports = Vec::new();
+    for i in 0..a.repeat.max(1) {
+        let report = check::check(&opts, &mut |m| eprintln!("template check: {m}"))?;
+        print_report(&report, (a.repeat > 1).then_some(i + 1));
+        let good = report.verdict.is_good();
+        reports.push(report);
+        if !good {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    if reports.len() > 1 {
+        let median = |f: &dyn Fn(&CheckReport) -> Option<std::time::Duration>| {
+            let mut v: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| f(r).map(|d| d.as_secs_f64()))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        println!(
+            "medians of {}: QEMU start -> agent start {:.2} s, agent start -> job start {:.2} s, QEMU start -> job start {:.2} s, job end -> poweroff {:.2} s",
+            reports.len(),
+            median(&|r| r.timings.boot_to_agent()),
+            median(&|r| r.timings.agent_to_job()),
+            median(&|r| r.timings.job),
+            median(&|r| r.timings.end_to_poweroff()),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &CheckReport, run: Option<u32>) {
+    let secs = |d: Option<std::time::Duration>| {
+        d.map_or_else(|| "-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+    };
+    if let Some(n) = run {
+        println!("run {n}:");
+    }
+    println!(
+        "  QEMU start -> agent start   {}",
+        secs(r.timings.boot_to_agent())
+    );
+    println!(
+        "  agent start -> job start    {}",
+        secs(r.timings.agent_to_job())
+    );
+    println!(
+        "  job end -> poweroff         {}",
+        secs(r.timings.end_to_poweroff())
+    );
+    println!("  QEMU start -> job start     {}", secs(r.timings.job));
+    if let Some(p) = &r.probe {
+        println!("  the job saw: kernel {}", p.kernel);
+        println!("               distribution {}", p.distribution);
+        println!("               user {}", p.user);
+        println!("               working dir {}", p.working_dir);
+        println!(
+            "               free disk {}",
+            p.free_kib
+                .map_or_else(|| "unknown".to_owned(), |k| format!("{} MiB", k / 1024))
+        );
+    }
+    println!("verdict: {}", r.verdict.explain());
+    if !r.verdict.is_good() {
+        println!("console log {} ends with:", r.console.display());
+        for line in &r.console_tail {
+            println!("  | {line}");
+        }
     }
 }

@@ -81,6 +81,9 @@ pub struct RunOptions {
     /// Run the disks found in this directory instead of the ad's `Iwd` (the vanilla
     /// flavour's launcher: HTCondor put them in its sandbox, the working directory).
     pub workdir: Option<PathBuf>,
+    /// Set by another thread to stop the guest early (`template check`, once the console
+    /// says how the boot ends).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Why a run failed.
@@ -134,6 +137,12 @@ pub enum RunError {
     Timeout {
         /// The limit.
         secs: u64,
+        /// The console log file.
+        console: PathBuf,
+    },
+    /// Stopped on request (see [`RunOptions::cancel`]).
+    #[error("the VM was stopped early; console log: {console}")]
+    Cancelled {
         /// The console log file.
         console: PathBuf,
     },
@@ -313,7 +322,12 @@ pub fn run(
             source,
         })?;
     // SeaBIOS retries forever when nothing boots: stop as soon as it says so.
-    let gave_up = || firmware_gave_up(&console);
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let gave_up = || cancelled() || firmware_gave_up(&console);
     let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up).map_err(|source| {
         RunError::Io {
             what: "waiting for QEMU".to_owned(),
@@ -321,6 +335,9 @@ pub fn run(
         }
     })?;
     let elapsed = start.elapsed();
+    if matches!(waited, Waited::GaveUp) && cancelled() {
+        return Err(RunError::Cancelled { console });
+    }
     check_ended(waited, &spec, &console, opts.timeout)?;
     // Output transfer: the writable disks come back (the vm-gahp touches their mtime).
     let mut returned = Vec::new();

@@ -9,6 +9,8 @@
 //! built-in KVM defaults apply.
 
 pub mod build;
+pub mod check;
+pub mod console;
 pub mod elf;
 pub mod overlay;
 pub mod vm_disk;
