@@ -16,9 +16,25 @@ pub enum TemplateCommand {
     /// Build a template from Debian's packages (mmdebstrap): a BIOS-bootable qcow2 OS disk
     /// with systemd, the agent and its unit, a data disk and a classad template. Needs root.
     Build(BuildArgs),
+    /// Put the agent and its systemd unit into an existing image (in place) with
+    /// virt-customize (Debian: libguestfs-tools; Rocky/Alma: guestfs-tools).
+    InstallAgent(InstallArgs),
     /// Boot a template once with a probe job: time each stage, show what the job saw, and say
     /// which stage failed if one did (exit 1).
     Check(CheckArgs),
+}
+
+/// Arguments of `template install-agent`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The image to change (qcow2, raw, vmdk...); keep a copy if you need the original.
+    image: PathBuf,
+    /// The static agent [default: capsule-init beside vm-capsule].
+    #[arg(long, value_name = "FILE")]
+    agent: Option<PathBuf>,
+    /// The data disk label the unit waits for (VM_CAPSULE_DATA_DISK_LABEL).
+    #[arg(long, default_value = "CONDORDATA")]
+    label: String,
 }
 
 /// Arguments of `template check`.
@@ -88,6 +104,7 @@ pub fn run(cmd: TemplateCommand) -> Result<ExitCode> {
     match cmd {
         TemplateCommand::Build(a) => run_build(&a),
         TemplateCommand::Check(a) => run_check(&a),
+        TemplateCommand::InstallAgent(a) => run_install(&a),
     }
 }
 
@@ -164,6 +181,26 @@ fn check_static(agent: &std::path::Path) -> Result<()> {
         ),
         Err(why) => anyhow::bail!("the agent {} is not an x86_64 Linux program: {why}", agent.display()),
     }
+}
+
+fn run_install(a: &InstallArgs) -> Result<ExitCode> {
+    let agent = a.agent.clone().unwrap_or_else(default_agent);
+    check_static(&agent)?;
+    let opts = vm_capsule::template::install::InstallOptions {
+        image: a.image.clone(),
+        agent,
+        label: a.label.clone(),
+    };
+    let started = std::time::Instant::now();
+    vm_capsule::template::install::install_agent(&opts, &mut |m| {
+        eprintln!("template install-agent: {m}");
+    })?;
+    eprintln!(
+        "template install-agent: done in {:.0} s: /usr/local/sbin/capsule-init and capsule-init.service (enabled) in {}; check it: vm-capsule template check DIR",
+        started.elapsed().as_secs_f64(),
+        a.image.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_agent() -> PathBuf {

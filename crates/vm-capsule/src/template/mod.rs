@@ -12,6 +12,7 @@ pub mod build;
 pub mod check;
 pub mod console;
 pub mod elf;
+pub mod install;
 pub mod overlay;
 pub mod vm_disk;
 pub mod vmx;

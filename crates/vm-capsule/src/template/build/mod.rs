@@ -147,6 +147,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("grub-mkimage", "grub-pc-bin"),
     ("qemu-img", "qemu-utils"),
     ("tar", "tar"),
+    ("virt-customize", "libguestfs-tools"),
 ];
 
 /// Run `cmd`; on failure the error carries the end of its output (or names `log`, where all
