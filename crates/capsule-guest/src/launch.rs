@@ -90,12 +90,16 @@ fn exec_shipped(args: &Args, device: &Path) -> Result<Handover> {
         return Ok(Handover::Same);
     }
     // In the scratch root, on the guest's own file system: /run and /tmp may be noexec.
+    // The scratch root stays traversable: the job's work dir will be inside it.
+    fs::create_dir_all(&args.scratch)
+        .with_context(|| format!("cannot create {}", args.scratch.display()))?;
     let dir = args.scratch.join("agent");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+        }
+        _ => {}
+    }
     let path = dir.join(CAPSULE_INIT);
     let _ = fs::remove_file(&path);
     fs::OpenOptions::new()

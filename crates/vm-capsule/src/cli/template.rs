@@ -287,7 +287,14 @@ fn print_report(r: &CheckReport, run: Option<u32>) {
     if let Some(p) = &r.probe {
         println!("  the job saw: kernel {}", p.kernel);
         println!("               distribution {}", p.distribution);
-        println!("               user {}", p.user);
+        if p.user == r.job_user {
+            println!("               user {}", p.user);
+        } else {
+            println!(
+                "               user {} (the image has no account {}, VM_CAPSULE_JOB_USER: add one if jobs need it)",
+                p.user, r.job_user
+            );
+        }
         println!("               working dir {}", p.working_dir);
         println!(
             "               free disk {}",

@@ -186,6 +186,8 @@ pub struct CheckReport {
     pub console: PathBuf,
     /// Its last lines.
     pub console_tail: Vec<String>,
+    /// The account jobs are meant to run as (`VM_CAPSULE_JOB_USER`).
+    pub job_user: String,
 }
 
 /// A check that could not even start.
@@ -235,7 +237,7 @@ pub fn check(
             temp.path().to_owned()
         }
     };
-    let routed = make_capsule(opts, &work)?;
+    let (routed, job_user) = make_capsule(opts, &work)?;
     let scratch = PathBuf::from(string_attr(&routed, "Iwd").unwrap_or_default());
     let console_path = scratch.join("console.log");
     let cancel = Arc::new(AtomicBool::new(false));
@@ -319,6 +321,7 @@ pub fn check(
         probe,
         console: console_path,
         console_tail: console::tail(&text, 12),
+        job_user,
     })
 }
 
@@ -388,7 +391,10 @@ fn read_disk(path: &Path) -> (Option<capsule_manifest::JobResult>, String) {
 }
 
 /// Stage the probe job as the translate hook would for a routed VM job.
-fn make_capsule(opts: &CheckOptions, work: &Path) -> Result<classad::ClassAd, CheckError> {
+fn make_capsule(
+    opts: &CheckOptions,
+    work: &Path,
+) -> Result<(classad::ClassAd, String), CheckError> {
     use std::os::unix::fs::PermissionsExt;
     let iwd = work.join("job");
     let scratch = work.join("scratch");
@@ -441,7 +447,7 @@ fn make_capsule(opts: &CheckOptions, work: &Path) -> Result<classad::ClassAd, Ch
     let mut log = HookLog::open("check", None).without_stderr();
     let translated =
         translate(&stdin, &cfg, &mut log).map_err(|e| CheckError::Translate(e.to_string()))?;
-    Ok(translated.routed)
+    Ok((translated.routed, cfg.job_user))
 }
 
 /// Reads the lines appended to a file since the last call.

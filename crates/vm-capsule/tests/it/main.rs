@@ -12,6 +12,7 @@ mod boot;
 mod crash;
 mod direct_boot;
 mod doctor;
+mod guests;
 mod hooks;
 mod hostile;
 mod inputs;

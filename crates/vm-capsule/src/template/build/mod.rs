@@ -311,7 +311,6 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
 
     let work = tempfile::Builder::new()
         .prefix("template-build.")
-        .disable_cleanup(std::env::var_os("VM_CAPSULE_KEEP_WORK").is_some())
         .tempdir_in(&opts.cache)
         .map_err(|e| {
             BuildError::io(
