@@ -67,6 +67,7 @@ fn build_template(kind: Kind) -> PathBuf {
         include_bytes!("../../src/template/build/mod.rs").to_vec(),
         include_bytes!("../../src/template/build/rootfs.rs").to_vec(),
         include_bytes!("../../src/template/build/bootdisk.rs").to_vec(),
+        include_bytes!("../../src/template/build/initramfs.rs").to_vec(),
     ] {
         key.push_str(&sha(&part));
     }
@@ -536,7 +537,10 @@ fn template_check_tells_good_from_no_agent_from_no_boot() {
         "{out}"
     );
     // A stock cloud image has no `condor` account: the agent falls back to nobody, and says so.
-    assert!(out.contains("user nobody (the image has no account condor"), "{out}");
+    assert!(
+        out.contains("user nobody (the image has no account condor"),
+        "{out}"
+    );
     assert!(out.contains("working dir /var/lib/capsule/work"), "{out}");
 
     let (ok, out) = check(built, &[]);

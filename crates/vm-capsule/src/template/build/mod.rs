@@ -12,6 +12,7 @@
 //! time stamp is `SOURCE_DATE_EPOCH`, UUIDs derive from the recipe.
 
 pub mod bootdisk;
+pub mod initramfs;
 pub mod rootfs;
 
 use std::fs;

@@ -24,8 +24,11 @@ const INITRAMFS_MODULES: &[&str] = &[
     "ext4",
 ];
 
-/// Units a capsule never needs: login prompts (the serial console is for the log) and the
-/// periodic jobs of a long-lived machine (package updates, trims, scrubs).
+/// Units a capsule never needs, masked: login prompts (the serial console is for the log), the
+/// periodic jobs of a long-lived machine (package updates, trims, scrubs), and early-boot work
+/// nothing in a capsule uses (kernel debug file systems, modules loaded in advance in case,
+/// saving a random seed and utmp records on a disk that is thrown away). Under TCG every unit
+/// started before the agent delays it: one virtual CPU runs them all.
 const MASKED_UNITS: &[&str] = &[
     "getty.target",
     "serial-getty@ttyS0.service",
@@ -35,6 +38,50 @@ const MASKED_UNITS: &[&str] = &[
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "fstrim.timer",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "systemd-binfmt.service",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "systemd-pstore.service",
+    "systemd-random-seed.service",
+    "systemd-update-utmp.service",
+    "systemd-journal-flush.service",
+    // The image's system accounts exist already (the packages made them at build time).
+    "systemd-sysusers.service",
+];
+
+/// systemd generators a capsule never needs (each is a program run before any unit starts):
+/// GPT auto-mounts, encrypted and verity volumes, hibernation, boot counting, SysV scripts,
+/// rc.local, consoles.
+const MASKED_GENERATORS: &[&str] = &[
+    "systemd-bless-boot-generator",
+    "systemd-cryptsetup-generator",
+    "systemd-debug-generator",
+    "systemd-getty-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
+];
+
+/// udev's part of the initramfs: it spends seconds under TCG settling every device of the VM
+/// before the root disk is even looked for; without it, initramfs-tools loads the listed
+/// modules and finds `root=UUID=` with blkid (which the hook below brings in).
+const INITRAMFS_WITHOUT_UDEV: &[&str] = &[
+    "/usr/share/initramfs-tools/hooks/udev",
+    "/usr/share/initramfs-tools/scripts/init-top/udev",
+    "/usr/share/initramfs-tools/scripts/init-bottom/udev",
 ];
 
 /// What the root file system is made of.
@@ -55,7 +102,13 @@ pub struct Recipe {
 impl Recipe {
     /// Packages beyond `minbase`.
     pub fn packages(&self) -> Vec<&'static str> {
-        let mut p = vec!["systemd-sysv", "udev", "linux-image-amd64", "lz4"];
+        let mut p = vec![
+            "systemd-sysv",
+            "udev",
+            "linux-image-amd64",
+            "lz4",
+            "busybox-static",
+        ];
         if self.start == AgentStart::CloudInit {
             p.push("cloud-init");
         }
@@ -69,9 +122,10 @@ impl Recipe {
             .map(|m| format!("{m}\\n"))
             .collect();
         vec![
-            r#"mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" "$1/var/cache/apt/archives""#.to_owned(),
+            r#"mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/etc/initramfs-tools/hooks" "$1/usr/share/initramfs-tools/modules.d" "$1/var/cache/apt/archives""#.to_owned(),
             r#"printf 'MODULES=list\nCOMPRESS=lz4\nFSTYPE=ext4\nRESUME=none\n' > "$1/etc/initramfs-tools/conf.d/vm-capsule.conf""#.to_owned(),
             format!(r#"printf '{modules}' > "$1/usr/share/initramfs-tools/modules.d/vm-capsule""#),
+            r#"printf '#!/bin/sh\n# vm-capsule: no udev in the initramfs; blkid finds root=UUID=\n[ "$1" = prereqs ] && exit 0\n. /usr/share/initramfs-tools/hook-functions\ncopy_exec /sbin/blkid /sbin\n' > "$1/etc/initramfs-tools/hooks/vm-capsule" && chmod 0755 "$1/etc/initramfs-tools/hooks/vm-capsule""#.to_owned(),
         ]
     }
 
@@ -85,6 +139,7 @@ impl Recipe {
                 self.root_uuid
             ),
         ];
+        h.push(super::initramfs::customize_hook(self.epoch));
         if self.start == AgentStart::Image {
             // The log goes to the serial console and the journal in memory: nothing of the
             // guest's bookkeeping needs to reach the (throw-away) disk.
@@ -100,6 +155,12 @@ impl Recipe {
                     r#"ln -sf /dev/null "$1/etc/systemd/system/{unit}""#
                 ));
             }
+            h.push(r#"mkdir -p "$1/etc/systemd/system-generators""#.to_owned());
+            for generator in MASKED_GENERATORS {
+                h.push(format!(
+                    r#"ln -sf /dev/null "$1/etc/systemd/system-generators/{generator}""#
+                ));
+            }
         }
         h
     }
@@ -107,7 +168,7 @@ impl Recipe {
     /// The cache key: everything above, as text.
     pub fn key(&self) -> String {
         let mut text = format!(
-            "rootfs v1\nsuite {}\nmirror {:?}\nepoch {}\npackages {:?}\n",
+            "rootfs v4\nsuite {}\nmirror {:?}\nepoch {}\npackages {:?}\nexcluded {INITRAMFS_WITHOUT_UDEV:?}\n",
             self.suite,
             self.mirror,
             self.epoch,
@@ -159,6 +220,9 @@ pub fn rootfs_tar(
             "--dpkgopt=path-exclude=/usr/share/info/*",
             "--dpkgopt=path-exclude=/usr/share/locale/*",
         ]);
+    for path in INITRAMFS_WITHOUT_UDEV {
+        cmd.arg(format!("--dpkgopt=path-exclude={path}"));
+    }
     for h in recipe.setup_hooks() {
         cmd.arg(format!("--setup-hook={h}"));
     }
