@@ -5,57 +5,56 @@
 //! Debian's initramfs-tools initramfs (even with `MODULES=list`) is 19 MiB unpacked (kmod pulls
 //! in libcrypto, udev its rules) and runs dozens of scripts: 3 to 5 s under TCG before systemd
 //! starts, and seconds more for GRUB to read it through the BIOS. This one is about 5 MiB and
-//! takes well under a second. It only replaces `/boot/initrd.img-<version>`: initramfs-tools is
+//! takes about a second. It only replaces `/boot/initrd.img-<version>`: initramfs-tools is
 //! still installed, so `update-initramfs -u` inside the image brings Debian's back.
 
-/// Kernel modules the initramfs loads, with their dependencies (`modprobe --show-depends`).
-pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_scsi",
-    "sd_mod",
-    "ata_piix",
-    "ahci",
-    "ext4",
-];
+/// Kernel modules the initramfs loads first, with their dependencies (`modprobe
+/// --show-depends`): the virtio disk every KVM template has, and ext4.
+pub const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 
-/// `/init`.
+/// Loaded only when the root file system is not found after the first ones: SCSI, IDE and
+/// SATA disks (VMware, other hypervisors). Each module costs time under TCG (the kernel checks
+/// its signature), so a virtio guest does not load them.
+pub const MORE_MODULES: &[&str] = &["virtio_scsi", "sd_mod", "ata_piix", "ahci"];
+
+/// `/init`. Applets are called through busybox rather than installed as links: hundreds of
+/// links cost time in a TCG guest.
 const INIT: &str = r#"#!/bin/busybox sh
 # vm-capsule template initramfs: disk and ext4 modules, root=UUID= read-only, then systemd.
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
-for m in $(cat /modules); do insmod "/lib/modules/$m" 2>/dev/null; done
+load() { for m in $($bb cat "$1"); do $bb insmod "/lib/modules/$m" 2>/dev/null; done; }
+load /modules
 root=
-for a in $(cat /proc/cmdline); do
+for a in $($bb cat /proc/cmdline); do
     case $a in root=*) root=${a#root=} ;; esac
 done
 dev=
 i=0
 while [ $i -lt 300 ]; do
-    dev=$(findfs "$root" 2>/dev/null) && break
-    sleep 0.1
+    dev=$($bb findfs "$root" 2>/dev/null) && break
+    [ $i = 5 ] && load /modules.more
+    $bb sleep 0.1
     i=$((i + 1))
 done
-if [ -z "$dev" ] || ! mount -o ro "$dev" /root; then
-    echo "initramfs: cannot mount root $root; block devices: $(ls /sys/class/block | tr '\n' ' ')"
-    echo o > /proc/sysrq-trigger
-    sleep 5
-    poweroff -f
+if [ -z "$dev" ] || ! $bb mount -o ro "$dev" /root; then
+    echo "initramfs: cannot mount root $root; block devices: $($bb ls /sys/class/block | $bb tr '\n' ' ')"
+    $bb sleep 5
+    $bb poweroff -f
 fi
-mount --move /dev /root/dev
-umount /proc /sys
-exec switch_root /root /sbin/init
+$bb mount --move /dev /root/dev
+$bb umount /proc /sys
+exec $bb switch_root /root /sbin/init
 "#;
 
 /// A shell command for mmdebstrap's `--customize-hook` (`$1` is the root) that builds the
 /// initramfs for the image's kernel and puts it in place of Debian's. File times are the epoch
 /// and the archive is `cpio --reproducible`: the same root gives the same initramfs.
 pub fn customize_hook(epoch: u64) -> String {
-    let modules = MODULES.join(" ");
+    let (modules, more) = (MODULES.join(" "), MORE_MODULES.join(" "));
     // The init script travels inside the hook as a here-document.
     format!(
         r#"set -e
@@ -64,12 +63,16 @@ kver=$(ls "$r/boot" | sed -n 's/^vmlinuz-//p')
 w=$(mktemp -d)
 mkdir -p "$w/bin" "$w/lib/modules" "$w/proc" "$w/sys" "$w/dev" "$w/root"
 cp "$r/bin/busybox" "$w/bin/busybox"
-chroot "$r" modprobe -S "$kver" -a --show-depends {modules} | awk '$1 == "insmod" && !seen[$2]++ {{print $2}}' > "$w/paths"
+deps() {{ chroot "$r" modprobe -S "$kver" -a --show-depends "$@" | awk '$1 == "insmod" {{print $2}}'; }}
+deps {modules} | awk '!seen[$0]++' > "$w/paths"
+deps {more} | awk 'NR == FNR {{seen[$0] = 1; next}} !seen[$0]++' "$w/paths" - > "$w/paths.more"
+: > "$w/modules.more"
 for p in $(cat "$w/paths"); do cp "$r$p" "$w/lib/modules/"; basename "$p" >> "$w/modules"; done
+for p in $(cat "$w/paths.more"); do cp "$r$p" "$w/lib/modules/"; basename "$p" >> "$w/modules.more"; done
 cat > "$w/init" <<'VM_CAPSULE_INIT'
 {INIT}VM_CAPSULE_INIT
 chmod 0755 "$w/init"
-rm "$w/paths"
+rm "$w/paths" "$w/paths.more"
 find "$w" -exec touch -h --date=@{epoch} {{}} +
 (cd "$w" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) | lz4 -l -9 -q > "$r/boot/initrd.img-$kver"
 rm -rf "$w""#
@@ -84,10 +87,9 @@ mod tests {
     fn the_hook_carries_the_init_script_whole() {
         let hook = customize_hook(7);
         assert!(hook.contains("cat > \"$w/init\" <<'VM_CAPSULE_INIT'\n#!/bin/busybox sh\n"));
-        assert!(hook.contains("exec switch_root /root /sbin/init\nVM_CAPSULE_INIT\n"));
-        assert!(hook.contains(
-            "--show-depends virtio_pci virtio_blk virtio_scsi sd_mod ata_piix ahci ext4 |"
-        ));
+        assert!(hook.contains("exec $bb switch_root /root /sbin/init\nVM_CAPSULE_INIT\n"));
+        assert!(hook.contains("deps virtio_pci virtio_blk ext4 |"));
+        assert!(hook.contains("deps virtio_scsi sd_mod ata_piix ahci |"));
         assert!(hook.contains("touch -h --date=@7"));
     }
 }

@@ -168,7 +168,7 @@ impl Recipe {
     /// The cache key: everything above, as text.
     pub fn key(&self) -> String {
         let mut text = format!(
-            "rootfs v4\nsuite {}\nmirror {:?}\nepoch {}\npackages {:?}\nexcluded {INITRAMFS_WITHOUT_UDEV:?}\n",
+            "rootfs v5\nsuite {}\nmirror {:?}\nepoch {}\npackages {:?}\nexcluded {INITRAMFS_WITHOUT_UDEV:?}\n",
             self.suite,
             self.mirror,
             self.epoch,
