@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE_BIN=${1:-}
 cd "$ROOT"
 cargo build -q --release -p vm-capsule
-NEW_BIN=$ROOT/target/release/vm-capsule
+NEW_BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/vm-capsule
 AGENT=$(bash scripts/build-test-guest.sh | awk '{print $3}')
 SYSTEMD=$(ls -d .cache/templates/systemd-* | grep -v lock | head -n 1)
 WORK=$(mktemp -d "$ROOT/.cache/bench-bytes.XXXXXX")
@@ -60,7 +60,7 @@ measure() {
         env CONDOR_CONFIG=/dev/null _CONDOR_VM_CAPSULE_TEMPLATE="$WORK/template" \
             _CONDOR_VM_CAPSULE_SCRATCH_DIR_PREFIX="$WORK/scratch-$id" \
             _CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH="$AGENT" \
-            _CONDOR_VM_CAPSULE_OUTPUT_HEADROOM_MB=16 \
+            _CONDOR_VM_CAPSULE_OUTPUT_HEADROOM_MB=16 _CONDOR_VM_CAPSULE_TEST_ANY_USER=true \
             ${node:+_CONDOR_VM_CAPSULE_NODE_IMAGE_DIR="$node"} \
             "$bin" translate 2>/dev/null)
     echo "$routed" > "$WORK/$id.ad"
@@ -80,9 +80,11 @@ measure() {
     fi
     out=$(tail -n 1 "$WORK/$id.time")
     written=$((out * 512))
-    local data
-    data=$(echo "$routed" | sed -n 's/^VMCapsuleDataDisk = "\(.*\)"$/\1/p')
-    data=$(stat -c %s "$(echo "$routed" | sed -n 's/^VMCapsuleScratch = "\(.*\)"$/\1/p')/$data")
+    local data name
+    name=$(echo "$routed" | sed -n 's/^VMCapsuleDataDisk = "\(.*\)"$/\1/p')
+    # The vanilla launcher makes the data disk on the node, from the inputs.
+    data=$(stat -c %s "$(echo "$routed" | sed -n 's/^VMCapsuleScratch = "\(.*\)"$/\1/p')/$name" 2>/dev/null \
+        || echo "(made on the node)")
     printf '| %s | %s | %s | %s |\n' "$name" "$transfer" "$written" "$data"
 }
 

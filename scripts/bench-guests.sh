@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-3}
 cd "$ROOT"
 cargo build -q --release -p vm-capsule
-VMC=$ROOT/target/release/vm-capsule
+VMC=$ROOT/target/x86_64-unknown-linux-gnu/release/vm-capsule
 GUEST=$(bash scripts/build-test-guest.sh | awk '{print $3}' | xargs dirname)
 AGENT=$GUEST/capsule-init
 SYSTEMD=$(ls -d .cache/templates/systemd-* | grep -v lock | head -n 1)

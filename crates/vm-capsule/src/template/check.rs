@@ -442,8 +442,11 @@ fn make_capsule(
             .map(|(k, v)| (format!("_CONDOR_{k}"), v)),
     );
     let knobs = Knobs::load(None, env).map_err(|e| CheckError::Translate(e.to_string()))?;
-    let cfg =
+    let mut cfg =
         TranslateConfig::from_knobs(&knobs).map_err(|e| CheckError::Translate(e.to_string()))?;
+    // The probe job belongs to whoever runs the check (root included): not a hook run for
+    // another user, which is what the owner check guards.
+    cfg.test_any_user = true;
     let mut log = HookLog::open("check", None).without_stderr();
     let translated =
         translate(&stdin, &cfg, &mut log).map_err(|e| CheckError::Translate(e.to_string()))?;

@@ -88,7 +88,7 @@ fn build_template(kind: Kind) -> PathBuf {
     let run = Command::new("flock")
         .arg(&lock)
         .args(["sh", "-c", &script])
-        .arg(assert_cmd::cargo::cargo_bin("vm-capsule"))
+        .arg(crate::router::bin("vm-capsule"))
         .output()
         .unwrap();
     assert!(
@@ -283,7 +283,7 @@ fn vm_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, C
         .path()
         .join(format!("{flavour}-{}.routed.ad", job.name));
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let run = Command::new(crate::router::bin("vm-capsule"))
         .arg("run")
         .arg(&ad_file)
         .args(["--accel", "tcg", "--timeout", RUN_TIMEOUT])
@@ -487,7 +487,7 @@ fn cloud_image_in_nocloud_mode_runs_jobs_like_native_and_busybox() {
 }
 
 fn check(dir: &Path, extra: &[&str]) -> (bool, String) {
-    let out = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let out = Command::new(crate::router::bin("vm-capsule"))
         .args(["template", "check"])
         .arg(dir)
         .arg("--agent")
@@ -517,7 +517,7 @@ fn template_check_tells_good_from_no_agent_from_no_boot() {
         )
         .unwrap();
     }
-    let install = Command::new(assert_cmd::cargo::cargo_bin("vm-capsule"))
+    let install = Command::new(crate::router::bin("vm-capsule"))
         .args(["template", "install-agent"])
         .arg(with_agent.join("condor_vm_capsule/os.qcow2"))
         .arg("--agent")

@@ -350,6 +350,34 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
     let raw = work.path().join("os.raw");
     bootdisk::make_raw(&spec, &raw, work.path(), progress)?;
 
+    let (os_disk, os_sha256) = write_os_disk(&raw, &dir, progress)?;
+    for name in ["vmlinuz", "initrd.img", "cmdline"] {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    if opts.direct_boot {
+        write_direct_boot(&root, &dir, &kernel_version, &cmdline)?;
+    }
+    write_data_disk(&dir)?;
+    let classad_template = opts.out.join(CLASSAD_TEMPLATE);
+    fs::write(&classad_template, classad_template_text())
+        .map_err(|e| BuildError::io(format!("cannot write {}", classad_template.display()), e))?;
+    let os_bytes = fs::metadata(&os_disk).map_or(0, |m| m.len());
+    Ok(Built {
+        os_disk,
+        os_sha256,
+        os_bytes,
+        classad_template,
+        kernel_version,
+    })
+}
+
+/// Convert the raw image to the template's zstd-compressed qcow2 OS disk, with its sha256
+/// beside it; returns the disk and the sum.
+fn write_os_disk(
+    raw: &Path,
+    dir: &Path,
+    progress: Progress,
+) -> Result<(PathBuf, String), BuildError> {
     progress("OS disk: qemu-img convert to zstd-compressed qcow2");
     let os_disk = dir.join(OS_DISK);
     let partial = dir.join(format!(".{OS_DISK}.partial"));
@@ -365,7 +393,7 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
             "-o",
             "compression_type=zstd",
         ])
-        .arg(&raw)
+        .arg(raw)
         .arg(&partial);
     run_tool(&mut convert, "qemu-img", None)?;
     fs::rename(&partial, &os_disk)
@@ -377,12 +405,11 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
     fs::write(&sum_file, format!("{os_sha256}  {OS_DISK}\n"))
         .map_err(|e| BuildError::io(format!("cannot write {}", sum_file.display()), e))?;
 
-    for name in ["vmlinuz", "initrd.img", "cmdline"] {
-        let _ = fs::remove_file(dir.join(name));
-    }
-    if opts.direct_boot {
-        write_direct_boot(&root, &dir, &kernel_version, &cmdline)?;
-    }
+    Ok((os_disk, os_sha256))
+}
+
+/// The template's data disk (a 64 MiB qcow2), unless one is there.
+fn write_data_disk(dir: &Path) -> Result<(), BuildError> {
     let data = dir.join("data.qcow2");
     if !data.exists() {
         DataDisk::create(
@@ -398,17 +425,7 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
             why: e.to_string(),
         })?;
     }
-    let classad_template = opts.out.join(CLASSAD_TEMPLATE);
-    fs::write(&classad_template, classad_template_text())
-        .map_err(|e| BuildError::io(format!("cannot write {}", classad_template.display()), e))?;
-    let os_bytes = fs::metadata(&os_disk).map_or(0, |m| m.len());
-    Ok(Built {
-        os_disk,
-        os_sha256,
-        os_bytes,
-        classad_template,
-        kernel_version,
-    })
+    Ok(())
 }
 
 /// Put the agent and its unit into an unpacked root and enable the unit; what changed gets
