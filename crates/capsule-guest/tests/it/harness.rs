@@ -152,17 +152,7 @@ impl Capsule {
         let image = self.dir.path().join("data.img");
         self.make_image(&image, format).finish().unwrap();
         let ran = self.run_with(&["--image".as_ref(), image.as_os_str()]);
-        let data = self.dir.path().join("returned");
-        fs::create_dir(&data).unwrap();
-        let disk = DataDisk::open(&image, Access::ReadOnly).unwrap();
-        for entry in disk.list("").unwrap() {
-            let mut src = disk.open_file(&entry.name).unwrap();
-            let mut dst = fs::File::create(data.join(&entry.name)).unwrap();
-            std::io::copy(&mut src, &mut dst).unwrap();
-        }
-        let mut ran = ran.finish(self, data);
-        ran.image = Some(image);
-        ran
+        self.returned(ran, image)
     }
 
     /// Free bytes the job's outputs will find on the data disk made by [`Capsule::run`].
@@ -219,6 +209,11 @@ impl Capsule {
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         let ran = self.run_with(&args);
+        self.returned(ran, image)
+    }
+
+    /// Finish a run on the data disk `image`: its files copied out as the returned data.
+    fn returned(self, ran: RawRun, image: PathBuf) -> Ran {
         let data = self.dir.path().join("returned");
         fs::create_dir(&data).unwrap();
         let disk = DataDisk::open(&image, Access::ReadOnly).unwrap();

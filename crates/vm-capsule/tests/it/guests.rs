@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use classad::eval::{evaluate_attr, string_attr};
-use classad::{ClassAd, Expr, Value};
+use classad::eval::string_attr;
+use classad::{ClassAd, Expr};
 
-use crate::router::{files_under, job_ads, print_ad, vanilla_execute_node, JobEnd, Pool};
+use crate::router::{job_ads, print_ad, vanilla_execute_node, JobEnd, Pool};
+use crate::vanilla::{exit_of, setup_iwd, tree, Job};
 
 /// Seconds a guest may take from QEMU start to poweroff (a cloud image under TCG on a busy
 /// 2-core machine has taken 80 s).
@@ -146,15 +147,6 @@ fn busybox_template(dir: &Path) {
     .unwrap();
 }
 
-struct Job {
-    name: &'static str,
-    script: &'static str,
-    submit: &'static str,
-    files: &'static [(&'static str, &'static str)],
-}
-
-/// Quoted arguments + environment + exit code 7; death by a signal; outputs with a remap and a
-/// directory (in and out).
 const JOBS: &[Job] = &[
     Job {
         name: "args-env-exit7",
@@ -175,37 +167,6 @@ const JOBS: &[Job] = &[
         files: &[("d/a.txt", "A\n"), ("d/sub/b.txt", "B\n")],
     },
 ];
-
-fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
-    let iwd = root.join(flavour).join(job.name);
-    fs::create_dir_all(&iwd).unwrap();
-    fs::write(iwd.join("job.sh"), format!("#!/bin/sh\n{}\n", job.script)).unwrap();
-    for (p, c) in job.files {
-        let path = iwd.join(p);
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, c).unwrap();
-    }
-    iwd
-}
-
-/// Files the job left in its directory (its script excluded).
-fn tree(iwd: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = files_under(iwd);
-    files.retain(|(rel, _)| rel != "job.sh");
-    files
-}
-
-fn exit_of(attrs: &ClassAd) -> JobEnd {
-    if evaluate_attr(attrs, "ExitBySignal") == Value::Bool(true) {
-        JobEnd::Signaled(
-            i32::try_from(evaluate_attr(attrs, "ExitSignal").as_integer().unwrap()).unwrap(),
-        )
-    } else {
-        JobEnd::Exited(
-            i32::try_from(evaluate_attr(attrs, "ExitCode").as_integer().unwrap()).unwrap(),
-        )
-    }
-}
 
 /// What one flavour of one job gave.
 #[derive(Debug, PartialEq)]

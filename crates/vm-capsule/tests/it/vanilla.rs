@@ -16,11 +16,12 @@ pub fn template(cmdline: &'static str) -> impl Fn(&Path) {
     move |dir: &Path| crate::router::test_guest_template(dir, cmdline)
 }
 
-struct Job {
-    name: &'static str,
-    script: &'static str,
-    submit: &'static str,
-    files: &'static [(&'static str, &'static str)],
+/// A test job: its script, the submit lines after `executable`, and its input files.
+pub struct Job {
+    pub name: &'static str,
+    pub script: &'static str,
+    pub submit: &'static str,
+    pub files: &'static [(&'static str, &'static str)],
 }
 
 const JOBS: &[Job] = &[
@@ -57,13 +58,14 @@ const JOBS: &[Job] = &[
 ];
 
 /// Files under `dir` with contents, job.sh excluded.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = crate::router::files_under(dir);
     files.retain(|(rel, _)| rel != "job.sh");
     files
 }
 
-fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
+/// The job's directory `root/flavour/name`: its script and input files.
+pub fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
     let iwd = root.join(flavour).join(job.name);
     fs::create_dir_all(&iwd).unwrap();
     fs::write(iwd.join("job.sh"), format!("#!/bin/sh\n{}\n", job.script)).unwrap();
@@ -75,7 +77,8 @@ fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
     iwd
 }
 
-fn exit_of(attrs: &ClassAd) -> JobEnd {
+/// How the job ended, by the exit attributes of a finalize ad.
+pub fn exit_of(attrs: &ClassAd) -> JobEnd {
     if evaluate_attr(attrs, "ExitBySignal") == Value::Bool(true) {
         JobEnd::Signaled(
             i32::try_from(evaluate_attr(attrs, "ExitSignal").as_integer().unwrap()).unwrap(),
