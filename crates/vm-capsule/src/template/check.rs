@@ -37,6 +37,8 @@ echo "free disk: $(df -Pk . | awk 'NR==2 {print $4}') KiB"
 /// A login prompt with no agent, or a result with no poweroff, is final after this long
 /// (cloud-init starts the agent after the login prompt is up).
 const SETTLE: Duration = Duration::from_secs(45);
+/// The most of the console log read for the verdict (a probe boot prints well under 1 MiB).
+const CONSOLE_MAX: u64 = 16 << 20;
 
 /// What to check.
 #[derive(Debug, Clone)]
@@ -297,7 +299,13 @@ pub fn check(
         }
         result
     });
-    let text = fs::read_to_string(&console_path).unwrap_or_default();
+    // The guest writes the console: read a bounded amount, and non-UTF-8 bytes must not hide
+    // the lines around them.
+    let mut bytes = Vec::new();
+    if let Ok(f) = fs::File::open(&console_path) {
+        let _ = f.take(CONSOLE_MAX).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let mut all = Seen::default();
     all.feed_all(&text);
     let data = scratch.join(string_attr(&routed, "VMCapsuleDataDisk").unwrap_or_default());
