@@ -217,6 +217,16 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CheckError {
     move |source| CheckError::Io { what, source }
 }
 
+/// The console log as text. The guest writes it: read a bounded amount, and non-UTF-8 bytes
+/// must not hide the lines around them.
+fn read_console(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.take(CONSOLE_MAX).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Boot the template once with the probe job.
 ///
 /// # Errors
@@ -299,13 +309,7 @@ pub fn check(
         }
         result
     });
-    // The guest writes the console: read a bounded amount, and non-UTF-8 bytes must not hide
-    // the lines around them.
-    let mut bytes = Vec::new();
-    if let Ok(f) = fs::File::open(&console_path) {
-        let _ = f.take(CONSOLE_MAX).read_to_end(&mut bytes);
-    }
-    let text = String::from_utf8_lossy(&bytes);
+    let text = read_console(&console_path);
     let mut all = Seen::default();
     all.feed_all(&text);
     let data = scratch.join(string_attr(&routed, "VMCapsuleDataDisk").unwrap_or_default());
