@@ -72,12 +72,18 @@ pub struct RunArgs {
 /// the working directory. Say so when they are not there (run by hand, outside a slot).
 fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Result<()> {
     let spec = VmSpec::from_ad(ad)?;
-    // The launcher makes the data disk itself, from what HTCondor transferred.
+    // The launcher makes the data disk itself, from what HTCondor transferred, and the
+    // overlays over OS images staged on the node.
     let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk");
+    let overlays: Vec<String> = vm_capsule::node_image::from_routed_ad(ad)?
+        .into_iter()
+        .map(|b| b.overlay)
+        .collect();
     let missing: Vec<&String> = spec
         .transfer
         .iter()
-        .filter(|f| data_disk.as_deref() != Some(f.as_str()) && !cwd.join(f).exists())
+        .filter(|f| data_disk.as_deref() != Some(f.as_str()) && !overlays.contains(f))
+        .filter(|f| !cwd.join(f).exists())
         .collect();
     if missing.is_empty() {
         return Ok(());
