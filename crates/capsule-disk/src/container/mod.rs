@@ -104,6 +104,10 @@ pub(crate) trait Backend: Send + fmt::Debug {
     /// Persist all metadata (tables, headers) and flush file buffers.
     fn flush_meta(&mut self) -> io::Result<()>;
     fn info(&self) -> ContainerInfo;
+    /// Every file this image reads, its backing images' own files included.
+    fn every_file(&self) -> Vec<PathBuf> {
+        self.info().files
+    }
     /// True if the range is known to read as zeros without holding data (unallocated, no
     /// parent), so writing zeros there can be skipped. `false` is always a safe answer.
     fn reads_as_zero(&mut self, _offset: u64, _len: u64) -> io::Result<bool> {
@@ -205,6 +209,12 @@ impl Image {
     #[must_use]
     pub fn info(&self) -> ContainerInfo {
         self.backend.info()
+    }
+
+    /// Every file the image is read from: its own (descriptor, extents) and those of every
+    /// image below it (parents, backing files, and their extents), top first.
+    pub fn every_file(&self) -> Vec<PathBuf> {
+        self.backend.every_file()
     }
 
     /// Write all metadata and flush.
@@ -378,7 +388,16 @@ pub(crate) fn create_file(path: &Path) -> Result<File, Error> {
 /// Open a file that an image names (extent, parent, backing file). Only regular files are
 /// accepted: a hostile descriptor naming a FIFO or `/dev/stdin` would otherwise block.
 pub(crate) fn open_referenced(path: &Path, access: Access) -> Result<File, Error> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Open first (non-blocking, so a FIFO swapped in after a check cannot block), then check
+    // what was opened: no window between the check and the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(access == Access::ReadWrite)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() {
         return Err(Error::Unsupported {
             path: path.to_owned(),
@@ -386,7 +405,7 @@ pub(crate) fn open_referenced(path: &Path, access: Access) -> Result<File, Error
             detail: "extents, parents and backing files must be regular files".to_owned(),
         });
     }
-    open_file(path, access)
+    Ok(file)
 }
 
 pub(crate) fn open_file(path: &Path, access: Access) -> Result<File, Error> {

@@ -335,6 +335,85 @@ fn item_15_a_swapped_disk_is_refused() {
     assert!(!j.iwd.join("big.txt").exists());
 }
 
+/// The virtual size of the disk translate staged.
+fn staged_size(disk: &Path) -> u64 {
+    capsule_disk::Image::open(disk, Access::ReadOnly)
+        .unwrap()
+        .virtual_size()
+}
+
+/// 11.15: a returned disk whose container reaches outside its job dir (a qcow2 backing file
+/// elsewhere, a VMware extent that is a symlink) is refused: the staged disk had neither, and
+/// the outputs would come from a file the disk only names.
+#[test]
+fn item_15_a_disk_naming_files_outside_its_dir_is_refused() {
+    // qcow2 with a backing file outside scratch, made with QEMU's own tool.
+    let pool = Pool::new(&template(ImageFormat::Qcow2));
+    let j = job(&pool, "backed", "", 1151);
+    let routed = pool.translate(&j.ad).unwrap();
+    let disk = scratch_of(&routed).join("data.qcow2");
+    let size = staged_size(&disk);
+    let elsewhere = pool.root.path().join("elsewhere.img");
+    DataDisk::create(
+        &elsewhere,
+        &CreateOptions::new().size(size).format(ImageFormat::Raw),
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+    forge(
+        &elsewhere,
+        &result_json(0, &["planted.txt"], None),
+        Some(&tar_of(&[("planted.txt", b"x")])),
+    );
+    fs::remove_file(&disk).unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&elsewhere)
+        .arg(&disk)
+        .arg(size.to_string())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (_, attrs) = pool.finalize(&j.ad, &routed);
+    assert_eq!(attr(&attrs, "ExitCode"), Value::Integer(125));
+    let err = string_attr(&attrs, "VMCapsuleError").unwrap();
+    assert!(err.contains("elsewhere.img"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert!(!j.iwd.join("planted.txt").exists());
+
+    // A VMware descriptor whose extent is a symlink to a disk elsewhere.
+    let pool = Pool::new(&template(ImageFormat::Vmdk));
+    let j = job(&pool, "linked-extent", "", 1152);
+    let routed = pool.translate(&j.ad).unwrap();
+    let scratch = scratch_of(&routed);
+    let size = staged_size(&scratch.join("data.vmdk"));
+    let elsewhere = pool.root.path().join("elsewhere-flat.vmdk");
+    DataDisk::create(
+        &elsewhere,
+        &CreateOptions::new().size(size).format(ImageFormat::Raw),
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+    forge(
+        &elsewhere,
+        &result_json(0, &["planted.txt"], None),
+        Some(&tar_of(&[("planted.txt", b"x")])),
+    );
+    std::os::unix::fs::symlink(&elsewhere, scratch.join("data-flat.vmdk")).unwrap();
+    fs::write(
+        scratch.join("data.vmdk"),
+        format!("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\nRW {} FLAT \"data-flat.vmdk\" 0\n", size / 512),
+    )
+    .unwrap();
+    let (_, attrs) = pool.finalize(&j.ad, &routed);
+    assert_eq!(attr(&attrs, "ExitCode"), Value::Integer(125));
+    let err = string_attr(&attrs, "VMCapsuleError").unwrap();
+    assert!(err.contains("data-flat.vmdk"), "{err}");
+    assert!(!j.iwd.join("planted.txt").exists());
+}
+
 /// 11.16: a file whose data the archive cuts short is not placed.
 #[test]
 fn item_16_truncated_entries_are_not_placed() {

@@ -586,6 +586,14 @@ impl Backend for Qcow2Backend {
         Ok(true)
     }
 
+    fn every_file(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        if let Some(b) = &self.backing {
+            files.extend(b.every_file());
+        }
+        files
+    }
+
     fn info(&self) -> ContainerInfo {
         let mut chain = Vec::new();
         if let Some(b) = &self.backing {

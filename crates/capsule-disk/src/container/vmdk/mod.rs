@@ -395,6 +395,14 @@ impl Backend for VmdkBackend {
         Ok(true)
     }
 
+    fn every_file(&self) -> Vec<PathBuf> {
+        let mut files = self.info().files;
+        if let Some(parent) = &self.parent {
+            files.extend(parent.every_file());
+        }
+        files
+    }
+
     fn info(&self) -> ContainerInfo {
         let mut files = vec![self.path.clone()];
         for e in &self.extents {

@@ -83,6 +83,7 @@ pub fn load(dir: &JobDir, capsule: &RoutedCapsule, max_bytes: u64) -> Result<Ret
             ));
         }
     }
+    contained_in(dir, &image.every_file())?;
     drop(image);
     let disk = DataDisk::open(&path, Access::ReadOnly)
         .map_err(|e| format!("the VM's data disk {} is unreadable: {e}", path.display()))?;
@@ -92,6 +93,34 @@ pub fn load(dir: &JobDir, capsule: &RoutedCapsule, max_bytes: u64) -> Result<Ret
         )
     })?;
     Ok(Returned { disk, result })
+}
+
+/// Every file a container is made of (descriptor, extents, parents, backing files) must be a
+/// regular file directly in the job dir, as staged: a qcow2 backing file or a VMware extent
+/// elsewhere, or a link to one, would make the outputs come from a file the disk only names.
+fn contained_in(dir: &JobDir, files: &[PathBuf]) -> Result<(), String> {
+    for file in files {
+        let name = file
+            .strip_prefix(dir.path())
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .filter(|rel| !rel.is_empty() && !rel.contains('/'));
+        let Some(name) = name else {
+            return Err(format!(
+                "the returned data disk names {}, outside its job dir {}; refused",
+                file.display(),
+                dir.path().display()
+            ));
+        };
+        let st = dir.stat(name).map_err(|e| e.to_string())?;
+        if !st.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile) {
+            return Err(format!(
+                "the returned data disk names {}, which is not a regular file; refused",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Read and validate `result.json` from a returned data disk (bounded).
