@@ -1,0 +1,148 @@
+//! Crashes and full disks: nothing half-done is left or placed, and a re-run converges.
+
+use super::*;
+
+/// 11.7: scratch full while packing inputs: passing, said as such, nothing left, no hold.
+#[test]
+fn item_07_scratch_full_is_transient() {
+    let mut pool = Pool::new(&template(ImageFormat::Raw));
+    let prefix = pool.root.path().join("small-scratch");
+    fs::create_dir(&prefix).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m,mode=1777", "tmpfs"])
+        .arg(&prefix)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "mounting a small tmpfs needs root (CI runs as root)"
+    );
+    let _unmount = Unmount(prefix.clone());
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_SCRATCH_DIR_PREFIX".into(),
+        prefix.display().to_string(),
+    ));
+    let j = job(&pool, "full", "transfer_input_files = big.dat", 1107);
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(j.iwd.join("big.dat"), &data).unwrap();
+    let run = pool.translate(&j.ad).unwrap_err();
+    assert!(
+        run.stderr.contains("scratch file system full"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("condor_hold"), "{}", run.stderr);
+    let owner_dir = prefix.join(crate::router::current_user());
+    assert_eq!(
+        fs::read_dir(&owner_dir)
+            .unwrap()
+            .filter(|e| !e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".vm-capsule"))
+            .count(),
+        0
+    );
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// 11.8: `kill -9` in the middle of finalize, then a re-run: the same tree as one run, no
+/// temporary files left.
+#[test]
+fn item_08_finalize_killed_and_rerun_converges() {
+    let pool = Pool::new(&template(ImageFormat::Qcow2));
+    let j = job(&pool, "killed", "transfer_output_files = o", 1108);
+    let names: Vec<String> = (0..300).map(|i| format!("o/f{i:03}")).collect();
+    let blob = vec![7u8; 64 << 10];
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &blob[..])).collect();
+    let routed = pool.translate(&j.ad).unwrap();
+    let disk = scratch_of(&routed).join("data.qcow2");
+    forge(
+        &disk,
+        &result_json(0, &["o"], None),
+        Some(&tar_of(&entries)),
+    );
+    let mut src = j.ad.clone();
+    src.insert("JobStatus", Expr::integer(4));
+    let stdin = format!("{}\n------\n{}", print_ad(&src), print_ad(&routed));
+    for delay_ms in [5, 20, 60] {
+        pool.run_hook_killed("finalize", &stdin, delay_ms);
+    }
+    let (_, attrs) = pool.finalize(&j.ad, &routed);
+    assert_eq!(attr(&attrs, "ExitCode"), Value::Integer(0));
+    let files = listing(&j.iwd);
+    assert_eq!(files.len(), 301, "{:?}", &files[..files.len().min(5)]);
+    assert!(
+        files.iter().all(|f| !f.contains(".vm-capsule.")),
+        "leftover temp files"
+    );
+}
+
+/// 11.9: a killed translate's dir is reclaimed by a later translate; a refused job stages
+/// nothing; kept failed dirs are bounded.
+#[test]
+fn item_09_stale_and_failed_dirs_are_reclaimed() {
+    let mut pool = Pool::new(&template(ImageFormat::Qcow2));
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_KEEP_FAILED".into(), "1".into()));
+    let owner_dir = pool
+        .root
+        .path()
+        .join("scratch")
+        .join(crate::router::current_user());
+    // A refused job (missing input) leaves no dir at all.
+    let missing = job(&pool, "missing", "transfer_input_files = nope.dat", 1109);
+    pool.translate(&missing.ad).unwrap_err();
+    assert!(!owner_dir.exists() || fs::read_dir(&owner_dir).unwrap().count() == 0);
+    // A translate killed while staging leaves `.staging`; an hour later it is reclaimed.
+    let slow = job(&pool, "slow", "transfer_input_files = big.dat", 1119);
+    fs::write(slow.iwd.join("big.dat"), vec![1u8; 200 << 20]).unwrap();
+    let stdin = format!(
+        "[ Name = \"VM capsule\"; TargetUniverse = 13 ]\n------\n{}",
+        print_ad(&slow.ad)
+    );
+    let staging_dirs = || -> Vec<PathBuf> {
+        fs::read_dir(&owner_dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().path())
+                    .filter(|p| p.to_string_lossy().ends_with(".staging"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Killed while staging: as soon as its staging dir exists.
+    let killed = pool.run_hook_killed_when("translate", &stdin, &|| !staging_dirs().is_empty());
+    assert!(killed, "translate ended before it was killed");
+    let staging = staging_dirs();
+    assert_eq!(staging.len(), 1);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7 * 3600);
+    fs::File::open(&staging[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let _ = fs::remove_file(owner_dir.join(".vm-capsule-swept"));
+    let ok = job(&pool, "ok", "", 1129);
+    let routed = pool.translate(&ok.ad).unwrap();
+    assert!(!staging[0].exists());
+    // Failed finalizes keep their dirs, at most VM_CAPSULE_KEEP_FAILED of them.
+    let mut kept = Vec::new();
+    for (i, name) in ["f1", "f2", "f3"].iter().enumerate() {
+        let f = job(&pool, name, "", 1140 + i64::try_from(i).unwrap());
+        let routed = pool.translate(&f.ad).unwrap();
+        pool.finalize(&f.ad, &routed); // never ran: no result
+        pool.cleanup(&routed);
+        kept.push(scratch_of(&routed));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(kept.iter().filter(|d| d.exists()).count(), 1);
+    assert!(kept[2].exists(), "the newest failed dir is the one kept");
+    pool.cleanup(&routed);
+}
