@@ -20,7 +20,7 @@ fn guest_template(
     initrd: Option<PathBuf>,
 ) -> impl Fn(&Path) {
     move |dir: &Path| {
-        let guest = crate::router::test_guest();
+        let guest = crate::execute_node::test_guest();
         fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
         fs::copy(
             initrd.clone().unwrap_or_else(|| guest.join("initrd.gz")),

@@ -9,10 +9,11 @@ use capsule_disk::{Access, DataDisk, ImageFormat};
 use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 
-use crate::router::{files_under, job_ads, print_ad, Pool};
+use crate::execute_node::files_under;
+use crate::router::{job_ads, print_ad, Pool};
 
 fn template(dir: &Path) {
-    crate::router::qcow2_data_disk(dir);
+    crate::execute_node::qcow2_data_disk(dir);
     capsule_disk::Image::create(&dir.join("os.qcow2"), ImageFormat::Qcow2, 32 << 20)
         .unwrap()
         .finish()

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
-use crate::router::{job_ads, print_ad, vanilla_execute_node, JobEnd, Pool};
+use crate::execute_node::{vanilla_execute_node, JobEnd};
+use crate::router::{job_ads, print_ad, Pool};
 
 /// The admin's VM submit file, as HTCondor turns it into an ad: the classad template.
 pub fn classad_template(dir: &Path, submit: &str) -> PathBuf {
@@ -29,13 +30,13 @@ pub const XEN_SUBMIT: &str =
 /// names there (a different initrd.img), which must not be shipped.
 pub fn xen_template(decoy: bool) -> impl Fn(&Path) {
     move |dir: &Path| {
-        let guest = crate::router::test_guest();
+        let guest = crate::execute_node::test_guest();
         fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
         fs::copy(guest.join("initrd.gz"), dir.join("initrd.gz")).unwrap();
         if decoy {
             fs::write(dir.join("initrd.img"), b"not the initrd").unwrap();
         }
-        crate::router::qcow2_data_disk(dir);
+        crate::execute_node::qcow2_data_disk(dir);
     }
 }
 

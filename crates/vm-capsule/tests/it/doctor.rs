@@ -10,8 +10,9 @@ use std::process::Command;
 
 use serde_json::Value as Json;
 
+use crate::execute_node::capsule_init;
 use crate::ops::{kvm_template, Tarball};
-use crate::router::{bin, capsule_init, Pool};
+use crate::router::{bin, Pool};
 
 fn chmod(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();

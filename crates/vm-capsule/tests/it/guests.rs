@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 
-use crate::router::{job_ads, print_ad, vanilla_execute_node, JobEnd, Pool};
+use crate::execute_node::{vanilla_execute_node, JobEnd};
+use crate::router::{job_ads, print_ad, Pool};
 use crate::vanilla::{exit_of, setup_iwd, tree, Job};
 
 /// Seconds a guest may take from QEMU start to poweroff (a cloud image under TCG on a busy
@@ -39,7 +40,7 @@ fn repo() -> PathBuf {
 
 /// The static agent the test guest script builds (also what goes in the systemd image).
 fn static_agent() -> PathBuf {
-    crate::router::test_guest().join("capsule-init")
+    crate::execute_node::test_guest().join("capsule-init")
 }
 
 /// sha256 hex of `bytes` (through the library the builder uses).
@@ -132,7 +133,7 @@ fn link_template(from: &Path) -> impl Fn(&Path) + '_ {
 
 /// The busybox test guest as a template (direct kernel boot).
 fn busybox_template(dir: &Path) {
-    let guest = crate::router::test_guest();
+    let guest = crate::execute_node::test_guest();
     fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
     fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
     fs::write(dir.join("cmdline"), "console=ttyS0 quiet panic=-1").unwrap();

@@ -11,7 +11,8 @@ use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
-use crate::router::{job_ads, run_capsule, Pool};
+use crate::execute_node::run_capsule;
+use crate::router::{job_ads, Pool};
 
 fn kvm_template(data: ImageFormat, os: ImageFormat) -> impl Fn(&Path) {
     move |dir: &Path| {
@@ -157,10 +158,10 @@ fn run_cases(pool: &Pool, cases: &[Case], delta: bool) -> Vec<Done> {
             scratch: Some(scratch),
         });
         // Finalize is idempotent: a re-run after a crash gives the same files and output.
-        let before = crate::router::files_under(&base.join(case.name));
+        let before = crate::execute_node::files_under(&base.join(case.name));
         let (_, again) = pool.finalize(&ad, &routed);
         assert_eq!(
-            crate::router::files_under(&base.join(case.name)),
+            crate::execute_node::files_under(&base.join(case.name)),
             before,
             "{}: finalize re-run changed files",
             case.name

@@ -12,10 +12,11 @@ use std::process::{Child, Command, Stdio};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Value};
 
-use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
+use crate::execute_node::{run_capsule, vanilla_execute_node, JobEnd};
+use crate::router::{job_ads, print_ad, Pool};
 
 fn template(dir: &Path) {
-    crate::router::test_guest_template(dir, "console=ttyS0 quiet panic=-1");
+    crate::execute_node::test_guest_template(dir, "console=ttyS0 quiet panic=-1");
 }
 
 /// A web server on 127.0.0.1 serving `dir` (Python's http.server), stopped on drop.
@@ -81,7 +82,7 @@ fn setup(root: &Path, name: &str, script: &str) -> PathBuf {
 
 /// Files under `dir`, job.sh excluded.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = crate::router::files_under(dir);
+    let mut files = crate::execute_node::files_under(dir);
     files.retain(|(rel, _)| rel != "job.sh");
     files
 }

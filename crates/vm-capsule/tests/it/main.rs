@@ -12,6 +12,7 @@ mod boot;
 mod crash;
 mod direct_boot;
 mod doctor;
+mod execute_node;
 mod guests;
 mod hooks;
 mod hostile;

@@ -11,7 +11,8 @@ use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
-use crate::router::{bin, capsule_init, current_user, job_ads, print_ad, Pool};
+use crate::execute_node::capsule_init;
+use crate::router::{bin, current_user, job_ads, print_ad, Pool};
 
 /// A KVM template: an OS disk and a qcow2 data disk.
 pub fn kvm_template(dir: &Path) {

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Expr, Value};
 
-use crate::router::{job_ads, print_ad, run_capsule, vanilla_execute_node, JobEnd, Pool};
+use crate::execute_node::{run_capsule, vanilla_execute_node, JobEnd};
+use crate::router::{job_ads, print_ad, Pool};
 
 pub fn template(cmdline: &'static str) -> impl Fn(&Path) {
-    move |dir: &Path| crate::router::test_guest_template(dir, cmdline)
+    move |dir: &Path| crate::execute_node::test_guest_template(dir, cmdline)
 }
 
 /// A test job: its script, the submit lines after `executable`, and its input files.
@@ -59,7 +60,7 @@ const JOBS: &[Job] = &[
 
 /// Files under `dir` with contents, job.sh excluded.
 pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = crate::router::files_under(dir);
+    let mut files = crate::execute_node::files_under(dir);
     files.retain(|(rel, _)| rel != "job.sh");
     files
 }

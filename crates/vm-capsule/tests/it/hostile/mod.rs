@@ -148,7 +148,7 @@ fn attr(attrs: &ClassAd, name: &str) -> Value {
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = crate::router::files_under(dir)
+    let mut names: Vec<String> = crate::execute_node::files_under(dir)
         .into_iter()
         .map(|(p, _)| p)
         .collect();
