@@ -33,6 +33,22 @@ pub enum JobEnd {
     Signaled(i32),
 }
 
+impl JobEnd {
+    /// Set the exit attributes HTCondor gives a job that ended this way.
+    pub fn set_in(&self, ad: &mut ClassAd) {
+        match *self {
+            JobEnd::Exited(c) => {
+                ad.insert("ExitCode", classad::Expr::integer(i64::from(c)));
+                ad.insert("ExitBySignal", classad::Expr::boolean(false));
+            }
+            JobEnd::Signaled(s) => {
+                ad.insert("ExitBySignal", classad::Expr::boolean(true));
+                ad.insert("ExitSignal", classad::Expr::integer(i64::from(s)));
+            }
+        }
+    }
+}
+
 /// A STAND-IN for an HTCondor execute node running a vanilla job with file transfer (no
 /// startd/starter can run here): it copies `Cmd` and `TransferInput` into a fresh sandbox,
 /// runs `Cmd` with `Arguments` there, then brings back `TransferOutput` (or the new and

@@ -288,16 +288,7 @@ fn vanilla_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outco
     let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
     let end = vanilla_execute_node(&routed, &sandbox, &env);
     let mut done = routed.clone();
-    match end {
-        JobEnd::Exited(c) => {
-            done.insert("ExitCode", Expr::integer(i64::from(c)));
-            done.insert("ExitBySignal", Expr::boolean(false));
-        }
-        JobEnd::Signaled(s) => {
-            done.insert("ExitBySignal", Expr::boolean(true));
-            done.insert("ExitSignal", Expr::integer(i64::from(s)));
-        }
-    }
+    end.set_in(&mut done);
     let mut original = ad.clone();
     original.update(&done);
     let fin = pool.run_hook(

@@ -190,16 +190,7 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         let vanilla_end = vanilla_execute_node(&routed, &sandbox, &env);
         // The router mirrors the routed job's exit into the original, then runs finalize.
         let mut routed_done = routed.clone();
-        match vanilla_end {
-            JobEnd::Exited(c) => {
-                routed_done.insert("ExitCode", Expr::integer(i64::from(c)));
-                routed_done.insert("ExitBySignal", Expr::boolean(false));
-            }
-            JobEnd::Signaled(s) => {
-                routed_done.insert("ExitBySignal", Expr::boolean(true));
-                routed_done.insert("ExitSignal", Expr::integer(i64::from(s)));
-            }
-        }
+        vanilla_end.set_in(&mut routed_done);
         let mut original = vanilla_ad.clone();
         original.update(&routed_done);
         let stdin = format!(

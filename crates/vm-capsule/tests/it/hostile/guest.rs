@@ -186,6 +186,23 @@ fn staged_size(disk: &Path) -> u64 {
         .virtual_size()
 }
 
+/// A raw data disk of `size` bytes whose result says the job made `planted.txt`, which it
+/// carries: what the guest would like finalize to read.
+fn planted_disk(path: &Path, size: u64) {
+    DataDisk::create(
+        path,
+        &CreateOptions::new().size(size).format(ImageFormat::Raw),
+    )
+    .unwrap()
+    .finish()
+    .unwrap();
+    forge(
+        path,
+        &result_json(0, &["planted.txt"], None),
+        Some(&tar_of(&[("planted.txt", b"x")])),
+    );
+}
+
 /// 11.15: a returned disk whose container reaches outside its job dir (a qcow2 backing file
 /// elsewhere, a VMware extent that is a symlink) is refused: the staged disk had neither, and
 /// the outputs would come from a file the disk only names.
@@ -198,18 +215,7 @@ fn item_15_a_disk_naming_files_outside_its_dir_is_refused() {
     let disk = scratch_of(&routed).join("data.qcow2");
     let size = staged_size(&disk);
     let elsewhere = pool.root.path().join("elsewhere.img");
-    DataDisk::create(
-        &elsewhere,
-        &CreateOptions::new().size(size).format(ImageFormat::Raw),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
-    forge(
-        &elsewhere,
-        &result_json(0, &["planted.txt"], None),
-        Some(&tar_of(&[("planted.txt", b"x")])),
-    );
+    planted_disk(&elsewhere, size);
     fs::remove_file(&disk).unwrap();
     let made = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
@@ -233,18 +239,7 @@ fn item_15_a_disk_naming_files_outside_its_dir_is_refused() {
     let scratch = scratch_of(&routed);
     let size = staged_size(&scratch.join("data.vmdk"));
     let elsewhere = pool.root.path().join("elsewhere-flat.vmdk");
-    DataDisk::create(
-        &elsewhere,
-        &CreateOptions::new().size(size).format(ImageFormat::Raw),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
-    forge(
-        &elsewhere,
-        &result_json(0, &["planted.txt"], None),
-        Some(&tar_of(&[("planted.txt", b"x")])),
-    );
+    planted_disk(&elsewhere, size);
     std::os::unix::fs::symlink(&elsewhere, scratch.join("data-flat.vmdk")).unwrap();
     fs::write(
         scratch.join("data.vmdk"),
