@@ -20,7 +20,7 @@ use classad::{ClassAd, Expr};
 
 use crate::execute_node::{vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
-use crate::vanilla::{exit_of, setup_iwd, tree, Job};
+use crate::vanilla::{exit_of, submit_files, tree, Job};
 
 /// Seconds a guest may take from QEMU start to poweroff (a cloud image under TCG on a busy
 /// 2-core machine has taken 80 s).
@@ -133,19 +133,7 @@ fn link_template(from: &Path) -> impl Fn(&Path) + '_ {
 
 /// The busybox test guest as a template (direct kernel boot).
 fn busybox_template(dir: &Path) {
-    let guest = crate::execute_node::test_guest();
-    fs::copy(guest.join("vmlinuz"), dir.join("vmlinuz")).unwrap();
-    fs::copy(guest.join("initrd.gz"), dir.join("initrd.img")).unwrap();
-    fs::write(dir.join("cmdline"), "console=ttyS0 quiet panic=-1").unwrap();
-    capsule_disk::DataDisk::create(
-        &dir.join("data.qcow2"),
-        &capsule_disk::CreateOptions::new()
-            .size(64 << 20)
-            .format(capsule_disk::ImageFormat::Qcow2),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
+    crate::execute_node::test_guest_template(dir, "console=ttyS0 quiet panic=-1");
 }
 
 const JOBS: &[Job] = &[
@@ -184,21 +172,7 @@ struct Jobs {
 
 fn submit(pool: &Pool, flavours: &[&str]) -> Jobs {
     let root = pool.root.path().join("users");
-    let mut submits = Vec::new();
-    for (i, job) in JOBS.iter().enumerate() {
-        for flavour in flavours {
-            let iwd = setup_iwd(&root, flavour, job);
-            submits.push((
-                format!("{flavour}-{}", job.name),
-                format!(
-                    "executable = {0}/job.sh\ninitialdir = {0}\n{1}\nqueue\n",
-                    iwd.display(),
-                    job.submit
-                ),
-                300 + i64::try_from(i).unwrap(),
-            ));
-        }
-    }
+    let submits = submit_files(&root, JOBS, flavours, 300);
     let ads = job_ads(&submits);
     Jobs {
         root,

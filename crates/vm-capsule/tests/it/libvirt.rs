@@ -8,16 +8,15 @@
 //! an ordinary user holding the files HTCondor would have transferred.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
-use crate::router::{bin, job_ads, print_ad, Pool};
+use crate::router::{bin, job_ads, output_with_stdin, print_ad, Pool};
 
 /// The stand-in execute sandbox: the routed ad's `TransferInput` copied from its `Iwd` into
 /// a fresh directory, owned by `nobody` when we are root (as the starter makes it).
@@ -70,22 +69,14 @@ fn gahp_stdin(routed: &ClassAd, workdir: &Path, name: &str) -> String {
 
 /// Run the script as the vm-gahp does (by path, the ad on stdin); (exit code, stdout, stderr).
 fn libvirt_xml(stdin: &str, args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(bin("vm-capsule"))
-        .arg("libvirt-xml")
-        .args(args)
-        .env("CONDOR_CONFIG", "/dev/null")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(bin("vm-capsule"))
+            .arg("libvirt-xml")
+            .args(args)
+            .env("CONDOR_CONFIG", "/dev/null"),
+        stdin.as_bytes(),
+        "the vm-capsule program",
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),

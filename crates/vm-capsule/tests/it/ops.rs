@@ -5,9 +5,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
+use capsule_disk::{Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
@@ -20,15 +20,7 @@ pub fn kvm_template(dir: &Path) {
         .unwrap()
         .finish()
         .unwrap();
-    DataDisk::create(
-        &dir.join("data.qcow2"),
-        &CreateOptions::new()
-            .size(64 << 20)
-            .format(ImageFormat::Qcow2),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
+    crate::execute_node::qcow2_data_disk(dir);
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -210,25 +202,16 @@ fn tools_found_beside_the_daemon_that_started_the_hook() {
     router_env(&mut pool, &knobs_only);
     let ad = job(pool.root.path(), "beside", "", 304);
     let hook = pool.hooks_dir.join("vm-capsule-translate");
-    let mut child = Command::new(&router)
-        .arg("-c")
-        .arg(format!("{}; exit $?", hook.display()))
-        .env_clear()
-        .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(&pool.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(translate_stdin(&ad).as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::router::output_with_stdin(
+        Command::new(&router)
+            .arg("-c")
+            .arg(format!("{}; exit $?", hook.display()))
+            .env_clear()
+            .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&pool.cwd),
+        translate_stdin(&ad).as_bytes(),
+        "/bin/sh as the stand-in daemon",
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -36,24 +36,29 @@ pub struct Pool {
     pub run_as: Option<(u32, u32)>,
 }
 
-pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/router.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .env("CONDOR_CONFIG", "/dev/null")
+/// Run `cmd` with `stdin` written and then closed, and its stdout and stderr captured;
+/// `needs` says what to install when it cannot be started.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8], needs: &str) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 is needed (HTCondor's library plays condor_submit)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .unwrap_or_else(|e| panic!("{e}: {needs}"));
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/router.py");
+    let out = output_with_stdin(
+        Command::new("python3")
+            .arg(script)
+            .args(args)
+            .env("CONDOR_CONFIG", "/dev/null"),
+        input.to_string().as_bytes(),
+        "python3 is needed (HTCondor's library plays condor_submit)",
+    );
     assert!(
         out.status.success(),
         "router.py {args:?} failed (is `pip install 'htcondor==24.0.*'` done?): {}",
@@ -220,10 +225,8 @@ impl Pool {
 
     /// [`Pool::run_hook`] with stdin as raw bytes (ads need not be UTF-8).
     pub fn run_hook_bytes(&self, name: &str, stdin: &[u8]) -> HookRun {
-        let mut child = self.hook_command(name).spawn().unwrap();
         // Written, then closed (`Close_Stdin_Pipe`).
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = output_with_stdin(&mut self.hook_command(name), stdin, "the hook links");
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(
             stdout.len() <= PIPE_BUFFER_MAX,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
+use capsule_disk::{Image, ImageFormat};
 use classad::eval::string_attr;
 
 use crate::router::{bin, job_ads, print_ad, Pool};
@@ -32,15 +32,7 @@ fn unbootable_template(dir: &Path) {
         .unwrap()
         .finish()
         .unwrap();
-    DataDisk::create(
-        &dir.join("data.qcow2"),
-        &CreateOptions::new()
-            .size(64 << 20)
-            .format(ImageFormat::Qcow2),
-    )
-    .unwrap()
-    .finish()
-    .unwrap();
+    crate::execute_node::qcow2_data_disk(dir);
 }
 
 fn routed_ad_file(pool: &Pool, name: &str, cluster: i64) -> (std::path::PathBuf, classad::ClassAd) {

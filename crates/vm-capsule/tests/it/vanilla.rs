@@ -65,6 +65,32 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Every job set up in every flavour's directory under `root`, as `(flavour-name, submit
+/// file, cluster)` for [`job_ads`], job by job, one cluster per job from `first_cluster` on.
+pub fn submit_files(
+    root: &Path,
+    jobs: &[Job],
+    flavours: &[&str],
+    first_cluster: i64,
+) -> Vec<(String, String, i64)> {
+    let mut submits = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        for flavour in flavours {
+            let iwd = setup_iwd(root, flavour, job);
+            submits.push((
+                format!("{flavour}-{}", job.name),
+                format!(
+                    "executable = {0}/job.sh\ninitialdir = {0}\n{1}\nqueue\n",
+                    iwd.display(),
+                    job.submit
+                ),
+                first_cluster + i64::try_from(i).unwrap(),
+            ));
+        }
+    }
+    submits
+}
+
 /// The job's directory `root/flavour/name`: its script and input files.
 pub fn setup_iwd(root: &Path, flavour: &str, job: &Job) -> PathBuf {
     let iwd = root.join(flavour).join(job.name);
@@ -116,22 +142,12 @@ fn native(iwd: &Path, ad: &ClassAd) -> JobEnd {
 fn vanilla_flavour_matches_native_and_vm_universe() {
     let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
     let root = pool.root.path().join("users");
-    let mut submits = Vec::new();
-    for (i, job) in JOBS.iter().enumerate() {
-        for flavour in ["native", "vm", "vanilla"] {
-            let iwd = setup_iwd(&root, flavour, job);
-            submits.push((
-                format!("{flavour}-{}", job.name),
-                format!(
-                    "executable = {0}/job.sh\ninitialdir = {0}\n{1}\nqueue\n",
-                    iwd.display(),
-                    job.submit
-                ),
-                200 + i64::try_from(i).unwrap(),
-            ));
-        }
-    }
-    let ads = job_ads(&submits);
+    let ads = job_ads(&submit_files(
+        &root,
+        JOBS,
+        &["native", "vm", "vanilla"],
+        200,
+    ));
     for (k, job) in JOBS.iter().enumerate() {
         let [native_ad, vm_ad, vanilla_ad] = [&ads[3 * k], &ads[3 * k + 1], &ads[3 * k + 2]];
 

@@ -106,26 +106,18 @@ fn finalize_rss(pool: &Pool, original: &ClassAd, routed: &ClassAd) -> (u64, Stri
     let stdin = format!("{}\n------\n{}", print_ad(&src), print_ad(routed));
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("rss");
-    let mut child = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(&report)
-        .arg(pool.hooks_dir.join("vm-capsule-finalize"))
-        .env_clear()
-        .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("GNU time (/usr/bin/time, Debian package `time`) is needed; .ci/run installs it");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::router::output_with_stdin(
+        Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .arg(pool.hooks_dir.join("vm-capsule-finalize"))
+            .env_clear()
+            .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        stdin.as_bytes(),
+        "GNU time (/usr/bin/time, Debian package `time`) is needed; .ci/run installs it",
+    );
     assert!(out.status.success());
     let rss = fs::read_to_string(&report).unwrap().trim().parse().unwrap();
     (rss, String::from_utf8(out.stdout).unwrap())
