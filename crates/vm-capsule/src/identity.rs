@@ -32,6 +32,49 @@ pub enum IdentityError {
     },
 }
 
+/// Become user `uid` for good: its groups, its group, then its uid (what root does to run
+/// another user's routed ad with that user's rights, as HTCondor would). Returns the user's
+/// name.
+///
+/// Supplementary groups come from `/etc/group` only (a static binary cannot ask other name
+/// services): a directory-service group is missing, which gives fewer rights, never more.
+///
+/// # Errors
+/// The user is unknown, or a call fails; the message says which.
+pub fn become_user(uid: u32) -> Result<String, String> {
+    let user = User::from_uid(Uid::from_raw(uid))
+        .map_err(|e| format!("cannot look up uid {uid}: {e}"))?
+        .ok_or_else(|| format!("uid {uid} is not a user on this machine"))?;
+    let mut groups = vec![user.gid];
+    let listed = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups.extend(local_groups(&listed, &user.name).map(nix::unistd::Gid::from_raw));
+    nix::unistd::setgroups(&groups)
+        .map_err(|e| format!("cannot take the groups of {}: {e}", user.name))?;
+    nix::unistd::setgid(user.gid).map_err(|e| format!("cannot become group {}: {e}", user.gid))?;
+    nix::unistd::setuid(user.uid).map_err(|e| format!("cannot become {}: {e}", user.name))?;
+    // Nothing of root may be left: a way back would undo the point.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(format!(
+            "still able to become root after becoming {}",
+            user.name
+        ));
+    }
+    Ok(user.name)
+}
+
+/// The gids `/etc/group` (its text) lists `user` in.
+fn local_groups<'a>(text: &'a str, user: &'a str) -> impl Iterator<Item = u32> + 'a {
+    text.lines().filter_map(move |line| {
+        let mut f = line.split(':');
+        let (_, _, gid, members) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        members
+            .split(',')
+            .any(|m| m.trim() == user)
+            .then(|| gid.parse().ok())
+            .flatten()
+    })
+}
+
 /// Check that this process runs as `owner` (always true when `allow_any` is set).
 ///
 /// # Errors
@@ -61,4 +104,18 @@ pub fn check_runs_as(owner: &str, allow_any: bool) -> Result<(), IdentityError> 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_groups_are_the_ones_listing_the_user() {
+        let text =
+            "root:x:0:\nkvm:x:104:alice,bob\nstaff:x:50:bob\nbad:x:nan:alice\ndev:x:60: alice\n";
+        assert_eq!(local_groups(text, "alice").collect::<Vec<_>>(), [104, 60]);
+        assert_eq!(local_groups(text, "bob").collect::<Vec<_>>(), [104, 50]);
+        assert_eq!(local_groups(text, "ali").count(), 0);
+    }
 }

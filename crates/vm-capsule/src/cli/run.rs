@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Keep the sandbox after a successful run (it is always kept after a failure).
     #[arg(long)]
     keep: bool,
+    /// As root: run a routed ad whose Iwd belongs to another user (a job's owner) as that
+    /// user, with their rights only. Without it such an ad is refused: a routed ad and its job
+    /// dir are the job owner's to edit, so as root it could name any file on this host.
+    #[arg(long)]
+    as_owner: bool,
     /// QEMU to run [default: the VM_CAPSULE_QEMU knob, else qemu-system-x86_64 on PATH,
     /// else /usr/libexec/qemu-kvm].
     #[arg(long, value_name = "PATH")]
@@ -95,6 +100,33 @@ fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Re
         routed_ad.display(),
         cwd.display()
     )
+}
+
+/// `--as-owner`: as root, become the user the ad's `Iwd` belongs to, before anything in it is
+/// read; nothing to do when it is root's own job dir.
+fn become_iwd_owner(ad: &classad::ClassAd, args: &RunArgs) -> Result<()> {
+    use vm_capsule::run_files::{Iwd, Judgement};
+    anyhow::ensure!(
+        !args.vanilla,
+        "--as-owner is for running a routed VM-universe ad by hand, not for the launcher"
+    );
+    anyhow::ensure!(
+        rustix::process::geteuid().is_root(),
+        "--as-owner needs root (it runs another user's routed ad as that user)"
+    );
+    let path = classad::eval::string_attr(ad, "Iwd")
+        .with_context(|| format!("{}: Iwd is missing", args.routed_ad.display()))?;
+    let iwd = Iwd::open(Path::new(&path))
+        .with_context(|| format!("the routed ad's Iwd {path} cannot be opened"))?;
+    match iwd.judge() {
+        Judgement::Foreign { uid, .. } => {
+            let name = vm_capsule::identity::become_user(uid).map_err(anyhow::Error::msg)?;
+            eprintln!("vm-capsule run: running as {name}, who owns {path}");
+        }
+        // Root's own job dir; a dir that is never run is refused by the run itself.
+        Judgement::Own | Judgement::Never(_) => {}
+    }
+    Ok(())
 }
 
 /// Run a routed VM-universe ad by hand: remove the sandbox on success unless `keep`, keep
@@ -157,6 +189,9 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let ad = ads
         .last()
         .with_context(|| format!("{}: no ad found", args.routed_ad.display()))?;
+    if args.as_owner {
+        become_iwd_owner(ad, args)?;
+    }
     let workdir = if args.vanilla {
         let cwd = std::env::current_dir().context("no working directory")?;
         check_slot_sandbox(ad, &cwd, &args.routed_ad)?;

@@ -22,7 +22,7 @@ mod spec;
 mod wait;
 
 pub use qemu::{qemu_command, Hardening, QEMU, TB_SIZE_MIB};
-pub use spec::{Drive, VmSpec};
+pub use spec::{is_plain_name, Drive, VmSpec};
 use wait::Waited;
 
 /// How QEMU accelerates the guest.
@@ -102,6 +102,25 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+    /// The `Iwd` is another user's.
+    #[error("the routed ad's Iwd {iwd} belongs to {owner}, not to the user running this; a routed ad and its job dir are the job owner's to edit, so only that user runs it: as root, pass --as-owner (or runuser -u {owner} -- vm-capsule run ...)")]
+    ForeignIwd {
+        /// The `Iwd`.
+        iwd: PathBuf,
+        /// Its owner.
+        owner: String,
+    },
+    /// The `Iwd` is never run.
+    #[error("the routed ad's Iwd {iwd} {why}: refusing to run it (a routed ad is its job owner's to edit)")]
+    UnsafeIwd {
+        /// The `Iwd`.
+        iwd: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A file of the `Iwd` is refused or unreadable.
+    #[error(transparent)]
+    File(#[from] crate::run_files::FileError),
     /// A file the ad names is not where it should be.
     #[error("{file} (named by the routed ad's {attr}) is not in {dir}; hint: the cleanup hook removes a job's scratch dir after finalize, so translate the job again for a fresh capsule")]
     MissingInput {
@@ -185,13 +204,66 @@ fn firmware_gave_up(console: &Path) -> bool {
             .any(|w| w == b"No bootable device")
 }
 
-/// The directory the VM runs in: the ad's `Iwd` itself (in place), or a sandbox (the
-/// caller's, or a new one) holding copies of the files the ad transfers.
-fn stage(spec: &VmSpec, opts: &RunOptions) -> Result<PathBuf, RunError> {
-    if opts.in_place {
-        return Ok(spec.iwd.clone());
+/// The routed ad's `Iwd`, open and judged: only the invoking user's own (`None` for the
+/// vanilla flavour's slot sandbox, which HTCondor made for us).
+fn open_iwd(ad: &ClassAd, opts: &RunOptions) -> Result<Option<crate::run_files::Iwd>, RunError> {
+    use crate::run_files::{Iwd, Judgement};
+    if opts.workdir.is_some() {
+        return Ok(None);
     }
-    if let Some(file) = spec.transfer.iter().find(|n| !spec.iwd.join(n).exists()) {
+    let path = PathBuf::from(
+        classad::eval::string_attr(ad, "Iwd")
+            .ok_or_else(|| RunError::BadAd("Iwd is missing".to_owned()))?,
+    );
+    let iwd = match Iwd::open(&path) {
+        Ok(iwd) => iwd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let first = classad::eval::string_attr(ad, "TransferInput")
+                .and_then(|t| t.split(',').next().map(|f| f.trim().to_owned()))
+                .unwrap_or_default();
+            return Err(RunError::MissingInput {
+                file: first,
+                attr: "TransferInput",
+                dir: path,
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(RunError::UnsafeIwd {
+                iwd: path,
+                why: format!("cannot be reached ({e}): it is another user's; only its job owner runs it (as root: --as-owner)"),
+            })
+        }
+        Err(e) => {
+            return Err(RunError::UnsafeIwd {
+                iwd: path,
+                why: e.to_string(),
+            })
+        }
+    };
+    match iwd.judge() {
+        Judgement::Own => Ok(Some(iwd)),
+        Judgement::Never(why) => Err(RunError::UnsafeIwd { iwd: path, why }),
+        Judgement::Foreign { owner, .. } => Err(RunError::ForeignIwd { iwd: path, owner }),
+    }
+}
+
+/// The directory the VM runs in: the ad's `Iwd` itself (in place), or a sandbox (the
+/// caller's, or a new one) holding copies of the files the ad transfers. Overlays over OS
+/// images staged on this node are not taken from the `Iwd`: they are made here.
+fn stage(
+    spec: &VmSpec,
+    iwd: Option<&crate::run_files::Iwd>,
+    overlays: &[String],
+    opts: &RunOptions,
+) -> Result<PathBuf, RunError> {
+    let Some(iwd) = iwd.filter(|_| !opts.in_place) else {
+        return Ok(spec.iwd.clone());
+    };
+    if let Some(file) = spec
+        .transfer
+        .iter()
+        .find(|n| !overlays.contains(n) && !iwd.has(n))
+    {
         return Err(RunError::MissingInput {
             file: file.clone(),
             attr: "TransferInput",
@@ -216,11 +288,10 @@ fn stage(spec: &VmSpec, opts: &RunOptions) -> Result<PathBuf, RunError> {
                 .keep()
         }
     };
-    for name in &spec.transfer {
+    for name in spec.transfer.iter().filter(|n| !overlays.contains(n)) {
         // Only what the guest writes is copied; read-only files are linked.
         let writable = spec.drives.iter().any(|d| d.writable && &d.file == name);
-        crate::run_files::stage(&spec.iwd, &dir, name, writable)
-            .map_err(io_err(format!("cannot transfer {name} into the sandbox")))?;
+        iwd.stage(&dir, name, writable)?;
     }
     Ok(dir)
 }
@@ -283,12 +354,17 @@ pub fn run(
     opts: &RunOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunReport, RunError> {
+    // Judged before anything in it is read (a VMware ad's `.vmx` included).
+    let iwd = open_iwd(ad, opts)?;
     let mut spec = VmSpec::from_ad(ad)?;
     if let Some(dir) = &opts.workdir {
         spec.iwd.clone_from(dir);
     }
-    let io_err = |what: String| move |source| RunError::Io { what, source };
-    let sandbox = stage(&spec, opts)?;
+    let overlays: Vec<String> = crate::node_image::from_routed_ad(ad)?
+        .into_iter()
+        .map(|b| b.overlay)
+        .collect();
+    let sandbox = stage(&spec, iwd.as_ref(), &overlays, opts)?;
     crate::node_image::prepare(ad, &sandbox)?;
     let console = sandbox.join("console.log");
     let accel = opts.accel.resolve();
@@ -341,13 +417,13 @@ pub fn run(
     check_ended(waited, &spec, &console, opts.timeout)?;
     // Output transfer: the writable disks come back (the vm-gahp touches their mtime).
     let mut returned = Vec::new();
-    if !opts.in_place {
+    if let Some(iwd) = iwd.as_ref().filter(|_| !opts.in_place) {
         for d in spec.drives.iter().filter(|d| d.writable) {
-            crate::run_files::give_back(&sandbox, &spec.iwd, &d.file).map_err(io_err(format!(
-                "cannot return {} to {}",
-                d.file,
-                spec.iwd.display()
-            )))?;
+            iwd.give_back(&sandbox, &d.file)
+                .map_err(|source| RunError::Io {
+                    what: format!("cannot return {} to {}", d.file, spec.iwd.display()),
+                    source,
+                })?;
             returned.push(d.file.clone());
         }
     }

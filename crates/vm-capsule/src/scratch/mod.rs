@@ -26,6 +26,8 @@ use thiserror::Error;
 mod job_dir;
 mod owner;
 mod prefix;
+
+pub use owner::is_job_dir_name;
 #[cfg(test)]
 mod tests;
 

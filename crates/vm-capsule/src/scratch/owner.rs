@@ -133,8 +133,8 @@ impl OwnerDir {
     }
 }
 
-/// `<cluster>.<proc>.<6 alphanumerics>`.
-pub(super) fn is_job_dir_name(name: &str) -> bool {
+/// Whether `name` is a job dir name translate makes: `<cluster>.<proc>.<6 alphanumerics>`.
+pub fn is_job_dir_name(name: &str) -> bool {
     let mut parts = name.split('.');
     let digits =
         |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));

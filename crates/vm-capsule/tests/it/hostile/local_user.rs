@@ -3,7 +3,7 @@
 use super::*;
 
 /// Real unprivileged accounts for the attacks that need two users.
-fn account(name: &str) -> (u32, u32) {
+pub(super) fn account(name: &str) -> (u32, u32) {
     let user = nix::unistd::User::from_name(name)
         .unwrap()
         .unwrap_or_else(|| {
@@ -13,7 +13,7 @@ fn account(name: &str) -> (u32, u32) {
 }
 
 /// A pool whose hooks run as `vmcap-alice`, without the test knob; Iwds belong to alice.
-fn alice_pool() -> (Pool, (u32, u32)) {
+pub(super) fn alice_pool() -> (Pool, (u32, u32)) {
     let alice = account("vmcap-alice");
     let mut pool = Pool::new(&template(ImageFormat::Qcow2));
     pool.env
@@ -23,7 +23,13 @@ fn alice_pool() -> (Pool, (u32, u32)) {
     (pool, alice)
 }
 
-fn alice_job(pool: &Pool, alice: (u32, u32), name: &str, submit: &str, cluster: i64) -> Job {
+pub(super) fn alice_job(
+    pool: &Pool,
+    alice: (u32, u32),
+    name: &str,
+    submit: &str,
+    cluster: i64,
+) -> Job {
     let iwd = pool.root.path().join("users").join(name);
     fs::create_dir_all(&iwd).unwrap();
     fs::set_permissions(

@@ -16,6 +16,7 @@ use classad::{ClassAd, Expr, Value};
 
 use crate::router::{job_ads, job_ads_of, print_ad, HookRun, Pool};
 
+mod admin;
 mod crash;
 mod guest;
 mod input;

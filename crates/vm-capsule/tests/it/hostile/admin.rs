@@ -1,0 +1,171 @@
+//! The admin tools on what other users control: `vm-capsule run` on a routed ad (a routed job's
+//! ad and its scratch dir are its owner's to edit), run as root the way docs/ADMIN.md tells an
+//! admin to debug a job.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+
+use super::local_user::{account, alice_job, alice_pool};
+use super::*;
+use crate::router::bin;
+
+/// `vm-capsule run <ad> <args>` as `user` (root when `None`), sandboxes in `tmp`; whether it
+/// succeeded, and its stderr.
+fn run_as(user: Option<(u32, u32)>, ad: &Path, args: &[&str], tmp: &Path) -> (bool, String) {
+    let mut cmd = Command::new(bin("vm-capsule"));
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd
+        .arg("run")
+        .arg(ad)
+        .args(["--accel", "tcg", "--timeout", "10", "--qemu", "/bin/false"])
+        .args(args)
+        .env("TMPDIR", tmp)
+        .current_dir(tmp)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if meta.is_file()
+            && fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn append(ad: &mut ClassAd, name: &str, more: &str) {
+    let old = string_attr(ad, name).unwrap();
+    ad.insert(name, Expr::string(format!("{old},{more}")));
+}
+
+/// As root, `run` on a routed ad whose Iwd is another user's is refused unless the admin
+/// passes `--as-owner`, and then runs with that user's rights: the names stay plain names in
+/// the job dir, and a file the owner links or names there is read only if the owner could
+/// read it. A root-owned directory that is not a job dir is never run. (Before: root staged a
+/// root-only file the owner linked in as a writable disk, and booted a kernel and initrd
+/// named by absolute paths.)
+#[test]
+fn run_as_root_on_another_users_routed_ad() {
+    let (pool, alice) = alice_pool();
+    let j = alice_job(&pool, alice, "foreign", "", 2021);
+    let routed = pool.translate(&j.ad).unwrap();
+    let scratch = scratch_of(&routed);
+    assert_eq!(fs::metadata(&scratch).unwrap().uid(), alice.0);
+    // Root's own file, outside any job dir.
+    let vault = pool.root.path().join("vault");
+    fs::create_dir(&vault).unwrap();
+    fs::set_permissions(&vault, fs::Permissions::from_mode(0o700)).unwrap();
+    let precious = vault.join("precious.img");
+    let mut secret = b"ROOT-ONLY-BYTES".to_vec();
+    secret.resize(1 << 20, 0);
+    fs::write(&precious, &secret).unwrap();
+    fs::set_permissions(&precious, fs::Permissions::from_mode(0o600)).unwrap();
+    let tmp = pool.root.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+    let ad_file = pool.root.path().join("foreign.routed.ad");
+
+    // What alice can do: link root's file into her job dir as a writable disk, and name a
+    // kernel and an initrd by absolute path.
+    let victim = scratch.join("victim.img");
+    std::os::unix::fs::symlink(&precious, &victim).unwrap();
+    std::os::unix::fs::lchown(&victim, Some(alice.0), Some(alice.1)).unwrap();
+    let mut hostile = routed.clone();
+    append(&mut hostile, "VMPARAM_vm_Disk", "victim.img:vdc:w:raw");
+    append(&mut hostile, "TransferInput", "victim.img");
+    let abs = precious.display().to_string();
+    hostile.insert("VMCapsuleKernel", Expr::string(abs.clone()));
+    hostile.insert("VMCapsuleInitrd", Expr::string(abs));
+    fs::write(&ad_file, print_ad(&hostile)).unwrap();
+
+    let (ok, err) = run_as(None, &ad_file, &[], &tmp);
+    assert!(!ok);
+    assert!(
+        err.contains("belongs to vmcap-alice")
+            && err.contains("--as-owner")
+            && err.contains("runuser -u vmcap-alice -- vm-capsule run"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "nothing staged");
+
+    // Said explicitly: the names must still be plain names in the job dir...
+    let (ok, err) = run_as(None, &ad_file, &["--as-owner"], &tmp);
+    assert!(!ok);
+    assert!(
+        err.contains("running as vmcap-alice")
+            && err.contains("VMCapsuleKernel names")
+            && err.contains("plain file name"),
+        "{err}"
+    );
+    // ...and a link alice made to root's file is read with her rights: not at all.
+    hostile.remove("VMCapsuleKernel");
+    hostile.remove("VMCapsuleInitrd");
+    fs::write(&ad_file, print_ad(&hostile)).unwrap();
+    let (ok, err) = run_as(None, &ad_file, &["--as-owner"], &tmp);
+    assert!(!ok);
+    assert!(
+        err.contains("victim.img") && err.contains("ermission denied"),
+        "{err}"
+    );
+    // The same for a hard link (alice can make one where fs.protected_hardlinks = 0).
+    fs::remove_file(&victim).unwrap();
+    fs::hard_link(&precious, &victim).unwrap();
+    let (ok, err) = run_as(None, &ad_file, &["--as-owner"], &tmp);
+    assert!(!ok);
+    assert!(
+        err.contains("victim.img") && err.contains("ermission denied"),
+        "{err}"
+    );
+    fs::remove_file(&victim).unwrap();
+    assert_eq!(fs::read(&precious).unwrap(), secret);
+    assert_eq!(
+        files_holding(&tmp, b"ROOT-ONLY-BYTES"),
+        Vec::<PathBuf>::new()
+    );
+    // What was staged before the refusal is alice's, not root's.
+    for sandbox in fs::read_dir(&tmp).unwrap() {
+        assert_eq!(sandbox.unwrap().metadata().unwrap().uid(), alice.0);
+    }
+
+    // An Iwd that is root's but not a job dir (/boot, /etc...) is never run.
+    let mut rooted = routed.clone();
+    rooted.insert("Iwd", Expr::string(vault.display().to_string()));
+    fs::write(&ad_file, print_ad(&rooted)).unwrap();
+    for args in [&[][..], &["--as-owner"][..]] {
+        let (ok, err) = run_as(None, &ad_file, args, &tmp);
+        assert!(!ok);
+        assert!(err.contains("not a vm-capsule job dir"), "{err}");
+    }
+
+    // Alice on her own routed ad: everything checks out and QEMU starts (a stand-in that
+    // fails, here).
+    fs::write(&ad_file, print_ad(&routed)).unwrap();
+    let (ok, err) = run_as(Some(alice), &ad_file, &[], &tmp);
+    assert!(!ok);
+    assert!(err.contains("QEMU exited with"), "{err}");
+    // Another user on alice's ad is refused (they cannot even reach her job dir).
+    let (ok, err) = run_as(Some(account("vmcap-mallory")), &ad_file, &[], &tmp);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot be reached") && err.contains("--as-owner"),
+        "{err}"
+    );
+}
