@@ -94,6 +94,14 @@ pub enum NodeImageError {
     /// The routed ad names bases and sums that do not pair up.
     #[error("routed ad: {BASE_ATTR}, {SHA_ATTR} and {OVERLAY_ATTR} do not list the same number of images")]
     BadAd,
+    /// The routed ad names an overlay that is not a plain file name.
+    #[error(
+        "routed ad: {OVERLAY_ATTR} names {name:?}, not a plain file name in the job's sandbox"
+    )]
+    BadOverlayName {
+        /// The name.
+        name: String,
+    },
 }
 
 /// The checksum recorded beside `disk` (`<disk>.sha256`, the first word of `sha256sum`'s
@@ -206,7 +214,7 @@ pub fn from_routed_ad(ad: &ClassAd) -> Result<Vec<NodeBase>, NodeImageError> {
 
 /// On the execute node: check every base the ad names against its checksum (trusting an
 /// up-to-date `<image>.sha256` beside it, as the admin staged it, else hashing the image), and
-/// create in `sandbox` each overlay that is not there yet (the vanilla flavour ships none).
+/// create in `sandbox` each overlay over it, replacing any file of that name.
 /// Returns the bases, for the caller's log.
 ///
 /// # Errors
@@ -229,9 +237,24 @@ pub fn prepare(ad: &ClassAd, sandbox: &Path) -> Result<Vec<NodeBase>, NodeImageE
                 expected: b.sha256.clone(),
             });
         }
+        if !crate::runner::is_plain_name(&b.overlay) {
+            return Err(NodeImageError::BadOverlayName {
+                name: b.overlay.clone(),
+            });
+        }
+        // Always made here, over the image just checked: a file of that name in the sandbox
+        // (HTCondor transfers whatever the routed ad lists) is not booted in its place.
         let overlay = sandbox.join(&b.overlay);
-        if overlay.exists() {
-            continue;
+        match fs::remove_file(&overlay) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(NodeImageError::Overlay {
+                    path: overlay,
+                    base: b.path.clone(),
+                    source,
+                })
+            }
         }
         let image = Image::open(&b.path, Access::ReadOnly)
             .map_err(|e| missing(std::io::Error::other(e.to_string())))?;
@@ -337,6 +360,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\"virtual-size\": 8388608"), "{text}");
+        // A file of the overlay's name already there (transferred with the job) is replaced.
+        let theirs = dir.path().join("theirs.raw");
+        fs::File::create(&theirs).unwrap().set_len(1 << 20).unwrap();
+        fs::remove_file(sandbox.join("os.overlay.qcow2")).unwrap();
+        create_overlay(
+            &sandbox.join("os.overlay.qcow2"),
+            &theirs.display().to_string(),
+            "raw",
+            1 << 20,
+        )
+        .unwrap();
+        prepare(&ad, &sandbox).unwrap();
+        let image = Image::open(&sandbox.join("os.overlay.qcow2"), Access::ReadOnly).unwrap();
+        assert_eq!(
+            image.every_file().get(1),
+            Some(&base),
+            "made over the node's image"
+        );
+        assert_eq!(image.virtual_size(), 8 << 20);
+        let mut hostile = ad.clone();
+        hostile.insert(OVERLAY_ATTR, Expr::string("../os.overlay.qcow2"));
+        assert!(matches!(
+            prepare(&hostile, &sandbox),
+            Err(NodeImageError::BadOverlayName { .. })
+        ));
         bases[0].sha256 = "0".repeat(64);
         write_to(&mut ad, &bases);
         let e = prepare(&ad, &sandbox).unwrap_err().to_string();

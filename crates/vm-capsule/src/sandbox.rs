@@ -37,6 +37,37 @@ pub enum SandboxError {
     Build(#[from] BuildError),
 }
 
+/// A file name the capsule ad gives: a plain name in the sandbox (the ad is the job owner's
+/// to edit, so a path could name any file the slot's user can read or write).
+fn plain_name(attr: &str, name: String) -> Result<String, SandboxError> {
+    if crate::runner::is_plain_name(&name) {
+        return Ok(name);
+    }
+    Err(SandboxError::Description {
+        file: routed::CAPSULE_AD,
+        what: format!(
+            "{attr} names {name:?}, not a plain file name in the job's sandbox; was the capsule ad edited?"
+        ),
+    })
+}
+
+/// `VMCapsuleOriginalJob`: `<cluster>.<proc>` (it goes into the cloud-init meta-data).
+fn original_job(ad: &ClassAd) -> Result<String, SandboxError> {
+    const ATTR: &str = "VMCapsuleOriginalJob";
+    let id = string_attr(ad, ATTR).unwrap_or_default();
+    let number = |s: Option<&str>| {
+        s.is_some_and(|s| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut parts = id.split('.');
+    if number(parts.next()) && number(parts.next()) && parts.next().is_none() {
+        return Ok(id);
+    }
+    Err(SandboxError::Description {
+        file: routed::CAPSULE_AD,
+        what: format!("{ATTR} = {id:?} is not a job id <cluster>.<proc>"),
+    })
+}
+
 /// The data disk's recipe from the capsule ad.
 fn recipe(ad: &ClassAd) -> Result<(String, DiskRecipe), SandboxError> {
     let missing = |what: &str| SandboxError::Description {
@@ -46,6 +77,7 @@ fn recipe(ad: &ClassAd) -> Result<(String, DiskRecipe), SandboxError> {
     let int = |name: &str| integer_attr(ad, name).and_then(|v| u64::try_from(v).ok());
     let name =
         string_attr(ad, routed::ATTR_DATA_DISK).ok_or_else(|| missing(routed::ATTR_DATA_DISK))?;
+    let name = plain_name(routed::ATTR_DATA_DISK, name)?;
     let format = string_attr(ad, routed::ATTR_DATA_DISK_FORMAT)
         .and_then(|f| f.parse().ok())
         .ok_or_else(|| missing(routed::ATTR_DATA_DISK_FORMAT))?;
@@ -85,14 +117,17 @@ pub fn make_data_disk(sandbox: &Path, capsule: &ClassAd) -> Result<String, Sandb
         file: routed::CAPSULE_JSON_FILE,
         what: e.to_string(),
     })?;
-    let agent = string_attr(capsule, routed::ATTR_AGENT).map(|a| sandbox.join(a));
+    let agent = string_attr(capsule, routed::ATTR_AGENT)
+        .map(|a| plain_name(routed::ATTR_AGENT, a))
+        .transpose()?
+        .map(|a| sandbox.join(a));
     let inputs = inputs(sandbox, &manifest)?;
     // A cloud image's NoCloud seed, made here as translate makes it for the VM universe.
     let start = crate::nocloud::AgentStart::from_knob(
         string_attr(capsule, crate::nocloud::ATTR_AGENT_START).as_deref(),
     )
     .unwrap_or_default();
-    let job_id = string_attr(capsule, "VMCapsuleOriginalJob").unwrap_or_default();
+    let job_id = original_job(capsule)?;
     let seed = crate::nocloud::seed_files(start, &manifest.user, &job_id);
     let contents = DiskContents {
         manifest_json: &manifest_json,

@@ -80,6 +80,14 @@ fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Re
     // The launcher makes the data disk itself, from what HTCondor transferred, and the
     // overlays over OS images staged on the node.
     let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk");
+    // The disk made and unpacked here: never a file elsewhere.
+    if let Some(name) = data_disk.as_deref() {
+        anyhow::ensure!(
+            vm_capsule::runner::is_plain_name(name),
+            "{}: VMCapsuleDataDisk names {name:?}, not a plain file name in the job's sandbox",
+            routed_ad.display()
+        );
+    }
     let overlays: Vec<String> = vm_capsule::node_image::from_routed_ad(ad)?
         .into_iter()
         .map(|b| b.overlay)

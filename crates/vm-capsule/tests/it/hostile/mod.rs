@@ -20,6 +20,7 @@ mod admin;
 mod crash;
 mod guest;
 mod input;
+mod launcher;
 mod local_user;
 
 /// A template with a qcow2 OS disk and a data disk in `format`.
