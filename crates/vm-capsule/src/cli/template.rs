@@ -86,8 +86,10 @@ pub struct BuildArgs {
     /// Debian mirror [default: deb.debian.org].
     #[arg(long)]
     mirror: Option<String>,
-    /// Where root file systems and packages are kept between builds
-    /// [default: ~/.cache/vm-capsule/template-build].
+    /// Where root file systems and packages are kept between builds: a directory of yours
+    /// that no one else can write (made with mode 0700 if missing) [default:
+    /// $XDG_CACHE_HOME/vm-capsule/template-build, else ~/.cache/vm-capsule/template-build;
+    /// never the temp dir].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// Also boot the image's own kernel directly (vmlinuz, initrd.img, cmdline in the
@@ -120,12 +122,12 @@ fn run_build(a: &BuildArgs) -> Result<ExitCode> {
         AgentStart::Image
     };
     let cache = match &a.cache {
-        Some(c) => c.clone(),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir)
-            .join("vm-capsule/template-build"),
+        Some(c) => std::path::absolute(c)
+            .with_context(|| format!("--cache {}: cannot resolve it", c.display()))?,
+        None => build::cache::default_cache(
+            std::env::var_os("XDG_CACHE_HOME"),
+            std::env::var_os("HOME"),
+        )?,
     };
     let opts = BuildOptions {
         suite: a.suite.clone(),

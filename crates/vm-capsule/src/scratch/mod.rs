@@ -24,9 +24,11 @@ use rustix::io::Errno;
 use thiserror::Error;
 
 mod job_dir;
+mod own_dir;
 mod owner;
 mod prefix;
 
+pub use own_dir::{open_own_dir, NotOwnDir};
 pub use owner::is_job_dir_name;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@
 //! time stamp is `SOURCE_DATE_EPOCH`, UUIDs derive from the recipe.
 
 pub mod bootdisk;
+pub mod cache;
 pub mod initramfs;
 pub mod rootfs;
 
@@ -123,6 +124,25 @@ pub enum BuildError {
         /// Why, and the fix.
         why: String,
     },
+    /// No cache directory was given and none can be derived.
+    #[error("neither XDG_CACHE_HOME nor HOME is set, and the temp dir is no place for the cache (other users can write there and root unpacks what it finds); pass --cache DIR, a directory of yours that no one else can write (made with mode 0700 if missing), or set XDG_CACHE_HOME")]
+    NoCache,
+    /// The cache directory could be written by someone else.
+    #[error("the cache {cache} cannot be used: {problem}; pass --cache DIR, a directory of yours that no one else can write (made with mode 0700 if missing)")]
+    UnsafeCache {
+        /// The cache.
+        cache: PathBuf,
+        /// What is wrong, and where.
+        problem: crate::scratch::NotOwnDir,
+    },
+    /// The template directory could be written by someone else.
+    #[error("the template directory {dir} cannot be used: {problem}; name a directory of yours that no one else can write")]
+    UnsafeOutput {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong, and where.
+        problem: crate::scratch::NotOwnDir,
+    },
     /// A file operation failed.
     #[error("{what}")]
     Io {
@@ -161,7 +181,7 @@ pub(crate) fn run_tool(
 ) -> Result<(), BuildError> {
     let out = match log {
         Some(path) => {
-            let file = fs::File::create(path)
+            let file = create_log(path)
                 .map_err(|e| BuildError::io(format!("cannot create {}", path.display()), e))?;
             let err = file
                 .try_clone()
@@ -209,6 +229,24 @@ pub(crate) fn run_tool(
         status: out.status.to_string(),
         detail,
     })
+}
+
+/// A new log file at `path`: the old one removed, then created `O_EXCL|O_NOFOLLOW` (a link
+/// or file put there is never written through).
+fn create_log(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let nofollow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(path)
 }
 
 /// Run `cmd` and return its stdout.
@@ -296,11 +334,12 @@ pub fn build(opts: &BuildOptions, progress: Progress) -> Result<Built, BuildErro
         })?),
         AgentStart::CloudInit => None,
     };
-    let dir = opts.out.join(TEMPLATE_SUBDIR);
-    fs::create_dir_all(&dir)
-        .map_err(|e| BuildError::io(format!("cannot create {}", dir.display()), e))?;
-    fs::create_dir_all(&opts.cache)
-        .map_err(|e| BuildError::io(format!("cannot create {}", opts.cache.display()), e))?;
+    let out = std::path::absolute(&opts.out)
+        .map_err(|e| BuildError::io(format!("cannot resolve {}", opts.out.display()), e))?;
+    let dir = out.join(TEMPLATE_SUBDIR);
+    cache::open_output(&out)?;
+    cache::open_output(&dir)?;
+    cache::open_cache(&opts.cache)?;
 
     let recipe = rootfs::Recipe {
         suite: opts.suite.clone(),
@@ -530,6 +569,22 @@ mod tests {
             [8, 4, 4, 4, 12]
         );
         assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_tool_log_is_a_new_file_never_written_through_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        fs::write(&target, "precious\n").unwrap();
+        let log = d.path().join("tool.log");
+        std::os::unix::fs::symlink(&target, &log).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo from the tool"]);
+        run_tool(&mut cmd, "sh", Some(&log)).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(fs::symlink_metadata(&log).unwrap().is_file());
+        assert_eq!(fs::read_to_string(&log).unwrap(), "from the tool\n");
     }
 
     #[test]

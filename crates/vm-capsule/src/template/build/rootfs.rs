@@ -192,7 +192,8 @@ pub fn rootfs_tar(
 ) -> Result<PathBuf, BuildError> {
     let key = recipe.key();
     let tar = cache.join(format!("rootfs-{}-{}.tar", recipe.suite, &key[..16]));
-    if tar.is_file() {
+    // Only a plain file of the (private) cache, never what a link names.
+    if fs::symlink_metadata(&tar).is_ok_and(|m| m.is_file()) {
         progress(&format!("root file system: cached {}", tar.display()));
         return Ok(tar);
     }
@@ -201,6 +202,17 @@ pub fn rootfs_tar(
         .map_err(|e| BuildError::io(format!("cannot create {}", debs.display()), e))?;
     let partial = tar.with_extension("tar.partial");
     let log = tar.with_extension("log");
+    // What a killed build left: mmdebstrap writes a new file.
+    match fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(BuildError::io(
+                format!("cannot remove {}", partial.display()),
+                e,
+            ))
+        }
+    }
     progress(&format!(
         "root file system: mmdebstrap {} ({} packages beyond minbase), log {}",
         recipe.suite,

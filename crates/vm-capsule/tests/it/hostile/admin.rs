@@ -169,3 +169,132 @@ fn run_as_root_on_another_users_routed_ad() {
         "{err}"
     );
 }
+
+/// The name `template build` gives the cached root file system of its default recipe
+/// (bookworm, the agent's unit, the default epoch): predictable, which is the point.
+fn default_rootfs_tar_name() -> String {
+    use vm_capsule::template::build::{rootfs::Recipe, sha256_hex, AgentStart};
+    let h = sha256_hex(b"root bookworm Image");
+    let uuid = format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    );
+    let recipe = Recipe {
+        suite: "bookworm".into(),
+        mirror: None,
+        start: AgentStart::Image,
+        root_uuid: uuid,
+        epoch: 1_700_000_000,
+    };
+    format!("rootfs-bookworm-{}.tar", &recipe.key()[..16])
+}
+
+/// `template build` as root with an environment of its own: `env -i`, so only `env`.
+fn template_build(out: &Path, env: &[(&str, &Path)], args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("vm-capsule"))
+        .args(["template", "build"])
+        .arg(out)
+        .arg("--agent")
+        .arg(crate::execute_node::capsule_init())
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `template build` never keeps its cache where another user can write: with neither HOME
+/// nor XDG_CACHE_HOME it refuses instead of falling back to the temp dir, and a cache another
+/// user made (a planted root file system, a log name linked to a root file) is refused.
+/// (Before: root took mallory's tarball as the template's root file system and wrote the
+/// mmdebstrap log through her link.)
+#[test]
+fn template_build_never_uses_a_cache_other_users_can_write() {
+    let root = tempfile::tempdir().unwrap();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mallory = account("vmcap-mallory");
+    let shared = root.path().join("tmp");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    // What mallory leaves in the temp dir, at the names a build would use.
+    let planted = shared.join("vm-capsule/template-build");
+    fs::create_dir_all(&planted).unwrap();
+    let tar_name = default_rootfs_tar_name();
+    let content = root.path().join("content");
+    fs::create_dir(&content).unwrap();
+    fs::create_dir(content.join("boot")).unwrap();
+    fs::write(content.join("MALLORY-WAS-HERE"), "x").unwrap();
+    let made = Command::new("tar")
+        .arg("-cf")
+        .arg(planted.join(&tar_name))
+        .arg("-C")
+        .arg(&content)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let victim = root.path().join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let log = planted.join(tar_name.replace(".tar", ".log"));
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+    for p in [shared.join("vm-capsule"), planted.clone()] {
+        std::os::unix::fs::chown(&p, Some(mallory.0), Some(mallory.1)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for p in [planted.join(&tar_name), log.clone()] {
+        std::os::unix::fs::lchown(&p, Some(mallory.0), Some(mallory.1)).unwrap();
+    }
+    let out = root.path().join("template");
+
+    let refused = |env: &[(&str, &Path)], args: &[&str], expected: &[&str]| {
+        let (ok, err) = template_build(&out, env, args);
+        assert!(!ok);
+        for e in expected {
+            assert!(err.contains(e), "{env:?} {args:?}: {err}");
+        }
+        assert!(!err.contains("root file system"), "{err}");
+    };
+    // No HOME, no XDG_CACHE_HOME: no fallback to the temp dir.
+    refused(
+        &[("TMPDIR", &shared)],
+        &[],
+        &["neither XDG_CACHE_HOME nor HOME is set", "--cache DIR"],
+    );
+    // Named, or derived from XDG_CACHE_HOME: a directory mallory made is not ours.
+    let owned_by = format!("owned by uid {}", mallory.0);
+    let named = planted.display().to_string();
+    refused(&[], &["--cache", &named], &[&owned_by, "--cache DIR"]);
+    refused(&[("XDG_CACHE_HOME", &shared)], &[], &[&owned_by]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+
+    // A cache of root's own is used (its cached root file system, here without a kernel).
+    let home = root.path().join("root-home");
+    let cache = home.join(".cache/vm-capsule/template-build");
+    fs::create_dir_all(&cache).unwrap();
+    fs::rename(planted.join(&tar_name), cache.join(&tar_name)).unwrap();
+    std::os::unix::fs::lchown(cache.join(&tar_name), Some(0), Some(0)).unwrap();
+    let (ok, err) = template_build(&out, &[("HOME", &home)], &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("root file system: cached") && err.contains("expected exactly one kernel"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::metadata(out.join("condor_vm_capsule"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755,
+        "the template is readable by the hooks"
+    );
+}
