@@ -30,6 +30,18 @@ pub(super) fn alice_job(
     submit: &str,
     cluster: i64,
 ) -> Job {
+    user_job(pool, "vmcap-alice", alice, name, submit, cluster)
+}
+
+/// A job of `user` (`ids`), its Iwd theirs.
+fn user_job(
+    pool: &Pool,
+    user: &str,
+    ids: (u32, u32),
+    name: &str,
+    submit: &str,
+    cluster: i64,
+) -> Job {
     let iwd = pool.root.path().join("users").join(name);
     fs::create_dir_all(&iwd).unwrap();
     fs::set_permissions(
@@ -39,13 +51,13 @@ pub(super) fn alice_job(
     .unwrap();
     fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
     for p in [&iwd, &iwd.join("job.sh")] {
-        std::os::unix::fs::chown(p, Some(alice.0), Some(alice.1)).unwrap();
+        std::os::unix::fs::chown(p, Some(ids.0), Some(ids.1)).unwrap();
     }
     let text = format!(
         "executable = {0}/job.sh\ninitialdir = {0}\n{submit}\nqueue\n",
         iwd.display()
     );
-    let ad = job_ads_of("vmcap-alice", &[(name.to_owned(), text, cluster)]).remove(0);
+    let ad = job_ads_of(user, &[(name.to_owned(), text, cluster)]).remove(0);
     Job { iwd, ad }
 }
 
@@ -167,4 +179,85 @@ fn item_18_messages_name_the_file() {
         run.stderr
     );
     assert!(run.stderr.contains("ermission denied"), "{}", run.stderr);
+}
+
+/// Hook logs of every owner share one root-owned 1777 directory: another owner's alarm stamp
+/// does not silence this owner's pool-problem error, and a `<log>.<owner>.old` another user
+/// owns (so the rotation cannot rename) does not let the log grow past its limit. (Before:
+/// one `TranslateLog.alarm` served every owner, and a blocked rotation failed silently: a
+/// 2,000-byte limit let a log reach 17,100 bytes.)
+#[test]
+fn hook_logs_of_one_owner_are_not_anothers() {
+    let (mut pool, alice) = alice_pool();
+    let mallory = account("vmcap-mallory");
+    let logs = pool.root.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o1777)).unwrap();
+    let set = |pool: &mut Pool, knob: &str, value: String| {
+        pool.env.retain(|(k, _)| k != &format!("_CONDOR_{knob}"));
+        pool.env.push((format!("_CONDOR_{knob}"), value));
+    };
+    let base = logs.join("TranslateLog").display().to_string();
+    set(&mut pool, "VM_CAPSULE_TRANSLATE_LOG", base);
+    set(&mut pool, "VM_CAPSULE_MAX_TRANSLATE_LOG", "2000".into());
+    let template = string_attr_env(&pool, "_CONDOR_VM_CAPSULE_TEMPLATE");
+    let gone = pool.root.path().join("gone").display().to_string();
+    set(&mut pool, "VM_CAPSULE_TEMPLATE", gone);
+    let j = alice_job(&pool, alice, "logs", "", 2041);
+    let theirs = user_job(&pool, "vmcap-mallory", mallory, "logs-m", "", 2042);
+    let loud = |pool: &Pool, j: &Job| {
+        let run = pool.translate(&j.ad).unwrap_err();
+        assert!(!run.stderr.contains("condor_hold"), "{}", run.stderr);
+        run.stderr.contains("VM_CAPSULE_TEMPLATE")
+    };
+    // The pool's problem: said by mallory's hook, then still said by alice's.
+    pool.run_as = Some(mallory);
+    assert!(loud(&pool, &theirs));
+    pool.run_as = Some(alice);
+    assert!(
+        loud(&pool, &j),
+        "mallory's alarm stamp silenced alice's error"
+    );
+    assert!(!loud(&pool, &j), "once per polling period for one owner");
+
+    // Mallory owns the name alice's log rotates to.
+    let old = logs.join("TranslateLog.vmcap-alice.old");
+    fs::write(&old, "mallory's\n").unwrap();
+    std::os::unix::fs::chown(&old, Some(mallory.0), Some(mallory.1)).unwrap();
+    set(&mut pool, "VM_CAPSULE_TEMPLATE", template);
+    let mut warned = 0;
+    let runs = 30;
+    for _ in 0..runs {
+        let run = pool.run_hook(
+            "translate",
+            &format!(
+                "[ Name = \"VM capsule\"; TargetUniverse = 13 ]\n------\n{}",
+                print_ad(&j.ad)
+            ),
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        if run.stderr.contains("cannot rotate") {
+            assert!(run.stderr.contains("truncated in place"), "{}", run.stderr);
+            warned += 1;
+        }
+    }
+    let log = logs.join("TranslateLog.vmcap-alice");
+    let size = fs::metadata(&log).unwrap().len();
+    assert!(
+        size <= 3000,
+        "the 2000-byte limit let the log reach {size} bytes"
+    );
+    assert!(
+        warned >= 1 && warned < runs,
+        "warned in {warned} of {runs} runs"
+    );
+    assert_eq!(fs::read_to_string(&old).unwrap(), "mallory's\n");
+}
+
+fn string_attr_env(pool: &Pool, key: &str) -> String {
+    pool.env
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap()
 }

@@ -12,13 +12,24 @@
 //! says so on stderr, once per hook run.
 //!
 //! Rotation follows HTCondor's `MAX_<SUBSYS>_LOG`: once the file reaches the limit it is
-//! renamed to `<file>.old` (one old file kept) and a new one is started.
+//! renamed to `<file>.old` (one old file kept) and a new one is started. When that rename is
+//! refused (another user owns a `<file>.old` in the shared directory), the file is truncated
+//! in place instead, and the first line of the new start says why: the limit holds.
+//!
+//! The alarm stamp (see [`HookLog::alarm`]) is per owner too, `.<file>.alarm`: a name no
+//! owner's log can take (owner names never start with a dot). It is read only when it is a
+//! plain file of ours, and replaced through a temporary file of a random name created
+//! `O_EXCL|O_NOFOLLOW`, so nothing another user plants is read or written through.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+mod stamp;
+
+use stamp::{fnv, read_stamp, stamp_path, write_stamp};
 
 /// Where hook logs go when the knobs do not say: a 1777 root-owned directory.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/vm-capsule";
@@ -181,19 +192,32 @@ impl HookLog {
         }
         // One line per event, whatever the message holds.
         let message = one_line(message);
+        if let Some(problem) = self.file.as_mut().and_then(LogFile::rotate_if_full) {
+            // Said once, at the top of the truncated file, and on stderr.
+            let warning = self.format_line(Level::Warn, &problem);
+            if let Some(f) = self.file.as_mut() {
+                f.write(warning.as_bytes());
+            }
+            self.stderr_line(Level::Warn, &problem);
+        }
+        let text = self.format_line(level, &message);
         if let Some(f) = self.file.as_mut() {
-            let text = format!(
-                "{} {level:<5} {}[{}] {}: {message}\n",
-                chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z"),
-                self.hook,
-                std::process::id(),
-                self.job.as_deref().unwrap_or("-"),
-            );
             f.write(text.as_bytes());
         }
         if level >= Level::Warn {
             self.stderr_line(level, &message);
         }
+    }
+
+    /// One line of the file: time, level, hook, pid, job, message.
+    fn format_line(&self, level: Level, message: &str) -> String {
+        format!(
+            "{} {level:<5} {}[{}] {}: {message}\n",
+            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z"),
+            self.hook,
+            std::process::id(),
+            self.job.as_deref().unwrap_or("-"),
+        )
     }
 
     fn stderr_line(&self, level: Level, message: &str) {
@@ -243,21 +267,13 @@ impl HookLog {
     /// Log a problem of the pool's configuration: it hits every job, so it is said loudly
     /// (error, stderr) once per `period` (the JobRouter's polling period), not once per job;
     /// repeats within the period go to the file at debug level. The last alarm's text and time
-    /// are kept beside the log file, so hooks of the same owner share it.
+    /// are kept in a stamp beside this owner's log file, so this owner's hooks share it.
     pub fn alarm(&mut self, message: &str, period: std::time::Duration) {
-        let Some(stamp) = self.path().map(|p| p.with_extension("alarm")) else {
+        let Some(stamp) = self.path().and_then(stamp_path) else {
             return self.error(message);
         };
         let digest = fnv(message);
-        let recent = std::fs::symlink_metadata(&stamp).ok().is_some_and(|m| {
-            m.is_file()
-                && m.modified()
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age < period)
-                && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == digest)
-        });
-        if recent {
+        if read_stamp(&stamp, period).as_deref() == Some(digest.as_str()) {
             self.debug(&format!(
                 "again (said at most {} s ago): {message}",
                 period.as_secs()
@@ -265,29 +281,22 @@ impl HookLog {
             return;
         }
         self.error(message);
-        // Replace, never follow: a temp name beside it, renamed over it.
-        let tmp = stamp.with_extension(format!("alarm.{}", std::process::id()));
-        if std::fs::write(&tmp, &digest).is_ok() && std::fs::rename(&tmp, &stamp).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        write_stamp(&stamp, &digest);
     }
-}
-
-/// A short stable digest of a message (FNV-1a), to recognise a repeat.
-fn fnv(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
 }
 
 impl LogFile {
-    fn write(&mut self, text: &[u8]) {
+    /// Rotate when the file reached its limit; `Some(why)` when the rename was refused and
+    /// the file truncated instead (the caller says so, once, at the top of the fresh file).
+    fn rotate_if_full(&mut self) -> Option<String> {
         if self.max_bytes > 0 && self.size >= self.max_bytes {
-            self.rotate();
+            return self.rotate();
         }
+        None
+    }
+
+    /// Append `text`.
+    fn write(&mut self, text: &[u8]) {
         // Best effort: a full disk must not fail the hook. One write per line, O_APPEND:
         // lines of concurrent hooks do not interleave.
         if self.file.write_all(text).is_ok() {
@@ -299,21 +308,44 @@ impl LogFile {
 
     /// `<file>` -> `<file>.old`, then a fresh `<file>`. Concurrent hooks of the same owner
     /// serialize on a lock of the file, and only the one whose file is still in place
-    /// renames it.
-    fn rotate(&mut self) {
+    /// renames it. When the rename is refused, the file is truncated in place so the limit
+    /// still holds; returns why.
+    fn rotate(&mut self) -> Option<String> {
         use rustix::fs::{flock, FlockOperation};
         if flock(&self.file, FlockOperation::LockExclusive).is_err() {
-            return;
+            return None;
         }
         let ours = self.file.metadata().ok();
         let current = std::fs::symlink_metadata(&self.path).ok();
         let same = matches!((&ours, &current), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+        let mut problem = None;
         if same && current.is_some_and(|m| m.len() >= self.max_bytes) {
             let mut old = self.path.clone().into_os_string();
             old.push(".old");
-            let _ = std::fs::rename(&self.path, PathBuf::from(old));
+            let old = PathBuf::from(old);
+            if let Err(e) = std::fs::rename(&self.path, &old) {
+                let owner = std::fs::symlink_metadata(&old)
+                    .map(|m| format!(" (it belongs to uid {})", m.uid()))
+                    .unwrap_or_default();
+                let truncated = self.file.set_len(0).is_ok();
+                problem = Some(format!(
+                    "cannot rotate {} to {}: {e}{owner}; {}; remove {} as root",
+                    self.path.display(),
+                    old.display(),
+                    if truncated {
+                        "the log was truncated in place instead"
+                    } else {
+                        "and it cannot be truncated either"
+                    },
+                    old.display()
+                ));
+            }
         }
         let _ = flock(&self.file, FlockOperation::Unlock);
+        if problem.is_some() {
+            self.size = 0;
+            return problem;
+        }
         if let Ok((file, size)) = open_log_file(&self.path) {
             self.file = file;
             self.size = size;
@@ -321,6 +353,7 @@ impl LogFile {
             // Keep appending to the old one rather than lose lines.
             self.size = 0;
         }
+        None
     }
 }
 
@@ -413,6 +446,7 @@ fn plain_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::stamp::fnv;
     use super::*;
 
     fn opts(dir: &Path, max: u64) -> LogOptions {
@@ -490,6 +524,70 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
         let err = open_log_file(&d.path().join("TranslateLog.alice")).unwrap_err();
         assert!(!err.text.is_empty());
+    }
+
+    #[test]
+    fn alarms_are_per_owner_and_stamps_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let period = std::time::Duration::from_secs(600);
+        let said = |owner: &str| {
+            let mut o = opts(d.path(), 0);
+            o.owner = owner.into();
+            o.debug = true;
+            let mut log = HookLog::with_options("translate", &o).without_stderr();
+            log.alarm("the template is gone", period);
+            let text =
+                std::fs::read_to_string(d.path().join(format!("TranslateLog.{owner}"))).unwrap();
+            text.lines().last().unwrap().contains(" ERROR ")
+        };
+        assert!(said("alice"));
+        assert!(!said("alice"), "once per period for one owner");
+        assert!(said("bob"), "another owner's stamp silences nothing");
+        // A link at the stamp's name is neither read nor written through.
+        let target = d.path().join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join(".TranslateLog.carol.alarm")).unwrap();
+        std::fs::write(&target, fnv("the template is gone")).unwrap();
+        assert!(said("carol"));
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            fnv("the template is gone")
+        );
+        assert!(!said("carol"));
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains(".alarm.")),
+            "no temporary stamp left: {names:?}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_that_cannot_rename_truncates_and_says_so_once() {
+        let d = tempfile::tempdir().unwrap();
+        // What the rename cannot replace (another user's file does the same in a 1777 dir).
+        std::fs::create_dir(d.path().join("TranslateLog.alice.old")).unwrap();
+        let o = opts(d.path(), 600);
+        for round in 0..10 {
+            let mut log = HookLog::with_options("translate", &o).without_stderr();
+            for i in 0..4 {
+                log.info(&format!("round {round} line {i} {}", "x".repeat(40)));
+            }
+        }
+        let text = std::fs::read_to_string(d.path().join("TranslateLog.alice")).unwrap();
+        assert!(text.len() <= 600 + 200, "{} bytes", text.len());
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains(" WARN ")
+                && first.contains("cannot rotate")
+                && first.contains("truncated in place")
+                && first.contains("TranslateLog.alice.old as root"),
+            "{first}"
+        );
+        assert_eq!(text.matches("cannot rotate").count(), 1, "{text}");
+        assert!(text.contains("round 9 line 3"), "{text}");
     }
 
     #[test]
