@@ -166,5 +166,5 @@ fn inputs(sandbox: &Path, manifest: &Manifest) -> Result<InputPlan, SandboxError
             source,
         });
     }
-    Ok(InputPlan::of(items))
+    Ok(InputPlan::of(items).map_err(crate::capsule::BuildError::from)?)
 }

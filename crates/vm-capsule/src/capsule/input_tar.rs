@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use capsule_disk::DataDisk;
 
+use super::input_walk::{Ancestors, EntryBudget, MAX_INPUT_DEPTH, MAX_INPUT_ENTRIES};
+
 /// One top-level entry of `input.tar`.
 #[derive(Debug, Clone)]
 pub struct TarItem {
@@ -31,33 +33,16 @@ pub struct InputPlan {
 
 impl InputPlan {
     /// The plan for `items`, with the bytes their archive will take.
-    pub fn of(items: Vec<TarItem>) -> InputPlan {
-        let tar_bytes = items
-            .iter()
-            .fold(1024u64, |n, i| n.saturating_add(tar_size(&i.source, 0)));
-        InputPlan { items, tar_bytes }
-    }
-}
-
-/// Bytes a path takes in a tar archive: a header per entry, data rounded to 512, and long
-/// names (GNU long-name entries) estimated generously.
-pub fn tar_size(path: &Path, depth: usize) -> u64 {
-    let Ok(meta) = fs::metadata(path) else {
-        return 0;
-    };
-    let header = 1536u64;
-    if meta.is_dir() {
-        if depth > 64 {
-            return header;
-        }
-        let children = fs::read_dir(path).map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| tar_size(&e.path(), depth + 1))
-                .sum::<u64>()
-        });
-        header + children.unwrap_or(0)
-    } else {
-        header + meta.len().div_ceil(512) * 512
+    ///
+    /// # Errors
+    /// [`InputTarError`]: an input that cannot be read, a directory that contains itself
+    /// through a link, inputs nested too deep or holding too many entries.
+    pub fn of(items: Vec<TarItem>) -> Result<InputPlan, InputTarError> {
+        let tar_bytes = super::input_walk::tar_bytes(
+            items.iter().map(|i| i.source.as_path()),
+            MAX_INPUT_ENTRIES,
+        )?;
+        Ok(InputPlan { items, tar_bytes })
     }
 }
 
@@ -73,9 +58,32 @@ pub enum InputTarError {
         #[source]
         source: io::Error,
     },
+    /// A directory of the inputs contains itself through a link.
+    #[error("input {path} leads back to {ancestor}, a directory it is in (a link loops); remove the link, or name the files it should bring")]
+    Loop {
+        /// The entry that loops.
+        path: PathBuf,
+        /// The directory it leads back to.
+        ancestor: PathBuf,
+    },
+    /// The inputs hold more entries than the limit.
+    #[error("the inputs hold more than {limit} files and directories (links followed), at {path}; pack them into an archive and unpack it in the job")]
+    TooManyEntries {
+        /// Where the limit was reached.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
     /// The data disk could not take it (the scratch file system may be full).
     #[error(transparent)]
     Disk(#[from] capsule_disk::Error),
+}
+
+impl InputTarError {
+    /// Whether the job's own inputs are at fault (not the disk).
+    pub fn is_the_jobs(&self) -> bool {
+        !matches!(self, InputTarError::Disk(_))
+    }
 }
 
 /// `input.tar` as a byte stream, made as it is read: headers come from the tar crate (long
@@ -97,14 +105,18 @@ struct TarStream {
     pad: usize,
     /// Why the stream stopped, naming the input (the disk only sees an I/O error).
     failure: Option<InputTarError>,
+    /// Entries still allowed.
+    budget: EntryBudget,
 }
 
-/// One entry to write: `source` as `name`, with the mode the job's executable gets.
+/// One entry to write: `source` as `name`, with the mode the job's executable gets, below
+/// the directories `ancestors`.
 struct Todo {
     source: PathBuf,
     name: String,
     mode: Option<u32>,
     depth: usize,
+    ancestors: Ancestors,
 }
 
 /// A byte buffer the tar builder writes into and the stream drains.
@@ -135,6 +147,7 @@ impl TarStream {
                 // HTCondor makes the transferred executable executable.
                 mode: i.executable.then_some(0o755),
                 depth: 0,
+                ancestors: Ancestors::default(),
             })
             .collect();
         TarStream {
@@ -145,7 +158,15 @@ impl TarStream {
             file: None,
             pad: 0,
             failure: None,
+            budget: EntryBudget::new(MAX_INPUT_ENTRIES),
         }
+    }
+
+    /// Stop with `failure` (already naming the input).
+    fn stop(&mut self, failure: InputTarError) -> io::Error {
+        let e = io::Error::other(failure.to_string());
+        self.failure = Some(failure);
+        e
     }
 
     /// Stop with `source` as the reason, naming `path`.
@@ -169,15 +190,31 @@ impl TarStream {
             self.tar = None;
             return Ok(true);
         };
+        if let Err(e) = self.budget.take(&t.source, MAX_INPUT_ENTRIES) {
+            return Err(self.stop(e));
+        }
+        let Some(tar) = self.tar.as_mut() else {
+            return Ok(false);
+        };
         let meta = match fs::metadata(&t.source) {
             Ok(m) => m,
             Err(e) => return Err(self.fail(&t.source, e)),
         };
         if meta.is_dir() {
-            if t.depth > 64 {
-                let e = io::Error::other("nested more than 64 directories deep");
+            if t.depth > MAX_INPUT_DEPTH {
+                let e = io::Error::other(format!(
+                    "nested more than {MAX_INPUT_DEPTH} directories deep"
+                ));
                 return Err(self.fail(&t.source, e));
             }
+            // Checked again here: the tree may have changed since the survey.
+            let ancestors = match t.ancestors.enter(&t.source, &meta) {
+                Ok(a) => a,
+                Err(e) => return Err(self.stop(e)),
+            };
+            let Some(tar) = self.tar.as_mut() else {
+                return Ok(false);
+            };
             tar.append_dir(&t.name, &t.source)?;
             let mut children: Vec<_> =
                 match fs::read_dir(&t.source).and_then(|rd| rd.collect::<io::Result<Vec<_>>>()) {
@@ -190,6 +227,7 @@ impl TarStream {
                 source: c.path(),
                 mode: None,
                 depth: t.depth + 1,
+                ancestors: ancestors.clone(),
             }));
             return Ok(true);
         }
@@ -336,7 +374,7 @@ mod tests {
         // Block boundaries fall anywhere in the reader's buffer: the bytes must not change.
         assert_eq!(read_all(&items, 7), whole);
         assert_eq!(whole.len() % 512, 0);
-        assert!(whole.len() as u64 <= InputPlan::of(items.clone()).tar_bytes);
+        assert!(whole.len() as u64 <= InputPlan::of(items.clone()).unwrap().tar_bytes);
 
         // GNU tar, the tool admins use, lists and unpacks it.
         let tar_path = dir.path().join("input.tar");
@@ -402,6 +440,34 @@ mod tests {
             Some(InputTarError::Source { path, .. }) => assert_eq!(path, dir.path().join("d")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_loop_made_after_the_survey_stops_the_stream_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        let items = vec![TarItem {
+            source: d.clone(),
+            name: "d".into(),
+            is_dir: true,
+            executable: false,
+        }];
+        let plan = InputPlan::of(items.clone()).unwrap();
+        std::os::unix::fs::symlink("..", d.join("sub/up")).unwrap();
+        let mut stream = TarStream::new(&plan.items);
+        let mut sink = Vec::new();
+        assert!(stream.read_to_end(&mut sink).is_err());
+        match stream.failure {
+            Some(InputTarError::Loop { path, ancestor }) => {
+                assert_eq!((path, ancestor), (d.join("sub/up"), d));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            InputPlan::of(items),
+            Err(InputTarError::Loop { .. })
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! brought the inputs (URLs and plugins included) into the sandbox first.
 
 mod input_tar;
+mod input_walk;
 
 use std::fs;
 use std::io::Read;
@@ -11,7 +12,8 @@ use std::path::Path;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 
-pub use input_tar::{tar_size, write_input_tar, InputPlan, InputTarError, TarItem};
+pub use input_tar::{write_input_tar, InputPlan, InputTarError, TarItem};
+pub use input_walk::{MAX_INPUT_DEPTH, MAX_INPUT_ENTRIES};
 
 const MIB: u64 = 1 << 20;
 /// Smallest data disk made, MiB.

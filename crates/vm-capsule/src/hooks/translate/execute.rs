@@ -13,7 +13,7 @@ use super::config::TranslateConfig;
 use super::error::{error_chain, is_storage_full, TranslateError, Translated};
 use super::plan::{file_name, overlay_name, CapsulePlan};
 use super::vm::{link_into, write_vmx};
-use crate::capsule::{BuildError, DiskContents, InputTarError};
+use crate::capsule::{BuildError, DiskContents};
 use crate::hooks::log::HookLog;
 use crate::routed;
 use crate::scratch::{OwnerDir, ScratchError, ScratchPrefix};
@@ -167,7 +167,7 @@ fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError>
         .recipe
         .build(&path, bytes, &contents)
         .map_err(|e| match e {
-            BuildError::Inputs(InputTarError::Source { .. }) => TranslateError::Job {
+            BuildError::Inputs(ref inputs) if inputs.is_the_jobs() => TranslateError::Job {
                 job: plan.job.id(),
                 reason: format!("job {}: {e}", plan.job.id()),
             },

@@ -37,7 +37,9 @@ pub fn survey_inputs(job: &JobSpec, packed: bool) -> Result<InputPlan, Translate
         survey.input(item, packed)?;
     }
     Ok(if packed {
-        InputPlan::of(survey.items)
+        // A loop or an endless tree of links is the job's mistake, named in the hold.
+        let items = std::mem::take(&mut survey.items);
+        InputPlan::of(items).map_err(|e| survey.problem(e.to_string()))?
     } else {
         InputPlan {
             items: survey.items,

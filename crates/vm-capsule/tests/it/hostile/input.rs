@@ -109,3 +109,51 @@ fn item_14_data_disk_sizing() {
         "the routed job asks for its disks: {request} KiB"
     );
 }
+
+/// An input directory with two links to itself (`d/a -> .`, `d/b -> .`): translate holds the
+/// job at once, naming the link and the directory it loops to, in the VM universe where it
+/// packs the inputs itself. (Before: it walked the 2^64 paths until the hook's watchdog, and
+/// again at every router poll.)
+#[test]
+fn an_input_dir_that_links_to_itself_is_held_at_once() {
+    let mut pool = Pool::new(&template(ImageFormat::Qcow2));
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_HOOK_TIMEOUT".into(), "15".into()));
+    let j = job(&pool, "loop", "transfer_input_files = d", 2061);
+    let d = j.iwd.join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), "x").unwrap();
+    std::os::unix::fs::symlink(".", d.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", d.join("b")).unwrap();
+    let started = std::time::Instant::now();
+    let run = pool.translate(&j.ad).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}: {}",
+        started.elapsed(),
+        run.stderr
+    );
+    assert!(
+        ["a", "b"].iter().any(|l| run.stderr.contains(&format!(
+            "{} leads back to {}",
+            d.join(l).display(),
+            d.display()
+        ))) && run.stderr.contains("condor_hold"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read_dir(pool.root.path().join("scratch"))
+            .unwrap()
+            .flat_map(|owner| fs::read_dir(owner.unwrap().path()).unwrap())
+            .filter(|e| !e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.'))
+            .count(),
+        0,
+        "nothing staged"
+    );
+}
