@@ -245,6 +245,17 @@ impl Pool {
         }
     }
 
+    /// Start hook `name` with `stdin` written (from a thread) and return it running.
+    pub fn spawn_hook(&self, name: &str, stdin: &str) -> std::process::Child {
+        let mut child = self.hook_command(name).spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let text = stdin.to_owned();
+        std::thread::spawn(move || {
+            let _ = input.write_all(text.as_bytes());
+        });
+        child
+    }
+
     /// Start hook `name` with `stdin` and `kill -9` it after `delay_ms` (a crash).
     pub fn run_hook_killed(&self, name: &str, stdin: &str, delay_ms: u64) {
         let start = std::time::Instant::now();
@@ -336,8 +347,9 @@ impl Pool {
         Ok(routed)
     }
 
-    /// Finalize: the original (with the mirrored completion) and the completed routed ad.
-    pub fn finalize(&self, original: &ClassAd, routed: &ClassAd) -> (HookRun, ClassAd) {
+    /// Finalize's stdin as the router writes it: the original (with the mirrored completion)
+    /// and the completed routed ad; and the original as finalize's answer updates it.
+    pub fn finalize_stdin(original: &ClassAd, routed: &ClassAd) -> (String, ClassAd) {
         let mut src = original.clone();
         let mut dest = routed.clone();
         for ad in [&mut src, &mut dest] {
@@ -347,7 +359,15 @@ impl Pool {
             ad.insert("ExitBySignal", Expr::boolean(false));
         }
         src.insert("Managed", Expr::string("External"));
-        let stdin = format!("{}\n------\n{}", print_ad(&src), print_ad(&dest));
+        (
+            format!("{}\n------\n{}", print_ad(&src), print_ad(&dest)),
+            src,
+        )
+    }
+
+    /// Finalize: the original (with the mirrored completion) and the completed routed ad.
+    pub fn finalize(&self, original: &ClassAd, routed: &ClassAd) -> (HookRun, ClassAd) {
+        let (stdin, mut src) = Pool::finalize_stdin(original, routed);
         let run = self.run_hook("finalize", &stdin);
         assert_eq!(run.code, 0, "finalize must exit 0: {}", run.stderr);
         assert_lines_parse_in_htcondor(&run.stdout);

@@ -263,31 +263,36 @@ fn write_beside(
     let target = dir_path.join(name);
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let create = || rustix::fs::openat(dir, tmp, flags, Mode::from_raw_mode(mode & 0o777));
-    let fd = match create() {
+    // Recorded for the hook's watchdog, which removes it if time runs out mid-copy.
+    let fd = crate::hooks::watchdog::create_temp(dir.as_fd(), tmp, || match create() {
         // A leftover of an interrupted run of this very job: ours to replace.
         Err(Errno::EXIST) => {
             let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
             create()
         }
         other => other,
-    }
+    })
     .map_err(|e| PlaceError::io(&target, e))?;
     let mut file = File::from(fd);
     let copied = copy_exact(data, &mut file, size, buf).map_err(|e| PlaceError::io(&target, e));
-    let result = match copied {
-        Ok(got) if got == size => rustix::fs::renameat(dir, tmp, dir, name).map_err(|e| match e {
-            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
-                PlaceError::io(&target, io::Error::other("a directory is in the way"))
+    crate::hooks::watchdog::finish_temp(|| {
+        let result = match copied {
+            Ok(got) if got == size => {
+                rustix::fs::renameat(dir, tmp, dir, name).map_err(|e| match e {
+                    Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
+                        PlaceError::io(&target, io::Error::other("a directory is in the way"))
+                    }
+                    e => PlaceError::io(&target, e),
+                })
             }
-            e => PlaceError::io(&target, e),
-        }),
-        Ok(got) => Err(PlaceError::Truncated { got, size }),
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-    }
-    result
+            Ok(got) => Err(PlaceError::Truncated { got, size }),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        }
+        result
+    })
 }
 
 /// Copy at most `size` bytes; returns how many there were.

@@ -146,3 +146,75 @@ fn item_09_stale_and_failed_dirs_are_reclaimed() {
     assert!(kept[2].exists(), "the newest failed dir is the one kept");
     pool.cleanup(&routed);
 }
+
+/// Finalize's watchdog ends the hook in the middle of writing a large output: the output's
+/// temporary file is removed before the hook exits, not left in the user's Iwd. The hook is
+/// stopped (SIGSTOP) while it writes, until its time is up, then let go. (Before: a
+/// `.vm-capsule.<job>.<hash>.tmp` of the output's size stayed in Iwd.)
+#[test]
+fn finalize_out_of_time_mid_output_leaves_no_temporary_file() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let mut pool = Pool::new(&template(ImageFormat::Qcow2));
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_HOOK_TIMEOUT".into(), "3".into()));
+    let j = job(
+        &pool,
+        "slow-output",
+        "transfer_output_files = big.dat\nrequest_disk = 400000",
+        2071,
+    );
+    let routed = pool.translate(&j.ad).unwrap();
+    let disk = scratch_of(&routed).join("data.qcow2");
+    let blob = vec![0x5au8; 192 << 20];
+    forge(
+        &disk,
+        &result_json(0, &["big.dat"], None),
+        Some(&tar_of(&[("big.dat", &blob[..])])),
+    );
+    drop(blob);
+    let (stdin, _) = Pool::finalize_stdin(&j.ad, &routed);
+    let temp = || {
+        fs::read_dir(&j.iwd)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().ends_with(".tmp"))
+    };
+    let started = std::time::Instant::now();
+    let mut child = pool.spawn_hook("finalize", &stdin);
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    // Stop it as soon as it writes the output, early in the file.
+    let writing = loop {
+        if let Some(t) = temp() {
+            kill_process(pid, Signal::STOP).unwrap();
+            break t;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finalize ended before it wrote the output"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let written = fs::metadata(&writing).unwrap().len();
+    assert!(
+        written < 96 << 20,
+        "caught too late: {written} bytes written"
+    );
+    // Past its time limit, then let go: the watchdog fires while the copy goes on.
+    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(started.elapsed()));
+    kill_process(pid, Signal::CONT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "finalize exits 0");
+    let attrs = classad::parse_old_ad(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(attr(&attrs, "ExitCode"), Value::Integer(125));
+    assert!(
+        string_attr(&attrs, "VMCapsuleError")
+            .unwrap()
+            .contains("did not finish within 3 s"),
+        "{attrs:?}"
+    );
+    assert_eq!(temp(), None, "the temporary output was left in Iwd");
+    assert!(
+        !j.iwd.join("big.dat").exists(),
+        "a partial output was placed"
+    );
+}
