@@ -2,7 +2,7 @@
 # Release artifacts from one command, in target/dist/:
 #   vm-capsule, capsule-init      static (glibc, static-pie), stripped; checked with ldd and file
 #   root/                         the installed tree: /usr/libexec/vm-capsule (programs + the
-#                                 hook, probe and libvirt-xml links), /etc/condor/config.d/
+#                                 hook and libvirt-xml links), /etc/condor/config.d/
 #                                 50-vm-capsule.conf, man pages, bash/zsh/fish completions,
 #                                 /usr/share/vm-capsule (guest pieces when guest/ exists, the
 #                                 default configuration), docs and LICENSE

@@ -5,6 +5,7 @@
 //! `vm-capsule install-hooks` writes (or prints) it and the packages ship it as
 //! `/etc/condor/config.d/50-vm-capsule.conf`, so both say the same thing.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -17,10 +18,11 @@ pub const HOOKS: [(&str, &str); 4] = [
     ("finalize", "HOOK_JOB_FINALIZE"),
     ("cleanup", "HOOK_JOB_CLEANUP"),
 ];
-/// Other subcommands reachable by an executable name (`vm-capsule-probe`): HTCondor runs
-/// startd cron jobs and `LIBVIRT_XML_SCRIPT` by path; a link needs no argument knob.
-pub const LINKED_COMMANDS: [&str; 2] = ["probe", "libvirt-xml"];
-/// The subcommand a program name stands for (`vm-capsule-translate` -> `translate`).
+/// Other subcommands reachable by a link: `vm-capsule-libvirt-xml`, which configurations
+/// written before `LIBVIRT_XML_SCRIPT_ARGS` was used name (the vm-gahp runs it by its path).
+pub const LINKED_COMMANDS: [&str; 1] = ["libvirt-xml"];
+
+/// The subcommand a link's name stands for (`vm-capsule-translate` -> `translate`).
 pub fn command_for_program(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_str()?;
     let cmd = name.strip_prefix("vm-capsule-")?;
@@ -31,6 +33,31 @@ pub fn command_for_program(path: &Path) -> Option<&'static str> {
         .find(|h| *h == cmd)
 }
 
+/// The command line the program parses for `argv` as started: a link's name supplies the
+/// subcommand (HTCondor runs a JobRouter hook by its path with no arguments), unless the
+/// arguments already name it. Nothing else is read from argv[0], which is not always the
+/// program: HTCondor's startd cron passes the cron job's name there.
+pub fn command_line(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let linked = argv
+        .first()
+        .and_then(|a0| command_for_program(Path::new(a0)));
+    if let Some(cmd) = linked {
+        if argv.get(1).map(OsString::as_os_str) != Some(OsStr::new(cmd)) {
+            argv.insert(1, cmd.into());
+        }
+    }
+    argv
+}
+
+/// The subcommand `argv` runs (its first argument after [`command_line`]), when there is one.
+pub fn command_of(argv: &[OsString]) -> Option<String> {
+    command_line(argv.to_vec())
+        .get(1)
+        .and_then(|a| a.to_str())
+        .filter(|a| !a.starts_with('-'))
+        .map(str::to_owned)
+}
+
 /// Where the packages install the programs.
 pub const LIBEXEC_DIR: &str = "/usr/libexec/vm-capsule";
 /// Where the packages keep the template and the scratch prefix.
@@ -39,14 +66,15 @@ pub const STATE_DIR: &str = "/var/lib/vm-capsule";
 /// What the snippet names.
 #[derive(Debug, Clone)]
 pub struct Snippet {
-    /// Directory of the hook links, the probe and the libvirt script.
+    /// Directory of the hook links.
     pub dir: PathBuf,
     /// `JOB_ROUTER_HOOK_KEYWORD`.
     pub keyword: String,
     /// The guest agent.
     pub agent: PathBuf,
-    /// The launcher shipped with vanilla-flavour jobs.
-    pub launcher: PathBuf,
+    /// The `vm-capsule` program: the startd probe, the libvirt script, and the launcher
+    /// shipped with vanilla-flavour jobs.
+    pub program: PathBuf,
 }
 
 impl Snippet {
@@ -56,12 +84,12 @@ impl Snippet {
             dir: dir.to_owned(),
             keyword: "VMCAPSULE".to_owned(),
             agent: dir.join("capsule-init"),
-            launcher: dir.join("vm-capsule"),
+            program: dir.join("vm-capsule"),
         }
     }
 
-    /// The path of linked program `name` (`translate` -> `<dir>/vm-capsule-translate`).
-    pub fn program(&self, name: &str) -> PathBuf {
+    /// The path of link `name` (`translate` -> `<dir>/vm-capsule-translate`).
+    pub fn link(&self, name: &str) -> PathBuf {
         self.dir.join(format!("vm-capsule-{name}"))
     }
 
@@ -85,7 +113,7 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
             version = env!("CARGO_PKG_VERSION"),
         );
         for (hook, knob) in HOOKS {
-            let _ = writeln!(t, "{kw}_{knob} = {}", self.program(hook).display());
+            let _ = writeln!(t, "{kw}_{knob} = {}", self.link(hook).display());
         }
         let _ = write!(
             t,
@@ -118,14 +146,17 @@ JOB_ROUTER.PIPE_BUFFER_MAX = 1048576
 
 ##### Execute side ########################################################################
 # Advertise HasVMCapsuleQemu, VMCapsuleKvm, VMCapsuleVersion (and VMCapsuleUnusableReason)
-# for the vanilla flavour; the routed job requires HasVMCapsuleQemu.
+# for the vanilla flavour; the routed job requires HasVMCapsuleQemu. The startd passes the
+# cron job's name as argv[0], so the command is an argument.
 STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE
-STARTD_CRON_VMCAPSULE_EXECUTABLE = {probe}
+STARTD_CRON_VMCAPSULE_EXECUTABLE = {program}
+STARTD_CRON_VMCAPSULE_ARGS = probe
 STARTD_CRON_VMCAPSULE_PERIOD = 10m
 
 # VM universe: the domain XML for vm-capsule jobs (direct kernel boot, kvm or qemu domain,
 # console on a pty); other VM jobs get HTCondor's built-in XML.
-LIBVIRT_XML_SCRIPT = {libvirt}
+LIBVIRT_XML_SCRIPT = {program}
+LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 # The starter polls the VM every VM_STATUS_INTERVAL seconds (default 60, minimum 30):
 # a short job waits up to that long after its VM powered off.
 #VM_STATUS_INTERVAL = 30
@@ -143,12 +174,11 @@ VM_CAPSULE_EXIT_LOG = /var/log/vm-capsule/ExitLog
 VM_CAPSULE_INIT_SCRIPT_PATH = {agent}
 VM_CAPSULE_LAUNCHER_PATH = {launcher}
 ",
-            finalize = self.program("finalize").display(),
-            probe = self.program("probe").display(),
-            libvirt = self.program("libvirt-xml").display(),
+            finalize = self.link("finalize").display(),
+            program = self.program.display(),
             state = STATE_DIR,
             agent = self.agent.display(),
-            launcher = self.launcher.display(),
+            launcher = self.program.display(),
         );
         let set = [
             "VM_CAPSULE_TEMPLATE",
@@ -182,6 +212,56 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn argv0_names_the_command_only_for_a_link() {
+        let cases: [(&[&str], Option<&str>); 8] = [
+            // A JobRouter hook: its path, no arguments.
+            (
+                &["/usr/libexec/vm-capsule/vm-capsule-translate"],
+                Some("translate"),
+            ),
+            (&["vm-capsule-finalize", "--debug"], Some("finalize")),
+            (
+                &[
+                    "/x/vm-capsule-libvirt-xml",
+                    "libvirt-xml",
+                    "--domain-type",
+                    "qemu",
+                ],
+                Some("libvirt-xml"),
+            ),
+            // The startd cron: the job's name, then STARTD_CRON_<NAME>_ARGS.
+            (&["VMCAPSULE", "probe"], Some("probe")),
+            (&["VMCAPSULE"], None),
+            // The starter: the transferred executable by its own name (or an old peer's).
+            (
+                &[
+                    "/var/lib/condor/execute/dir_1/vm-capsule",
+                    "run",
+                    "capsule.ad",
+                ],
+                Some("run"),
+            ),
+            (
+                &["/var/lib/condor/execute/dir_1/condor_exec.exe", "run"],
+                Some("run"),
+            ),
+            // A probe link means nothing any more: its argv[0] never reached it from cron.
+            (&["vm-capsule-probe"], None),
+        ];
+        for (words, want) in cases {
+            assert_eq!(command_of(&argv(words)).as_deref(), want, "{words:?}");
+        }
+        assert_eq!(
+            command_line(argv(&["/h/vm-capsule-cleanup"])),
+            argv(&["/h/vm-capsule-cleanup", "cleanup"])
+        );
+    }
+
     #[test]
     fn every_knob_appears_and_the_active_lines_parse() {
         let text = Snippet::for_dir(Path::new(LIBEXEC_DIR)).render();
@@ -192,6 +272,12 @@ mod tests {
             "VMCAPSULE_HOOK_TRANSLATE_JOB = /usr/libexec/vm-capsule/vm-capsule-translate"
         ));
         assert!(text.contains("UNIVERSE VM\n") && text.contains("UNIVERSE VANILLA\n"));
+        assert!(text.contains(
+            "STARTD_CRON_VMCAPSULE_EXECUTABLE = /usr/libexec/vm-capsule/vm-capsule\nSTARTD_CRON_VMCAPSULE_ARGS = probe\n"
+        ));
+        assert!(text.contains(
+            "LIBVIRT_XML_SCRIPT = /usr/libexec/vm-capsule/vm-capsule\nLIBVIRT_XML_SCRIPT_ARGS = libvirt-xml\n"
+        ));
         // Without the @= blocks, what is left is plain assignments (our config subset).
         let mut plain = String::new();
         let mut in_block = false;

@@ -1,9 +1,12 @@
-//! `vm-capsule install-hooks DIR`: link the hooks (and the probe and libvirt script) as
-//! executables HTCondor can run by path, then write the configuration they need.
+//! `vm-capsule install-hooks DIR`: link the hooks as executables HTCondor can run by path,
+//! then write the configuration they need.
 //!
 //! HTCondor runs a hook by path with no arguments (JobRouterHookMgr: `spawn(client, NULL,
-//! ...)`), so each is a link named after it that dispatches by `argv[0]`. HTCondor refuses
-//! hooks in a world-writable directory (`validateHookPath`), so we refuse to put them there.
+//! ...)`), so each is a link named after it that dispatches by `argv[0]`. The startd probe
+//! and the libvirt script are `vm-capsule` itself with the command as an argument
+//! (`STARTD_CRON_<NAME>_ARGS`, `LIBVIRT_XML_SCRIPT_ARGS`): the startd cron passes the cron
+//! job's name as argv[0]. HTCondor refuses hooks in a world-writable directory
+//! (`validateHookPath`), so we refuse to put them there.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,7 +94,7 @@ pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
         .agent
         .clone()
         .unwrap_or_else(|| final_exe.with_file_name("capsule-init"));
-    snippet.launcher = final_exe;
+    snippet.program = final_exe;
     warn_about_program(
         &staged(&snippet.agent),
         "the guest agent (VM_CAPSULE_INIT_SCRIPT_PATH)",

@@ -91,7 +91,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// Also boot the image's own kernel directly (vmlinuz, initrd.img, cmdline in the
-    /// template): faster; VM-universe nodes need vm-capsule-libvirt-xml as their
+    /// template): faster; VM-universe nodes need vm-capsule's `libvirt-xml` as their
     /// LIBVIRT_XML_SCRIPT (docs/ADMIN.md).
     #[arg(long)]
     direct_boot: bool,

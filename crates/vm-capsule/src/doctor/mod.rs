@@ -10,6 +10,7 @@
 //! the fix under a problem) or as JSON for scripts.
 
 pub mod execute;
+pub mod started;
 pub mod submit;
 
 use std::collections::BTreeMap;

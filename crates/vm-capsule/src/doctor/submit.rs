@@ -8,7 +8,7 @@ use crate::agent::{self, Linkage};
 use crate::config::Knobs;
 use crate::hooks::log::DEFAULT_LOG_DIR;
 use crate::hooks::translate::TranslateConfig;
-use crate::snippet::{command_for_program, HOOKS, LIBEXEC_DIR};
+use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR};
 use crate::template::Template;
 
 /// Smallest `PIPE_BUFFER_MAX` that holds a routed ad with room to spare.
@@ -145,7 +145,8 @@ fn check_hooks(s: &mut Side<'_>, config: &ConfigSource) {
             );
             continue;
         }
-        if command_for_program(&path) != Some(hook) {
+        // The router runs a hook by its path with no arguments: only its name says what to do.
+        if command_of(&[path.clone().into()]).as_deref() != Some(hook) {
             s.warn(
                 &knob,
                 format!("{} is not a vm-capsule-{hook} link", path.display()),

@@ -228,3 +228,77 @@ fn doctor_checks_the_execute_side() {
     assert_eq!(status(&json, "QEMU"), "fail");
     assert!(detail(&json, "QEMU").contains("VM_CAPSULE_QEMU = /nonexistent/qemu"));
 }
+
+#[test]
+fn doctor_runs_the_probe_and_the_libvirt_script_as_htcondor_does() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = fs::canonicalize(bin("vm-capsule")).unwrap();
+    // The first packaged form: links by the commands' names, no arguments.
+    let links = t.path().join("links");
+    fs::create_dir(&links).unwrap();
+    for name in ["probe", "libvirt-xml"] {
+        std::os::unix::fs::symlink(&exe, links.join(format!("vm-capsule-{name}"))).unwrap();
+    }
+    let config = t.path().join("condor_config");
+    let run = |text: String| {
+        fs::write(&config, format!("VM_TYPE = kvm\nVM_MEMORY = 1024\n{text}")).unwrap();
+        let env = [("CONDOR_CONFIG", "/dev/null".to_owned())];
+        doctor(&["execute", "--config", config.to_str().unwrap()], &env)
+    };
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}/vm-capsule-probe\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}/vm-capsule-libvirt-xml\n",
+        links.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    let probe = detail(&json, "startd probe");
+    assert!(
+        probe.contains("broken")
+            && probe.contains("argv[0] `VMCAPSULE`")
+            && probe.contains("exits 2"),
+        "{probe}"
+    );
+    let fix = finding(&json, "startd probe")["fix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        fix.contains(&format!(
+            "STARTD_CRON_VMCAPSULE_EXECUTABLE = {}, STARTD_CRON_VMCAPSULE_ARGS = probe",
+            exe.display()
+        )),
+        "{fix}"
+    );
+    // The vm-gahp runs a link by its path: that form works.
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "ok", "{text}");
+
+    // The shipped form: the program, the command as an argument.
+    let (_, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_ARGS = probe\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}\nLIBVIRT_XML_SCRIPT_ARGS = libvirt-xml\n",
+        exe.display()
+    ));
+    assert_eq!(status(&json, "startd probe"), "ok", "{text}");
+    let probe = detail(&json, "startd probe");
+    assert!(
+        probe.contains("argv[0] `VMCAPSULE` and arguments [probe]")
+            && probe.contains("HasVMCapsuleQemu = "),
+        "{probe}"
+    );
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "ok", "{text}");
+
+    // The program without its command: broken both ways, each with the working form.
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}\n",
+        exe.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "fail", "{text}");
+    assert!(
+        finding(&json, "LIBVIRT_XML_SCRIPT")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml"),
+        "{text}"
+    );
+}

@@ -21,4 +21,5 @@ mod libvirt;
 mod ops;
 mod router;
 mod run_hygiene;
+mod started_by_htcondor;
 mod vanilla;

@@ -68,7 +68,7 @@ pub struct BuildOptions {
     /// `SOURCE_DATE_EPOCH`.
     pub epoch: u64,
     /// Also put the image's kernel, initrd and command line in the template, so it boots them
-    /// directly (faster; in the VM universe it needs vm-capsule-libvirt-xml as the nodes'
+    /// directly (faster; in the VM universe it needs vm-capsule's `libvirt-xml` as the nodes'
     /// LIBVIRT_XML_SCRIPT, docs/ADMIN.md).
     pub direct_boot: bool,
 }
