@@ -70,6 +70,9 @@ pub fn check(
         side: "execute",
         report,
     };
+    // Without the configuration nothing below can be judged: the probe's cron job and the VM
+    // universe are configuration, and a node that cannot read it is not ready.
+    super::check_config_source(&mut s, config);
     let probe = Probe::run(knobs.get(QEMU_KNOB));
     match &probe.qemu {
         Ok((path, version)) => s.ok("QEMU", format!("{} (version {version})", path.display())),
@@ -96,8 +99,10 @@ pub fn check(
             },
         ),
     }
-    check_probe_config(&mut s, config, &probe);
-    check_vm_universe(&mut s, config);
+    if !matches!(config, ConfigSource::Missing(_)) {
+        check_probe_config(&mut s, config, &probe);
+        check_vm_universe(&mut s, config);
+    }
 }
 
 /// The probe's cron job, run as the startd runs it: argv[0] is the job's name, so only a

@@ -18,7 +18,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::condor_tools::{read_condor_config, ToolNotFound};
+use crate::condor_tools::read_condor_config;
 use crate::config::expand_vars;
 
 /// How a check came out.
@@ -181,16 +181,24 @@ pub enum ConfigSource {
     Tool(PathBuf),
     /// An HTCondor configuration file read by us (`--config`), with the local files it names.
     File(PathBuf, BTreeMap<String, String>),
-    /// Nothing could be read.
-    Missing(ToolNotFound),
+    /// Nothing could be read: why.
+    Missing(String),
 }
 
 impl ConfigSource {
-    /// `condor_config_val` when it is found, else [`ConfigSource::Missing`].
+    /// `condor_config_val` when it is found and reads the configuration, else
+    /// [`ConfigSource::Missing`].
     pub fn from_env() -> ConfigSource {
         match crate::condor_tools::condor_tool("condor_config_val") {
-            Ok(t) => ConfigSource::Tool(t),
-            Err(e) => ConfigSource::Missing(e),
+            Ok(t) => match config_readable(&t) {
+                Ok(()) => ConfigSource::Tool(t),
+                Err(why) => ConfigSource::Missing(format!(
+                    "{} cannot read the configuration (CONDOR_CONFIG={}): {why}",
+                    t.display(),
+                    std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
+                )),
+            },
+            Err(e) => ConfigSource::Missing(e.to_string()),
         }
     }
 
@@ -254,9 +262,33 @@ impl ConfigSource {
                 std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
             ),
             ConfigSource::File(p, _) => format!("read from {}", p.display()),
-            ConfigSource::Missing(e) => e.to_string(),
+            ConfigSource::Missing(why) => why.clone(),
         }
     }
+}
+
+/// Whether `condor_config_val` reads its configuration: `FULL_HOSTNAME` is defined by HTCondor
+/// itself, so only a configuration it cannot find or parse makes it fail.
+fn config_readable(tool: &Path) -> Result<(), String> {
+    let out = Command::new(tool)
+        .arg("FULL_HOSTNAME")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .map(str::to_owned)
+        .collect();
+    Err(if said.is_empty() {
+        format!("it exits with {}", out.status)
+    } else {
+        said.join(" ")
+    })
 }
 
 fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
@@ -266,6 +298,18 @@ fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Some(text.trim_end_matches('\n').to_owned())
+}
+
+/// Where the configuration came from, or a failure when it cannot be read.
+fn check_config_source(s: &mut Side<'_>, config: &ConfigSource) {
+    match config {
+        ConfigSource::Missing(why) => s.fail(
+            "configuration",
+            format!("cannot read the HTCondor configuration: {why}"),
+            "run doctor where HTCondor is installed, with the CONDOR_CONFIG its daemons use, or name the configuration with --config FILE",
+        ),
+        other => s.ok("configuration", other.describe()),
+    }
 }
 
 /// Whether `dir` is made like `/tmp`: root-owned, mode 1777; else what is wrong.

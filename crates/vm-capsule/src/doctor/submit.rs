@@ -24,14 +24,7 @@ pub fn check(config: &ConfigSource, env: &[(String, String)], report: &mut Repor
         side: "submit",
         report,
     };
-    match config {
-        ConfigSource::Missing(e) => s.fail(
-            "configuration",
-            format!("cannot read the HTCondor configuration: {e}"),
-            "run doctor where HTCondor is installed, or name the configuration with --config FILE",
-        ),
-        other => s.ok("configuration", other.describe()),
-    }
+    super::check_config_source(&mut s, config);
     let knobs = config.knobs(env.iter().cloned());
     let cfg = check_knobs(&mut s, &knobs);
     check_hooks(&mut s, config);

@@ -302,3 +302,40 @@ fn doctor_runs_the_probe_and_the_libvirt_script_as_htcondor_does() {
         "{text}"
     );
 }
+
+#[test]
+fn doctor_is_not_ready_when_it_cannot_read_the_configuration() {
+    let t = tempfile::tempdir().unwrap();
+    let gone = t.path().join("no_condor_config");
+    // No condor_config_val anywhere (this machine has no HTCondor install).
+    let env = [("CONDOR_CONFIG", gone.display().to_string())];
+    // A condor_config_val that is found (on PATH) but cannot read CONDOR_CONFIG.
+    let tarball = Tarball::new(t.path(), "");
+    let path = format!("{}:/usr/bin:/bin", tarball.prefix.join("bin").display());
+    let env_tool = [
+        ("CONDOR_CONFIG", gone.display().to_string()),
+        ("PATH", path),
+    ];
+    for (env, why) in [
+        (&env[..], "condor_config_val not found"),
+        (&env_tool[..], "cannot read the configuration"),
+    ] {
+        for side in ["execute", "both"] {
+            let (code, json, text) = doctor(&[side], env);
+            assert_eq!(code, 1, "{side}: {text}");
+            assert_eq!(json["ok"], false, "{side}: {text}");
+            assert!(text.contains("NOT READY"), "{side}: {text}");
+            let execute = json["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["side"] == "execute" && f["check"] == "configuration")
+                .unwrap_or_else(|| panic!("{side}: no execute-side configuration finding: {text}"));
+            assert_eq!(execute["status"], "fail", "{text}");
+            assert!(
+                execute["detail"].as_str().unwrap().contains(why),
+                "{side}: {text}"
+            );
+        }
+    }
+}
