@@ -1,6 +1,7 @@
 //! The HTCondor configuration vm-capsule needs, as one commented `config.d` file: the hooks,
-//! routes for both flavours, `PIPE_BUFFER_MAX`, the startd probe, the libvirt domain script
-//! and every `VM_CAPSULE_*` knob with its default.
+//! a route per flavour with `VM_CAPSULE_FLAVOUR` choosing the one the pool offers,
+//! `PIPE_BUFFER_MAX`, the startd probe, the libvirt domain script and every `VM_CAPSULE_*`
+//! knob with its default.
 //!
 //! `vm-capsule install-hooks` writes (or prints) it and the packages ship it as
 //! `/etc/condor/config.d/50-vm-capsule.conf`, so both say the same thing.
@@ -121,17 +122,20 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
 # Before HTCondor 8.4.9 the finalize hook was called JOB_EXIT:
 #{kw}_HOOK_JOB_EXIT = {finalize}
 
-# Routes are tried in order, the first match wins: the narrower route comes first.
-# A job with +WantJobRouter = true and +WantVMCapsuleVanilla = true becomes a vanilla job
-# whose executable boots the VM with QEMU inside an ordinary slot (any execute node with
-# QEMU); any other +WantJobRouter = true job becomes a VM-universe job (libvirt nodes).
-# The route MUST say its universe: the router applies it after the hook.
-JOB_ROUTER_ROUTE_NAMES = VMCapsuleVanilla VMCapsule
-JOB_ROUTER_ROUTE_VMCapsuleVanilla @=rt
+# Users add one line, +WantJobRouter = true; the pool decides how the VM runs. The one
+# route below is the flavour this pool offers (VM_CAPSULE_FLAVOUR):
+#   vanilla  the routed job is a vanilla job whose executable boots the VM with QEMU inside
+#            an ordinary slot: any execute node with QEMU and this package (the startd
+#            probe below advertises it);
+#   vm       the routed job is a VM-universe job: execute nodes with libvirt (VM_TYPE).
+VM_CAPSULE_FLAVOUR = vanilla
+JOB_ROUTER_ROUTE_NAMES = $(JOB_ROUTER_ROUTE_NAMES) VMCapsule_$(VM_CAPSULE_FLAVOUR)
+# A route MUST say its universe: the router applies it after the hook.
+JOB_ROUTER_ROUTE_VMCapsule_vanilla @=rt
   UNIVERSE VANILLA
-  REQUIREMENTS WantJobRouter is true && WantVMCapsuleVanilla is true
+  REQUIREMENTS WantJobRouter is true
 @rt
-JOB_ROUTER_ROUTE_VMCapsule @=rt
+JOB_ROUTER_ROUTE_VMCapsule_vm @=rt
   UNIVERSE VM
   REQUIREMENTS WantJobRouter is true
 @rt
@@ -187,6 +191,7 @@ VM_CAPSULE_LAUNCHER_PATH = {launcher}
             "VM_CAPSULE_EXIT_LOG",
             "VM_CAPSULE_INIT_SCRIPT_PATH",
             "VM_CAPSULE_LAUNCHER_PATH",
+            "VM_CAPSULE_FLAVOUR",
         ];
         let _ = writeln!(t, "\n# The others, commented out at their defaults:");
         for (name, default, meaning) in KNOBS.iter().filter(|(n, _, _)| !set.contains(n)) {
@@ -300,5 +305,15 @@ mod tests {
             vars.get("JOB_ROUTER.PIPE_BUFFER_MAX").map(String::as_str),
             Some("1048576")
         );
+        // One route, the pool's flavour, asking users for nothing but WantJobRouter.
+        assert_eq!(
+            vars.get("JOB_ROUTER_ROUTE_NAMES").map(|v| v.trim()),
+            Some("VMCapsule_vanilla")
+        );
+        let requirements: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("REQUIREMENTS"))
+            .collect();
+        assert_eq!(requirements, ["  REQUIREMENTS WantJobRouter is true"; 2]);
     }
 }

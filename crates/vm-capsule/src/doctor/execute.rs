@@ -154,14 +154,24 @@ fn check_probe_config(s: &mut Side<'_>, config: &ConfigSource, probe: &Probe) {
             .lines()
             .collect::<Vec<_>>()
             .join(", ");
-        s.warn(
-            CHECK,
-            format!(
-                "not configured: nothing advertises {}; right now it would say {attrs}",
-                crate::probe::HAS_QEMU
-            ),
-            probe_fix("VMCAPSULE", None) + " and STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE, STARTD_CRON_VMCAPSULE_PERIOD = 10m",
+        let detail = format!(
+            "not configured: nothing advertises {}; right now it would say {attrs}",
+            crate::probe::HAS_QEMU
         );
+        let fix = probe_fix("VMCAPSULE", None)
+            + " and STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE, STARTD_CRON_VMCAPSULE_PERIOD = 10m";
+        match config.flavour().as_deref() {
+            // The routed vanilla job requires HasVMCapsuleQemu: without it, it never starts.
+            Some("vanilla") => s.fail(
+                CHECK,
+                format!(
+                    "{detail}: with VM_CAPSULE_FLAVOUR = vanilla, routed jobs never start here"
+                ),
+                fix,
+            ),
+            Some("vm") => s.info(CHECK, "not configured, not needed: VM_CAPSULE_FLAVOUR = vm"),
+            _ => s.warn(CHECK, detail, fix),
+        }
     }
 }
 
@@ -246,10 +256,18 @@ fn check_libvirt_script(s: &mut Side<'_>, config: &ConfigSource) {
 
 fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
     let Some(vm_type) = config.get("VM_TYPE") else {
-        s.info(
-            "VM_TYPE",
-            "not set: no VM universe here (the vanilla flavour does not need it)",
-        );
+        if config.flavour().as_deref() == Some("vm") {
+            s.fail(
+                "VM_TYPE",
+                "not set: no VM universe here, and VM_CAPSULE_FLAVOUR = vm routes every job to it",
+                "VM_TYPE = kvm, VM_MEMORY = <MiB> (ADMIN.md, VM-universe execute nodes), or VM_CAPSULE_FLAVOUR = vanilla",
+            );
+        } else {
+            s.info(
+                "VM_TYPE",
+                "not set: no VM universe here (the vanilla flavour does not need it)",
+            );
+        }
         return;
     };
     s.ok("VM_TYPE", vm_type.trim().to_owned());

@@ -21,6 +21,9 @@ use std::process::Command;
 use crate::condor_tools::read_condor_config;
 use crate::config::expand_vars;
 
+/// The knob that picks the shipped route (`JOB_ROUTER_ROUTE_NAMES` names `VMCapsule_<it>`).
+pub const FLAVOUR_KNOB: &str = "VM_CAPSULE_FLAVOUR";
+
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
@@ -251,6 +254,12 @@ impl ConfigSource {
             }
         }
         crate::config::Knobs::from_pairs(pairs).with_unknown_warnings()
+    }
+
+    /// `VM_CAPSULE_FLAVOUR`, lower case: the flavour the shipped route offers.
+    pub fn flavour(&self) -> Option<String> {
+        self.get(FLAVOUR_KNOB)
+            .map(|f| f.trim().to_ascii_lowercase())
     }
 
     /// A line saying where the configuration came from.

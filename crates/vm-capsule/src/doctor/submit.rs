@@ -34,6 +34,7 @@ pub fn check(config: &ConfigSource, env: &[(String, String)], report: &mut Repor
         check_template(&mut s, cfg);
     }
     check_logs(&mut s, &knobs);
+    check_flavour(&mut s, config);
     check_routes(&mut s, config);
     check_pipe_buffer(&mut s, config);
     let daemons = config.get("DAEMON_LIST").unwrap_or_default();
@@ -277,6 +278,33 @@ fn check_template(s: &mut Side<'_>, cfg: &TranslateConfig) {
             }
             s.fail(KNOB, why, "fix the template (ADMIN.md, the template VM)");
         }
+    }
+}
+
+/// The flavour the shipped route offers every `+WantJobRouter = true` job.
+fn check_flavour(s: &mut Side<'_>, config: &ConfigSource) {
+    const KNOB: &str = super::FLAVOUR_KNOB;
+    if matches!(config, ConfigSource::Missing(_)) {
+        return;
+    }
+    match config.flavour().as_deref() {
+        Some("vanilla") => s.ok(
+            KNOB,
+            "vanilla: every +WantJobRouter = true job becomes a vanilla job that boots its VM with QEMU in an ordinary slot (execute nodes: QEMU and the startd probe)",
+        ),
+        Some("vm") => s.ok(
+            KNOB,
+            "vm: every +WantJobRouter = true job becomes a VM-universe job (execute nodes: libvirt and VM_TYPE)",
+        ),
+        Some(other) => s.fail(
+            KNOB,
+            format!("{other:?} is neither vanilla nor vm: JOB_ROUTER_ROUTE_NAMES names route VMCapsule_{other}, which does not exist, so no job is routed"),
+            "VM_CAPSULE_FLAVOUR = vanilla (QEMU inside ordinary slots) or vm (the VM universe)",
+        ),
+        None => s.info(
+            KNOB,
+            "not set: the routes are the configuration's own (JOB_ROUTER_ROUTE_NAMES)",
+        ),
     }
 }
 

@@ -124,8 +124,8 @@ fn doctor_passes_a_good_submit_configuration() {
         "VMCAPSULE_HOOK_JOB_FINALIZE",
         "VM_CAPSULE_INIT_SCRIPT_PATH",
         "VM_CAPSULE_TEMPLATE",
-        "JOB_ROUTER_ROUTE_VMCapsule",
-        "JOB_ROUTER_ROUTE_VMCapsuleVanilla",
+        "VM_CAPSULE_FLAVOUR",
+        "JOB_ROUTER_ROUTE_VMCapsule_vanilla",
         "PIPE_BUFFER_MAX",
         "DAEMON_LIST",
         "condor_hold",
@@ -218,6 +218,18 @@ fn doctor_checks_the_execute_side() {
     assert_eq!(status(&json, "VM_MEMORY"), "fail");
     assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "warn");
     assert_eq!(status(&json, "VM_STATUS_INTERVAL"), "info");
+
+    // The pool's flavour says what this node needs.
+    fs::write(&config, "VM_CAPSULE_FLAVOUR = vanilla\n").unwrap();
+    let (code, json, text) = doctor(&args, &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    assert_eq!(status(&json, "VM_TYPE"), "info", "{text}");
+    fs::write(&config, "VM_CAPSULE_FLAVOUR = vm\n").unwrap();
+    let (code, json, text) = doctor(&args, &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "info", "{text}");
+    assert_eq!(status(&json, "VM_TYPE"), "fail", "{text}");
 
     let env = [
         ("CONDOR_CONFIG", "/dev/null".to_owned()),

@@ -402,8 +402,9 @@ fn the_snippet_reads_the_same_in_htcondor() {
             .display()
             .to_string()
     );
-    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule"]).contains("UNIVERSE VM"));
-    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsuleVanilla"]).contains("UNIVERSE VANILLA"));
+    assert_eq!(ask(&["JOB_ROUTER_ROUTE_NAMES"]), "VMCapsule_vanilla");
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule_vm"]).contains("UNIVERSE VM"));
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule_vanilla"]).contains("UNIVERSE VANILLA"));
     assert_eq!(
         ask(&["-subsystem", "JOB_ROUTER", "PIPE_BUFFER_MAX"]),
         "1048576"

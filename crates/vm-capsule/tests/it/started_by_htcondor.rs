@@ -216,3 +216,83 @@ fn started_with_no_command_the_program_names_argv0_and_the_fix() {
         "{stderr}"
     );
 }
+
+/// The routes HTCondor's configuration reader finds in `LOCAL_CONFIG_DIR` = `dir` holding
+/// `files`, in order, with the route text of each.
+fn routes(dir: &Path, files: &[(&str, String)]) -> Vec<(String, String)> {
+    let local = dir.join("config.d");
+    let _ = fs::remove_dir_all(&local);
+    fs::create_dir_all(&local).unwrap();
+    for (name, text) in files {
+        fs::write(local.join(name), text).unwrap();
+    }
+    let top = dir.join("condor_config");
+    fs::write(&top, format!("LOCAL_CONFIG_DIR = {}\n", local.display())).unwrap();
+    htcondor_param(&top, "JOB_ROUTER_ROUTE_NAMES")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            let text = htcondor_param(&top, &format!("JOB_ROUTER_ROUTE_{n}")).unwrap_or_default();
+            (n.to_owned(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn one_submit_line_routes_a_job_to_the_flavour_the_pool_offers() {
+    let t = tempfile::tempdir().unwrap();
+    let shipped = fs::read_to_string(shipped_config(t.path())).unwrap();
+    let universe = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("UNIVERSE "))
+            .map(str::to_owned)
+    };
+    // As shipped: one route, the vanilla flavour, which any node with QEMU runs.
+    let found = routes(t.path(), &[("50-vm-capsule.conf", shipped.clone())]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (name, text) = &found[0];
+    assert_eq!(name, "VMCapsule_vanilla");
+    assert_eq!(universe(text).as_deref(), Some("VANILLA"));
+    // The route takes a job whose submit file has the one line, and no other job.
+    let requirements = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("REQUIREMENTS "))
+        .unwrap();
+    let requirements = classad::parse_expr(requirements, classad::Syntax::New).unwrap();
+    let root = t.path().join("jobs");
+    let one_line = job(&root, "one-line", "+WantJobRouter = true", 903);
+    let plain = job(&root, "plain", "", 904);
+    assert_eq!(
+        classad::eval::evaluate(&requirements, &one_line),
+        Value::Bool(true)
+    );
+    assert_ne!(
+        classad::eval::evaluate(&requirements, &plain),
+        Value::Bool(true)
+    );
+    // The admin's one setting, in a file read after the package's.
+    let found = routes(
+        t.path(),
+        &[
+            ("50-vm-capsule.conf", shipped.clone()),
+            ("99-local.conf", "VM_CAPSULE_FLAVOUR = vm\n".to_owned()),
+        ],
+    );
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["VMCapsule_vm"]);
+    assert_eq!(universe(&found[0].1).as_deref(), Some("VM"));
+    // A pool's own route, defined in an earlier file, is kept (and tried first).
+    let found = routes(
+        t.path(),
+        &[
+            (
+                "10-mine.conf",
+                "JOB_ROUTER_ROUTE_NAMES = Mine\nJOB_ROUTER_ROUTE_Mine @=rt\n  UNIVERSE GRID\n  REQUIREMENTS WantMine is true\n@rt\n".to_owned(),
+            ),
+            ("50-vm-capsule.conf", shipped),
+        ],
+    );
+    let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Mine", "VMCapsule_vanilla"]);
+}
