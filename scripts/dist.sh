@@ -79,6 +79,7 @@ install -D -m 0644 "$gen/comp/_vm-capsule" "$ROOT/usr/share/zsh/vendor-completio
 install -D -m 0644 "$gen/comp/vm-capsule.fish" "$ROOT/usr/share/fish/vendor_completions.d/vm-capsule.fish"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/vm-capsule/README.md"
 install -D -m 0644 docs/ADMIN.md "$ROOT/usr/share/doc/vm-capsule/ADMIN.md"
+install -D -m 0644 docs/TEMPLATES.md "$ROOT/usr/share/doc/vm-capsule/TEMPLATES.md"
 install -D -m 0644 LICENSE "$ROOT/usr/share/doc/vm-capsule/LICENSE"
 # Directories every job owner writes (the .deb makes them in postinst, the .rpm owns them).
 install -d -m 1777 "$ROOT/var/log/vm-capsule" "$ROOT/var/lib/vm-capsule/scratch"

@@ -76,7 +76,7 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
     ),
     (
         "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE",
-        "(built-in kvm defaults)",
+        "(classad-template.ad in VM_CAPSULE_TEMPLATE when there is one, else built-in kvm defaults)",
         "condor_submit -dump output of the admin's VM submit file",
     ),
     (

@@ -59,6 +59,9 @@ pub fn command_of(argv: &[OsString]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Where the packages put this configuration (read where `LOCAL_CONFIG_DIR` names
+/// `/etc/condor/config.d`, as distribution packages of HTCondor set it).
+pub const CONFIG_FILE: &str = "/etc/condor/config.d/50-vm-capsule.conf";
 /// Where the packages install the programs.
 pub const LIBEXEC_DIR: &str = "/usr/libexec/vm-capsule";
 /// Where the packages keep the template and the scratch prefix.
@@ -166,7 +169,10 @@ LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 #VM_STATUS_INTERVAL = 30
 
 ##### vm-capsule's own knobs (each with its default) #####################################
-# Required: the template VM (a directory holding condor_vm_capsule/).
+# Required: the template VM (a directory holding condor_vm_capsule/, and the
+# classad-template.ad read from there). Make one in place, as root:
+#   /usr/libexec/vm-capsule/vm-capsule template build --debian bookworm {state}/template
+# (TEMPLATES.md in /usr/share/doc/vm-capsule has this and the other ways).
 VM_CAPSULE_TEMPLATE = {state}/template
 # Per-job scratch dirs, <prefix>/<owner>/<job>.XXXXXX; create once: install -d -m 1777 <prefix>
 VM_CAPSULE_SCRATCH_DIR_PREFIX = {state}/scratch

@@ -20,7 +20,7 @@ use vm_capsule::perms;
 use vm_capsule::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
 
 /// Where the configuration goes unless told otherwise.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/condor/config.d/50-vm-capsule.conf";
+pub const DEFAULT_CONFIG_FILE: &str = vm_capsule::snippet::CONFIG_FILE;
 
 /// Arguments of `install-hooks`.
 #[derive(Debug, Args)]

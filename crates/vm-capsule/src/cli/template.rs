@@ -153,13 +153,10 @@ fn run_build(a: &BuildArgs) -> Result<ExitCode> {
         built.kernel_version,
         built.os_sha256
     );
-    // The configuration to use it, on stdout.
+    // The configuration to use it, on stdout. Its classad-template.ad is read from there
+    // without a knob of its own.
     let out = std::path::absolute(&a.out).unwrap_or_else(|_| a.out.clone());
     println!("VM_CAPSULE_TEMPLATE = {}", out.display());
-    println!(
-        "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE = {}",
-        out.join(build::CLASSAD_TEMPLATE).display()
-    );
     if start == AgentStart::CloudInit {
         println!("VM_CAPSULE_AGENT_START = cloud-init");
     }
@@ -216,10 +213,7 @@ fn run_check(a: &CheckArgs) -> Result<ExitCode> {
     if a.cloud_init {
         knobs.push(("VM_CAPSULE_AGENT_START".to_owned(), "cloud-init".to_owned()));
     }
-    let classad = a
-        .classad_template
-        .clone()
-        .or_else(|| Some(a.dir.join(build::CLASSAD_TEMPLATE)).filter(|p| p.is_file()));
+    let classad = vm_capsule::template::classad_template_for(&a.dir, a.classad_template.clone());
     if let Some(path) = classad {
         knobs.push((
             "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE".to_owned(),

@@ -59,11 +59,13 @@ impl SlotUser {
     }
 }
 
-/// Check the execute side; `user` is the slot user to check KVM for (else any slot user).
+/// Check the execute side; `user` is the slot user to check KVM for (else any slot user),
+/// `package_config` the package's configuration file.
 pub fn check(
     config: &ConfigSource,
     knobs: &crate::config::Knobs,
     user: Option<&SlotUser>,
+    package_config: &Path,
     report: &mut Report,
 ) {
     let mut s = Side {
@@ -73,6 +75,7 @@ pub fn check(
     // Without the configuration nothing below can be judged: the probe's cron job and the VM
     // universe are configuration, and a node that cannot read it is not ready.
     super::check_config_source(&mut s, config);
+    super::check_package_config(&mut s, config, package_config);
     let probe = Probe::run(knobs.get(QEMU_KNOB));
     match &probe.qemu {
         Ok((path, version)) => s.ok("QEMU", format!("{} (version {version})", path.display())),

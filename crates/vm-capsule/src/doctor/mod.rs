@@ -309,6 +309,74 @@ fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
     Some(text.trim_end_matches('\n').to_owned())
 }
 
+/// Whether HTCondor reads the package's configuration file `file`: a directory
+/// `LOCAL_CONFIG_DIR` names holds it, or `LOCAL_CONFIG_FILE` names it. An HTCondor not from the
+/// distribution's packages may read neither; then the file does nothing unless its lines were
+/// copied elsewhere.
+fn check_package_config(s: &mut Side<'_>, config: &ConfigSource, file: &Path) {
+    const CHECK: &str = "package configuration";
+    if matches!(config, ConfigSource::Missing(_)) {
+        return;
+    }
+    let Ok(real) = std::fs::canonicalize(file) else {
+        s.info(
+            CHECK,
+            format!(
+                "{} is not here: the configuration's vm-capsule lines are its own",
+                file.display()
+            ),
+        );
+        return;
+    };
+    let same = |p: &str| std::fs::canonicalize(p.trim()).is_ok_and(|c| c == real);
+    let list = |knob: &str| config.get(knob).unwrap_or_default();
+    let dirs = list("LOCAL_CONFIG_DIR");
+    if let Some(dir) = dirs
+        .split([',', ' ', '\t'])
+        .find(|d| !d.is_empty() && real.parent().is_some_and(|p| same_dir(d, p)))
+    {
+        s.ok(
+            CHECK,
+            format!("{} is read (LOCAL_CONFIG_DIR names {dir})", file.display()),
+        );
+        return;
+    }
+    if list("LOCAL_CONFIG_FILE").split([',', ' ', '\t']).any(same) {
+        s.ok(
+            CHECK,
+            format!("{} is read (LOCAL_CONFIG_FILE names it)", file.display()),
+        );
+        return;
+    }
+    let dir = file
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
+    let why = format!(
+        "{} is not read: LOCAL_CONFIG_DIR = {} does not name {dir}, nor LOCAL_CONFIG_FILE the file (an HTCondor not installed from the distribution's packages?)",
+        file.display(),
+        if dirs.trim().is_empty() { "(unset)" } else { dirs.trim() }
+    );
+    if config.get("JOB_ROUTER_HOOK_KEYWORD").is_some() || config.get(FLAVOUR_KNOB).is_some() {
+        s.info(
+            CHECK,
+            format!("{why}; the configuration has vm-capsule's lines from elsewhere: keep them in step with it after upgrades"),
+        );
+    } else {
+        s.fail(
+            CHECK,
+            why,
+            format!("in the configuration CONDOR_CONFIG names: LOCAL_CONFIG_DIR = $(LOCAL_CONFIG_DIR) {dir}; or copy {} into a directory LOCAL_CONFIG_DIR names", file.display()),
+        );
+    }
+}
+
+/// Whether directory `named` (as configured) is `dir` (canonical).
+fn same_dir(named: &str, dir: &Path) -> bool {
+    std::fs::canonicalize(named.trim()).is_ok_and(|c| c == dir)
+}
+
 /// Where the configuration came from, or a failure when it cannot be read.
 fn check_config_source(s: &mut Side<'_>, config: &ConfigSource) {
     match config {

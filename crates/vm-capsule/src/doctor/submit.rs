@@ -18,13 +18,20 @@ const PIPE_BUFFER_DEFAULT: u64 = 10240;
 /// Below this a routed ad of an ordinary job does not fit.
 const PIPE_BUFFER_TOO_SMALL: u64 = 16384;
 
-/// Check the submit side; `env` gives the `_CONDOR_` overrides.
-pub fn check(config: &ConfigSource, env: &[(String, String)], report: &mut Report) {
+/// Check the submit side; `env` gives the `_CONDOR_` overrides, `package_config` is the
+/// package's configuration file.
+pub fn check(
+    config: &ConfigSource,
+    env: &[(String, String)],
+    package_config: &Path,
+    report: &mut Report,
+) {
     let mut s = Side {
         side: "submit",
         report,
     };
     super::check_config_source(&mut s, config);
+    super::check_package_config(&mut s, config, package_config);
     let knobs = config.knobs(env.iter().cloned());
     let cfg = check_knobs(&mut s, &knobs);
     check_hooks(&mut s, config);

@@ -19,6 +19,7 @@ mod hostile;
 mod inputs;
 mod libvirt;
 mod ops;
+mod package;
 mod router;
 mod run_hygiene;
 mod started_by_htcondor;

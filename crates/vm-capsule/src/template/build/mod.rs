@@ -41,7 +41,7 @@ pub const AGENT_PATH: &str = "usr/local/sbin/capsule-init";
 /// The OS disk's file name in the template.
 pub const OS_DISK: &str = "os.qcow2";
 /// The classad template's file name, beside `condor_vm_capsule/`.
-pub const CLASSAD_TEMPLATE: &str = "classad-template.ad";
+pub const CLASSAD_TEMPLATE: &str = super::CLASSAD_TEMPLATE_FILE;
 
 /// Kernel parameters beyond the root and the console, chosen from measured boot times
 /// (docs/PERFORMANCE.md): none of them changes what a job sees.
