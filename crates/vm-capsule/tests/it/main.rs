@@ -18,6 +18,7 @@ mod hooks;
 mod hostile;
 mod inputs;
 mod libvirt;
+mod maintainer;
 mod ops;
 mod package;
 mod router;
