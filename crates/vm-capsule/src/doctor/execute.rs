@@ -125,6 +125,18 @@ fn check_probe_config(s: &mut Side<'_>, config: &ConfigSource, probe: &Probe) {
         };
         ours += 1;
         let fix = probe_fix(name, Some(&start.exe));
+        // Another command is not run: doctor starts only what cannot change anything.
+        if let Some(other) = start.command().filter(|c| c != "probe") {
+            s.fail(
+                CHECK,
+                format!(
+                    "STARTD_CRON_{name} runs `vm-capsule {other}` ({}), not the probe",
+                    start.describe()
+                ),
+                fix,
+            );
+            continue;
+        }
         match start.run(b"") {
             Err(why) => s.fail(CHECK, format!("as the startd runs it: {why}"), fix),
             Ok(ran) if ran.code == Some(0) && ran.stdout.contains(crate::probe::HAS_QEMU) => {
@@ -237,6 +249,16 @@ fn check_libvirt_script(s: &mut Side<'_>, config: &ConfigSource) {
         );
     }
     let fix = working(Some(&start.exe));
+    if let Some(other) = start.command().filter(|c| c != "libvirt-xml") {
+        return s.fail(
+            KNOB,
+            format!(
+                "runs `vm-capsule {other}` ({}), not libvirt-xml",
+                start.describe()
+            ),
+            fix,
+        );
+    }
     match start.run(b"JobVMType = \"kvm\"\nVMPARAM_vm_Disk = \"os.img:vda:w\"\n") {
         Err(why) => s.fail(KNOB, format!("as the vm-gahp runs it: {why}"), fix),
         Ok(ran) if ran.code == Some(1) && ran.stderr.contains("not a vm-capsule job") => s.ok(

@@ -125,6 +125,11 @@ impl Start {
         ours(&self.exe) || std::fs::canonicalize(&self.exe).is_ok_and(|p| ours(&p))
     }
 
+    /// The vm-capsule command this start runs, when it names one (`None`: a usage error).
+    pub fn command(&self) -> Option<String> {
+        crate::snippet::command_of(&self.argv)
+    }
+
     /// The command line for a message: `argv[0]` = ..., then the arguments.
     pub fn describe(&self) -> String {
         let args: Vec<String> = self.argv[1..]

@@ -313,6 +313,17 @@ fn doctor_runs_the_probe_and_the_libvirt_script_as_htcondor_does() {
             .contains("LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml"),
         "{text}"
     );
+
+    // Another command is named, and not run (`demo` would boot a VM).
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_ARGS = demo\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\n",
+        exe.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        detail(&json, "startd probe").contains("runs `vm-capsule demo`"),
+        "{text}"
+    );
 }
 
 #[test]
