@@ -83,6 +83,12 @@ pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
         };
         replace_symlink(&target, &link)?;
     }
+    // Earlier versions linked the probe too; from the startd cron it only printed its usage.
+    let stale = real_dir.join("vm-capsule-probe");
+    if std::fs::symlink_metadata(&stale).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot remove the old link {}", stale.display()))?;
+    }
     let final_exe = if beside {
         dir.join(exe.file_name().unwrap_or_default())
     } else {

@@ -311,8 +311,11 @@ fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
         .unwrap();
     assert!(!out.status.success());
 
-    // A good dir: links, and the snippet written where asked, with every knob.
+    // A good dir: links, and the snippet written where asked, with every knob; an earlier
+    // version's probe link goes.
     let hooks = t.path().join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    std::os::unix::fs::symlink(bin("vm-capsule"), hooks.join("vm-capsule-probe")).unwrap();
     let conf = t.path().join("50-vm-capsule.conf");
     let out = Command::new(bin("vm-capsule"))
         .arg("install-hooks")
