@@ -41,13 +41,18 @@ fn scripts(dir: &Path) -> Scripts {
     if installed_root().is_some() {
         // The packages under test.
         let dist = repo().join("target/dist");
+        fs::create_dir_all(&out).unwrap();
         let st = Command::new("dpkg-deb")
             .arg("-e")
             .arg(built(&dist, "deb"))
             .arg(out.join("deb"))
-            .status()
+            .output()
             .unwrap();
-        assert!(st.success());
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         fs::create_dir_all(out.join("rpm")).unwrap();
         for (tag, name) in [("PREIN", "pre"), ("PREUN", "preun")] {
             let body = Command::new("rpm")
