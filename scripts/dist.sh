@@ -2,10 +2,11 @@
 # Release artifacts from one command, in target/dist/:
 #   vm-capsule, capsule-init      static (glibc, static-pie), stripped; checked with ldd and file
 #   root/                         the installed tree: /usr/libexec/vm-capsule (programs + the
-#                                 hook, probe and libvirt-xml links), /etc/condor/config.d/
+#                                 hook and libvirt-xml links), /etc/condor/config.d/
 #                                 50-vm-capsule.conf, man pages, bash/zsh/fish completions,
 #                                 /usr/share/vm-capsule (guest pieces when guest/ exists, the
 #                                 default configuration), docs and LICENSE
+#   maintainer/                   the packages' maintainer scripts (packaging/maintainer-scripts.sh)
 #   vm-capsule_<v>-1_amd64.deb    cargo-deb, from that tree
 #   vm-capsule-<v>-1.x86_64.rpm   rpmbuild (packaging/vm-capsule.spec), from that tree
 #
@@ -79,10 +80,14 @@ install -D -m 0644 "$gen/comp/_vm-capsule" "$ROOT/usr/share/zsh/vendor-completio
 install -D -m 0644 "$gen/comp/vm-capsule.fish" "$ROOT/usr/share/fish/vendor_completions.d/vm-capsule.fish"
 install -D -m 0644 README.md "$ROOT/usr/share/doc/vm-capsule/README.md"
 install -D -m 0644 docs/ADMIN.md "$ROOT/usr/share/doc/vm-capsule/ADMIN.md"
+install -D -m 0644 docs/TEMPLATES.md "$ROOT/usr/share/doc/vm-capsule/TEMPLATES.md"
 install -D -m 0644 LICENSE "$ROOT/usr/share/doc/vm-capsule/LICENSE"
 # Directories every job owner writes (the .deb makes them in postinst, the .rpm owns them).
 install -d -m 1777 "$ROOT/var/log/vm-capsule" "$ROOT/var/lib/vm-capsule/scratch"
 install -d -m 0755 "$ROOT/var/lib/vm-capsule/template"
+
+# Maintainer scripts: refuse removal and upgrades while jobs routed through vm-capsule run.
+bash packaging/maintainer-scripts.sh "$OUT/maintainer"
 
 say "building the .deb (cargo-deb)"
 cargo deb --quiet --no-build --no-strip -p vm-capsule --target "$TRIPLE" --output "$OUT/" >/dev/null
@@ -92,6 +97,7 @@ rpmbuild --quiet -bb \
     --define "_topdir $rpmtop" \
     --define "stage $ROOT" \
     --define "pkgversion $version" \
+    --define "scripts $OUT/maintainer/rpm" \
     packaging/vm-capsule.spec
 cp "$rpmtop"/RPMS/x86_64/*.rpm "$OUT/"
 rm -rf "$rpmtop"
@@ -121,6 +127,14 @@ for d in var/log/vm-capsule var/lib/vm-capsule/scratch; do
     [ "$mode" = 1777 ] || die "rpm: /$d has mode $mode, not 1777"
 done
 dpkg-deb -I "$deb" postinst | grep -q 'install -d -m 1777' || die "deb: postinst does not make the 1777 dirs"
+for script in preinst prerm; do
+    dpkg-deb -I "$deb" "$script" | grep -q 'vm_capsule_check_routed_jobs' ||
+        die "deb: $script does not check for routed jobs"
+done
+for tag in PREIN PREUN; do
+    rpm -qp --qf "%{$tag}" "$rpmfile" | grep -q 'vm_capsule_check_routed_jobs' ||
+        die "rpm: $tag does not check for routed jobs"
+done
 say "ok: $(echo "$staged" | wc -l) files in both packages"
 
 ls -1 "$OUT"/*.deb "$OUT"/*.rpm "$OUT/vm-capsule" "$OUT/capsule-init"

@@ -316,7 +316,13 @@ pub fn scan_assignments(text: &str, vars: &mut BTreeMap<String, String>) {
         };
         let name = name.trim();
         if is_knob_name(name) {
-            vars.insert(name.to_ascii_uppercase(), value.trim().to_owned());
+            let name = name.to_ascii_uppercase();
+            let value = crate::config::with_self_reference(
+                &name,
+                value.trim(),
+                vars.get(&name).map(String::as_str),
+            );
+            vars.insert(name, value);
         }
     }
 }

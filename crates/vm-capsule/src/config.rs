@@ -76,7 +76,7 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
     ),
     (
         "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE",
-        "(built-in kvm defaults)",
+        "(classad-template.ad in VM_CAPSULE_TEMPLATE when there is one, else built-in kvm defaults)",
         "condor_submit -dump output of the admin's VM submit file",
     ),
     (
@@ -113,6 +113,11 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "VM_CAPSULE_ROUTED_UNIVERSE",
         "(from the route: 13 vm, 5 vanilla)",
         "vm or vanilla: the kind of routed job, overriding the route",
+    ),
+    (
+        "VM_CAPSULE_FLAVOUR",
+        "vanilla",
+        "the flavour the shipped route gives every +WantJobRouter job: vanilla (QEMU inside ordinary slots) or vm (the VM universe); HTCondor reads it, in JOB_ROUTER_ROUTE_NAMES",
     ),
     (
         "VM_CAPSULE_LAUNCHER_PATH",
@@ -408,13 +413,38 @@ pub fn parse_config(text: &str, path: &Path) -> Result<BTreeMap<String, String>,
                 text: trimmed.to_owned(),
             });
         }
-        raw.insert(name.to_ascii_uppercase(), value.trim().to_owned());
+        let name = name.to_ascii_uppercase();
+        let value = with_self_reference(&name, value.trim(), raw.get(&name).map(String::as_str));
+        raw.insert(name, value);
     }
     let expanded = raw
         .iter()
         .map(|(k, v)| (k.clone(), expand(v, &raw, 0)))
         .collect();
     Ok(expanded)
+}
+
+/// `value` assigned to `name` (upper case) with its references to `name` itself replaced by
+/// `previous`, the value before this assignment, as HTCondor does (`X = $(X) more` appends);
+/// other references stay for later expansion.
+pub fn with_self_reference(name: &str, value: &str, previous: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("$(") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find(')') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        if after[..end].trim().eq_ignore_ascii_case(name) {
+            out.push_str(previous.unwrap_or_default());
+        } else {
+            out.push_str(&rest[start..start + 2 + end + 1]);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Expand `$(NAME)` in `value` from `vars` (upper-case names) as HTCondor does: unknown
@@ -451,6 +481,17 @@ fn expand(value: &str, vars: &BTreeMap<String, String>, depth: usize) -> String 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_knob_that_names_itself_appends_to_its_previous_value() {
+        let vars = parse_config(
+            "L = a\nL = $(L) b\nl = $( l ),c $(M)\nM = m\nN = $(N)x\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(vars["L"], "a b,c m");
+        assert_eq!(vars["N"], "x");
+    }
 
     #[test]
     fn htcondor_syntax_subset() {

@@ -9,11 +9,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// clap's exit code for a command line it cannot use.
+const EXIT_USAGE: u8 = 2;
+
 fn main() -> ExitCode {
     // Hooks are run by path with no arguments: `vm-capsule-translate` means `translate`.
-    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(hook) = argv.first().and_then(|a| cli::hooks::hook_from_argv0(a)) {
-        argv.insert(1, hook.into());
+    let argv = vm_capsule::snippet::command_line(std::env::args_os().collect());
+    if argv.len() == 1 {
+        eprintln!("{}", no_command(&argv[0]));
+        return ExitCode::from(EXIT_USAGE);
     }
     let args = cli::Cli::parse_from(argv);
     match cli::run(args) {
@@ -27,6 +31,22 @@ fn main() -> ExitCode {
             ExitCode::from(cli::EXIT_FAILURE)
         }
     }
+}
+
+/// What to say when started with no command: most often by HTCondor's startd cron, which
+/// passes the cron job's name as argv[0] and only `STARTD_CRON_<NAME>_ARGS` after it.
+fn no_command(argv0: &std::ffi::OsStr) -> String {
+    let name = argv0.to_string_lossy();
+    let hint = if name.contains('/') {
+        String::new()
+    } else {
+        format!(
+            " HTCondor's startd cron passes the cron job's name as argv[0]: if `{name}` is one, give the command as its argument: STARTD_CRON_{name}_EXECUTABLE = <path of vm-capsule>, STARTD_CRON_{name}_ARGS = probe."
+        )
+    };
+    format!(
+        "vm-capsule: error: started as `{name}` with no command (try `vm-capsule --help`).{hint}"
+    )
 }
 
 /// True when the error chain bottoms out in a broken pipe on stdout.

@@ -1,10 +1,12 @@
 //! The HTCondor configuration vm-capsule needs, as one commented `config.d` file: the hooks,
-//! routes for both flavours, `PIPE_BUFFER_MAX`, the startd probe, the libvirt domain script
-//! and every `VM_CAPSULE_*` knob with its default.
+//! a route per flavour with `VM_CAPSULE_FLAVOUR` choosing the one the pool offers,
+//! `PIPE_BUFFER_MAX`, the startd probe, the libvirt domain script and every `VM_CAPSULE_*`
+//! knob with its default.
 //!
 //! `vm-capsule install-hooks` writes (or prints) it and the packages ship it as
 //! `/etc/condor/config.d/50-vm-capsule.conf`, so both say the same thing.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -17,10 +19,11 @@ pub const HOOKS: [(&str, &str); 4] = [
     ("finalize", "HOOK_JOB_FINALIZE"),
     ("cleanup", "HOOK_JOB_CLEANUP"),
 ];
-/// Other subcommands reachable by an executable name (`vm-capsule-probe`): HTCondor runs
-/// startd cron jobs and `LIBVIRT_XML_SCRIPT` by path; a link needs no argument knob.
-pub const LINKED_COMMANDS: [&str; 2] = ["probe", "libvirt-xml"];
-/// The subcommand a program name stands for (`vm-capsule-translate` -> `translate`).
+/// Other subcommands reachable by a link: `vm-capsule-libvirt-xml`, which configurations
+/// written before `LIBVIRT_XML_SCRIPT_ARGS` was used name (the vm-gahp runs it by its path).
+pub const LINKED_COMMANDS: [&str; 1] = ["libvirt-xml"];
+
+/// The subcommand a link's name stands for (`vm-capsule-translate` -> `translate`).
 pub fn command_for_program(path: &Path) -> Option<&'static str> {
     let name = path.file_name()?.to_str()?;
     let cmd = name.strip_prefix("vm-capsule-")?;
@@ -31,6 +34,34 @@ pub fn command_for_program(path: &Path) -> Option<&'static str> {
         .find(|h| *h == cmd)
 }
 
+/// The command line the program parses for `argv` as started: a link's name supplies the
+/// subcommand (HTCondor runs a JobRouter hook by its path with no arguments), unless the
+/// arguments already name it. Nothing else is read from argv[0], which is not always the
+/// program: HTCondor's startd cron passes the cron job's name there.
+pub fn command_line(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let linked = argv
+        .first()
+        .and_then(|a0| command_for_program(Path::new(a0)));
+    if let Some(cmd) = linked {
+        if argv.get(1).map(OsString::as_os_str) != Some(OsStr::new(cmd)) {
+            argv.insert(1, cmd.into());
+        }
+    }
+    argv
+}
+
+/// The subcommand `argv` runs (its first argument after [`command_line`]), when there is one.
+pub fn command_of(argv: &[OsString]) -> Option<String> {
+    command_line(argv.to_vec())
+        .get(1)
+        .and_then(|a| a.to_str())
+        .filter(|a| !a.starts_with('-'))
+        .map(str::to_owned)
+}
+
+/// Where the packages put this configuration (read where `LOCAL_CONFIG_DIR` names
+/// `/etc/condor/config.d`, as distribution packages of HTCondor set it).
+pub const CONFIG_FILE: &str = "/etc/condor/config.d/50-vm-capsule.conf";
 /// Where the packages install the programs.
 pub const LIBEXEC_DIR: &str = "/usr/libexec/vm-capsule";
 /// Where the packages keep the template and the scratch prefix.
@@ -39,14 +70,15 @@ pub const STATE_DIR: &str = "/var/lib/vm-capsule";
 /// What the snippet names.
 #[derive(Debug, Clone)]
 pub struct Snippet {
-    /// Directory of the hook links, the probe and the libvirt script.
+    /// Directory of the hook links.
     pub dir: PathBuf,
     /// `JOB_ROUTER_HOOK_KEYWORD`.
     pub keyword: String,
     /// The guest agent.
     pub agent: PathBuf,
-    /// The launcher shipped with vanilla-flavour jobs.
-    pub launcher: PathBuf,
+    /// The `vm-capsule` program: the startd probe, the libvirt script, and the launcher
+    /// shipped with vanilla-flavour jobs.
+    pub program: PathBuf,
 }
 
 impl Snippet {
@@ -56,12 +88,12 @@ impl Snippet {
             dir: dir.to_owned(),
             keyword: "VMCAPSULE".to_owned(),
             agent: dir.join("capsule-init"),
-            launcher: dir.join("vm-capsule"),
+            program: dir.join("vm-capsule"),
         }
     }
 
-    /// The path of linked program `name` (`translate` -> `<dir>/vm-capsule-translate`).
-    pub fn program(&self, name: &str) -> PathBuf {
+    /// The path of link `name` (`translate` -> `<dir>/vm-capsule-translate`).
+    pub fn link(&self, name: &str) -> PathBuf {
         self.dir.join(format!("vm-capsule-{name}"))
     }
 
@@ -85,7 +117,7 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
             version = env!("CARGO_PKG_VERSION"),
         );
         for (hook, knob) in HOOKS {
-            let _ = writeln!(t, "{kw}_{knob} = {}", self.program(hook).display());
+            let _ = writeln!(t, "{kw}_{knob} = {}", self.link(hook).display());
         }
         let _ = write!(
             t,
@@ -93,17 +125,20 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
 # Before HTCondor 8.4.9 the finalize hook was called JOB_EXIT:
 #{kw}_HOOK_JOB_EXIT = {finalize}
 
-# Routes are tried in order, the first match wins: the narrower route comes first.
-# A job with +WantJobRouter = true and +WantVMCapsuleVanilla = true becomes a vanilla job
-# whose executable boots the VM with QEMU inside an ordinary slot (any execute node with
-# QEMU); any other +WantJobRouter = true job becomes a VM-universe job (libvirt nodes).
-# The route MUST say its universe: the router applies it after the hook.
-JOB_ROUTER_ROUTE_NAMES = VMCapsuleVanilla VMCapsule
-JOB_ROUTER_ROUTE_VMCapsuleVanilla @=rt
+# Users add one line, +WantJobRouter = true; the pool decides how the VM runs. The one
+# route below is the flavour this pool offers (VM_CAPSULE_FLAVOUR):
+#   vanilla  the routed job is a vanilla job whose executable boots the VM with QEMU inside
+#            an ordinary slot: any execute node with QEMU and this package (the startd
+#            probe below advertises it);
+#   vm       the routed job is a VM-universe job: execute nodes with libvirt (VM_TYPE).
+VM_CAPSULE_FLAVOUR = vanilla
+JOB_ROUTER_ROUTE_NAMES = $(JOB_ROUTER_ROUTE_NAMES) VMCapsule_$(VM_CAPSULE_FLAVOUR)
+# A route MUST say its universe: the router applies it after the hook.
+JOB_ROUTER_ROUTE_VMCapsule_vanilla @=rt
   UNIVERSE VANILLA
-  REQUIREMENTS WantJobRouter is true && WantVMCapsuleVanilla is true
+  REQUIREMENTS WantJobRouter is true
 @rt
-JOB_ROUTER_ROUTE_VMCapsule @=rt
+JOB_ROUTER_ROUTE_VMCapsule_vm @=rt
   UNIVERSE VM
   REQUIREMENTS WantJobRouter is true
 @rt
@@ -118,20 +153,26 @@ JOB_ROUTER.PIPE_BUFFER_MAX = 1048576
 
 ##### Execute side ########################################################################
 # Advertise HasVMCapsuleQemu, VMCapsuleKvm, VMCapsuleVersion (and VMCapsuleUnusableReason)
-# for the vanilla flavour; the routed job requires HasVMCapsuleQemu.
+# for the vanilla flavour; the routed job requires HasVMCapsuleQemu. The startd passes the
+# cron job's name as argv[0], so the command is an argument.
 STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE
-STARTD_CRON_VMCAPSULE_EXECUTABLE = {probe}
+STARTD_CRON_VMCAPSULE_EXECUTABLE = {program}
+STARTD_CRON_VMCAPSULE_ARGS = probe
 STARTD_CRON_VMCAPSULE_PERIOD = 10m
 
 # VM universe: the domain XML for vm-capsule jobs (direct kernel boot, kvm or qemu domain,
 # console on a pty); other VM jobs get HTCondor's built-in XML.
-LIBVIRT_XML_SCRIPT = {libvirt}
+LIBVIRT_XML_SCRIPT = {program}
+LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 # The starter polls the VM every VM_STATUS_INTERVAL seconds (default 60, minimum 30):
 # a short job waits up to that long after its VM powered off.
 #VM_STATUS_INTERVAL = 30
 
 ##### vm-capsule's own knobs (each with its default) #####################################
-# Required: the template VM (a directory holding condor_vm_capsule/).
+# Required: the template VM (a directory holding condor_vm_capsule/, and the
+# classad-template.ad read from there). Make one in place, as root:
+#   /usr/libexec/vm-capsule/vm-capsule template build --debian bookworm {state}/template
+# (TEMPLATES.md in /usr/share/doc/vm-capsule has this and the other ways).
 VM_CAPSULE_TEMPLATE = {state}/template
 # Per-job scratch dirs, <prefix>/<owner>/<job>.XXXXXX; create once: install -d -m 1777 <prefix>
 VM_CAPSULE_SCRATCH_DIR_PREFIX = {state}/scratch
@@ -143,12 +184,11 @@ VM_CAPSULE_EXIT_LOG = /var/log/vm-capsule/ExitLog
 VM_CAPSULE_INIT_SCRIPT_PATH = {agent}
 VM_CAPSULE_LAUNCHER_PATH = {launcher}
 ",
-            finalize = self.program("finalize").display(),
-            probe = self.program("probe").display(),
-            libvirt = self.program("libvirt-xml").display(),
+            finalize = self.link("finalize").display(),
+            program = self.program.display(),
             state = STATE_DIR,
             agent = self.agent.display(),
-            launcher = self.launcher.display(),
+            launcher = self.program.display(),
         );
         let set = [
             "VM_CAPSULE_TEMPLATE",
@@ -157,6 +197,7 @@ VM_CAPSULE_LAUNCHER_PATH = {launcher}
             "VM_CAPSULE_EXIT_LOG",
             "VM_CAPSULE_INIT_SCRIPT_PATH",
             "VM_CAPSULE_LAUNCHER_PATH",
+            "VM_CAPSULE_FLAVOUR",
         ];
         let _ = writeln!(t, "\n# The others, commented out at their defaults:");
         for (name, default, meaning) in KNOBS.iter().filter(|(n, _, _)| !set.contains(n)) {
@@ -182,6 +223,56 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn argv(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn argv0_names_the_command_only_for_a_link() {
+        let cases: [(&[&str], Option<&str>); 8] = [
+            // A JobRouter hook: its path, no arguments.
+            (
+                &["/usr/libexec/vm-capsule/vm-capsule-translate"],
+                Some("translate"),
+            ),
+            (&["vm-capsule-finalize", "--debug"], Some("finalize")),
+            (
+                &[
+                    "/x/vm-capsule-libvirt-xml",
+                    "libvirt-xml",
+                    "--domain-type",
+                    "qemu",
+                ],
+                Some("libvirt-xml"),
+            ),
+            // The startd cron: the job's name, then STARTD_CRON_<NAME>_ARGS.
+            (&["VMCAPSULE", "probe"], Some("probe")),
+            (&["VMCAPSULE"], None),
+            // The starter: the transferred executable by its own name (or an old peer's).
+            (
+                &[
+                    "/var/lib/condor/execute/dir_1/vm-capsule",
+                    "run",
+                    "capsule.ad",
+                ],
+                Some("run"),
+            ),
+            (
+                &["/var/lib/condor/execute/dir_1/condor_exec.exe", "run"],
+                Some("run"),
+            ),
+            // A probe link means nothing any more: its argv[0] never reached it from cron.
+            (&["vm-capsule-probe"], None),
+        ];
+        for (words, want) in cases {
+            assert_eq!(command_of(&argv(words)).as_deref(), want, "{words:?}");
+        }
+        assert_eq!(
+            command_line(argv(&["/h/vm-capsule-cleanup"])),
+            argv(&["/h/vm-capsule-cleanup", "cleanup"])
+        );
+    }
+
     #[test]
     fn every_knob_appears_and_the_active_lines_parse() {
         let text = Snippet::for_dir(Path::new(LIBEXEC_DIR)).render();
@@ -192,6 +283,12 @@ mod tests {
             "VMCAPSULE_HOOK_TRANSLATE_JOB = /usr/libexec/vm-capsule/vm-capsule-translate"
         ));
         assert!(text.contains("UNIVERSE VM\n") && text.contains("UNIVERSE VANILLA\n"));
+        assert!(text.contains(
+            "STARTD_CRON_VMCAPSULE_EXECUTABLE = /usr/libexec/vm-capsule/vm-capsule\nSTARTD_CRON_VMCAPSULE_ARGS = probe\n"
+        ));
+        assert!(text.contains(
+            "LIBVIRT_XML_SCRIPT = /usr/libexec/vm-capsule/vm-capsule\nLIBVIRT_XML_SCRIPT_ARGS = libvirt-xml\n"
+        ));
         // Without the @= blocks, what is left is plain assignments (our config subset).
         let mut plain = String::new();
         let mut in_block = false;
@@ -214,5 +311,15 @@ mod tests {
             vars.get("JOB_ROUTER.PIPE_BUFFER_MAX").map(String::as_str),
             Some("1048576")
         );
+        // One route, the pool's flavour, asking users for nothing but WantJobRouter.
+        assert_eq!(
+            vars.get("JOB_ROUTER_ROUTE_NAMES").map(|v| v.trim()),
+            Some("VMCapsule_vanilla")
+        );
+        let requirements: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("REQUIREMENTS"))
+            .collect();
+        assert_eq!(requirements, ["  REQUIREMENTS WantJobRouter is true"; 2]);
     }
 }

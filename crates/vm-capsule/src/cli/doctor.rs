@@ -38,6 +38,9 @@ pub struct DoctorArgs {
     /// Print the findings as JSON.
     #[arg(long)]
     json: bool,
+    /// The package's configuration file, to check that HTCondor reads it.
+    #[arg(long, value_name = "FILE", default_value = vm_capsule::snippet::CONFIG_FILE)]
+    package_config: PathBuf,
 }
 
 /// Run the checks, print the report, exit 1 when something failed.
@@ -58,11 +61,17 @@ pub fn run_doctor(args: &DoctorArgs) -> Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let mut report = Report::default();
     if args.side != Which::Execute {
-        submit::check(&config, &env, &mut report);
+        submit::check(&config, &env, &args.package_config, &mut report);
     }
     if args.side != Which::Submit {
         let knobs = config.knobs(env.iter().cloned());
-        execute::check(&config, &knobs, user.as_ref(), &mut report);
+        execute::check(
+            &config,
+            &knobs,
+            user.as_ref(),
+            &args.package_config,
+            &mut report,
+        );
     }
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -297,9 +297,3 @@ pub fn run_update(_args: &HookArgs) -> Result<ExitCode> {
     stdout_write(&update::update(&stdin))?;
     Ok(ExitCode::SUCCESS)
 }
-
-/// The subcommand implied by the program name (`vm-capsule-translate` -> `translate`,
-/// `vm-capsule-probe` -> `probe`).
-pub fn hook_from_argv0(argv0: &std::ffi::OsStr) -> Option<&'static str> {
-    vm_capsule::snippet::command_for_program(Path::new(argv0))
-}

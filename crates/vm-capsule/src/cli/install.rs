@@ -1,9 +1,12 @@
-//! `vm-capsule install-hooks DIR`: link the hooks (and the probe and libvirt script) as
-//! executables HTCondor can run by path, then write the configuration they need.
+//! `vm-capsule install-hooks DIR`: link the hooks as executables HTCondor can run by path,
+//! then write the configuration they need.
 //!
 //! HTCondor runs a hook by path with no arguments (JobRouterHookMgr: `spawn(client, NULL,
-//! ...)`), so each is a link named after it that dispatches by `argv[0]`. HTCondor refuses
-//! hooks in a world-writable directory (`validateHookPath`), so we refuse to put them there.
+//! ...)`), so each is a link named after it that dispatches by `argv[0]`. The startd probe
+//! and the libvirt script are `vm-capsule` itself with the command as an argument
+//! (`STARTD_CRON_<NAME>_ARGS`, `LIBVIRT_XML_SCRIPT_ARGS`): the startd cron passes the cron
+//! job's name as argv[0]. HTCondor refuses hooks in a world-writable directory
+//! (`validateHookPath`), so we refuse to put them there.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use vm_capsule::perms;
 use vm_capsule::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
 
 /// Where the configuration goes unless told otherwise.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/condor/config.d/50-vm-capsule.conf";
+pub const DEFAULT_CONFIG_FILE: &str = vm_capsule::snippet::CONFIG_FILE;
 
 /// Arguments of `install-hooks`.
 #[derive(Debug, Args)]
@@ -80,6 +83,12 @@ pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
         };
         replace_symlink(&target, &link)?;
     }
+    // Earlier versions linked the probe too; from the startd cron it only printed its usage.
+    let stale = real_dir.join("vm-capsule-probe");
+    if std::fs::symlink_metadata(&stale).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("cannot remove the old link {}", stale.display()))?;
+    }
     let final_exe = if beside {
         dir.join(exe.file_name().unwrap_or_default())
     } else {
@@ -91,7 +100,7 @@ pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
         .agent
         .clone()
         .unwrap_or_else(|| final_exe.with_file_name("capsule-init"));
-    snippet.launcher = final_exe;
+    snippet.program = final_exe;
     warn_about_program(
         &staged(&snippet.agent),
         "the guest agent (VM_CAPSULE_INIT_SCRIPT_PATH)",

@@ -1,9 +1,9 @@
 //! `vm-capsule probe`: the startd cron job that advertises what this execute node offers
 //! the vanilla flavour (`HasVMCapsuleQemu`, `VMCapsuleKvm`, `VMCapsuleVersion`, ...).
 //!
-//! HTCondor runs it by path (`STARTD_CRON_<NAME>_EXECUTABLE`, the `vm-capsule-probe` link)
-//! and reads ClassAd lines from stdout; it always exits 0 so the attributes are published
-//! even when the answer is "no".
+//! The startd runs `STARTD_CRON_<NAME>_EXECUTABLE` (`vm-capsule`) with the cron job's name as
+//! argv[0] and `STARTD_CRON_<NAME>_ARGS` (`probe`) after it, and reads ClassAd lines from
+//! stdout; it always exits 0 so the attributes are published even when the answer is "no".
 
 use std::io::Write;
 use std::path::PathBuf;

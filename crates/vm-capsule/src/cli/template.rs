@@ -93,7 +93,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
     /// Also boot the image's own kernel directly (vmlinuz, initrd.img, cmdline in the
-    /// template): faster; VM-universe nodes need vm-capsule-libvirt-xml as their
+    /// template): faster; VM-universe nodes need vm-capsule's `libvirt-xml` as their
     /// LIBVIRT_XML_SCRIPT (docs/ADMIN.md).
     #[arg(long)]
     direct_boot: bool,
@@ -155,13 +155,10 @@ fn run_build(a: &BuildArgs) -> Result<ExitCode> {
         built.kernel_version,
         built.os_sha256
     );
-    // The configuration to use it, on stdout.
+    // The configuration to use it, on stdout. Its classad-template.ad is read from there
+    // without a knob of its own.
     let out = std::path::absolute(&a.out).unwrap_or_else(|_| a.out.clone());
     println!("VM_CAPSULE_TEMPLATE = {}", out.display());
-    println!(
-        "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE = {}",
-        out.join(build::CLASSAD_TEMPLATE).display()
-    );
     if start == AgentStart::CloudInit {
         println!("VM_CAPSULE_AGENT_START = cloud-init");
     }
@@ -218,10 +215,7 @@ fn run_check(a: &CheckArgs) -> Result<ExitCode> {
     if a.cloud_init {
         knobs.push(("VM_CAPSULE_AGENT_START".to_owned(), "cloud-init".to_owned()));
     }
-    let classad = a
-        .classad_template
-        .clone()
-        .or_else(|| Some(a.dir.join(build::CLASSAD_TEMPLATE)).filter(|p| p.is_file()));
+    let classad = vm_capsule::template::classad_template_for(&a.dir, a.classad_template.clone());
     if let Some(path) = classad {
         knobs.push((
             "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE".to_owned(),

@@ -1,12 +1,13 @@
 //! The execute side: QEMU and KVM for the vanilla flavour, the startd probe, libvirt for the
 //! VM universe.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::started::Start;
 use super::{ConfigSource, Report, Side};
 use crate::probe::Probe;
 use crate::qemu::{KvmStatus, KVM_ACCESS_HINT, QEMU_KNOB};
-use crate::snippet::{command_for_program, LIBEXEC_DIR};
+use crate::snippet::LIBEXEC_DIR;
 
 /// A user whose KVM access to check (`--user`).
 #[derive(Debug, Clone)]
@@ -58,17 +59,23 @@ impl SlotUser {
     }
 }
 
-/// Check the execute side; `user` is the slot user to check KVM for (else any slot user).
+/// Check the execute side; `user` is the slot user to check KVM for (else any slot user),
+/// `package_config` the package's configuration file.
 pub fn check(
     config: &ConfigSource,
     knobs: &crate::config::Knobs,
     user: Option<&SlotUser>,
+    package_config: &Path,
     report: &mut Report,
 ) {
     let mut s = Side {
         side: "execute",
         report,
     };
+    // Without the configuration nothing below can be judged: the probe's cron job and the VM
+    // universe are configuration, and a node that cannot read it is not ready.
+    super::check_config_source(&mut s, config);
+    super::check_package_config(&mut s, config, package_config);
     let probe = Probe::run(knobs.get(QEMU_KNOB));
     match &probe.qemu {
         Ok((path, version)) => s.ok("QEMU", format!("{} (version {version})", path.display())),
@@ -95,39 +102,197 @@ pub fn check(
             },
         ),
     }
-    check_probe_config(&mut s, config, &probe);
-    check_vm_universe(&mut s, config);
+    if !matches!(config, ConfigSource::Missing(_)) {
+        check_probe_config(&mut s, config, &probe);
+        check_vm_universe(&mut s, config);
+    }
 }
 
+/// The probe's cron job, run as the startd runs it: argv[0] is the job's name, so only a
+/// command given in `_ARGS` reaches the program.
 fn check_probe_config(s: &mut Side<'_>, config: &ConfigSource, probe: &Probe) {
-    let attrs = crate::hooks::ad_lines(&probe.attributes())
-        .unwrap_or_default()
-        .lines()
-        .collect::<Vec<_>>()
-        .join(", ");
+    const CHECK: &str = "startd probe";
     let jobs = config.get("STARTD_CRON_JOBLIST").unwrap_or_default();
-    let configured = jobs.split([',', ' ']).filter(|j| !j.is_empty()).any(|j| {
-        config
-            .get(&format!("STARTD_CRON_{j}_EXECUTABLE"))
-            .is_some_and(|exe| command_for_program(Path::new(exe.trim())) == Some("probe"))
-    });
-    if configured {
-        s.ok("startd probe", format!("configured; it advertises {attrs}"));
-    } else if !matches!(config, ConfigSource::Missing(_)) {
-        s.warn(
-            "startd probe",
-            format!("not configured: nothing advertises {}; right now it would say {attrs}", crate::probe::HAS_QEMU),
-            format!("STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE, STARTD_CRON_VMCAPSULE_EXECUTABLE = {LIBEXEC_DIR}/vm-capsule-probe, STARTD_CRON_VMCAPSULE_PERIOD = 10m"),
+    let mut ours = 0;
+    for name in jobs.split([',', ' ']).filter(|j| !j.is_empty()) {
+        let start = match Start::startd_cron(config, name) {
+            Ok(start) if start.is_vm_capsule() => start,
+            Ok(_) => continue,
+            Err(why) => {
+                s.fail(CHECK, why, probe_fix(name, None));
+                continue;
+            }
+        };
+        ours += 1;
+        let fix = probe_fix(name, Some(&start.exe));
+        // Another command is not run: doctor starts only what cannot change anything.
+        if let Some(other) = start.command().filter(|c| c != "probe") {
+            s.fail(
+                CHECK,
+                format!(
+                    "STARTD_CRON_{name} runs `vm-capsule {other}` ({}), not the probe",
+                    start.describe()
+                ),
+                fix,
+            );
+            continue;
+        }
+        match start.run(b"") {
+            Err(why) => s.fail(CHECK, format!("as the startd runs it: {why}"), fix),
+            Ok(ran) if ran.code == Some(0) && ran.stdout.contains(crate::probe::HAS_QEMU) => {
+                let attrs: Vec<&str> = ran.stdout.lines().collect();
+                s.ok(
+                    CHECK,
+                    format!(
+                        "STARTD_CRON_{name} runs as the startd runs it ({}); it advertises {}",
+                        start.describe(),
+                        attrs.join(", ")
+                    ),
+                );
+            }
+            Ok(ran) => s.fail(
+                CHECK,
+                format!(
+                    "broken: the startd runs {}, and so it {}: {}; no slot advertises {}, so routed vanilla-flavour jobs never start",
+                    start.describe(),
+                    ran.code.map_or_else(|| "dies by a signal".to_owned(), |c| format!("exits {c}")),
+                    ran.last_error_line(),
+                    crate::probe::HAS_QEMU
+                ),
+                fix,
+            ),
+        }
+    }
+    if ours == 0 {
+        let attrs = crate::hooks::ad_lines(&probe.attributes())
+            .unwrap_or_default()
+            .lines()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let detail = format!(
+            "not configured: nothing advertises {}; right now it would say {attrs}",
+            crate::probe::HAS_QEMU
         );
+        let fix = probe_fix("VMCAPSULE", None)
+            + " and STARTD_CRON_JOBLIST = $(STARTD_CRON_JOBLIST) VMCAPSULE, STARTD_CRON_VMCAPSULE_PERIOD = 10m";
+        match config.flavour().as_deref() {
+            // The routed vanilla job requires HasVMCapsuleQemu: without it, it never starts.
+            Some("vanilla") => s.fail(
+                CHECK,
+                format!(
+                    "{detail}: with VM_CAPSULE_FLAVOUR = vanilla, routed jobs never start here"
+                ),
+                fix,
+            ),
+            Some("vm") => s.info(CHECK, "not configured, not needed: VM_CAPSULE_FLAVOUR = vm"),
+            _ => s.warn(CHECK, detail, fix),
+        }
+    }
+}
+
+/// The working form of the probe's cron job, beside the configured program when there is one.
+fn probe_fix(name: &str, configured: Option<&Path>) -> String {
+    format!(
+        "STARTD_CRON_{name}_EXECUTABLE = {}, STARTD_CRON_{name}_ARGS = probe (the startd passes the cron job's name as argv[0]: the command must be an argument)",
+        vm_capsule_beside(configured).display()
+    )
+}
+
+/// The `vm-capsule` program for a fix: the one a configured link of ours leads to, else the
+/// one beside it, else the packaged one.
+fn vm_capsule_beside(configured: Option<&Path>) -> PathBuf {
+    let named = |p: &Path| p.file_name().is_some_and(|n| n == "vm-capsule");
+    if let Some(real) = configured
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .filter(|p| named(p))
+    {
+        return real;
+    }
+    configured
+        .and_then(Path::parent)
+        .map(|d| d.join("vm-capsule"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| Path::new(LIBEXEC_DIR).join("vm-capsule"))
+}
+
+/// `LIBVIRT_XML_SCRIPT` run as the vm-gahp runs it (as root, its path as argv[0], then
+/// `LIBVIRT_XML_SCRIPT_ARGS`) with another VM job's attributes: vm-capsule's script then says
+/// the job is not its own and exits 1, which leaves that job to HTCondor's built-in XML.
+fn check_libvirt_script(s: &mut Side<'_>, config: &ConfigSource) {
+    const KNOB: &str = "LIBVIRT_XML_SCRIPT";
+    let working = |configured: Option<&Path>| {
+        format!(
+            "LIBVIRT_XML_SCRIPT = {}, LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml",
+            vm_capsule_beside(configured).display()
+        )
+    };
+    let start = match Start::libvirt_script(config) {
+        Err(why) => return s.fail(KNOB, why, working(None)),
+        Ok(Some(start)) if start.is_vm_capsule() => start,
+        other => {
+            let what = match other {
+                Ok(Some(start)) => format!("{} is not vm-capsule's", start.exe.display()),
+                _ => "not set".to_owned(),
+            };
+            return s.warn(
+                KNOB,
+                format!("{what}: HTCondor's built-in domain cannot boot a direct-kernel template and is always of type kvm"),
+                working(None),
+            );
+        }
+    };
+    if let Some(why) = crate::perms::unsafe_program(&start.exe) {
+        return s.fail(
+            KNOB,
+            why,
+            format!("run `vm-capsule install-hooks {LIBEXEC_DIR}` (root-owned, mode 0755)"),
+        );
+    }
+    let fix = working(Some(&start.exe));
+    if let Some(other) = start.command().filter(|c| c != "libvirt-xml") {
+        return s.fail(
+            KNOB,
+            format!(
+                "runs `vm-capsule {other}` ({}), not libvirt-xml",
+                start.describe()
+            ),
+            fix,
+        );
+    }
+    match start.run(b"JobVMType = \"kvm\"\nVMPARAM_vm_Disk = \"os.img:vda:w\"\n") {
+        Err(why) => s.fail(KNOB, format!("as the vm-gahp runs it: {why}"), fix),
+        Ok(ran) if ran.code == Some(1) && ran.stderr.contains("not a vm-capsule job") => s.ok(
+            KNOB,
+            format!("runs as the vm-gahp runs it ({})", start.describe()),
+        ),
+        Ok(ran) => s.fail(
+            KNOB,
+            format!(
+                "broken: the vm-gahp runs {}, and so it {} instead of writing domains: {}",
+                start.describe(),
+                ran.code
+                    .map_or_else(|| "dies by a signal".to_owned(), |c| format!("exits {c}")),
+                ran.last_error_line()
+            ),
+            fix,
+        ),
     }
 }
 
 fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
     let Some(vm_type) = config.get("VM_TYPE") else {
-        s.info(
-            "VM_TYPE",
-            "not set: no VM universe here (the vanilla flavour does not need it)",
-        );
+        if config.flavour().as_deref() == Some("vm") {
+            s.fail(
+                "VM_TYPE",
+                "not set: no VM universe here, and VM_CAPSULE_FLAVOUR = vm routes every job to it",
+                "VM_TYPE = kvm, VM_MEMORY = <MiB> (ADMIN.md, VM-universe execute nodes), or VM_CAPSULE_FLAVOUR = vanilla",
+            );
+        } else {
+            s.info(
+                "VM_TYPE",
+                "not set: no VM universe here (the vanilla flavour does not need it)",
+            );
+        }
         return;
     };
     s.ok("VM_TYPE", vm_type.trim().to_owned());
@@ -139,22 +304,7 @@ fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
             "VM_MEMORY = <MiB all VMs on this node may use together>, e.g. 4096",
         ),
     }
-    match config.get("LIBVIRT_XML_SCRIPT") {
-        Some(p) if command_for_program(Path::new(p.trim())) == Some("libvirt-xml") => {
-            match crate::perms::unsafe_program(Path::new(p.trim())) {
-                None => s.ok("LIBVIRT_XML_SCRIPT", p.trim().to_owned()),
-                Some(why) => s.fail("LIBVIRT_XML_SCRIPT", why, format!("run `vm-capsule install-hooks {LIBEXEC_DIR}`")),
-            }
-        }
-        other => s.warn(
-            "LIBVIRT_XML_SCRIPT",
-            format!(
-                "{}: HTCondor's built-in domain cannot boot a direct-kernel template and is always of type kvm",
-                other.map_or_else(|| "not set".to_owned(), |p| format!("{} is not vm-capsule-libvirt-xml", p.trim()))
-            ),
-            format!("LIBVIRT_XML_SCRIPT = {LIBEXEC_DIR}/vm-capsule-libvirt-xml"),
-        ),
-    }
+    check_libvirt_script(s, config);
     let virsh = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain([Path::new("/usr/bin").to_owned()])
         .map(|d| d.join("virsh"))

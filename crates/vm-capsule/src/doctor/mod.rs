@@ -10,6 +10,7 @@
 //! the fix under a problem) or as JSON for scripts.
 
 pub mod execute;
+pub mod started;
 pub mod submit;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,11 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::condor_tools::{read_condor_config, ToolNotFound};
+use crate::condor_tools::read_condor_config;
 use crate::config::expand_vars;
+
+/// The knob that picks the shipped route (`JOB_ROUTER_ROUTE_NAMES` names `VMCapsule_<it>`).
+pub const FLAVOUR_KNOB: &str = "VM_CAPSULE_FLAVOUR";
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -180,16 +184,24 @@ pub enum ConfigSource {
     Tool(PathBuf),
     /// An HTCondor configuration file read by us (`--config`), with the local files it names.
     File(PathBuf, BTreeMap<String, String>),
-    /// Nothing could be read.
-    Missing(ToolNotFound),
+    /// Nothing could be read: why.
+    Missing(String),
 }
 
 impl ConfigSource {
-    /// `condor_config_val` when it is found, else [`ConfigSource::Missing`].
+    /// `condor_config_val` when it is found and reads the configuration, else
+    /// [`ConfigSource::Missing`].
     pub fn from_env() -> ConfigSource {
         match crate::condor_tools::condor_tool("condor_config_val") {
-            Ok(t) => ConfigSource::Tool(t),
-            Err(e) => ConfigSource::Missing(e),
+            Ok(t) => match config_readable(&t) {
+                Ok(()) => ConfigSource::Tool(t),
+                Err(why) => ConfigSource::Missing(format!(
+                    "{} cannot read the configuration (CONDOR_CONFIG={}): {why}",
+                    t.display(),
+                    std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
+                )),
+            },
+            Err(e) => ConfigSource::Missing(e.to_string()),
         }
     }
 
@@ -244,6 +256,12 @@ impl ConfigSource {
         crate::config::Knobs::from_pairs(pairs).with_unknown_warnings()
     }
 
+    /// `VM_CAPSULE_FLAVOUR`, lower case: the flavour the shipped route offers.
+    pub fn flavour(&self) -> Option<String> {
+        self.get(FLAVOUR_KNOB)
+            .map(|f| f.trim().to_ascii_lowercase())
+    }
+
     /// A line saying where the configuration came from.
     pub fn describe(&self) -> String {
         match self {
@@ -253,9 +271,33 @@ impl ConfigSource {
                 std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
             ),
             ConfigSource::File(p, _) => format!("read from {}", p.display()),
-            ConfigSource::Missing(e) => e.to_string(),
+            ConfigSource::Missing(why) => why.clone(),
         }
     }
+}
+
+/// Whether `condor_config_val` reads its configuration: `FULL_HOSTNAME` is defined by HTCondor
+/// itself, so only a configuration it cannot find or parse makes it fail.
+fn config_readable(tool: &Path) -> Result<(), String> {
+    let out = Command::new(tool)
+        .arg("FULL_HOSTNAME")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .map(str::to_owned)
+        .collect();
+    Err(if said.is_empty() {
+        format!("it exits with {}", out.status)
+    } else {
+        said.join(" ")
+    })
 }
 
 fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
@@ -265,6 +307,86 @@ fn config_val(tool: &Path, args: &[&str]) -> Option<String> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     Some(text.trim_end_matches('\n').to_owned())
+}
+
+/// Whether HTCondor reads the package's configuration file `file`: a directory
+/// `LOCAL_CONFIG_DIR` names holds it, or `LOCAL_CONFIG_FILE` names it. An HTCondor not from the
+/// distribution's packages may read neither; then the file does nothing unless its lines were
+/// copied elsewhere.
+fn check_package_config(s: &mut Side<'_>, config: &ConfigSource, file: &Path) {
+    const CHECK: &str = "package configuration";
+    if matches!(config, ConfigSource::Missing(_)) {
+        return;
+    }
+    let Ok(real) = std::fs::canonicalize(file) else {
+        s.info(
+            CHECK,
+            format!(
+                "{} is not here: the configuration's vm-capsule lines are its own",
+                file.display()
+            ),
+        );
+        return;
+    };
+    let same = |p: &str| std::fs::canonicalize(p.trim()).is_ok_and(|c| c == real);
+    let list = |knob: &str| config.get(knob).unwrap_or_default();
+    let dirs = list("LOCAL_CONFIG_DIR");
+    if let Some(dir) = dirs
+        .split([',', ' ', '\t'])
+        .find(|d| !d.is_empty() && real.parent().is_some_and(|p| same_dir(d, p)))
+    {
+        s.ok(
+            CHECK,
+            format!("{} is read (LOCAL_CONFIG_DIR names {dir})", file.display()),
+        );
+        return;
+    }
+    if list("LOCAL_CONFIG_FILE").split([',', ' ', '\t']).any(same) {
+        s.ok(
+            CHECK,
+            format!("{} is read (LOCAL_CONFIG_FILE names it)", file.display()),
+        );
+        return;
+    }
+    let dir = file
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
+    let why = format!(
+        "{} is not read: LOCAL_CONFIG_DIR = {} does not name {dir}, nor LOCAL_CONFIG_FILE the file (an HTCondor not installed from the distribution's packages?)",
+        file.display(),
+        if dirs.trim().is_empty() { "(unset)" } else { dirs.trim() }
+    );
+    if config.get("JOB_ROUTER_HOOK_KEYWORD").is_some() || config.get(FLAVOUR_KNOB).is_some() {
+        s.info(
+            CHECK,
+            format!("{why}; the configuration has vm-capsule's lines from elsewhere: keep them in step with it after upgrades"),
+        );
+    } else {
+        s.fail(
+            CHECK,
+            why,
+            format!("in the configuration CONDOR_CONFIG names: LOCAL_CONFIG_DIR = $(LOCAL_CONFIG_DIR) {dir}; or copy {} into a directory LOCAL_CONFIG_DIR names", file.display()),
+        );
+    }
+}
+
+/// Whether directory `named` (as configured) is `dir` (canonical).
+fn same_dir(named: &str, dir: &Path) -> bool {
+    std::fs::canonicalize(named.trim()).is_ok_and(|c| c == dir)
+}
+
+/// Where the configuration came from, or a failure when it cannot be read.
+fn check_config_source(s: &mut Side<'_>, config: &ConfigSource) {
+    match config {
+        ConfigSource::Missing(why) => s.fail(
+            "configuration",
+            format!("cannot read the HTCondor configuration: {why}"),
+            "run doctor where HTCondor is installed, with the CONDOR_CONFIG its daemons use, or name the configuration with --config FILE",
+        ),
+        other => s.ok("configuration", other.describe()),
+    }
 }
 
 /// Whether `dir` is made like `/tmp`: root-owned, mode 1777; else what is wrong.

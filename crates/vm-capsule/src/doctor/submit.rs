@@ -8,7 +8,7 @@ use crate::agent::{self, Linkage};
 use crate::config::Knobs;
 use crate::hooks::log::DEFAULT_LOG_DIR;
 use crate::hooks::translate::TranslateConfig;
-use crate::snippet::{command_for_program, HOOKS, LIBEXEC_DIR};
+use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR};
 use crate::template::Template;
 
 /// Smallest `PIPE_BUFFER_MAX` that holds a routed ad with room to spare.
@@ -18,20 +18,20 @@ const PIPE_BUFFER_DEFAULT: u64 = 10240;
 /// Below this a routed ad of an ordinary job does not fit.
 const PIPE_BUFFER_TOO_SMALL: u64 = 16384;
 
-/// Check the submit side; `env` gives the `_CONDOR_` overrides.
-pub fn check(config: &ConfigSource, env: &[(String, String)], report: &mut Report) {
+/// Check the submit side; `env` gives the `_CONDOR_` overrides, `package_config` is the
+/// package's configuration file.
+pub fn check(
+    config: &ConfigSource,
+    env: &[(String, String)],
+    package_config: &Path,
+    report: &mut Report,
+) {
     let mut s = Side {
         side: "submit",
         report,
     };
-    match config {
-        ConfigSource::Missing(e) => s.fail(
-            "configuration",
-            format!("cannot read the HTCondor configuration: {e}"),
-            "run doctor where HTCondor is installed, or name the configuration with --config FILE",
-        ),
-        other => s.ok("configuration", other.describe()),
-    }
+    super::check_config_source(&mut s, config);
+    super::check_package_config(&mut s, config, package_config);
     let knobs = config.knobs(env.iter().cloned());
     let cfg = check_knobs(&mut s, &knobs);
     check_hooks(&mut s, config);
@@ -41,6 +41,7 @@ pub fn check(config: &ConfigSource, env: &[(String, String)], report: &mut Repor
         check_template(&mut s, cfg);
     }
     check_logs(&mut s, &knobs);
+    check_flavour(&mut s, config);
     check_routes(&mut s, config);
     check_pipe_buffer(&mut s, config);
     let daemons = config.get("DAEMON_LIST").unwrap_or_default();
@@ -145,7 +146,8 @@ fn check_hooks(s: &mut Side<'_>, config: &ConfigSource) {
             );
             continue;
         }
-        if command_for_program(&path) != Some(hook) {
+        // The router runs a hook by its path with no arguments: only its name says what to do.
+        if command_of(&[path.clone().into()]).as_deref() != Some(hook) {
             s.warn(
                 &knob,
                 format!("{} is not a vm-capsule-{hook} link", path.display()),
@@ -283,6 +285,33 @@ fn check_template(s: &mut Side<'_>, cfg: &TranslateConfig) {
             }
             s.fail(KNOB, why, "fix the template (ADMIN.md, the template VM)");
         }
+    }
+}
+
+/// The flavour the shipped route offers every `+WantJobRouter = true` job.
+fn check_flavour(s: &mut Side<'_>, config: &ConfigSource) {
+    const KNOB: &str = super::FLAVOUR_KNOB;
+    if matches!(config, ConfigSource::Missing(_)) {
+        return;
+    }
+    match config.flavour().as_deref() {
+        Some("vanilla") => s.ok(
+            KNOB,
+            "vanilla: every +WantJobRouter = true job becomes a vanilla job that boots its VM with QEMU in an ordinary slot (execute nodes: QEMU and the startd probe)",
+        ),
+        Some("vm") => s.ok(
+            KNOB,
+            "vm: every +WantJobRouter = true job becomes a VM-universe job (execute nodes: libvirt and VM_TYPE)",
+        ),
+        Some(other) => s.fail(
+            KNOB,
+            format!("{other:?} is neither vanilla nor vm: JOB_ROUTER_ROUTE_NAMES names route VMCapsule_{other}, which does not exist, so no job is routed"),
+            "VM_CAPSULE_FLAVOUR = vanilla (QEMU inside ordinary slots) or vm (the VM universe)",
+        ),
+        None => s.info(
+            KNOB,
+            "not set: the routes are the configuration's own (JOB_ROUTER_ROUTE_NAMES)",
+        ),
     }
 }
 

@@ -15,6 +15,14 @@ pub enum ArgsError {
         /// The whole value.
         text: String,
     },
+    /// Double-quoted (V2) arguments whose closing `"` is missing or followed by more text.
+    #[error("unbalanced double quote in {attribute}: {text:?} (V2 arguments go inside one pair of double quotes; a literal \" is written \"\")")]
+    UnbalancedDoubleQuote {
+        /// The knob.
+        attribute: &'static str,
+        /// The whole value.
+        text: String,
+    },
     /// An environment entry without `=`.
     #[error("environment entry {entry:?} in {attribute} has no '=' (entries are NAME=value)")]
     MissingEquals {
@@ -78,6 +86,67 @@ pub fn split_v1(text: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Split arguments as HTCondor's `ArgList::AppendArgsV1RawOrV2Quoted` does for knobs such as
+/// `STARTD_CRON_<NAME>_ARGS` and `LIBVIRT_XML_SCRIPT_ARGS`: V2 when the text is in double
+/// quotes (`""` inside standing for `"`), else V1.
+///
+/// # Errors
+/// [`ArgsError::UnbalancedDoubleQuote`] for an unclosed `"` or text after the closing one,
+/// [`ArgsError::UnbalancedQuote`] for an unclosed `'` inside.
+pub fn split_v1_raw_or_v2_quoted(
+    text: &str,
+    attribute: &'static str,
+) -> Result<Vec<String>, ArgsError> {
+    match v2_quoted(text, attribute)? {
+        Some(inner) => split_v2(&inner, attribute),
+        None => Ok(split_v1(text)),
+    }
+}
+
+/// Parse an environment as HTCondor's `Env::MergeFromV1RawOrV2Quoted` does for knobs such
+/// as `STARTD_CRON_<NAME>_ENV`: V2 when in double quotes, else V1 (`;`-separated).
+///
+/// # Errors
+/// [`ArgsError`] for unbalanced quotes or entries without `=`.
+pub fn parse_env_v1_raw_or_v2_quoted(
+    text: &str,
+    attribute: &'static str,
+) -> Result<Vec<(String, String)>, ArgsError> {
+    match v2_quoted(text, attribute)? {
+        Some(inner) => parse_env_v2(&inner),
+        None => parse_env_v1(text, None),
+    }
+}
+
+/// The V2 text inside double quotes (`""` standing for `"`), or `None` when `text` does not
+/// start with `"` (then it is V1).
+fn v2_quoted(text: &str, attribute: &'static str) -> Result<Option<String>, ArgsError> {
+    let Some(rest) = text.trim_start().strip_prefix('"') else {
+        return Ok(None);
+    };
+    let unbalanced = || ArgsError::UnbalancedDoubleQuote {
+        attribute,
+        text: text.to_owned(),
+    };
+    let mut inner = String::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        match chars.next() {
+            None => return Err(unbalanced()),
+            Some('"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                inner.push('"');
+            }
+            Some('"') => break,
+            Some(c) => inner.push(c),
+        }
+    }
+    if chars.any(|c| !is_arg_space(c)) {
+        return Err(unbalanced());
+    }
+    Ok(Some(inner))
 }
 
 fn is_arg_space(c: char) -> bool {
@@ -175,6 +244,43 @@ fn insert_env(out: &mut Vec<(String, String)>, name: &str, value: &str) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn knob_arguments_are_v1_unless_double_quoted() {
+        let f = |t| split_v1_raw_or_v2_quoted(t, "ARGS");
+        assert_eq!(f("probe").unwrap(), ["probe"]);
+        assert_eq!(
+            f("  libvirt-xml --domain-type qemu ").unwrap(),
+            ["libvirt-xml", "--domain-type", "qemu"]
+        );
+        assert_eq!(f("it's").unwrap(), ["it's"]);
+        assert_eq!(
+            f("\"probe 'two words' \"\"q\"\"\"").unwrap(),
+            ["probe", "two words", "\"q\""]
+        );
+        assert_eq!(f("\"\"").unwrap(), Vec::<String>::new());
+        assert!(matches!(
+            f("\"probe"),
+            Err(ArgsError::UnbalancedDoubleQuote { .. })
+        ));
+        assert!(matches!(
+            f("\"probe\" x"),
+            Err(ArgsError::UnbalancedDoubleQuote { .. })
+        ));
+        assert!(matches!(
+            f("\"'open\""),
+            Err(ArgsError::UnbalancedQuote { .. })
+        ));
+        let e = |t| parse_env_v1_raw_or_v2_quoted(t, "ENV").unwrap();
+        assert_eq!(
+            e("A=1;B=x y"),
+            [("A".into(), "1".into()), ("B".into(), "x y".into())]
+        );
+        assert_eq!(
+            e("\"A=1 B='x y'\""),
+            [("A".into(), "1".into()), ("B".into(), "x y".into())]
+        );
+    }
 
     #[test]
     fn v2_as_the_htcondor_manual_shows() {

@@ -33,6 +33,15 @@ use thiserror::Error;
 
 /// The sub-directory of `VM_CAPSULE_TEMPLATE` that holds the template (seed layout).
 pub const TEMPLATE_SUBDIR: &str = "condor_vm_capsule";
+/// The classad template `template build` writes beside [`TEMPLATE_SUBDIR`].
+pub const CLASSAD_TEMPLATE_FILE: &str = "classad-template.ad";
+
+/// The classad template of template `root`: `knob` (`VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`)
+/// when set, else `root/classad-template.ad` when it is there, so a template from `template
+/// build` needs no knob but `VM_CAPSULE_TEMPLATE`.
+pub fn classad_template_for(root: &Path, knob: Option<PathBuf>) -> Option<PathBuf> {
+    knob.or_else(|| Some(root.join(CLASSAD_TEMPLATE_FILE)).filter(|p| p.is_file()))
+}
 
 /// Which hypervisor the routed job targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,8 +124,8 @@ fn doctor_passes_a_good_submit_configuration() {
         "VMCAPSULE_HOOK_JOB_FINALIZE",
         "VM_CAPSULE_INIT_SCRIPT_PATH",
         "VM_CAPSULE_TEMPLATE",
-        "JOB_ROUTER_ROUTE_VMCapsule",
-        "JOB_ROUTER_ROUTE_VMCapsuleVanilla",
+        "VM_CAPSULE_FLAVOUR",
+        "JOB_ROUTER_ROUTE_VMCapsule_vanilla",
         "PIPE_BUFFER_MAX",
         "DAEMON_LIST",
         "condor_hold",
@@ -219,6 +219,18 @@ fn doctor_checks_the_execute_side() {
     assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "warn");
     assert_eq!(status(&json, "VM_STATUS_INTERVAL"), "info");
 
+    // The pool's flavour says what this node needs.
+    fs::write(&config, "VM_CAPSULE_FLAVOUR = vanilla\n").unwrap();
+    let (code, json, text) = doctor(&args, &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    assert_eq!(status(&json, "VM_TYPE"), "info", "{text}");
+    fs::write(&config, "VM_CAPSULE_FLAVOUR = vm\n").unwrap();
+    let (code, json, text) = doctor(&args, &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "info", "{text}");
+    assert_eq!(status(&json, "VM_TYPE"), "fail", "{text}");
+
     let env = [
         ("CONDOR_CONFIG", "/dev/null".to_owned()),
         ("_CONDOR_VM_CAPSULE_QEMU", "/nonexistent/qemu".to_owned()),
@@ -227,4 +239,126 @@ fn doctor_checks_the_execute_side() {
     assert_eq!(code, 1);
     assert_eq!(status(&json, "QEMU"), "fail");
     assert!(detail(&json, "QEMU").contains("VM_CAPSULE_QEMU = /nonexistent/qemu"));
+}
+
+#[test]
+fn doctor_runs_the_probe_and_the_libvirt_script_as_htcondor_does() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = fs::canonicalize(bin("vm-capsule")).unwrap();
+    // The first packaged form: links by the commands' names, no arguments.
+    let links = t.path().join("links");
+    fs::create_dir(&links).unwrap();
+    for name in ["probe", "libvirt-xml"] {
+        std::os::unix::fs::symlink(&exe, links.join(format!("vm-capsule-{name}"))).unwrap();
+    }
+    let config = t.path().join("condor_config");
+    let run = |text: String| {
+        fs::write(&config, format!("VM_TYPE = kvm\nVM_MEMORY = 1024\n{text}")).unwrap();
+        let env = [("CONDOR_CONFIG", "/dev/null".to_owned())];
+        doctor(&["execute", "--config", config.to_str().unwrap()], &env)
+    };
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}/vm-capsule-probe\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}/vm-capsule-libvirt-xml\n",
+        links.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    let probe = detail(&json, "startd probe");
+    assert!(
+        probe.contains("broken")
+            && probe.contains("argv[0] `VMCAPSULE`")
+            && probe.contains("exits 2"),
+        "{probe}"
+    );
+    let fix = finding(&json, "startd probe")["fix"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        fix.contains(&format!(
+            "STARTD_CRON_VMCAPSULE_EXECUTABLE = {}, STARTD_CRON_VMCAPSULE_ARGS = probe",
+            exe.display()
+        )),
+        "{fix}"
+    );
+    // The vm-gahp runs a link by its path: that form works.
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "ok", "{text}");
+
+    // The shipped form: the program, the command as an argument.
+    let (_, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_ARGS = probe\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}\nLIBVIRT_XML_SCRIPT_ARGS = libvirt-xml\n",
+        exe.display()
+    ));
+    assert_eq!(status(&json, "startd probe"), "ok", "{text}");
+    let probe = detail(&json, "startd probe");
+    assert!(
+        probe.contains("argv[0] `VMCAPSULE` and arguments [probe]")
+            && probe.contains("HasVMCapsuleQemu = "),
+        "{probe}"
+    );
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "ok", "{text}");
+
+    // The program without its command: broken both ways, each with the working form.
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\nLIBVIRT_XML_SCRIPT = {0}\n",
+        exe.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "startd probe"), "fail", "{text}");
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "fail", "{text}");
+    assert!(
+        finding(&json, "LIBVIRT_XML_SCRIPT")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml"),
+        "{text}"
+    );
+
+    // Another command is named, and not run (`demo` would boot a VM).
+    let (code, json, text) = run(format!(
+        "STARTD_CRON_JOBLIST = VMCAPSULE\nSTARTD_CRON_VMCAPSULE_EXECUTABLE = {0}\nSTARTD_CRON_VMCAPSULE_ARGS = demo\nSTARTD_CRON_VMCAPSULE_PERIOD = 10m\n",
+        exe.display()
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        detail(&json, "startd probe").contains("runs `vm-capsule demo`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn doctor_is_not_ready_when_it_cannot_read_the_configuration() {
+    let t = tempfile::tempdir().unwrap();
+    let gone = t.path().join("no_condor_config");
+    // No condor_config_val anywhere (this machine has no HTCondor install).
+    let env = [("CONDOR_CONFIG", gone.display().to_string())];
+    // A condor_config_val that is found (on PATH) but cannot read CONDOR_CONFIG.
+    let tarball = Tarball::new(t.path(), "");
+    let path = format!("{}:/usr/bin:/bin", tarball.prefix.join("bin").display());
+    let env_tool = [
+        ("CONDOR_CONFIG", gone.display().to_string()),
+        ("PATH", path),
+    ];
+    for (env, why) in [
+        (&env[..], "condor_config_val not found"),
+        (&env_tool[..], "cannot read the configuration"),
+    ] {
+        for side in ["execute", "both"] {
+            let (code, json, text) = doctor(&[side], env);
+            assert_eq!(code, 1, "{side}: {text}");
+            assert_eq!(json["ok"], false, "{side}: {text}");
+            assert!(text.contains("NOT READY"), "{side}: {text}");
+            let execute = json["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["side"] == "execute" && f["check"] == "configuration")
+                .unwrap_or_else(|| panic!("{side}: no execute-side configuration finding: {text}"));
+            assert_eq!(execute["status"], "fail", "{text}");
+            assert!(
+                execute["detail"].as_str().unwrap().contains(why),
+                "{side}: {text}"
+            );
+        }
+    }
 }

@@ -127,7 +127,8 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
         .then(|| ChirpStandIn::start(sandbox));
     let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
     let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
-    let status = Command::new(&exe)
+    // OsProc::StartJob: argv[0] is `<sandbox>/<basename of Cmd>`, then `Arguments`.
+    let status = std::os::unix::process::CommandExt::arg0(&mut Command::new(&exe), &exe)
         .args(&args)
         .current_dir(sandbox)
         .env_clear()

@@ -311,8 +311,11 @@ fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
         .unwrap();
     assert!(!out.status.success());
 
-    // A good dir: links, and the snippet written where asked, with every knob.
+    // A good dir: links, and the snippet written where asked, with every knob; an earlier
+    // version's probe link goes.
     let hooks = t.path().join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    std::os::unix::fs::symlink(bin("vm-capsule"), hooks.join("vm-capsule-probe")).unwrap();
     let conf = t.path().join("50-vm-capsule.conf");
     let out = Command::new(bin("vm-capsule"))
         .arg("install-hooks")
@@ -328,14 +331,10 @@ fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
         err.contains("warning: the guest agent") && err.contains("dynamically linked"),
         "{err}"
     );
-    for name in [
-        "translate",
-        "update",
-        "finalize",
-        "cleanup",
-        "probe",
-        "libvirt-xml",
-    ] {
+    // The probe is the program itself with an argument (the startd cron's argv[0] is the
+    // job's name): no link for it.
+    assert!(!hooks.join("vm-capsule-probe").exists());
+    for name in ["translate", "update", "finalize", "cleanup", "libvirt-xml"] {
         let link = hooks.join(format!("vm-capsule-{name}"));
         assert!(
             fs::symlink_metadata(&link)
@@ -406,8 +405,9 @@ fn the_snippet_reads_the_same_in_htcondor() {
             .display()
             .to_string()
     );
-    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule"]).contains("UNIVERSE VM"));
-    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsuleVanilla"]).contains("UNIVERSE VANILLA"));
+    assert_eq!(ask(&["JOB_ROUTER_ROUTE_NAMES"]), "VMCapsule_vanilla");
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule_vm"]).contains("UNIVERSE VM"));
+    assert!(ask(&["JOB_ROUTER_ROUTE_VMCapsule_vanilla"]).contains("UNIVERSE VANILLA"));
     assert_eq!(
         ask(&["-subsystem", "JOB_ROUTER", "PIPE_BUFFER_MAX"]),
         "1048576"
@@ -422,24 +422,12 @@ fn the_snippet_reads_the_same_in_htcondor() {
 
 #[test]
 fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
-    let t = tempfile::tempdir().unwrap();
-    let probe = match crate::router::installed_root() {
-        Some(root) => crate::router::installed_libexec(&root).join("vm-capsule-probe"),
-        None => {
-            let hooks = t.path().join("hooks");
-            let out = Command::new(bin("vm-capsule"))
-                .arg("install-hooks")
-                .arg(&hooks)
-                .arg("--print")
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            hooks.join("vm-capsule-probe")
-        }
-    };
     let run = |extra: &[(&str, &str)]| {
-        // As a startd cron job: by path, no arguments.
-        let out = Command::new(&probe)
+        // As a startd cron job: argv[0] the job's name, the command from _ARGS.
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(bin("vm-capsule"))
+            .arg0("VMCAPSULE")
+            .arg("probe")
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("CONDOR_CONFIG", "/dev/null")

@@ -209,9 +209,12 @@ impl Pool {
     }
 
     fn hook_command(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.hooks_dir.join(format!("vm-capsule-{name}")));
+        use std::os::unix::process::CommandExt;
+        let path = self.hooks_dir.join(format!("vm-capsule-{name}"));
+        let mut cmd = Command::new(&path);
+        // HookClientMgr::spawn: argv[0] is the configured path, and there are no arguments.
+        cmd.arg0(&path);
         if let Some((uid, gid)) = self.run_as {
-            use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
         cmd.env_clear()

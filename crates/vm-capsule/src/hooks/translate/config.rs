@@ -16,7 +16,7 @@ pub const PIPE_BUFFER_WARN: usize = 8192;
 pub struct TranslateConfig {
     /// `VM_CAPSULE_TEMPLATE`.
     pub template_root: PathBuf,
-    /// `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`.
+    /// `VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE`, else the template's `classad-template.ad`.
     pub classad_template: Option<PathBuf>,
     /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.
     pub scratch_prefix: PathBuf,
@@ -110,8 +110,11 @@ impl TranslateConfig {
         Ok(TranslateConfig {
             agent_start,
             node_image_dir,
+            classad_template: crate::template::classad_template_for(
+                &template_root,
+                knobs.path("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE"),
+            ),
             template_root,
-            classad_template: knobs.path("VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE"),
             scratch_prefix: knobs
                 .path("VM_CAPSULE_SCRATCH_DIR_PREFIX")
                 .unwrap_or_else(|| PathBuf::from("/tmp/vm-capsule")),

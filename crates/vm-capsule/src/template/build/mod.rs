@@ -42,7 +42,7 @@ pub const AGENT_PATH: &str = "usr/local/sbin/capsule-init";
 /// The OS disk's file name in the template.
 pub const OS_DISK: &str = "os.qcow2";
 /// The classad template's file name, beside `condor_vm_capsule/`.
-pub const CLASSAD_TEMPLATE: &str = "classad-template.ad";
+pub const CLASSAD_TEMPLATE: &str = super::CLASSAD_TEMPLATE_FILE;
 
 /// Kernel parameters beyond the root and the console, chosen from measured boot times
 /// (docs/PERFORMANCE.md): none of them changes what a job sees.
@@ -69,7 +69,7 @@ pub struct BuildOptions {
     /// `SOURCE_DATE_EPOCH`.
     pub epoch: u64,
     /// Also put the image's kernel, initrd and command line in the template, so it boots them
-    /// directly (faster; in the VM universe it needs vm-capsule-libvirt-xml as the nodes'
+    /// directly (faster; in the VM universe it needs vm-capsule's `libvirt-xml` as the nodes'
     /// LIBVIRT_XML_SCRIPT, docs/ADMIN.md).
     pub direct_boot: bool,
 }
