@@ -171,7 +171,7 @@ LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 ##### vm-capsule's own knobs (each with its default) #####################################
 # Required: the template VM (a directory holding condor_vm_capsule/, and the
 # classad-template.ad read from there). Make one in place, as root:
-#   /usr/libexec/vm-capsule/vm-capsule template build --debian bookworm {state}/template
+#   {program} template build --debian bookworm {state}/template
 # (TEMPLATES.md in /usr/share/doc/vm-capsule has this and the other ways).
 VM_CAPSULE_TEMPLATE = {state}/template
 # Per-job scratch dirs, <prefix>/<owner>/<job>.XXXXXX; create once: install -d -m 1777 <prefix>
