@@ -19,6 +19,7 @@ use crate::router::{job_ads, job_ads_of, print_ad, HookRun, Pool};
 mod crash;
 mod guest;
 mod input;
+mod libvirt;
 mod local_user;
 
 /// A template with a qcow2 OS disk and a data disk in `format`.
