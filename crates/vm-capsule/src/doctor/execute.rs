@@ -146,10 +146,10 @@ fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
                 Some(why) => s.fail("LIBVIRT_XML_SCRIPT", why, format!("run `vm-capsule install-hooks {LIBEXEC_DIR}`")),
             }
         }
-        other => s.warn(
+        other => s.fail(
             "LIBVIRT_XML_SCRIPT",
             format!(
-                "{}: HTCondor's built-in domain cannot boot a direct-kernel template and is always of type kvm",
+                "{}: HTCondor's built-in domain XML lets a job's disk images name host files that root's libvirt then opens (docs/ADMIN.md section 2c), cannot boot a direct-kernel template and is always of type kvm",
                 other.map_or_else(|| "not set".to_owned(), |p| format!("{} is not vm-capsule-libvirt-xml", p.trim()))
             ),
             format!("LIBVIRT_XML_SCRIPT = {LIBEXEC_DIR}/vm-capsule-libvirt-xml"),
