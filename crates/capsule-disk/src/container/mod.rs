@@ -354,6 +354,9 @@ pub(crate) fn open_backend_from(
     depth: usize,
     resolver: &mut dyn Resolver,
 ) -> Result<Box<dyn Backend>, Error> {
+    // The caller's file may share its offset with another descriptor: start from byte 0.
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("seek", path, e))?;
     let mut head = [0u8; MAGIC_LEN];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io("read", path, e))?;
     let head = head.get(..got).unwrap_or_default();

@@ -213,3 +213,22 @@ fn a_zero_capacity_sparse_vmdk_names_its_extents() {
     let err = open(&img, &mut r).unwrap_err();
     assert_eq!(r.asked, [(Reference::Extent, "s.vmdk".to_owned())], "{err}");
 }
+
+/// A file the caller opened (and read, or shares with another descriptor) is parsed from its
+/// first byte, wherever its offset is.
+#[test]
+fn an_open_file_is_read_from_its_start() {
+    use std::io::{Seek, SeekFrom};
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.qcow2");
+    Image::create(&img, ImageFormat::Qcow2, 1 << 20)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let mut file = File::open(&img).unwrap();
+    file.seek(SeekFrom::End(0)).unwrap();
+    let image =
+        Image::open_file(&img, file, Access::ReadOnly, None, &mut FollowReferences).unwrap();
+    assert_eq!(image.format(), ImageFormat::Qcow2);
+    assert_eq!(image.virtual_size(), 1 << 20);
+}
