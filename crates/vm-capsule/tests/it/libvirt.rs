@@ -94,13 +94,13 @@ pub fn script() -> PathBuf {
     if installed_root().is_some() {
         return bin("vm-capsule-libvirt-xml");
     }
-    let dir = std::env::temp_dir().join(format!("vm-capsule-libexec-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libexec");
     fs::create_dir_all(&dir).unwrap();
     let link = dir.join("vm-capsule-libvirt-xml");
-    if !link.exists() {
-        std::os::unix::fs::symlink(bin("vm-capsule"), &link).unwrap();
+    match std::os::unix::fs::symlink(bin("vm-capsule"), &link) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("{e}"),
+        _ => link,
     }
-    link
 }
 
 /// The knob naming the node's image directory, as the execute node's configuration sets it.
