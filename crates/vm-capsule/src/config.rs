@@ -164,6 +164,11 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "auto",
         "execute nodes, VM universe: kvm, qemu (TCG) or auto (kvm where the node has it)",
     ),
+    (
+        "VM_CAPSULE_LIBVIRT_OTHER_JOBS",
+        "refuse",
+        "execute nodes, VM universe: what VM jobs that are not vm-capsule jobs get from the libvirt script: refuse, or builtin (HTCondor's own XML)",
+    ),
 ];
 
 /// Configuration that cannot be read or is invalid.
