@@ -321,7 +321,17 @@ impl Disk {
         if let Some(f) = self.format {
             let _ = writeln!(x, "      <driver name='qemu' type='{}'/>", f.name());
         }
-        let _ = writeln!(x, "      <source file='{}'/>", esc_path(&self.path));
+        // The checked files are already the QEMU user's (see `sandbox`): libvirt's relabelling
+        // would only risk giving them back as root's.
+        if xen {
+            let _ = writeln!(x, "      <source file='{}'/>", esc_path(&self.path));
+        } else {
+            let _ = writeln!(
+                x,
+                "      <source file='{}'><seclabel model='dac' relabel='no'/></source>",
+                esc_path(&self.path)
+            );
+        }
         // The chain is spelled out: libvirt must not read one from the image.
         match &self.base {
             Some((base, format)) => {

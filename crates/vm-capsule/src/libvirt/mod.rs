@@ -26,8 +26,8 @@
 //!   node's configuration and checked against the routed ad's sha256), an external data
 //!   file, VMDK extents or parents; every disk is emitted with its backing chain spelled out
 //!   (`<backingStore/>` at the end), so libvirt reads no chain from the image;
-//! - before the images are read they become root's (group read kept for the output
-//!   transfer) and no process may hold them open for writing, so what was read stays what
+//! - before the images are read they become libvirt's QEMU user's (group read kept for the
+//!   output transfer, no relabelling by libvirt) and no process may hold them open for writing, so what was read stays what
 //!   QEMU reads; libvirt gets hard links to the checked files in a root-owned directory
 //!   beside the sandbox, which the job's user can neither rename nor replace;
 //! - a refused job gets a domain libvirt cannot create, with the words that make the vm-gahp

@@ -2,9 +2,14 @@
 //! and checked on the open file.
 //!
 //! As root, a file is then taken from the job's user before anything reads it: it becomes
-//! root's (group read kept, so HTCondor can still transfer it back as the user), and no
-//! process may hold it open for writing (`writers`). What is read afterwards is what QEMU
-//! will read: nobody but root can change it.
+//! libvirt's QEMU user's (group read kept, so HTCondor can still transfer it back as the
+//! user), and no process may hold it open for writing (`writers`). What is read afterwards
+//! is what QEMU will read: nobody but root and the QEMU user can change it.
+//!
+//! The domain tells libvirt not to relabel these files: its DAC restore after the domain
+//! gives a file back to root:root when it cannot recall the owner before, and then HTCondor,
+//! which transfers the disks back as the job's user, cannot read them. Owned by the QEMU
+//! user from the start, the files need no relabelling and keep their group.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -129,10 +134,10 @@ impl Sandbox {
                 .push((keep, st.st_uid, st.st_gid, st.st_mode & 0o7777));
             rustix::fs::fchown(
                 &fd,
-                Some(rustix::process::Uid::ROOT),
+                Some(rustix::process::Uid::from_raw(qemu_user())),
                 Some(rustix::process::Gid::from_raw(st.st_gid)),
             )
-            .map_err(|e| fail(format!("cannot make it root's ({e})")))?;
+            .map_err(|e| fail(format!("cannot make it libvirt's QEMU user's ({e})")))?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o640))
                 .map_err(|e| fail(format!("cannot make it read-only for its user ({e})")))?;
         }
@@ -264,4 +269,13 @@ pub(super) fn id_at(dir: &OwnedFd, name: &str) -> Option<FileId> {
         .ok()
         .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
         .map(|st| (st.st_dev, st.st_ino))
+}
+
+/// The user libvirt's QEMU driver runs QEMU as: `libvirt-qemu` (Debian, Ubuntu) or `qemu`
+/// (Fedora, RHEL), else root (a driver configured to run QEMU as root).
+pub(crate) fn qemu_user() -> u32 {
+    ["libvirt-qemu", "qemu"]
+        .iter()
+        .find_map(|name| nix::unistd::User::from_name(name).ok().flatten())
+        .map_or(0, |user| user.uid.as_raw())
 }

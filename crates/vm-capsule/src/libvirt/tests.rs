@@ -150,7 +150,10 @@ fn direct_kernel_boot_qemu_domain() {
     if root() {
         // The job's user can no longer write what was checked; the group still reads it.
         let m = fs::metadata(n.sandbox.join("data.qcow2")).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o777, m.nlink()), (0, 0o640, 2));
+        assert_eq!(
+            (m.uid(), m.mode() & 0o777, m.nlink()),
+            (super::sandbox::qemu_user(), 0o640, 2)
+        );
     }
     let n = Node::new(&["os.qcow2", "data.qcow2"]);
     let mut kvm = node_config(None);

@@ -289,10 +289,13 @@ impl Embed {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        // The driver notices and gives the files back; then the session ends.
+        // The driver notices and gives the files back; then the session ends. The job's own
+        // files stay the QEMU user's: vm-capsule's script gave them to it and told libvirt
+        // not to relabel them.
         let given_back = || {
             held.iter()
                 .filter(|p| !p.starts_with(self.root.path()))
+                .filter(|p| !p.to_string_lossy().contains("/.vm-capsule-libvirt/"))
                 .all(|p| fs::metadata(p).map_or(true, |m| m.uid() != qemu_uid))
         };
         let gone = Instant::now();
