@@ -23,7 +23,7 @@ pub use config::{
     PIPE_BUFFER_MAX, PIPE_BUFFER_WARN,
 };
 pub use error::{TranslateError, Translated};
-pub use hold::hold_original;
+pub use hold::{hold_original, hold_reason};
 pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
 pub use request::TranslateRequest;
 pub use survey::survey_inputs;

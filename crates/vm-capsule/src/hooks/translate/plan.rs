@@ -100,11 +100,11 @@ pub fn plan(
     let job = &request.job;
     let id = job.id();
     // Outputs the guest could never be asked for are the job's problem, found now.
-    OutputRules::for_job(job).map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+    OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
     let manifest_json = build_manifest(cfg, job, &inputs)
         .to_json()
-        .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+        .map_err(|e| job_problem(&id, e.to_string()))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
     let text_bytes = u64::try_from(manifest_json.len() + job_ad_text.len()).unwrap_or(u64::MAX);
@@ -187,7 +187,7 @@ fn disk_plan(
         RoutedUniverse::Vm => Some(
             recipe
                 .size(payload, input_bytes)
-                .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?,
+                .map_err(|e| job_problem(&id, e.to_string()))?,
         ),
         RoutedUniverse::Vanilla => None,
     };
@@ -253,7 +253,7 @@ impl CapsulePlan {
             Some(item) => Err(job_problem(
                 &id,
                 format!(
-                    "job {id}: input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
+                    "input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
                     item.source.display(),
                     item.name
                 ),
@@ -275,7 +275,7 @@ impl CapsulePlan {
             return Err(job_problem(
                 &id,
                 format!(
-                    "job {id}: the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
+                    "the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
                     stdout.len()
                 ),
             ));
@@ -366,8 +366,7 @@ impl CapsulePlan {
         let staged = self.staged(scratch);
         let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
         let print = |ad: &ClassAd, what: &str| {
-            crate::hooks::ad_lines(ad)
-                .map_err(|e| job_problem(&id, format!("job {id}: {what}: {e}")))
+            crate::hooks::ad_lines(ad).map_err(|e| job_problem(&id, format!("{what}: {e}")))
         };
         match self.universe {
             RoutedUniverse::Vm => {
