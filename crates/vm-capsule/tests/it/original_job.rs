@@ -5,6 +5,9 @@
 use std::fs;
 use std::path::Path;
 
+use classad::eval::{evaluate_attr, string_attr};
+use classad::{ClassAd, Expr, Value};
+
 use crate::ops::{job, knob_lines, kvm_template, Tarball};
 use crate::router::{print_ad, Pool};
 
@@ -60,3 +63,132 @@ fn a_hold_names_the_job_once_issue_21() {
     }
 }
 
+/// The router hands finalize the original ad, an empty line, `------` and the routed ad
+/// (observed on a 24.0 pool); the original then takes what finalize prints.
+fn finalize_stdin(original: &ClassAd, routed: &ClassAd) -> String {
+    format!("{}\n------\n{}", print_ad(original), print_ad(routed))
+}
+
+/// A vanilla-flavour job routed and "run": the routed ad with what the launcher published
+/// through Chirp (`published`, as `set_job_attr` values) and the mirrored exit.
+fn routed_vanilla_done(pool: &Pool, ad: &ClassAd, published: &[(&str, &str)]) -> ClassAd {
+    let run = pool.run_hook(
+        "translate",
+        &format!(
+            "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
+            print_ad(ad)
+        ),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut routed = classad::parse_old_ad(&run.stdout).unwrap();
+    for (name, value) in published {
+        routed.insert(
+            *name,
+            classad::parse_expr(value, classad::Syntax::Old).unwrap(),
+        );
+    }
+    routed.insert("JobStatus", Expr::integer(4));
+    routed.insert("ExitCode", Expr::integer(3));
+    routed.insert("ExitBySignal", Expr::boolean(false));
+    routed
+}
+
+/// Issue 21.2: the job's own usage, published on the routed vanilla job, reaches the
+/// original through finalize, under the names docs/ADMIN.md gives.
+#[test]
+fn finalize_copies_the_guest_usage_to_the_original_issue_21_2() {
+    let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
+    let ad = job(pool.root.path(), "usage", "", 410);
+    let published = [
+        ("VMCapsuleJobUserCpu", "0.012"),
+        ("VMCapsuleJobSysCpu", "0.034"),
+        ("VMCapsuleJobWallTime", "1.250"),
+        ("VMCapsulePeakRssKiB", "1664"),
+        ("VMCapsuleResult", "\"exited with code 3\""),
+    ];
+    let routed = routed_vanilla_done(&pool, &ad, &published);
+    let mut original = ad.clone();
+    original.update(&routed);
+    let run = pool.run_hook("finalize", &finalize_stdin(&original, &routed));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    crate::router::assert_lines_parse_in_htcondor(&run.stdout);
+    let attrs = classad::parse_old_ad(&run.stdout).unwrap();
+    let mut names: Vec<&str> = attrs.iter().map(|(n, _)| n).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "VMCapsuleJobSysCpu",
+            "VMCapsuleJobUserCpu",
+            "VMCapsuleJobWallTime",
+            "VMCapsulePeakRssKiB",
+            "VMCapsuleResult"
+        ],
+        "finalize sets the usage and nothing else (the exit is the router's): {}",
+        run.stdout
+    );
+    assert_eq!(
+        evaluate_attr(&attrs, "VMCapsuleJobUserCpu"),
+        Value::Real(0.012)
+    );
+    assert_eq!(
+        evaluate_attr(&attrs, "VMCapsuleJobSysCpu"),
+        Value::Real(0.034)
+    );
+    assert_eq!(
+        evaluate_attr(&attrs, "VMCapsuleJobWallTime"),
+        Value::Real(1.25)
+    );
+    assert_eq!(
+        evaluate_attr(&attrs, "VMCapsulePeakRssKiB"),
+        Value::Integer(1664)
+    );
+    assert_eq!(
+        string_attr(&attrs, "VMCapsuleResult").as_deref(),
+        Some("exited with code 3")
+    );
+    pool.cleanup(&routed);
+}
+
+/// Issue 21.2: the routed job is its owner's to edit; what finalize copies back is checked:
+/// expressions, wrong types and numbers out of bounds stay behind, text is made safe, and
+/// the router's log hears why.
+#[test]
+fn finalize_copies_only_sane_usage_issue_21_2() {
+    let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
+    let ad = job(pool.root.path(), "edited", "", 411);
+    let routed = routed_vanilla_done(
+        &pool,
+        &ad,
+        &[
+            ("VMCapsuleJobUserCpu", "RemoteUserCpu * 1000"),
+            ("VMCapsuleJobSysCpu", "-5.0"),
+            ("VMCapsuleJobWallTime", "1e308"),
+            ("VMCapsulePeakRssKiB", "\"lots\""),
+            (
+                "VMCapsuleResult",
+                "\"exited with code 0\u{202e}gnp.exe\u{7}\"",
+            ),
+        ],
+    );
+    let run = pool.run_hook("finalize", &finalize_stdin(&ad, &routed));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    crate::router::assert_lines_parse_in_htcondor(&run.stdout);
+    let attrs = classad::parse_old_ad(&run.stdout).unwrap();
+    for name in [
+        "VMCapsuleJobUserCpu",
+        "VMCapsuleJobSysCpu",
+        "VMCapsuleJobWallTime",
+        "VMCapsulePeakRssKiB",
+    ] {
+        assert!(attrs.get(name).is_none(), "{name} copied: {}", run.stdout);
+        assert!(run.stderr.contains(name), "{}", run.stderr);
+    }
+    assert_eq!(
+        string_attr(&attrs, "VMCapsuleResult").as_deref(),
+        Some("exited with code 0?gnp.exe?")
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    pool.cleanup(&routed);
+}

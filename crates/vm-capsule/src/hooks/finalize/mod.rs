@@ -66,7 +66,16 @@ pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finaliz
     };
     if capsule.vanilla {
         // HTCondor's own transfer placed the outputs and the router mirrored the launcher's
-        // exit status, which is the job's: nothing to extract, nothing to correct.
+        // exit status, which is the job's: nothing to extract, nothing to correct. The job's
+        // own usage stays on the routed job unless we copy it.
+        let (usage, refused) = &request.usage;
+        usage.write_to(&mut out.attrs);
+        if !refused.is_empty() {
+            log.warn(&format!(
+                "the routed job's {} not copied: the launcher never publishes such values",
+                refused.join(", ")
+            ));
+        }
         log.info("vanilla flavour, outputs placed by HTCondor");
         return out;
     }
