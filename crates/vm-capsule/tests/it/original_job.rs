@@ -192,3 +192,75 @@ fn finalize_copies_only_sane_usage_issue_21_2() {
     assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
     pool.cleanup(&routed);
 }
+
+/// Issue 21.3: a job asking for more disk than any data disk may have is held with the reason
+/// by both routes; the vanilla route used to route it with twice the request, and it sat idle
+/// for ever.
+#[test]
+fn a_job_too_big_for_any_data_disk_is_held_by_both_routes_issue_21_3() {
+    let (pool, tarball) = tarball_pool(&crate::vanilla::template("console=ttyS0"));
+    for (universe, cluster) in [(13, 420), (5, 421)] {
+        let ad = job(
+            pool.root.path(),
+            &format!("big-{universe}"),
+            "request_disk = 100GB",
+            cluster,
+        );
+        let stdin = format!(
+            "[ Name = \"R\"; TargetUniverse = {universe} ]\n------\n{}",
+            print_ad(&ad)
+        );
+        let run = pool.run_hook("translate", &stdin);
+        assert_ne!(run.code, 0, "route universe {universe}: {}", run.stdout);
+        assert_eq!(run.stdout, "");
+        let holds = fs::read_to_string(&tarball.holds).unwrap_or_default();
+        let hold = holds.lines().last().unwrap_or_default();
+        assert!(
+            hold.starts_with(&format!("-reason vm-capsule: job {cluster}.0: "))
+                && hold.ends_with(&format!("-subcode 1 {cluster}.0"))
+                && hold
+                    .contains("more than VM_CAPSULE_MAX_DATA_DISK_MB = 65536; lower request_disk"),
+            "route universe {universe}: {hold}"
+        );
+    }
+}
+
+/// The bytes of `path`.
+fn size(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+/// Issue 21.4: the vanilla route asks for what the job asked plus what the capsule adds on
+/// the node (launcher, agent twice, boot files, the data disk's tables), twice the job's own
+/// bytes (inputs and outputs are in the sandbox and on the data disk), and not the data
+/// disk's unwritten room.
+#[test]
+fn request_disk_is_the_request_plus_what_the_capsule_adds_issue_21_4() {
+    let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
+    let template = pool.root.path().join("template/condor_vm_capsule");
+    let fixed = size(&crate::router::bin("vm-capsule"))
+        + 2 * size(&crate::execute_node::capsule_init())
+        + size(&template.join("vmlinuz"))
+        + size(&template.join("initrd.img"));
+    for (extra, cluster, asked_kib) in [("", 430, None), ("request_disk = 1GB", 431, Some(1 << 20))]
+    {
+        let ad = job(pool.root.path(), &format!("req-{cluster}"), extra, cluster);
+        let job_kib = evaluate_attr(&ad, "RequestDisk").as_integer().unwrap();
+        if let Some(kib) = asked_kib {
+            assert_eq!(job_kib, kib);
+        }
+        let routed = routed_vanilla_done(&pool, &ad, &[]);
+        let request = u64::try_from(evaluate_attr(&routed, "RequestDisk").as_integer().unwrap())
+            .unwrap()
+            * 1024;
+        let job_bytes = u64::try_from(job_kib).unwrap() * 1024;
+        let least = fixed + 2 * job_bytes;
+        // The tables of a data disk holding the job's bytes, the description, the console.
+        let most = least + job_bytes / 16 + (8 << 20);
+        assert!(
+            (least..=most).contains(&request),
+            "{extra:?}: RequestDisk {request} bytes, expected {least}..={most}"
+        );
+        pool.cleanup(&routed);
+    }
+}

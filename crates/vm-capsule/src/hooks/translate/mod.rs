@@ -15,6 +15,7 @@ mod execute;
 mod hold;
 mod plan;
 mod request;
+mod sizing;
 mod survey;
 mod vm;
 

@@ -113,6 +113,9 @@ pub fn plan(
         .saturating_add(binaries.agent_bytes.unwrap_or(0))
         .saturating_add(text_bytes);
     let disk = disk_plan(cfg, job, template, universe, payload, inputs.tar_bytes)?;
+    if universe == RoutedUniverse::Vanilla {
+        super::sizing::check_vanilla_disk(job, &disk, payload)?;
+    }
     let node_bases = node_bases(cfg, template)?;
     let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
         classad::Value::Integer(m) => u64::try_from(m).ok(),
@@ -122,7 +125,14 @@ pub fn plan(
         job: job.clone(),
         job_ad: request.ad.clone(),
         universe,
-        request_disk_kib: request_disk_kib(job, template, &disk, binaries, payload, &node_bases),
+        request_disk_kib: super::sizing::request_disk_kib(
+            job,
+            template,
+            &disk,
+            binaries,
+            payload,
+            &node_bases,
+        ),
         manifest_json,
         job_ad_text,
         agent: cfg.init_path.clone(),
@@ -199,48 +209,6 @@ fn disk_plan(
         bytes,
         recipe,
     })
-}
-
-/// What the routed job asks the execute node for (`RequestDisk`, KiB): the disks that travel
-/// and the data disk, or for the vanilla flavour the launcher, the agent, the inputs HTCondor
-/// brings and the data disk made from them; never less than the job itself asked.
-fn request_disk_kib(
-    job: &JobSpec,
-    template: &Template,
-    disk: &DiskPlan,
-    binaries: Binaries,
-    payload: u64,
-    node_bases: &[crate::node_image::NodeBase],
-) -> u64 {
-    // OS disks staged on the nodes do not travel (their 256 KiB overlays are in the MiB below).
-    let travelling = |d: &&crate::template::TemplateDisk| {
-        !node_bases
-            .iter()
-            .any(|b| b.path.file_name() == d.path.file_name())
-    };
-    let travel: u64 = template
-        .os_disks
-        .iter()
-        .filter(travelling)
-        .map(|d| d.bytes)
-        .sum::<u64>()
-        + template.boot_bytes;
-    let on_node = match disk.bytes {
-        Some(bytes) => bytes,
-        None => {
-            binaries.launcher_bytes
-                + binaries.agent_bytes.unwrap_or(0)
-                + disk
-                    .recipe
-                    .request_bytes
-                    .unwrap_or(0)
-                    .saturating_mul(2)
-                    .max(payload + disk.recipe.headroom_bytes)
-        }
-    };
-    (on_node + travel + MIB)
-        .div_ceil(1024)
-        .max(job.request_disk_kib.unwrap_or(0))
 }
 
 impl CapsulePlan {
