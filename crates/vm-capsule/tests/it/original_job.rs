@@ -264,3 +264,40 @@ fn request_disk_is_the_request_plus_what_the_capsule_adds_issue_21_4() {
         pool.cleanup(&routed);
     }
 }
+
+/// Issue 21.5: `condor_rm` of an original whose routed copy runs. The router gives up on the
+/// routed job at once, runs cleanup, then removes the copy and lets the original go; cleanup
+/// records on the original, if it is removed, the SIGTERM a native job dies by. A routed job
+/// that was not running leaves the original alone.
+#[test]
+fn cleanup_marks_an_original_removed_while_running_as_killed_issue_21_5() {
+    let (pool, tarball) = tarball_pool(&kvm_template);
+    let edits = pool.root.path().join("qedits.log");
+    let qedit = tarball.prefix.join("bin/condor_qedit");
+    fs::write(
+        &qedit,
+        format!(
+            "#!/bin/sh\n# STAND-IN for condor_qedit: records its arguments, one per line\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> {0}\necho --- >> {0}\n",
+            edits.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&qedit, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (status, cluster) in [(2, 450), (4, 451), (1, 452)] {
+        let ad = job(pool.root.path(), &format!("rm-{cluster}"), "", cluster);
+        let mut routed = pool.translate(&ad).unwrap();
+        routed.insert("JobStatus", Expr::integer(status));
+        let scratch = string_attr(&routed, "VMCapsuleScratch").unwrap();
+        let run = pool.cleanup(&routed);
+        assert_eq!(run.stderr, "", "JobStatus {status}");
+        assert!(!Path::new(&scratch).exists(), "JobStatus {status}");
+    }
+    // One edit, for the job that was running, exactly these arguments.
+    let constraint = "ClusterId == 450 && ProcId == 0 && JobStatus == 3";
+    assert_eq!(
+        fs::read_to_string(&edits).unwrap(),
+        format!("-constraint\n{constraint}\nExitBySignal\ntrue\nExitSignal\n15\n---\n")
+    );
+    // HTCondor's own parser takes the constraint.
+    crate::router::assert_lines_parse_in_htcondor(&format!("Requirements = {constraint}\n"));
+}
