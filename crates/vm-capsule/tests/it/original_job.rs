@@ -301,3 +301,59 @@ fn cleanup_marks_an_original_removed_while_running_as_killed_issue_21_5() {
     // HTCondor's own parser takes the constraint.
     crate::router::assert_lines_parse_in_htcondor(&format!("Requirements = {constraint}\n"));
 }
+
+/// Issue 21, bytes per job: with `VM_CAPSULE_NODE_LAUNCHER` the routed job runs the launcher
+/// installed on the node (the same release: the probe advertises its version), ships neither
+/// it nor the agent, and asks for that much less disk.
+#[test]
+fn the_node_launcher_and_agent_do_not_travel() {
+    let mut pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
+    let ad = job(pool.root.path(), "node", "", 460);
+    let shipped = routed_vanilla_done(&pool, &ad, &[]);
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_NODE_LAUNCHER".into(),
+        "/usr/libexec/vm-capsule/vm-capsule".into(),
+    ));
+    let ad = job(pool.root.path(), "node2", "", 461);
+    let routed = routed_vanilla_done(&pool, &ad, &[]);
+    assert_eq!(
+        string_attr(&routed, "Cmd").as_deref(),
+        Some("/usr/libexec/vm-capsule/vm-capsule")
+    );
+    assert_eq!(
+        evaluate_attr(&routed, "TransferExecutable"),
+        Value::Bool(false)
+    );
+    let transfer = string_attr(&routed, "TransferInput").unwrap();
+    assert!(!transfer.contains("capsule-init"), "{transfer}");
+    let requirements =
+        classad::print::expr_to_string(routed.get("Requirements").unwrap(), classad::Syntax::Old);
+    assert!(
+        requirements.contains(&format!(
+            "TARGET.VMCapsuleVersion =?= \"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{requirements}"
+    );
+    // The capsule ad tells the launcher to take the agent beside it.
+    let scratch = Path::new(&string_attr(&routed, "VMCapsuleScratch").unwrap()).to_owned();
+    let capsule =
+        classad::parse_old_ad(&fs::read_to_string(scratch.join("vm-capsule.ad")).unwrap()).unwrap();
+    assert_eq!(
+        evaluate_attr(&capsule, "VMCapsuleAgentOnNode"),
+        Value::Bool(true)
+    );
+    assert!(capsule.get("VMCapsuleAgent").is_none());
+    // RequestDisk: less by the launcher and the agent's sandbox copy.
+    let kib = |ad: &ClassAd| evaluate_attr(ad, "RequestDisk").as_integer().unwrap();
+    let saved = (size(&crate::router::bin("vm-capsule"))
+        + size(&crate::execute_node::capsule_init()))
+        / 1024;
+    let diff = u64::try_from(kib(&shipped) - kib(&routed)).unwrap();
+    assert!(
+        diff.abs_diff(saved) <= 8,
+        "saved {diff} KiB, expected {saved}"
+    );
+    pool.cleanup(&shipped);
+    pool.cleanup(&routed);
+}

@@ -80,9 +80,14 @@ fn binaries(cfg: &TranslateConfig) -> Result<Binaries, TranslateError> {
         ),
         None => None,
     };
-    let launcher_bytes = std::fs::metadata(&cfg.launcher_path).map_or(0, |m| m.len());
+    // The node's own launcher (and agent) do not travel.
+    let launcher_bytes = match cfg.node_launcher {
+        Some(_) => 0,
+        None => std::fs::metadata(&cfg.launcher_path).map_or(0, |m| m.len()),
+    };
     Ok(Binaries {
         agent_bytes,
         launcher_bytes,
+        agent_on_node: cfg.node_launcher.is_some(),
     })
 }

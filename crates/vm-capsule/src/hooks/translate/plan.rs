@@ -23,8 +23,11 @@ const MIB: u64 = 1 << 20;
 pub struct Binaries {
     /// The guest agent put on the data disk, if any.
     pub agent_bytes: Option<u64>,
-    /// The launcher a vanilla-flavour job ships.
+    /// The launcher a vanilla-flavour job ships (0: the node's is used).
     pub launcher_bytes: u64,
+    /// The agent is the node's (`VM_CAPSULE_NODE_LAUNCHER`): it is on the data disk but not
+    /// in the sandbox.
+    pub agent_on_node: bool,
 }
 
 /// Everything a translation will do, decided.
@@ -56,6 +59,8 @@ pub struct CapsulePlan {
     pub request_disk_kib: u64,
     /// The launcher a vanilla-flavour job runs.
     pub launcher: PathBuf,
+    /// `launcher` is the one installed on the execute nodes (`VM_CAPSULE_NODE_LAUNCHER`).
+    pub launcher_on_node: bool,
     /// The launcher's time limit, seconds (none: as long as HTCondor lets the job run).
     pub launcher_timeout: Option<u64>,
     /// OS disks staged on the execute nodes (`VM_CAPSULE_NODE_IMAGE_DIR`), in disk order.
@@ -143,7 +148,11 @@ pub fn plan(
             .unwrap_or(cfg.default_memory_mib)
             .max(job.request_memory_mib.map_or(0, |m| m + 64)),
         vcpus: job.request_cpus.unwrap_or(1).max(1),
-        launcher: cfg.launcher_path.clone(),
+        launcher: cfg
+            .node_launcher
+            .clone()
+            .unwrap_or_else(|| cfg.launcher_path.clone()),
+        launcher_on_node: cfg.node_launcher.is_some(),
         launcher_timeout: cfg
             .wall_time_limit_secs
             .map(|limit| limit + cfg.boot_timeout_secs),
@@ -351,8 +360,10 @@ impl CapsulePlan {
                     &staged,
                     &routed::VanillaInputs {
                         launcher: &self.launcher,
-                        agent: self.agent.as_deref(),
+                        // The node's launcher takes the agent installed beside it.
+                        agent: self.agent.as_deref().filter(|_| !self.launcher_on_node),
                         timeout_secs: self.launcher_timeout,
+                        launcher_on_node: self.launcher_on_node,
                     },
                 );
                 let text = print(&ad, "routed ad")?;
@@ -374,8 +385,12 @@ impl CapsulePlan {
         }
         ad.insert(routed::ATTR_DISK_HEADROOM, int(r.headroom_bytes));
         ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
-        if let Some(agent) = &self.agent {
-            ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent)));
+        match &self.agent {
+            Some(_) if self.launcher_on_node => {
+                ad.insert(routed::ATTR_AGENT_ON_NODE, Expr::boolean(true));
+            }
+            Some(agent) => ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent))),
+            None => {}
         }
         if !self.seed.is_empty() {
             ad.insert(crate::nocloud::ATTR_AGENT_START, Expr::string("cloud-init"));

@@ -37,7 +37,7 @@ fn travelling_bytes(template: &Template, node_bases: &[NodeBase]) -> u64 {
 /// outputs, before it removes the capsule's files):
 /// - what HTCondor transferred: the launcher, the agent, the capsule's description, the boot
 ///   files and OS disks that travel (nodes that stage them get small overlays instead), and
-///   the job's inputs;
+///   the job's inputs; with `VM_CAPSULE_NODE_LAUNCHER` neither the launcher nor the agent;
 /// - the data disk as allocated: the agent and the description again, the inputs again, the
 ///   outputs, and FAT and container tables (a thirty-second, as when sizing the disk). Its
 ///   unwritten room (`VM_CAPSULE_OUTPUT_HEADROOM_MB` when the job asks for little) is sparse
@@ -63,9 +63,13 @@ pub fn request_disk_kib(
         Some(bytes) => bytes.saturating_add(MIB),
         None => {
             let on_disk = payload.saturating_add(asked);
+            let node_agent = match binaries.agent_on_node {
+                true => binaries.agent_bytes.unwrap_or(0),
+                false => 0,
+            };
             binaries
                 .launcher_bytes
-                .saturating_add(payload)
+                .saturating_add(payload.saturating_sub(node_agent))
                 .saturating_add(on_disk)
                 .saturating_add(on_disk / 32)
                 .saturating_add(asked)
