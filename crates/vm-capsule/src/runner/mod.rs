@@ -376,23 +376,26 @@ pub fn run(
     };
     // Under TCG the kernel's own decompressor is emulated: decompress it here instead and
     // boot it through its PVH entry point (see `pvh`); KVM runs the decompressor natively.
-    let pvh = match (&spec.boot, accel) {
-        (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
-        _ => None,
-    };
+    // QEMU's seccomp support is probed meanwhile (a process start of its own).
+    let (pvh, hardening) = std::thread::scope(|scope| {
+        let probe = scope.spawn(|| Hardening::probe(&qemu));
+        let pvh = match (&spec.boot, accel) {
+            (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
+            _ => None,
+        };
+        (pvh, probe.join())
+    });
+    // A probe that panicked says nothing: no seccomp, the default cache.
+    let hardening = hardening.unwrap_or(Hardening {
+        seccomp: false,
+        tb_size_mib: TB_SIZE_MIB,
+    });
     let mut booted = spec.clone();
     if let (Some(boot), Some(kernel)) = (booted.boot.as_mut(), &pvh) {
         // An absolute path: qemu_command's join with the sandbox keeps it.
         boot.kernel = kernel.path().display().to_string();
     }
-    let mut cmd = qemu_command(
-        &qemu,
-        &booted,
-        &sandbox,
-        &console,
-        accel,
-        Hardening::probe(&qemu),
-    );
+    let mut cmd = qemu_command(&qemu, &booted, &sandbox, &console, accel, hardening);
     progress(&format!(
         "booting {} disk(s), {} MiB, {} CPU(s), accel {}{}",
         spec.drives.len(),
