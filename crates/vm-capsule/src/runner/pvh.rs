@@ -188,6 +188,11 @@ fn has_pvh_entry(file: &File, len: u64) -> bool {
 /// The kernel at `path` uncompressed, when it is a bzImage compressed with xz or gzip whose
 /// kernel has a PVH entry point; `None` otherwise (boot the file as it is).
 pub fn uncompressed_kernel(path: &Path) -> Option<PvhKernel> {
+    // QEMU opens the memory file through this process's /proc entry, which the kernel lets
+    // only a dumpable process's user do: not after `run --as-owner` dropped root, say.
+    if rustix::process::dumpable_behavior().ok()? != rustix::process::DumpableBehavior::Dumpable {
+        return None;
+    }
     let mut image = Vec::new();
     File::open(path)
         .ok()?
