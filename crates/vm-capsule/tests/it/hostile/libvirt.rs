@@ -83,6 +83,27 @@ impl Node {
         secret
     }
 
+    /// `evil.qcow2` in the sandbox: a qcow2 whose backing file is a root-only host file;
+    /// returns that file.
+    fn evil_qcow2_over_a_host_secret(&self) -> PathBuf {
+        let secret = self.host_secret("ROOT-ONLY-SECRET");
+        let backing = secret.display().to_string();
+        self.qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-F",
+            "raw",
+            "-b",
+            &backing,
+            "evil.qcow2",
+            "16M",
+        ]);
+        secret
+    }
+
     /// The disk of another job whose VM runs on this node: libvirt has made it its QEMU
     /// user's (0600) for that VM.
     fn other_jobs_disk(&self) -> PathBuf {
@@ -188,28 +209,14 @@ fn libvirt_01_a_backing_file_naming_a_root_only_host_file_is_refused() {
         return;
     }
     let node = Node::new();
-    let secret = node.host_secret("ROOT-ONLY-SECRET");
-    let backing = secret.display().to_string();
-    node.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-F",
-        "raw",
-        "-b",
-        &backing,
-        "evil.qcow2",
-        "16M",
-    ]);
+    let secret = node.evil_qcow2_over_a_host_secret();
     let name = format!("vmcap-h01-{}", std::process::id());
     let out = libvirt_xml(
         &node.gahp_stdin(&name, "data.qcow2:vda:w:qcow2,evil.qcow2:vdb:w:qcow2"),
         &[],
     );
     assert_refused(&out, &name, "evil.qcow2", "backing file", &[&secret]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&backing));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&*secret.to_string_lossy()));
     assert_eq!(
         fs::metadata(&secret).unwrap().uid(),
         0,
@@ -467,21 +474,7 @@ fn libvirt_07_other_vm_jobs_get_no_built_in_xml_unless_the_admin_allows_it() {
         return;
     }
     let node = Node::new();
-    let secret = node.host_secret("ROOT-ONLY-SECRET");
-    let backing = secret.display().to_string();
-    node.qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-u",
-        "-F",
-        "raw",
-        "-b",
-        &backing,
-        "evil.qcow2",
-        "16M",
-    ]);
+    let secret = node.evil_qcow2_over_a_host_secret();
     // What the built-in XML does with such an image: libvirt follows the backing file the
     // image names, makes it its QEMU user's, and QEMU opens it.
     let name = format!("vmcap-h07-{}", std::process::id());
