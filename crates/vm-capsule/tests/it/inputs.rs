@@ -87,7 +87,7 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// Also the launcher installed on the node (`VM_CAPSULE_NODE_LAUNCHER`, issue 21): neither it
+/// Also the launcher installed on the node (`VM_CAPSULE_NODE_LAUNCHER`): neither it
 /// nor the agent travels; the node's run with the agent beside them.
 #[test]
 fn url_and_local_inputs_through_the_vanilla_flavour_match_a_native_run() {

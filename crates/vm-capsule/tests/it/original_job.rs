@@ -1,5 +1,5 @@
 //! What the original job and its owner see of a routed job, as a real HTCondor 24.0 pool
-//! showed it (issue 21): hold reasons, the job's own usage, jobs too big for the data disk,
+//! showed it: hold reasons, the job's own usage, jobs too big for the data disk,
 //! what the routed job asks for, and removal.
 
 use std::fs;
@@ -26,7 +26,7 @@ fn tarball_pool(template: &dyn Fn(&Path)) -> (Pool, Tarball) {
 /// Issue 21: a hold reason, the router's log line (the hook's stderr) and the hook log name
 /// the job exactly once.
 #[test]
-fn a_hold_names_the_job_once_issue_21() {
+fn a_hold_names_the_job_once() {
     let (pool, tarball) = tarball_pool(&kvm_template);
     for (universe, cluster) in [(13, 401), (5, 402)] {
         let ad = job(
@@ -96,7 +96,7 @@ fn routed_vanilla_done(pool: &Pool, ad: &ClassAd, published: &[(&str, &str)]) ->
 /// Issue 21.2: the job's own usage, published on the routed vanilla job, reaches the
 /// original through finalize, under the names docs/ADMIN.md gives.
 #[test]
-fn finalize_copies_the_guest_usage_to_the_original_issue_21_2() {
+fn finalize_copies_the_guest_usage_to_the_original() {
     let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
     let ad = job(pool.root.path(), "usage", "", 410);
     let published = [
@@ -155,7 +155,7 @@ fn finalize_copies_the_guest_usage_to_the_original_issue_21_2() {
 /// expressions, wrong types and numbers out of bounds stay behind, text is made safe, and
 /// the router's log hears why.
 #[test]
-fn finalize_copies_only_sane_usage_issue_21_2() {
+fn finalize_copies_only_sane_usage() {
     let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
     let ad = job(pool.root.path(), "edited", "", 411);
     let routed = routed_vanilla_done(
@@ -197,7 +197,7 @@ fn finalize_copies_only_sane_usage_issue_21_2() {
 /// by both routes; the vanilla route used to route it with twice the request, and it sat idle
 /// for ever.
 #[test]
-fn a_job_too_big_for_any_data_disk_is_held_by_both_routes_issue_21_3() {
+fn a_job_too_big_for_any_data_disk_is_held_by_both_routes() {
     let (pool, tarball) = tarball_pool(&crate::vanilla::template("console=ttyS0"));
     for (universe, cluster) in [(13, 420), (5, 421)] {
         let ad = job(
@@ -235,7 +235,7 @@ fn size(path: &Path) -> u64 {
 /// bytes (inputs and outputs are in the sandbox and on the data disk), and not the data
 /// disk's unwritten room.
 #[test]
-fn request_disk_is_the_request_plus_what_the_capsule_adds_issue_21_4() {
+fn request_disk_is_the_request_plus_what_the_capsule_adds() {
     let pool = Pool::new(&crate::vanilla::template("console=ttyS0"));
     let template = pool.root.path().join("template/condor_vm_capsule");
     let fixed = size(&crate::router::bin("vm-capsule"))
@@ -270,7 +270,7 @@ fn request_disk_is_the_request_plus_what_the_capsule_adds_issue_21_4() {
 /// records on the original, if it is removed, the SIGTERM a native job dies by. A routed job
 /// that was not running leaves the original alone.
 #[test]
-fn cleanup_marks_an_original_removed_while_running_as_killed_issue_21_5() {
+fn cleanup_marks_an_original_removed_while_running_as_killed() {
     let (pool, tarball) = tarball_pool(&kvm_template);
     let edits = pool.root.path().join("qedits.log");
     let qedit = tarball.prefix.join("bin/condor_qedit");

@@ -150,7 +150,7 @@ fn the_router_runs_the_shipped_hooks_by_their_configured_paths() {
     for (hook, suffix) in vm_capsule::snippet::HOOKS {
         let knob = format!("{keyword}_{suffix}");
         if hook == vm_capsule::snippet::UNCONFIGURED_HOOK {
-            // It would delay every job by a JobRouter polling period (issue 21).
+            // It would delay every job by a JobRouter polling period.
             assert_eq!(htcondor_param(&conf, &knob), None, "{knob}");
             continue;
         }

@@ -227,7 +227,7 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         );
         let fin = pool.run_hook("finalize", &stdin);
         assert_eq!(fin.code, 0);
-        // Only the job's own usage comes back (issue 21.2): HTCondor placed the outputs and
+        // Only the job's own usage comes back: HTCondor placed the outputs and
         // the router mirrored the exit.
         let usage = classad::parse_old_ad(&fin.stdout).unwrap();
         assert_eq!(usage, published, "{}: {}", job.name, fin.stdout);
