@@ -43,6 +43,19 @@ pub enum Error {
         /// The value found, and a hint.
         detail: String,
     },
+    /// The image names another file (backing file, parent, extent, external data file) that
+    /// is not allowed or cannot be used.
+    #[error("'{path}' names the {kind} '{name}': {why}")]
+    Reference {
+        /// The image naming it.
+        path: PathBuf,
+        /// What it names the file as.
+        kind: crate::Reference,
+        /// The name, as the image writes it.
+        name: Box<str>,
+        /// Why it is refused, with a hint.
+        why: Box<str>,
+    },
     /// No FAT partition (or FAT superfloppy) was found on the disk.
     #[error(
         "'{path}': no FAT partition found ({detail}); hint: choose one with a partition index"

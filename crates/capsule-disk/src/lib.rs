@@ -25,7 +25,7 @@
 //! | `tar_in(dir, &mut dyn Read)`, `tar_out(dir, &mut dyn Write)` | streaming tar in and out |
 //! | `info()` | container, chain, partition, FAT type, label, capacity, free |
 //! | `finish(self)` | flush FAT and container metadata; report errors (read-only: no-op) |
-//! | [`Image`] | the container alone, as `Read + Write + Seek` (`open`, `create`, `info`, `finish`) |
+//! | [`Image`] | the container alone, as `Read + Write + Seek` (`open`, `create`, `info`, `finish`); `open_file` with a [`Resolver`] deciding which files it may name |
 //! | [`detect`], [`parse_size`] | format from magic bytes; `512M`/`4G` sizes |
 //!
 //! ```no_run
@@ -66,7 +66,9 @@ pub mod partition;
 mod size;
 mod slice;
 
-pub use container::{detect, Access, ContainerInfo, Image, ImageFormat};
+pub use container::{
+    detect, Access, ContainerInfo, FollowReferences, Image, ImageFormat, Reference, Resolver,
+};
 pub use disk::{
     CreateOptions, DataDisk, DirEntryInfo, DiskInfo, FileReader, OpenOptions, TarStats, MAX_DEPTH,
     MAX_WALK_ENTRIES,

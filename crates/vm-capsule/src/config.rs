@@ -125,6 +125,11 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "launcher a vanilla-flavour job runs (a static vm-capsule build)",
     ),
     (
+        "VM_CAPSULE_NODE_LAUNCHER",
+        "(unset: the launcher travels with each job)",
+        "vanilla flavour: vm-capsule's path on the execute nodes; jobs run it there with the capsule-init beside it, ship neither, and match nodes advertising this version",
+    ),
+    (
         "VM_CAPSULE_BOOT_TIMEOUT",
         "600",
         "vanilla flavour: seconds allowed for boot and poweroff beyond the job's time limit",
@@ -163,6 +168,11 @@ pub const KNOBS: &[(&str, &str, &str)] = &[
         "VM_CAPSULE_LIBVIRT_DOMAIN_TYPE",
         "auto",
         "execute nodes, VM universe: kvm, qemu (TCG) or auto (kvm where the node has it)",
+    ),
+    (
+        "VM_CAPSULE_LIBVIRT_OTHER_JOBS",
+        "refuse",
+        "execute nodes, VM universe: what VM jobs that are not vm-capsule jobs get from the libvirt script: refuse, or builtin (HTCondor's own XML)",
     ),
 ];
 

@@ -13,35 +13,12 @@ use capsule_manifest::Outcome;
 use crate::hooks::finalize::{agent_problem, read_result};
 use crate::hooks::place::{place_outputs, OutputRules};
 
-/// The attributes the launcher publishes through Chirp, with what the guest measured.
-pub fn usage_attributes(result: &capsule_manifest::JobResult) -> Vec<(&'static str, String)> {
-    vec![
-        (
-            "VMCapsuleJobUserCpu",
-            format!("{:.3}", result.user_cpu_secs),
-        ),
-        (
-            "VMCapsuleJobSysCpu",
-            format!("{:.3}", result.system_cpu_secs),
-        ),
-        (
-            "VMCapsuleJobWallTime",
-            format!("{:.3}", result.wall_time_secs),
-        ),
-        ("VMCapsulePeakRssKiB", result.peak_rss_kib.to_string()),
-        (
-            "VMCapsuleResult",
-            format!("\"{}\"", crate::hooks::finalize::describe(&result.outcome)),
-        ),
-    ]
-}
-
 fn publish_usage(
     sandbox: &Path,
     result: &capsule_manifest::JobResult,
 ) -> Result<(), crate::chirp::ChirpError> {
     let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox)?;
-    for (name, value) in usage_attributes(result) {
+    for (name, value) in crate::usage::JobUsage::from_result(result).chirp_values() {
         chirp.set_job_attr(name, &value)?;
     }
     Ok(())

@@ -33,3 +33,4 @@ pub mod scratch;
 pub mod snippet;
 pub mod template;
 pub mod text;
+pub mod usage;

@@ -36,6 +36,9 @@ pub const ATTR_DISK_HEADROOM: &str = "VMCapsuleOutputHeadroomBytes";
 pub const ATTR_DISK_MAX: &str = "VMCapsuleMaxDataDiskBytes";
 /// Capsule-ad attribute: the agent's file name in the sandbox (absent: the guest has one).
 pub const ATTR_AGENT: &str = "VMCapsuleAgent";
+/// Capsule-ad attribute: `true` when the agent is the `capsule-init` beside the launcher
+/// installed on the execute node (`VM_CAPSULE_NODE_LAUNCHER`).
+pub const ATTR_AGENT_ON_NODE: &str = "VMCapsuleAgentOnNode";
 /// Routed-ad attribute: the job dir in the scratch prefix.
 pub const ATTR_SCRATCH: &str = "VMCapsuleScratch";
 /// Routed-ad attribute: the data disk's file name.
@@ -215,6 +218,9 @@ pub struct VanillaInputs<'a> {
     pub agent: Option<&'a std::path::Path>,
     /// The launcher's time limit (none: as long as HTCondor lets the job run).
     pub timeout_secs: Option<u64>,
+    /// `launcher` is installed on the execute nodes (`VM_CAPSULE_NODE_LAUNCHER`): run it
+    /// there, on nodes whose probe advertises this version.
+    pub launcher_on_node: bool,
 }
 
 /// `TransferInput` of a vanilla-flavour routed job: the capsule's files (VM disks but the data
@@ -275,7 +281,7 @@ pub fn build_vanilla(
     ad.insert("JobStatus", Expr::integer(1));
     ad.insert("Iwd", Expr::string(job.iwd.display().to_string()));
     ad.insert("Cmd", Expr::string(parts.launcher.display().to_string()));
-    ad.insert("TransferExecutable", Expr::boolean(true));
+    ad.insert("TransferExecutable", Expr::boolean(!parts.launcher_on_node));
     // Without a job time limit the launcher waits as long as HTCondor lets the job run.
     let timeout = parts
         .timeout_secs
@@ -304,7 +310,14 @@ pub fn build_vanilla(
     );
     ad.insert("DiskUsage", Expr::integer(1));
     ad.insert("ImageSize", Expr::integer(to_i64(staged.memory_mib * 1024)));
-    let qemu = format!("(TARGET.{HAS_QEMU_ATTR} =?= true)");
+    let mut qemu = format!("(TARGET.{HAS_QEMU_ATTR} =?= true)");
+    if parts.launcher_on_node {
+        // The node's launcher reads what this translate wrote: the same release only.
+        qemu.push_str(&format!(
+            " && (TARGET.VMCapsuleVersion =?= \"{}\")",
+            env!("CARGO_PKG_VERSION")
+        ));
+    }
     let requirements = match original.get("Requirements") {
         Some(req) => format!("{qemu} && ({})", expr_to_string(req, Syntax::New)),
         None => format!("{qemu} && (TARGET.Arch == \"X86_64\") && (TARGET.OpSys == \"LINUX\")"),

@@ -98,12 +98,17 @@ fn recipe(ad: &ClassAd) -> Result<(String, DiskRecipe), SandboxError> {
 }
 
 /// Make the data disk in `sandbox` as `capsule` (the capsule ad) describes, from the
-/// manifest, the job ad, the agent and the inputs HTCondor transferred. Returns the disk's
-/// file name.
+/// manifest, the job ad, the agent and the inputs HTCondor transferred. `node_agent` is the
+/// agent installed beside the launcher, used when the capsule ad asks for it
+/// (`VM_CAPSULE_NODE_LAUNCHER`). Returns the disk's file name.
 ///
 /// # Errors
 /// [`SandboxError`] naming what is missing.
-pub fn make_data_disk(sandbox: &Path, capsule: &ClassAd) -> Result<String, SandboxError> {
+pub fn make_data_disk(
+    sandbox: &Path,
+    capsule: &ClassAd,
+    node_agent: Option<&Path>,
+) -> Result<String, SandboxError> {
     let (name, recipe) = recipe(capsule)?;
     let read = |file: &'static str| {
         std::fs::read(sandbox.join(file)).map_err(|e| SandboxError::Description {
@@ -117,10 +122,25 @@ pub fn make_data_disk(sandbox: &Path, capsule: &ClassAd) -> Result<String, Sandb
         file: routed::CAPSULE_JSON_FILE,
         what: e.to_string(),
     })?;
-    let agent = string_attr(capsule, routed::ATTR_AGENT)
-        .map(|a| plain_name(routed::ATTR_AGENT, a))
-        .transpose()?
-        .map(|a| sandbox.join(a));
+    let on_node = classad::eval::evaluate_attr(capsule, routed::ATTR_AGENT_ON_NODE)
+        == classad::Value::Bool(true);
+    let agent = match (string_attr(capsule, routed::ATTR_AGENT), on_node) {
+        (Some(name), _) => Some(sandbox.join(plain_name(routed::ATTR_AGENT, name)?)),
+        (None, true) => {
+            Some(
+                node_agent
+                    .map(Path::to_owned)
+                    .ok_or_else(|| SandboxError::Description {
+                        file: routed::CAPSULE_AD,
+                        what: format!(
+                            "{} asks for the agent beside the launcher, which is not known",
+                            routed::ATTR_AGENT_ON_NODE
+                        ),
+                    })?,
+            )
+        }
+        (None, false) => None,
+    };
     let inputs = inputs(sandbox, &manifest)?;
     // A cloud image's NoCloud seed, made here as translate makes it for the VM universe.
     let start = crate::nocloud::AgentStart::from_knob(

@@ -19,6 +19,11 @@ pub const HOOKS: [(&str, &str); 4] = [
     ("finalize", "HOOK_JOB_FINALIZE"),
     ("cleanup", "HOOK_JOB_CLEANUP"),
 ];
+/// The hook the configuration leaves out: the update hook has nothing to report, and while
+/// one is configured the JobRouter finalizes a finished job a whole `JOB_ROUTER_POLLING_PERIOD`
+/// later (it looks at the job again only when the hook has exited, `StatusClient::hookExited`,
+/// after that poll's finalize step).
+pub const UNCONFIGURED_HOOK: &str = "update";
 /// Other subcommands reachable by a link: `vm-capsule-libvirt-xml`, which configurations
 /// written before `LIBVIRT_XML_SCRIPT_ARGS` was used name (the vm-gahp runs it by its path).
 pub const LINKED_COMMANDS: [&str; 1] = ["libvirt-xml"];
@@ -97,6 +102,21 @@ impl Snippet {
         self.dir.join(format!("vm-capsule-{name}"))
     }
 
+    /// One line per hook HTCondor runs (the update hook is left out, with why).
+    fn hook_lines(&self, t: &mut String) {
+        let kw = &self.keyword;
+        for (hook, knob) in HOOKS {
+            if hook == UNCONFIGURED_HOOK {
+                let _ = writeln!(
+                    t,
+                    "# No {kw}_{knob}: it would make every job end one JOB_ROUTER_POLLING_PERIOD later."
+                );
+                continue;
+            }
+            let _ = writeln!(t, "{kw}_{knob} = {}", self.link(hook).display());
+        }
+    }
+
     /// The whole file.
     pub fn render(&self) -> String {
         let mut t = String::new();
@@ -116,9 +136,7 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
 ",
             version = env!("CARGO_PKG_VERSION"),
         );
-        for (hook, knob) in HOOKS {
-            let _ = writeln!(t, "{kw}_{knob} = {}", self.link(hook).display());
-        }
+        self.hook_lines(&mut t);
         let _ = write!(
             t,
             "\
@@ -289,6 +307,12 @@ mod tests {
         assert!(text.contains(
             "LIBVIRT_XML_SCRIPT = /usr/libexec/vm-capsule/vm-capsule\nLIBVIRT_XML_SCRIPT_ARGS = libvirt-xml\n"
         ));
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("VMCAPSULE_HOOK_UPDATE_JOB_INFO")),
+            "the update hook delays every job by a polling period"
+        );
         // Without the @= blocks, what is left is plain assignments (our config subset).
         let mut plain = String::new();
         let mut in_block = false;

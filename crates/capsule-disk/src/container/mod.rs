@@ -7,6 +7,7 @@
 
 mod qcow2;
 mod raw;
+mod reference;
 mod vmdk;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use crate::Error;
 
 pub(crate) use qcow2::Qcow2Backend;
 pub(crate) use raw::RawBackend;
+pub use reference::{FollowReferences, Reference, Resolver};
 pub(crate) use vmdk::VmdkBackend;
 
 /// Container formats this crate reads and writes.
@@ -179,6 +181,23 @@ impl Image {
         Ok(Image { backend, pos: 0 })
     }
 
+    /// Open an image from a file the caller opened (and checked); every file the image names
+    /// (backing file, parents, extents) is opened by `resolver`, which may refuse it.
+    ///
+    /// # Errors
+    /// As [`Image::open_as`]; the resolver's error when it refuses a named file;
+    /// [`Error::Reference`] for a qcow2 external data file.
+    pub fn open_file(
+        path: &Path,
+        file: File,
+        access: Access,
+        format: Option<ImageFormat>,
+        resolver: &mut dyn Resolver,
+    ) -> Result<Image, Error> {
+        let backend = open_backend_from(path, file, access, format, 0, resolver)?;
+        Ok(Image { backend, pos: 0 })
+    }
+
     /// Create a new, all-zero image of `size` bytes. Creation is O(metadata), never O(size).
     ///
     /// # Errors
@@ -315,27 +334,29 @@ impl Drop for Image {
     }
 }
 
-/// Open `path` and read its first bytes to pick a backend.
+/// Open `path` and read its first bytes to pick a backend; named files are followed.
 pub(crate) fn open_backend(
     path: &Path,
     access: Access,
     format: Option<ImageFormat>,
 ) -> Result<Box<dyn Backend>, Error> {
-    open_backend_at_depth(path, access, format, 0)
+    let file = open_file(path, access)?;
+    open_backend_from(path, file, access, format, 0, &mut FollowReferences)
 }
 
-/// As [`open_backend`], for a backing file `depth` levels below the top image.
-pub(crate) fn open_backend_at_depth(
+/// The backend of the open `file` (at `path`, `depth` levels below the top image), its named
+/// files opened by `resolver`.
+pub(crate) fn open_backend_from(
     path: &Path,
+    mut file: File,
     access: Access,
     format: Option<ImageFormat>,
     depth: usize,
+    resolver: &mut dyn Resolver,
 ) -> Result<Box<dyn Backend>, Error> {
-    let mut file = if depth > 0 {
-        open_referenced(path, access)?
-    } else {
-        open_file(path, access)?
-    };
+    // The caller's file may share its offset with another descriptor: start from byte 0.
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io("seek", path, e))?;
     let mut head = [0u8; MAGIC_LEN];
     let got = read_up_to(&mut file, &mut head).map_err(|e| Error::io("read", path, e))?;
     let head = head.get(..got).unwrap_or_default();
@@ -353,8 +374,10 @@ pub(crate) fn open_backend_at_depth(
     }
     match format {
         ImageFormat::Raw => Ok(Box::new(RawBackend::open(path, file, access)?)),
-        ImageFormat::Vmdk => Ok(Box::new(VmdkBackend::open(path, file, access)?)),
-        ImageFormat::Qcow2 => Ok(Box::new(Qcow2Backend::open(path, file, access, depth)?)),
+        ImageFormat::Vmdk => Ok(Box::new(VmdkBackend::open(path, file, access, resolver)?)),
+        ImageFormat::Qcow2 => Ok(Box::new(Qcow2Backend::open(
+            path, file, access, depth, resolver,
+        )?)),
     }
 }
 

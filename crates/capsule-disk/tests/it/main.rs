@@ -14,6 +14,7 @@ mod full;
 mod mixed;
 mod qcow2;
 mod raw_fat;
+mod references;
 mod tar;
 mod tools;
 mod vmdk;

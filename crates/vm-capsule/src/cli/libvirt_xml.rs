@@ -1,18 +1,25 @@
 //! `vm-capsule libvirt-xml`: HTCondor's `LIBVIRT_XML_SCRIPT` for vm-capsule jobs in the VM
 //! universe (see [`vm_capsule::libvirt`]): the vm-gahp's ad on stdin, domain XML on stdout.
 //!
-//! Exit codes: 0 with the XML; 1 when the job is not a vm-capsule job or its ad is unusable,
-//! which makes the vm-gahp use its built-in XML (and log our stderr line).
+//! Exit codes: 0 with the XML, or with a refusal (a domain libvirt will not create, so the
+//! vm-gahp holds the job; the reason on stderr for its log); 1 only for a VM job that is not
+//! a vm-capsule job when `VM_CAPSULE_LIBVIRT_OTHER_JOBS = builtin`, which makes the vm-gahp
+//! use its built-in XML. Nothing else exits 1, not even a bug: a non-zero exit would boot the
+//! same images with the built-in XML.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use vm_capsule::config::Knobs;
-use vm_capsule::libvirt::{domain_xml, DomainType, LibvirtError, DOMAIN_TYPE_KNOB};
+use vm_capsule::libvirt::{
+    decide, refusal_document, refused_unread, DomainType, NodeConfig, OtherJobs, Outcome,
+    DOMAIN_TYPE_KNOB, OTHER_JOBS_KNOB,
+};
+use vm_capsule::node_image;
 
 /// Largest ad accepted on stdin (a job ad is a few KiB).
 const MAX_STDIN: u64 = 1 << 20;
@@ -29,41 +36,72 @@ pub struct LibvirtXmlArgs {
     config: Option<PathBuf>,
 }
 
-/// Print the domain XML for the ad on stdin.
+/// Print the domain XML (or the refusal) for the ad on stdin.
 pub fn run_libvirt_xml(args: &LibvirtXmlArgs) -> Result<ExitCode> {
-    let mut text = String::new();
-    std::io::stdin()
-        .take(MAX_STDIN + 1)
-        .read_to_string(&mut text)
-        .context("cannot read the job's attributes from stdin")?;
-    anyhow::ensure!(
-        u64::try_from(text.len()).unwrap_or(u64::MAX) <= MAX_STDIN,
-        "the attributes on stdin are larger than {MAX_STDIN} bytes"
-    );
-    let ad = classad::parse_old_ad(&text)
-        .context("cannot parse the job's attributes from the vm-gahp")?;
-    let choice = match &args.domain_type {
-        Some(t) => t.clone(),
-        None => Knobs::load(args.config.as_deref(), std::env::vars())
-            .context("cannot read the configuration")?
-            .get(DOMAIN_TYPE_KNOB)
-            .unwrap_or("auto")
-            .to_owned(),
-    };
-    let domain = DomainType::parse(&choice)
-        .map_err(anyhow::Error::msg)?
-        .resolve();
-    match domain_xml(&ad, domain) {
-        Ok(xml) => {
-            let mut out = std::io::stdout().lock();
+    let outcome = std::panic::catch_unwind(|| outcome(args)).unwrap_or_else(|_| {
+        refused_unread(
+            "vm-capsule libvirt-xml failed inside (a bug, reported above); the job is not booted",
+        )
+    });
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Outcome::Domain(xml) => {
             out.write_all(xml.as_bytes())?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ LibvirtError::NotOurs) => {
-            eprintln!("vm-capsule libvirt-xml: {e}");
+        Outcome::Builtin(line) => {
+            eprintln!("vm-capsule libvirt-xml: {line}");
             Ok(ExitCode::FAILURE)
         }
-        Err(e) => Err(e).context("cannot write the domain XML of this vm-capsule job"),
+        Outcome::Refused(line) => {
+            eprintln!("vm-capsule libvirt-xml: {line}");
+            out.write_all(refusal_document().as_bytes())?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Read the ad and this node's knobs, and decide.
+fn outcome(args: &LibvirtXmlArgs) -> Outcome {
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_string(&mut text)
+    {
+        return refused_unread(&format!("cannot read the job's attributes from stdin: {e}"));
+    }
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_STDIN {
+        return refused_unread(&format!(
+            "the attributes on stdin are larger than {MAX_STDIN} bytes"
+        ));
+    }
+    let ad = match classad::parse_old_ad(&text) {
+        Ok(ad) => ad,
+        Err(e) => {
+            return refused_unread(&format!(
+                "cannot parse the job's attributes from the vm-gahp: {e}"
+            ))
+        }
+    };
+    match node_config(args) {
+        Ok(node) => decide(&ad, &node),
+        Err(why) => vm_capsule::libvirt::refused(&ad, &why),
+    }
+}
+
+/// This node's side: its own configuration (knobs, `_CONDOR_` overrides) and the arguments.
+fn node_config(args: &LibvirtXmlArgs) -> Result<NodeConfig, String> {
+    let knobs = Knobs::load(args.config.as_deref(), std::env::vars())
+        .map_err(|e| format!("cannot read this node's configuration: {e}"))?;
+    let choice = args
+        .domain_type
+        .clone()
+        .unwrap_or_else(|| knobs.get(DOMAIN_TYPE_KNOB).unwrap_or("auto").to_owned());
+    Ok(NodeConfig {
+        domain: DomainType::parse(&choice)?.resolve(),
+        node_image_dir: knobs.path(node_image::KNOB),
+        other_jobs: OtherJobs::parse(knobs.get(OTHER_JOBS_KNOB).unwrap_or("refuse"))?,
+    })
 }

@@ -268,15 +268,22 @@ fn launch(
     capsule_files.push("console.log".to_owned());
     capsule_files.extend(routed::VANILLA_FILES.iter().map(|f| (*f).to_owned()));
     capsule_files.extend(classad::eval::string_attr(ad, routed::ATTR_AGENT));
-    // The launcher itself, as HTCondor transferred it into the sandbox.
-    if let Some(name) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-    {
-        capsule_files.push(name);
+    // The launcher itself, when HTCondor transferred it into the sandbox (not the node's own,
+    // VM_CAPSULE_NODE_LAUNCHER, whose name an output may have).
+    let exe = std::env::current_exe().ok();
+    if let Some(exe) = &exe {
+        let here = std::fs::canonicalize(sandbox).ok();
+        if exe.parent().map(Path::to_owned) == here {
+            capsule_files.extend(exe.file_name().map(|n| n.to_string_lossy().into_owned()));
+        }
     }
+    // The agent installed beside the node's launcher, for capsules that ask for it.
+    let node_agent = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(capsule_manifest::CAPSULE_INIT));
     // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
-    let booted = make_data_disk(sandbox, ad)
+    let booted = make_data_disk(sandbox, ad, node_agent.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot make the data disk in the sandbox: {e:#}"))
         .and_then(|_| run(ad, opts, &mut |_| {}).map_err(anyhow::Error::from));
     if let Err(e) = &booted {

@@ -8,7 +8,7 @@ use crate::agent::{self, Linkage};
 use crate::config::Knobs;
 use crate::hooks::log::DEFAULT_LOG_DIR;
 use crate::hooks::translate::TranslateConfig;
-use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR};
+use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR, UNCONFIGURED_HOOK};
 use crate::template::Template;
 
 /// Smallest `PIPE_BUFFER_MAX` that holds a routed ad with room to spare.
@@ -127,6 +127,17 @@ fn check_hooks(s: &mut Side<'_>, config: &ConfigSource) {
     let ours = env!("CARGO_PKG_VERSION");
     for (hook, suffix) in HOOKS {
         let knob = format!("{keyword}_{suffix}");
+        if hook == UNCONFIGURED_HOOK {
+            match config.get(&knob) {
+                Some(_) => s.warn(
+                    &knob,
+                    "set: the JobRouter then finalizes every finished job one JOB_ROUTER_POLLING_PERIOD later, and vm-capsule's update hook reports nothing",
+                    format!("remove {knob}"),
+                ),
+                None => s.ok(&knob, "not set (it would delay every job)"),
+            }
+            continue;
+        }
         let Some(path) = config.get(&knob).map(|p| PathBuf::from(p.trim())) else {
             let needed = matches!(hook, "translate" | "finalize");
             let why = format!("not set: the {hook} hook does not run");

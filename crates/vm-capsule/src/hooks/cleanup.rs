@@ -1,4 +1,6 @@
-//! The cleanup hook: remove the routed job's scratch dir, unless finalize failed.
+//! The cleanup hook: remove the routed job's scratch dir, unless finalize failed; and when
+//! the owner removed the original while the routed job ran, record that it was killed
+//! ([`super::removed`]).
 //!
 //! stdin is the routed ad. A non-zero exit makes the router re-run cleanup every poll
 //! (`CleanupClient::hookExited`), so this hook exits 0 and logs what it could not do.
@@ -39,6 +41,7 @@ pub fn cleanup(
         log.error(&format!("not removing {}: {e}", scratch.display()));
         return None;
     }
+    super::removed::mark_removed_original(ad, log);
     let opened = prefix
         .owner_dir(&owner, false)
         .and_then(|o| o.open_job_dir(&scratch).map(|d| (o, d)));

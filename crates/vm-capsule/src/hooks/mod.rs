@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod finalize;
 pub mod log;
 pub mod place;
+pub mod removed;
 pub mod translate;
 pub mod update;
 pub mod watchdog;

@@ -1,4 +1,5 @@
-//! The update hook: nothing to change on the routed job.
+//! The update hook: nothing to change on the routed job. Kept for configurations that name
+//! it; the shipped one does not, as it delays every job ([`crate::snippet::UNCONFIGURED_HOOK`]).
 //!
 //! A non-zero exit would skip the router's status mirroring for that poll
 //! (`StatusClient::hookExited`), so it always succeeds and prints nothing.

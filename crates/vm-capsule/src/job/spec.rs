@@ -105,6 +105,16 @@ impl JobError {
         };
         (!job.contains('?')).then_some(job.as_str())
     }
+
+    /// What is wrong, without the job id (for messages that name the job themselves).
+    pub fn detail(&self) -> String {
+        match self {
+            JobError::BadAttribute {
+                attribute, problem, ..
+            } => format!("attribute {attribute} is {problem}"),
+            JobError::Args { source, .. } => source.to_string(),
+        }
+    }
 }
 
 impl JobSpec {
@@ -373,5 +383,6 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(err.to_string(), "job 5.0: attribute Owner is missing");
+        assert_eq!(err.detail(), "attribute Owner is missing");
     }
 }

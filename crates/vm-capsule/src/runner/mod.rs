@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use classad::ClassAd;
 use thiserror::Error;
 
+mod pvh;
 mod qemu;
 mod spec;
 mod wait;
 
+pub use pvh::{uncompressed_kernel, PvhKernel};
 pub use qemu::{qemu_command, Hardening, QEMU, TB_SIZE_MIB};
 pub use spec::{is_plain_name, Drive, VmSpec};
 use wait::Waited;
@@ -372,21 +374,42 @@ pub fn run(
         Some(q) => q.clone(),
         None => crate::qemu::find_qemu(None, std::env::var_os("PATH").as_deref())?,
     };
-    let mut cmd = qemu_command(
-        &qemu,
-        &spec,
-        &sandbox,
-        &console,
-        accel,
-        Hardening::probe(&qemu),
-    );
+    // Under TCG the kernel's own decompressor is emulated: decompress it here instead and
+    // boot it through its PVH entry point (see `pvh`); KVM runs the decompressor natively.
+    // QEMU's seccomp support is probed meanwhile (a process start of its own).
+    let (pvh, hardening) = std::thread::scope(|scope| {
+        let probe = scope.spawn(|| Hardening::probe(&qemu));
+        let pvh = match (&spec.boot, accel) {
+            (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
+            _ => None,
+        };
+        (pvh, probe.join())
+    });
+    // A probe that panicked says nothing: no seccomp, the default cache.
+    let hardening = hardening.unwrap_or(Hardening {
+        seccomp: false,
+        tb_size_mib: TB_SIZE_MIB,
+    });
+    let mut booted = spec.clone();
+    if let (Some(boot), Some(kernel)) = (booted.boot.as_mut(), &pvh) {
+        // An absolute path: qemu_command's join with the sandbox keeps it.
+        boot.kernel = kernel.path().display().to_string();
+    }
+    let mut cmd = qemu_command(&qemu, &booted, &sandbox, &console, accel, hardening);
     progress(&format!(
-        "booting {} disk(s), {} MiB, {} CPU(s), accel {}",
+        "booting {} disk(s), {} MiB, {} CPU(s), accel {}{}",
         spec.drives.len(),
         spec.memory_mib,
         spec.vcpus,
-        accel.name()
+        accel.name(),
+        if pvh.is_some() {
+            ", kernel uncompressed on the host (PVH entry)"
+        } else {
+            ""
+        }
     ));
+    // A console left by an earlier run would look like this guest's output.
+    let _ = fs::remove_file(&console);
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -403,7 +426,14 @@ pub fn run(
             .as_ref()
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
     };
-    let gave_up = || cancelled() || firmware_gave_up(&console);
+    // QEMU has read the kernel once the guest writes to the console: free its memory then.
+    let pvh = std::cell::RefCell::new(pvh);
+    let gave_up = || {
+        if pvh.borrow().is_some() && fs::metadata(&console).is_ok_and(|m| m.len() > 0) {
+            pvh.borrow_mut().take();
+        }
+        cancelled() || firmware_gave_up(&console)
+    };
     let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up).map_err(|source| {
         RunError::Io {
             what: "waiting for QEMU".to_owned(),

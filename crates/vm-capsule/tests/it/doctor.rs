@@ -216,7 +216,8 @@ fn doctor_checks_the_execute_side() {
     assert_eq!(status(&json, "startd probe"), "warn");
     assert!(detail(&json, "startd probe").contains("HasVMCapsuleQemu = true"));
     assert_eq!(status(&json, "VM_MEMORY"), "fail");
-    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "warn");
+    assert_eq!(status(&json, "LIBVIRT_XML_SCRIPT"), "fail");
+    assert!(detail(&json, "LIBVIRT_XML_SCRIPT").contains("name host files"));
     assert_eq!(status(&json, "VM_STATUS_INTERVAL"), "info");
 
     // The pool's flavour says what this node needs.

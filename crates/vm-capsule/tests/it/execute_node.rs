@@ -50,7 +50,8 @@ impl JobEnd {
 }
 
 /// A STAND-IN for an HTCondor execute node running a vanilla job with file transfer (no
-/// startd/starter can run here): it copies `Cmd` and `TransferInput` into a fresh sandbox,
+/// startd/starter can run here): it copies `Cmd` (unless `TransferExecutable = false`: then
+/// `Cmd` is a path on the node) and `TransferInput` into a fresh sandbox,
 /// runs `Cmd` with `Arguments` there, then brings back `TransferOutput` (or the new and
 /// changed top-level files) with `TransferOutputRemaps` and the `Out`/`Err` streams, the way
 /// HTCondor's file transfer does. Returns how the process ended.
@@ -64,9 +65,16 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     let iwd = PathBuf::from(text("Iwd").unwrap());
     std::fs::create_dir_all(sandbox).unwrap();
     let cmd = PathBuf::from(text("Cmd").unwrap());
-    let exe = sandbox.join(cmd.file_name().unwrap());
-    std::fs::copy(&cmd, &exe).unwrap();
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let transfer_exe =
+        classad::eval::evaluate_attr(routed, "TransferExecutable") != classad::Value::Bool(false);
+    let exe = if transfer_exe {
+        let exe = sandbox.join(cmd.file_name().unwrap());
+        std::fs::copy(&cmd, &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    } else {
+        cmd.clone()
+    };
     let mut catalog = std::collections::BTreeMap::new();
     let mut placed = Vec::new();
     for entry in text("TransferInput")

@@ -19,7 +19,7 @@ use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 
 use crate::execute_node::{vanilla_execute_node, JobEnd};
-use crate::router::{job_ads, print_ad, Pool};
+use crate::router::{job_ads, print_ad, repo, Pool};
 use crate::vanilla::{exit_of, submit_files, tree, Job};
 
 /// Seconds a guest may take from QEMU start to poweroff (a cloud image under TCG on a busy
@@ -32,10 +32,6 @@ enum Kind {
     Systemd,
     /// `template build --cloud-init`: a plain cloud image.
     Cloud,
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The static agent the test guest script builds (also what goes in the systemd image).

@@ -87,9 +87,16 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Also the launcher installed on the node (`VM_CAPSULE_NODE_LAUNCHER`, issue 21): neither it
+/// nor the agent travels; the node's run with the agent beside them.
 #[test]
 fn url_and_local_inputs_through_the_vanilla_flavour_match_a_native_run() {
-    let pool = Pool::new(&template);
+    let mut pool = Pool::new(&template);
+    let node_launcher = crate::router::bin("vm-capsule");
+    pool.env.push((
+        "_CONDOR_VM_CAPSULE_NODE_LAUNCHER".into(),
+        node_launcher.display().to_string(),
+    ));
     let web = tempfile::tempdir().unwrap();
     fs::write(web.path().join("remote.dat"), "fetched over http\n").unwrap();
     let server = WebServer::serve(web.path());
@@ -137,6 +144,15 @@ fn url_and_local_inputs_through_the_vanilla_flavour_match_a_native_run() {
         "{transfer}"
     );
     assert!(transfer.ends_with("local.txt,d/"), "{transfer}");
+    assert!(!transfer.contains("capsule-init"), "{transfer}");
+    assert_eq!(
+        string_attr(&routed, "Cmd").map(PathBuf::from),
+        Some(node_launcher)
+    );
+    assert_eq!(
+        evaluate_attr(&routed, "TransferExecutable"),
+        Value::Bool(false)
+    );
     let env = vec![
         ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
         ("TMPDIR".to_owned(), pool.root.path().display().to_string()),

@@ -20,6 +20,7 @@ mod inputs;
 mod libvirt;
 mod maintainer;
 mod ops;
+mod original_job;
 mod package;
 mod router;
 mod run_hygiene;

@@ -4,16 +4,13 @@
 //! schedd can run here): the scripts of the built packages when testing a package, else the
 //! ones packaging/maintainer-scripts.sh writes for them.
 
+use crate::router::repo;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::router::installed_root;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The four scripts: deb preinst and prerm, rpm %pre and %preun bodies.
 struct Scripts {

@@ -4,18 +4,13 @@
 //! configuration file.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use classad::eval::string_attr;
 
 use crate::ops::{job, kvm_template, Tarball};
-use crate::router::{bin, installed_root, Pool};
-
-/// The repository's root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::router::{bin, installed_root, repo, Pool};
 
 #[test]
 fn a_templates_classad_template_is_read_without_a_knob() {

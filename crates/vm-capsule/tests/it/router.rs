@@ -104,6 +104,12 @@ pub fn print_ad(ad: &ClassAd) -> String {
     classad::print::ad_to_hook_string(ad).unwrap()
 }
 
+/// The repository's root, without `..` (the template build refuses a path with one).
+pub fn repo() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
 /// The root of an installed package (`VM_CAPSULE_INSTALLED`: `/` after `dpkg -i`, or where
 /// the .deb was unpacked): the tests then run the packaged programs and hook links.
 pub fn installed_root() -> Option<PathBuf> {

@@ -204,9 +204,20 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
             ("TMPDIR".to_owned(), pool.root.path().display().to_string()),
         ];
         let vanilla_end = vanilla_execute_node(&routed, &sandbox, &env);
-        // The router mirrors the routed job's exit into the original, then runs finalize.
+        // The schedd applies what the launcher set through Chirp to the routed job; the
+        // router mirrors its exit into the original, then runs finalize (the original, an
+        // empty line, `------`, the routed ad).
         let mut routed_done = routed.clone();
         vanilla_end.set_in(&mut routed_done);
+        let chirp = fs::read_to_string(
+            sandbox
+                .parent()
+                .unwrap()
+                .join(format!("{}.chirp", job.name)),
+        )
+        .unwrap();
+        let published = classad::parse_old_ad(&chirp).unwrap();
+        routed_done.update(&published);
         let mut original = vanilla_ad.clone();
         original.update(&routed_done);
         let stdin = format!(
@@ -216,10 +227,11 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         );
         let fin = pool.run_hook("finalize", &stdin);
         assert_eq!(fin.code, 0);
-        assert_eq!(
-            fin.stdout, "",
-            "finalize must not disturb what HTCondor placed"
-        );
+        // Only the job's own usage comes back (issue 21.2): HTCondor placed the outputs and
+        // the router mirrored the exit.
+        let usage = classad::parse_old_ad(&fin.stdout).unwrap();
+        assert_eq!(usage, published, "{}: {}", job.name, fin.stdout);
+        assert_eq!(usage.iter().count(), 5, "{}", fin.stdout);
         pool.cleanup(&routed);
 
         assert_eq!(

@@ -13,6 +13,8 @@ pub(crate) const MAX_SIZE: u64 = 1 << 46;
 /// more; such images are refused rather than allowed to size a big allocation).
 const MAX_L1_BYTES: u64 = 4 * 1024 * 1024;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+/// The header extension naming the external data file.
+const EXT_DATA_FILE: u32 = 0x4441_5441;
 const MAX_EXTENSIONS: usize = 64;
 
 /// Incompatible feature bits.
@@ -109,7 +111,8 @@ impl Header {
             return Err(bad(40, format!("L1 table at {l1_offset} is unaligned or past the end of the {file_len}-byte file")));
         }
         let v3 = V3Fields::read(&h, version, cs, &bad)?;
-        check_incompatible(path, v3.incompatible)?;
+        let ext = extensions(&h, v3.header_len, &bad)?;
+        check_incompatible(path, v3.incompatible, ext.data_file.as_deref())?;
         Ok(Header {
             version,
             cluster_bits,
@@ -122,7 +125,7 @@ impl Header {
             incompatible: v3.incompatible,
             refcount_order: v3.refcount_order,
             backing_file: backing_name(file, backing_offset, backing_size, &bad)?,
-            backing_format: backing_format(&h, v3.header_len, &bad)?,
+            backing_format: ext.backing_format,
             zstd: v3.compression == 1,
         })
     }
@@ -228,15 +231,26 @@ impl V3Fields {
     }
 }
 
-/// Refuse incompatible features we do not implement, naming them.
-fn check_incompatible(path: &Path, incompatible: u64) -> Result<(), Error> {
+/// Refuse incompatible features we do not implement, naming them. An external data file
+/// (its name from the header extension, `data_file`) is named: QEMU would open it.
+fn check_incompatible(
+    path: &Path,
+    incompatible: u64,
+    data_file: Option<&str>,
+) -> Result<(), Error> {
     let known = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION_TYPE;
     if incompatible & !known == 0 {
         return Ok(());
     }
-    let what = if incompatible & INCOMPAT_EXTERNAL_DATA != 0 {
-        "external data file"
-    } else if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
+    if incompatible & INCOMPAT_EXTERNAL_DATA != 0 {
+        return Err(Error::Reference {
+            path: path.to_owned(),
+            kind: crate::Reference::ExternalDataFile,
+            name: data_file.unwrap_or("(none named)").into(),
+            why: "the image's data lives in another file, which is not read; hint: qemu-img convert it to a plain qcow2".into(),
+        });
+    }
+    let what = if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
         "extended L2 entries (subclusters)"
     } else {
         "unknown"
@@ -250,13 +264,21 @@ fn check_incompatible(path: &Path, incompatible: u64) -> Result<(), Error> {
     })
 }
 
-/// The backing format named by the header extensions that follow the `header_len`-byte header.
-fn backing_format(
+/// What the header extensions say about other files.
+struct Extensions {
+    backing_format: Option<String>,
+    data_file: Option<String>,
+}
+
+/// The backing format and external data file named by the header extensions that follow the
+/// `header_len`-byte header.
+fn extensions(
     h: &[u8],
     header_len: u64,
     bad: &dyn Fn(u64, String) -> Error,
-) -> Result<Option<String>, Error> {
+) -> Result<Extensions, Error> {
     let mut backing_format = None;
+    let mut data_file = None;
     let mut at = usize::try_from(header_len).unwrap_or(72);
     for _ in 0..MAX_EXTENSIONS {
         let (Some(kind), Some(len)) = (
@@ -277,10 +299,15 @@ fn backing_format(
         };
         if kind == EXT_BACKING_FORMAT {
             backing_format = Some(String::from_utf8_lossy(data).into_owned());
+        } else if kind == EXT_DATA_FILE {
+            data_file = Some(String::from_utf8_lossy(data).into_owned());
         }
         at = at + 8 + len.div_ceil(8) * 8;
     }
-    Ok(backing_format)
+    Ok(Extensions {
+        backing_format,
+        data_file,
+    })
 }
 
 /// The backing file name (`size` bytes at `offset`; offset 0: none).

@@ -16,7 +16,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{is_zero, Access, Backend, ContainerInfo, ImageFormat};
+use super::{is_zero, Access, Backend, ContainerInfo, ImageFormat, Reference, Resolver};
 use crate::Error;
 use header::Header;
 
@@ -97,6 +97,7 @@ impl Qcow2Backend {
         file: File,
         access: Access,
         depth: usize,
+        resolver: &mut dyn Resolver,
     ) -> Result<Self, Error> {
         if depth > MAX_CHAIN {
             return Err(Error::LimitExceeded {
@@ -131,23 +132,21 @@ impl Qcow2Backend {
         };
         let backing = match &h.backing_file {
             Some(name) => {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                let bpath = if Path::new(name).is_absolute() {
-                    PathBuf::from(name)
-                } else {
-                    dir.join(name)
-                };
                 let format = match h.backing_format.as_deref() {
                     Some("raw") => Some(ImageFormat::Raw),
                     Some("qcow2") => Some(ImageFormat::Qcow2),
                     Some("vmdk") => Some(ImageFormat::Vmdk),
                     _ => None,
                 };
-                Some(super::open_backend_at_depth(
+                let (bpath, bfile) =
+                    resolver.open(path, Reference::BackingFile, name, Access::ReadOnly)?;
+                Some(super::open_backend_from(
                     &bpath,
+                    bfile,
                     Access::ReadOnly,
                     format,
                     depth + 1,
+                    resolver,
                 )?)
             }
             None => None,

@@ -8,10 +8,10 @@ mod sparse;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
-use super::{Access, Backend, ContainerInfo, FillFn, ImageFormat};
+use super::{Access, Backend, ContainerInfo, FillFn, ImageFormat, Reference, Resolver};
 use crate::Error;
 use descriptor::{Descriptor, ExtentKind};
 use sparse::SparseExtent;
@@ -46,6 +46,8 @@ pub(crate) struct VmdkBackend {
     size: u64,
     parent: Option<Box<VmdkBackend>>,
     writable: bool,
+    /// The descriptor's CID, which a child's `parentCID` must match.
+    cid: u32,
 }
 
 impl VmdkBackend {
@@ -65,13 +67,24 @@ impl VmdkBackend {
             size: bytes,
             parent: None,
             writable: true,
+            cid: 0xffff_ffff,
         })
     }
 
-    /// Open a VMDK (descriptor file or sparse extent with embedded descriptor).
-    pub(crate) fn open(path: &Path, file: File, access: Access) -> Result<Self, Error> {
+    /// Open a VMDK (descriptor file or sparse extent with embedded descriptor); the extents
+    /// and parents it names are opened by `resolver`.
+    pub(crate) fn open(
+        path: &Path,
+        file: File,
+        access: Access,
+        resolver: &mut dyn Resolver,
+    ) -> Result<Self, Error> {
         let mut seen = HashSet::new();
-        Self::open_chain(path, file, access == Access::ReadWrite, 0, &mut seen)
+        let mut chain = Chain {
+            resolver,
+            seen: &mut seen,
+        };
+        Self::open_chain(path, file, access == Access::ReadWrite, 0, &mut chain)
     }
 
     fn open_chain(
@@ -79,7 +92,7 @@ impl VmdkBackend {
         file: File,
         writable: bool,
         depth: usize,
-        seen: &mut HashSet<PathBuf>,
+        chain: &mut Chain<'_>,
     ) -> Result<Self, Error> {
         if depth > MAX_CHAIN {
             return Err(Error::LimitExceeded {
@@ -88,8 +101,9 @@ impl VmdkBackend {
                 limit: MAX_CHAIN as u64,
             });
         }
-        let canon = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
-        if !seen.insert(canon) {
+        // The file itself, not its name: a loop through links is a loop too.
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        if !chain.seen.insert((meta.dev(), meta.ino())) {
             return Err(Error::corrupt(
                 path,
                 "vmdk parent chain",
@@ -97,7 +111,6 @@ impl VmdkBackend {
                 "the chain loops back to this file",
             ));
         }
-        let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
         let (desc, mut embedded) = read_descriptor(path, file, writable)?;
         let mut extents = Vec::new();
         let mut start = 0u64;
@@ -115,9 +128,13 @@ impl VmdkBackend {
                     )
                 })?;
             let ext_writable = writable && line.writable;
-            // monolithicSparse: the extent is this very file, whatever name it records.
-            let this_file = embedded.take().filter(|_| desc.extents.len() == 1);
-            let (epath, data) = open_extent(path, &dir, line, ext_writable, this_file)?;
+            // monolithicSparse: the extent is this very file, whatever name it records. With
+            // a capacity of 0 QEMU reads the embedded descriptor as a descriptor file and
+            // opens the extents it names: so do we.
+            let this_file = embedded
+                .take()
+                .filter(|sp| desc.extents.len() == 1 && sp.capacity_sectors > 0);
+            let (epath, data) = open_extent(path, line, ext_writable, this_file, chain.resolver)?;
             extents.push(Extent {
                 start,
                 len,
@@ -137,7 +154,7 @@ impl VmdkBackend {
                     )
                 })?;
         }
-        let parent = Self::open_parent(path, &dir, &desc, depth, seen)?;
+        let parent = Self::open_parent(path, &desc, depth, chain)?;
         Ok(VmdkBackend {
             path: path.to_owned(),
             create_type: desc.create_type,
@@ -145,17 +162,17 @@ impl VmdkBackend {
             size: start,
             parent,
             writable,
+            cid: desc.cid,
         })
     }
 
-    /// The parent named by `desc` (of the image at `path`, in `dir`), checked against the
-    /// descriptor's parentCID.
+    /// The parent named by `desc` (of the image at `path`), checked against the descriptor's
+    /// parentCID.
     fn open_parent(
         path: &Path,
-        dir: &Path,
         desc: &Descriptor,
         depth: usize,
-        seen: &mut HashSet<PathBuf>,
+        chain: &mut Chain<'_>,
     ) -> Result<Option<Box<Self>>, Error> {
         let Some(hint) = desc
             .parent_hint
@@ -164,14 +181,11 @@ impl VmdkBackend {
         else {
             return Ok(None);
         };
-        let ppath = if Path::new(hint).is_absolute() {
-            PathBuf::from(hint)
-        } else {
-            dir.join(hint)
-        };
-        let pf = super::open_referenced(&ppath, Access::ReadOnly)?;
-        let p = Self::open_chain(&ppath, pf, false, depth + 1, seen)?;
-        let pcid = p.cid()?;
+        let (ppath, pf) = chain
+            .resolver
+            .open(path, Reference::Parent, hint, Access::ReadOnly)?;
+        let p = Self::open_chain(&ppath, pf, false, depth + 1, chain)?;
+        let pcid = p.cid;
         if pcid != desc.parent_cid {
             return Err(Error::corrupt(path, "vmdk descriptor", 0, format!(
                 "parentCID {:08x} does not match CID {pcid:08x} of parent '{}' (the parent changed after the delta was made)",
@@ -180,30 +194,6 @@ impl VmdkBackend {
             )));
         }
         Ok(Some(Box::new(p)))
-    }
-
-    /// The CID of this image's descriptor (re-read; used to validate a child's parentCID).
-    fn cid(&self) -> Result<u32, Error> {
-        let file = File::open(&self.path).map_err(|e| Error::io("open", &self.path, e))?;
-        let mut magic = [0u8; 4];
-        let got = file
-            .read_at(&mut magic, 0)
-            .map_err(|e| Error::io("read", &self.path, e))?;
-        let desc = if got == 4 && &magic == b"KDMV" {
-            let sp = SparseExtent::open(&self.path, file, false)?;
-            match &sp.descriptor {
-                Some((text, off)) => Descriptor::parse(text, &self.path, *off)?,
-                None => return Ok(0xffff_ffff),
-            }
-        } else {
-            let mut text = String::new();
-            (&file)
-                .take(descriptor::MAX_DESCRIPTOR)
-                .read_to_string(&mut text)
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            Descriptor::parse(&text, &self.path, 0)?
-        };
-        Ok(desc.cid)
     }
 
     /// Read from the parent (or zeros past its end / without one).
@@ -233,22 +223,6 @@ impl VmdkBackend {
     }
 }
 
-/// Resolve an extent file name relative to the descriptor's directory; absolute names and
-/// `..` are refused so a hostile descriptor cannot point at host files.
-fn extent_path(dir: &Path, name: &str, desc: &Path) -> Result<PathBuf, Error> {
-    let p = Path::new(name);
-    let ok = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if !ok {
-        return Err(Error::corrupt(
-            desc,
-            "vmdk extent line",
-            0,
-            format!("extent file '{name}' must be a relative path without '..'"),
-        ));
-    }
-    Ok(dir.join(p))
-}
-
 fn new_cid() -> u32 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -256,6 +230,12 @@ fn new_cid() -> u32 {
         .unwrap_or(0x1234_5678);
     // 0xffffffff means "no parent" and must not be used as a CID.
     (nanos ^ std::process::id().rotate_left(16)) & 0x7fff_ffff
+}
+
+/// What opening a chain carries along: who opens named files, and the files seen so far.
+struct Chain<'a> {
+    resolver: &'a mut dyn Resolver,
+    seen: &'a mut HashSet<(u64, u64)>,
 }
 
 impl VmdkBackend {
@@ -481,14 +461,14 @@ fn read_descriptor(
     Ok((Descriptor::parse(&text, path, 0)?, None))
 }
 
-/// Open the extent of descriptor line `line` (of the image at `path`, in `dir`);
+/// Open the extent of descriptor line `line` (of the image at `path`) through `resolver`;
 /// `this_file` is the image's own sparse extent when it is the only one.
 fn open_extent(
     path: &Path,
-    dir: &Path,
     line: &descriptor::ExtentLine,
     writable: bool,
     this_file: Option<SparseExtent>,
+    resolver: &mut dyn Resolver,
 ) -> Result<(PathBuf, ExtentData), Error> {
     let access = if writable {
         Access::ReadWrite
@@ -501,8 +481,7 @@ fn open_extent(
             if let Some(sp) = this_file {
                 return Ok((path.to_owned(), ExtentData::Sparse(Box::new(sp))));
             }
-            let ep = extent_path(dir, &line.file, path)?;
-            let f = super::open_referenced(&ep, access)?;
+            let (ep, f) = resolver.open(path, Reference::Extent, &line.file, access)?;
             let sp = SparseExtent::open(&ep, f, writable)?;
             if sp.capacity_sectors < line.sectors {
                 return Err(Error::corrupt(
@@ -518,8 +497,7 @@ fn open_extent(
             Ok((ep, ExtentData::Sparse(Box::new(sp))))
         }
         ExtentKind::Flat => {
-            let ep = extent_path(dir, &line.file, path)?;
-            let f = super::open_referenced(&ep, access)?;
+            let (ep, f) = resolver.open(path, Reference::Extent, &line.file, access)?;
             let base = line.offset.checked_mul(SECTOR).ok_or_else(|| {
                 Error::corrupt(
                     path,

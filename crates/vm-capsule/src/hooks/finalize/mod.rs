@@ -61,40 +61,39 @@ pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finaliz
     };
     let job = &request.job;
     let Some(capsule) = request.capsule else {
-        log.warn(&format!(
-            "job {}: routed ad is not a vm-capsule job; nothing to do",
-            job.id()
-        ));
+        log.warn("the routed ad is not a vm-capsule job; nothing to do");
         return out;
     };
     if capsule.vanilla {
         // HTCondor's own transfer placed the outputs and the router mirrored the launcher's
-        // exit status, which is the job's: nothing to extract, nothing to correct.
-        log.info(&format!(
-            "job {}: vanilla flavour, outputs placed by HTCondor",
-            job.id()
-        ));
+        // exit status, which is the job's: nothing to extract, nothing to correct. The job's
+        // own usage stays on the routed job unless we copy it.
+        let (usage, refused) = &request.usage;
+        usage.write_to(&mut out.attrs);
+        if !refused.is_empty() {
+            log.warn(&format!(
+                "the routed job's {} not copied: the launcher never publishes such values",
+                refused.join(", ")
+            ));
+        }
+        log.info("vanilla flavour, outputs placed by HTCondor");
         return out;
     }
     if let Err(e) = crate::identity::check_runs_as(&job.owner, cfg.test_any_user) {
-        return fail(out, &format!("job {}: {e}", job.id()), None, log);
+        return fail(out, &e.to_string(), None, log);
     }
-    log.info(&format!(
-        "finalizing job {} from {}",
-        job.id(),
-        capsule.scratch.display()
-    ));
+    log.info(&format!("finalizing from {}", capsule.scratch.display()));
     let dir = match cfg
         .prefix
         .owner_dir(&job.owner, false)
         .and_then(|owner| owner.open_job_dir(&capsule.scratch))
     {
         Ok(dir) => dir,
-        Err(e) => return fail(out, &format!("job {}: {e}", job.id()), None, log),
+        Err(e) => return fail(out, &e.to_string(), None, log),
     };
     let returned = match load::load(&dir, &capsule, cfg.max_disk_bytes) {
         Ok(r) => r,
-        Err(e) => return fail(out, &format!("job {}: {e}", job.id()), Some(&dir), log),
+        Err(e) => return fail(out, &e.to_string(), Some(&dir), log),
     };
     place_streams(job, &returned.disk, &mut out.placement);
     if !returned.result.outputs.is_empty() {
@@ -117,13 +116,12 @@ pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finaliz
     outcome::exit_attributes(&mut out.attrs, &returned.result);
     if out.placement.has_problems() {
         let text = out.placement.summary();
-        log.error(&format!("job {}: {text}", job.id()));
+        log.error(&text);
         mark_failed(&dir, &text);
         outcome::failure_attributes(&mut out.attrs, &text, Some(&returned.result));
     }
     log.info(&format!(
-        "job {}: {} ({} output files, {} bytes)",
-        job.id(),
+        "{} ({} output files, {} bytes)",
         outcome::describe(&returned.result.outcome),
         out.placement.files,
         out.placement.bytes

@@ -40,12 +40,7 @@ pub fn exit_attributes(attrs: &mut ClassAd, result: &JobResult) {
     }
     attrs.insert("RemoteUserCpu", Expr::real(result.user_cpu_secs));
     attrs.insert("RemoteSysCpu", Expr::real(result.system_cpu_secs));
-    attrs.insert("VMCapsuleJobWallTime", Expr::real(result.wall_time_secs));
-    attrs.insert(
-        "VMCapsulePeakRssKiB",
-        Expr::integer(i64::try_from(result.peak_rss_kib).unwrap_or(i64::MAX)),
-    );
-    attrs.insert("VMCapsuleResult", Expr::string(describe(&result.outcome)));
+    crate::usage::JobUsage::from_result(result).write_to(attrs);
 }
 
 /// Mark the job failed by the capsule: `ExitCode = 125` and why, keeping what the job itself

@@ -10,6 +10,7 @@ use classad::stream::parse_hook_stream;
 
 use crate::job::JobSpec;
 use crate::routed;
+use crate::usage::JobUsage;
 
 /// What finalize was asked to do.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct FinalizeRequest {
     pub job: JobSpec,
     /// The capsule, when the routed job is one of ours.
     pub capsule: Option<RoutedCapsule>,
+    /// The job's own usage the vanilla flavour's launcher published on the routed job, and
+    /// the attributes refused (the routed job's owner can edit them).
+    pub usage: (JobUsage, Vec<String>),
 }
 
 /// The capsule as the routed ad describes it.
@@ -68,6 +72,10 @@ impl FinalizeRequest {
             }),
             _ => None,
         };
-        Ok(FinalizeRequest { job, capsule })
+        Ok(FinalizeRequest {
+            job,
+            capsule,
+            usage: JobUsage::from_routed_ad(routed),
+        })
     }
 }

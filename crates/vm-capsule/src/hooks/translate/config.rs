@@ -41,6 +41,9 @@ pub struct TranslateConfig {
     pub routed_universe: Option<RoutedUniverse>,
     /// `VM_CAPSULE_LAUNCHER_PATH`: the launcher a vanilla-flavour job runs.
     pub launcher_path: PathBuf,
+    /// `VM_CAPSULE_NODE_LAUNCHER`: the launcher's path on the execute nodes; set, vanilla-flavour
+    /// jobs run it there and ship neither it nor the agent.
+    pub node_launcher: Option<PathBuf>,
     /// `VM_CAPSULE_BOOT_TIMEOUT`: seconds the launcher allows beyond the job's time limit.
     pub boot_timeout_secs: u64,
     /// `VM_CAPSULE_AGENT_START`: whether the data disk is also a cloud-init NoCloud seed.
@@ -107,7 +110,16 @@ impl TranslateConfig {
                 expected: "an absolute path (the directory on the execute nodes)",
             });
         }
+        let node_launcher = knobs.path("VM_CAPSULE_NODE_LAUNCHER");
+        if let Some(path) = node_launcher.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                knob: "VM_CAPSULE_NODE_LAUNCHER",
+                value: path.display().to_string(),
+                expected: "an absolute path (vm-capsule on the execute nodes)",
+            });
+        }
         Ok(TranslateConfig {
+            node_launcher,
             agent_start,
             node_image_dir,
             classad_template: crate::template::classad_template_for(

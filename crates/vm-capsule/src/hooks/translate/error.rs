@@ -16,7 +16,8 @@ pub enum TranslateError {
     Job {
         /// `cluster.proc`.
         job: String,
-        /// The hold reason for the user.
+        /// What is wrong, for the user; without the job id, which the hold reason and the
+        /// hook log add once.
         reason: String,
     },
     /// The pool's configuration is wrong (template, knobs, scratch prefix, agent, the user
@@ -76,7 +77,7 @@ pub struct Translated {
     pub routed: ClassAd,
 }
 
-/// A job problem for job `job`.
+/// A job problem for job `job`; `reason` does not name the job (see [`TranslateError::Job`]).
 pub(super) fn job_problem(job: &str, reason: impl Into<String>) -> TranslateError {
     TranslateError::Job {
         job: job.to_owned(),

@@ -169,7 +169,7 @@ fn write_data_disk(plan: &CapsulePlan, dir: &Path) -> Result<(), TranslateError>
         .map_err(|e| match e {
             BuildError::Inputs(ref inputs) if inputs.is_the_jobs() => TranslateError::Job {
                 job: plan.job.id(),
-                reason: format!("job {}: {e}", plan.job.id()),
+                reason: e.to_string(),
             },
             BuildError::Agent { .. } => {
                 TranslateError::Admin(format!("{e}; check VM_CAPSULE_INIT_SCRIPT_PATH"))

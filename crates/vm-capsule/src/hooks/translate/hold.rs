@@ -4,10 +4,13 @@ use std::process::Command;
 
 use crate::hooks::log::HookLog;
 
-/// Put the original job on hold with `reason` (HTCondor appends "(by user <owner>)").
-/// Returns false when `condor_hold` is not available or fails.
-pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
-    // condor_hold takes the reason as one argument; keep it to printable text.
+/// Longest reason given to `condor_hold`, in characters.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// The hold reason for job `job_id` and `reason` (which does not name the job): the job
+/// named once, printable text only (condor_hold takes it as one argument), bounded.
+/// HTCondor appends "(by user <owner>)".
+pub fn hold_reason(job_id: &str, reason: &str) -> String {
     let clean: String = reason
         .chars()
         .map(|c| {
@@ -17,27 +20,28 @@ pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
                 c
             }
         })
-        .take(1000)
+        .take(MAX_REASON_CHARS)
         .collect();
+    format!("vm-capsule: job {job_id}: {clean}")
+}
+
+/// Put the original job on hold with `reason` (see [`hold_reason`]). Returns false when
+/// `condor_hold` is not available or fails.
+pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
     let tool = match crate::condor_tools::condor_tool("condor_hold") {
         Ok(t) => t,
         Err(e) => {
-            log.error(&format!("cannot hold job {job_id}: {e}"));
+            log.error(&format!("cannot hold the job: {e}"));
             return false;
         }
     };
+    let text = hold_reason(job_id, reason);
     match Command::new(&tool)
-        .args([
-            "-reason",
-            &format!("vm-capsule: {clean}"),
-            "-subcode",
-            "1",
-            job_id,
-        ])
+        .args(["-reason", &text, "-subcode", "1", job_id])
         .output()
     {
         Ok(out) if out.status.success() => {
-            log.info(&format!("held job {job_id}: {clean}"));
+            log.info(&format!("held: {text}"));
             true
         }
         Ok(out) => {
@@ -51,5 +55,18 @@ pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
             log.warn(&format!("cannot run condor_hold for job {job_id}: {e}"));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_names_the_job_once_in_printable_text() {
+        assert_eq!(
+            hold_reason("10.0", "input /x \"q\"\nnext (transfer_input_files)"),
+            "vm-capsule: job 10.0: input /x 'q''next (transfer_input_files)"
+        );
     }
 }

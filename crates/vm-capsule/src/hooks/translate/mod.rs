@@ -15,6 +15,7 @@ mod execute;
 mod hold;
 mod plan;
 mod request;
+mod sizing;
 mod survey;
 mod vm;
 
@@ -23,7 +24,7 @@ pub use config::{
     PIPE_BUFFER_MAX, PIPE_BUFFER_WARN,
 };
 pub use error::{TranslateError, Translated};
-pub use hold::hold_original;
+pub use hold::{hold_original, hold_reason};
 pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
 pub use request::TranslateRequest;
 pub use survey::survey_inputs;
@@ -79,9 +80,14 @@ fn binaries(cfg: &TranslateConfig) -> Result<Binaries, TranslateError> {
         ),
         None => None,
     };
-    let launcher_bytes = std::fs::metadata(&cfg.launcher_path).map_or(0, |m| m.len());
+    // The node's own launcher (and agent) do not travel.
+    let launcher_bytes = match cfg.node_launcher {
+        Some(_) => 0,
+        None => std::fs::metadata(&cfg.launcher_path).map_or(0, |m| m.len()),
+    };
     Ok(Binaries {
         agent_bytes,
         launcher_bytes,
+        agent_on_node: cfg.node_launcher.is_some(),
     })
 }

@@ -23,8 +23,11 @@ const MIB: u64 = 1 << 20;
 pub struct Binaries {
     /// The guest agent put on the data disk, if any.
     pub agent_bytes: Option<u64>,
-    /// The launcher a vanilla-flavour job ships.
+    /// The launcher a vanilla-flavour job ships (0: the node's is used).
     pub launcher_bytes: u64,
+    /// The agent is the node's (`VM_CAPSULE_NODE_LAUNCHER`): it is on the data disk but not
+    /// in the sandbox.
+    pub agent_on_node: bool,
 }
 
 /// Everything a translation will do, decided.
@@ -56,6 +59,8 @@ pub struct CapsulePlan {
     pub request_disk_kib: u64,
     /// The launcher a vanilla-flavour job runs.
     pub launcher: PathBuf,
+    /// `launcher` is the one installed on the execute nodes (`VM_CAPSULE_NODE_LAUNCHER`).
+    pub launcher_on_node: bool,
     /// The launcher's time limit, seconds (none: as long as HTCondor lets the job run).
     pub launcher_timeout: Option<u64>,
     /// OS disks staged on the execute nodes (`VM_CAPSULE_NODE_IMAGE_DIR`), in disk order.
@@ -100,11 +105,11 @@ pub fn plan(
     let job = &request.job;
     let id = job.id();
     // Outputs the guest could never be asked for are the job's problem, found now.
-    OutputRules::for_job(job).map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+    OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
     let manifest_json = build_manifest(cfg, job, &inputs)
         .to_json()
-        .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?;
+        .map_err(|e| job_problem(&id, e.to_string()))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
     let text_bytes = u64::try_from(manifest_json.len() + job_ad_text.len()).unwrap_or(u64::MAX);
@@ -113,6 +118,9 @@ pub fn plan(
         .saturating_add(binaries.agent_bytes.unwrap_or(0))
         .saturating_add(text_bytes);
     let disk = disk_plan(cfg, job, template, universe, payload, inputs.tar_bytes)?;
+    if universe == RoutedUniverse::Vanilla {
+        super::sizing::check_vanilla_disk(job, &disk, payload)?;
+    }
     let node_bases = node_bases(cfg, template)?;
     let template_memory = match classad::eval::evaluate_attr(&template.vm_attrs, "JobVMMemory") {
         classad::Value::Integer(m) => u64::try_from(m).ok(),
@@ -122,7 +130,14 @@ pub fn plan(
         job: job.clone(),
         job_ad: request.ad.clone(),
         universe,
-        request_disk_kib: request_disk_kib(job, template, &disk, binaries, payload, &node_bases),
+        request_disk_kib: super::sizing::request_disk_kib(
+            job,
+            template,
+            &disk,
+            binaries,
+            payload,
+            &node_bases,
+        ),
         manifest_json,
         job_ad_text,
         agent: cfg.init_path.clone(),
@@ -133,7 +148,11 @@ pub fn plan(
             .unwrap_or(cfg.default_memory_mib)
             .max(job.request_memory_mib.map_or(0, |m| m + 64)),
         vcpus: job.request_cpus.unwrap_or(1).max(1),
-        launcher: cfg.launcher_path.clone(),
+        launcher: cfg
+            .node_launcher
+            .clone()
+            .unwrap_or_else(|| cfg.launcher_path.clone()),
+        launcher_on_node: cfg.node_launcher.is_some(),
         launcher_timeout: cfg
             .wall_time_limit_secs
             .map(|limit| limit + cfg.boot_timeout_secs),
@@ -187,7 +206,7 @@ fn disk_plan(
         RoutedUniverse::Vm => Some(
             recipe
                 .size(payload, input_bytes)
-                .map_err(|e| job_problem(&id, format!("job {id}: {e}")))?,
+                .map_err(|e| job_problem(&id, e.to_string()))?,
         ),
         RoutedUniverse::Vanilla => None,
     };
@@ -201,48 +220,6 @@ fn disk_plan(
     })
 }
 
-/// What the routed job asks the execute node for (`RequestDisk`, KiB): the disks that travel
-/// and the data disk, or for the vanilla flavour the launcher, the agent, the inputs HTCondor
-/// brings and the data disk made from them; never less than the job itself asked.
-fn request_disk_kib(
-    job: &JobSpec,
-    template: &Template,
-    disk: &DiskPlan,
-    binaries: Binaries,
-    payload: u64,
-    node_bases: &[crate::node_image::NodeBase],
-) -> u64 {
-    // OS disks staged on the nodes do not travel (their 256 KiB overlays are in the MiB below).
-    let travelling = |d: &&crate::template::TemplateDisk| {
-        !node_bases
-            .iter()
-            .any(|b| b.path.file_name() == d.path.file_name())
-    };
-    let travel: u64 = template
-        .os_disks
-        .iter()
-        .filter(travelling)
-        .map(|d| d.bytes)
-        .sum::<u64>()
-        + template.boot_bytes;
-    let on_node = match disk.bytes {
-        Some(bytes) => bytes,
-        None => {
-            binaries.launcher_bytes
-                + binaries.agent_bytes.unwrap_or(0)
-                + disk
-                    .recipe
-                    .request_bytes
-                    .unwrap_or(0)
-                    .saturating_mul(2)
-                    .max(payload + disk.recipe.headroom_bytes)
-        }
-    };
-    (on_node + travel + MIB)
-        .div_ceil(1024)
-        .max(job.request_disk_kib.unwrap_or(0))
-}
-
 impl CapsulePlan {
     /// An input that would arrive in the vanilla sandbox under a name the capsule uses there
     /// is the job's problem.
@@ -253,7 +230,7 @@ impl CapsulePlan {
             Some(item) => Err(job_problem(
                 &id,
                 format!(
-                    "job {id}: input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
+                    "input {} arrives in the sandbox as {:?}, a name the VM capsule uses there; rename it",
                     item.source.display(),
                     item.name
                 ),
@@ -275,7 +252,7 @@ impl CapsulePlan {
             return Err(job_problem(
                 &id,
                 format!(
-                    "job {id}: the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
+                    "the routed ad is {} bytes, over the JobRouter's PIPE_BUFFER_MAX of {PIPE_BUFFER_MAX}; ask the admin to raise JOB_ROUTER.PIPE_BUFFER_MAX",
                     stdout.len()
                 ),
             ));
@@ -366,8 +343,7 @@ impl CapsulePlan {
         let staged = self.staged(scratch);
         let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
         let print = |ad: &ClassAd, what: &str| {
-            crate::hooks::ad_lines(ad)
-                .map_err(|e| job_problem(&id, format!("job {id}: {what}: {e}")))
+            crate::hooks::ad_lines(ad).map_err(|e| job_problem(&id, format!("{what}: {e}")))
         };
         match self.universe {
             RoutedUniverse::Vm => {
@@ -384,8 +360,10 @@ impl CapsulePlan {
                     &staged,
                     &routed::VanillaInputs {
                         launcher: &self.launcher,
-                        agent: self.agent.as_deref(),
+                        // The node's launcher takes the agent installed beside it.
+                        agent: self.agent.as_deref().filter(|_| !self.launcher_on_node),
                         timeout_secs: self.launcher_timeout,
+                        launcher_on_node: self.launcher_on_node,
                     },
                 );
                 let text = print(&ad, "routed ad")?;
@@ -407,8 +385,12 @@ impl CapsulePlan {
         }
         ad.insert(routed::ATTR_DISK_HEADROOM, int(r.headroom_bytes));
         ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
-        if let Some(agent) = &self.agent {
-            ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent)));
+        match &self.agent {
+            Some(_) if self.launcher_on_node => {
+                ad.insert(routed::ATTR_AGENT_ON_NODE, Expr::boolean(true));
+            }
+            Some(agent) => ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent))),
+            None => {}
         }
         if !self.seed.is_empty() {
             ad.insert(crate::nocloud::ATTR_AGENT_START, Expr::string("cloud-init"));

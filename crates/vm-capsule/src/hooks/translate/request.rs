@@ -38,7 +38,7 @@ impl TranslateRequest {
             }
         };
         let job = JobSpec::from_ad(job_ad).map_err(|e| match e.job_id() {
-            Some(id) => job_problem(id, e.to_string()),
+            Some(id) => job_problem(id, e.detail()),
             None => TranslateError::Protocol(format!("{e}; cannot hold a job without its id")),
         })?;
         Ok(TranslateRequest {

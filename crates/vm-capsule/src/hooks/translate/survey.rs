@@ -55,7 +55,7 @@ struct Survey<'a> {
 
 impl Survey<'_> {
     fn problem(&self, text: String) -> TranslateError {
-        job_problem(&self.job.id(), format!("job {}: {text}", self.job.id()))
+        job_problem(&self.job.id(), text)
     }
 
     fn push(

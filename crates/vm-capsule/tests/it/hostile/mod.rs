@@ -21,6 +21,7 @@ mod crash;
 mod guest;
 mod input;
 mod launcher;
+mod libvirt;
 mod local_user;
 
 /// A template with a qcow2 OS disk and a data disk in `format`.
