@@ -30,6 +30,8 @@ pub(super) struct Sandbox {
     pub(super) fd: OwnedFd,
     /// The sandbox's user, when we are root (only then is anything checked against it).
     pub(super) owner: Option<u32>,
+    /// Who the checked files are given to (libvirt's QEMU user), looked up once.
+    keeper: rustix::process::Uid,
     opened: HashSet<String>,
     /// The files taken from the job's user, with their owner and mode before.
     taken: Vec<(OwnedFd, u32, u32, u32)>,
@@ -73,6 +75,7 @@ impl Sandbox {
             path: dir.to_owned(),
             fd,
             owner: root.then_some(st.st_uid),
+            keeper: rustix::process::Uid::from_raw(if root { qemu_user() } else { 0 }),
             opened: HashSet::new(),
             taken: Vec::new(),
         })
@@ -134,7 +137,7 @@ impl Sandbox {
                 .push((keep, st.st_uid, st.st_gid, st.st_mode & 0o7777));
             rustix::fs::fchown(
                 &fd,
-                Some(rustix::process::Uid::from_raw(qemu_user())),
+                Some(self.keeper),
                 Some(rustix::process::Gid::from_raw(st.st_gid)),
             )
             .map_err(|e| fail(format!("cannot make it libvirt's QEMU user's ({e})")))?;
