@@ -13,6 +13,7 @@ pub mod capsule;
 pub mod chirp;
 pub mod condor_tools;
 pub mod config;
+pub mod digest;
 pub mod doctor;
 pub mod exit;
 pub mod extract;

@@ -18,7 +18,7 @@ use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 use thiserror::Error;
 
-use crate::template::build::sha256_file;
+use crate::digest::sha256_file;
 use crate::template::overlay::create_overlay;
 use crate::template::{Flavour, Template, TemplateDisk};
 
@@ -237,7 +237,7 @@ pub fn prepare(ad: &ClassAd, sandbox: &Path) -> Result<Vec<NodeBase>, NodeImageE
                 expected: b.sha256.clone(),
             });
         }
-        if !crate::runner::is_plain_name(&b.overlay) {
+        if !crate::routed::is_plain_name(&b.overlay) {
             return Err(NodeImageError::BadOverlayName {
                 name: b.overlay.clone(),
             });

@@ -40,7 +40,7 @@ pub enum SandboxError {
 /// A file name the capsule ad gives: a plain name in the sandbox (the ad is the job owner's
 /// to edit, so a path could name any file the slot's user can read or write).
 fn plain_name(attr: &str, name: String) -> Result<String, SandboxError> {
-    if crate::runner::is_plain_name(&name) {
+    if crate::routed::is_plain_name(&name) {
         return Ok(name);
     }
     Err(SandboxError::Description {

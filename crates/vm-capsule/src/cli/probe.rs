@@ -29,7 +29,7 @@ pub fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
     let knobs = Knobs::load(args.config.as_deref(), std::env::vars())
         .context("cannot read the configuration")?;
     let probe = Probe::run(knobs.get(QEMU_KNOB));
-    let text = vm_capsule::hooks::ad_lines(&probe.attributes())
+    let text = classad::print::ad_to_hook_string(&probe.attributes())
         .context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

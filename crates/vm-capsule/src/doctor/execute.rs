@@ -164,7 +164,7 @@ fn check_probe_config(s: &mut Side<'_>, config: &ConfigSource, probe: &Probe) {
         }
     }
     if ours == 0 {
-        let attrs = crate::hooks::ad_lines(&probe.attributes())
+        let attrs = classad::print::ad_to_hook_string(&probe.attributes())
             .unwrap_or_default()
             .lines()
             .collect::<Vec<_>>()

@@ -153,7 +153,7 @@ impl AllowedBase<'_> {
             .and_then(|_| node_image::recorded_sha256(&path).ok());
         let sum = match recorded {
             Some(sum) => sum,
-            None => crate::template::build::sha256_file(&path)
+            None => crate::digest::sha256_file(&path)
                 .map_err(|e| format!("cannot checksum the node image {}: {e}", path.display()))?,
         };
         if !sum.eq_ignore_ascii_case(&self.base.sha256) {

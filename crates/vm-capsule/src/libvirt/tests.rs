@@ -226,7 +226,7 @@ fn overlay_over_node_image(n: &Node, images: &Path) -> String {
     fs::set_permissions(images, fs::Permissions::from_mode(0o755)).unwrap();
     let base = images.join("os.raw");
     fs::File::create(&base).unwrap().set_len(4 << 20).unwrap();
-    let sum = crate::template::build::sha256_file(&base).unwrap();
+    let sum = crate::digest::sha256_file(&base).unwrap();
     fs::write(images.join("os.raw.sha256"), format!("{sum}  os.raw\n")).unwrap();
     crate::template::overlay::create_overlay(
         &n.sandbox.join("os.overlay.qcow2"),
@@ -294,10 +294,8 @@ fn an_overlay_gets_the_node_image_below_it_and_nothing_else() {
         "{line}"
     );
     let n = Node::new(&["data.qcow2"]);
-    let extra = overlay_over_node_image(&n, &images).replace(
-        &crate::template::build::sha256_file(&base).unwrap(),
-        &"0".repeat(64),
-    );
+    let extra = overlay_over_node_image(&n, &images)
+        .replace(&crate::digest::sha256_file(&base).unwrap(), &"0".repeat(64));
     let line = refused(decide(&ad(&n.sandbox, &extra), &node_config(Some(&images))));
     assert!(line.contains("the job needs 0000"), "{line}");
 

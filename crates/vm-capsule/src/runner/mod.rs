@@ -24,7 +24,7 @@ mod wait;
 
 pub use pvh::{uncompressed_kernel, PvhKernel};
 pub use qemu::{qemu_command, Hardening, QEMU, TB_SIZE_MIB};
-pub use spec::{is_plain_name, Drive, VmSpec};
+pub use spec::{Drive, VmSpec};
 use wait::Waited;
 
 /// How QEMU accelerates the guest.

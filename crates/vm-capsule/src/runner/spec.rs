@@ -14,6 +14,7 @@ use classad::{ClassAd, Value};
 
 use super::RunError;
 use crate::boot::DirectBoot;
+use crate::routed::is_plain_name;
 use crate::template::{parse_vm_disks, Vmx};
 
 /// A disk QEMU attaches.
@@ -50,16 +51,6 @@ pub struct VmSpec {
 
 /// Largest `.vmx` read (a real one is a few KiB).
 const MAX_VMX_BYTES: u64 = 1 << 20;
-
-/// Whether `name` is a plain file name: one component, not `.` or `..`, and nothing QEMU's
-/// option syntax gives a meaning (`,`).
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', ',', '\0'])
-}
 
 /// `name`, named by `attr`, when it is a plain file name.
 fn plain(attr: &str, name: &str) -> Result<(), RunError> {

@@ -17,16 +17,15 @@ pub mod initramfs;
 pub mod rootfs;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub use crate::nocloud::AgentStart;
 
+use crate::digest::{sha256_file, sha256_hex};
 use crate::template::TEMPLATE_SUBDIR;
 
 /// Progress lines for the user (`template build: ...`).
@@ -262,33 +261,6 @@ pub(crate) fn tool_output(cmd: &mut Command, tool: &str) -> Result<String, Build
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// sha256 of `bytes`, lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// sha256 of a file's contents, lower-case hex.
-///
-/// # Errors
-/// I/O errors reading it.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(buf.get(..n).unwrap_or_default());
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A UUID-shaped string derived from `seed` (stable across builds of the same recipe).

@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{run_tool, sha256_hex, AgentStart, BuildError, Progress};
+use super::{run_tool, AgentStart, BuildError, Progress};
+use crate::digest::sha256_hex;
 
 /// Kernel modules the initramfs loads to reach an ext4 root on virtio, SCSI, IDE or SATA
 /// (`MODULES=list`: the image is for VMs, not for the build host `MODULES=dep` would inspect).

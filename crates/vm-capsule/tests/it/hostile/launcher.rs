@@ -26,7 +26,7 @@ fn node_image_job(name: &str, cluster: i64) -> (Pool, ClassAd, PathBuf) {
     let node = pool.root.path().join("node-images");
     fs::create_dir(&node).unwrap();
     let os = pool.root.path().join("template/condor_vm_capsule/os.qcow2");
-    let sum = vm_capsule::template::build::sha256_file(&os).unwrap();
+    let sum = vm_capsule::digest::sha256_file(&os).unwrap();
     fs::write(
         os.with_extension("qcow2.sha256"),
         format!("{sum}  os.qcow2\n"),
