@@ -241,26 +241,12 @@ impl ConfigSource {
         env: impl IntoIterator<Item = (String, String)>,
         exe: Option<PathBuf>,
     ) -> Settings {
-        let mut pairs: BTreeMap<String, String> = match self {
-            ConfigSource::File(_, vars) => vars
-                .iter()
-                .filter(|(k, _)| k.starts_with("VM_CAPSULE_"))
-                .map(|(k, v)| (k.clone(), expand_vars(v, vars)))
-                .collect(),
-            ConfigSource::Tool(_) => {
-                return Settings::load(None, env, exe.clone())
-                    .unwrap_or_else(|e| Settings::unreadable(e.to_string()).with_exe(exe));
-            }
-            ConfigSource::Missing(_) => BTreeMap::new(),
-        };
-        for (k, v) in env {
-            if let Some(knob) = k.strip_prefix("_CONDOR_") {
-                if knob.to_ascii_uppercase().starts_with("VM_CAPSULE_") {
-                    pairs.insert(knob.to_ascii_uppercase(), v);
-                }
-            }
+        match self {
+            ConfigSource::File(_, vars) => Settings::from_config(vars, env, exe),
+            ConfigSource::Tool(_) => Settings::load(None, env, exe.clone())
+                .unwrap_or_else(|e| Settings::unreadable(e.to_string()).with_exe(exe)),
+            ConfigSource::Missing(_) => Settings::from_config(&BTreeMap::new(), env, exe),
         }
-        Settings::from_pairs(pairs).with_exe(exe)
     }
 
     /// `VM_CAPSULE_FLAVOUR`, lower case: the flavour the shipped route offers.

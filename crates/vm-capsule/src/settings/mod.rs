@@ -25,6 +25,9 @@ pub use projections::{
     RunSettings, TranslateSettings, WhichLog,
 };
 
+/// The prefix of every knob's name.
+const PREFIX: &str = "VM_CAPSULE_";
+
 /// Configuration that cannot be read, or a knob whose value is wrong.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -107,19 +110,47 @@ impl Settings {
                 }
             },
         };
+        Ok(Settings {
+            source,
+            source_problem,
+            ..Settings::from_values(&mut values, env, exe)
+        })
+    }
+
+    /// Settings from the variables of an HTCondor configuration read by the caller (`doctor`
+    /// given a file: upper-case names, unexpanded), then `_CONDOR_*` overrides from `env`.
+    pub fn from_config(
+        vars: &BTreeMap<String, String>,
+        env: impl IntoIterator<Item = (String, String)>,
+        exe: Option<PathBuf>,
+    ) -> Settings {
+        let mut values = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .map(|(k, v)| (k.clone(), crate::condor_config::expand_vars(v, vars)))
+            .collect();
+        Settings::from_values(&mut values, env, exe)
+    }
+
+    /// Our knobs of `values`, with `_CONDOR_*` overrides from `env`.
+    fn from_values(
+        values: &mut BTreeMap<String, String>,
+        env: impl IntoIterator<Item = (String, String)>,
+        exe: Option<PathBuf>,
+    ) -> Settings {
         for (name, value) in env {
             if let Some(knob) = name.strip_prefix("_CONDOR_") {
                 values.insert(knob.to_ascii_uppercase(), value);
             }
         }
-        values.retain(|k, _| k.starts_with("VM_CAPSULE_"));
-        Ok(Settings {
-            warnings: unknown_knobs(&values),
-            values,
+        values.retain(|k, _| k.starts_with(PREFIX));
+        Settings {
+            warnings: unknown_knobs(values),
+            values: std::mem::take(values),
             exe,
-            source,
-            source_problem,
-        })
+            source: "literal values".to_owned(),
+            source_problem: None,
+        }
     }
 
     /// Settings from literal values (tests, `doctor` reading a file, `template check`), with a
@@ -265,7 +296,7 @@ impl Settings {
 fn unknown_knobs(values: &BTreeMap<String, String>) -> Vec<String> {
     values
         .keys()
-        .filter(|name| name.starts_with("VM_CAPSULE_") && knobs::find(name).is_none())
+        .filter(|name| name.starts_with(PREFIX) && knobs::find(name).is_none())
         .map(|name| {
             format!(
                 "unknown knob {name} is ignored (the known ones: `vm-capsule install-hooks --print`, docs/ADMIN.md)"
