@@ -1,7 +1,7 @@
 //! vm-capsule: run HTCondor vanilla jobs inside virtual machines through JobRouter hooks.
 //!
 //! The library holds the domain logic the `vm-capsule` binary wires together: the knobs
-//! ([`config`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
+//! ([`settings`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
 //! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
 //! ([`scratch`]) and who they run as ([`identity`]), and the local execute node
 //! ([`runner`], [`extract`]).
