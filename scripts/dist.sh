@@ -75,6 +75,8 @@ install -d -m 0755 "$ROOT/usr/share/man/man1"
 for page in "$gen"/man/*.1; do
     gzip -9n < "$page" > "$ROOT/usr/share/man/man1/$(basename "$page").gz"
 done
+install -d -m 0755 "$ROOT/usr/share/man/man5"
+gzip -9n < "$gen/man/vm-capsule-knobs.5" > "$ROOT/usr/share/man/man5/vm-capsule-knobs.5.gz"
 install -D -m 0644 "$gen/comp/vm-capsule.bash" "$ROOT/usr/share/bash-completion/completions/vm-capsule"
 install -D -m 0644 "$gen/comp/_vm-capsule" "$ROOT/usr/share/zsh/vendor-completions/_vm-capsule"
 install -D -m 0644 "$gen/comp/vm-capsule.fish" "$ROOT/usr/share/fish/vendor_completions.d/vm-capsule.fish"

@@ -35,7 +35,7 @@ for round in $(seq "$rounds"); do
   for tb in 64 0; do
     routed=$(printf '[ Name = "bench"; TargetUniverse = 13 ]\n------\n%s\n' "$ad" | "$exe" translate --config "$work/vm-capsule.conf" 2>/dev/null)
     echo "$routed" > "$work/routed.ad"
-    VM_CAPSULE_TCG_TB_MIB=$tb /usr/bin/time -f "%M %e" -o "$work/time" \
+    _CONDOR_VM_CAPSULE_TCG_TB_MIB=$tb /usr/bin/time -f "%M %e" -o "$work/time" \
         "$exe" run "$work/routed.ad" --accel tcg --timeout 400 >/dev/null 2>&1
     out=$(tail -n 1 "$work/time")
     echo "round $round tb-size $( [ "$tb" = 0 ] && echo qemu-default || echo "${tb}MiB" ) peak-rss-kib ${out% *} wall-s ${out#* }"

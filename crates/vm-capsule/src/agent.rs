@@ -13,7 +13,7 @@ use std::process::Command;
 use thiserror::Error;
 
 /// The knob naming the agent.
-pub const AGENT_KNOB: &str = "VM_CAPSULE_INIT_SCRIPT_PATH";
+pub const AGENT_KNOB: &str = crate::settings::knobs::INIT_SCRIPT_PATH.name;
 /// ELF `e_machine` of x86_64.
 const EM_X86_64: u16 = 62;
 /// ELF program header type of the dynamic loader's path.

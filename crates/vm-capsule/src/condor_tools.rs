@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::expand_vars;
+use crate::condor_config::{expand_vars, with_self_reference, LogicalLines};
 
 /// HTCondor's default configuration file when `CONDOR_CONFIG` is unset.
 pub const DEFAULT_CONDOR_CONFIG: &str = "/etc/condor/condor_config";
@@ -281,16 +281,8 @@ fn scan_file(file: &Path, vars: &mut BTreeMap<String, String>) {
 /// Add the assignments of `text` to `vars`: `NAME = value` and `NAME @=tag` blocks (the
 /// value keeps its line breaks); other statements are skipped (see [`read_condor_config`]).
 pub fn scan_assignments(text: &str, vars: &mut BTreeMap<String, String>) {
-    let mut lines = text.lines();
-    let mut pending = String::new();
-    while let Some(line) = lines.next() {
-        let line = line.trim_end();
-        if let Some(stripped) = line.strip_suffix('\\') {
-            pending.push_str(stripped);
-            continue;
-        }
-        pending.push_str(line);
-        let full = std::mem::take(&mut pending);
+    let mut lines = LogicalLines::new(text);
+    while let Some((_, full)) = lines.next() {
         let trimmed = full.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
@@ -299,7 +291,7 @@ pub fn scan_assignments(text: &str, vars: &mut BTreeMap<String, String>) {
         if let Some((name, tag)) = trimmed.split_once("@=") {
             let end = format!("@{}", tag.trim());
             let mut value = Vec::new();
-            for l in lines.by_ref() {
+            while let Some(l) = lines.next_physical() {
                 if l.trim() == end {
                     break;
                 }
@@ -317,11 +309,8 @@ pub fn scan_assignments(text: &str, vars: &mut BTreeMap<String, String>) {
         let name = name.trim();
         if is_knob_name(name) {
             let name = name.to_ascii_uppercase();
-            let value = crate::config::with_self_reference(
-                &name,
-                value.trim(),
-                vars.get(&name).map(String::as_str),
-            );
+            let value =
+                with_self_reference(&name, value.trim(), vars.get(&name).map(String::as_str));
             vars.insert(name, value);
         }
     }

@@ -4,12 +4,15 @@
 
 use nix::unistd::{Uid, User};
 
+/// The knob that lifts the check, for errors.
+const TEST_KNOB: &str = crate::settings::knobs::TEST_ANY_USER.name;
+
 /// Why the hook must not act for this job.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
     /// Running as root.
-    #[error("refusing to run as root: the JobRouter runs hooks as the job's owner ({owner}); run the hook as that user (VM_CAPSULE_TEST_ANY_USER is for tests only)")]
+    #[error("refusing to run as root: the JobRouter runs hooks as the job's owner ({owner}); run the hook as that user ({TEST_KNOB} is for tests only)")]
     Root {
         /// The job's owner.
         owner: String,

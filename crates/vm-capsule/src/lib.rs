@@ -1,7 +1,7 @@
 //! vm-capsule: run HTCondor vanilla jobs inside virtual machines through JobRouter hooks.
 //!
 //! The library holds the domain logic the `vm-capsule` binary wires together: the knobs
-//! ([`config`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
+//! ([`settings`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
 //! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
 //! ([`scratch`]) and who they run as ([`identity`]), and the local execute node
 //! ([`runner`], [`extract`]).
@@ -11,8 +11,8 @@ pub mod agent;
 pub mod boot;
 pub mod capsule;
 pub mod chirp;
+pub mod condor_config;
 pub mod condor_tools;
-pub mod config;
 pub mod digest;
 pub mod doctor;
 pub mod exit;
@@ -31,6 +31,7 @@ pub mod run_files;
 pub mod runner;
 pub mod sandbox;
 pub mod scratch;
+pub mod settings;
 pub mod snippet;
 pub mod template;
 pub mod text;

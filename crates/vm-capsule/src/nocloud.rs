@@ -9,8 +9,6 @@
 //! and `/tmp` may be noexec), runs it on the disk, and asks cloud-init to power the VM off
 //! through systemd whatever happened (`power_state`).
 
-use crate::config::ConfigError;
-
 /// Who starts the guest agent at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AgentStart {
@@ -21,9 +19,6 @@ pub enum AgentStart {
     /// cloud-init does, from a NoCloud seed on the data disk (labelled [`NOCLOUD_LABEL`]).
     CloudInit,
 }
-
-/// The knob.
-pub const KNOB: &str = "VM_CAPSULE_AGENT_START";
 
 /// The vanilla flavour's capsule ad says `cloud-init` here, so the launcher writes the seed.
 pub const ATTR_AGENT_START: &str = "VMCapsuleAgentStart";
@@ -37,24 +32,17 @@ const SEED_MOUNT: &str = "/var/lib/capsule-seed";
 const AGENT_COPY: &str = "/var/lib/capsule-agent";
 
 impl AgentStart {
-    /// Read [`KNOB`] (`image`, the default, or `cloud-init`).
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] for any other value.
-    pub fn from_knob(value: Option<&str>) -> Result<AgentStart, ConfigError> {
+    /// Read a word (the capsule ad's [`ATTR_AGENT_START`], the knob's checked value):
+    /// `cloud-init` (or `cloudinit`), case-insensitive, is [`AgentStart::CloudInit`], anything
+    /// else [`AgentStart::Image`].
+    pub fn from_word(value: Option<&str>) -> AgentStart {
         match value.map(str::trim) {
-            None => Ok(AgentStart::Image),
-            Some(v) if v.eq_ignore_ascii_case("image") => Ok(AgentStart::Image),
             Some(v)
                 if v.eq_ignore_ascii_case("cloud-init") || v.eq_ignore_ascii_case("cloudinit") =>
             {
-                Ok(AgentStart::CloudInit)
+                AgentStart::CloudInit
             }
-            Some(v) => Err(ConfigError::Invalid {
-                knob: KNOB,
-                value: v.to_owned(),
-                expected: "image or cloud-init",
-            }),
+            _ => AgentStart::Image,
         }
     }
 }
@@ -107,22 +95,6 @@ pub fn meta_data(instance_id: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn knob_values() {
-        assert_eq!(AgentStart::from_knob(None).unwrap(), AgentStart::Image);
-        assert_eq!(
-            AgentStart::from_knob(Some(" Cloud-Init ")).unwrap(),
-            AgentStart::CloudInit
-        );
-        let e = AgentStart::from_knob(Some("systemd"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "VM_CAPSULE_AGENT_START = \"systemd\" is not image or cloud-init"
-        );
-    }
 
     #[test]
     fn user_data_is_yaml_cloud_init_reads() {

@@ -23,7 +23,7 @@ use crate::template::overlay::create_overlay;
 use crate::template::{Flavour, Template, TemplateDisk};
 
 /// The knob: the directory holding the OS disks on every execute node.
-pub const KNOB: &str = "VM_CAPSULE_NODE_IMAGE_DIR";
+pub const KNOB: &str = crate::settings::knobs::NODE_IMAGE_DIR.name;
 /// Routed-ad attribute: the OS disk(s) on the node, comma-separated absolute paths.
 pub const BASE_ATTR: &str = "VMCapsuleBaseImage";
 /// Routed-ad attribute: their sha256 sums, in the same order.

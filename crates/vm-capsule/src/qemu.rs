@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// The knob naming QEMU.
-pub const QEMU_KNOB: &str = "VM_CAPSULE_QEMU";
+pub const QEMU_KNOB: &str = crate::settings::knobs::QEMU.name;
 /// QEMU's name on `PATH`.
 pub const QEMU_NAME: &str = "qemu-system-x86_64";
 /// Where RHEL puts QEMU.
@@ -76,12 +76,12 @@ pub fn find_qemu(knob: Option<&str>, path: Option<&OsStr>) -> Result<PathBuf, Qe
     })
 }
 
-/// Find QEMU for this process: the knob from `knobs`, this process's `PATH`.
+/// Find QEMU for this process: `knob` (the value of `VM_CAPSULE_QEMU`), this process's `PATH`.
 ///
 /// # Errors
 /// [`QemuNotFound`] saying where it looked.
-pub fn find_qemu_here(knobs: &crate::config::Knobs) -> Result<PathBuf, QemuNotFound> {
-    find_qemu(knobs.get(QEMU_KNOB), std::env::var_os("PATH").as_deref())
+pub fn find_qemu_here(knob: Option<&str>) -> Result<PathBuf, QemuNotFound> {
+    find_qemu(knob, std::env::var_os("PATH").as_deref())
 }
 
 fn on_path(name: &str, path: &OsStr) -> Option<PathBuf> {

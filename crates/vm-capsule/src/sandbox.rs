@@ -143,10 +143,9 @@ pub fn make_data_disk(
     };
     let inputs = inputs(sandbox, &manifest)?;
     // A cloud image's NoCloud seed, made here as translate makes it for the VM universe.
-    let start = crate::nocloud::AgentStart::from_knob(
+    let start = crate::nocloud::AgentStart::from_word(
         string_attr(capsule, crate::nocloud::ATTR_AGENT_START).as_deref(),
-    )
-    .unwrap_or_default();
+    );
     let job_id = original_job(capsule)?;
     let seed = crate::nocloud::seed_files(start, &manifest.user, &job_id);
     let contents = DiskContents {

@@ -10,7 +10,8 @@ use std::ffi::{OsStr, OsString};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::KNOBS;
+use crate::settings::knobs::{DefaultValue, Knob};
+use crate::settings::{knobs, KNOBS};
 
 /// The hook names, as executables and subcommands, with their HTCondor knob suffixes.
 pub const HOOKS: [(&str, &str); 4] = [
@@ -144,13 +145,13 @@ JOB_ROUTER_HOOK_KEYWORD = {kw}
 #{kw}_HOOK_JOB_EXIT = {finalize}
 
 # Users add one line, +WantJobRouter = true; the pool decides how the VM runs. The one
-# route below is the flavour this pool offers (VM_CAPSULE_FLAVOUR):
+# route below is the flavour this pool offers ({flavour_knob}):
 #   vanilla  the routed job is a vanilla job whose executable boots the VM with QEMU inside
 #            an ordinary slot: any execute node with QEMU and this package (the startd
 #            probe below advertises it);
 #   vm       the routed job is a VM-universe job: execute nodes with libvirt (VM_TYPE).
-VM_CAPSULE_FLAVOUR = vanilla
-JOB_ROUTER_ROUTE_NAMES = $(JOB_ROUTER_ROUTE_NAMES) VMCapsule_$(VM_CAPSULE_FLAVOUR)
+{flavour_knob} = vanilla
+JOB_ROUTER_ROUTE_NAMES = $(JOB_ROUTER_ROUTE_NAMES) VMCapsule_$({flavour_knob})
 # A route MUST say its universe: the router applies it after the hook.
 JOB_ROUTER_ROUTE_VMCapsule_vanilla @=rt
   UNIVERSE VANILLA
@@ -191,48 +192,63 @@ LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 # classad-template.ad read from there). Make one in place, as root:
 #   {program} template build --debian bookworm {state}/template
 # (TEMPLATES.md in /usr/share/doc/vm-capsule has this and the other ways).
-VM_CAPSULE_TEMPLATE = {state}/template
+{template_knob} = {state}/template
 # Per-job scratch dirs, <prefix>/<owner>/<job>.XXXXXX; create once: install -d -m 1777 <prefix>
-VM_CAPSULE_SCRATCH_DIR_PREFIX = {state}/scratch
+{scratch_dir_prefix_knob} = {state}/scratch
 # Hook logs, one file per job owner (<file>.<owner>); create the directory once:
 # install -d -m 1777 /var/log/vm-capsule
-VM_CAPSULE_TRANSLATE_LOG = /var/log/vm-capsule/TranslateLog
-VM_CAPSULE_EXIT_LOG = /var/log/vm-capsule/ExitLog
+{translate_log_knob} = {translate_log}
+{exit_log_knob} = {exit_log}
 # The static guest agent put on each data disk, and the launcher of vanilla-flavour jobs.
-VM_CAPSULE_INIT_SCRIPT_PATH = {agent}
-VM_CAPSULE_LAUNCHER_PATH = {launcher}
+{init_script_path_knob} = {agent}
+{launcher_path_knob} = {launcher}
 ",
             finalize = self.link("finalize").display(),
             program = self.program.display(),
             state = STATE_DIR,
             agent = self.agent.display(),
             launcher = self.program.display(),
+            flavour_knob = knobs::FLAVOUR.name,
+            template_knob = knobs::TEMPLATE.name,
+            scratch_dir_prefix_knob = knobs::SCRATCH_DIR_PREFIX.name,
+            translate_log_knob = knobs::TRANSLATE_LOG.name,
+            translate_log = default_value(&knobs::TRANSLATE_LOG),
+            exit_log_knob = knobs::EXIT_LOG.name,
+            exit_log = default_value(&knobs::EXIT_LOG),
+            init_script_path_knob = knobs::INIT_SCRIPT_PATH.name,
+            launcher_path_knob = knobs::LAUNCHER_PATH.name,
         );
-        let set = [
-            "VM_CAPSULE_TEMPLATE",
-            "VM_CAPSULE_SCRATCH_DIR_PREFIX",
-            "VM_CAPSULE_TRANSLATE_LOG",
-            "VM_CAPSULE_EXIT_LOG",
-            "VM_CAPSULE_INIT_SCRIPT_PATH",
-            "VM_CAPSULE_LAUNCHER_PATH",
-            "VM_CAPSULE_FLAVOUR",
-        ];
-        let _ = writeln!(t, "\n# The others, commented out at their defaults:");
-        for (name, default, meaning) in KNOBS.iter().filter(|(n, _, _)| !set.contains(n)) {
-            let _ = writeln!(t, "# {meaning}");
-            let _ = writeln!(t, "#{name} = {}", default_value(default));
-        }
+        other_knobs(&mut t, &SET_KNOBS);
         t
     }
 }
 
-/// A knob's default as a value to write after `=`: descriptions in parentheses stay a
-/// comment of their own.
-fn default_value(default: &str) -> String {
-    if default.starts_with('(') {
-        format!("   {default}")
-    } else {
-        default.to_owned()
+/// The knobs the snippet sets; the others are listed commented out.
+const SET_KNOBS: [Knob; 7] = [
+    knobs::TEMPLATE,
+    knobs::SCRATCH_DIR_PREFIX,
+    knobs::TRANSLATE_LOG,
+    knobs::EXIT_LOG,
+    knobs::INIT_SCRIPT_PATH,
+    knobs::LAUNCHER_PATH,
+    knobs::FLAVOUR,
+];
+
+/// Every knob but those in `set`, commented out at its default, with what it does.
+fn other_knobs(t: &mut String, set: &[Knob]) {
+    let _ = writeln!(t, "\n# The others, commented out at their defaults:");
+    for knob in KNOBS.iter().filter(|k| !set.contains(k)) {
+        let _ = writeln!(t, "# {}", knob.doc);
+        let _ = writeln!(t, "#{} = {}", knob.name, default_value(knob));
+    }
+}
+
+/// A knob's default as a value to write after `=`: a description stays a comment of its own.
+fn default_value(knob: &Knob) -> String {
+    match knob.default {
+        DefaultValue::Value(v) => v.to_owned(),
+        DefaultValue::Required => "   (required)".to_owned(),
+        DefaultValue::Described(d) => format!("   ({d})"),
     }
 }
 
@@ -294,8 +310,12 @@ mod tests {
     #[test]
     fn every_knob_appears_and_the_active_lines_parse() {
         let text = Snippet::for_dir(Path::new(LIBEXEC_DIR)).render();
-        for (name, _, _) in KNOBS {
-            assert!(text.contains(&format!("{name} = ")), "{name} missing");
+        for knob in KNOBS {
+            assert!(
+                text.contains(&format!("{} = ", knob.name)),
+                "{} missing",
+                knob.name
+            );
         }
         assert!(text.contains(
             "VMCAPSULE_HOOK_TRANSLATE_JOB = /usr/libexec/vm-capsule/vm-capsule-translate"
@@ -326,7 +346,8 @@ mod tests {
                 plain.push('\n');
             }
         }
-        let vars = crate::config::parse_config(&plain, Path::new("50-vm-capsule.conf")).unwrap();
+        let vars =
+            crate::condor_config::parse_config(&plain, Path::new("50-vm-capsule.conf")).unwrap();
         assert_eq!(
             vars.get("VM_CAPSULE_INIT_SCRIPT_PATH").map(String::as_str),
             Some("/usr/libexec/vm-capsule/capsule-init")

@@ -17,6 +17,7 @@ use clap::Args;
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::{ClassAd, Expr};
 use vm_capsule::runner::{run, Accel, RunOptions};
+use vm_capsule::settings::knobs;
 
 /// Arguments of `demo`.
 #[derive(Debug, Args)]
@@ -89,6 +90,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         qemu: None,
         workdir: None,
         cancel: None,
+        tb_size_mib: vm_capsule::settings::knobs::TCG_TB_MIB
+            .default_number()
+            .unwrap_or_default(),
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;
     clock.step(&format!(
@@ -305,23 +309,26 @@ fn write_template(dir: &Path, guest: &Path, clock: &Clock) -> Result<PathBuf> {
     fs::create_dir_all(&scratch)?;
     // Hooks refuse to run as root; the demo plays the router and the job's owner at once, so
     // run as root it says so with the test knob.
-    let as_root = if rustix::process::geteuid().is_root() {
-        "# the demo runs as root and plays the job's owner too\nVM_CAPSULE_TEST_ANY_USER = true\n"
-    } else {
-        ""
-    };
+    let mut text = "# knobs as an admin would set them (docs/ADMIN.md)\n".to_owned();
+    let set = [
+        (knobs::TEMPLATE, dir.join("template")),
+        (knobs::SCRATCH_DIR_PREFIX, scratch),
+        (knobs::INIT_SCRIPT_PATH, guest.join("capsule-init")),
+        (knobs::TRANSLATE_LOG, dir.join("translate.log")),
+        (knobs::EXIT_LOG, dir.join("exit.log")),
+        (knobs::VM_MEMORY_MB, "256".into()),
+    ];
+    for (knob, value) in set {
+        text.push_str(&format!("{} = {}\n", knob.name, value.display()));
+    }
+    if rustix::process::geteuid().is_root() {
+        text.push_str(&format!(
+            "# the demo runs as root and plays the job's owner too\n{} = true\n",
+            knobs::TEST_ANY_USER.name
+        ));
+    }
     let config = dir.join("vm-capsule.conf");
-    fs::write(
-        &config,
-        format!(
-            "# knobs as an admin would set them (docs/ADMIN.md)\nVM_CAPSULE_TEMPLATE = {}\nVM_CAPSULE_SCRATCH_DIR_PREFIX = {}\nVM_CAPSULE_INIT_SCRIPT_PATH = {}\nVM_CAPSULE_TRANSLATE_LOG = {}\nVM_CAPSULE_EXIT_LOG = {}\nVM_CAPSULE_VM_MEMORY_MB = 256\n{as_root}",
-            dir.join("template").display(),
-            scratch.display(),
-            guest.join("capsule-init").display(),
-            dir.join("translate.log").display(),
-            dir.join("exit.log").display(),
-        ),
-    )?;
+    fs::write(&config, text)?;
     clock.step(&format!(
         "template: {} (test guest kernel + initrd, qcow2 data disk)",
         template.display()

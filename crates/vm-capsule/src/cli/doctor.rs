@@ -60,14 +60,14 @@ pub fn run_doctor(args: &DoctorArgs) -> Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut report = Report::default();
+    let settings = config.settings(env, std::env::current_exe().ok());
     if args.side != Which::Execute {
-        submit::check(&config, &env, &args.package_config, &mut report);
+        submit::check(&config, &settings, &args.package_config, &mut report);
     }
     if args.side != Which::Submit {
-        let knobs = config.knobs(env.iter().cloned());
         execute::check(
             &config,
-            &knobs,
+            &settings,
             user.as_ref(),
             &args.package_config,
             &mut report,

@@ -1,5 +1,6 @@
-//! `vm-capsule generate`: man pages and shell completions from the clap definitions, for the
-//! packages (`scripts/dist.sh`).
+//! `vm-capsule generate`: man pages and shell completions from the clap definitions, the
+//! `vm-capsule-knobs(5)` page and the Markdown knob table from the knob table, for the
+//! packages (`scripts/dist.sh`) and the docs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +18,9 @@ pub struct GenerateArgs {
     /// Write bash, zsh and fish completions here.
     #[arg(long, value_name = "DIR")]
     completions_dir: Option<PathBuf>,
+    /// Print the knob table as Markdown, as README.md and docs/ADMIN.md carry it.
+    #[arg(long)]
+    knobs_markdown: bool,
 }
 
 /// Write what was asked for.
@@ -25,6 +29,12 @@ pub fn run_generate(args: &GenerateArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.man_dir {
         create(dir)?;
         man_pages(&cmd, dir)?;
+        let path = dir.join("vm-capsule-knobs.5");
+        let page = vm_capsule::settings::docs::man_page(env!("CARGO_PKG_VERSION"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.knobs_markdown {
+        print!("{}", vm_capsule::settings::docs::markdown());
     }
     if let Some(dir) = &args.completions_dir {
         create(dir)?;

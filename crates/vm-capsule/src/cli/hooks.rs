@@ -5,7 +5,7 @@
 //! (links made by `install-hooks`) dispatch here by `argv[0]`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,16 +13,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use vm_capsule::agent;
-use vm_capsule::config::Knobs;
-use vm_capsule::hooks::finalize::FinalizeConfig;
-use vm_capsule::hooks::log::{
-    owner_name, HookLog, LogOptions, DEFAULT_LOG_DIR, DEFAULT_MAX_LOG_BYTES,
-};
-use vm_capsule::hooks::translate::{
-    hold_original, translate, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
-};
+use vm_capsule::hooks::log::{owner_name, HookLog, LogOptions};
+use vm_capsule::hooks::translate::{hold_original, translate};
 use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update, watchdog};
-use vm_capsule::scratch::ScratchPrefix;
+use vm_capsule::settings::{knobs, Settings, WhichLog};
 
 /// Options every hook takes.
 #[derive(Debug, Args)]
@@ -36,71 +30,56 @@ pub struct HookArgs {
     debug: bool,
 }
 
-fn knobs(args: &HookArgs) -> Result<Knobs> {
-    Knobs::load(args.config.as_deref(), std::env::vars()).context("cannot read the configuration")
+/// The hooks' edge: the knobs, read once, and the running program.
+fn settings(args: &HookArgs) -> Result<Settings> {
+    Settings::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        std::env::current_exe().ok(),
+    )
+    .context("cannot read the configuration")
 }
-
-/// Which log a hook writes.
-struct LogKnobs {
-    file: &'static str,
-    max: &'static str,
-    default_name: &'static str,
-}
-
-const TRANSLATE_LOG: LogKnobs = LogKnobs {
-    file: "VM_CAPSULE_TRANSLATE_LOG",
-    max: "VM_CAPSULE_MAX_TRANSLATE_LOG",
-    default_name: "TranslateLog",
-};
-const EXIT_LOG: LogKnobs = LogKnobs {
-    file: "VM_CAPSULE_EXIT_LOG",
-    max: "VM_CAPSULE_MAX_EXIT_LOG",
-    default_name: "ExitLog",
-};
 
 /// The log of `hook`: the owner's file named by the knobs, about the job on `stdin`.
 fn hook_log(
     hook: &'static str,
-    which: &LogKnobs,
-    knobs: &Knobs,
+    which: WhichLog,
+    settings: &Settings,
     args: &HookArgs,
     stdin: Option<&str>,
 ) -> HookLog {
     let (job, owner) = stdin.map(job_of).unwrap_or_default();
-    let mut problems = Vec::new();
-    let max_bytes = knobs.number(which.max).unwrap_or_else(|e| {
-        problems.push(e.to_string());
-        None
-    });
-    let debug = knobs.flag("VM_CAPSULE_DEBUG").unwrap_or_else(|e| {
-        problems.push(e.to_string());
-        false
-    });
+    let (log_settings, problems) = settings.hook_log(which);
     let opts = LogOptions {
-        base: Some(
-            knobs
-                .path(which.file)
-                .unwrap_or_else(|| Path::new(DEFAULT_LOG_DIR).join(which.default_name)),
-        ),
+        base: Some(log_settings.base),
         owner: owner_name(owner.as_deref()),
-        max_bytes: max_bytes.unwrap_or(DEFAULT_MAX_LOG_BYTES),
-        debug: args.debug || debug,
+        max_bytes: log_settings.max_bytes,
+        debug: args.debug || log_settings.debug,
     };
     let mut log = HookLog::with_options(hook, &opts);
     if let Some(id) = job {
         log.set_job(&id);
     }
     for p in problems {
-        log.warn(&p);
+        log.warn(&p.to_string());
     }
-    for w in &knobs.warnings {
+    for w in &settings.warnings {
         log.warn(w);
     }
-    log.debug(&format!("knobs from {}", knobs.source));
-    if let Some(p) = &knobs.source_problem {
+    log.debug(&format!("knobs from {}", settings.source));
+    if let Some(p) = &settings.source_problem {
         log.info(&format!("the HTCondor configuration was not read: {p}"));
     }
     log
+}
+
+/// Why a configuration error may be about an unset knob: the configuration was not read.
+fn unread_because(settings: &Settings) -> String {
+    settings
+        .source_problem
+        .as_ref()
+        .map(|p| format!(" (the HTCondor configuration was not read: {p})"))
+        .unwrap_or_default()
 }
 
 /// The job a hook's stdin is about (`RoutedFromJobId` of a routed ad, else `ClusterId.ProcId`
@@ -136,22 +115,22 @@ const ALARM_PERIOD: Duration = Duration::from_secs(10);
 
 /// The translate hook.
 pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
-    let knobs = knobs(args)?;
-    let cfg = TranslateConfig::from_knobs(&knobs);
-    let limit = cfg
-        .as_ref()
-        .map_or(DEFAULT_HOOK_TIMEOUT_SECS, |c| c.hook_timeout_secs);
-    watchdog::arm(Duration::from_secs(limit), 1, move || {
+    let settings = settings(args)?;
+    let cfg = settings.translate();
+    let limit = settings.hook_timeout();
+    watchdog::arm(limit, 1, move || {
         eprintln!(
-            "vm-capsule translate: error: did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); the JobRouter will try again"
+            "vm-capsule translate: error: did not finish within {} s ({}); the JobRouter will try again",
+            limit.as_secs(),
+            knobs::HOOK_TIMEOUT.name
         );
     });
     // stdin first: the log is the job owner's and names the job.
     let stdin = read_stdin(std::io::stdin());
     let mut log = hook_log(
         "translate",
-        &TRANSLATE_LOG,
-        &knobs,
+        WhichLog::Translate,
+        &settings,
         args,
         stdin.as_deref().ok(),
     );
@@ -159,11 +138,7 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
         Ok(c) => c,
         Err(e) => {
             // An admin problem, not the job's: let the router retry after the fix.
-            let why = knobs
-                .source_problem
-                .as_ref()
-                .map(|p| format!(" (the HTCondor configuration was not read: {p})"))
-                .unwrap_or_default();
+            let why = unread_because(&settings);
             log.alarm(
                 &format!("{e:#}{why}; the job stays idle until this is fixed"),
                 ALARM_PERIOD,
@@ -216,37 +191,50 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
 }
 
 /// The finalize hook: exits 0 on every input (a non-zero exit loses the terminate event).
+/// A configuration it cannot use is reported like any other failure, in the attributes; the
+/// job's outputs stay in its scratch dir, which cleanup keeps while the configuration is wrong.
 pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
-    let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
-    let limit = knobs
-        .number("VM_CAPSULE_HOOK_TIMEOUT")
-        .ok()
-        .flatten()
-        .unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS);
-    watchdog::arm(Duration::from_secs(limit), 0, move || {
+    let settings = settings(args);
+    let limit = settings.as_ref().map_or_else(
+        |_| Settings::default().hook_timeout(),
+        Settings::hook_timeout,
+    );
+    watchdog::arm(limit, 0, move || {
         let mut attrs = classad::ClassAd::new();
         finalize::failure_attributes(
             &mut attrs,
-            &format!("finalize did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); outputs may be incomplete"),
+            &format!(
+                "finalize did not finish within {} s ({}); outputs may be incomplete",
+                limit.as_secs(),
+                knobs::HOOK_TIMEOUT.name
+            ),
             None,
         );
         let _ = ad_lines(&attrs).map(|t| stdout_write(&t));
     });
-    let cfg = FinalizeConfig {
-        prefix: ScratchPrefix::new(&scratch_prefix(&knobs)),
-        max_disk_bytes: knobs
-            .number("VM_CAPSULE_MAX_DATA_DISK_MB")
-            .ok()
-            .flatten()
-            .unwrap_or(64 * 1024)
-            .saturating_mul(1 << 20),
-        test_any_user: knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false),
-    };
     let stdin = read_stdin(std::io::stdin());
-    let mut log = hook_log("finalize", &EXIT_LOG, &knobs, args, stdin.as_deref().ok());
-    let done = match stdin {
-        Ok(stdin) => finalize::finalize(&stdin, &cfg, &mut log),
-        Err(e) => finalize::failed(&e, &mut log),
+    let unread = Settings::default();
+    let mut log = hook_log(
+        "finalize",
+        WhichLog::Exit,
+        settings.as_ref().unwrap_or(&unread),
+        args,
+        stdin.as_deref().ok(),
+    );
+    let cfg = settings
+        .as_ref()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|s| {
+            s.finalize()
+                .map_err(|e| format!("{e}{}", unread_because(s)))
+        });
+    let done = match (stdin, cfg) {
+        (Ok(stdin), Ok(cfg)) => finalize::finalize(&stdin, &cfg, &mut log),
+        (Err(e), _) => finalize::failed(&e, &mut log),
+        (Ok(_), Err(e)) => finalize::failed(
+            &format!("the vm-capsule configuration on the submit machine is wrong: {e}; the job's outputs were not placed and stay in its scratch dir until an administrator fixes it"),
+            &mut log,
+        ),
     };
     if !watchdog::claim_answer() {
         return Ok(ExitCode::SUCCESS);
@@ -256,37 +244,32 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn scratch_prefix(knobs: &Knobs) -> PathBuf {
-    knobs
-        .path("VM_CAPSULE_SCRATCH_DIR_PREFIX")
-        .unwrap_or_else(|| PathBuf::from("/tmp/vm-capsule"))
-}
-
-/// The cleanup hook: always exits 0 (non-zero would re-run it every poll).
+/// The cleanup hook: always exits 0 (non-zero would re-run it every poll). With a
+/// configuration it cannot use it removes nothing: the error is logged, the dir stays.
 pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
-    let knobs = Knobs::load(args.config.as_deref(), std::env::vars()).unwrap_or_default();
+    let settings = settings(args);
     let stdin = read_stdin(std::io::stdin());
+    let unread = Settings::default();
     let mut log = hook_log(
         "cleanup",
-        &TRANSLATE_LOG,
-        &knobs,
+        WhichLog::Translate,
+        settings.as_ref().unwrap_or(&unread),
         args,
         stdin.as_deref().ok(),
     );
-    let prefix = ScratchPrefix::new(&scratch_prefix(&knobs));
-    let keep_failed = knobs
-        .number("VM_CAPSULE_KEEP_FAILED")
-        .ok()
-        .flatten()
-        .map_or(DEFAULT_KEEP_FAILED, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        });
-    let test_any_user = knobs.flag("VM_CAPSULE_TEST_ANY_USER").unwrap_or(false);
-    match stdin {
-        Ok(stdin) => {
-            cleanup::cleanup(&stdin, &prefix, keep_failed, test_any_user, &mut log);
+    let cfg = settings
+        .as_ref()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|s| s.cleanup().map_err(|e| format!("{e}{}", unread_because(s))));
+    match (stdin, cfg) {
+        (Ok(stdin), Ok(cfg)) => {
+            cleanup::cleanup(&stdin, &cfg, &mut log);
         }
-        Err(e) => log.error(&e),
+        (Err(e), _) => log.error(&e),
+        (Ok(_), Err(e)) => log.alarm(
+            &format!("{e}; scratch dirs are kept until this is fixed"),
+            ALARM_PERIOD,
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,12 +14,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use vm_capsule::config::Knobs;
 use vm_capsule::libvirt::{
     decide, refusal_document, refused_unread, DomainType, NodeConfig, OtherJobs, Outcome,
-    DOMAIN_TYPE_KNOB, OTHER_JOBS_KNOB,
 };
-use vm_capsule::node_image;
+use vm_capsule::settings::Settings;
 
 /// Largest ad accepted on stdin (a job ad is a few KiB).
 const MAX_STDIN: u64 = 1 << 20;
@@ -93,15 +91,13 @@ fn outcome(args: &LibvirtXmlArgs) -> Outcome {
 
 /// This node's side: its own configuration (knobs, `_CONDOR_` overrides) and the arguments.
 fn node_config(args: &LibvirtXmlArgs) -> Result<NodeConfig, String> {
-    let knobs = Knobs::load(args.config.as_deref(), std::env::vars())
+    let settings = Settings::load(args.config.as_deref(), std::env::vars(), None)
+        .and_then(|s| s.libvirt_xml())
         .map_err(|e| format!("cannot read this node's configuration: {e}"))?;
-    let choice = args
-        .domain_type
-        .clone()
-        .unwrap_or_else(|| knobs.get(DOMAIN_TYPE_KNOB).unwrap_or("auto").to_owned());
+    let choice = args.domain_type.as_deref().unwrap_or(settings.domain_type);
     Ok(NodeConfig {
-        domain: DomainType::parse(&choice)?.resolve(),
-        node_image_dir: knobs.path(node_image::KNOB),
-        other_jobs: OtherJobs::parse(knobs.get(OTHER_JOBS_KNOB).unwrap_or("refuse"))?,
+        domain: DomainType::parse(choice)?.resolve(),
+        node_image_dir: settings.node_image_dir,
+        other_jobs: OtherJobs::parse(settings.other_jobs)?,
     })
 }

@@ -12,9 +12,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use vm_capsule::config::Knobs;
 use vm_capsule::probe::Probe;
-use vm_capsule::qemu::QEMU_KNOB;
+use vm_capsule::settings::Settings;
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]
@@ -26,9 +25,10 @@ pub struct ProbeArgs {
 
 /// Print the machine attributes.
 pub fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
-    let knobs = Knobs::load(args.config.as_deref(), std::env::vars())
+    let settings = Settings::load(args.config.as_deref(), std::env::vars(), None)
+        .and_then(|s| s.run())
         .context("cannot read the configuration")?;
-    let probe = Probe::run(knobs.get(QEMU_KNOB));
+    let probe = Probe::run(settings.qemu.as_deref());
     let text = classad::print::ad_to_hook_string(&probe.attributes())
         .context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();

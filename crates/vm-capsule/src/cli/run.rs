@@ -207,13 +207,12 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let settings = vm_capsule::settings::Settings::load(None, std::env::vars(), None)
+        .and_then(|s| s.run())
+        .context("cannot read the configuration")?;
     let qemu = match &args.qemu {
         Some(q) => q.clone(),
-        None => {
-            let knobs = vm_capsule::config::Knobs::load(None, std::env::vars())
-                .context("cannot read the configuration")?;
-            vm_capsule::qemu::find_qemu_here(&knobs)?
-        }
+        None => vm_capsule::qemu::find_qemu_here(settings.qemu.as_deref())?,
     };
     // Our own sandbox, so that we know it to remove or keep whatever happens.
     let sandbox = if args.vanilla || args.in_place {
@@ -244,6 +243,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         qemu: Some(qemu),
         workdir: workdir.clone(),
         cancel: None,
+        tb_size_mib: settings.tcg_tb_mib,
     };
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);

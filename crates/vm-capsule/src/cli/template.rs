@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use vm_capsule::settings::knobs;
 use vm_capsule::template::build::{self, AgentStart, BuildOptions};
 use vm_capsule::template::check::{self, CheckOptions, CheckReport};
 
@@ -158,9 +159,9 @@ fn run_build(a: &BuildArgs) -> Result<ExitCode> {
     // The configuration to use it, on stdout. Its classad-template.ad is read from there
     // without a knob of its own.
     let out = std::path::absolute(&a.out).unwrap_or_else(|_| a.out.clone());
-    println!("VM_CAPSULE_TEMPLATE = {}", out.display());
+    println!("{} = {}", knobs::TEMPLATE.name, out.display());
     if start == AgentStart::CloudInit {
-        println!("VM_CAPSULE_AGENT_START = cloud-init");
+        println!("{} = cloud-init", knobs::AGENT_START.name);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -213,12 +214,12 @@ fn default_agent() -> PathBuf {
 fn run_check(a: &CheckArgs) -> Result<ExitCode> {
     let mut knobs = Vec::new();
     if a.cloud_init {
-        knobs.push(("VM_CAPSULE_AGENT_START".to_owned(), "cloud-init".to_owned()));
+        knobs.push((knobs::AGENT_START.name.to_owned(), "cloud-init".to_owned()));
     }
     let classad = vm_capsule::template::classad_template_for(&a.dir, a.classad_template.clone());
     if let Some(path) = classad {
         knobs.push((
-            "VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE".to_owned(),
+            knobs::CONDOR_CLASSAD_TEMPLATE.name.to_owned(),
             path.display().to_string(),
         ));
     }

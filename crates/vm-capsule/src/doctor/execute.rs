@@ -63,7 +63,7 @@ impl SlotUser {
 /// `package_config` the package's configuration file.
 pub fn check(
     config: &ConfigSource,
-    knobs: &crate::config::Knobs,
+    settings: &crate::settings::Settings,
     user: Option<&SlotUser>,
     package_config: &Path,
     report: &mut Report,
@@ -76,7 +76,16 @@ pub fn check(
     // universe are configuration, and a node that cannot read it is not ready.
     super::check_config_source(&mut s, config);
     super::check_package_config(&mut s, config, package_config);
-    let probe = Probe::run(knobs.get(QEMU_KNOB));
+    // Every knob set for this side, against its type in the table.
+    for (knob, _) in settings.set_knobs() {
+        if knob.side == crate::settings::Side::Execute {
+            if let Err(e) = settings.check(knob) {
+                s.fail(knob.name, e.to_string(), knob.kind.expected());
+            }
+        }
+    }
+    let qemu = settings.run().ok().and_then(|run| run.qemu);
+    let probe = Probe::run(qemu.as_deref());
     match &probe.qemu {
         Ok((path, version)) => s.ok("QEMU", format!("{} (version {version})", path.display())),
         Err(why) => s.fail(

@@ -18,11 +18,12 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::condor_config::expand_vars;
 use crate::condor_tools::read_condor_config;
-use crate::config::expand_vars;
+use crate::settings::Settings;
 
 /// The knob that picks the shipped route (`JOB_ROUTER_ROUTE_NAMES` names `VMCapsule_<it>`).
-pub const FLAVOUR_KNOB: &str = "VM_CAPSULE_FLAVOUR";
+pub const FLAVOUR_KNOB: &str = crate::settings::knobs::FLAVOUR.name;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,27 +234,19 @@ impl ConfigSource {
         .filter(|v| !v.trim().is_empty())
     }
 
-    /// The `VM_CAPSULE_*` knobs, with `_CONDOR_` overrides from `env`.
-    pub fn knobs(&self, env: impl IntoIterator<Item = (String, String)>) -> crate::config::Knobs {
-        let mut pairs: BTreeMap<String, String> = match self {
-            ConfigSource::File(_, vars) => vars
-                .iter()
-                .filter(|(k, _)| k.starts_with("VM_CAPSULE_"))
-                .map(|(k, v)| (k.clone(), expand_vars(v, vars)))
-                .collect(),
-            ConfigSource::Tool(_) => {
-                return crate::config::Knobs::load(None, env).unwrap_or_default();
-            }
-            ConfigSource::Missing(_) => BTreeMap::new(),
-        };
-        for (k, v) in env {
-            if let Some(knob) = k.strip_prefix("_CONDOR_") {
-                if knob.to_ascii_uppercase().starts_with("VM_CAPSULE_") {
-                    pairs.insert(knob.to_ascii_uppercase(), v);
-                }
-            }
+    /// The `VM_CAPSULE_*` knobs, with `_CONDOR_` overrides from `env`; `exe` is the running
+    /// program.
+    pub fn settings(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+        exe: Option<PathBuf>,
+    ) -> Settings {
+        match self {
+            ConfigSource::File(_, vars) => Settings::from_config(vars, env, exe),
+            ConfigSource::Tool(_) => Settings::load(None, env, exe.clone())
+                .unwrap_or_else(|e| Settings::unreadable(e.to_string()).with_exe(exe)),
+            ConfigSource::Missing(_) => Settings::from_config(&BTreeMap::new(), env, exe),
         }
-        crate::config::Knobs::from_pairs(pairs).with_unknown_warnings()
     }
 
     /// `VM_CAPSULE_FLAVOUR`, lower case: the flavour the shipped route offers.
@@ -464,11 +457,17 @@ mod tests {
         );
         assert_eq!(c.get_for("SCHEDD", "PIPE_BUFFER_MAX"), None);
         assert_eq!(c.get("X").as_deref(), Some("  UNIVERSE VM"));
-        let k = c.knobs(vec![(
-            "_CONDOR_VM_CAPSULE_JOB_USER".to_owned(),
-            "nobody".to_owned(),
-        )]);
-        assert_eq!(k.get("VM_CAPSULE_TEMPLATE"), Some("/srv/t"));
-        assert_eq!(k.get("VM_CAPSULE_JOB_USER"), Some("nobody"));
+        let k = c
+            .settings(
+                vec![(
+                    "_CONDOR_VM_CAPSULE_JOB_USER".to_owned(),
+                    "nobody".to_owned(),
+                )],
+                None,
+            )
+            .translate()
+            .unwrap();
+        assert_eq!(k.template_root, Path::new("/srv/t"));
+        assert_eq!(k.job_user, "nobody");
     }
 }

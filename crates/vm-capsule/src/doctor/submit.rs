@@ -5,9 +5,7 @@ use std::process::Command;
 
 use super::{shared_dir_problem, ConfigSource, Report, Side};
 use crate::agent::{self, Linkage};
-use crate::config::Knobs;
-use crate::hooks::log::DEFAULT_LOG_DIR;
-use crate::hooks::translate::TranslateConfig;
+use crate::settings::{knobs, Settings, Side as KnobSide, TranslateSettings, WhichLog};
 use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR, UNCONFIGURED_HOOK};
 use crate::template::Template;
 
@@ -18,11 +16,11 @@ const PIPE_BUFFER_DEFAULT: u64 = 10240;
 /// Below this a routed ad of an ordinary job does not fit.
 const PIPE_BUFFER_TOO_SMALL: u64 = 16384;
 
-/// Check the submit side; `env` gives the `_CONDOR_` overrides, `package_config` is the
-/// package's configuration file.
+/// Check the submit side with the knobs in `settings`; `package_config` is the package's
+/// configuration file.
 pub fn check(
     config: &ConfigSource,
-    env: &[(String, String)],
+    settings: &Settings,
     package_config: &Path,
     report: &mut Report,
 ) {
@@ -32,15 +30,14 @@ pub fn check(
     };
     super::check_config_source(&mut s, config);
     super::check_package_config(&mut s, config, package_config);
-    let knobs = config.knobs(env.iter().cloned());
-    let cfg = check_knobs(&mut s, &knobs);
+    let cfg = check_knobs(&mut s, settings);
     check_hooks(&mut s, config);
     if let Some(cfg) = &cfg {
         check_agent(&mut s, cfg);
         check_scratch(&mut s, &cfg.scratch_prefix);
         check_template(&mut s, cfg);
     }
-    check_logs(&mut s, &knobs);
+    check_logs(&mut s, settings);
     check_flavour(&mut s, config);
     check_routes(&mut s, config);
     check_pipe_buffer(&mut s, config);
@@ -72,33 +69,32 @@ pub fn check(
     }
 }
 
-fn check_knobs(s: &mut Side<'_>, knobs: &Knobs) -> Option<TranslateConfig> {
-    for w in &knobs.warnings {
+fn check_knobs(s: &mut Side<'_>, settings: &Settings) -> Option<TranslateSettings> {
+    for w in &settings.warnings {
         s.warn(
             "knobs",
             w.clone(),
             "remove or rename it (see the knob table in ADMIN.md)",
         );
     }
-    for knob in ["VM_CAPSULE_MAX_TRANSLATE_LOG", "VM_CAPSULE_MAX_EXIT_LOG"] {
-        if let Err(e) = knobs.number(knob) {
-            s.fail(knob, e.to_string(), "a number of bytes, 0 for no rotation");
+    // Every knob set for this side, against its type in the table.
+    for (knob, _) in settings.set_knobs() {
+        if knob.side == KnobSide::Execute {
+            continue;
+        }
+        if let Err(e) = settings.check(knob) {
+            s.fail(knob.name, e.to_string(), knob.kind.expected());
         }
     }
-    if let Err(e) = knobs.flag("VM_CAPSULE_DEBUG") {
-        s.fail("VM_CAPSULE_DEBUG", e.to_string(), "true or false");
-    }
-    match TranslateConfig::from_knobs(knobs) {
+    match settings.translate() {
         Ok(cfg) => {
             s.ok(
                 "knobs",
                 format!(
-                    "VM_CAPSULE_TEMPLATE = {}, {} knob(s) set",
+                    "{} = {}, {} knob(s) set",
+                    knobs::TEMPLATE.name,
                     cfg.template_root.display(),
-                    crate::config::KNOBS
-                        .iter()
-                        .filter(|(k, _, _)| knobs.get(k).is_some())
-                        .count()
+                    settings.set_knobs().count()
                 ),
             );
             Some(cfg)
@@ -192,7 +188,7 @@ fn program_version(path: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn check_agent(s: &mut Side<'_>, cfg: &TranslateConfig) {
+fn check_agent(s: &mut Side<'_>, cfg: &TranslateSettings) {
     const KNOB: &str = agent::AGENT_KNOB;
     let Some(path) = &cfg.init_path else {
         s.ok(KNOB, "none: the template's guest carries its own agent");
@@ -229,7 +225,7 @@ fn check_agent(s: &mut Side<'_>, cfg: &TranslateConfig) {
 }
 
 fn check_scratch(s: &mut Side<'_>, prefix: &Path) {
-    const KNOB: &str = "VM_CAPSULE_SCRATCH_DIR_PREFIX";
+    const KNOB: &str = knobs::SCRATCH_DIR_PREFIX.name;
     match shared_dir_problem(prefix) {
         None => s.ok(
             KNOB,
@@ -243,14 +239,10 @@ fn check_scratch(s: &mut Side<'_>, prefix: &Path) {
     }
 }
 
-fn check_logs(s: &mut Side<'_>, knobs: &Knobs) {
-    for (knob, name) in [
-        ("VM_CAPSULE_TRANSLATE_LOG", "TranslateLog"),
-        ("VM_CAPSULE_EXIT_LOG", "ExitLog"),
-    ] {
-        let base = knobs
-            .path(knob)
-            .unwrap_or_else(|| Path::new(DEFAULT_LOG_DIR).join(name));
+fn check_logs(s: &mut Side<'_>, settings: &Settings) {
+    for which in [WhichLog::Translate, WhichLog::Exit] {
+        let knob = which.knobs().0.name;
+        let base = settings.hook_log(which).0.base;
         let dir = base.parent().unwrap_or(Path::new("/"));
         match shared_dir_problem(dir) {
             None => s.ok(
@@ -269,8 +261,8 @@ fn check_logs(s: &mut Side<'_>, knobs: &Knobs) {
     }
 }
 
-fn check_template(s: &mut Side<'_>, cfg: &TranslateConfig) {
-    const KNOB: &str = "VM_CAPSULE_TEMPLATE";
+fn check_template(s: &mut Side<'_>, cfg: &TranslateSettings) {
+    const KNOB: &str = knobs::TEMPLATE.name;
     match Template::load(&cfg.template_root, cfg.classad_template.as_deref()) {
         Ok(t) => s.ok(
             KNOB,
@@ -317,7 +309,7 @@ fn check_flavour(s: &mut Side<'_>, config: &ConfigSource) {
         Some(other) => s.fail(
             KNOB,
             format!("{other:?} is neither vanilla nor vm: JOB_ROUTER_ROUTE_NAMES names route VMCapsule_{other}, which does not exist, so no job is routed"),
-            "VM_CAPSULE_FLAVOUR = vanilla (QEMU inside ordinary slots) or vm (the VM universe)",
+            format!("{KNOB} = vanilla (QEMU inside ordinary slots) or vm (the VM universe)"),
         ),
         None => s.info(
             KNOB,

@@ -17,16 +17,16 @@ use classad::stream::parse_hook_stream;
 
 use super::log::HookLog;
 use crate::routed::ATTR_SCRATCH;
-use crate::scratch::{ScratchPrefix, FAILED_MARKER};
+use crate::scratch::FAILED_MARKER;
+use crate::settings::CleanupSettings;
 
 /// Remove the scratch dir named by the routed ad. Returns the dir removed, if any.
-pub fn cleanup(
-    stdin: &str,
-    prefix: &ScratchPrefix,
-    keep_failed: usize,
-    test_any_user: bool,
-    log: &mut HookLog,
-) -> Option<PathBuf> {
+pub fn cleanup(stdin: &str, cfg: &CleanupSettings, log: &mut HookLog) -> Option<PathBuf> {
+    let CleanupSettings {
+        prefix,
+        keep_failed,
+        test_any_user,
+    } = cfg;
     let ads = match parse_hook_stream(stdin) {
         Ok(ads) => ads,
         Err(e) => {
@@ -37,7 +37,7 @@ pub fn cleanup(
     let ad = &ads.last()?.ad;
     let scratch = PathBuf::from(classad::eval::string_attr(ad, ATTR_SCRATCH)?);
     let owner = classad::eval::string_attr(ad, "Owner").unwrap_or_default();
-    if let Err(e) = crate::identity::check_runs_as(&owner, test_any_user) {
+    if let Err(e) = crate::identity::check_runs_as(&owner, *test_any_user) {
         log.error(&format!("not removing {}: {e}", scratch.display()));
         return None;
     }
@@ -60,7 +60,7 @@ pub fn cleanup(
             crate::text::safe_text(reason.trim(), 500)
         ));
         // Kept dirs are bounded: the oldest beyond VM_CAPSULE_KEEP_FAILED go.
-        owner_dir.sweep_now(Duration::MAX, keep_failed);
+        owner_dir.sweep_now(Duration::MAX, *keep_failed);
         return None;
     }
     match owner_dir.remove_job_dir(dir) {

@@ -16,7 +16,7 @@ use crate::node_image::{self, NodeBase};
 use crate::template::{parse_vm_disks, VmDiskEntry};
 
 /// The knob choosing the domain type.
-pub const DOMAIN_TYPE_KNOB: &str = "VM_CAPSULE_LIBVIRT_DOMAIN_TYPE";
+pub const DOMAIN_TYPE_KNOB: &str = crate::settings::knobs::LIBVIRT_DOMAIN_TYPE.name;
 
 /// The libvirt domain type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,7 +51,7 @@ pub use domain::{DomainType, DOMAIN_TYPE_KNOB};
 /// The routed ad's data disk: marks a vm-capsule job.
 pub const DATA_DISK_ATTR: &str = "VMCapsuleDataDisk";
 /// The knob saying what other VM jobs get: `refuse` (the default) or `builtin`.
-pub const OTHER_JOBS_KNOB: &str = "VM_CAPSULE_LIBVIRT_OTHER_JOBS";
+pub const OTHER_JOBS_KNOB: &str = crate::settings::knobs::LIBVIRT_OTHER_JOBS.name;
 /// Where a refused job's line is understood: libvirt's error for the refusal document
 /// contains these words, and the vm-gahp then holds the job (`VirshType::Start`).
 pub const HOLD_WORDS: &str = "image is not in qcow2 format";

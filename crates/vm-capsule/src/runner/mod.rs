@@ -23,7 +23,7 @@ mod spec;
 mod wait;
 
 pub use pvh::{uncompressed_kernel, PvhKernel};
-pub use qemu::{qemu_command, Hardening, QEMU, TB_SIZE_MIB};
+pub use qemu::{qemu_command, Hardening, QEMU};
 pub use spec::{Drive, VmSpec};
 use wait::Waited;
 
@@ -86,6 +86,8 @@ pub struct RunOptions {
     /// Set by another thread to stop the guest early (`template check`, once the console
     /// says how the boot ends).
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The TCG translation cache, MiB (`VM_CAPSULE_TCG_TB_MIB`; 0: QEMU's own default).
+    pub tb_size_mib: u64,
 }
 
 /// Why a run failed.
@@ -378,17 +380,17 @@ pub fn run(
     // boot it through its PVH entry point (see `pvh`); KVM runs the decompressor natively.
     // QEMU's seccomp support is probed meanwhile (a process start of its own).
     let (pvh, hardening) = std::thread::scope(|scope| {
-        let probe = scope.spawn(|| Hardening::probe(&qemu));
+        let probe = scope.spawn(|| Hardening::probe(&qemu, opts.tb_size_mib));
         let pvh = match (&spec.boot, accel) {
             (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
             _ => None,
         };
         (pvh, probe.join())
     });
-    // A probe that panicked says nothing: no seccomp, the default cache.
+    // A probe that panicked says nothing: no seccomp.
     let hardening = hardening.unwrap_or(Hardening {
         seccomp: false,
-        tb_size_mib: TB_SIZE_MIB,
+        tb_size_mib: opts.tb_size_mib,
     });
     let mut booted = spec.clone();
     if let (Some(boot), Some(kernel)) = (booted.boot.as_mut(), &pvh) {

@@ -18,9 +18,6 @@ use super::Accel;
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
-/// TCG translation cache, MiB: enough for a guest kernel and job at full speed (see
-/// docs/PERFORMANCE.md), small against the 1 GiB default.
-pub const TB_SIZE_MIB: u64 = 64;
 /// The seccomp policy: everything QEMU lets a sandbox deny.
 const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -35,8 +32,8 @@ pub struct Hardening {
 
 impl Hardening {
     /// What the QEMU at `qemu` supports: seccomp is probed once (a QEMU built without it
-    /// refuses the option).
-    pub fn probe(qemu: &Path) -> Hardening {
+    /// refuses the option); `tb_size_mib` is the TCG translation cache to ask for.
+    pub fn probe(qemu: &Path, tb_size_mib: u64) -> Hardening {
         let seccomp = Command::new(qemu)
             .args(["-sandbox", SANDBOX, "-version"])
             .stdin(Stdio::null())
@@ -44,11 +41,6 @@ impl Hardening {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        // A benchmark override: 0 leaves QEMU's own default (docs/PERFORMANCE.md).
-        let tb_size_mib = std::env::var("VM_CAPSULE_TCG_TB_MIB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(TB_SIZE_MIB);
         Hardening {
             seccomp,
             tb_size_mib,

@@ -33,6 +33,8 @@ pub use owner::is_job_dir_name;
 #[cfg(test)]
 mod tests;
 
+/// The knob naming the prefix, for errors.
+const PREFIX_KNOB: &str = crate::settings::knobs::SCRATCH_DIR_PREFIX.name;
 /// Suffix of a job dir still being staged (reclaimed when stale).
 pub const STAGING_SUFFIX: &str = ".staging";
 /// Marker file left in a job dir whose results could not be placed (cleanup keeps the dir).
@@ -47,13 +49,15 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 #[non_exhaustive]
 pub enum ScratchError {
     /// The prefix does not exist: the admin must create it.
-    #[error("VM_CAPSULE_SCRATCH_DIR_PREFIX {path} does not exist; create it as root: install -d -m 1777 -o root {path}")]
+    #[error(
+        "{PREFIX_KNOB} {path} does not exist; create it as root: install -d -m 1777 -o root {path}"
+    )]
     PrefixMissing {
         /// The prefix.
         path: PathBuf,
     },
     /// The prefix, or a directory above it, could be changed by other users.
-    #[error("VM_CAPSULE_SCRATCH_DIR_PREFIX {prefix} is not safe: {path} {why}; make it root-owned mode 1777 (install -d -m 1777 -o root {prefix})")]
+    #[error("{PREFIX_KNOB} {prefix} is not safe: {path} {why}; make it root-owned mode 1777 (install -d -m 1777 -o root {prefix})")]
     PrefixUnsafe {
         /// The prefix.
         prefix: PathBuf,

@@ -18,11 +18,11 @@ use capsule_manifest::Outcome;
 use classad::eval::string_attr;
 use thiserror::Error;
 
-use crate::config::Knobs;
 use crate::hooks::finalize::read_result;
 use crate::hooks::log::HookLog;
-use crate::hooks::translate::{translate, TranslateConfig};
+use crate::hooks::translate::translate;
 use crate::runner::{self, Accel, RunError, RunOptions};
+use crate::settings::{knobs, Settings};
 use crate::template::console::{self, Seen};
 
 /// The probe job: what the job sees, one `name: value` per line.
@@ -227,6 +227,21 @@ fn read_console(path: &Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// How the check boots the capsule: in place, stopped early through `cancel`.
+fn run_options(opts: &CheckOptions, cancel: Arc<AtomicBool>) -> RunOptions {
+    RunOptions {
+        timeout: Some(opts.timeout),
+        accel: opts.accel,
+        in_place: true,
+        sandbox_parent: None,
+        sandbox: None,
+        qemu: None,
+        workdir: None,
+        cancel: Some(cancel),
+        tb_size_mib: knobs::TCG_TB_MIB.default_number().unwrap_or_default(),
+    }
+}
+
 /// Boot the template once with the probe job.
 ///
 /// # Errors
@@ -253,16 +268,7 @@ pub fn check(
     let scratch = PathBuf::from(string_attr(&routed, "Iwd").unwrap_or_default());
     let console_path = scratch.join("console.log");
     let cancel = Arc::new(AtomicBool::new(false));
-    let run_opts = RunOptions {
-        timeout: Some(opts.timeout),
-        accel: opts.accel,
-        in_place: true,
-        sandbox_parent: None,
-        sandbox: None,
-        qemu: None,
-        workdir: None,
-        cancel: Some(Arc::clone(&cancel)),
-    };
+    let run_opts = run_options(opts, Arc::clone(&cancel));
     progress(&format!(
         "booting {} (console {})",
         opts.template_root.display(),
@@ -429,33 +435,26 @@ fn make_capsule(
     // The admin's configuration, then what the check itself needs (later wins).
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     let ours = [
-        (
-            "VM_CAPSULE_TEMPLATE",
-            opts.template_root.display().to_string(),
-        ),
-        (
-            "VM_CAPSULE_SCRATCH_DIR_PREFIX",
-            scratch.display().to_string(),
-        ),
-        (
-            "VM_CAPSULE_INIT_SCRIPT_PATH",
-            opts.agent.display().to_string(),
-        ),
-        ("VM_CAPSULE_ROUTED_UNIVERSE", "vm".to_owned()),
+        (knobs::TEMPLATE, opts.template_root.display().to_string()),
+        (knobs::SCRATCH_DIR_PREFIX, scratch.display().to_string()),
+        (knobs::INIT_SCRIPT_PATH, opts.agent.display().to_string()),
+        (knobs::ROUTED_UNIVERSE, "vm".to_owned()),
         // The template's own OS disk is booted, wherever the nodes keep theirs.
-        (crate::node_image::KNOB, String::new()),
-        ("VM_CAPSULE_OUTPUT_HEADROOM_MB", "16".to_owned()),
-        ("VM_CAPSULE_TRANSLATE_LOG", String::new()),
+        (knobs::NODE_IMAGE_DIR, String::new()),
+        (knobs::OUTPUT_HEADROOM_MB, "16".to_owned()),
+        (knobs::TRANSLATE_LOG, String::new()),
     ];
     env.extend(
         ours.into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
+            .map(|(k, v)| (k.name.to_owned(), v))
             .chain(opts.knobs.iter().cloned())
             .map(|(k, v)| (format!("_CONDOR_{k}"), v)),
     );
-    let knobs = Knobs::load(None, env).map_err(|e| CheckError::Translate(e.to_string()))?;
-    let mut cfg =
-        TranslateConfig::from_knobs(&knobs).map_err(|e| CheckError::Translate(e.to_string()))?;
+    let settings = Settings::load(None, env, std::env::current_exe().ok())
+        .map_err(|e| CheckError::Translate(e.to_string()))?;
+    let mut cfg = settings
+        .translate()
+        .map_err(|e| CheckError::Translate(e.to_string()))?;
     // The probe job belongs to whoever runs the check (root included): not a hook run for
     // another user, which is what the owner check guards.
     cfg.test_any_user = true;

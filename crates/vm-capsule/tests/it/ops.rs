@@ -345,8 +345,12 @@ fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
         );
     }
     let text = fs::read_to_string(&conf).unwrap();
-    for (knob, _, _) in vm_capsule::config::KNOBS {
-        assert!(text.contains(knob), "{knob} missing from the snippet");
+    for knob in vm_capsule::settings::KNOBS {
+        assert!(
+            text.contains(knob.name),
+            "{} missing from the snippet",
+            knob.name
+        );
     }
     assert!(text.contains("JOB_ROUTER.PIPE_BUFFER_MAX = 1048576"));
     assert!(text.contains("VM_CAPSULE_INIT_SCRIPT_PATH = /bin/bash"));

@@ -26,19 +26,8 @@ pub use request::{FinalizeRequest, RoutedCapsule};
 use super::log::HookLog;
 use super::place::{place_outputs, quote, write_stream, OutputRules, Placement};
 use crate::job::JobSpec;
-use crate::scratch::{JobDir, ScratchPrefix};
-
-/// What finalize needs besides its stdin.
-#[derive(Debug, Clone)]
-pub struct FinalizeConfig {
-    /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.
-    pub prefix: ScratchPrefix,
-    /// Largest data disk a job can have (`VM_CAPSULE_MAX_DATA_DISK_MB`), in bytes: the bound
-    /// on returned files when the routed ad does not record the staged size.
-    pub max_disk_bytes: u64,
-    /// `VM_CAPSULE_TEST_ANY_USER`: tests only; do not check the hook runs as the job's owner.
-    pub test_any_user: bool,
-}
+use crate::scratch::JobDir;
+use crate::settings::FinalizeSettings;
 
 /// What finalize concluded.
 #[derive(Debug, Clone)]
@@ -50,7 +39,7 @@ pub struct Finalized {
 }
 
 /// Run finalize on the hook's stdin. Never fails: every problem becomes attributes.
-pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finalized {
+pub fn finalize(stdin: &str, cfg: &FinalizeSettings, log: &mut HookLog) -> Finalized {
     let mut out = Finalized {
         attrs: ClassAd::new(),
         placement: Placement::default(),

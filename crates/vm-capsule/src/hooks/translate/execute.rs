@@ -9,7 +9,6 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::config::TranslateConfig;
 use super::error::{error_chain, is_storage_full, TranslateError, Translated};
 use super::plan::{file_name, overlay_name, CapsulePlan};
 use super::vm::{link_into, write_vmx};
@@ -17,6 +16,7 @@ use crate::capsule::{BuildError, DiskContents};
 use crate::hooks::log::HookLog;
 use crate::routed;
 use crate::scratch::{OwnerDir, ScratchError, ScratchPrefix};
+use crate::settings::TranslateSettings;
 use crate::template::overlay::create_overlay;
 use crate::template::Flavour;
 
@@ -27,7 +27,7 @@ use crate::template::Flavour;
 /// file system included) is passing. Nothing staged stays behind on error.
 pub fn execute(
     plan: &CapsulePlan,
-    cfg: &TranslateConfig,
+    cfg: &TranslateSettings,
     log: &mut HookLog,
 ) -> Result<Translated, TranslateError> {
     let prefix = ScratchPrefix::new(&cfg.scratch_prefix);

@@ -19,10 +19,7 @@ mod sizing;
 mod survey;
 mod vm;
 
-pub use config::{
-    RoutedUniverse, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
-    PIPE_BUFFER_MAX, PIPE_BUFFER_WARN,
-};
+pub use config::{PIPE_BUFFER_MAX, PIPE_BUFFER_WARN};
 pub use error::{TranslateError, Translated};
 pub use hold::{hold_original, hold_reason};
 pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
@@ -30,6 +27,7 @@ pub use request::TranslateRequest;
 pub use survey::survey_inputs;
 
 use crate::hooks::log::HookLog;
+use crate::settings::{RoutedUniverse, TranslateSettings};
 use crate::template::Template;
 
 /// Translate the hook's stdin into a routed ad, staging the capsule in a new job dir.
@@ -38,7 +36,7 @@ use crate::template::Template;
 /// [`TranslateError`]; nothing is left in scratch on any error.
 pub fn translate(
     stdin: &str,
-    cfg: &TranslateConfig,
+    cfg: &TranslateSettings,
     log: &mut HookLog,
 ) -> Result<Translated, TranslateError> {
     let request = TranslateRequest::parse(stdin)?;
@@ -66,7 +64,7 @@ pub fn translate(
 }
 
 /// The agent's and launcher's sizes; a missing agent is the admin's to fix.
-fn binaries(cfg: &TranslateConfig) -> Result<Binaries, TranslateError> {
+fn binaries(cfg: &TranslateSettings) -> Result<Binaries, TranslateError> {
     let agent_bytes = match &cfg.init_path {
         Some(path) => Some(
             std::fs::metadata(path)

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
 use classad::{ClassAd, Expr};
 
-use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
+use super::config::PIPE_BUFFER_MAX;
 use super::error::{job_problem, TranslateError};
 use super::request::TranslateRequest;
 use crate::capsule::{DiskRecipe, InputPlan};
 use crate::hooks::place::OutputRules;
 use crate::job::JobSpec;
 use crate::routed::{self, Staged, VmDisk};
+use crate::settings::{RoutedUniverse, TranslateSettings};
 use crate::template::{Flavour, Template};
 
 const MIB: u64 = 1 << 20;
@@ -83,7 +84,7 @@ pub struct DiskPlan {
 
 /// The universe the routed job goes to: the route's (13: VM universe, 5: vanilla), unless
 /// `VM_CAPSULE_ROUTED_UNIVERSE` says.
-pub fn universe(request: &TranslateRequest, cfg: &TranslateConfig) -> RoutedUniverse {
+pub fn universe(request: &TranslateRequest, cfg: &TranslateSettings) -> RoutedUniverse {
     cfg.routed_universe.unwrap_or(match request.route_universe {
         Some(5) => RoutedUniverse::Vanilla,
         _ => RoutedUniverse::Vm,
@@ -97,7 +98,7 @@ pub fn universe(request: &TranslateRequest, cfg: &TranslateConfig) -> RoutedUniv
 /// a routed ad too large for the router), [`TranslateError::Admin`] for a missing agent.
 pub fn plan(
     request: &TranslateRequest,
-    cfg: &TranslateConfig,
+    cfg: &TranslateSettings,
     template: &Template,
     inputs: InputPlan,
     binaries: Binaries,
@@ -168,7 +169,7 @@ pub fn plan(
 
 /// Where each OS disk lives on the execute nodes, when `VM_CAPSULE_NODE_IMAGE_DIR` says.
 fn node_bases(
-    cfg: &TranslateConfig,
+    cfg: &TranslateSettings,
     template: &Template,
 ) -> Result<Vec<crate::node_image::NodeBase>, TranslateError> {
     let mut bases = Vec::new();
@@ -184,7 +185,7 @@ fn node_bases(
 /// The data disk: the template's layout, sized here for the VM universe (the vanilla
 /// launcher sizes it on the node from the inputs HTCondor brought).
 fn disk_plan(
-    cfg: &TranslateConfig,
+    cfg: &TranslateSettings,
     job: &JobSpec,
     template: &Template,
     universe: RoutedUniverse,
@@ -241,7 +242,7 @@ impl CapsulePlan {
 
     /// The routed ad must fit the router's pipe: checked with a job dir path of the length
     /// the real one will have.
-    fn check_pipe(&self, cfg: &TranslateConfig) -> Result<(), TranslateError> {
+    fn check_pipe(&self, cfg: &TranslateSettings) -> Result<(), TranslateError> {
         let id = self.job.id();
         let example = cfg
             .scratch_prefix
@@ -424,7 +425,7 @@ pub fn file_name(path: &Path) -> String {
 }
 
 /// `capsule.json` for the job.
-pub fn build_manifest(cfg: &TranslateConfig, job: &JobSpec, inputs: &InputPlan) -> Manifest {
+pub fn build_manifest(cfg: &TranslateSettings, job: &JobSpec, inputs: &InputPlan) -> Manifest {
     let (executable, argv0) = if job.transfer_executable {
         let name = job.executable_name();
         (name.clone(), name)

@@ -218,3 +218,29 @@ fn finalize_out_of_time_mid_output_leaves_no_temporary_file() {
         "a partial output was placed"
     );
 }
+
+/// A knob finalize reads, set to a value of the wrong form: finalize says so in the job's
+/// attributes (exiting 0, as it must), places nothing, and cleanup keeps the scratch dir, which
+/// holds the job's only copy of its outputs, until the configuration is fixed.
+#[test]
+fn a_bad_knob_fails_finalize_loudly_and_cleanup_keeps_the_outputs() {
+    let mut pool = Pool::new(&template(ImageFormat::Qcow2));
+    let j = job(&pool, "badknob", "", 1301);
+    let routed = pool.translate(&j.ad).unwrap();
+    let scratch = scratch_of(&routed);
+    let good = pool.env.clone();
+    pool.env
+        .push(("_CONDOR_VM_CAPSULE_MAX_DATA_DISK_MB".into(), "lots".into()));
+    let (_, original) = pool.finalize(&j.ad, &routed);
+    assert_eq!(attr(&original, "ExitCode"), Value::Integer(125));
+    let why = string_attr(&original, "VMCapsuleError").unwrap();
+    assert!(
+        why.contains("VM_CAPSULE_MAX_DATA_DISK_MB = \"lots\" is not a whole number of MiB"),
+        "{why}"
+    );
+    pool.cleanup(&routed);
+    assert!(scratch.is_dir(), "cleanup removed the job's outputs");
+    pool.env = good;
+    pool.cleanup(&routed);
+    assert!(!scratch.exists(), "cleanup kept the dir after the fix");
+}
