@@ -342,7 +342,12 @@ fn placement(rows: &mut Vec<String>) {
             let rules =
                 OutputRules::for_job(&vm_capsule::job::JobSpec::from_ad(&ad).unwrap()).unwrap();
             let start = Instant::now();
-            let placed = place_outputs(tar.as_slice(), &rules, "1.0");
+            let placed = place_outputs(
+                tar.as_slice(),
+                &rules,
+                "1.0",
+                &vm_capsule::temp_record::TempRecord::new(),
+            );
             times.push(start.elapsed());
             assert!(!placed.has_problems(), "{placed:?}");
         }

@@ -31,6 +31,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod scratch;
 pub mod snippet;
+pub mod temp_record;
 pub mod template;
 pub mod text;
 pub mod usage;

@@ -130,7 +130,12 @@ fuzz_target!(|data: &[u8]| {
     ))
     .unwrap();
     let rules = OutputRules::for_job(&JobSpec::from_ad(&ad).unwrap()).unwrap();
-    let _ = place_outputs(archive.as_slice(), &rules, "1.0");
+    let _ = place_outputs(
+        archive.as_slice(),
+        &rules,
+        "1.0",
+        &vm_capsule::temp_record::TempRecord::new(),
+    );
 
     assert_eq!(
         fs::read_dir(&outside).unwrap().count(),

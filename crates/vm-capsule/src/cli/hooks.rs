@@ -21,7 +21,8 @@ use vm_capsule::hooks::log::{
 use vm_capsule::hooks::translate::{
     hold_original, translate, TranslateConfig, DEFAULT_HOOK_TIMEOUT_SECS, DEFAULT_KEEP_FAILED,
 };
-use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update, watchdog};
+use vm_capsule::hooks::watchdog::Watchdog;
+use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update};
 use vm_capsule::scratch::ScratchPrefix;
 
 /// Options every hook takes.
@@ -141,10 +142,12 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
     let limit = cfg
         .as_ref()
         .map_or(DEFAULT_HOOK_TIMEOUT_SECS, |c| c.hook_timeout_secs);
-    watchdog::arm(Duration::from_secs(limit), 1, move || {
+    // The answer is stdout or nothing: a timeout prints no ClassAd line.
+    let watchdog = Watchdog::arm(Duration::from_secs(limit), 1, move || {
         eprintln!(
             "vm-capsule translate: error: did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); the JobRouter will try again"
         );
+        String::new()
     });
     // stdin first: the log is the job owner's and names the job.
     let stdin = read_stdin(std::io::stdin());
@@ -188,14 +191,14 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
         }
     };
     let result = translate(&stdin, &cfg, &mut log);
-    if !watchdog::claim_answer() {
+    // A failure answers with an empty stdout: claimed here, so the watchdog stays silent
+    // while the original is held.
+    let answer = result.as_ref().map_or("", |done| done.stdout.as_str());
+    if !watchdog.answer(answer)? {
         return Ok(ExitCode::FAILURE);
     }
     match result {
-        Ok(done) => {
-            stdout_write(&done.stdout)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             match err.job_to_hold() {
                 // Hold the original so the user sees why (docs/DESIGN.md, holds), then exit
@@ -223,14 +226,14 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
         .ok()
         .flatten()
         .unwrap_or(DEFAULT_HOOK_TIMEOUT_SECS);
-    watchdog::arm(Duration::from_secs(limit), 0, move || {
+    let watchdog = Watchdog::arm(Duration::from_secs(limit), 0, move || {
         let mut attrs = classad::ClassAd::new();
         finalize::failure_attributes(
             &mut attrs,
             &format!("finalize did not finish within {limit} s (VM_CAPSULE_HOOK_TIMEOUT); outputs may be incomplete"),
             None,
         );
-        let _ = ad_lines(&attrs).map(|t| stdout_write(&t));
+        ad_lines(&attrs).unwrap_or_default()
     });
     let cfg = FinalizeConfig {
         prefix: ScratchPrefix::new(&scratch_prefix(&knobs)),
@@ -245,14 +248,11 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
     let stdin = read_stdin(std::io::stdin());
     let mut log = hook_log("finalize", &EXIT_LOG, &knobs, args, stdin.as_deref().ok());
     let done = match stdin {
-        Ok(stdin) => finalize::finalize(&stdin, &cfg, &mut log),
+        Ok(stdin) => finalize::finalize(&stdin, &cfg, watchdog.temps(), &mut log),
         Err(e) => finalize::failed(&e, &mut log),
     };
-    if !watchdog::claim_answer() {
-        return Ok(ExitCode::SUCCESS);
-    }
     let text = ad_lines(&done.attrs).context("cannot print the exit attributes")?;
-    stdout_write(&text)?;
+    watchdog.answer(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -27,6 +27,7 @@ use super::log::HookLog;
 use super::place::{place_outputs, quote, write_stream, OutputRules, Placement};
 use crate::job::JobSpec;
 use crate::scratch::{JobDir, ScratchPrefix};
+use crate::temp_record::TempRecord;
 
 /// What finalize needs besides its stdin.
 #[derive(Debug, Clone)]
@@ -49,8 +50,14 @@ pub struct Finalized {
     pub placement: Placement,
 }
 
-/// Run finalize on the hook's stdin. Never fails: every problem becomes attributes.
-pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finalized {
+/// Run finalize on the hook's stdin; each output's temporary file is recorded in `temps` while
+/// it is written. Never fails: every problem becomes attributes.
+pub fn finalize(
+    stdin: &str,
+    cfg: &FinalizeConfig,
+    temps: &TempRecord,
+    log: &mut HookLog,
+) -> Finalized {
     let mut out = Finalized {
         attrs: ClassAd::new(),
         placement: Placement::default(),
@@ -97,7 +104,7 @@ pub fn finalize(stdin: &str, cfg: &FinalizeConfig, log: &mut HookLog) -> Finaliz
     };
     place_streams(job, &returned.disk, &mut out.placement);
     if !returned.result.outputs.is_empty() {
-        place_archive(job, &returned.disk, &mut out.placement);
+        place_archive(job, &returned.disk, temps, &mut out.placement);
     }
     // The agent reports trouble beside a real outcome (outputs that did not fit on the data
     // disk, say): the job's files are incomplete, so the user must hear about it. A time-limit
@@ -156,14 +163,19 @@ fn place_streams(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut P
 }
 
 /// `output.tar`, by the rules of the original ad.
-fn place_archive(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut Placement) {
+fn place_archive(
+    job: &JobSpec,
+    disk: &capsule_disk::DataDisk,
+    temps: &TempRecord,
+    placement: &mut Placement,
+) {
     let rules = match OutputRules::for_job(job) {
         Ok(r) => r,
         Err(e) => return placement.problem(e),
     };
     match disk.open_file(capsule_manifest::OUTPUT_TAR) {
         Ok(reader) => {
-            let placed = place_outputs(reader, &rules, &job.id());
+            let placed = place_outputs(reader, &rules, &job.id(), temps);
             placement.files += placed.files;
             placement.bytes += placed.bytes;
             for p in placed.problems {
