@@ -1,4 +1,4 @@
-//! Finalize's placement against a hostile `output.tar` (issue 11): whatever the archive
+//! Finalize's placement against a hostile `output.tar`: whatever the archive
 //! holds, nothing lands outside the job's Iwd, nothing the job did not declare is placed, no
 //! link is followed, no temporary file stays, and the user's own files are untouched.
 //!

@@ -3,7 +3,7 @@
 //!
 //! # Security
 //! The prefix is shared by every job owner, so everything under it is attacker-controlled
-//! unless proven otherwise (issue 11: a squatted owner dir let another user swap a returned
+//! unless proven otherwise (a squatted owner dir would let another user swap a returned
 //! disk). The prefix and every directory above it must be owned by root or by us and writable
 //! by nobody else unless sticky and root-owned; hooks never create the prefix. The owner dir
 //! is created by us with mode 0700, and opened without following links; an existing one is

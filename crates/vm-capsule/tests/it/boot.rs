@@ -1,4 +1,4 @@
-//! End to end on a booted VM (issue 6): real job ads -> translate -> `vm-capsule run` (a real
+//! End to end on a booted VM: real job ads -> translate -> `vm-capsule run` (a real
 //! QEMU boot of the test guest, TCG) -> finalize -> cleanup. Also a guest that crashes, a guest
 //! that never powers off, and the demo itself. Each boot costs several seconds: the jobs below
 //! combine features rather than boot once per feature.

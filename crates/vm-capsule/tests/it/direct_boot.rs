@@ -1,4 +1,4 @@
-//! Direct kernel boot named by the classad template (issue 10): an admin's Xen/KVM submit file
+//! Direct kernel boot named by the classad template: an admin's Xen/KVM submit file
 //! with `xen_kernel`, `xen_initrd`, `xen_root`, `xen_kernel_params`, turned into a job ad by
 //! HTCondor itself (`htcondor.Submit(...).jobs()`, the same ad `condor_submit -dump` prints),
 //! is the classad template. Translate ships exactly the files it names, the routed ad names

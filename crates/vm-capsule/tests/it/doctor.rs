@@ -1,4 +1,4 @@
-//! `vm-capsule doctor` against a good and a deliberately broken configuration (issue 13.2):
+//! `vm-capsule doctor` against a good and a deliberately broken configuration:
 //! the findings, the exit code, the JSON. The good one is read the way a pool reads it,
 //! through condor_config_val (the stand-in built on HTCondor's configuration reader) found
 //! in a fake tarball install outside PATH; the broken one with `--config FILE`.

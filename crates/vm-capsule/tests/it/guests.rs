@@ -1,4 +1,4 @@
-//! Real guests (issue 12): a Debian bookworm template made by `vm-capsule template build`,
+//! Real guests: a Debian bookworm template made by `vm-capsule template build`,
 //! booted from its own OS disk (BIOS, GRUB, systemd, the shipped unit) under TCG, and the same
 //! Debian made into a plain cloud image (cloud-init, no agent) run unchanged in NoCloud mode.
 //! The same jobs must leave the same files and exit attributes as a native run and as the

@@ -1,4 +1,4 @@
-//! Host-mode end to end (issue 5): real job ads from HTCondor -> translate -> capsule-init on
+//! Host-mode end to end: real job ads from HTCondor -> translate -> capsule-init on
 //! the data disk -> finalize -> cleanup, checked against what HTCondor's vanilla semantics
 //! require of the user's files and exit attributes. KVM (qcow2 and raw data disks) and
 //! VMware (vmdk data disk, with and without a snapshot delta over it).

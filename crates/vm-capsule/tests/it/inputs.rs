@@ -1,4 +1,4 @@
-//! Inputs travel the way HTCondor moves files (issue 15): in the vanilla flavour the routed
+//! Inputs travel the way HTCondor moves files: in the vanilla flavour the routed
 //! job hands the user's own entries (local files, `dir/`, URLs) to HTCondor's transfer and the
 //! launcher makes the data disk on the node; translate writes no input bytes. The VM universe
 //! cannot fetch URLs (HTCondor has no way to hand such files to a VM): it holds them with a

@@ -1,4 +1,4 @@
-//! `vm-capsule libvirt-xml`, the `LIBVIRT_XML_SCRIPT` for HTCondor's vm-gahp (issue 14.7):
+//! `vm-capsule libvirt-xml`, the `LIBVIRT_XML_SCRIPT` for HTCondor's vm-gahp:
 //! run by its path as root, fed what the vm-gahp writes on its stdin (its ad: the routed
 //! job's attributes, `VM_WORKING_DIR`, `VMPARAM_VM_NAME`, then its appended lines), its XML
 //! must pass libvirt's own schema (`virt-xml-validate`) for each template kind, and libvirt

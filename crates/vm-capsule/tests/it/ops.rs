@@ -1,4 +1,4 @@
-//! Deploying and operating vm-capsule as an HTCondor admin does (issues 13 and 14): HTCondor's
+//! Deploying and operating vm-capsule as an HTCondor admin does: HTCondor's
 //! tools outside PATH, hook logs, `install-hooks`, the startd probe, man pages and
 //! completions, static programs, the configuration snippet read by HTCondor's own parser.
 
@@ -137,7 +137,7 @@ pub fn knob_lines(pool: &Pool) -> String {
 }
 
 #[test]
-fn tools_found_in_a_tarball_install_outside_path_issue_14_1() {
+fn tools_found_in_a_tarball_install_outside_path() {
     let mut pool = Pool::new(&kvm_template);
     let tarball = Tarball::new(pool.root.path(), &knob_lines(&pool));
     router_env(&mut pool, &tarball.config);
@@ -221,7 +221,7 @@ fn tools_found_beside_the_daemon_that_started_the_hook() {
 }
 
 #[test]
-fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable_issue_14_2() {
+fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable() {
     let mut pool = Pool::new(&kvm_template);
     let logs = pool.root.path().join("logs");
     fs::create_dir(&logs).unwrap();
@@ -285,7 +285,7 @@ fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable_issue_14_2() 
 }
 
 #[test]
-fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
+fn install_hooks_refuses_world_writable_and_writes_the_snippet() {
     let t = tempfile::tempdir().unwrap();
     let open = t.path().join("open");
     fs::create_dir(&open).unwrap();
@@ -421,7 +421,7 @@ fn the_snippet_reads_the_same_in_htcondor() {
 }
 
 #[test]
-fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
+fn probe_advertises_qemu_kvm_and_version() {
     let run = |extra: &[(&str, &str)]| {
         // As a startd cron job: argv[0] the job's name, the command from _ARGS.
         use std::os::unix::process::CommandExt;
@@ -467,7 +467,7 @@ fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
 }
 
 #[test]
-fn shipped_programs_are_static_issue_13_1() {
+fn shipped_programs_are_static() {
     for name in ["vm-capsule", "capsule-init"] {
         let path = bin(name);
         let out = Command::new("ldd").arg(&path).output().unwrap();
@@ -499,7 +499,7 @@ fn shipped_programs_are_static_issue_13_1() {
 }
 
 #[test]
-fn translate_refuses_a_dynamic_agent_issue_13_1() {
+fn translate_refuses_a_dynamic_agent() {
     let mut pool = Pool::new(&kvm_template);
     pool.env
         .retain(|(k, _)| k != "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH");
@@ -521,7 +521,7 @@ fn translate_refuses_a_dynamic_agent_issue_13_1() {
 }
 
 #[test]
-fn man_pages_and_completions_issue_13_1() {
+fn man_pages_and_completions() {
     let t = tempfile::tempdir().unwrap();
     let (man, comp) = match crate::router::installed_root() {
         Some(root) => (
@@ -574,7 +574,7 @@ fn man_pages_and_completions_issue_13_1() {
 /// loudly once per polling period, not once per job: the router runs translate for every
 /// idle job each poll.
 #[test]
-fn an_admin_problem_holds_no_job_and_is_said_once_per_poll_issue_13_4() {
+fn an_admin_problem_holds_no_job_and_is_said_once_per_poll() {
     let mut pool = Pool::new(&kvm_template);
     let logs = pool.root.path().join("logs");
     fs::create_dir(&logs).unwrap();

@@ -1,4 +1,4 @@
-//! The vanilla flavour end to end (issue 7): translate with a `TargetUniverse = 5` route ->
+//! The vanilla flavour end to end: translate with a `TargetUniverse = 5` route ->
 //! a stand-in execute node (see `router::vanilla_execute_node`) running the launcher, which
 //! boots the capsule under QEMU (TCG) -> finalize. Each job's files and exit attributes must
 //! equal what running the job natively gives and what the VM-universe flavour gives (run here
@@ -180,7 +180,8 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         crate::router::assert_lines_parse_in_htcondor(&run.stdout);
         let routed = classad::parse_old_ad(&run.stdout).unwrap();
         assert_eq!(evaluate_attr(&routed, "JobUniverse"), Value::Integer(5));
-        // The launcher that travels with the job is static (issue 13.1): the shipped one
+        // The launcher that travels with the job is static (it must start on any
+        // execute node): the shipped one
         // when a package is under test.
         let launcher = match evaluate_attr(&routed, "Cmd") {
             Value::String(s) => PathBuf::from(s),

@@ -4,7 +4,7 @@
 //!
 //! The open directories of the last member are kept (a stack of descriptors), so a member
 //! costs only the components it does not share with the previous one: an archive of nested
-//! directories is placed in linear time (issue 11: it was cubic). Temporary names are derived
+//! directories is placed in linear time (walking from the root for each member was cubic). Temporary names are derived
 //! from the job id and the target name, so a re-run after `kill -9` finds and replaces the
 //! leftovers of the run it repeats instead of leaving them in the user's directory.
 

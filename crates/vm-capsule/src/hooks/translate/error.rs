@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// Why translation failed. Only [`TranslateError::Job`] holds the user's job; every other
 /// variant leaves it idle for the router to try again (an admin's mistake never holds users'
-/// jobs, issue 13).
+/// jobs: they run once the configuration is fixed).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TranslateError {

@@ -1,5 +1,4 @@
-//! Every decision of a translation, made before anything is written (issue 16: check, then
-//! do): the manifest, the data disk's size and layout, the VM, the routed ad and its size. A
+//! Every decision of a translation, made before anything is written (check, then do): the manifest, the data disk's size and layout, the VM, the routed ad and its size. A
 //! job that cannot run is refused here, so a refusal leaves nothing behind.
 
 use std::path::{Path, PathBuf};
