@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
+use crate::cmd::run_ok;
 use crate::execute_node::{vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
 
@@ -180,17 +181,12 @@ fn xen_style_template_boots_in_both_flavours() {
     let routed = pool.translate(&ad).unwrap();
     let ad_file = pool.root.path().join("xen-vm.routed.ad");
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = std::process::Command::new(crate::router::bin("vm-capsule"))
-        .arg("run")
-        .arg(&ad_file)
-        .args(["--accel", "tcg", "--timeout", "120"])
-        .env("TMPDIR", pool.root.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    run_ok(
+        std::process::Command::new(crate::router::bin("vm-capsule"))
+            .arg("run")
+            .arg(&ad_file)
+            .args(["--accel", "tcg", "--timeout", "120"])
+            .env("TMPDIR", pool.root.path()),
     );
     let (_, attrs) = pool.finalize(&ad, &routed);
     pool.cleanup(&routed);

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value as Json;
 
+use crate::cmd::run_ok;
 use crate::execute_node::capsule_init;
 use crate::ops::{kvm_template, Tarball};
 use crate::router::{bin, Pool};
@@ -19,13 +20,12 @@ fn chmod(p: &Path, mode: u32) {
 }
 
 fn snippet(hooks: &Path) -> String {
-    let out = Command::new(bin("vm-capsule"))
-        .arg("install-hooks")
-        .arg(hooks)
-        .arg("--print")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_ok(
+        Command::new(bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(hooks)
+            .arg("--print"),
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

@@ -11,6 +11,7 @@ use capsule_disk::{Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
+use crate::cmd::{assert_ok, run_ok, run_ok_needs};
 use crate::execute_node::capsule_init;
 use crate::router::{bin, current_user, job_ads, print_ad, Pool};
 
@@ -104,15 +105,11 @@ impl Tarball {
 
 /// The python interpreter that has HTCondor's library (`python3` on the tests' PATH).
 pub fn python_with_htcondor() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import htcondor, sys; print(sys.executable)"])
-        .env("CONDOR_CONFIG", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python3 with HTCondor's library is needed (pip install 'htcondor==24.0.*'): {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok_needs(
+        Command::new("python3")
+            .args(["-c", "import htcondor, sys; print(sys.executable)"])
+            .env("CONDOR_CONFIG", "/dev/null"),
+        "python3 with HTCondor's library is needed (pip install 'htcondor==24.0.*')",
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
@@ -202,20 +199,18 @@ fn tools_found_beside_the_daemon_that_started_the_hook() {
     router_env(&mut pool, &knobs_only);
     let ad = job(pool.root.path(), "beside", "", 304);
     let hook = pool.hooks_dir.join("vm-capsule-translate");
-    let out = crate::router::output_with_stdin(
-        Command::new(&router)
-            .arg("-c")
-            .arg(format!("{}; exit $?", hook.display()))
-            .env_clear()
-            .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&pool.cwd),
-        translate_stdin(&ad).as_bytes(),
-        "/bin/sh as the stand-in daemon",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = assert_ok(
+        crate::router::output_with_stdin(
+            Command::new(&router)
+                .arg("-c")
+                .arg(format!("{}; exit $?", hook.display()))
+                .env_clear()
+                .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .current_dir(&pool.cwd),
+            translate_stdin(&ad).as_bytes(),
+            "/bin/sh as the stand-in daemon",
+        ),
+        "the translate hook beside the daemon",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("JobUniverse = 13"));
 }
@@ -372,29 +367,23 @@ fn the_snippet_reads_the_same_in_htcondor() {
     // HTCondor's own configuration reader (through the stand-in condor_config_val) on the
     // snippet install-hooks prints.
     let t = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("vm-capsule"))
-        .arg("install-hooks")
-        .arg(t.path().join("hooks"))
-        .arg("--print")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_ok(
+        Command::new(bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(t.path().join("hooks"))
+            .arg("--print"),
+    );
     let conf = t.path().join("condor_config");
     fs::write(&conf, &out.stdout).unwrap();
     let ask = |args: &[&str]| {
-        let out = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/condor_config_val.py"
-            ))
-            .args(args)
-            .env("CONDOR_CONFIG", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/condor_config_val.py"
+                ))
+                .args(args)
+                .env("CONDOR_CONFIG", &conf),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
@@ -425,16 +414,15 @@ fn probe_advertises_qemu_kvm_and_version() {
     let run = |extra: &[(&str, &str)]| {
         // As a startd cron job: argv[0] the job's name, the command from _ARGS.
         use std::os::unix::process::CommandExt;
-        let out = Command::new(bin("vm-capsule"))
-            .arg0("VMCAPSULE")
-            .arg("probe")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("CONDOR_CONFIG", "/dev/null")
-            .envs(extra.iter().copied())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let out = run_ok(
+            Command::new(bin("vm-capsule"))
+                .arg0("VMCAPSULE")
+                .arg("probe")
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("CONDOR_CONFIG", "/dev/null")
+                .envs(extra.iter().copied()),
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         crate::router::assert_lines_parse_in_htcondor(&text);
         classad::parse_old_ad(&text).unwrap()
@@ -530,15 +518,14 @@ fn man_pages_and_completions() {
         ),
         None => {
             let t = t.path();
-            let out = Command::new(bin("vm-capsule"))
-                .arg("generate")
-                .arg("--man-dir")
-                .arg(t.join("man"))
-                .arg("--completions-dir")
-                .arg(t.join("comp"))
-                .output()
-                .unwrap();
-            assert!(out.status.success());
+            run_ok(
+                Command::new(bin("vm-capsule"))
+                    .arg("generate")
+                    .arg("--man-dir")
+                    .arg(t.join("man"))
+                    .arg("--completions-dir")
+                    .arg(t.join("comp")),
+            );
             (t.join("man"), t.join("comp"))
         }
     };

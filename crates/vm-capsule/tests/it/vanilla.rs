@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Expr, Value};
 
+use crate::cmd::assert_ok;
 use crate::execute_node::{run_capsule, vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
 
@@ -162,10 +163,9 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
             v => panic!("{v:?}"),
         });
         let disk = scratch.join("data.qcow2");
-        assert!(
-            run_capsule(&disk, &pool.root.path().join(format!("exec-{}", job.name)))
-                .status
-                .success()
+        assert_ok(
+            run_capsule(&disk, &pool.root.path().join(format!("exec-{}", job.name))),
+            format_args!("{}: capsule-init", job.name),
         );
         let (_, vm_attrs) = pool.finalize(vm_ad, &routed);
         pool.cleanup(&routed);
