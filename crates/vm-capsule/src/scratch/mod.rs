@@ -29,7 +29,7 @@ mod owner;
 mod prefix;
 
 pub use own_dir::{open_own_dir, NotOwnDir};
-pub use owner::is_job_dir_name;
+pub use owner::{is_job_dir_name, new_job_dir_name};
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +105,12 @@ impl ScratchError {
     /// Whether the scratch file system is full.
     pub fn is_storage_full(&self) -> bool {
         matches!(self, ScratchError::Io { source, .. } if is_storage_full(source))
+    }
+
+    /// Whether the directory to make exists already.
+    pub fn is_exists(&self) -> bool {
+        matches!(self, ScratchError::Io { source, .. }
+            if source.raw_os_error() == Some(Errno::EXIST.raw_os_error()))
     }
 }
 

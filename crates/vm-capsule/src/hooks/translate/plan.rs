@@ -66,6 +66,21 @@ pub struct CapsulePlan {
     pub node_bases: Vec<crate::node_image::NodeBase>,
     /// Files that make the data disk a cloud-init NoCloud seed (`VM_CAPSULE_AGENT_START`).
     pub seed: Vec<(&'static str, String)>,
+    /// The job dir's name in the owner dir, chosen here: the routed ad names it.
+    pub job_dir_name: String,
+    /// The routed ad, built once for that job dir.
+    pub routed: RoutedAd,
+}
+
+/// The routed ad for the job dir the plan chose.
+#[derive(Debug, Clone, Default)]
+pub struct RoutedAd {
+    /// The ad.
+    pub ad: ClassAd,
+    /// As printed for the JobRouter.
+    pub stdout: String,
+    /// For the vanilla flavour, the VM description its launcher boots (`capsule.ad`).
+    pub capsule_ad: Option<String>,
 }
 
 /// The data disk to make.
@@ -125,7 +140,7 @@ pub fn plan(
         classad::Value::Integer(m) => u64::try_from(m).ok(),
         _ => None,
     };
-    let plan = CapsulePlan {
+    let mut plan = CapsulePlan {
         job: job.clone(),
         job_ad: request.ad.clone(),
         universe,
@@ -157,11 +172,15 @@ pub fn plan(
             .map(|limit| limit + cfg.boot_timeout_secs),
         seed: crate::nocloud::seed_files(cfg.agent_start, &cfg.job_user, &id),
         node_bases,
+        job_dir_name: crate::scratch::new_job_dir_name(&id),
+        routed: RoutedAd::default(),
     };
     if universe == RoutedUniverse::Vanilla {
         plan.check_sandbox_names()?;
     }
-    plan.check_pipe(cfg)?;
+    let scratch = cfg.scratch_prefix.join(&job.owner).join(&plan.job_dir_name);
+    plan.routed = plan.routed(&scratch)?;
+    plan.check_pipe()?;
     Ok(plan)
 }
 
@@ -238,15 +257,10 @@ impl CapsulePlan {
         }
     }
 
-    /// The routed ad must fit the router's pipe: checked with a job dir path of the length
-    /// the real one will have.
-    fn check_pipe(&self, cfg: &TranslateConfig) -> Result<(), TranslateError> {
+    /// The routed ad must fit the router's pipe.
+    fn check_pipe(&self) -> Result<(), TranslateError> {
         let id = self.job.id();
-        let example = cfg
-            .scratch_prefix
-            .join(&self.job.owner)
-            .join(format!("{id}.XXXXXX"));
-        let (_, stdout, _) = self.routed(&example)?;
+        let stdout = &self.routed.stdout;
         if stdout.len() > PIPE_BUFFER_MAX {
             return Err(job_problem(
                 &id,
@@ -334,10 +348,7 @@ impl CapsulePlan {
     ///
     /// # Errors
     /// [`TranslateError::Job`] when an attribute cannot be printed in the old syntax.
-    pub fn routed(
-        &self,
-        scratch: &Path,
-    ) -> Result<(ClassAd, String, Option<String>), TranslateError> {
+    fn routed(&self, scratch: &Path) -> Result<RoutedAd, TranslateError> {
         let id = self.job.id();
         let staged = self.staged(scratch);
         let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
@@ -346,8 +357,12 @@ impl CapsulePlan {
         };
         match self.universe {
             RoutedUniverse::Vm => {
-                let text = print(&vm_ad, "routed ad")?;
-                Ok((vm_ad, text, None))
+                let stdout = print(&vm_ad, "routed ad")?;
+                Ok(RoutedAd {
+                    ad: vm_ad,
+                    stdout,
+                    capsule_ad: None,
+                })
             }
             RoutedUniverse::Vanilla => {
                 let mut vm_ad = vm_ad;
@@ -365,8 +380,12 @@ impl CapsulePlan {
                         launcher_on_node: self.launcher_on_node,
                     },
                 );
-                let text = print(&ad, "routed ad")?;
-                Ok((ad, text, Some(capsule)))
+                let stdout = print(&ad, "routed ad")?;
+                Ok(RoutedAd {
+                    ad,
+                    stdout,
+                    capsule_ad: Some(capsule),
+                })
             }
         }
     }
