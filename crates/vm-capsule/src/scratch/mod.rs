@@ -104,7 +104,7 @@ impl ScratchError {
 
     /// Whether the scratch file system is full.
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, ScratchError::Io { source, .. } if is_storage_full(source))
+        matches!(self, ScratchError::Io { source, .. } if capsule_disk::is_storage_full(source))
     }
 
     /// Whether the directory to make exists already.
@@ -112,11 +112,6 @@ impl ScratchError {
         matches!(self, ScratchError::Io { source, .. }
             if source.raw_os_error() == Some(Errno::EXIST.raw_os_error()))
     }
-}
-
-/// Whether an I/O error means the file system (or the user's quota) is full.
-pub fn is_storage_full(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error())
 }
 
 /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.

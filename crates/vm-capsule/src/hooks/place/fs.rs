@@ -62,8 +62,7 @@ impl PlaceError {
 
     /// Whether the destination file system is full (a reason to stop placing).
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, PlaceError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error()))
+        matches!(self, PlaceError::Io { source, .. } if capsule_disk::is_storage_full(source))
     }
 }
 

@@ -102,7 +102,7 @@ pub(super) fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
         if e.downcast_ref::<std::io::Error>()
-            .is_some_and(crate::scratch::is_storage_full)
+            .is_some_and(capsule_disk::is_storage_full)
         {
             return true;
         }
