@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
+mod bytes;
 mod cache;
 mod container;
 mod disk;
