@@ -84,19 +84,25 @@ impl TempRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn a_recorded_temporary_file_is_removed_and_a_finished_one_forgotten() {
+    /// A directory to record temporary files in, and its descriptor.
+    pub(crate) fn temp_dir() -> (tempfile::TempDir, OwnedFd) {
         let d = tempfile::tempdir().unwrap();
-        let dir = rustix::fs::open(
+        let fd = rustix::fs::open(
             d.path(),
             rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
             rustix::fs::Mode::empty(),
         )
         .unwrap();
+        (d, fd)
+    }
+
+    #[test]
+    fn a_recorded_temporary_file_is_removed_and_a_finished_one_forgotten() {
+        let (d, dir) = temp_dir();
         let record = TempRecord::new();
         let watcher = record.clone();
         let create = |name: &str| {

@@ -127,8 +127,8 @@ mod tests {
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
-    #[test]
-    fn a_hook_that_answers_in_time_is_not_interrupted() {
+    /// A watchdog of 50 ms writing to a buffer; its ending is a message, not an exit.
+    fn armed() -> (Watchdog, Shared, mpsc::Receiver<()>) {
         let out = Shared::default();
         let (ended, ends) = mpsc::channel();
         let dog = Watchdog::start(
@@ -137,6 +137,12 @@ mod tests {
             || "Timeout = true\n".to_owned(),
             move || ended.send(()).unwrap(),
         );
+        (dog, out, ends)
+    }
+
+    #[test]
+    fn a_hook_that_answers_in_time_is_not_interrupted() {
+        let (dog, out, ends) = armed();
         assert!(dog.answer("Done = true\n").unwrap());
         assert!(!dog.answer("Twice = true\n").unwrap());
         assert!(ends.recv_timeout(Duration::from_millis(500)).is_err());
@@ -145,21 +151,8 @@ mod tests {
 
     #[test]
     fn on_timeout_the_temporary_file_goes_and_the_hook_answer_is_dropped() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = rustix::fs::open(
-            d.path(),
-            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
-        let out = Shared::default();
-        let (ended, ends) = mpsc::channel();
-        let dog = Watchdog::start(
-            Duration::from_millis(50),
-            Box::new(out.clone()),
-            || "Timeout = true\n".to_owned(),
-            move || ended.send(()).unwrap(),
-        );
+        let (d, dir) = crate::temp_record::tests::temp_dir();
+        let (dog, out, ends) = armed();
         dog.temps()
             .create(dir.as_fd(), "half.tmp", || {
                 std::fs::write(d.path().join("half.tmp"), b"x")
