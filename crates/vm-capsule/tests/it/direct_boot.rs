@@ -107,13 +107,7 @@ fn routed_ad_names_exactly_the_boot_files_it_ships() {
         "root=/dev/ram0 console=ttyS0 quiet panic=-1"
     );
     // The vanilla flavour ships the same files (by absolute path in scratch).
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&job(&pool, "names-vanilla", "true", 52).1)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let vanilla = classad::parse_old_ad(&run.stdout).unwrap();
+    let vanilla = pool.translate_vanilla(&job(&pool, "names-vanilla", "true", 52).1);
     let names: Vec<String> = transfer_list(&vanilla)
         .iter()
         .map(|p| {
@@ -198,13 +192,7 @@ fn xen_style_template_boots_in_both_flavours() {
 
     // Vanilla flavour: the launcher on the stand-in execute node.
     let (iwd, ad) = job(&pool, "xen-vanilla", script, 56);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(&ad);
     let env = vec![
         ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
         ("TMPDIR".to_owned(), pool.root.path().display().to_string()),

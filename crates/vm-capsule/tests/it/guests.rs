@@ -234,13 +234,7 @@ fn vm_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, C
 /// runs the launcher (a real boot), finalize must add nothing. Returns the routed ad too.
 fn vanilla_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, ClassAd) {
     let ad = jobs.ad(flavour, job);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(ad);
     let sandbox = pool
         .root
         .path()

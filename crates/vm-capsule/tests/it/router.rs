@@ -291,6 +291,18 @@ impl Pool {
         killed
     }
 
+    /// Translate `job` by a vanilla-flavour route (`TargetUniverse = 5`), which must succeed;
+    /// the routed ad as the hook printed it.
+    pub fn translate_vanilla(&self, job: &ClassAd) -> ClassAd {
+        let stdin = format!(
+            "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
+            print_ad(job)
+        );
+        let run = self.run_hook("translate", &stdin);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        classad::parse_old_ad(&run.stdout).unwrap()
+    }
+
     /// Translate `job`; returns the routed ad after the router's own edits, or the failed run.
     pub fn translate(&self, job: &ClassAd) -> Result<ClassAd, HookRun> {
         let stdin = format!(

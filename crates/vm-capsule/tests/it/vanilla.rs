@@ -287,13 +287,7 @@ fn vanilla_launcher_hung_guest() {
         iwd.display()
     );
     let ad = job_ads(&[("hang".into(), submit, 3)]).remove(0);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(&ad);
     let sandbox = pool.root.path().join("sandbox");
     let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
     let started = std::time::Instant::now();
