@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bytes per job for a 2 GiB OS image (issue 12), for docs/PERFORMANCE.md:
+# Bytes per job for a 2 GiB OS image, for docs/PERFORMANCE.md:
 #   transferred: what HTCondor sends to the execute node (the apparent sizes of the routed
 #                job's TransferInput: its file transfer does not keep holes);
 #   written:     what `vm-capsule run` itself writes to stage and return the disks, measured

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boot figures of the guests (issue 12) for docs/PERFORMANCE.md: QEMU start -> agent start ->
+# Boot figures of the guests for docs/PERFORMANCE.md: QEMU start -> agent start ->
 # job start, and job end -> poweroff, under TCG, medians of RUNS runs interleaved across the
 # guests (one boot of each, then the next round), measured by `vm-capsule template check`
 # (the capsule translate makes and the QEMU command line `vm-capsule run` uses; the console is

@@ -50,7 +50,7 @@ if [ "$what" = test ]; then
     # xmllint); the packages are built with dpkg-deb and rpmbuild and checked with file/ldd.
     pkgs+=(libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu libxml2-utils)
     pkgs+=(dpkg-dev rpm file)
-    # Real guests (issue 12): `vm-capsule template build` (mmdebstrap, mke2fs/debugfs, GRUB's
+    # Real guests: `vm-capsule template build` (mmdebstrap, mke2fs/debugfs, GRUB's
     # BIOS images), `template install-agent` (virt-customize; libguestfs boots the host's
     # kernel from /boot in its appliance, so one must be there).
     pkgs+=(mmdebstrap e2fsprogs grub-pc-bin libguestfs-tools linux-image-amd64)

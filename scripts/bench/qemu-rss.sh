@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak RSS of the vanilla flavour's QEMU (issue 11): a 256 MiB test guest running a 60 s
+# Peak RSS of the vanilla flavour's QEMU: a 256 MiB test guest running a 60 s
 # CPU-bound job under TCG, with the bounded translation cache (64 MiB, what the launcher uses)
 # and with QEMU's default, interleaved. Prints one line per run: tb-size, peak RSS (KiB) of
 # `vm-capsule run` and its QEMU child (GNU time), wall seconds.

@@ -1,4 +1,4 @@
-//! Data disk benchmark (issue 3), side by side in one run:
+//! Data disk benchmark, side by side in one run:
 //!
 //! * put 1 MiB and 100 MiB of files into a new 1 GiB VMDK data disk with `capsule-disk`,
 //!   versus the 2009 plugin's pipeline (`qemu-img convert` vmdk->raw, one `mcopy -i
@@ -356,7 +356,7 @@ fn main() {
 }
 
 fn intro() -> String {
-    "## Data disks (capsule-disk, issue 3)\n\n\
+    "## Data disks (capsule-disk)\n\n\
      `cargo bench -p capsule-disk --bench data_disk` (with `CAPSULE_BENCH_WRITE=1` to refresh this\n\
      section). Median of 9 runs (1 MiB) or 3 runs (100 MiB) after a warm-up, warm page cache, no\n\
      fsync anywhere, release build, 2-core machine shared with other builds (load average 3-5, so\n\

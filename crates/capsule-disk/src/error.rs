@@ -197,8 +197,10 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {} ({bytes} bytes)", UNITS[unit])
 }
 
-/// True for an I/O error saying the storage has no room (`ENOSPC`, `EDQUOT`).
-pub(crate) fn is_storage_full(e: &io::Error) -> bool {
+/// True for an I/O error saying the storage has no room: a full file system (`ENOSPC`) or an
+/// exhausted quota (`EDQUOT`). The one check every crate uses, so none forgets the quota.
+#[must_use]
+pub fn is_storage_full(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
@@ -287,6 +289,16 @@ mod tests {
         assert_eq!(human_size(2048), "2.0 KiB (2048 bytes)");
         assert_eq!(human_size(15 << 20), "15.0 MiB (15728640 bytes)");
         assert_eq!(human_size(3 << 30), "3.0 GiB (3221225472 bytes)");
+    }
+
+    /// Both ways a write finds no room, as the kernel reports them (Linux errno values).
+    #[test]
+    fn storage_full_is_enospc_or_edquot() {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        assert!(is_storage_full(&io::Error::from_raw_os_error(ENOSPC)));
+        assert!(is_storage_full(&io::Error::from_raw_os_error(EDQUOT)));
+        assert!(!is_storage_full(&io::Error::from_raw_os_error(5)));
     }
 
     /// The storage under the image running out of space (ENOSPC, EDQUOT) is a volume-full

@@ -57,6 +57,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
+mod bytes;
 mod cache;
 mod container;
 mod disk;
@@ -73,6 +74,6 @@ pub use disk::{
     CreateOptions, DataDisk, DirEntryInfo, DiskInfo, FileReader, OpenOptions, TarStats, MAX_DEPTH,
     MAX_WALK_ENTRIES,
 };
-pub use error::Error;
+pub use error::{is_storage_full, Error};
 pub use fat::FatKind;
 pub use size::parse_size;

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 
+use crate::bytes::{le16, le32, le64};
 use crate::Error;
 
 /// Bytes per logical sector assumed for partition tables (as QEMU and mkfs.vfat do for images).
@@ -108,29 +109,10 @@ fn guid_string(g: &[u8; 16]) -> String {
     )
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
-
 /// Does this sector look like a FAT boot sector (jump instruction, sane BPB)?
 pub(crate) fn looks_like_fat_boot(sector: &[u8]) -> bool {
     let jump = matches!(sector.first(), Some(0xeb | 0xe9));
-    let bps = u16::from_le_bytes([
-        sector.get(11).copied().unwrap_or(0),
-        sector.get(12).copied().unwrap_or(0),
-    ]);
+    let bps = le16(sector, 11);
     let spc = sector.get(13).copied().unwrap_or(0);
     let fats = sector.get(16).copied().unwrap_or(0);
     jump && matches!(bps, 512 | 1024 | 2048 | 4096)

@@ -304,16 +304,14 @@ fn free_text(free: Option<u64>) -> String {
     )
 }
 
-/// Whether `e` comes from a full disk: capsule-disk's typed volume-full error, or ENOSPC
-/// (`StorageFull`) from a mounted disk.
+/// Whether `e` comes from a full disk: capsule-disk's typed volume-full error, or a full file
+/// system or quota (`ENOSPC`, `EDQUOT`) under a mounted disk.
 fn is_no_space(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<capsule_disk::Error>()
             .is_some_and(capsule_disk::Error::is_volume_full)
-            || c.downcast_ref::<io::Error>().is_some_and(|io| {
-                io.kind() == io::ErrorKind::StorageFull
-                    || io.raw_os_error() == Some(nix::libc::ENOSPC)
-            })
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(capsule_disk::is_storage_full)
     })
 }
 
@@ -512,4 +510,28 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
     r.warnings.extend(escaped_warning);
     debug_assert!(r.outcome != Outcome::NotStarted);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full file system and an exhausted quota are both "no room", however they are
+    /// reported: by errno (a mounted disk) or by kind.
+    #[test]
+    fn no_space_covers_a_full_disk_and_a_full_quota() {
+        for errno in [nix::libc::ENOSPC, nix::libc::EDQUOT] {
+            let e = anyhow::Error::new(io::Error::from_raw_os_error(errno))
+                .context("writing output.tar");
+            assert!(is_no_space(&e), "errno {errno}");
+        }
+        for kind in [io::ErrorKind::StorageFull, io::ErrorKind::QuotaExceeded] {
+            assert!(
+                is_no_space(&anyhow::Error::new(io::Error::from(kind))),
+                "{kind:?}"
+            );
+        }
+        let other = anyhow::Error::new(io::Error::from_raw_os_error(nix::libc::EIO));
+        assert!(!is_no_space(&other));
+    }
 }

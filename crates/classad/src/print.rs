@@ -390,7 +390,7 @@ mod tests {
         printed
     }
 
-    /// Fuzzing finds (issue 2): texts whose HTCondor-style printing would not read back.
+    /// Fuzzing finds: texts whose HTCondor-style printing would not read back.
     #[test]
     fn printing_reads_back_where_htcondor_would_not() {
         assert_eq!(reprint(".'false'"), ".'false'");

@@ -1,11 +1,12 @@
-//! Benchmark of the hooks (issue 5), each side by side with its baseline in one run:
+//! Benchmark of the hooks, each side by side with its baseline in one run:
 //! translate of a small job (target: median under 10 ms, the hook binary as the router runs
 //! it), translate of 100 MiB of inputs against `cp -r` of the same inputs (target: at most
 //! 1.5x), translate with a 64 MiB and a 4 GiB template OS disk (target: the same time), and
 //! finalize of 100 MiB of outputs against `cp -r` (target: at most 1.5x); placing outputs with
-//! 1,000 to 10,000 nested entries (issue 11: linear, 10,000 in under 2 s); the vanilla flavour's
+//! 1,000 to 10,000 nested entries (target: linear, 10,000 in under 2 s; the first placer was
+//! cubic); the vanilla flavour's
 //! translate with 1 MiB, 100 MiB and 1 GiB of inputs against a job with no inputs, and against
-//! the translate of an earlier build when `VM_CAPSULE_BENCH_BEFORE` names its binary (issue 15:
+//! the translate of an earlier build when `VM_CAPSULE_BENCH_BEFORE` names its binary (target:
 //! flat, within 2x); the launcher's data disk from 100 MiB of inputs against `cp -r` (≤ 1.2x).
 //! Run: `cargo bench -p vm-capsule --bench hooks`; results go to docs/PERFORMANCE.md.
 #![allow(
@@ -342,7 +343,12 @@ fn placement(rows: &mut Vec<String>) {
             let rules =
                 OutputRules::for_job(&vm_capsule::job::JobSpec::from_ad(&ad).unwrap()).unwrap();
             let start = Instant::now();
-            let placed = place_outputs(tar.as_slice(), &rules, "1.0");
+            let placed = place_outputs(
+                tar.as_slice(),
+                &rules,
+                "1.0",
+                &vm_capsule::temp_record::TempRecord::new(),
+            );
             times.push(start.elapsed());
             assert!(!placed.has_problems(), "{placed:?}");
         }

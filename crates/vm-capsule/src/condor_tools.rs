@@ -1,8 +1,8 @@
 //! HTCondor's command-line tools (`condor_config_val`, `condor_hold`), found the way a hook
 //! can rely on.
 //!
-//! The JobRouter runs hooks with `PATH=/usr/bin:/bin` (reference: a real 24.0 pool), so a
-//! tarball install or any prefix outside those dirs is invisible by name (issue 14.1). In
+//! The JobRouter runs hooks with `PATH=/usr/bin:/bin` (as a real 24.0 pool did), so a
+//! tarball install or any prefix outside those dirs is invisible by name. In
 //! order, a tool is looked for in:
 //! 1. `BIN` of the configuration `CONDOR_CONFIG` names (else `/etc/condor/condor_config`),
 //!    with its `LOCAL_CONFIG_FILE` and `LOCAL_CONFIG_DIR`, `RELEASE_DIR` and the

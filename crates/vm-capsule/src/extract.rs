@@ -12,6 +12,7 @@ use capsule_manifest::Outcome;
 
 use crate::hooks::finalize::{agent_problem, read_result};
 use crate::hooks::place::{place_outputs, OutputRules};
+use crate::temp_record::TempRecord;
 
 fn publish_usage(
     sandbox: &Path,
@@ -94,7 +95,8 @@ fn extract(
                 // transfer_output_files and remaps from there. The capsule's own files and
                 // the starter's names are never taken.
                 let rules = OutputRules::sandbox(sandbox, capsule_files);
-                let placed = place_outputs(reader, &rules, "launcher");
+                // No watchdog here: nothing removes a temporary file on a timeout.
+                let placed = place_outputs(reader, &rules, "launcher", &TempRecord::new());
                 if placed.has_problems() {
                     return LauncherExit::Failed(placed.summary());
                 }

@@ -1,5 +1,5 @@
 //! Who a hook runs as. The JobRouter always runs hooks as the job's owner; a hook running as
-//! root (it packed `/etc/shadow` into a capsule, issue 11) or as another user is refused,
+//! root (it would pack files like `/etc/shadow` into a capsule) or as another user is refused,
 //! unless the explicit test knob `VM_CAPSULE_TEST_ANY_USER` says otherwise.
 
 use nix::unistd::{Uid, User};

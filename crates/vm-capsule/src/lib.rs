@@ -33,6 +33,7 @@ pub mod sandbox;
 pub mod scratch;
 pub mod settings;
 pub mod snippet;
+pub mod temp_record;
 pub mod template;
 pub mod text;
 pub mod usage;

@@ -1,7 +1,8 @@
 //! `vm-capsule`: the command line front end (hooks, disk tools, ClassAd tools).
 //!
 //! The binary stays thin: parse arguments, dispatch to one `cli` module, map the result to
-//! an exit code in one place (STYLE.md rule 1 and 8).
+//! an exit code in one place, so the libraries never print or exit and every exit code is
+//! chosen where it can be seen with the others.
 
 mod cli;
 

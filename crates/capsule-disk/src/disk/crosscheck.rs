@@ -1,4 +1,4 @@
-//! Cross-checks of the raw directory reader against the real tools and `fatfs` (issue 16):
+//! Cross-checks of the raw directory reader against the real tools and `fatfs`:
 //! on volumes made by `mkfs.vfat` and filled by `mcopy` (long, lower-case, non-ASCII and
 //! nested names, a deleted entry, a fragmented file), every first cluster read from a raw
 //! entry equals the one `mshowfat` reports, every listing equals `fatfs`'s, and every file

@@ -3,6 +3,7 @@
 //! volume.
 
 use super::{FatError, FatKind};
+use crate::bytes::{le16, le32};
 
 /// The volume's layout as the boot sector gives it; every offset is relative to the volume.
 #[derive(Debug, Clone, Copy)]
@@ -61,15 +62,13 @@ fn corrupt(offset: u64, detail: String) -> FatError {
 
 impl Bpb {
     fn read(b: &[u8; 512]) -> Result<Bpb, FatError> {
-        let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let u32at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         if b[510..512] != [0x55, 0xaa] {
             return Err(corrupt(
                 510,
                 "missing 0x55aa signature; not a FAT volume".into(),
             ));
         }
-        let bps = u16at(11);
+        let bps = le16(b, 11);
         if !matches!(bps, 512 | 1024 | 2048 | 4096) {
             return Err(corrupt(
                 11,
@@ -90,7 +89,7 @@ impl Bpb {
                 format!("cluster size {cluster_size} exceeds 64 KiB"),
             ));
         }
-        let reserved = u16at(14);
+        let reserved = le16(b, 14);
         if reserved == 0 {
             return Err(corrupt(14, "zero reserved sectors".into()));
         }
@@ -98,8 +97,8 @@ impl Bpb {
         if !(1..=2).contains(&fats) {
             return Err(corrupt(16, format!("{fats} FATs; expected 1 or 2")));
         }
-        let fat_size = match u16at(22) {
-            0 => u32at(36),
+        let fat_size = match le16(b, 22) {
+            0 => le32(b, 36),
             n => u32::from(n),
         };
         if fat_size == 0 {
@@ -110,15 +109,15 @@ impl Bpb {
             sectors_per_cluster: u64::from(spc),
             reserved: u64::from(reserved),
             fats: u64::from(fats),
-            total: u64::from(match u16at(19) {
-                0 => u32at(32),
+            total: u64::from(match le16(b, 19) {
+                0 => le32(b, 32),
                 n => u32::from(n),
             }),
             fat_size: u64::from(fat_size),
-            root_entries: u64::from(u16at(17)),
-            root_cluster: u32at(44),
-            fs_info: u16at(48),
-            backup: u16at(50),
+            root_entries: u64::from(le16(b, 17)),
+            root_cluster: le32(b, 44),
+            fs_info: le16(b, 48),
+            backup: le16(b, 50),
         })
     }
 }

@@ -9,6 +9,7 @@
 use std::io;
 
 use super::{BootInfo, FatError, FatKind, VolumeRw};
+use crate::bytes::{le16, le32};
 
 /// Bytes per directory entry.
 pub(crate) const ENTRY_SIZE: u64 = 32;
@@ -61,10 +62,13 @@ impl RawEntry {
 
     /// Parse the short entry `e`, stored at `pos`, preceded by the long name `long`.
     fn parse(kind: FatKind, e: &[u8; 32], long: Option<&[u16]>, pos: u64) -> RawEntry {
-        let le16 = |at: usize| u16::from_le_bytes([e[at], e[at + 1]]);
         let mut raw = [0u8; 11];
         raw.copy_from_slice(&e[..11]);
-        let hi = if kind == FatKind::Fat32 { le16(20) } else { 0 };
+        let hi = if kind == FatKind::Fat32 {
+            le16(e, 20)
+        } else {
+            0
+        };
         let flags = e[12];
         RawEntry {
             name: long.map(String::from_utf16_lossy).unwrap_or_else(|| {
@@ -80,9 +84,9 @@ impl RawEntry {
             }),
             short_name: short_name(&raw),
             attrs: e[11],
-            first_cluster: (u32::from(hi) << 16) | u32::from(le16(26)),
-            size: u32::from_le_bytes([e[28], e[29], e[30], e[31]]),
-            modified: (le16(24), le16(22)),
+            first_cluster: (u32::from(hi) << 16) | u32::from(le16(e, 26)),
+            size: le32(e, 28),
+            modified: (le16(e, 24), le16(e, 22)),
             pos,
         }
     }
@@ -198,7 +202,7 @@ impl LongName {
         let at = LFN_PART * usize::from(index - 1);
         let chars = [1usize, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
         for (slot, off) in self.buf.iter_mut().skip(at).zip(chars) {
-            *slot = u16::from_le_bytes([e[off], e[off + 1]]);
+            *slot = le16(e, off);
         }
     }
 

@@ -1,4 +1,4 @@
-//! The bulk cases: a 100 MiB file and 1000 small files, read back by mtools.
+//! Bulk cases: a 100 MiB file and 1000 small files, read back by mtools.
 
 use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
 use std::io::Read;

@@ -1,4 +1,4 @@
-//! No room left (issue 16): every way of writing into a full volume (small files through
+//! No room left: every way of writing into a full volume (small files through
 //! `fatfs`, large files along our own chains, new directories, tar entries) returns the typed
 //! [`Error::VolumeFull`] naming the file being written and the volume's size, and the volume
 //! stays consistent for `fsck.fat`.

@@ -146,7 +146,7 @@ fn reads_gpt_disks_made_by_sfdisk_and_mkfs() {
 }
 
 /// A file that does not fit fails with the typed volume-full error, naming the file and the
-/// volume's size, and leaves no lost clusters behind (issue 16).
+/// volume's size, and leaves no lost clusters behind.
 #[test]
 fn full_disk_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();

@@ -116,7 +116,7 @@ fn hostile_archive_entries_are_skipped() {
     let img = dir.path().join("d.img");
     let disk = DataDisk::create(&img, &CreateOptions::new().size(8 * MIB)).unwrap();
     let stats = disk.tar_in("/", &mut &raw[..]).unwrap();
-    // An absolute name is refused, not re-rooted (issue 16: one RelPath rule set).
+    // An absolute name is refused, not re-rooted (one RelPath rule set for every reader).
     assert_eq!(stats.files, 1, "{stats:?}");
     assert_eq!(stats.skipped.len(), 5, "{stats:?}");
     let names: Vec<String> = disk.walk("").unwrap().into_iter().map(|(p, _)| p).collect();

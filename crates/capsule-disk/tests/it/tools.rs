@@ -4,20 +4,26 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-/// Run a command, panic with its output if it fails; return stdout.
-pub fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
+/// Run `cmd`; it must exit 0 (its stdout and stderr are in the failure message). Its stdout.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd} {args:?} failed: {}\n{}\n{}",
+        "{cmd:?} failed: {}\n{}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run tool `cmd` with `args`, as [`run_ok`].
+#[track_caller]
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    run_ok(Command::new(cmd).args(args))
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
@@ -66,19 +72,12 @@ pub fn mspec(img: &Path, offset: u64) -> String {
 
 /// mtools with a private config so the user's ~/.mtoolsrc does not matter.
 pub fn mtool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .env("MTOOLSRC", "/dev/null")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(
+        Command::new(cmd)
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("MTOOLSRC", "/dev/null"),
+    )
 }
 
 /// Files every reference disk holds: (path in the volume, content).

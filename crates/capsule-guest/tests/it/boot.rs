@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use capsule_disk::{Access, CreateOptions, DataDisk};
 use capsule_manifest::{EntryKind, JobResult, Outcome, OutputEntry, OutputRule};
 
-use crate::harness::{script, Capsule};
+use crate::harness::{run_ok, script, Capsule};
 
 /// Seconds QEMU may run before it is killed (a boot takes 6-8 s; slow CI machines more).
 const BOOT_TIMEOUT_SECS: u32 = 180;
@@ -25,13 +25,7 @@ fn guest() -> &'static (PathBuf, PathBuf, PathBuf) {
     GUEST.get_or_init(|| {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-test-guest.sh");
-        let out = Command::new("bash").arg(&script).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{} failed:\n{stderr}",
-            script.display()
-        );
+        let out = run_ok(Command::new("bash").arg(&script));
         let stdout = String::from_utf8(out.stdout).unwrap();
         let mut paths = stdout.split_whitespace().map(PathBuf::from);
         (
@@ -65,12 +59,13 @@ impl Booted {
     }
 }
 
-fn run(tool: &mut Command) {
-    let out = tool.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{tool:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// `qemu-img convert` from `src` (`from` format) to `dst` (`to` format).
+fn convert(from: &str, src: &Path, to: &str, dst: &Path) {
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", from, "-O", to])
+            .arg(src)
+            .arg(dst),
     );
 }
 
@@ -93,10 +88,7 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
     // qemu-img makes the vmdk/qcow2 containers: QEMU itself is the judge of what it can boot.
     let image = dir.join(format!("data.{format}"));
     if format != "raw" {
-        run(Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", format])
-            .arg(&raw)
-            .arg(&image));
+        convert("raw", &raw, format, &image);
     }
     let drive = format!("file={},format={format},if={bus}", image.display());
     let out = Command::new("timeout")
@@ -132,10 +124,7 @@ fn boot(c: Capsule, format: &str, bus: &str, mode: &str) -> Booted {
     if format == "raw" {
         fs::copy(&image, &back).unwrap();
     } else {
-        run(Command::new("qemu-img")
-            .args(["convert", "-f", format, "-O", "raw"])
-            .arg(&image)
-            .arg(&back));
+        convert(format, &image, "raw", &back);
     }
     let files = dir.join("returned");
     fs::create_dir(&files).unwrap();
@@ -188,28 +177,13 @@ fn cross_check_with_fat_tools(raw: &Path, offset: u64, json: &[u8]) {
     let part = raw.with_extension("part");
     let bytes = fs::read(raw).unwrap();
     fs::write(&part, &bytes[usize::try_from(offset).unwrap()..]).unwrap();
-    let fsck = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "fsck.fat -n: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let mtype = Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(format!("{}@@{offset}", raw.display()))
-        .arg("::result.json")
-        .output()
-        .unwrap();
-    assert!(
-        mtype.status.success(),
-        "mtype: {}",
-        String::from_utf8_lossy(&mtype.stderr)
+    run_ok(Command::new("fsck.fat").arg("-n").arg(&part));
+    let mtype = run_ok(
+        Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@{offset}", raw.display()))
+            .arg("::result.json"),
     );
     assert_eq!(mtype.stdout, json);
 }

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use capsule_disk::{Access, CreateOptions, DataDisk, ImageFormat};
 use capsule_manifest::{EntryKind, InputEntry, JobResult, Manifest};
@@ -49,17 +49,7 @@ impl Ran {
         let bytes = fs::read(image).unwrap();
         let part = image.with_extension("part");
         fs::write(&part, &bytes[usize::try_from(start).unwrap()..]).unwrap();
-        let out = Command::new("fsck.fat")
-            .arg("-n")
-            .arg(&part)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "fsck.fat -n: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new("fsck.fat").arg("-n").arg(&part));
     }
 
     /// The entries of output.tar: (path, content) with directories as `dir/` and no content.
@@ -76,6 +66,22 @@ impl Ran {
         }
         out
     }
+}
+
+/// Run `cmd`; it must exit 0 (its stdout and stderr are in the failure message). Its output.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A capsule whose executable is a shell script `job.sh` with this body.

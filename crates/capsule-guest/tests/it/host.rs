@@ -293,7 +293,7 @@ fn unknown_schema_version_is_refused_in_result_json() {
     assert!(!ran.scratch.join("work/job.sh").exists());
 }
 
-/// Outputs larger than the data disk (issue 5/6): the job's real outcome still reaches
+/// Outputs larger than the data disk: the job's real outcome still reaches
 /// result.json, with an error naming the full disk, and no partial output.tar is left.
 #[test]
 fn outputs_that_fill_the_data_disk_still_leave_a_result() {

@@ -1,4 +1,4 @@
-//! The agent as a systemd unit runs it (issue 12): the data disk found by its FAT label among
+//! The agent as a systemd unit runs it: the data disk found by its FAT label among
 //! other block devices, without udev, and the agent shipped on the data disk taking over from
 //! the image's own when it differs.
 

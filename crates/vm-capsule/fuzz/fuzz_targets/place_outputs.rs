@@ -1,4 +1,4 @@
-//! Finalize's placement against a hostile `output.tar` (issue 11): whatever the archive
+//! Finalize's placement against a hostile `output.tar`: whatever the archive
 //! holds, nothing lands outside the job's Iwd, nothing the job did not declare is placed, no
 //! link is followed, no temporary file stays, and the user's own files are untouched.
 //!
@@ -130,7 +130,12 @@ fuzz_target!(|data: &[u8]| {
     ))
     .unwrap();
     let rules = OutputRules::for_job(&JobSpec::from_ad(&ad).unwrap()).unwrap();
-    let _ = place_outputs(archive.as_slice(), &rules, "1.0");
+    let _ = place_outputs(
+        archive.as_slice(),
+        &rules,
+        "1.0",
+        &vm_capsule::temp_record::TempRecord::new(),
+    );
 
     assert_eq!(
         fs::read_dir(&outside).unwrap().count(),

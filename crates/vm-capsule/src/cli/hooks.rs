@@ -15,7 +15,8 @@ use clap::Args;
 use vm_capsule::agent;
 use vm_capsule::hooks::log::{owner_name, HookLog, LogOptions};
 use vm_capsule::hooks::translate::{hold_original, translate};
-use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update, watchdog};
+use vm_capsule::hooks::watchdog::Watchdog;
+use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update};
 use vm_capsule::settings::{knobs, Settings, WhichLog};
 
 /// Options every hook takes.
@@ -118,12 +119,13 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
     let settings = settings(args)?;
     let cfg = settings.translate();
     let limit = settings.hook_timeout();
-    watchdog::arm(limit, 1, move || {
+    let watchdog = Watchdog::arm(limit, 1, move || {
         eprintln!(
             "vm-capsule translate: error: did not finish within {} s ({}); the JobRouter will try again",
             limit.as_secs(),
             knobs::HOOK_TIMEOUT.name
         );
+        String::new()
     });
     // stdin first: the log is the job owner's and names the job.
     let stdin = read_stdin(std::io::stdin());
@@ -163,14 +165,14 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
         }
     };
     let result = translate(&stdin, &cfg, &mut log);
-    if !watchdog::claim_answer() {
+    // A failure answers with an empty stdout: claimed here, so the watchdog stays silent
+    // while the original is held.
+    let answer = result.as_ref().map_or("", |done| done.stdout.as_str());
+    if !watchdog.answer(answer)? {
         return Ok(ExitCode::FAILURE);
     }
     match result {
-        Ok(done) => {
-            stdout_write(&done.stdout)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             match err.job_to_hold() {
                 // Hold the original so the user sees why (docs/DESIGN.md, holds), then exit
@@ -199,7 +201,7 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
         |_| Settings::default().hook_timeout(),
         Settings::hook_timeout,
     );
-    watchdog::arm(limit, 0, move || {
+    let watchdog = Watchdog::arm(limit, 0, move || {
         let mut attrs = classad::ClassAd::new();
         finalize::failure_attributes(
             &mut attrs,
@@ -210,7 +212,7 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
             ),
             None,
         );
-        let _ = ad_lines(&attrs).map(|t| stdout_write(&t));
+        ad_lines(&attrs).unwrap_or_default()
     });
     let stdin = read_stdin(std::io::stdin());
     let unread = Settings::default();
@@ -229,18 +231,15 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
                 .map_err(|e| format!("{e}{}", unread_because(s)))
         });
     let done = match (stdin, cfg) {
-        (Ok(stdin), Ok(cfg)) => finalize::finalize(&stdin, &cfg, &mut log),
+        (Ok(stdin), Ok(cfg)) => finalize::finalize(&stdin, &cfg, watchdog.temps(), &mut log),
         (Err(e), _) => finalize::failed(&e, &mut log),
         (Ok(_), Err(e)) => finalize::failed(
             &format!("the vm-capsule configuration on the submit machine is wrong: {e}; the job's outputs were not placed and stay in its scratch dir until an administrator fixes it"),
             &mut log,
         ),
     };
-    if !watchdog::claim_answer() {
-        return Ok(ExitCode::SUCCESS);
-    }
     let text = ad_lines(&done.attrs).context("cannot print the exit attributes")?;
-    stdout_write(&text)?;
+    watchdog.answer(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -20,7 +20,7 @@ pub const MAX_STDIN: usize = classad::stream::MAX_STREAM_BYTES;
 
 /// Read all of stdin as text, bounded. Bytes that are not UTF-8 (a Latin-1 `Description`,
 /// say) become U+FFFD: the attributes the hooks use are checked where they are used, and one
-/// stray byte elsewhere must not cost the job its hold or its terminate event (issue 11).
+/// stray byte elsewhere must not cost the job its hold or its terminate event.
 ///
 /// # Errors
 /// I/O errors, or input over [`MAX_STDIN`].

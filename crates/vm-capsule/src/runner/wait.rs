@@ -1,6 +1,6 @@
 //! Waiting for QEMU with a deadline while its stderr is drained: QEMU's stderr used to be
 //! read only after it exited, so a QEMU that wrote more than a pipe buffer blocked and was
-//! then reported as a timeout (issue 16).
+//! then reported as a timeout.
 
 use std::io::Read;
 use std::process::{Child, ExitStatus};

@@ -3,7 +3,7 @@
 //!
 //! # Security
 //! The prefix is shared by every job owner, so everything under it is attacker-controlled
-//! unless proven otherwise (issue 11: a squatted owner dir let another user swap a returned
+//! unless proven otherwise (a squatted owner dir would let another user swap a returned
 //! disk). The prefix and every directory above it must be owned by root or by us and writable
 //! by nobody else unless sticky and root-owned; hooks never create the prefix. The owner dir
 //! is created by us with mode 0700, and opened without following links; an existing one is
@@ -29,7 +29,7 @@ mod owner;
 mod prefix;
 
 pub use own_dir::{open_own_dir, NotOwnDir};
-pub use owner::is_job_dir_name;
+pub use owner::{is_job_dir_name, new_job_dir_name};
 #[cfg(test)]
 mod tests;
 
@@ -108,13 +108,14 @@ impl ScratchError {
 
     /// Whether the scratch file system is full.
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, ScratchError::Io { source, .. } if is_storage_full(source))
+        matches!(self, ScratchError::Io { source, .. } if capsule_disk::is_storage_full(source))
     }
-}
 
-/// Whether an I/O error means the file system (or the user's quota) is full.
-pub fn is_storage_full(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error())
+    /// Whether the directory to make exists already.
+    pub fn is_exists(&self) -> bool {
+        matches!(self, ScratchError::Io { source, .. }
+            if source.raw_os_error() == Some(Errno::EXIST.raw_os_error()))
+    }
 }
 
 /// `VM_CAPSULE_SCRATCH_DIR_PREFIX`.

@@ -14,19 +14,28 @@ impl OwnerDir {
     /// [`ScratchError::Io`] (a full file system is [`ScratchError::is_storage_full`]).
     pub fn create_job_dir(&self, job_id: &str) -> Result<JobDir, ScratchError> {
         for _ in 0..16 {
-            let name = format!("{job_id}.{}{STAGING_SUFFIX}", random_suffix());
-            let path = self.path.join(&name);
-            match rustix::fs::mkdirat(&self.fd, name.as_str(), Mode::from_raw_mode(0o700)) {
-                Ok(()) => {}
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(ScratchError::io(&path, e)),
+            match self.create_named_job_dir(&new_job_dir_name(job_id)) {
+                Err(e) if e.is_exists() => continue,
+                other => return other,
             }
-            let fd = rustix::fs::openat(&self.fd, name.as_str(), dir_flags(), Mode::empty())
-                .map_err(|e| ScratchError::io(&path, e))?;
-            check_private(&fd, &path)?;
-            return Ok(JobDir { path, name, fd });
         }
         Err(ScratchError::io(&self.path, Errno::EXIST))
+    }
+
+    /// Make job dir `<name>.staging` (mode 0700) for a name from [`new_job_dir_name`], chosen
+    /// beforehand (the routed ad names the job dir before it exists).
+    ///
+    /// # Errors
+    /// [`ScratchError::Io`]; [`ScratchError::is_exists`] when the name is taken.
+    pub fn create_named_job_dir(&self, name: &str) -> Result<JobDir, ScratchError> {
+        let name = format!("{name}{STAGING_SUFFIX}");
+        let path = self.path.join(&name);
+        rustix::fs::mkdirat(&self.fd, name.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| ScratchError::io(&path, e))?;
+        let fd = rustix::fs::openat(&self.fd, name.as_str(), dir_flags(), Mode::empty())
+            .map_err(|e| ScratchError::io(&path, e))?;
+        check_private(&fd, &path)?;
+        Ok(JobDir { path, name, fd })
     }
 
     /// Open the job dir `path` names: it must be a direct child of this owner dir, a name we
@@ -144,6 +153,11 @@ pub fn is_job_dir_name(name: &str) -> bool {
             .next()
             .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
         && parts.next().is_none()
+}
+
+/// A fresh job dir name for `job_id`: `<job_id>.<random>` (see [`is_job_dir_name`]).
+pub fn new_job_dir_name(job_id: &str) -> String {
+    format!("{job_id}.{}", random_suffix())
 }
 
 fn random_suffix() -> String {

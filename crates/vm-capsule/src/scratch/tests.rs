@@ -83,6 +83,19 @@ fn job_dirs_are_created_committed_found_and_nothing_else_is() {
 }
 
 #[test]
+fn a_job_dir_named_beforehand_is_made_once() {
+    let (_dir, p) = prefix();
+    let owner = p.owner_dir("frank", true).unwrap();
+    let name = super::new_job_dir_name("3.1");
+    assert!(is_job_dir_name(&name), "{name}");
+    let staged = owner.create_named_job_dir(&name).unwrap();
+    assert_eq!(staged.name(), format!("{name}{STAGING_SUFFIX}"));
+    assert!(owner.create_named_job_dir(&name).unwrap_err().is_exists());
+    let job = staged.commit(&owner).unwrap();
+    assert_eq!(job.path(), owner.path().join(&name));
+}
+
+#[test]
 fn sweep_removes_stale_staging_and_old_failures_only() {
     let (_dir, p) = prefix();
     let owner = p.owner_dir("erin", true).unwrap();

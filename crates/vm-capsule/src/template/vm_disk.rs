@@ -1,6 +1,6 @@
 //! `VMPARAM_vm_Disk`, parsed once: `file:device:perm[:format]`, comma-separated, as
 //! `condor_submit`'s `vm_disk` writes it. A malformed entry is an error, never skipped: a
-//! skipped entry would shift every later disk's format onto the wrong file (issue 16).
+//! skipped entry would shift every later disk's format onto the wrong file.
 
 use std::path::Path;
 

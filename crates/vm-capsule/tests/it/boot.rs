@@ -1,4 +1,4 @@
-//! End to end on a booted VM (issue 6): real job ads -> translate -> `vm-capsule run` (a real
+//! End to end on a booted VM: real job ads -> translate -> `vm-capsule run` (a real
 //! QEMU boot of the test guest, TCG) -> finalize -> cleanup. Also a guest that crashes, a guest
 //! that never powers off, and the demo itself. Each boot costs several seconds: the jobs below
 //! combine features rather than boot once per feature.
@@ -11,6 +11,7 @@ use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
+use crate::cmd::run_ok;
 use crate::router::{job_ads, print_ad, Pool};
 
 /// A template booting the test guest directly, with a data disk of `format`.
@@ -234,15 +235,10 @@ fn boot_vmware_flavour_vmdk_data_disk() {
 fn boot_crashing_guest() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("empty-initrd.gz");
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cpio -o -H newc < /dev/null 2>/dev/null | gzip > {}",
-            initrd.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "cpio -o -H newc < /dev/null 2>/dev/null | gzip > {}",
+        initrd.display()
+    )));
     let pool = Pool::new(&guest_template(ImageFormat::Qcow2, CMDLINE, Some(initrd)));
     let b = boot_job(&pool, "crash", "echo never", "output = out.txt", &[]);
     assert!(!b.run_ok);
@@ -304,18 +300,13 @@ fn boot_guest_that_never_powers_off() {
 #[test]
 fn boot_demo() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(crate::router::bin("vm-capsule"))
-        .arg("demo")
-        .arg("--dir")
-        .arg(dir.path().join("demo"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(crate::router::bin("vm-capsule"))
+            .arg("demo")
+            .arg("--dir")
+            .arg(dir.path().join("demo")),
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "translate: VM-universe ad",
         "run: guest powered off",

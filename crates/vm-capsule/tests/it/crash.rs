@@ -1,4 +1,4 @@
-//! Crashes (issue 11): a hook killed with `kill -9` at a random point and run again must end
+//! Crashes: a hook killed with `kill -9` at a random point and run again must end
 //! exactly where one uninterrupted run ends, leaving nothing behind. The kill points are
 //! random (the seed is printed, and `CRASH_SEED` replays one).
 

@@ -1,4 +1,4 @@
-//! Direct kernel boot named by the classad template (issue 10): an admin's Xen/KVM submit file
+//! Direct kernel boot named by the classad template: an admin's Xen/KVM submit file
 //! with `xen_kernel`, `xen_initrd`, `xen_root`, `xen_kernel_params`, turned into a job ad by
 //! HTCondor itself (`htcondor.Submit(...).jobs()`, the same ad `condor_submit -dump` prints),
 //! is the classad template. Translate ships exactly the files it names, the routed ad names
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
+use crate::cmd::run_ok;
 use crate::execute_node::{vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
 
@@ -106,13 +107,7 @@ fn routed_ad_names_exactly_the_boot_files_it_ships() {
         "root=/dev/ram0 console=ttyS0 quiet panic=-1"
     );
     // The vanilla flavour ships the same files (by absolute path in scratch).
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&job(&pool, "names-vanilla", "true", 52).1)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let vanilla = classad::parse_old_ad(&run.stdout).unwrap();
+    let vanilla = pool.translate_vanilla(&job(&pool, "names-vanilla", "true", 52).1);
     let names: Vec<String> = transfer_list(&vanilla)
         .iter()
         .map(|p| {
@@ -180,17 +175,12 @@ fn xen_style_template_boots_in_both_flavours() {
     let routed = pool.translate(&ad).unwrap();
     let ad_file = pool.root.path().join("xen-vm.routed.ad");
     fs::write(&ad_file, print_ad(&routed)).unwrap();
-    let run = std::process::Command::new(crate::router::bin("vm-capsule"))
-        .arg("run")
-        .arg(&ad_file)
-        .args(["--accel", "tcg", "--timeout", "120"])
-        .env("TMPDIR", pool.root.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    run_ok(
+        std::process::Command::new(crate::router::bin("vm-capsule"))
+            .arg("run")
+            .arg(&ad_file)
+            .args(["--accel", "tcg", "--timeout", "120"])
+            .env("TMPDIR", pool.root.path()),
     );
     let (_, attrs) = pool.finalize(&ad, &routed);
     pool.cleanup(&routed);
@@ -202,13 +192,7 @@ fn xen_style_template_boots_in_both_flavours() {
 
     // Vanilla flavour: the launcher on the stand-in execute node.
     let (iwd, ad) = job(&pool, "xen-vanilla", script, 56);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(&ad);
     let env = vec![
         ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
         ("TMPDIR".to_owned(), pool.root.path().display().to_string()),

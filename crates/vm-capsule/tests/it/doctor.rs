@@ -1,4 +1,4 @@
-//! `vm-capsule doctor` against a good and a deliberately broken configuration (issue 13.2):
+//! `vm-capsule doctor` against a good and a deliberately broken configuration:
 //! the findings, the exit code, the JSON. The good one is read the way a pool reads it,
 //! through condor_config_val (the stand-in built on HTCondor's configuration reader) found
 //! in a fake tarball install outside PATH; the broken one with `--config FILE`.
@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value as Json;
 
+use crate::cmd::run_ok;
 use crate::execute_node::capsule_init;
 use crate::ops::{kvm_template, Tarball};
 use crate::router::{bin, Pool};
@@ -19,13 +20,12 @@ fn chmod(p: &Path, mode: u32) {
 }
 
 fn snippet(hooks: &Path) -> String {
-    let out = Command::new(bin("vm-capsule"))
-        .arg("install-hooks")
-        .arg(hooks)
-        .arg("--print")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_ok(
+        Command::new(bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(hooks)
+            .arg("--print"),
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 

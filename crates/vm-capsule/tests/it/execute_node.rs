@@ -7,6 +7,7 @@ use std::process::Command;
 
 use classad::ClassAd;
 
+use crate::cmd::run_ok_needs;
 use crate::router::bin;
 
 /// The guest agent binary (installed, or built by `cargo test --workspace`).
@@ -94,13 +95,13 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
                 .next()
                 .unwrap();
             let dest = sandbox.join(name);
-            let ok = Command::new("curl")
-                .args(["-fsS", "-o"])
-                .arg(&dest)
-                .arg(entry)
-                .status()
-                .expect("curl is needed by the stand-in execute node (.ci/run installs it)");
-            assert!(ok.success(), "the stand-in starter could not fetch {entry}");
+            run_ok_needs(
+                Command::new("curl")
+                    .args(["-fsS", "-o"])
+                    .arg(&dest)
+                    .arg(entry),
+                "the stand-in execute node fetches URLs with curl (.ci/run installs it)",
+            );
             placed.push(dest);
         } else if entry.len() > 1 && entry.ends_with('/') {
             // `dir/`: the directory's contents, not the directory.
@@ -240,15 +241,11 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 /// Kernel, initrd and static agent of the test guest, built (or reused) by the repo script.
 pub fn test_guest() -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(repo.join("scripts/build-test-guest.sh"))
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/build-test-guest.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok_needs(
+        Command::new("bash")
+            .arg(repo.join("scripts/build-test-guest.sh"))
+            .current_dir(&repo),
+        "scripts/build-test-guest.sh failed",
     );
     let last = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()

@@ -1,4 +1,4 @@
-//! Real guests (issue 12): a Debian bookworm template made by `vm-capsule template build`,
+//! Real guests: a Debian bookworm template made by `vm-capsule template build`,
 //! booted from its own OS disk (BIOS, GRUB, systemd, the shipped unit) under TCG, and the same
 //! Debian made into a plain cloud image (cloud-init, no agent) run unchanged in NoCloud mode.
 //! The same jobs must leave the same files and exit attributes as a native run and as the
@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use classad::eval::string_attr;
 use classad::{ClassAd, Expr};
 
+use crate::cmd::{assert_ok, run_ok, run_ok_needs};
 use crate::execute_node::{vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, repo, Pool};
 use crate::vanilla::{exit_of, submit_files, tree, Job};
@@ -83,16 +84,12 @@ fn build_template(kind: Kind) -> PathBuf {
         cache = repo().join(".cache/template-build").display(),
         flag = if kind == Kind::Cloud { "--cloud-init" } else { "" },
     );
-    let run = Command::new("flock")
-        .arg(&lock)
-        .args(["sh", "-c", &script])
-        .arg(crate::router::bin("vm-capsule"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "template build failed (it needs root, mmdebstrap, grub-pc-bin, e2fsprogs: scripts/install-deps.sh test):\n{}",
-        String::from_utf8_lossy(&run.stderr)
+    run_ok_needs(
+        Command::new("flock")
+            .arg(&lock)
+            .args(["sh", "-c", &script])
+            .arg(crate::router::bin("vm-capsule")),
+        "template build needs root, mmdebstrap, grub-pc-bin, e2fsprogs: scripts/install-deps.sh test",
     );
     // Older builds of this kind are of no more use.
     for e in fs::read_dir(&cache).unwrap().filter_map(Result::ok) {
@@ -223,12 +220,7 @@ fn vm_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, C
         .unwrap();
     let (_, attrs) = pool.finalize(ad, &routed);
     pool.cleanup(&routed);
-    assert!(
-        run.status.success(),
-        "{flavour} {}: vm-capsule run failed: {}",
-        job.name,
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(run, format_args!("{flavour} {}: vm-capsule run", job.name));
     (
         Outcome {
             end: exit_of(&attrs),
@@ -242,13 +234,7 @@ fn vm_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, C
 /// runs the launcher (a real boot), finalize must add nothing. Returns the routed ad too.
 fn vanilla_flavour(jobs: &Jobs, pool: &Pool, flavour: &str, job: &Job) -> (Outcome, ClassAd) {
     let ad = jobs.ad(flavour, job);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(ad);
     let sandbox = pool
         .root
         .path()
@@ -440,17 +426,13 @@ fn template_check_tells_good_from_no_agent_from_no_boot() {
         )
         .unwrap();
     }
-    let install = Command::new(crate::router::bin("vm-capsule"))
-        .args(["template", "install-agent"])
-        .arg(with_agent.join("condor_vm_capsule/os.qcow2"))
-        .arg("--agent")
-        .arg(static_agent())
-        .output()
-        .unwrap();
-    assert!(
-        install.status.success(),
-        "install-agent failed (libguestfs-tools and a kernel in /boot are needed): {}",
-        String::from_utf8_lossy(&install.stderr)
+    run_ok_needs(
+        Command::new(crate::router::bin("vm-capsule"))
+            .args(["template", "install-agent"])
+            .arg(with_agent.join("condor_vm_capsule/os.qcow2"))
+            .arg("--agent")
+            .arg(static_agent()),
+        "install-agent failed (libguestfs-tools and a kernel in /boot are needed)",
     );
     let (ok, out) = check(&with_agent, &[]);
     assert!(ok, "{out}");
@@ -475,13 +457,12 @@ fn template_check_tells_good_from_no_agent_from_no_boot() {
 
     let blank = dir.path().join("blank");
     fs::create_dir_all(blank.join("condor_vm_capsule")).unwrap();
-    let made = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(blank.join("condor_vm_capsule/os.qcow2"))
-        .arg("1G")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(blank.join("condor_vm_capsule/os.qcow2"))
+            .arg("1G"),
+    );
     fs::copy(
         built.join("condor_vm_capsule/data.qcow2"),
         blank.join("condor_vm_capsule/data.qcow2"),

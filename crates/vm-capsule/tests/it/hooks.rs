@@ -1,4 +1,4 @@
-//! Host-mode end to end (issue 5): real job ads from HTCondor -> translate -> capsule-init on
+//! Host-mode end to end: real job ads from HTCondor -> translate -> capsule-init on
 //! the data disk -> finalize -> cleanup, checked against what HTCondor's vanilla semantics
 //! require of the user's files and exit attributes. KVM (qcow2 and raw data disks) and
 //! VMware (vmdk data disk, with and without a snapshot delta over it).
@@ -11,6 +11,7 @@ use capsule_disk::{CreateOptions, DataDisk, Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
+use crate::cmd::{assert_ok, run_ok};
 use crate::execute_node::run_capsule;
 use crate::router::{job_ads, Pool};
 
@@ -127,28 +128,20 @@ fn run_cases(pool: &Pool, cases: &[Case], delta: bool) -> Vec<Done> {
         let disk = if delta {
             // A VMware snapshot: writes land in a delta over the data disk.
             let delta = scratch.join("data-000001.vmdk");
-            let out = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b"])
-                .arg(&data)
-                .arg(&delta)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b"])
+                    .arg(&data)
+                    .arg(&delta),
             );
             delta
         } else {
             data.clone()
         };
         let work = pool.root.path().join(format!("exec-{}", case.name));
-        let guest = run_capsule(&disk, &work);
-        assert!(
-            guest.status.success(),
-            "{}: capsule-init failed: {}",
-            case.name,
-            String::from_utf8_lossy(&guest.stderr)
+        assert_ok(
+            run_capsule(&disk, &work),
+            format_args!("{}: capsule-init", case.name),
         );
         let (_, attrs) = pool.finalize(&ad, &routed);
         done.push(Done {
@@ -451,12 +444,11 @@ fn routed_ad_is_a_complete_vm_job() {
     assert_eq!(base.ino(), template.ino());
     let overlay = fs::metadata(scratch.join("os.overlay.qcow2")).unwrap();
     assert_ne!(overlay.ino(), template.ino());
-    let check = Command::new("qemu-img")
-        .arg("check")
-        .arg(scratch.join("os.overlay.qcow2"))
-        .output()
-        .unwrap();
-    assert!(check.status.success());
+    run_ok(
+        Command::new("qemu-img")
+            .arg("check")
+            .arg(scratch.join("os.overlay.qcow2")),
+    );
     // Requirements as condor_submit writes them for VM jobs.
     let req =
         classad::print::expr_to_string(routed.get("Requirements").unwrap(), classad::Syntax::Old);

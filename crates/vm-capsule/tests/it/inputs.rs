@@ -1,4 +1,4 @@
-//! Inputs travel the way HTCondor moves files (issue 15): in the vanilla flavour the routed
+//! Inputs travel the way HTCondor moves files: in the vanilla flavour the routed
 //! job hands the user's own entries (local files, `dir/`, URLs) to HTCondor's transfer and the
 //! launcher makes the data disk on the node; translate writes no input bytes. The VM universe
 //! cannot fetch URLs (HTCondor has no way to hand such files to a VM): it holds them with a
@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Value};
 
+use crate::cmd::assert_ok;
 use crate::execute_node::{run_capsule, vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
 
@@ -258,10 +259,9 @@ fn url_output_remaps() {
 
     let routed = pool.translate(&ad).unwrap();
     let scratch = PathBuf::from(string_attr(&routed, "VMCapsuleScratch").unwrap());
-    assert!(
-        run_capsule(&scratch.join("data.qcow2"), &pool.root.path().join("exec"))
-            .status
-            .success()
+    assert_ok(
+        run_capsule(&scratch.join("data.qcow2"), &pool.root.path().join("exec")),
+        "capsule-init",
     );
     let (_, attrs) = pool.finalize(&ad, &routed);
     assert_eq!(evaluate_attr(&attrs, "ExitCode"), Value::Integer(125));

@@ -1,4 +1,4 @@
-//! `vm-capsule libvirt-xml`, the `LIBVIRT_XML_SCRIPT` for HTCondor's vm-gahp (issue 14.7):
+//! `vm-capsule libvirt-xml`, the `LIBVIRT_XML_SCRIPT` for HTCondor's vm-gahp:
 //! run by its path as root, fed what the vm-gahp writes on its stdin (its ad: the routed
 //! job's attributes, `VM_WORKING_DIR`, `VMPARAM_VM_NAME`, then its appended lines), its XML
 //! must pass libvirt's own schema (`virt-xml-validate`) for each template kind, and libvirt
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Expr, Value};
 
+use crate::cmd::run_ok;
 use crate::router::{bin, installed_root, job_ads, output_with_stdin, print_ad, Pool};
 
 /// The stand-in execute sandbox: the routed ad's `TransferInput` copied from its `Iwd` into
@@ -32,13 +33,12 @@ fn execute_sandbox(routed: &ClassAd, parent: &Path) -> PathBuf {
     let mut files = vec![dir.clone()];
     for name in string_attr(routed, "TransferInput").unwrap().split(',') {
         let name = name.trim();
-        let out = Command::new("cp")
-            .arg("--sparse=always")
-            .arg(iwd.join(name))
-            .arg(dir.join(name))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{name}");
+        run_ok(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(iwd.join(name))
+                .arg(dir.join(name)),
+        );
         files.push(dir.join(name));
     }
     // libvirt's QEMU runs as its own user: the path must be traversable.

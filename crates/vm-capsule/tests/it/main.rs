@@ -9,6 +9,7 @@
 
 mod ad;
 mod boot;
+mod cmd;
 mod crash;
 mod direct_boot;
 mod doctor;

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::cmd::run_ok;
 use crate::router::installed_root;
 
 /// The four scripts: deb preinst and prerm, rpm %pre and %preun bodies.
@@ -39,34 +40,27 @@ fn scripts(dir: &Path) -> Scripts {
         // The packages under test.
         let dist = repo().join("target/dist");
         fs::create_dir_all(&out).unwrap();
-        let st = Command::new("dpkg-deb")
-            .arg("-e")
-            .arg(built(&dist, "deb"))
-            .arg(out.join("deb"))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
+        run_ok(
+            Command::new("dpkg-deb")
+                .arg("-e")
+                .arg(built(&dist, "deb"))
+                .arg(out.join("deb")),
         );
         fs::create_dir_all(out.join("rpm")).unwrap();
         for (tag, name) in [("PREIN", "pre"), ("PREUN", "preun")] {
-            let body = Command::new("rpm")
-                .args(["-qp", "--qf", &format!("%{{{tag}}}")])
-                .arg(built(&dist, "rpm"))
-                .output()
-                .unwrap();
-            assert!(body.status.success());
+            let body = run_ok(
+                Command::new("rpm")
+                    .args(["-qp", "--qf", &format!("%{{{tag}}}")])
+                    .arg(built(&dist, "rpm")),
+            );
             fs::write(out.join("rpm").join(name), body.stdout).unwrap();
         }
     } else {
-        let st = Command::new("bash")
-            .arg(repo().join("packaging/maintainer-scripts.sh"))
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        run_ok(
+            Command::new("bash")
+                .arg(repo().join("packaging/maintainer-scripts.sh"))
+                .arg(&out),
+        );
     }
     Scripts {
         preinst: out.join("deb/preinst"),

@@ -1,4 +1,4 @@
-//! Deploying and operating vm-capsule as an HTCondor admin does (issues 13 and 14): HTCondor's
+//! Deploying and operating vm-capsule as an HTCondor admin does: HTCondor's
 //! tools outside PATH, hook logs, `install-hooks`, the startd probe, man pages and
 //! completions, static programs, the configuration snippet read by HTCondor's own parser.
 
@@ -11,6 +11,7 @@ use capsule_disk::{Image, ImageFormat};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
+use crate::cmd::{assert_ok, run_ok, run_ok_needs};
 use crate::execute_node::capsule_init;
 use crate::router::{bin, current_user, job_ads, print_ad, Pool};
 
@@ -104,15 +105,11 @@ impl Tarball {
 
 /// The python interpreter that has HTCondor's library (`python3` on the tests' PATH).
 pub fn python_with_htcondor() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import htcondor, sys; print(sys.executable)"])
-        .env("CONDOR_CONFIG", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python3 with HTCondor's library is needed (pip install 'htcondor==24.0.*'): {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok_needs(
+        Command::new("python3")
+            .args(["-c", "import htcondor, sys; print(sys.executable)"])
+            .env("CONDOR_CONFIG", "/dev/null"),
+        "python3 with HTCondor's library is needed (pip install 'htcondor==24.0.*')",
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
@@ -137,7 +134,7 @@ pub fn knob_lines(pool: &Pool) -> String {
 }
 
 #[test]
-fn tools_found_in_a_tarball_install_outside_path_issue_14_1() {
+fn tools_found_in_a_tarball_install_outside_path() {
     let mut pool = Pool::new(&kvm_template);
     let tarball = Tarball::new(pool.root.path(), &knob_lines(&pool));
     router_env(&mut pool, &tarball.config);
@@ -202,26 +199,24 @@ fn tools_found_beside_the_daemon_that_started_the_hook() {
     router_env(&mut pool, &knobs_only);
     let ad = job(pool.root.path(), "beside", "", 304);
     let hook = pool.hooks_dir.join("vm-capsule-translate");
-    let out = crate::router::output_with_stdin(
-        Command::new(&router)
-            .arg("-c")
-            .arg(format!("{}; exit $?", hook.display()))
-            .env_clear()
-            .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&pool.cwd),
-        translate_stdin(&ad).as_bytes(),
-        "/bin/sh as the stand-in daemon",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = assert_ok(
+        crate::router::output_with_stdin(
+            Command::new(&router)
+                .arg("-c")
+                .arg(format!("{}; exit $?", hook.display()))
+                .env_clear()
+                .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .current_dir(&pool.cwd),
+            translate_stdin(&ad).as_bytes(),
+            "/bin/sh as the stand-in daemon",
+        ),
+        "the translate hook beside the daemon",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("JobUniverse = 13"));
 }
 
 #[test]
-fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable_issue_14_2() {
+fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable() {
     let mut pool = Pool::new(&kvm_template);
     let logs = pool.root.path().join("logs");
     fs::create_dir(&logs).unwrap();
@@ -285,7 +280,7 @@ fn hook_logs_per_owner_with_levels_and_one_warning_when_unopenable_issue_14_2() 
 }
 
 #[test]
-fn install_hooks_refuses_world_writable_and_writes_the_snippet_issue_13_6() {
+fn install_hooks_refuses_world_writable_and_writes_the_snippet() {
     let t = tempfile::tempdir().unwrap();
     let open = t.path().join("open");
     fs::create_dir(&open).unwrap();
@@ -376,29 +371,23 @@ fn the_snippet_reads_the_same_in_htcondor() {
     // HTCondor's own configuration reader (through the stand-in condor_config_val) on the
     // snippet install-hooks prints.
     let t = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("vm-capsule"))
-        .arg("install-hooks")
-        .arg(t.path().join("hooks"))
-        .arg("--print")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = run_ok(
+        Command::new(bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(t.path().join("hooks"))
+            .arg("--print"),
+    );
     let conf = t.path().join("condor_config");
     fs::write(&conf, &out.stdout).unwrap();
     let ask = |args: &[&str]| {
-        let out = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/condor_config_val.py"
-            ))
-            .args(args)
-            .env("CONDOR_CONFIG", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/condor_config_val.py"
+                ))
+                .args(args)
+                .env("CONDOR_CONFIG", &conf),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
@@ -425,20 +414,19 @@ fn the_snippet_reads_the_same_in_htcondor() {
 }
 
 #[test]
-fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
+fn probe_advertises_qemu_kvm_and_version() {
     let run = |extra: &[(&str, &str)]| {
         // As a startd cron job: argv[0] the job's name, the command from _ARGS.
         use std::os::unix::process::CommandExt;
-        let out = Command::new(bin("vm-capsule"))
-            .arg0("VMCAPSULE")
-            .arg("probe")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("CONDOR_CONFIG", "/dev/null")
-            .envs(extra.iter().copied())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let out = run_ok(
+            Command::new(bin("vm-capsule"))
+                .arg0("VMCAPSULE")
+                .arg("probe")
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("CONDOR_CONFIG", "/dev/null")
+                .envs(extra.iter().copied()),
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         crate::router::assert_lines_parse_in_htcondor(&text);
         classad::parse_old_ad(&text).unwrap()
@@ -471,7 +459,7 @@ fn probe_advertises_qemu_kvm_and_version_issue_13_3() {
 }
 
 #[test]
-fn shipped_programs_are_static_issue_13_1() {
+fn shipped_programs_are_static() {
     for name in ["vm-capsule", "capsule-init"] {
         let path = bin(name);
         let out = Command::new("ldd").arg(&path).output().unwrap();
@@ -503,7 +491,7 @@ fn shipped_programs_are_static_issue_13_1() {
 }
 
 #[test]
-fn translate_refuses_a_dynamic_agent_issue_13_1() {
+fn translate_refuses_a_dynamic_agent() {
     let mut pool = Pool::new(&kvm_template);
     pool.env
         .retain(|(k, _)| k != "_CONDOR_VM_CAPSULE_INIT_SCRIPT_PATH");
@@ -525,7 +513,7 @@ fn translate_refuses_a_dynamic_agent_issue_13_1() {
 }
 
 #[test]
-fn man_pages_and_completions_issue_13_1() {
+fn man_pages_and_completions() {
     let t = tempfile::tempdir().unwrap();
     let (man, comp) = match crate::router::installed_root() {
         Some(root) => (
@@ -534,15 +522,14 @@ fn man_pages_and_completions_issue_13_1() {
         ),
         None => {
             let t = t.path();
-            let out = Command::new(bin("vm-capsule"))
-                .arg("generate")
-                .arg("--man-dir")
-                .arg(t.join("man"))
-                .arg("--completions-dir")
-                .arg(t.join("comp"))
-                .output()
-                .unwrap();
-            assert!(out.status.success());
+            run_ok(
+                Command::new(bin("vm-capsule"))
+                    .arg("generate")
+                    .arg("--man-dir")
+                    .arg(t.join("man"))
+                    .arg("--completions-dir")
+                    .arg(t.join("comp")),
+            );
             (t.join("man"), t.join("comp"))
         }
     };
@@ -578,7 +565,7 @@ fn man_pages_and_completions_issue_13_1() {
 /// loudly once per polling period, not once per job: the router runs translate for every
 /// idle job each poll.
 #[test]
-fn an_admin_problem_holds_no_job_and_is_said_once_per_poll_issue_13_4() {
+fn an_admin_problem_holds_no_job_and_is_said_once_per_poll() {
     let mut pool = Pool::new(&kvm_template);
     let logs = pool.root.path().join("logs");
     fs::create_dir(&logs).unwrap();

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use classad::eval::string_attr;
 
+use crate::cmd::run_ok;
 use crate::ops::{job, kvm_template, Tarball};
 use crate::router::{bin, installed_root, repo, Pool};
 
@@ -108,14 +109,13 @@ fn doctor_says_when_htcondor_does_not_read_the_package_configuration() {
     let t = tempfile::tempdir().unwrap();
     let config_d = t.path().join("etc-condor/config.d");
     fs::create_dir_all(&config_d).unwrap();
-    let out = Command::new(bin("vm-capsule"))
-        .arg("install-hooks")
-        .arg(t.path().join("hooks"))
-        .arg("--config-file")
-        .arg(config_d.join("50-vm-capsule.conf"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    run_ok(
+        Command::new(bin("vm-capsule"))
+            .arg("install-hooks")
+            .arg(t.path().join("hooks"))
+            .arg("--config-file")
+            .arg(config_d.join("50-vm-capsule.conf")),
+    );
     let package = config_d.join("50-vm-capsule.conf");
     let doctor = |tarball: &Tarball| {
         let out = Command::new(bin("vm-capsule"))

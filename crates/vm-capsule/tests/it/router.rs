@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use classad::{ClassAd, Expr};
 use serde_json::json;
 
+use crate::cmd::{assert_ok, run_ok};
 use crate::execute_node::capsule_init;
 
 /// The JobRouter reads at most this much of a hook's stdout (`PIPE_BUFFER_MAX`).
@@ -51,18 +52,16 @@ pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8], needs: &str) -> std::p
 
 pub fn python_json(args: &[&str], input: &serde_json::Value) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/router.py");
-    let out = output_with_stdin(
-        Command::new("python3")
-            .arg(script)
-            .args(args)
-            .env("CONDOR_CONFIG", "/dev/null"),
-        input.to_string().as_bytes(),
-        "python3 is needed (HTCondor's library plays condor_submit)",
-    );
-    assert!(
-        out.status.success(),
-        "router.py {args:?} failed (is `pip install 'htcondor==24.0.*'` done?): {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = assert_ok(
+        output_with_stdin(
+            Command::new("python3")
+                .arg(script)
+                .args(args)
+                .env("CONDOR_CONFIG", "/dev/null"),
+            input.to_string().as_bytes(),
+            "python3 is needed (HTCondor's library plays condor_submit)",
+        ),
+        format_args!("router.py {args:?} (is `pip install 'htcondor==24.0.*'` done?)"),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -146,16 +145,11 @@ impl Pool {
             Some(installed) => installed_libexec(&installed),
             None => {
                 let hooks_dir = root.path().join("hooks");
-                let out = Command::new(bin("vm-capsule"))
-                    .arg("install-hooks")
-                    .arg("--print")
-                    .arg(&hooks_dir)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
+                run_ok(
+                    Command::new(bin("vm-capsule"))
+                        .arg("install-hooks")
+                        .arg("--print")
+                        .arg(&hooks_dir),
                 );
                 hooks_dir
             }
@@ -295,6 +289,18 @@ impl Pool {
         let _ = child.wait();
         let _ = writer.join();
         killed
+    }
+
+    /// Translate `job` by a vanilla-flavour route (`TargetUniverse = 5`), which must succeed;
+    /// the routed ad as the hook printed it.
+    pub fn translate_vanilla(&self, job: &ClassAd) -> ClassAd {
+        let stdin = format!(
+            "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
+            print_ad(job)
+        );
+        let run = self.run_hook("translate", &stdin);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        classad::parse_old_ad(&run.stdout).unwrap()
     }
 
     /// Translate `job`; returns the routed ad after the router's own edits, or the failed run.

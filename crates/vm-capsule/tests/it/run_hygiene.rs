@@ -1,4 +1,4 @@
-//! `vm-capsule run` tells what went wrong and cleans up after itself (issue 13.7): a disk
+//! `vm-capsule run` tells what went wrong and cleans up after itself: a disk
 //! that does not boot, a routed ad whose scratch dir the cleanup hook removed, `--vanilla`
 //! outside a slot. (Sandbox removal on success and keeping on failure: `boot::boot_job`.)
 

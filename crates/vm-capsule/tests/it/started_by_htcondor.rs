@@ -18,6 +18,7 @@ use std::process::Command;
 use classad::eval::evaluate_attr;
 use classad::Value;
 
+use crate::cmd::{assert_ok, run_ok};
 use crate::execute_node::run_capsule;
 use crate::ops::{job, kvm_template};
 use crate::router::{bin, installed_libexec, installed_root, output_with_stdin, Pool};
@@ -39,17 +40,12 @@ pub fn shipped_config(dir: &Path) -> PathBuf {
             .unwrap();
         }
         None => {
-            let out = Command::new(bin("vm-capsule"))
-                .arg("install-hooks")
-                .arg(dir.join("hooks"))
-                .arg("--config-file")
-                .arg(&conf)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new(bin("vm-capsule"))
+                    .arg("install-hooks")
+                    .arg(dir.join("hooks"))
+                    .arg("--config-file")
+                    .arg(&conf),
             );
         }
     }
@@ -121,12 +117,9 @@ fn the_startd_cron_runs_the_shipped_probe_with_argv0_the_job_name() {
         .env("CONDOR_CONFIG", &conf)
         .current_dir(&log);
     condor_user(&mut cmd);
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the startd runs {exe} with argv[0] = {name} and arguments {args:?}: {}: {stderr}",
-        out.status
+    let out = assert_ok(
+        cmd.output().unwrap(),
+        format_args!("the startd runs {exe} with argv[0] = {name} and arguments {args:?}"),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     crate::router::assert_lines_parse_in_htcondor(&text);
@@ -171,8 +164,10 @@ fn the_router_runs_the_shipped_hooks_by_their_configured_paths() {
     let routed = pool.translate(&ad).unwrap();
     let scratch = PathBuf::from(classad::eval::string_attr(&routed, "Iwd").unwrap());
     let disk = scratch.join(classad::eval::string_attr(&routed, "VMCapsuleDataDisk").unwrap());
-    let guest = run_capsule(&disk, &pool.root.path().join("exec"));
-    assert!(guest.status.success());
+    assert_ok(
+        run_capsule(&disk, &pool.root.path().join("exec")),
+        "capsule-init",
+    );
     // The update hook is not configured, but configurations that name it still work.
     let update = pool.run_hook("update", &crate::router::print_ad(&routed));
     assert_eq!((update.code, update.stdout.as_str()), (0, ""));

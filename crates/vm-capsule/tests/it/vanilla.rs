@@ -1,4 +1,4 @@
-//! The vanilla flavour end to end (issue 7): translate with a `TargetUniverse = 5` route ->
+//! The vanilla flavour end to end: translate with a `TargetUniverse = 5` route ->
 //! a stand-in execute node (see `router::vanilla_execute_node`) running the launcher, which
 //! boots the capsule under QEMU (TCG) -> finalize. Each job's files and exit attributes must
 //! equal what running the job natively gives and what the VM-universe flavour gives (run here
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Expr, Value};
 
+use crate::cmd::assert_ok;
 use crate::execute_node::{run_capsule, vanilla_execute_node, JobEnd};
 use crate::router::{job_ads, print_ad, Pool};
 
@@ -162,10 +163,9 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
             v => panic!("{v:?}"),
         });
         let disk = scratch.join("data.qcow2");
-        assert!(
-            run_capsule(&disk, &pool.root.path().join(format!("exec-{}", job.name)))
-                .status
-                .success()
+        assert_ok(
+            run_capsule(&disk, &pool.root.path().join(format!("exec-{}", job.name))),
+            format_args!("{}: capsule-init", job.name),
         );
         let (_, vm_attrs) = pool.finalize(vm_ad, &routed);
         pool.cleanup(&routed);
@@ -180,7 +180,8 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
         crate::router::assert_lines_parse_in_htcondor(&run.stdout);
         let routed = classad::parse_old_ad(&run.stdout).unwrap();
         assert_eq!(evaluate_attr(&routed, "JobUniverse"), Value::Integer(5));
-        // The launcher that travels with the job is static (issue 13.1): the shipped one
+        // The launcher that travels with the job is static (it must start on any
+        // execute node): the shipped one
         // when a package is under test.
         let launcher = match evaluate_attr(&routed, "Cmd") {
             Value::String(s) => PathBuf::from(s),
@@ -286,13 +287,7 @@ fn vanilla_launcher_hung_guest() {
         iwd.display()
     );
     let ad = job_ads(&[("hang".into(), submit, 3)]).remove(0);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(&ad);
     let sandbox = pool.root.path().join("sandbox");
     let env = vec![("PATH".to_owned(), "/usr/bin:/bin".to_owned())];
     let started = std::time::Instant::now();

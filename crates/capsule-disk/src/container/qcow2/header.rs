@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::bytes::{be32, be64};
 use crate::Error;
 
 /// Largest virtual disk we accept: 64 TiB.
@@ -40,22 +41,6 @@ pub(crate) struct Header {
     pub(crate) backing_format: Option<String>,
     /// zstd instead of zlib for compressed clusters.
     pub(crate) zstd: bool,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
 }
 
 impl Header {

@@ -1,7 +1,7 @@
 //! The returned data disk, loaded into validated types before anything is placed.
 //!
 //! Everything in the job dir came back from the execute node and is untrusted: only regular
-//! files are opened (a FIFO named like a VMware delta blocked finalize forever, issue 11), the
+//! files are opened (a FIFO named like a VMware delta once blocked finalize forever), the
 //! disk must be what was staged (same format, same virtual size) and its files bounded in size
 //! (a 5 GiB raw image replaced a 64 MiB qcow2 and 5.3 GB landed in Iwd), and `result.json` is
 //! read bounded and validated.

@@ -28,6 +28,7 @@ use super::place::{place_outputs, quote, write_stream, OutputRules, Placement};
 use crate::job::JobSpec;
 use crate::scratch::JobDir;
 use crate::settings::FinalizeSettings;
+use crate::temp_record::TempRecord;
 
 /// What finalize concluded.
 #[derive(Debug, Clone)]
@@ -38,8 +39,14 @@ pub struct Finalized {
     pub placement: Placement,
 }
 
-/// Run finalize on the hook's stdin. Never fails: every problem becomes attributes.
-pub fn finalize(stdin: &str, cfg: &FinalizeSettings, log: &mut HookLog) -> Finalized {
+/// Run finalize on the hook's stdin; each output's temporary file is recorded in `temps` while
+/// it is written. Never fails: every problem becomes attributes.
+pub fn finalize(
+    stdin: &str,
+    cfg: &FinalizeSettings,
+    temps: &TempRecord,
+    log: &mut HookLog,
+) -> Finalized {
     let mut out = Finalized {
         attrs: ClassAd::new(),
         placement: Placement::default(),
@@ -86,7 +93,7 @@ pub fn finalize(stdin: &str, cfg: &FinalizeSettings, log: &mut HookLog) -> Final
     };
     place_streams(job, &returned.disk, &mut out.placement);
     if !returned.result.outputs.is_empty() {
-        place_archive(job, &returned.disk, &mut out.placement);
+        place_archive(job, &returned.disk, temps, &mut out.placement);
     }
     // The agent reports trouble beside a real outcome (outputs that did not fit on the data
     // disk, say): the job's files are incomplete, so the user must hear about it. A time-limit
@@ -145,14 +152,19 @@ fn place_streams(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut P
 }
 
 /// `output.tar`, by the rules of the original ad.
-fn place_archive(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut Placement) {
+fn place_archive(
+    job: &JobSpec,
+    disk: &capsule_disk::DataDisk,
+    temps: &TempRecord,
+    placement: &mut Placement,
+) {
     let rules = match OutputRules::for_job(job) {
         Ok(r) => r,
         Err(e) => return placement.problem(e),
     };
     match disk.open_file(capsule_manifest::OUTPUT_TAR) {
         Ok(reader) => {
-            let placed = place_outputs(reader, &rules, &job.id());
+            let placed = place_outputs(reader, &rules, &job.id(), temps);
             placement.files += placed.files;
             placement.bytes += placed.bytes;
             for p in placed.problems {

@@ -3,12 +3,12 @@
 //!
 //! Hooks run as the job's owner, so one file cannot serve them all: each owner writes
 //! `<VM_CAPSULE_TRANSLATE_LOG>.<owner>` (and `..._EXIT_LOG`), by default under
-//! `/var/log/vm-capsule/`, a root-owned mode 1777 directory made like the scratch prefix
-//! (issue 14.2). That directory is shared with every local user, so the file is opened
+//! `/var/log/vm-capsule/`, a root-owned mode 1777 directory made like the scratch prefix, so
+//! every owner can create its own file there. That directory is shared with every local user, so the file is opened
 //! without following links and used only when it is a plain file owned by us.
 //!
 //! Only problems (warnings, errors) go to stderr: the JobRouter copies every stderr line
-//! into its own log as a warning (issue 14.6). When the file cannot be opened, one warning
+//! into its own log as a warning, so routine lines there would bury real ones. When the file cannot be opened, one warning
 //! says so on stderr, once per hook run.
 //!
 //! Rotation follows HTCondor's `MAX_<SUBSYS>_LOG`: once the file reaches the limit it is

@@ -1,7 +1,7 @@
 //! Reading `output.tar` from the guest with every length bounded.
 //!
 //! The `tar` crate reads GNU long names and PAX records whole into memory, however long the
-//! archive says they are (a 50 MiB long name cost 1.6 GiB of RSS, issue 11). So entries are
+//! archive says they are (a 50 MiB long name once cost finalize 1.6 GiB of RSS). So entries are
 //! read raw, one header at a time, and the long-name and PAX members are handled here with a
 //! bound on what is read; the crate still does the block arithmetic (checked) and skips data
 //! not read. One parser decides where each entry starts: a PAX `size` record, which would

@@ -4,7 +4,7 @@
 //!
 //! The open directories of the last member are kept (a stack of descriptors), so a member
 //! costs only the components it does not share with the previous one: an archive of nested
-//! directories is placed in linear time (issue 11: it was cubic). Temporary names are derived
+//! directories is placed in linear time (walking from the root for each member was cubic). Temporary names are derived
 //! from the job id and the target name, so a re-run after `kill -9` finds and replaces the
 //! leftovers of the run it repeats instead of leaving them in the user's directory.
 
@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use capsule_manifest::RelPath;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
+
+use crate::temp_record::TempRecord;
 
 /// Deepest directory nesting placed (each level holds one open descriptor while in use).
 pub const MAX_DEPTH: usize = 256;
@@ -60,8 +62,7 @@ impl PlaceError {
 
     /// Whether the destination file system is full (a reason to stop placing).
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, PlaceError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error()))
+        matches!(self, PlaceError::Io { source, .. } if capsule_disk::is_storage_full(source))
     }
 }
 
@@ -74,6 +75,8 @@ pub struct Placer {
     /// Open directories below the root, outermost first.
     chain: Vec<(String, OwnedFd)>,
     buf: Vec<u8>,
+    /// Where the temporary file being written is recorded (for the hook's watchdog).
+    temps: TempRecord,
 }
 
 impl Placer {
@@ -84,7 +87,14 @@ impl Placer {
             root: None,
             chain: Vec::new(),
             buf: Vec::new(),
+            temps: TempRecord::new(),
         }
+    }
+
+    /// Record each temporary file in `temps` while it is written.
+    pub fn recording_in(mut self, temps: &TempRecord) -> Placer {
+        self.temps = temps.clone();
+        self
     }
 
     /// Make directory `below` (and missing parents) under `root`.
@@ -120,13 +130,16 @@ impl Placer {
         let parents = below.parent();
         let mut buf = std::mem::take(&mut self.buf);
         let tmp = temp_name(&self.tag, &name);
+        let temps = self.temps.clone();
         let result = (|| {
             let dir = match &parents {
                 Some(p) => self.descend(root, p.components(), &mut created)?,
                 None => self.descend(root, std::iter::empty(), &mut created)?,
             };
             let dir_path = dir_path(root, parents.as_ref());
-            write_beside(dir, &dir_path, &name, &tmp, data, size, mode, &mut buf)
+            write_beside(
+                &temps, dir, &dir_path, &name, &tmp, data, size, mode, &mut buf,
+            )
         })();
         self.buf = buf;
         if result.is_err() {
@@ -251,6 +264,7 @@ pub fn temp_name(tag: &str, name: &str) -> String {
 /// Write `size` bytes of `data` to `tmp` in `dir`, then rename it over `name`.
 #[allow(clippy::too_many_arguments)] // one caller; the pieces are distinct roles
 fn write_beside(
+    temps: &TempRecord,
     dir: &OwnedFd,
     dir_path: &Path,
     name: &str,
@@ -264,18 +278,19 @@ fn write_beside(
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let create = || rustix::fs::openat(dir, tmp, flags, Mode::from_raw_mode(mode & 0o777));
     // Recorded for the hook's watchdog, which removes it if time runs out mid-copy.
-    let fd = crate::hooks::watchdog::create_temp(dir.as_fd(), tmp, || match create() {
-        // A leftover of an interrupted run of this very job: ours to replace.
-        Err(Errno::EXIST) => {
-            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-            create()
-        }
-        other => other,
-    })
-    .map_err(|e| PlaceError::io(&target, e))?;
+    let fd = temps
+        .create(dir.as_fd(), tmp, || match create() {
+            // A leftover of an interrupted run of this very job: ours to replace.
+            Err(Errno::EXIST) => {
+                let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+                create()
+            }
+            other => other,
+        })
+        .map_err(|e| PlaceError::io(&target, e))?;
     let mut file = File::from(fd);
     let copied = copy_exact(data, &mut file, size, buf).map_err(|e| PlaceError::io(&target, e));
-    crate::hooks::watchdog::finish_temp(|| {
+    temps.finish(|| {
         let result = match copied {
             Ok(got) if got == size => {
                 rustix::fs::renameat(dir, tmp, dir, name).map_err(|e| match e {

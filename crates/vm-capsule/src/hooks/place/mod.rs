@@ -21,6 +21,8 @@ pub mod rules;
 
 use std::io::Read;
 
+use crate::temp_record::TempRecord;
+
 pub use archive::{for_each_member, quote, ArchiveError, Member};
 pub use fs::{write_stream, PlaceError, Placer};
 pub use rules::{Destination, OutputRules};
@@ -67,11 +69,17 @@ impl Placement {
 }
 
 /// Place the members of `archive` that `rules` accept; `tag` (the job id) names temporary
-/// files. Every problem is recorded and placement goes on with the next member, except when
-/// the archive cannot be read on or the destination is full.
-pub fn place_outputs(archive: impl Read, rules: &OutputRules, tag: &str) -> Placement {
+/// files, each recorded in `temps` while it is written. Every problem is recorded and
+/// placement goes on with the next member, except when the archive cannot be read on or the
+/// destination is full.
+pub fn place_outputs(
+    archive: impl Read,
+    rules: &OutputRules,
+    tag: &str,
+    temps: &TempRecord,
+) -> Placement {
     let mut placement = Placement::default();
-    let mut placer = Placer::new(tag);
+    let mut placer = Placer::new(tag).recording_in(temps);
     // Headers are read 512 bytes at a time: buffer them (large data reads pass through).
     let archive = std::io::BufReader::with_capacity(1 << 20, archive);
     let result = for_each_member(archive, &mut |member| {

@@ -50,7 +50,7 @@ fn job(iwd: &Path, extra: &str) -> JobSpec {
 
 fn place(iwd: &Path, extra: &str, tar: &[u8]) -> Placement {
     let rules = OutputRules::for_job(&job(iwd, extra)).unwrap();
-    place_outputs(tar, &rules, "3.1")
+    place_outputs(tar, &rules, "3.1", &TempRecord::new())
 }
 
 fn tree(dir: &Path) -> Vec<String> {

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// Why translation failed. Only [`TranslateError::Job`] holds the user's job; every other
 /// variant leaves it idle for the router to try again (an admin's mistake never holds users'
-/// jobs, issue 13).
+/// jobs: they run once the configuration is fixed).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TranslateError {
@@ -102,7 +102,7 @@ pub(super) fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(err);
     while let Some(e) = current {
         if e.downcast_ref::<std::io::Error>()
-            .is_some_and(crate::scratch::is_storage_full)
+            .is_some_and(capsule_disk::is_storage_full)
         {
             return true;
         }

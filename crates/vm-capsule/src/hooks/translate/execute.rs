@@ -44,16 +44,20 @@ pub fn execute(
             owner.path().display()
         ));
     }
+    // The name the routed ad was built for; taken already (by chance) means try again later.
     let staging = owner
-        .create_job_dir(&plan.job.id())
-        .map_err(scratch_error)?;
-    let final_path = owner.path().join(
-        staging
-            .name()
-            .trim_end_matches(crate::scratch::STAGING_SUFFIX),
-    );
-    let (routed, stdout, capsule_ad) = plan.routed(&final_path)?;
-    let staged = stage(plan, staging.path(), capsule_ad.as_deref());
+        .create_named_job_dir(&plan.job_dir_name)
+        .map_err(|e| match e {
+            e if e.is_exists() => TranslateError::Io {
+                what: format!(
+                    "cannot make job dir {} (the name is taken; the next try picks another)",
+                    owner.path().join(&plan.job_dir_name).display()
+                ),
+                source: std::io::Error::other(error_chain(&e)),
+            },
+            e => scratch_error(e),
+        })?;
+    let staged = stage(plan, staging.path(), plan.routed.capsule_ad.as_deref());
     let committed = staged.and_then(|()| staging_commit(staging, &owner));
     match committed {
         Ok(dir) => {
@@ -65,9 +69,9 @@ pub fn execute(
                 plan.disk.recipe.format.name()
             ));
             Ok(Translated {
-                stdout,
+                stdout: plan.routed.stdout.clone(),
                 scratch: dir,
-                routed,
+                routed: plan.routed.ad.clone(),
             })
         }
         Err((dir, err)) => {

@@ -1,5 +1,4 @@
-//! Every decision of a translation, made before anything is written (issue 16: check, then
-//! do): the manifest, the data disk's size and layout, the VM, the routed ad and its size. A
+//! Every decision of a translation, made before anything is written (check, then do): the manifest, the data disk's size and layout, the VM, the routed ad and its size. A
 //! job that cannot run is refused here, so a refusal leaves nothing behind.
 
 use std::path::{Path, PathBuf};
@@ -68,6 +67,21 @@ pub struct CapsulePlan {
     pub node_bases: Vec<crate::node_image::NodeBase>,
     /// Files that make the data disk a cloud-init NoCloud seed (`VM_CAPSULE_AGENT_START`).
     pub seed: Vec<(&'static str, String)>,
+    /// The job dir's name in the owner dir, chosen here: the routed ad names it.
+    pub job_dir_name: String,
+    /// The routed ad, built once for that job dir.
+    pub routed: RoutedAd,
+}
+
+/// The routed ad for the job dir the plan chose.
+#[derive(Debug, Clone, Default)]
+pub struct RoutedAd {
+    /// The ad.
+    pub ad: ClassAd,
+    /// As printed for the JobRouter.
+    pub stdout: String,
+    /// For the vanilla flavour, the VM description its launcher boots (`capsule.ad`).
+    pub capsule_ad: Option<String>,
 }
 
 /// The data disk to make.
@@ -127,7 +141,7 @@ pub fn plan(
         classad::Value::Integer(m) => u64::try_from(m).ok(),
         _ => None,
     };
-    let plan = CapsulePlan {
+    let mut plan = CapsulePlan {
         job: job.clone(),
         job_ad: request.ad.clone(),
         universe,
@@ -159,11 +173,15 @@ pub fn plan(
             .map(|limit| limit + cfg.boot_timeout_secs),
         seed: crate::nocloud::seed_files(cfg.agent_start, &cfg.job_user, &id),
         node_bases,
+        job_dir_name: crate::scratch::new_job_dir_name(&id),
+        routed: RoutedAd::default(),
     };
     if universe == RoutedUniverse::Vanilla {
         plan.check_sandbox_names()?;
     }
-    plan.check_pipe(cfg)?;
+    let scratch = cfg.scratch_prefix.join(&job.owner).join(&plan.job_dir_name);
+    plan.routed = plan.routed(&scratch)?;
+    plan.check_pipe()?;
     Ok(plan)
 }
 
@@ -240,15 +258,10 @@ impl CapsulePlan {
         }
     }
 
-    /// The routed ad must fit the router's pipe: checked with a job dir path of the length
-    /// the real one will have.
-    fn check_pipe(&self, cfg: &TranslateSettings) -> Result<(), TranslateError> {
+    /// The routed ad must fit the router's pipe.
+    fn check_pipe(&self) -> Result<(), TranslateError> {
         let id = self.job.id();
-        let example = cfg
-            .scratch_prefix
-            .join(&self.job.owner)
-            .join(format!("{id}.XXXXXX"));
-        let (_, stdout, _) = self.routed(&example)?;
+        let stdout = &self.routed.stdout;
         if stdout.len() > PIPE_BUFFER_MAX {
             return Err(job_problem(
                 &id,
@@ -336,10 +349,7 @@ impl CapsulePlan {
     ///
     /// # Errors
     /// [`TranslateError::Job`] when an attribute cannot be printed in the old syntax.
-    pub fn routed(
-        &self,
-        scratch: &Path,
-    ) -> Result<(ClassAd, String, Option<String>), TranslateError> {
+    fn routed(&self, scratch: &Path) -> Result<RoutedAd, TranslateError> {
         let id = self.job.id();
         let staged = self.staged(scratch);
         let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
@@ -348,8 +358,12 @@ impl CapsulePlan {
         };
         match self.universe {
             RoutedUniverse::Vm => {
-                let text = print(&vm_ad, "routed ad")?;
-                Ok((vm_ad, text, None))
+                let stdout = print(&vm_ad, "routed ad")?;
+                Ok(RoutedAd {
+                    ad: vm_ad,
+                    stdout,
+                    capsule_ad: None,
+                })
             }
             RoutedUniverse::Vanilla => {
                 let mut vm_ad = vm_ad;
@@ -367,8 +381,12 @@ impl CapsulePlan {
                         launcher_on_node: self.launcher_on_node,
                     },
                 );
-                let text = print(&ad, "routed ad")?;
-                Ok((ad, text, Some(capsule)))
+                let stdout = print(&ad, "routed ad")?;
+                Ok(RoutedAd {
+                    ad,
+                    stdout,
+                    capsule_ad: Some(capsule),
+                })
             }
         }
     }

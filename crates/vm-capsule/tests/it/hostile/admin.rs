@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 
 use super::local_user::{account, alice_job, alice_pool};
 use super::*;
+use crate::cmd::run_ok;
 use crate::router::bin;
 
 /// `vm-capsule run <ad> <args>` as `user` (root when `None`), sandboxes in `tmp`; whether it
@@ -234,15 +235,14 @@ fn template_build_never_uses_a_cache_other_users_can_write() {
     fs::create_dir(&content).unwrap();
     fs::create_dir(content.join("boot")).unwrap();
     fs::write(content.join("MALLORY-WAS-HERE"), "x").unwrap();
-    let made = Command::new("tar")
-        .arg("-cf")
-        .arg(planted.join(&tar_name))
-        .arg("-C")
-        .arg(&content)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(planted.join(&tar_name))
+            .arg("-C")
+            .arg(&content)
+            .arg("."),
+    );
     let victim = root.path().join("victim");
     fs::write(&victim, "precious\n").unwrap();
     let log = planted.join(tar_name.replace(".tar", ".log"));

@@ -1,6 +1,7 @@
 //! Crashes and full disks: nothing half-done is left or placed, and a re-run converges.
 
 use super::*;
+use crate::cmd::run_ok_needs;
 
 /// 11.7: scratch full while packing inputs: passing, said as such, nothing left, no hold.
 #[test]
@@ -8,14 +9,11 @@ fn item_07_scratch_full_is_transient() {
     let mut pool = Pool::new(&template(ImageFormat::Raw));
     let prefix = pool.root.path().join("small-scratch");
     fs::create_dir(&prefix).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m,mode=1777", "tmpfs"])
-        .arg(&prefix)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a small tmpfs needs root (CI runs as root)"
+    run_ok_needs(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=6m,mode=1777", "tmpfs"])
+            .arg(&prefix),
+        "mounting a small tmpfs needs root (CI runs as root)",
     );
     let _unmount = Unmount(prefix.clone());
     pool.env.push((

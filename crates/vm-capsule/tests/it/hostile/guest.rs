@@ -1,6 +1,7 @@
 //! A hostile guest: it controls every byte of the returned data disk.
 
 use super::*;
+use crate::cmd::{assert_ok, run_ok};
 
 /// 11.1: entries the job never declared are reported, not placed.
 #[test]
@@ -106,19 +107,21 @@ fn finalize_rss(pool: &Pool, original: &ClassAd, routed: &ClassAd) -> (u64, Stri
     let stdin = format!("{}\n------\n{}", print_ad(&src), print_ad(routed));
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("rss");
-    let out = crate::router::output_with_stdin(
-        Command::new("/usr/bin/time")
-            .arg("-f")
-            .arg("%M")
-            .arg("-o")
-            .arg(&report)
-            .arg(pool.hooks_dir.join("vm-capsule-finalize"))
-            .env_clear()
-            .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-        stdin.as_bytes(),
-        "GNU time (/usr/bin/time, Debian package `time`) is needed; .ci/run installs it",
+    let out = assert_ok(
+        crate::router::output_with_stdin(
+            Command::new("/usr/bin/time")
+                .arg("-f")
+                .arg("%M")
+                .arg("-o")
+                .arg(&report)
+                .arg(pool.hooks_dir.join("vm-capsule-finalize"))
+                .env_clear()
+                .envs(pool.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            stdin.as_bytes(),
+            "GNU time (/usr/bin/time, Debian package `time`) is needed; .ci/run installs it",
+        ),
+        "finalize under GNU time",
     );
-    assert!(out.status.success());
     let rss = fs::read_to_string(&report).unwrap().trim().parse().unwrap();
     (rss, String::from_utf8(out.stdout).unwrap())
 }
@@ -133,11 +136,7 @@ fn item_06_a_fifo_in_scratch_does_not_hang_finalize() {
     let routed = pool.translate(&j.ad).unwrap();
     let scratch = scratch_of(&routed);
     forge(&scratch.join("data.vmdk"), &result_json(4, &[], None), None);
-    let made = Command::new("mkfifo")
-        .arg(scratch.join("data-000001.vmdk"))
-        .status()
-        .unwrap();
-    assert!(made.success());
+    run_ok(Command::new("mkfifo").arg(scratch.join("data-000001.vmdk")));
     let started = std::time::Instant::now();
     let (_, attrs) = pool.finalize(&j.ad, &routed);
     assert!(started.elapsed().as_secs() < 30);
@@ -209,14 +208,13 @@ fn item_15_a_disk_naming_files_outside_its_dir_is_refused() {
     let elsewhere = pool.root.path().join("elsewhere.img");
     planted_disk(&elsewhere, size);
     fs::remove_file(&disk).unwrap();
-    let made = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&elsewhere)
-        .arg(&disk)
-        .arg(size.to_string())
-        .status()
-        .unwrap();
-    assert!(made.success());
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&elsewhere)
+            .arg(&disk)
+            .arg(size.to_string()),
+    );
     let (_, attrs) = pool.finalize(&j.ad, &routed);
     assert_eq!(attr(&attrs, "ExitCode"), Value::Integer(125));
     let err = string_attr(&attrs, "VMCapsuleError").unwrap();

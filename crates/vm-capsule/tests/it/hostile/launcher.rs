@@ -39,13 +39,7 @@ fn node_image_job(name: &str, cluster: i64) -> (Pool, ClassAd, PathBuf) {
         node.display().to_string(),
     ));
     let j = job(&pool, name, "", cluster);
-    let stdin = format!(
-        "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
-        print_ad(&j.ad)
-    );
-    let run = pool.run_hook("translate", &stdin);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let routed = classad::parse_old_ad(&run.stdout).unwrap();
+    let routed = pool.translate_vanilla(&j.ad);
     (pool, routed, node.join("os.qcow2"))
 }
 

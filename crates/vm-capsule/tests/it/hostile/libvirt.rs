@@ -14,6 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::cmd::run_ok_needs;
 use crate::libvirt::{script, Embed};
 use crate::router::output_with_stdin;
 
@@ -61,12 +62,12 @@ impl Node {
 
     /// Run `qemu-img` in the sandbox and give what it made to the sandbox user.
     fn qemu_img(&self, args: &[&str]) {
-        let out = Command::new("qemu-img")
-            .args(args)
-            .current_dir(&self.sandbox)
-            .output()
-            .expect("qemu-img is needed (Debian: qemu-utils)");
-        assert!(out.status.success(), "{out:?}");
+        run_ok_needs(
+            Command::new("qemu-img")
+                .args(args)
+                .current_dir(&self.sandbox),
+            "qemu-img is needed (Debian: qemu-utils)",
+        );
         for entry in fs::read_dir(&self.sandbox).unwrap() {
             lchown(&entry.unwrap().path(), SANDBOX_UID);
         }

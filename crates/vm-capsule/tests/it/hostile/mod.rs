@@ -1,4 +1,4 @@
-//! The trust boundary (issue 11), one test per attack: a hostile guest (it controls every byte
+//! The trust boundary, one test per attack: a hostile guest (it controls every byte
 //! of the returned data disk), a hostile local user (the scratch prefix is shared), crashes
 //! and full disks. The hooks run as the stand-in router runs them; where an attack needs two
 //! users, real unprivileged accounts (`vmcap-alice`, `vmcap-mallory`, made by `.ci/run`) are

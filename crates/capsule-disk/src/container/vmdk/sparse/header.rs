@@ -4,9 +4,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::{
-    le32, le64, read_padded, FLAG_COMPRESSED, GD_AT_END, MAX_GD_BYTES, MAX_SECTORS, SECTOR,
-};
+use super::{read_padded, FLAG_COMPRESSED, GD_AT_END, MAX_GD_BYTES, MAX_SECTORS, SECTOR};
+use crate::bytes::{le16, le32, le64};
 use crate::Error;
 
 /// The checked header fields.
@@ -83,7 +82,7 @@ impl Header {
             gd_offset,
             rgd_offset: le64(&hdr, 48),
         };
-        header.check(path, u16::from_le_bytes([hdr[77], hdr[78]]))?;
+        header.check(path, le16(&hdr, 77))?;
         Ok(header)
     }
 

@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::bytes::le32;
 use crate::container::{is_zero, FillFn};
 use crate::Error;
 
@@ -78,22 +79,6 @@ pub(crate) struct SparseExtent {
     inflated: Option<(u64, Vec<u8>)>,
     /// The embedded descriptor (text, byte offset), if any.
     pub(crate) descriptor: Option<(String, u64)>,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
 }
 
 /// Read exactly `buf.len()` bytes at `off`, zero-filling past the end of the file.
