@@ -25,6 +25,7 @@ pub mod node_image;
 pub mod perms;
 pub mod probe;
 pub mod qemu;
+pub mod returned;
 pub mod routed;
 pub mod run_files;
 pub mod runner;

@@ -19,9 +19,9 @@ use classad::eval::string_attr;
 use thiserror::Error;
 
 use crate::config::Knobs;
-use crate::hooks::finalize::read_result;
 use crate::hooks::log::HookLog;
 use crate::hooks::translate::{translate, TranslateConfig};
+use crate::returned::read_result;
 use crate::runner::{self, Accel, RunError, RunOptions};
 use crate::template::console::{self, Seen};
 

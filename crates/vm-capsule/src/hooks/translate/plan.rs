@@ -11,8 +11,8 @@ use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
 use super::error::{job_problem, TranslateError};
 use super::request::TranslateRequest;
 use crate::capsule::{DiskRecipe, InputPlan};
-use crate::hooks::place::OutputRules;
 use crate::job::JobSpec;
+use crate::returned::place::OutputRules;
 use crate::routed::{self, Staged, VmDisk};
 use crate::template::{Flavour, Template};
 

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use capsule_manifest::RelPath;
@@ -65,22 +65,77 @@ impl PlaceError {
     }
 }
 
+/// Someone who must know of a temporary file while it exists: a hook's watchdog removes it
+/// when time runs out mid-copy. Each call runs its closure under the watcher's own lock, so
+/// the watcher never misses a file that is being made or renamed.
+pub trait TempWatch: Sync {
+    /// Run `create` (which makes `name` in `dir`) and record the file.
+    ///
+    /// # Errors
+    /// `create`'s error (nothing is recorded then).
+    fn create(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        create: &mut dyn FnMut() -> rustix::io::Result<OwnedFd>,
+    ) -> rustix::io::Result<OwnedFd>;
+
+    /// Run `finish` (which renames the recorded file into place or removes it) and forget it.
+    fn finish(&self, finish: &mut dyn FnMut());
+}
+
+/// No watcher: the launcher has no deadline of its own to honour.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoWatch;
+
+impl TempWatch for NoWatch {
+    fn create(
+        &self,
+        _dir: BorrowedFd<'_>,
+        _name: &str,
+        create: &mut dyn FnMut() -> rustix::io::Result<OwnedFd>,
+    ) -> rustix::io::Result<OwnedFd> {
+        create()
+    }
+
+    fn finish(&self, finish: &mut dyn FnMut()) {
+        finish();
+    }
+}
+
 /// Places files and directories below root directories, one member at a time.
-#[derive(Debug)]
 pub struct Placer {
     /// Distinguishes this job's temporary files (`cluster.proc`).
     tag: String,
+    /// Told of each temporary file while it exists.
+    watch: &'static dyn TempWatch,
     root: Option<(PathBuf, OwnedFd)>,
     /// Open directories below the root, outermost first.
     chain: Vec<(String, OwnedFd)>,
     buf: Vec<u8>,
 }
 
+impl std::fmt::Debug for Placer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placer")
+            .field("tag", &self.tag)
+            .field("root", &self.root)
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Placer {
-    /// A placer whose temporary names carry `tag` (the job id).
+    /// A placer whose temporary names carry `tag` (the job id), watched by nobody.
     pub fn new(tag: &str) -> Placer {
+        Placer::watched(tag, &NoWatch)
+    }
+
+    /// A placer whose temporary files `watch` is told about while they exist.
+    pub fn watched(tag: &str, watch: &'static dyn TempWatch) -> Placer {
         Placer {
             tag: tag.to_owned(),
+            watch,
             root: None,
             chain: Vec::new(),
             buf: Vec::new(),
@@ -120,13 +175,20 @@ impl Placer {
         let parents = below.parent();
         let mut buf = std::mem::take(&mut self.buf);
         let tmp = temp_name(&self.tag, &name);
+        let watch = self.watch;
         let result = (|| {
             let dir = match &parents {
                 Some(p) => self.descend(root, p.components(), &mut created)?,
                 None => self.descend(root, std::iter::empty(), &mut created)?,
             };
             let dir_path = dir_path(root, parents.as_ref());
-            write_beside(dir, &dir_path, &name, &tmp, data, size, mode, &mut buf)
+            let file = NewFile {
+                name: &name,
+                tmp: &tmp,
+                size,
+                mode,
+            };
+            write_beside(watch, dir, &dir_path, &file, data, &mut buf)
         })();
         self.buf = buf;
         if result.is_err() {
@@ -248,35 +310,50 @@ pub fn temp_name(tag: &str, name: &str) -> String {
     format!(".vm-capsule.{tag}.{hash:016x}.tmp")
 }
 
-/// Write `size` bytes of `data` to `tmp` in `dir`, then rename it over `name`.
-#[allow(clippy::too_many_arguments)] // one caller; the pieces are distinct roles
-fn write_beside(
-    dir: &OwnedFd,
-    dir_path: &Path,
-    name: &str,
-    tmp: &str,
-    data: &mut dyn Read,
+/// A file to write beside its final name.
+struct NewFile<'a> {
+    name: &'a str,
+    tmp: &'a str,
     size: u64,
     mode: u32,
+}
+
+/// Write `file.size` bytes of `data` to `file.tmp` in `dir`, then rename it over `file.name`.
+fn write_beside(
+    watch: &dyn TempWatch,
+    dir: &OwnedFd,
+    dir_path: &Path,
+    file: &NewFile<'_>,
+    data: &mut dyn Read,
     buf: &mut Vec<u8>,
 ) -> Result<(), PlaceError> {
+    let NewFile {
+        name,
+        tmp,
+        size,
+        mode,
+    } = *file;
     let target = dir_path.join(name);
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let create = || rustix::fs::openat(dir, tmp, flags, Mode::from_raw_mode(mode & 0o777));
-    // Recorded for the hook's watchdog, which removes it if time runs out mid-copy.
-    let fd = crate::hooks::watchdog::create_temp(dir.as_fd(), tmp, || match create() {
-        // A leftover of an interrupted run of this very job: ours to replace.
-        Err(Errno::EXIST) => {
-            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-            create()
-        }
-        other => other,
-    })
-    .map_err(|e| PlaceError::io(&target, e))?;
-    let mut file = File::from(fd);
-    let copied = copy_exact(data, &mut file, size, buf).map_err(|e| PlaceError::io(&target, e));
-    crate::hooks::watchdog::finish_temp(|| {
-        let result = match copied {
+    // Told to the watcher (a hook's watchdog), which removes it if time runs out mid-copy.
+    let fd = watch
+        .create(dir.as_fd(), tmp, &mut || match create() {
+            // A leftover of an interrupted run of this very job: ours to replace.
+            Err(Errno::EXIST) => {
+                let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+                create()
+            }
+            other => other,
+        })
+        .map_err(|e| PlaceError::io(&target, e))?;
+    let mut out = File::from(fd);
+    let mut copied =
+        Some(copy_exact(data, &mut out, size, buf).map_err(|e| PlaceError::io(&target, e)));
+    let mut result = Ok(());
+    watch.finish(&mut || {
+        let Some(copied) = copied.take() else { return };
+        result = match copied {
             Ok(got) if got == size => {
                 rustix::fs::renameat(dir, tmp, dir, name).map_err(|e| match e {
                     Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => {
@@ -291,8 +368,8 @@ fn write_beside(
         if result.is_err() {
             let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
         }
-        result
-    })
+    });
+    result
 }
 
 /// Copy at most `size` bytes; returns how many there were.

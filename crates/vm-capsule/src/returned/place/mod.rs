@@ -22,7 +22,7 @@ pub mod rules;
 use std::io::Read;
 
 pub use archive::{for_each_member, quote, ArchiveError, Member};
-pub use fs::{write_stream, PlaceError, Placer};
+pub use fs::{write_stream, NoWatch, PlaceError, Placer, TempWatch};
 pub use rules::{Destination, OutputRules};
 
 /// Problems kept word for word; later ones are only counted.
@@ -70,8 +70,16 @@ impl Placement {
 /// files. Every problem is recorded and placement goes on with the next member, except when
 /// the archive cannot be read on or the destination is full.
 pub fn place_outputs(archive: impl Read, rules: &OutputRules, tag: &str) -> Placement {
+    place_outputs_with(archive, rules, Placer::new(tag))
+}
+
+/// [`place_outputs`] through `placer` (one whose temporary files a watchdog knows of, say).
+pub fn place_outputs_with(
+    archive: impl Read,
+    rules: &OutputRules,
+    mut placer: Placer,
+) -> Placement {
     let mut placement = Placement::default();
-    let mut placer = Placer::new(tag);
     // Headers are read 512 bytes at a time: buffer them (large data reads pass through).
     let archive = std::io::BufReader::with_capacity(1 << 20, archive);
     let result = for_each_member(archive, &mut |member| {
