@@ -51,15 +51,7 @@ pub struct VmSpec {
 /// Largest `.vmx` read (a real one is a few KiB).
 const MAX_VMX_BYTES: u64 = 1 << 20;
 
-/// Whether `name` is a plain file name: one component, not `.` or `..`, and nothing QEMU's
-/// option syntax gives a meaning (`,`).
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', ',', '\0'])
-}
+pub use crate::capsule::is_plain_name;
 
 /// `name`, named by `attr`, when it is a plain file name.
 fn plain(attr: &str, name: &str) -> Result<(), RunError> {

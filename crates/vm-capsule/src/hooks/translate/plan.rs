@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
-use classad::{ClassAd, Expr};
+use classad::ClassAd;
 
 use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
 use super::error::{job_problem, TranslateError};
 use super::request::TranslateRequest;
-use crate::capsule::{DiskRecipe, InputPlan};
+use crate::capsule::{AgentSource, CapsuleRecipe, DiskRecipe, InputPlan};
 use crate::job::JobSpec;
+use crate::nocloud::AgentStart;
 use crate::returned::place::OutputRules;
 use crate::routed::{self, Staged, VmDisk};
 use crate::template::{Flavour, Template};
@@ -376,25 +377,23 @@ impl CapsulePlan {
 impl CapsulePlan {
     /// What the vanilla launcher needs to make the data disk on the node, in its VM ad.
     fn recipe_attrs(&self, ad: &mut ClassAd) {
-        let r = &self.disk.recipe;
-        let int = |v: u64| Expr::integer(i64::try_from(v).unwrap_or(i64::MAX));
-        ad.insert(routed::ATTR_DISK_OFFSET, int(r.offset));
-        ad.insert(routed::ATTR_DISK_LABEL, Expr::string(r.label.clone()));
-        if let Some(request) = r.request_bytes {
-            ad.insert(routed::ATTR_DISK_REQUEST, int(request));
+        let agent = match &self.agent {
+            Some(_) if self.launcher_on_node => AgentSource::Node,
+            Some(agent) => AgentSource::Sandbox(file_name(agent)),
+            None => AgentSource::Image,
+        };
+        CapsuleRecipe {
+            data_disk: self.disk.name.clone(),
+            disk: self.disk.recipe.clone(),
+            agent,
+            agent_start: if self.seed.is_empty() {
+                AgentStart::Image
+            } else {
+                AgentStart::CloudInit
+            },
+            job_id: self.job.id(),
         }
-        ad.insert(routed::ATTR_DISK_HEADROOM, int(r.headroom_bytes));
-        ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
-        match &self.agent {
-            Some(_) if self.launcher_on_node => {
-                ad.insert(routed::ATTR_AGENT_ON_NODE, Expr::boolean(true));
-            }
-            Some(agent) => ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent))),
-            None => {}
-        }
-        if !self.seed.is_empty() {
-            ad.insert(crate::nocloud::ATTR_AGENT_START, Expr::string("cloud-init"));
-        }
+        .to_attrs(ad);
     }
 
     /// Sandbox names the vanilla flavour's capsule takes, which an input may not.
