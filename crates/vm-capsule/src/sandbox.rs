@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use capsule_manifest::{EntryKind, Manifest, RelPath};
+use capsule_manifest::{EntryKind, Manifest};
 use classad::ClassAd;
 
 use crate::capsule::{
@@ -110,23 +110,18 @@ pub fn make_data_disk(
 fn inputs(sandbox: &Path, manifest: &Manifest) -> Result<InputPlan, SandboxError> {
     let mut items = Vec::new();
     for entry in &manifest.inputs {
-        let Ok(rel) = RelPath::parse(&entry.path) else {
-            return Err(SandboxError::Description {
-                file: routed::CAPSULE_JSON_FILE,
-                what: format!("input {:?} is not a plain relative path", entry.path),
-            });
-        };
-        let source = sandbox.join(rel.as_str());
+        // A clean relative path: the manifest's paths are checked as it is read.
+        let source = sandbox.join(&entry.path);
         if std::fs::symlink_metadata(&source).is_err() {
             return Err(SandboxError::Missing {
-                name: entry.path.clone(),
+                name: entry.path.to_string(),
                 dir: sandbox.display().to_string(),
             });
         }
         items.push(TarItem {
-            executable: entry.path == manifest.executable,
+            executable: entry.path.as_str() == manifest.executable.as_str(),
             is_dir: entry.kind == EntryKind::Dir || source.is_dir(),
-            name: entry.path.clone(),
+            name: entry.path.to_string(),
             source,
         });
     }

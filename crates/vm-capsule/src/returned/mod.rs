@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use capsule_disk::DataDisk;
-use capsule_manifest::{JobResult, Outcome, ProblemKind};
+use capsule_manifest::{JobResult, Outcome, OutputPath, ProblemKind};
 
 use crate::usage::JobUsage;
 use place::{place_outputs_with, quote, write_stream, OutputRules, Placement, Placer, TempWatch};
@@ -157,7 +157,7 @@ pub struct JobExit {
     /// What the agent reported beyond the outcome ([`agent_problem`]).
     pub agent_problem: Option<String>,
     /// `transfer_output_files` entries the job did not create (HTCondor would hold the job).
-    pub missing_outputs: Vec<String>,
+    pub missing_outputs: Vec<OutputPath>,
 }
 
 impl JobExit {
@@ -172,7 +172,7 @@ impl JobExit {
             // HTCondor holds a job whose named output is missing; we can only report it.
             all.problem(format!(
                 "output {} named in transfer_output_files was not created by the job",
-                quote(missing.as_bytes())
+                quote(missing.to_string().as_bytes())
             ));
         }
         all

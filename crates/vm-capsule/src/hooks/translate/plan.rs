@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
+use capsule_manifest::{
+    EntryKind, Executable, InputEntry, Manifest, OutputPath, OutputRule, PathError, RelPath,
+    CAPSULE_JSON,
+};
 use classad::ClassAd;
 
 use super::config::{RoutedUniverse, TranslateConfig, PIPE_BUFFER_MAX};
@@ -109,7 +112,7 @@ pub fn plan(
     OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
     let manifest_json = build_manifest(cfg, job, &inputs)
-        .to_json()
+        .and_then(|m| m.to_json())
         .map_err(|e| job_problem(&id, e.to_string()))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
@@ -423,7 +426,17 @@ pub fn file_name(path: &Path) -> String {
 }
 
 /// `capsule.json` for the job.
-pub fn build_manifest(cfg: &TranslateConfig, job: &JobSpec, inputs: &InputPlan) -> Manifest {
+///
+/// # Errors
+/// [`capsule_manifest::Error::Invalid`] naming the field whose path is not clean.
+pub fn build_manifest(
+    cfg: &TranslateConfig,
+    job: &JobSpec,
+    inputs: &InputPlan,
+) -> Result<Manifest, capsule_manifest::Error> {
+    let invalid = |field: &str, value: &str, e: PathError| {
+        capsule_manifest::Error::invalid(CAPSULE_JSON, field, value, e.to_string())
+    };
     let (executable, argv0) = if job.transfer_executable {
         let name = job.executable_name();
         (name.clone(), name)
@@ -431,30 +444,45 @@ pub fn build_manifest(cfg: &TranslateConfig, job: &JobSpec, inputs: &InputPlan) 
         let path = job.executable.display().to_string();
         (path.clone(), path)
     };
+    let executable =
+        Executable::parse(&executable).map_err(|e| invalid("executable", &executable, e))?;
     let mut argv = vec![argv0];
     argv.extend(job.args.iter().cloned());
     let mut m = Manifest::new(executable, argv);
     m.env = job.env.iter().cloned().collect();
-    m.stdin = job.stdin.as_ref().map(|s| s.name.clone());
+    m.stdin = match &job.stdin {
+        Some(s) => Some(RelPath::parse(&s.name).map_err(|e| invalid("stdin", &s.name, e))?),
+        None => None,
+    };
     m.user.clone_from(&cfg.job_user);
     m.wall_time_limit_secs = cfg.wall_time_limit_secs;
     m.output = match &job.outputs {
         Some(paths) => OutputRule::Explicit {
-            paths: paths.clone(),
+            paths: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    OutputPath::parse(p).map_err(|e| invalid(&format!("output.paths[{i}]"), p, e))
+                })
+                .collect::<Result<_, _>>()?,
         },
         None => OutputRule::Default,
     };
     m.inputs = inputs
         .items
         .iter()
-        .map(|i| InputEntry {
-            path: i.name.clone(),
-            kind: if i.is_dir {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            },
+        .enumerate()
+        .map(|(i, item)| {
+            Ok(InputEntry {
+                path: RelPath::parse(&item.name)
+                    .map_err(|e| invalid(&format!("inputs[{i}].path"), &item.name, e))?,
+                kind: if item.is_dir {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+            })
         })
-        .collect();
-    m
+        .collect::<Result<_, capsule_manifest::Error>>()?;
+    Ok(m)
 }
