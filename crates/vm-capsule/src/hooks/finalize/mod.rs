@@ -7,9 +7,10 @@
 //! this hook exits 0 on every input, and reports failures as `ExitCode = 125` with
 //! `VMCapsuleError` explaining them.
 //!
-//! Three phases, each on validated input: [`request`] parses stdin, [`load`] opens and checks
-//! the returned disk and its `result.json`, then the streams and `output.tar` are placed by
-//! the rules of the original ad ([`crate::returned::place`]).
+//! Three phases, each on validated input: [`request`] parses stdin, [`load`] checks and opens
+//! the returned disk in the job dir, then [`crate::returned::read`] (shared with the vanilla
+//! launcher) reads its `result.json` into a `JobExit` and places the streams and `output.tar`
+//! by the rules of the original ad. Every failure is a [`FinalizeError`] saying whose it is.
 
 mod error;
 mod load;
