@@ -131,8 +131,7 @@ mod result;
 pub use error::Error;
 pub use manifest::{EntryKind, InputEntry, Manifest, OutputRule};
 pub use path::{
-    check_file_name, check_relative_path, Executable, OutputPath, PathError, RelPath,
-    HOSTILE_NAMES, MAX_NAME_BYTES, MAX_PATH_BYTES,
+    Executable, OutputPath, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES, MAX_PATH_BYTES,
 };
 pub use result::{
     AgentInfo, JobResult, Outcome, OutputEntry, Problem, ProblemKind, RESULT_SCHEMA_VERSION,

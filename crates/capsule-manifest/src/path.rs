@@ -385,29 +385,6 @@ impl AsRef<std::path::Path> for RelPath {
     }
 }
 
-/// Check that `path` is a clean path relative to the work dir ([`RelPath::parse`]); a single
-/// trailing `/` is allowed when `allow_trailing_slash` (HTCondor's "dir/" form).
-///
-/// # Errors
-/// The reason the path is refused, for use in a message.
-pub fn check_relative_path(path: &str, allow_trailing_slash: bool) -> Result<(), String> {
-    let body = match path.strip_suffix('/') {
-        Some(b) if allow_trailing_slash && !b.is_empty() => b,
-        _ => path,
-    };
-    RelPath::parse(body).map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// Check that `name` is a plain file name ([`RelPath::file_name_only`]).
-///
-/// # Errors
-/// The reason the name is refused, for use in a message.
-pub fn check_file_name(name: &str) -> Result<(), String> {
-    RelPath::file_name_only(name)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// Hostile names for tests, in one table: every guard that takes a relative path from the
 /// guest or an archive must refuse each of them (as a strict path and as an archive name).
 pub const HOSTILE_NAMES: &[&[u8]] = &[
@@ -449,9 +426,9 @@ mod tests {
                 "{bad:?} accepted as an archive name"
             );
         }
-        assert!(check_relative_path("dir/", false).is_err());
-        assert!(check_relative_path("dir//", true).is_err());
-        assert!(check_relative_path("/", true).is_err());
+        assert!(RelPath::parse("dir/").is_err());
+        assert!(OutputPath::parse("dir//").is_err());
+        assert!(OutputPath::parse("/").is_err());
     }
 
     #[test]
@@ -459,9 +436,9 @@ mod tests {
         for good in ["a", "a/b/c", "with space", "..hidden", "a.b"] {
             assert_eq!(RelPath::parse(good).unwrap().as_str(), good);
         }
-        assert_eq!(check_relative_path("dir/", true), Ok(()));
-        assert!(check_file_name("stdout").is_ok());
-        assert_eq!(check_file_name("a/b"), Err(PathError::NotAName.to_string()));
+        assert!(OutputPath::parse("dir/").unwrap().contents_only());
+        assert!(RelPath::file_name_only("stdout").is_ok());
+        assert_eq!(RelPath::file_name_only("a/b"), Err(PathError::NotAName));
     }
 
     #[test]
