@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use capsule_manifest::{
-    AgentInfo, JobResult, Manifest, Outcome, ProblemKind, CAPSULE_JSON, DEFAULT_STDERR,
+    AgentInfo, Executable, JobResult, Manifest, Outcome, ProblemKind, CAPSULE_JSON, DEFAULT_STDERR,
     DEFAULT_STDOUT, INPUT_TAR, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
 };
 
@@ -377,7 +377,7 @@ fn prepare_and_run(
 
     let stdin = match &m.stdin {
         Some(rel) => Some(
-            workdir::open_no_follow(&s.work, rel)
+            workdir::open_no_follow(&s.work, rel.as_str())
                 .with_context(|| format!("stdin file {rel:?} (is it in {INPUT_TAR}?)"))?,
         ),
         None => None,
@@ -392,10 +392,9 @@ fn prepare_and_run(
     let mut env = m.env.clone();
     env.entry("_CONDOR_SCRATCH_DIR".to_owned())
         .or_insert_with(|| s.work.to_string_lossy().into_owned());
-    let program = if m.executable.starts_with('/') {
-        PathBuf::from(&m.executable)
-    } else {
-        s.work.join(&m.executable)
+    let program = match &m.executable {
+        Executable::Image(abs) => PathBuf::from(abs),
+        Executable::WorkDir(rel) => s.work.join(rel),
     };
     let spec = JobSpec {
         program,
@@ -448,7 +447,7 @@ fn prepare_and_run(
                 &s.work,
                 &m.output,
                 &catalog,
-                &m.executable,
+                m.executable.as_str(),
                 account.as_ref().map(|a| a.uid),
                 io::BufWriter::new(f),
             )

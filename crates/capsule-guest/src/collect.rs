@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use capsule_manifest::{EntryKind, OutputEntry, OutputRule};
+use capsule_manifest::{EntryKind, OutputEntry, OutputPath, OutputRule, RelPath};
 
 use crate::workdir::{self, Catalog};
 
@@ -24,7 +24,7 @@ pub struct Collected {
     /// Top-level entries packed.
     pub outputs: Vec<OutputEntry>,
     /// Explicit entries that did not exist.
-    pub missing: Vec<String>,
+    pub missing: Vec<OutputPath>,
     /// Things skipped, for the result.
     pub warnings: Vec<String>,
 }
@@ -75,9 +75,16 @@ pub fn collect(
                 if catalog.get(&entry.file_name()) == Some(&workdir::stamp(&meta)) {
                     continue; // an input left unchanged
                 }
+                let path = match RelPath::file_name_only(&name) {
+                    Ok(path) => path,
+                    Err(e) => {
+                        p.warn(format!("output {name:?} skipped: {e}"));
+                        continue;
+                    }
+                };
                 if let Some(size) = p.file(&name, &meta)? {
                     p.got.outputs.push(OutputEntry {
-                        path: name,
+                        path,
                         kind: EntryKind::File,
                         size,
                     });
@@ -86,7 +93,7 @@ pub fn collect(
         }
         OutputRule::Explicit { paths } => {
             for given in paths {
-                let rel = given.trim_end_matches('/');
+                let rel = given.path().as_str();
                 if let Err(e) = workdir::check_no_symlink(work, rel) {
                     if fs::symlink_metadata(work.join(rel)).is_err() {
                         p.got.missing.push(given.clone());
@@ -106,7 +113,7 @@ pub fn collect(
                 };
                 if let Some(size) = size {
                     p.got.outputs.push(OutputEntry {
-                        path: rel.to_owned(),
+                        path: given.path().clone(),
                         kind,
                         size,
                     });
@@ -294,7 +301,7 @@ mod tests {
         let deep: String = (0..MAX_DEPTH + 5).map(|_| "d/").collect();
         fs::create_dir_all(work.path().join(&deep)).unwrap();
         let rule = OutputRule::Explicit {
-            paths: vec!["d".into()],
+            paths: vec!["d".parse().unwrap()],
         };
         let mut out = Vec::new();
         let got = collect(work.path(), &rule, &Catalog::new(), "job", None, &mut out).unwrap();

@@ -204,7 +204,7 @@ mod tests {
         check_inputs(
             work.path(),
             &[InputEntry {
-                path: "d".into(),
+                path: "d".parse().unwrap(),
                 kind: EntryKind::Dir,
             }],
         )
@@ -212,7 +212,7 @@ mod tests {
         assert!(check_inputs(
             work.path(),
             &[InputEntry {
-                path: "job.sh".into(),
+                path: "job.sh".parse().unwrap(),
                 kind: EntryKind::Dir
             }]
         )

@@ -68,7 +68,7 @@ pub enum Error {
 
 impl Error {
     /// Build an [`Error::Invalid`], shortening the value for the message.
-    pub(crate) fn invalid(
+    pub fn invalid(
         file: &'static str,
         field: impl Into<String>,
         value: &str,

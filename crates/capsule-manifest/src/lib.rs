@@ -5,7 +5,9 @@
 //! the files are stored (that is `capsule-disk`) nor how the job is run (that is `capsule-guest`).
 //! Both files are parsed at the boundary into validated types: anything this version does not
 //! understand (an unknown schema version, an unknown field, a path that escapes the work dir, a
-//! NUL byte in an argument) is refused with a message naming the file, the field and the value.
+//! NUL byte in an argument) is refused with a message naming the file, the value and the field
+//! (for a path, its line and column: paths are typed, [`RelPath`], and refused as they are
+//! read).
 //!
 //! # The data disk
 //!
@@ -111,10 +113,11 @@
 //! ```
 //! use capsule_manifest::{Manifest, OutputRule};
 //!
-//! let mut m = Manifest::new("job.sh", vec!["job.sh".into(), "a b".into()]);
-//! m.output = OutputRule::Explicit { paths: vec!["out.txt".into()] };
-//! let json = m.to_json().unwrap();
-//! assert_eq!(Manifest::from_json(&json).unwrap(), m);
+//! let mut m = Manifest::new("job.sh".parse()?, vec!["job.sh".into(), "a b".into()]);
+//! m.output = OutputRule::Explicit { paths: vec!["out.txt".parse()?] };
+//! let json = m.to_json()?;
+//! assert_eq!(Manifest::from_json(&json)?, m);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -128,8 +131,7 @@ mod result;
 pub use error::Error;
 pub use manifest::{EntryKind, InputEntry, Manifest, OutputRule};
 pub use path::{
-    check_file_name, check_relative_path, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES,
-    MAX_PATH_BYTES,
+    Executable, OutputPath, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES, MAX_PATH_BYTES,
 };
 pub use result::{
     AgentInfo, JobResult, Outcome, OutputEntry, Problem, ProblemKind, RESULT_SCHEMA_VERSION,

@@ -6,7 +6,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::path::{check_file_name, check_relative_path};
+use crate::path::{Executable, OutputPath, PathError, RelPath};
 use crate::{
     json, Error, CAPSULE_JSON, DEFAULT_STDERR, DEFAULT_STDOUT, RESERVED_NAMES, SCHEMA_VERSION,
 };
@@ -25,7 +25,7 @@ pub struct Manifest {
     /// Always [`SCHEMA_VERSION`] once validated.
     pub schema_version: u32,
     /// Program to execute: relative to the work dir, or absolute inside the guest.
-    pub executable: String,
+    pub executable: Executable,
     /// Full argument vector including `argv[0]`, already split.
     pub argv: Vec<String>,
     /// The job's environment, name -> value.
@@ -33,13 +33,13 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     /// File (relative to the work dir) to use as stdin; `None` means `/dev/null`.
     #[serde(default)]
-    pub stdin: Option<String>,
-    /// Data-disk file name receiving the job's stdout.
+    pub stdin: Option<RelPath>,
+    /// Data-disk file name receiving the job's stdout (one component).
     #[serde(default = "default_stdout")]
-    pub stdout: String,
-    /// Data-disk file name receiving the job's stderr.
+    pub stdout: RelPath,
+    /// Data-disk file name receiving the job's stderr (one component).
     #[serde(default = "default_stderr")]
-    pub stderr: String,
+    pub stderr: RelPath,
     /// Account to run the job as.
     #[serde(default = "default_user")]
     pub user: String,
@@ -68,7 +68,7 @@ pub enum OutputRule {
     /// HTCondor's `TransferOutput`: these entries (files or whole directory trees).
     Explicit {
         /// Paths relative to the work dir; a trailing `/` is kept as given.
-        paths: Vec<String>,
+        paths: Vec<OutputPath>,
     },
 }
 
@@ -77,7 +77,7 @@ pub enum OutputRule {
 #[serde(deny_unknown_fields)]
 pub struct InputEntry {
     /// Path relative to the work dir.
-    pub path: String,
+    pub path: RelPath,
     /// File or directory.
     pub kind: EntryKind,
 }
@@ -92,11 +92,11 @@ pub enum EntryKind {
     Dir,
 }
 
-fn default_stdout() -> String {
-    DEFAULT_STDOUT.to_owned()
+fn default_stdout() -> RelPath {
+    RelPath::known(DEFAULT_STDOUT)
 }
-fn default_stderr() -> String {
-    DEFAULT_STDERR.to_owned()
+fn default_stderr() -> RelPath {
+    RelPath::known(DEFAULT_STDERR)
 }
 fn default_user() -> String {
     "condor".to_owned()
@@ -109,10 +109,10 @@ fn default_fallback_user() -> Option<String> {
 impl Manifest {
     /// A manifest with every optional field at its default.
     #[must_use]
-    pub fn new(executable: impl Into<String>, argv: Vec<String>) -> Self {
+    pub fn new(executable: Executable, argv: Vec<String>) -> Self {
         Manifest {
             schema_version: SCHEMA_VERSION,
-            executable: executable.into(),
+            executable,
             argv,
             env: BTreeMap::new(),
             stdin: None,
@@ -177,12 +177,10 @@ impl Manifest {
                 supported: SCHEMA_VERSION,
             });
         }
-        if self.executable.starts_with('/') {
-            if self.executable.contains('\0') {
-                return bad("executable", &self.executable, "contains a NUL byte".into());
-            }
-        } else if let Err(reason) = check_relative_path(&self.executable, false) {
-            return bad("executable", &self.executable, reason);
+        // Paths are valid by their types; a value built in code is checked again here, so
+        // the host never writes a manifest the guest would refuse.
+        if let Err(reason) = Executable::parse(self.executable.as_str()) {
+            return bad("executable", self.executable.as_str(), reason.to_string());
         }
         if self.argv.is_empty() {
             return bad("argv", "[]", "needs at least argv[0]".into());
@@ -207,21 +205,20 @@ impl Manifest {
                 return bad(&format!("env.{name}"), value, "contains a NUL byte".into());
             }
         }
-        if let Some(stdin) = &self.stdin {
-            if let Err(reason) = check_relative_path(stdin, false) {
-                return bad("stdin", stdin, reason);
-            }
-        }
         for (field, name) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            if let Err(reason) = check_file_name(name) {
-                return bad(field, name, reason);
+            if name.depth() != 1 {
+                return bad(field, name.as_str(), PathError::NotAName.to_string());
             }
             if RESERVED_NAMES.contains(&name.as_str()) {
-                return bad(field, name, "is a reserved data-disk name".into());
+                return bad(field, name.as_str(), "is a reserved data-disk name".into());
             }
         }
         if self.stdout == self.stderr {
-            return bad("stderr", &self.stderr, "must differ from stdout".into());
+            return bad(
+                "stderr",
+                self.stderr.as_str(),
+                "must differ from stdout".into(),
+            );
         }
         check_user("user", &self.user)?;
         if let Some(fallback) = &self.fallback_user {
@@ -238,22 +235,12 @@ impl Manifest {
                 );
             }
         }
-        if let OutputRule::Explicit { paths } = &self.output {
-            for (i, p) in paths.iter().enumerate() {
-                if let Err(reason) = check_relative_path(p, true) {
-                    return bad(&format!("output.paths[{i}]"), p, reason);
-                }
-            }
-        }
         let mut seen = BTreeSet::new();
         for (i, entry) in self.inputs.iter().enumerate() {
-            if let Err(reason) = check_relative_path(&entry.path, false) {
-                return bad(&format!("inputs[{i}].path"), &entry.path, reason);
-            }
             if !seen.insert(entry.path.as_str()) {
                 return bad(
                     &format!("inputs[{i}].path"),
-                    &entry.path,
+                    entry.path.as_str(),
                     "is listed twice".into(),
                 );
             }
@@ -287,6 +274,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn exe(text: &str) -> Executable {
+        Executable::parse(text).unwrap()
+    }
+
+    fn rel(text: &str) -> RelPath {
+        RelPath::parse(text).unwrap()
+    }
+
     fn err_text(json: &str) -> String {
         Manifest::from_json(json.as_bytes())
             .unwrap_err()
@@ -297,7 +292,7 @@ mod tests {
     fn minimal_manifest_gets_defaults() {
         let m =
             Manifest::from_json(br#"{"schema_version":1,"executable":"a","argv":["a"]}"#).unwrap();
-        assert_eq!(m, Manifest::new("a", vec!["a".into()]));
+        assert_eq!(m, Manifest::new(exe("a"), vec!["a".into()]));
         assert_eq!(m.user, "condor");
         assert_eq!(m.fallback_user.as_deref(), Some("nobody"));
         assert_eq!(m.output, OutputRule::Default);
@@ -332,7 +327,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         let cases = [
-            (r#""executable":"../a","argv":["a"]"#, "field `executable`"),
+            (
+                r#""executable":"../a","argv":["a"]"#,
+                r#"invalid path "../a": the path has a '..' component"#,
+            ),
             (r#""executable":"a","argv":[]"#, "field `argv`"),
             (
                 r#""executable":"a","argv":["a","b\u0000"]"#,
@@ -344,7 +342,7 @@ mod tests {
             ),
             (
                 r#""executable":"a","argv":["a"],"stdin":"/etc/passwd""#,
-                "field `stdin`",
+                r#"invalid path "/etc/passwd": the path is absolute"#,
             ),
             (
                 r#""executable":"a","argv":["a"],"stdout":"result.json""#,
@@ -364,7 +362,11 @@ mod tests {
             ),
             (
                 r#""executable":"a","argv":["a"],"output":{"rule":"explicit","paths":["a","../b"]}"#,
-                "field `output.paths[1]`",
+                r#"invalid path "../b""#,
+            ),
+            (
+                r#""executable":"a","argv":["a"],"stdout":"d/out""#,
+                "field `stdout`",
             ),
             (
                 r#""executable":"a","argv":["a"],"inputs":[{"path":"a","kind":"file"},{"path":"a","kind":"dir"}]"#,
@@ -375,6 +377,34 @@ mod tests {
             let e = err_text(&format!(r#"{{"schema_version":1,{body}}}"#));
             assert!(e.contains(want), "{body}: {e}");
         }
+    }
+
+    /// Paths are typed now, but travel as the same strings: what an older host wrote reads
+    /// back and writes out unchanged, so older and newer agents and hooks interoperate.
+    #[test]
+    fn the_wire_format_is_unchanged() {
+        let old = r#"{
+          "schema_version": 1,
+          "executable": "job.sh",
+          "argv": ["job.sh", "an arg with spaces", ""],
+          "env": { "NAME": "value = with spaces" },
+          "stdin": "in/put.txt",
+          "stdout": "out",
+          "stderr": "err",
+          "user": "condor",
+          "fallback_user": "nobody",
+          "wall_time_limit_secs": 3600,
+          "output": { "rule": "explicit", "paths": ["out.txt", "results/", "a/b"] },
+          "inputs": [ { "path": "job.sh", "kind": "file" }, { "path": "data", "kind": "dir" } ]
+        }"#;
+        let m = Manifest::from_json(old.as_bytes()).unwrap();
+        assert_eq!(m.stdin.as_ref().map(RelPath::as_str), Some("in/put.txt"));
+        let written: serde_json::Value = serde_json::from_slice(&m.to_json().unwrap()).unwrap();
+        let given: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(written, given);
+        let abs = old.replace(r#""executable": "job.sh""#, r#""executable": "/bin/sh""#);
+        let m = Manifest::from_json(abs.as_bytes()).unwrap();
+        assert_eq!(m.executable, Executable::Image("/bin/sh".into()));
     }
 
     #[test]
@@ -392,13 +422,13 @@ mod tests {
 
     #[test]
     fn absolute_executable_and_explicit_dirs_are_fine() {
-        let mut m = Manifest::new("/bin/sh", vec!["sh".into(), "-c".into(), "".into()]);
+        let mut m = Manifest::new(exe("/bin/sh"), vec!["sh".into(), "-c".into(), "".into()]);
         m.env.insert("A".into(), "x=y z".into());
         m.output = OutputRule::Explicit {
-            paths: vec!["dir/".into(), "a/b".into()],
+            paths: vec!["dir/".parse().unwrap(), "a/b".parse().unwrap()],
         };
         m.inputs.push(InputEntry {
-            path: "dir".into(),
+            path: rel("dir"),
             kind: EntryKind::Dir,
         });
         m.wall_time_limit_secs = Some(5);
@@ -415,10 +445,11 @@ mod tests {
             limit in proptest::option::of(1u64..100_000),
             outs in proptest::collection::vec("[a-z]{1,5}(/[a-z]{1,5}){0,2}/?", 0..4),
         ) {
-            let mut m = Manifest::new("bin/job", argv);
+            let mut m = Manifest::new(exe("bin/job"), argv);
             m.env = env;
             m.wall_time_limit_secs = limit;
-            m.output = OutputRule::Explicit { paths: outs };
+            let paths = outs.iter().map(|p| OutputPath::parse(p).unwrap()).collect();
+            m.output = OutputRule::Explicit { paths };
             let back = Manifest::from_json(&m.to_json().unwrap()).unwrap();
             proptest::prop_assert_eq!(back, m);
         }

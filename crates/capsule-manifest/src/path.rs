@@ -9,7 +9,9 @@
 //! component by component (links along the way are the caller's to refuse).
 
 use std::fmt;
+use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 /// Longest relative path accepted, in bytes (Linux `PATH_MAX`).
@@ -50,8 +52,9 @@ pub enum PathError {
     NotAName,
 }
 
-/// A clean path relative to a work dir (see the module docs for the rules).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A clean path relative to a work dir (see the module docs for the rules). In JSON it is a
+/// plain string, refused when read if it breaks a rule.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelPath(String);
 
 impl RelPath {
@@ -123,6 +126,12 @@ impl RelPath {
         Ok(path)
     }
 
+    /// A name this crate knows to be clean (the data disk's own file names).
+    pub(crate) fn known(name: &'static str) -> RelPath {
+        debug_assert!(RelPath::parse(name).is_ok(), "{name}");
+        RelPath(name.to_owned())
+    }
+
     /// The path as text, components joined with `/`.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -184,33 +193,196 @@ impl fmt::Display for RelPath {
     }
 }
 
+/// As the string it is: messages quote paths with `{:?}`.
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for RelPath {
+    type Err = PathError;
+
+    fn from_str(path: &str) -> Result<RelPath, PathError> {
+        RelPath::parse(path)
+    }
+}
+
+impl TryFrom<&str> for RelPath {
+    type Error = PathError;
+
+    fn try_from(path: &str) -> Result<RelPath, PathError> {
+        RelPath::parse(path)
+    }
+}
+
+impl Serialize for RelPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RelPath, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        RelPath::parse(&text).map_err(|e| invalid_path(&text, &e))
+    }
+}
+
+/// The serde error for a path that breaks a rule, naming it (shortened) and the rule.
+fn invalid_path<E: serde::de::Error>(text: &str, why: &PathError) -> E {
+    let shown: String = text.chars().take(200).collect();
+    E::custom(format!("invalid path {shown:?}: {why}"))
+}
+
+/// A `TransferOutput` entry: a clean relative path, and whether it ended in `/` (HTCondor's
+/// "the directory's contents"). In JSON it is the string as given, trailing `/` included.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutputPath {
+    path: RelPath,
+    contents_only: bool,
+}
+
+impl OutputPath {
+    /// Parse an entry: a [`RelPath`], optionally followed by one `/`.
+    ///
+    /// # Errors
+    /// [`PathError`] naming the broken rule.
+    pub fn parse(entry: &str) -> Result<OutputPath, PathError> {
+        match entry.strip_suffix('/') {
+            Some(body) if !body.is_empty() => Ok(OutputPath {
+                path: RelPath::parse(body)?,
+                contents_only: true,
+            }),
+            _ => Ok(OutputPath {
+                path: RelPath::parse(entry)?,
+                contents_only: false,
+            }),
+        }
+    }
+
+    /// The path, without the trailing `/`.
+    pub fn path(&self) -> &RelPath {
+        &self.path
+    }
+
+    /// Whether the entry ended in `/`.
+    pub fn contents_only(&self) -> bool {
+        self.contents_only
+    }
+}
+
+impl fmt::Display for OutputPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path.as_str())?;
+        if self.contents_only {
+            f.write_str("/")?;
+        }
+        Ok(())
+    }
+}
+
+/// As the string it is, trailing `/` included.
+impl fmt::Debug for OutputPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl FromStr for OutputPath {
+    type Err = PathError;
+
+    fn from_str(entry: &str) -> Result<OutputPath, PathError> {
+        OutputPath::parse(entry)
+    }
+}
+
+impl Serialize for OutputPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OutputPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<OutputPath, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        OutputPath::parse(&text).map_err(|e| invalid_path(&text, &e))
+    }
+}
+
+/// The program a manifest runs: a file shipped in `input.tar` (relative to the work dir), or
+/// an absolute path inside the guest image. In JSON it is a plain string; absolute when it
+/// starts with `/`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Executable {
+    /// Shipped in `input.tar`.
+    WorkDir(RelPath),
+    /// In the guest image (no NUL byte).
+    Image(String),
+}
+
+impl Executable {
+    /// Parse an executable: absolute (no NUL), or a [`RelPath`].
+    ///
+    /// # Errors
+    /// [`PathError`] naming the broken rule.
+    pub fn parse(text: &str) -> Result<Executable, PathError> {
+        if text.starts_with('/') {
+            if text.contains('\0') {
+                return Err(PathError::Nul);
+            }
+            return Ok(Executable::Image(text.to_owned()));
+        }
+        RelPath::parse(text).map(Executable::WorkDir)
+    }
+
+    /// The executable as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Executable::WorkDir(rel) => rel.as_str(),
+            Executable::Image(abs) => abs,
+        }
+    }
+}
+
+impl fmt::Display for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// As the string it is.
+impl fmt::Debug for Executable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl FromStr for Executable {
+    type Err = PathError;
+
+    fn from_str(text: &str) -> Result<Executable, PathError> {
+        Executable::parse(text)
+    }
+}
+
+impl Serialize for Executable {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Executable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Executable, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Executable::parse(&text).map_err(|e| invalid_path(&text, &e))
+    }
+}
+
 impl AsRef<std::path::Path> for RelPath {
     fn as_ref(&self) -> &std::path::Path {
         std::path::Path::new(&self.0)
     }
-}
-
-/// Check that `path` is a clean path relative to the work dir ([`RelPath::parse`]); a single
-/// trailing `/` is allowed when `allow_trailing_slash` (HTCondor's "dir/" form).
-///
-/// # Errors
-/// The reason the path is refused, for use in a message.
-pub fn check_relative_path(path: &str, allow_trailing_slash: bool) -> Result<(), String> {
-    let body = match path.strip_suffix('/') {
-        Some(b) if allow_trailing_slash && !b.is_empty() => b,
-        _ => path,
-    };
-    RelPath::parse(body).map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// Check that `name` is a plain file name ([`RelPath::file_name_only`]).
-///
-/// # Errors
-/// The reason the name is refused, for use in a message.
-pub fn check_file_name(name: &str) -> Result<(), String> {
-    RelPath::file_name_only(name)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// Hostile names for tests, in one table: every guard that takes a relative path from the
@@ -254,9 +426,9 @@ mod tests {
                 "{bad:?} accepted as an archive name"
             );
         }
-        assert!(check_relative_path("dir/", false).is_err());
-        assert!(check_relative_path("dir//", true).is_err());
-        assert!(check_relative_path("/", true).is_err());
+        assert!(RelPath::parse("dir/").is_err());
+        assert!(OutputPath::parse("dir//").is_err());
+        assert!(OutputPath::parse("/").is_err());
     }
 
     #[test]
@@ -264,9 +436,9 @@ mod tests {
         for good in ["a", "a/b/c", "with space", "..hidden", "a.b"] {
             assert_eq!(RelPath::parse(good).unwrap().as_str(), good);
         }
-        assert_eq!(check_relative_path("dir/", true), Ok(()));
-        assert!(check_file_name("stdout").is_ok());
-        assert_eq!(check_file_name("a/b"), Err(PathError::NotAName.to_string()));
+        assert!(OutputPath::parse("dir/").unwrap().contents_only());
+        assert!(RelPath::file_name_only("stdout").is_ok());
+        assert_eq!(RelPath::file_name_only("a/b"), Err(PathError::NotAName));
     }
 
     #[test]
@@ -276,6 +448,48 @@ mod tests {
         assert_eq!(p(b"././x"), Some("x".to_owned()));
         assert_eq!(p(b"./"), None);
         assert!(RelPath::from_archive_name(b"a//").is_err());
+    }
+
+    /// Every hostile name is refused when JSON is read, naming the value; clean ones travel
+    /// as the plain strings they were (the wire format of older agents and hooks).
+    #[test]
+    fn json_refuses_hostile_paths_and_keeps_the_wire_format() {
+        for bad in HOSTILE_NAMES
+            .iter()
+            .filter_map(|b| std::str::from_utf8(b).ok())
+        {
+            let json = serde_json::to_string(bad).unwrap();
+            let e = serde_json::from_str::<RelPath>(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("invalid path"), "{bad:?}: {e}");
+            assert!(
+                serde_json::from_str::<OutputPath>(&json).is_err(),
+                "{bad:?}"
+            );
+            if !bad.starts_with('/') || bad.contains('\0') {
+                assert!(
+                    serde_json::from_str::<Executable>(&json).is_err(),
+                    "{bad:?}"
+                );
+            }
+        }
+        let long = serde_json::to_string(&"a".repeat(256)).unwrap();
+        assert!(serde_json::from_str::<RelPath>(&long).is_err());
+        for good in ["a", "a/b/c"] {
+            let json = serde_json::to_string(good).unwrap();
+            let p: RelPath = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&p).unwrap(), json);
+            assert_eq!(format!("{p:?}"), format!("{good:?}"));
+        }
+        let dir: OutputPath = serde_json::from_str("\"d/e/\"").unwrap();
+        assert!(dir.contents_only());
+        assert_eq!(dir.path().as_str(), "d/e");
+        assert_eq!(serde_json::to_string(&dir).unwrap(), "\"d/e/\"");
+        assert!(serde_json::from_str::<OutputPath>("\"d//\"").is_err());
+        let abs: Executable = serde_json::from_str("\"/bin/sh\"").unwrap();
+        assert_eq!(abs, Executable::Image("/bin/sh".into()));
+        assert_eq!(serde_json::to_string(&abs).unwrap(), "\"/bin/sh\"");
     }
 
     #[test]

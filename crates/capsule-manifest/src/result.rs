@@ -4,7 +4,7 @@ use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use crate::path::check_relative_path;
+use crate::path::{OutputPath, RelPath};
 use crate::{json, EntryKind, Error, RESULT_JSON};
 
 /// The `result.json` schema this crate writes; version 1 (a single `error` text) is still read.
@@ -43,7 +43,7 @@ pub struct JobResult {
     /// Top-level entries written to `output.tar`.
     pub outputs: Vec<OutputEntry>,
     /// Explicit `TransferOutput` entries that did not exist.
-    pub missing_outputs: Vec<String>,
+    pub missing_outputs: Vec<OutputPath>,
     /// Things the agent skipped or worked around (symlinks not collected, ...).
     pub warnings: Vec<String>,
     /// Facts about the agent run.
@@ -99,7 +99,7 @@ struct JobResultV1 {
     started_at_unix: f64,
     ended_at_unix: f64,
     outputs: Vec<OutputEntry>,
-    missing_outputs: Vec<String>,
+    missing_outputs: Vec<OutputPath>,
     warnings: Vec<String>,
     agent: AgentInfo,
 }
@@ -170,7 +170,7 @@ pub enum Outcome {
 #[serde(deny_unknown_fields)]
 pub struct OutputEntry {
     /// Path relative to the work dir, as stored in `output.tar`.
-    pub path: String,
+    pub path: RelPath,
     /// File or directory tree.
     pub kind: EntryKind,
     /// Bytes of file data (for a directory, of all files below it).
@@ -345,16 +345,6 @@ impl JobResult {
                 ));
             }
         }
-        for (i, out) in self.outputs.iter().enumerate() {
-            if let Err(reason) = check_relative_path(&out.path, false) {
-                return Err(Error::invalid(
-                    RESULT_JSON,
-                    format!("outputs[{i}].path"),
-                    &out.path,
-                    reason,
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -383,7 +373,7 @@ mod tests {
         r.problems.clear();
         r.add_problem(ProblemKind::Agent, "something");
         r.outputs.push(OutputEntry {
-            path: "d/x".into(),
+            path: RelPath::parse("d/x").unwrap(),
             kind: EntryKind::Dir,
             size: 3,
         });
@@ -413,17 +403,17 @@ mod tests {
     #[test]
     fn hostile_results_are_refused() {
         let good = JobResult::not_started("x", agent());
-        let mut bad = good.clone();
-        bad.outputs.push(OutputEntry {
-            path: "../x".into(),
-            kind: EntryKind::File,
-            size: 0,
-        });
-        assert!(bad
-            .to_json()
-            .unwrap_err()
-            .to_string()
-            .contains("outputs[0].path"));
+        let mut json: serde_json::Value = serde_json::from_slice(&good.to_json().unwrap()).unwrap();
+        json["outputs"] = serde_json::json!([{"path": "../x", "kind": "file", "size": 0}]);
+        let e = JobResult::from_json(json.to_string().as_bytes()).unwrap_err();
+        assert!(e.to_string().contains(r#"invalid path "../x""#), "{e}");
+        json["outputs"] = serde_json::json!([]);
+        json["missing_outputs"] = serde_json::json!(["/etc/passwd"]);
+        let e = JobResult::from_json(json.to_string().as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().contains(r#"invalid path "/etc/passwd""#),
+            "{e}"
+        );
         let mut bad = good.clone();
         bad.outcome = Outcome::Signaled {
             signal: 200,

@@ -309,7 +309,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Issue 11.4: placing outputs with nested directories is linear.
 fn placement(rows: &mut Vec<String>) {
-    use vm_capsule::hooks::place::{place_outputs, OutputRules};
+    use vm_capsule::returned::place::{place_outputs, OutputRules};
     for entries in [1_000usize, 2_000, 10_000] {
         // A chain of directories, each holding files, down to the depth the placer allows.
         let levels = 200.min(entries / 10);

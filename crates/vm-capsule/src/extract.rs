@@ -8,18 +8,15 @@ use std::io::Write;
 use std::path::Path;
 
 use capsule_disk::{Access, DataDisk};
-use capsule_manifest::Outcome;
 
-use crate::hooks::finalize::{agent_problem, read_result};
-use crate::hooks::place::{place_outputs, OutputRules};
+use crate::returned::place::OutputRules;
+use crate::returned::{self, Delivery, ExitStatus, StreamSink};
 use crate::temp_record::TempRecord;
+use crate::usage::JobUsage;
 
-fn publish_usage(
-    sandbox: &Path,
-    result: &capsule_manifest::JobResult,
-) -> Result<(), crate::chirp::ChirpError> {
+fn publish_usage(sandbox: &Path, usage: &JobUsage) -> Result<(), crate::chirp::ChirpError> {
     let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox)?;
-    for (name, value) in crate::usage::JobUsage::from_result(result).chirp_values() {
+    for (name, value) in usage.chirp_values() {
         chirp.set_job_attr(name, &value)?;
     }
     Ok(())
@@ -70,51 +67,37 @@ fn extract(
             return LauncherExit::Failed(format!("the data disk {data_disk} is unreadable: {e}"))
         }
     };
-    let result = match read_result(&disk) {
-        Ok(r) => r,
-        Err(e) => {
-            return LauncherExit::Failed(format!(
-                "the VM ended without a result ({e}); the guest may have crashed or run out of time"
-            ))
-        }
+    // Outputs keep their paths in the sandbox; HTCondor applies the user's
+    // transfer_output_files and remaps from there. The capsule's own files and the starter's
+    // names are never taken.
+    let delivery = Delivery {
+        stdout: StreamSink::Copy(out),
+        stderr: StreamSink::Copy(err),
+        outputs: Ok(OutputRules::sandbox(sandbox, capsule_files)),
+        tag: "launcher",
+        // No watchdog here: nothing removes a temporary file on a timeout.
+        temps: &TempRecord::new(),
+    };
+    let exit = match returned::read(&disk, delivery) {
+        Ok(exit) => exit,
+        Err(e) => return LauncherExit::Failed(e.to_string()),
     };
     // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
     // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
     // a starter that does not answer, loses only these attributes.
-    let _ = publish_usage(sandbox, &result);
-    if let Ok(mut reader) = disk.open_file(capsule_manifest::DEFAULT_STDOUT) {
-        let _ = std::io::copy(&mut reader, out);
+    let _ = publish_usage(sandbox, &exit.usage);
+    if exit.placement.has_problems() {
+        return LauncherExit::Failed(exit.placement.summary());
     }
-    if let Ok(mut reader) = disk.open_file(capsule_manifest::DEFAULT_STDERR) {
-        let _ = std::io::copy(&mut reader, err);
-    }
-    if !result.outputs.is_empty() {
-        match disk.open_file(capsule_manifest::OUTPUT_TAR) {
-            Ok(reader) => {
-                // Outputs keep their paths in the sandbox; HTCondor applies the user's
-                // transfer_output_files and remaps from there. The capsule's own files and
-                // the starter's names are never taken.
-                let rules = OutputRules::sandbox(sandbox, capsule_files);
-                // No watchdog here: nothing removes a temporary file on a timeout.
-                let placed = place_outputs(reader, &rules, "launcher", &TempRecord::new());
-                if placed.has_problems() {
-                    return LauncherExit::Failed(placed.summary());
-                }
-            }
-            Err(e) => return LauncherExit::Failed(format!("output.tar is missing: {e}")),
-        }
-    }
-    if let Some(problem) = agent_problem(&result) {
+    if let Some(problem) = exit.agent_problem {
         // Outputs that did not fit on the data disk, say: the job's files are incomplete.
         return LauncherExit::Failed(format!("the guest agent reported: {problem}"));
     }
-    match result.outcome {
-        Outcome::Exited { code } => LauncherExit::Code(code),
-        Outcome::Signaled { signal, .. } => LauncherExit::Signal(signal),
-        Outcome::NotStarted => LauncherExit::NotStarted(
-            result
-                .problem_text(|k| k == capsule_manifest::ProblemKind::NotStarted)
-                .unwrap_or_else(|| "the job could not be started".to_owned()),
-        ),
+    // A missing transfer_output_files entry is HTCondor's to hold the job for, as for any
+    // vanilla job: the sandbox simply lacks it.
+    match exit.status {
+        ExitStatus::Exited(code) => LauncherExit::Code(code),
+        ExitStatus::Signaled { signal, .. } => LauncherExit::Signal(signal),
+        ExitStatus::NotStarted(why) => LauncherExit::NotStarted(why),
     }
 }

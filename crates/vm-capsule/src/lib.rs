@@ -3,8 +3,8 @@
 //! The library holds the domain logic the `vm-capsule` binary wires together: the knobs
 //! ([`settings`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
 //! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
-//! ([`scratch`]) and who they run as ([`identity`]), and the local execute node
-//! ([`runner`], [`extract`]).
+//! ([`scratch`]) and who they run as ([`identity`]), the local execute node ([`runner`],
+//! [`extract`]), and the one reader of a returned data disk both ends share ([`returned`]).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -26,6 +26,7 @@ pub mod node_image;
 pub mod perms;
 pub mod probe;
 pub mod qemu;
+pub mod returned;
 pub mod routed;
 pub mod run_files;
 pub mod runner;

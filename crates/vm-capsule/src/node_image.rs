@@ -237,7 +237,7 @@ pub fn prepare(ad: &ClassAd, sandbox: &Path) -> Result<Vec<NodeBase>, NodeImageE
                 expected: b.sha256.clone(),
             });
         }
-        if !crate::routed::is_plain_name(&b.overlay) {
+        if !crate::capsule::is_plain_name(&b.overlay) {
             return Err(NodeImageError::BadOverlayName {
                 name: b.overlay.clone(),
             });

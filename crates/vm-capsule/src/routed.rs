@@ -385,16 +385,6 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Whether `name` is a plain file name: one component, not `.` or `..`, and nothing QEMU's
-/// option syntax gives a meaning (`,`).
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains(['/', ',', '\0'])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ impl JobUsage {
             sys_cpu_secs: Some(result.system_cpu_secs),
             wall_time_secs: Some(result.wall_time_secs),
             peak_rss_kib: Some(i64::try_from(result.peak_rss_kib).unwrap_or(i64::MAX)),
-            result: Some(crate::hooks::finalize::describe(&result.outcome)),
+            result: Some(crate::returned::describe(&result.outcome)),
         }
     }
 

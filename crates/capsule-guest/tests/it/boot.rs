@@ -200,7 +200,7 @@ fn boot_vmdk_virtio_device_mode() {
         .env
         .insert("GREETING".into(), "hello = world".into());
     c.manifest.output = OutputRule::Explicit {
-        paths: vec!["out.txt".into(), "res".into()],
+        paths: vec!["out.txt".parse().unwrap(), "res".parse().unwrap()],
     };
     let b = boot(c, "vmdk", "virtio", "device");
     assert_eq!(
@@ -223,12 +223,12 @@ fn boot_vmdk_virtio_device_mode() {
         b.result.outputs,
         [
             OutputEntry {
-                path: "out.txt".into(),
+                path: "out.txt".parse().unwrap(),
                 kind: EntryKind::File,
                 size: 2
             },
             OutputEntry {
-                path: "res".into(),
+                path: "res".parse().unwrap(),
                 kind: EntryKind::Dir,
                 size: 2
             },
@@ -250,7 +250,7 @@ fn boot_vmdk_virtio_device_mode() {
 fn boot_qcow2_ide_device_mode() {
     let mut c = script("cat > copy.txt; echo done; exit 0");
     c.file("in.txt", "from stdin\n", 0o644);
-    c.manifest.stdin = Some("in.txt".into());
+    c.manifest.stdin = Some("in.txt".parse().unwrap());
     let b = boot(c, "qcow2", "ide", "device");
     assert_eq!(
         b.result.outcome,

@@ -88,7 +88,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub fn script(body: &str) -> Capsule {
     let mut c = Capsule {
         dir: tempfile::tempdir().unwrap(),
-        manifest: Manifest::new("job.sh", vec!["job.sh".into()]),
+        manifest: Manifest::new("job.sh".parse().unwrap(), vec!["job.sh".into()]),
         files: Vec::new(),
         dirs: Vec::new(),
         raw_manifest: None,
@@ -104,7 +104,7 @@ impl Capsule {
         self.files
             .push((path.into(), content.as_bytes().to_vec(), mode));
         self.manifest.inputs.push(InputEntry {
-            path: path.into(),
+            path: path.parse().unwrap(),
             kind: EntryKind::File,
         });
         self
@@ -114,7 +114,7 @@ impl Capsule {
     pub fn dir(&mut self, path: &str) -> &mut Self {
         self.dirs.push(path.into());
         self.manifest.inputs.push(InputEntry {
-            path: path.into(),
+            path: path.parse().unwrap(),
             kind: EntryKind::Dir,
         });
         self

@@ -78,9 +78,9 @@ fn environment_is_exactly_the_manifest_plus_scratch_dir() {
 fn stdin_from_a_file_and_streams_kept_apart() {
     let mut c = script("cat; echo to-err >&2; echo to-out");
     c.file("in.txt", "line one\nline two\n", 0o644);
-    c.manifest.stdin = Some("in.txt".into());
-    c.manifest.stdout = "job.out".into();
-    c.manifest.stderr = "job.err".into();
+    c.manifest.stdin = Some("in.txt".parse().unwrap());
+    c.manifest.stdout = "job.out".parse().unwrap();
+    c.manifest.stderr = "job.err".parse().unwrap();
     let ran = c.run();
     assert_eq!(ran.text("job.out"), "line one\nline two\nto-out\n");
     assert_eq!(ran.text("job.err"), "to-err\n");
@@ -169,7 +169,11 @@ fn time_limit_kills_the_whole_process_group() {
         assert_eq!(state, "Z", "background child still alive: {stat}");
     }
     // outputs are still collected after a timeout
-    assert!(ran.result.outputs.iter().any(|o| o.path == "bg.pid"));
+    assert!(ran
+        .result
+        .outputs
+        .iter()
+        .any(|o| o.path.as_str() == "bg.pid"));
 }
 
 #[test]
@@ -179,7 +183,11 @@ fn explicit_transfer_output_with_a_dir() {
          && echo top > top.txt && echo no > notlisted.txt",
     );
     c.manifest.output = OutputRule::Explicit {
-        paths: vec!["outdir/".into(), "top.txt".into(), "missing.txt".into()],
+        paths: vec![
+            "outdir/".parse().unwrap(),
+            "top.txt".parse().unwrap(),
+            "missing.txt".parse().unwrap(),
+        ],
     };
     // the seed's mounted mode: the data disk as a plain directory
     let ran = c.run_in_dir();
@@ -188,18 +196,18 @@ fn explicit_transfer_output_with_a_dir() {
         ran.result.outputs,
         [
             OutputEntry {
-                path: "outdir".into(),
+                path: "outdir".parse().unwrap(),
                 kind: EntryKind::Dir,
                 size: 5
             },
             OutputEntry {
-                path: "top.txt".into(),
+                path: "top.txt".parse().unwrap(),
                 kind: EntryKind::File,
                 size: 4
             },
         ]
     );
-    assert_eq!(ran.result.missing_outputs, ["missing.txt"]);
+    assert_eq!(ran.result.missing_outputs, ["missing.txt".parse().unwrap()]);
     let tar = ran.output_tar();
     let names: Vec<&str> = tar.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
@@ -242,7 +250,11 @@ fn default_rule_takes_new_and_changed_top_level_files_only() {
 fn explicit_output_through_a_symlink_is_not_followed() {
     let mut c = script("ln -s /etc leak; ln -s /etc/hostname file");
     c.manifest.output = OutputRule::Explicit {
-        paths: vec!["leak/passwd".into(), "leak".into(), "file".into()],
+        paths: vec![
+            "leak/passwd".parse().unwrap(),
+            "leak".parse().unwrap(),
+            "file".parse().unwrap(),
+        ],
     };
     let ran = c.run();
     assert!(ran.result.outputs.is_empty(), "{:?}", ran.result.outputs);
@@ -253,7 +265,7 @@ fn explicit_output_through_a_symlink_is_not_followed() {
 #[test]
 fn a_job_that_cannot_start_is_reported() {
     let mut missing = script("true");
-    missing.manifest.executable = "nothere".into();
+    missing.manifest.executable = "nothere".parse().unwrap();
     let ran = missing.run();
     assert_eq!(ran.result.outcome, Outcome::NotStarted);
     let e = ran.result.problem_text(|_| true).unwrap();
@@ -267,14 +279,14 @@ fn a_job_that_cannot_start_is_reported() {
 
     let mut c = script("true");
     c.file("plain.sh", "#!/bin/sh\necho hi\n", 0o644);
-    c.manifest.executable = "plain.sh".into();
+    c.manifest.executable = "plain.sh".parse().unwrap();
     let ran = c.run();
     assert_eq!(ran.result.outcome, Outcome::NotStarted);
     let e = ran.result.problem_text(|_| true).unwrap();
     assert!(e.contains("Permission denied") && e.contains("0755"), "{e}");
 
     let mut c = script("true");
-    c.manifest.stdin = Some("no-such-input".into());
+    c.manifest.stdin = Some("no-such-input".parse().unwrap());
     let e = c.run().result.problem_text(|_| true).unwrap();
     assert!(e.contains("stdin file \"no-such-input\""), "{e}");
 }

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vm_capsule::hooks::place::{place_outputs, OutputRules};
+use vm_capsule::returned::place::{place_outputs, OutputRules};
 use vm_capsule::job::JobSpec;
 
 const NAMES: &[&[u8]] = &[

@@ -5,6 +5,7 @@
 
 mod input_tar;
 mod input_walk;
+mod recipe;
 
 use std::fs;
 use std::io::Read;
@@ -14,6 +15,7 @@ use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 
 pub use input_tar::{write_input_tar, InputPlan, InputTarError, TarItem};
 pub use input_walk::{MAX_INPUT_DEPTH, MAX_INPUT_ENTRIES};
+pub use recipe::{is_plain_name, AgentSource, CapsuleRecipe, RecipeError, ATTR_ORIGINAL_JOB};
 
 const MIB: u64 = 1 << 20;
 /// Smallest data disk made, MiB.

@@ -83,7 +83,7 @@ fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Re
     // The disk made and unpacked here: never a file elsewhere.
     if let Some(name) = data_disk.as_deref() {
         anyhow::ensure!(
-            vm_capsule::routed::is_plain_name(name),
+            vm_capsule::capsule::is_plain_name(name),
             "{}: VMCapsuleDataDisk names {name:?}, not a plain file name in the job's sandbox",
             routed_ad.display()
         );

@@ -7,7 +7,6 @@
 pub mod cleanup;
 pub mod finalize;
 pub mod log;
-pub mod place;
 pub mod removed;
 pub mod translate;
 pub mod update;

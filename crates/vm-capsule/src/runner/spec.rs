@@ -14,7 +14,7 @@ use classad::{ClassAd, Value};
 
 use super::RunError;
 use crate::boot::DirectBoot;
-use crate::routed::is_plain_name;
+use crate::capsule::is_plain_name;
 use crate::template::{parse_vm_disks, Vmx};
 
 /// A disk QEMU attaches.

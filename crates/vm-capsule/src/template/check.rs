@@ -18,9 +18,9 @@ use capsule_manifest::Outcome;
 use classad::eval::string_attr;
 use thiserror::Error;
 
-use crate::hooks::finalize::read_result;
 use crate::hooks::log::HookLog;
 use crate::hooks::translate::translate;
+use crate::returned::read_result;
 use crate::runner::{self, Accel, RunError, RunOptions};
 use crate::settings::{knobs, Settings};
 use crate::template::console::{self, Seen};

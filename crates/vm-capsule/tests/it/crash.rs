@@ -172,7 +172,7 @@ fn finalize_killed_anywhere_then_rerun_converges() {
     result.outcome = capsule_manifest::Outcome::Exited { code: 0 };
     result.problems.clear();
     result.outputs = vec![capsule_manifest::OutputEntry {
-        path: "o".into(),
+        path: "o".parse().unwrap(),
         kind: capsule_manifest::EntryKind::Dir,
         size: 1,
     }];

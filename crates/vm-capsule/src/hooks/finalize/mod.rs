@@ -7,25 +7,26 @@
 //! this hook exits 0 on every input, and reports failures as `ExitCode = 125` with
 //! `VMCapsuleError` explaining them.
 //!
-//! Three phases, each on validated input: [`request`] parses stdin, [`load`] opens and checks
-//! the returned disk and its `result.json`, then the streams and `output.tar` are placed by
-//! the rules of the original ad ([`crate::hooks::place`]).
+//! Three phases, each on validated input: [`request`] parses stdin, [`load`] checks and opens
+//! the returned disk in the job dir, then [`crate::returned::read`] (shared with the vanilla
+//! launcher) reads its `result.json` into a `JobExit` and places the streams and `output.tar`
+//! by the rules of the original ad. Every failure is a [`FinalizeError`] saying whose it is.
 
+mod error;
 mod load;
 mod outcome;
 mod request;
 
 use classad::ClassAd;
 
-pub use load::read_result;
-pub use outcome::{
-    agent_problem, describe, failure_attributes, EXIT_CAPSULE_FAILED, EXIT_NOT_STARTED,
-};
+pub use error::{FinalizeError, Whose};
+pub use outcome::{failure_attributes, EXIT_CAPSULE_FAILED, EXIT_NOT_STARTED};
 pub use request::{FinalizeRequest, RoutedCapsule};
 
 use super::log::HookLog;
-use super::place::{place_outputs, quote, write_stream, OutputRules, Placement};
 use crate::job::JobSpec;
+use crate::returned::place::{write_stream, OutputRules, Placement};
+use crate::returned::{self, Delivery, StreamSink};
 use crate::scratch::JobDir;
 use crate::settings::FinalizeSettings;
 use crate::temp_record::TempRecord;
@@ -76,7 +77,7 @@ pub fn finalize(
         return out;
     }
     if let Err(e) = crate::identity::check_runs_as(&job.owner, cfg.test_any_user) {
-        return fail(out, &e.to_string(), None, log);
+        return fail(out, &e.into(), None, log);
     }
     log.info(&format!("finalizing from {}", capsule.scratch.display()));
     let dir = match cfg
@@ -85,95 +86,52 @@ pub fn finalize(
         .and_then(|owner| owner.open_job_dir(&capsule.scratch))
     {
         Ok(dir) => dir,
-        Err(e) => return fail(out, &e.to_string(), None, log),
+        Err(e) => return fail(out, &e.into(), None, log),
     };
-    let returned = match load::load(&dir, &capsule, cfg.max_disk_bytes) {
-        Ok(r) => r,
-        Err(e) => return fail(out, &e.to_string(), Some(&dir), log),
+    let disk = match load::load(&dir, &capsule, cfg.max_disk_bytes) {
+        Ok(disk) => disk,
+        Err(e) => return fail(out, &e, Some(&dir), log),
     };
-    place_streams(job, &returned.disk, &mut out.placement);
-    if !returned.result.outputs.is_empty() {
-        place_archive(job, &returned.disk, temps, &mut out.placement);
-    }
+    let tag = job.id();
+    let exit = match returned::read(&disk, delivery(job, &tag, temps)) {
+        Ok(exit) => exit,
+        Err(e) => return fail(out, &e.into(), Some(&dir), log),
+    };
     // The agent reports trouble beside a real outcome (outputs that did not fit on the data
-    // disk, say): the job's files are incomplete, so the user must hear about it. A time-limit
-    // kill is the job's outcome, already told by ExitSignal and VMCapsuleTimedOut.
-    if let Some(problem) = agent_problem(&returned.result) {
-        out.placement
-            .problem(format!("the guest agent reported: {problem}"));
-    }
-    for missing in returned.result.missing_outputs.iter().take(20) {
-        // HTCondor holds a job whose named output is missing; we can only report it.
-        out.placement.problem(format!(
-            "output {} named in transfer_output_files was not created by the job",
-            quote(missing.as_bytes())
-        ));
-    }
-    outcome::exit_attributes(&mut out.attrs, &returned.result);
+    // disk, say): the job's files are incomplete, so the user must hear about it, as about
+    // outputs the job did not create. A time-limit kill is the job's outcome, already told by
+    // ExitSignal and VMCapsuleTimedOut.
+    out.placement = exit.all_problems();
+    outcome::exit_attributes(&mut out.attrs, &exit);
     if out.placement.has_problems() {
         let text = out.placement.summary();
         log.error(&text);
         mark_failed(&dir, &text);
-        outcome::failure_attributes(&mut out.attrs, &text, Some(&returned.result));
+        outcome::failure_attributes(&mut out.attrs, &text, Some(&exit.status));
     }
     log.info(&format!(
         "{} ({} output files, {} bytes)",
-        outcome::describe(&returned.result.outcome),
+        exit.status.describe(),
         out.placement.files,
         out.placement.bytes
     ));
     out
 }
 
-/// The job's stdout and stderr, from plain files on the disk to `Out` and `Err`.
-fn place_streams(job: &JobSpec, disk: &capsule_disk::DataDisk, placement: &mut Placement) {
-    let streams = [
-        (job.stdout.as_ref(), capsule_manifest::DEFAULT_STDOUT),
-        (job.stderr.as_ref(), capsule_manifest::DEFAULT_STDERR),
-    ];
-    for (target, name) in streams {
-        let Some(target) = target else { continue };
-        match disk.open_file(name) {
-            Ok(mut reader) => {
-                let max = reader.len();
-                match write_stream(&target.path, &job.id(), &mut reader, max) {
-                    Ok(bytes) => {
-                        placement.files += 1;
-                        placement.bytes += bytes;
-                    }
-                    Err(e) => {
-                        placement.problem(format!("{name} -> {}: {e}", target.path.display()))
-                    }
-                }
-            }
-            Err(e) => placement.problem(format!("{name} is missing on the data disk: {e}")),
-        }
+/// The streams to the files the original ad names, `output.tar` by its rules.
+fn delivery<'a>(job: &'a JobSpec, tag: &'a str, temps: &'a TempRecord) -> Delivery<'a> {
+    Delivery {
+        stdout: sink(job.stdout.as_ref()),
+        stderr: sink(job.stderr.as_ref()),
+        outputs: OutputRules::for_job(job),
+        tag,
+        temps,
     }
 }
 
-/// `output.tar`, by the rules of the original ad.
-fn place_archive(
-    job: &JobSpec,
-    disk: &capsule_disk::DataDisk,
-    temps: &TempRecord,
-    placement: &mut Placement,
-) {
-    let rules = match OutputRules::for_job(job) {
-        Ok(r) => r,
-        Err(e) => return placement.problem(e),
-    };
-    match disk.open_file(capsule_manifest::OUTPUT_TAR) {
-        Ok(reader) => {
-            let placed = place_outputs(reader, &rules, &job.id(), temps);
-            placement.files += placed.files;
-            placement.bytes += placed.bytes;
-            for p in placed.problems {
-                placement.problem(p);
-            }
-            placement.more_problems += placed.more_problems;
-        }
-        Err(e) => placement.problem(format!("output.tar is missing on the data disk: {e}")),
-    }
+/// A stream to the file the original ad names, if any.
+fn sink(target: Option<&crate::job::StreamFile>) -> StreamSink<'_> {
+    target.map_or(StreamSink::Skip, |t| StreamSink::File(&t.path))
 }
 
 /// The answer when finalize could not even read its input.
@@ -182,10 +140,17 @@ pub fn failed(reason: &str, log: &mut HookLog) -> Finalized {
         attrs: ClassAd::new(),
         placement: Placement::default(),
     };
-    fail(out, reason, None, log)
+    fail(out, &FinalizeError::Protocol(reason.to_owned()), None, log)
 }
 
-fn fail(mut out: Finalized, reason: &str, dir: Option<&JobDir>, log: &mut HookLog) -> Finalized {
+fn fail(
+    mut out: Finalized,
+    err: &FinalizeError,
+    dir: Option<&JobDir>,
+    log: &mut HookLog,
+) -> Finalized {
+    let reason = err.to_string();
+    let reason = reason.as_str();
     log.error(reason);
     if let Some(dir) = dir {
         mark_failed(dir, reason);

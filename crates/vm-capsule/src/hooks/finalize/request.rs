@@ -8,6 +8,7 @@ use capsule_manifest::RelPath;
 use classad::eval::{integer_attr, string_attr};
 use classad::stream::parse_hook_stream;
 
+use super::error::FinalizeError;
 use crate::job::JobSpec;
 use crate::routed;
 use crate::usage::JobUsage;
@@ -43,17 +44,20 @@ impl FinalizeRequest {
     /// Parse the original ad, an empty line, `------` and the routed ad.
     ///
     /// # Errors
-    /// A message for `VMCapsuleError`.
-    pub fn parse(stdin: &str) -> Result<FinalizeRequest, String> {
-        let ads = parse_hook_stream(stdin)
-            .map_err(|e| format!("cannot parse the ads from the JobRouter: {e}"))?;
+    /// [`FinalizeError::Protocol`] for stdin the JobRouter does not send,
+    /// [`FinalizeError::Job`] for an original ad that is not a job, [`FinalizeError::RoutedAd`]
+    /// for a routed ad naming a data disk that is not a plain file name.
+    pub fn parse(stdin: &str) -> Result<FinalizeRequest, FinalizeError> {
+        let ads = parse_hook_stream(stdin).map_err(|e| {
+            FinalizeError::Protocol(format!("cannot parse the ads from the JobRouter: {e}"))
+        })?;
         let (Some(original), Some(routed), 2) = (ads.first(), ads.last(), ads.len()) else {
-            return Err(format!(
+            return Err(FinalizeError::Protocol(format!(
                 "finalize expected the original and the routed ad, got {} ad(s)",
                 ads.len()
-            ));
+            )));
         };
-        let job = JobSpec::from_ad(&original.ad).map_err(|e| e.to_string())?;
+        let job = JobSpec::from_ad(&original.ad).map_err(|e| FinalizeError::Job(e.to_string()))?;
         let routed = &routed.ad;
         let capsule = match (
             string_attr(routed, routed::ATTR_SCRATCH),
@@ -62,7 +66,10 @@ impl FinalizeRequest {
             (Some(scratch), Some(disk)) => Some(RoutedCapsule {
                 scratch: PathBuf::from(scratch),
                 data_disk: RelPath::file_name_only(&disk).map_err(|e| {
-                    format!("routed ad: {} = {disk:?}: {e}", routed::ATTR_DATA_DISK)
+                    FinalizeError::RoutedAd(format!(
+                        "routed ad: {} = {disk:?}: {e}",
+                        routed::ATTR_DATA_DISK
+                    ))
                 })?,
                 vanilla: string_attr(routed, routed::ATTR_FLAVOUR).as_deref() == Some("vanilla"),
                 format: string_attr(routed, routed::ATTR_DATA_DISK_FORMAT)

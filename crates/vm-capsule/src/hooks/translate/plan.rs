@@ -3,15 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use capsule_manifest::{EntryKind, InputEntry, Manifest, OutputRule};
-use classad::{ClassAd, Expr};
+use capsule_manifest::{
+    EntryKind, Executable, InputEntry, Manifest, OutputPath, OutputRule, PathError, RelPath,
+    CAPSULE_JSON,
+};
+use classad::ClassAd;
 
 use super::config::PIPE_BUFFER_MAX;
 use super::error::{job_problem, TranslateError};
 use super::request::TranslateRequest;
-use crate::capsule::{DiskRecipe, InputPlan};
-use crate::hooks::place::OutputRules;
+use crate::capsule::{AgentSource, CapsuleRecipe, DiskRecipe, InputPlan};
 use crate::job::JobSpec;
+use crate::nocloud::AgentStart;
+use crate::returned::place::OutputRules;
 use crate::routed::{self, Staged, VmDisk};
 use crate::settings::{RoutedUniverse, TranslateSettings};
 use crate::template::{Flavour, Template};
@@ -123,7 +127,7 @@ pub fn plan(
     OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
     let manifest_json = build_manifest(cfg, job, &inputs)
-        .to_json()
+        .and_then(|m| m.to_json())
         .map_err(|e| job_problem(&id, e.to_string()))?;
     let job_ad_text = classad::print::ad_to_hook_string(&request.ad)
         .unwrap_or_else(|_| classad::print::ad_to_new_string(&request.ad));
@@ -395,25 +399,23 @@ impl CapsulePlan {
 impl CapsulePlan {
     /// What the vanilla launcher needs to make the data disk on the node, in its VM ad.
     fn recipe_attrs(&self, ad: &mut ClassAd) {
-        let r = &self.disk.recipe;
-        let int = |v: u64| Expr::integer(i64::try_from(v).unwrap_or(i64::MAX));
-        ad.insert(routed::ATTR_DISK_OFFSET, int(r.offset));
-        ad.insert(routed::ATTR_DISK_LABEL, Expr::string(r.label.clone()));
-        if let Some(request) = r.request_bytes {
-            ad.insert(routed::ATTR_DISK_REQUEST, int(request));
+        let agent = match &self.agent {
+            Some(_) if self.launcher_on_node => AgentSource::Node,
+            Some(agent) => AgentSource::Sandbox(file_name(agent)),
+            None => AgentSource::Image,
+        };
+        CapsuleRecipe {
+            data_disk: self.disk.name.clone(),
+            disk: self.disk.recipe.clone(),
+            agent,
+            agent_start: if self.seed.is_empty() {
+                AgentStart::Image
+            } else {
+                AgentStart::CloudInit
+            },
+            job_id: self.job.id(),
         }
-        ad.insert(routed::ATTR_DISK_HEADROOM, int(r.headroom_bytes));
-        ad.insert(routed::ATTR_DISK_MAX, int(r.max_bytes));
-        match &self.agent {
-            Some(_) if self.launcher_on_node => {
-                ad.insert(routed::ATTR_AGENT_ON_NODE, Expr::boolean(true));
-            }
-            Some(agent) => ad.insert(routed::ATTR_AGENT, Expr::string(file_name(agent))),
-            None => {}
-        }
-        if !self.seed.is_empty() {
-            ad.insert(crate::nocloud::ATTR_AGENT_START, Expr::string("cloud-init"));
-        }
+        .to_attrs(ad);
     }
 
     /// Sandbox names the vanilla flavour's capsule takes, which an input may not.
@@ -443,7 +445,17 @@ pub fn file_name(path: &Path) -> String {
 }
 
 /// `capsule.json` for the job.
-pub fn build_manifest(cfg: &TranslateSettings, job: &JobSpec, inputs: &InputPlan) -> Manifest {
+///
+/// # Errors
+/// [`capsule_manifest::Error::Invalid`] naming the field whose path is not clean.
+pub fn build_manifest(
+    cfg: &TranslateSettings,
+    job: &JobSpec,
+    inputs: &InputPlan,
+) -> Result<Manifest, capsule_manifest::Error> {
+    let invalid = |field: &str, value: &str, e: PathError| {
+        capsule_manifest::Error::invalid(CAPSULE_JSON, field, value, e.to_string())
+    };
     let (executable, argv0) = if job.transfer_executable {
         let name = job.executable_name();
         (name.clone(), name)
@@ -451,30 +463,45 @@ pub fn build_manifest(cfg: &TranslateSettings, job: &JobSpec, inputs: &InputPlan
         let path = job.executable.display().to_string();
         (path.clone(), path)
     };
+    let executable =
+        Executable::parse(&executable).map_err(|e| invalid("executable", &executable, e))?;
     let mut argv = vec![argv0];
     argv.extend(job.args.iter().cloned());
     let mut m = Manifest::new(executable, argv);
     m.env = job.env.iter().cloned().collect();
-    m.stdin = job.stdin.as_ref().map(|s| s.name.clone());
+    m.stdin = match &job.stdin {
+        Some(s) => Some(RelPath::parse(&s.name).map_err(|e| invalid("stdin", &s.name, e))?),
+        None => None,
+    };
     m.user.clone_from(&cfg.job_user);
     m.wall_time_limit_secs = cfg.wall_time_limit_secs;
     m.output = match &job.outputs {
         Some(paths) => OutputRule::Explicit {
-            paths: paths.clone(),
+            paths: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    OutputPath::parse(p).map_err(|e| invalid(&format!("output.paths[{i}]"), p, e))
+                })
+                .collect::<Result<_, _>>()?,
         },
         None => OutputRule::Default,
     };
     m.inputs = inputs
         .items
         .iter()
-        .map(|i| InputEntry {
-            path: i.name.clone(),
-            kind: if i.is_dir {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            },
+        .enumerate()
+        .map(|(i, item)| {
+            Ok(InputEntry {
+                path: RelPath::parse(&item.name)
+                    .map_err(|e| invalid(&format!("inputs[{i}].path"), &item.name, e))?,
+                kind: if item.is_dir {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                },
+            })
         })
-        .collect();
-    m
+        .collect::<Result<_, capsule_manifest::Error>>()?;
+    Ok(m)
 }

@@ -94,7 +94,7 @@ fn result_json(code: u8, outputs: &[&str], error: Option<&str>) -> Vec<u8> {
     r.outputs = outputs
         .iter()
         .map(|p| OutputEntry {
-            path: (*p).to_owned(),
+            path: p.parse().unwrap(),
             kind: EntryKind::File,
             size: 1,
         })

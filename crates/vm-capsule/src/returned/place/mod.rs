@@ -78,8 +78,16 @@ pub fn place_outputs(
     tag: &str,
     temps: &TempRecord,
 ) -> Placement {
+    place_outputs_with(archive, rules, Placer::new(tag).recording_in(temps))
+}
+
+/// [`place_outputs`] through `placer` (one whose temporary files a watchdog knows of, say).
+pub fn place_outputs_with(
+    archive: impl Read,
+    rules: &OutputRules,
+    mut placer: Placer,
+) -> Placement {
     let mut placement = Placement::default();
-    let mut placer = Placer::new(tag).recording_in(temps);
     // Headers are read 512 bytes at a time: buffer them (large data reads pass through).
     let archive = std::io::BufReader::with_capacity(1 << 20, archive);
     let result = for_each_member(archive, &mut |member| {
