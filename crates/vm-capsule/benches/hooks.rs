@@ -459,7 +459,7 @@ fn launcher_disk(rows: &mut Vec<String>) {
     for _ in 0..5 {
         let _ = fs::remove_file(sandbox.join("data.qcow2"));
         let start = Instant::now();
-        vm_capsule::sandbox::make_data_disk(&sandbox, &capsule, None).unwrap();
+        vm_capsule::launcher::sandbox::make_data_disk(&sandbox, &capsule, None).unwrap();
         ours.push(start.elapsed());
         theirs.push(cp(
             &sandbox.join("inputs"),

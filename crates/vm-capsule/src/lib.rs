@@ -4,7 +4,7 @@
 //! ([`settings`]), the vanilla job model ([`job`]), the template ([`template`]), the routed ads
 //! ([`routed`], [`boot`]), the JobRouter hooks ([`hooks`]) with the scratch prefix they share
 //! ([`scratch`]) and who they run as ([`identity`]), the local execute node ([`runner`],
-//! [`extract`]), and the one reader of a returned data disk both ends share ([`returned`]).
+//! [`launcher`]), and the one reader of a returned data disk both ends share ([`returned`]).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -16,10 +16,10 @@ pub mod condor_tools;
 pub mod digest;
 pub mod doctor;
 pub mod exit;
-pub mod extract;
 pub mod hooks;
 pub mod identity;
 pub mod job;
+pub mod launcher;
 pub mod libvirt;
 pub mod nocloud;
 pub mod node_image;
@@ -30,7 +30,6 @@ pub mod returned;
 pub mod routed;
 pub mod run_files;
 pub mod runner;
-pub mod sandbox;
 pub mod scratch;
 pub mod settings;
 pub mod snippet;

@@ -10,10 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use vm_capsule::extract::{finish_in_sandbox, LauncherExit};
-use vm_capsule::routed;
-use vm_capsule::runner::{run, Accel, RunOptions, VmSpec};
-use vm_capsule::sandbox::make_data_disk;
+use vm_capsule::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
+use vm_capsule::runner::{run, Accel, RunOptions};
 
 /// `--timeout` when none is given (outside the vanilla flavour).
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -71,43 +69,6 @@ pub struct RunArgs {
     /// and exit as the job did (125: the VM failed, 127: the job could not start).
     #[arg(long)]
     vanilla: bool,
-}
-
-/// `run --vanilla` is the launcher inside a slot: HTCondor has put the capsule's files in
-/// the working directory. Say so when they are not there (run by hand, outside a slot).
-fn check_slot_sandbox(ad: &classad::ClassAd, cwd: &Path, routed_ad: &Path) -> Result<()> {
-    let spec = VmSpec::from_ad(ad)?;
-    // The launcher makes the data disk itself, from what HTCondor transferred, and the
-    // overlays over OS images staged on the node.
-    let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk");
-    // The disk made and unpacked here: never a file elsewhere.
-    if let Some(name) = data_disk.as_deref() {
-        anyhow::ensure!(
-            vm_capsule::capsule::is_plain_name(name),
-            "{}: VMCapsuleDataDisk names {name:?}, not a plain file name in the job's sandbox",
-            routed_ad.display()
-        );
-    }
-    let overlays: Vec<String> = vm_capsule::node_image::from_routed_ad(ad)?
-        .into_iter()
-        .map(|b| b.overlay)
-        .collect();
-    let missing: Vec<&String> = spec
-        .transfer
-        .iter()
-        .filter(|f| data_disk.as_deref() != Some(f.as_str()) && !overlays.contains(f))
-        .filter(|f| !cwd.join(f).exists())
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-    anyhow::bail!(
-        "{} (the capsule's files, TransferInput of {}) not in the working directory {}: `run --vanilla` is the launcher of a routed vanilla job and expects HTCondor to have transferred them into its sandbox; outside a slot, run the routed ad without --vanilla",
-        list.join(", "),
-        routed_ad.display(),
-        cwd.display()
-    )
 }
 
 /// `--as-owner`: as root, become the user the ad's `Iwd` belongs to, before anything in it is
@@ -248,73 +209,30 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);
     };
-    launch(args, ad, &opts, &slot)
+    launch_here(args, ad, &opts, &slot)
 }
 
-/// The vanilla flavour's launcher: make the data disk from what HTCondor transferred, boot,
-/// extract the results into the sandbox, exit as the job did. Quiet on success: our stdout
-/// and stderr are the job's.
-fn launch(
+/// The vanilla flavour's launcher: quiet on success (our stdout and stderr are the job's);
+/// exits as the job did.
+fn launch_here(
     args: &RunArgs,
     ad: &classad::ClassAd,
     opts: &RunOptions,
-    sandbox: &std::path::Path,
+    sandbox: &Path,
 ) -> Result<ExitCode> {
-    let spec = VmSpec::from_ad(ad)?;
-    let data_disk = classad::eval::string_attr(ad, "VMCapsuleDataDisk")
-        .with_context(|| format!("{}: VMCapsuleDataDisk is missing", args.routed_ad.display()))?;
-    let mut capsule_files = spec.transfer.clone();
-    capsule_files.push(args.routed_ad.display().to_string());
-    capsule_files.push("console.log".to_owned());
-    capsule_files.extend(routed::VANILLA_FILES.iter().map(|f| (*f).to_owned()));
-    capsule_files.extend(classad::eval::string_attr(ad, routed::ATTR_AGENT));
-    // The launcher itself, when HTCondor transferred it into the sandbox (not the node's own,
-    // VM_CAPSULE_NODE_LAUNCHER, whose name an output may have).
-    let exe = std::env::current_exe().ok();
-    if let Some(exe) = &exe {
-        let here = std::fs::canonicalize(sandbox).ok();
-        if exe.parent().map(Path::to_owned) == here {
-            capsule_files.extend(exe.file_name().map(|n| n.to_string_lossy().into_owned()));
-        }
-    }
-    // The agent installed beside the node's launcher, for capsules that ask for it.
-    let node_agent = exe
-        .as_deref()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(capsule_manifest::CAPSULE_INIT));
-    // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
-    let booted = make_data_disk(sandbox, ad, node_agent.as_deref())
-        .map_err(|e| anyhow::anyhow!("cannot make the data disk in the sandbox: {e:#}"))
-        .and_then(|_| run(ad, opts, &mut |_| {}).map_err(anyhow::Error::from));
-    if let Err(e) = &booted {
-        // Show the end of the console: it usually says why.
-        if let Ok(console) = std::fs::read_to_string(sandbox.join("console.log")) {
-            let tail: Vec<&str> = console.lines().rev().take(15).collect();
-            for line in tail.iter().rev() {
-                eprintln!("vm-capsule launcher: console: {line}");
-            }
-        }
-        eprintln!("vm-capsule launcher: {e:#}");
-    }
-    let exit = match booted {
-        Ok(_) => finish_in_sandbox(
-            sandbox,
-            &data_disk,
-            &capsule_files,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        ),
-        Err(e) => {
-            let _ = finish_in_sandbox(
-                sandbox,
-                &data_disk,
-                &capsule_files,
-                &mut std::io::sink(),
-                &mut std::io::sink(),
-            );
-            LauncherExit::Failed(format!("{e:#}"))
-        }
+    let slot = Slot {
+        sandbox: sandbox.to_owned(),
+        routed_ad: args.routed_ad.clone(),
+        exe: std::env::current_exe().ok(),
     };
+    let exit = launch(
+        ad,
+        opts,
+        &slot,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+        &mut |line| eprintln!("vm-capsule launcher: {line}"),
+    )?;
     let _ = std::io::stdout().flush();
     match exit {
         LauncherExit::Code(code) => Ok(ExitCode::from(code)),

@@ -27,6 +27,9 @@ pub use qemu::{qemu_command, Hardening, QEMU};
 pub use spec::{Drive, VmSpec};
 use wait::Waited;
 
+/// The guest's serial console, written in the sandbox beside the disks.
+pub const CONSOLE_LOG: &str = "console.log";
+
 /// How QEMU accelerates the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -370,7 +373,7 @@ pub fn run(
         .collect();
     let sandbox = stage(&spec, iwd.as_ref(), &overlays, opts)?;
     crate::node_image::prepare(ad, &sandbox)?;
-    let console = sandbox.join("console.log");
+    let console = sandbox.join(CONSOLE_LOG);
     let accel = opts.accel.resolve();
     let qemu = match &opts.qemu {
         Some(q) => q.clone(),

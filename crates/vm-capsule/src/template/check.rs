@@ -266,7 +266,7 @@ pub fn check(
     };
     let (routed, job_user) = make_capsule(opts, &work)?;
     let scratch = PathBuf::from(string_attr(&routed, "Iwd").unwrap_or_default());
-    let console_path = scratch.join("console.log");
+    let console_path = scratch.join(runner::CONSOLE_LOG);
     let cancel = Arc::new(AtomicBool::new(false));
     let run_opts = run_options(opts, Arc::clone(&cancel));
     progress(&format!(
