@@ -309,7 +309,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Issue 11.4: placing outputs with nested directories is linear.
 fn placement(rows: &mut Vec<String>) {
-    use vm_capsule::returned::place::{place_outputs, OutputRules};
+    use vm_capsule_core::returned::place::{place_outputs, OutputRules};
     for entries in [1_000usize, 2_000, 10_000] {
         // A chain of directories, each holding files, down to the depth the placer allows.
         let levels = 200.min(entries / 10);
@@ -340,14 +340,14 @@ fn placement(rows: &mut Vec<String>) {
                 iwd.path().display()
             ))
             .unwrap();
-            let rules =
-                OutputRules::for_job(&vm_capsule::job::JobSpec::from_ad(&ad).unwrap()).unwrap();
+            let rules = OutputRules::for_job(&vm_capsule_core::job::JobSpec::from_ad(&ad).unwrap())
+                .unwrap();
             let start = Instant::now();
             let placed = place_outputs(
                 tar.as_slice(),
                 &rules,
                 "1.0",
-                &vm_capsule::temp_record::TempRecord::new(),
+                &vm_capsule_core::temp_record::TempRecord::new(),
             );
             times.push(start.elapsed());
             assert!(!placed.has_problems(), "{placed:?}");
@@ -441,7 +441,7 @@ fn launcher_disk(rows: &mut Vec<String>) {
     let scratch = scratch_of(&out);
     let sandbox = s.root.path().join("sandbox");
     fs::create_dir_all(&sandbox).unwrap();
-    for f in vm_capsule::routed::VANILLA_FILES {
+    for f in vm_capsule_core::routed::VANILLA_FILES {
         fs::copy(scratch.join(f), sandbox.join(f)).unwrap();
     }
     fs::copy(
@@ -452,14 +452,14 @@ fn launcher_disk(rows: &mut Vec<String>) {
     fs::copy(iwd.join("job.sh"), sandbox.join("job.sh")).unwrap();
     cp(&iwd.join("inputs"), &sandbox.join("inputs"));
     let capsule = classad::parse_old_ad(
-        &fs::read_to_string(sandbox.join(vm_capsule::routed::CAPSULE_AD)).unwrap(),
+        &fs::read_to_string(sandbox.join(vm_capsule_core::routed::CAPSULE_AD)).unwrap(),
     )
     .unwrap();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let _ = fs::remove_file(sandbox.join("data.qcow2"));
         let start = Instant::now();
-        vm_capsule::launcher::sandbox::make_data_disk(&sandbox, &capsule, None).unwrap();
+        vm_capsule_execute::launcher::sandbox::make_data_disk(&sandbox, &capsule, None).unwrap();
         ours.push(start.elapsed());
         theirs.push(cp(
             &sandbox.join("inputs"),

@@ -15,7 +15,7 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     // Hooks are run by path with no arguments: `vm-capsule-translate` means `translate`.
-    let argv = vm_capsule::snippet::command_line(std::env::args_os().collect());
+    let argv = vm_capsule_admin::snippet::command_line(std::env::args_os().collect());
     if argv.len() == 1 {
         eprintln!("{}", no_command(&argv[0]));
         return ExitCode::from(EXIT_USAGE);

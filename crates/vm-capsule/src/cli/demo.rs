@@ -16,8 +16,8 @@ use clap::Args;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::{ClassAd, Expr};
-use vm_capsule::runner::{run, Accel, RunOptions};
-use vm_capsule::settings::knobs;
+use vm_capsule_core::settings::knobs;
+use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
 /// Arguments of `demo`.
 #[derive(Debug, Args)]
@@ -90,7 +90,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         qemu: None,
         workdir: None,
         cancel: None,
-        tb_size_mib: vm_capsule::settings::knobs::TCG_TB_MIB
+        tb_size_mib: vm_capsule_core::settings::knobs::TCG_TB_MIB
             .default_number()
             .unwrap_or_default(),
     };

@@ -1,5 +1,5 @@
 //! `vm-capsule doctor [submit|execute]`: check this node's configuration and say what to fix
-//! (see [`vm_capsule::doctor`]). Exit 0 when nothing failed (warnings allowed), 1 otherwise.
+//! (see [`vm_capsule_admin::doctor`]). Exit 0 when nothing failed (warnings allowed), 1 otherwise.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use vm_capsule::doctor::execute::SlotUser;
-use vm_capsule::doctor::{execute, submit, ConfigSource, Report};
+use vm_capsule_admin::doctor::execute::SlotUser;
+use vm_capsule_admin::doctor::{execute, submit, ConfigSource, Report};
 
 /// Which side to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -39,7 +39,7 @@ pub struct DoctorArgs {
     #[arg(long)]
     json: bool,
     /// The package's configuration file, to check that HTCondor reads it.
-    #[arg(long, value_name = "FILE", default_value = vm_capsule::snippet::CONFIG_FILE)]
+    #[arg(long, value_name = "FILE", default_value = vm_capsule_admin::snippet::CONFIG_FILE)]
     package_config: PathBuf,
 }
 

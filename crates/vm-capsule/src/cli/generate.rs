@@ -30,11 +30,11 @@ pub fn run_generate(args: &GenerateArgs) -> Result<ExitCode> {
         create(dir)?;
         man_pages(&cmd, dir)?;
         let path = dir.join("vm-capsule-knobs.5");
-        let page = vm_capsule::settings::docs::man_page(env!("CARGO_PKG_VERSION"));
+        let page = vm_capsule_core::settings::docs::man_page(env!("CARGO_PKG_VERSION"));
         std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.knobs_markdown {
-        print!("{}", vm_capsule::settings::docs::markdown());
+        print!("{}", vm_capsule_core::settings::docs::markdown());
     }
     if let Some(dir) = &args.completions_dir {
         create(dir)?;

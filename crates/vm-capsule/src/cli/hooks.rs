@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use vm_capsule::agent;
-use vm_capsule::hooks::log::{owner_name, HookLog, LogOptions};
-use vm_capsule::hooks::translate::{hold_original, translate};
-use vm_capsule::hooks::watchdog::Watchdog;
-use vm_capsule::hooks::{ad_lines, cleanup, finalize, read_stdin, update};
-use vm_capsule::settings::{knobs, Settings, WhichLog};
+use vm_capsule_core::agent;
+use vm_capsule_core::settings::{knobs, Settings, WhichLog};
+use vm_capsule_submit::log::{owner_name, HookLog, LogOptions};
+use vm_capsule_submit::translate::{hold_original, translate};
+use vm_capsule_submit::watchdog::Watchdog;
+use vm_capsule_submit::{ad_lines, cleanup, finalize, read_stdin, update};
 
 /// Options every hook takes.
 #[derive(Debug, Args)]

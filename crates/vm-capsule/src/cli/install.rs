@@ -15,12 +15,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use vm_capsule::agent::{self, Linkage};
-use vm_capsule::perms;
-use vm_capsule::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
+use vm_capsule_admin::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
+use vm_capsule_core::agent::{self, Linkage};
+use vm_capsule_core::perms;
 
 /// Where the configuration goes unless told otherwise.
-pub const DEFAULT_CONFIG_FILE: &str = vm_capsule::snippet::CONFIG_FILE;
+pub const DEFAULT_CONFIG_FILE: &str = vm_capsule_admin::snippet::CONFIG_FILE;
 
 /// Arguments of `install-hooks`.
 #[derive(Debug, Args)]

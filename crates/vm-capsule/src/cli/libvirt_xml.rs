@@ -1,5 +1,5 @@
 //! `vm-capsule libvirt-xml`: HTCondor's `LIBVIRT_XML_SCRIPT` for vm-capsule jobs in the VM
-//! universe (see [`vm_capsule::libvirt`]): the vm-gahp's ad on stdin, domain XML on stdout.
+//! universe (see [`vm_capsule_execute::libvirt`]): the vm-gahp's ad on stdin, domain XML on stdout.
 //!
 //! Exit codes: 0 with the XML, or with a refusal (a domain libvirt will not create, so the
 //! vm-gahp holds the job; the reason on stderr for its log); 1 only for a VM job that is not
@@ -14,10 +14,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use vm_capsule::libvirt::{
+use vm_capsule_core::settings::Settings;
+use vm_capsule_execute::libvirt::{
     decide, refusal_document, refused_unread, DomainType, NodeConfig, OtherJobs, Outcome,
 };
-use vm_capsule::settings::Settings;
 
 /// Largest ad accepted on stdin (a job ad is a few KiB).
 const MAX_STDIN: u64 = 1 << 20;
@@ -85,7 +85,7 @@ fn outcome(args: &LibvirtXmlArgs) -> Outcome {
     };
     match node_config(args) {
         Ok(node) => decide(&ad, &node),
-        Err(why) => vm_capsule::libvirt::refused(&ad, &why),
+        Err(why) => vm_capsule_execute::libvirt::refused(&ad, &why),
     }
 }
 

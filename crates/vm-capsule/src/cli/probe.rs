@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use vm_capsule::probe::Probe;
-use vm_capsule::settings::Settings;
+use vm_capsule_core::settings::Settings;
+use vm_capsule_execute::probe::Probe;
 
 /// Arguments of `probe`.
 #[derive(Debug, Args)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use vm_capsule::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
-use vm_capsule::runner::{run, Accel, RunOptions};
+use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
+use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
 /// `--timeout` when none is given (outside the vanilla flavour).
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -74,7 +74,7 @@ pub struct RunArgs {
 /// `--as-owner`: as root, become the user the ad's `Iwd` belongs to, before anything in it is
 /// read; nothing to do when it is root's own job dir.
 fn become_iwd_owner(ad: &classad::ClassAd, args: &RunArgs) -> Result<()> {
-    use vm_capsule::run_files::{Iwd, Judgement};
+    use vm_capsule_execute::run_files::{Iwd, Judgement};
     anyhow::ensure!(
         !args.vanilla,
         "--as-owner is for running a routed VM-universe ad by hand, not for the launcher"
@@ -89,7 +89,7 @@ fn become_iwd_owner(ad: &classad::ClassAd, args: &RunArgs) -> Result<()> {
         .with_context(|| format!("the routed ad's Iwd {path} cannot be opened"))?;
     match iwd.judge() {
         Judgement::Foreign { uid, .. } => {
-            let name = vm_capsule::identity::become_user(uid).map_err(anyhow::Error::msg)?;
+            let name = vm_capsule_core::identity::become_user(uid).map_err(anyhow::Error::msg)?;
             eprintln!("vm-capsule run: running as {name}, who owns {path}");
         }
         // Root's own job dir; a dir that is never run is refused by the run itself.
@@ -168,12 +168,12 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let settings = vm_capsule::settings::Settings::load(None, std::env::vars(), None)
+    let settings = vm_capsule_core::settings::Settings::load(None, std::env::vars(), None)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
     let qemu = match &args.qemu {
         Some(q) => q.clone(),
-        None => vm_capsule::qemu::find_qemu_here(settings.qemu.as_deref())?,
+        None => vm_capsule_execute::qemu::find_qemu_here(settings.qemu.as_deref())?,
     };
     // Our own sandbox, so that we know it to remove or keep whatever happens.
     let sandbox = if args.vanilla || args.in_place {
@@ -249,11 +249,11 @@ fn launch_here(
         }
         LauncherExit::NotStarted(why) => {
             eprintln!("vm-capsule launcher: the job could not start in the VM: {why}");
-            Ok(ExitCode::from(vm_capsule::exit::NOT_STARTED))
+            Ok(ExitCode::from(vm_capsule_core::exit::NOT_STARTED))
         }
         LauncherExit::Failed(why) => {
             eprintln!("vm-capsule launcher: the VM capsule failed: {why}");
-            Ok(ExitCode::from(vm_capsule::exit::CAPSULE_FAILED))
+            Ok(ExitCode::from(vm_capsule_core::exit::CAPSULE_FAILED))
         }
     }
 }

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use vm_capsule::settings::knobs;
-use vm_capsule::template::build::{self, AgentStart, BuildOptions};
-use vm_capsule::template::check::{self, CheckOptions, CheckReport};
+use vm_capsule_admin::template::build::{self, AgentStart, BuildOptions};
+use vm_capsule_admin::template::check::{self, CheckOptions, CheckReport};
+use vm_capsule_core::settings::knobs;
 
 /// `template` subcommands.
 #[derive(Debug, Subcommand)]
@@ -174,7 +174,7 @@ fn check_static(agent: &std::path::Path) -> Result<()> {
             agent.display()
         )
     })?;
-    match vm_capsule::template::elf::interpreter(&bytes) {
+    match vm_capsule_admin::template::elf::interpreter(&bytes) {
         Ok(None) => Ok(()),
         Ok(Some(interp)) => anyhow::bail!(
             "the agent {} is dynamically linked (interpreter {interp}); build it static: RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p capsule-guest --target x86_64-unknown-linux-gnu",
@@ -187,13 +187,13 @@ fn check_static(agent: &std::path::Path) -> Result<()> {
 fn run_install(a: &InstallArgs) -> Result<ExitCode> {
     let agent = a.agent.clone().unwrap_or_else(default_agent);
     check_static(&agent)?;
-    let opts = vm_capsule::template::install::InstallOptions {
+    let opts = vm_capsule_admin::template::install::InstallOptions {
         image: a.image.clone(),
         agent,
         label: a.label.clone(),
     };
     let started = std::time::Instant::now();
-    vm_capsule::template::install::install_agent(&opts, &mut |m| {
+    vm_capsule_admin::template::install::install_agent(&opts, &mut |m| {
         eprintln!("template install-agent: {m}");
     })?;
     eprintln!(
@@ -216,7 +216,8 @@ fn run_check(a: &CheckArgs) -> Result<ExitCode> {
     if a.cloud_init {
         knobs.push((knobs::AGENT_START.name.to_owned(), "cloud-init".to_owned()));
     }
-    let classad = vm_capsule::template::classad_template_for(&a.dir, a.classad_template.clone());
+    let classad =
+        vm_capsule_core::template::classad_template_for(&a.dir, a.classad_template.clone());
     if let Some(path) = classad {
         knobs.push((
             knobs::CONDOR_CLASSAD_TEMPLATE.name.to_owned(),

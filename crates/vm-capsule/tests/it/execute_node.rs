@@ -84,7 +84,7 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        if vm_capsule::job::transfer::is_url(entry) {
+        if vm_capsule_core::job::transfer::is_url(entry) {
             // STAND-IN for HTCondor's curl_plugin: fetch the URL into the sandbox under the
             // last component of its path.
             let name = entry
@@ -125,12 +125,13 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
             (m.len(), m.modified().unwrap()),
         );
     }
-    let args = vm_capsule::job::args::split_v2(&text("Arguments").unwrap_or_default(), "Arguments")
-        .unwrap();
+    let args =
+        vm_capsule_core::job::args::split_v2(&text("Arguments").unwrap_or_default(), "Arguments")
+            .unwrap();
     // The job's own environment, as the starter sets it.
     let mut env: Vec<(String, String)> = env.to_vec();
     env.extend(
-        vm_capsule::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
+        vm_capsule_core::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
     );
     let chirp = (classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true))
         .then(|| ChirpStandIn::start(sandbox));
@@ -150,8 +151,9 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
         chirp.finish(sandbox);
     }
     // Output transfer, with the user's remaps.
-    let remaps =
-        vm_capsule::job::transfer::parse_remaps(&text("TransferOutputRemaps").unwrap_or_default());
+    let remaps = vm_capsule_core::job::transfer::parse_remaps(
+        &text("TransferOutputRemaps").unwrap_or_default(),
+    );
     let place = |name: &str, src: &Path| {
         let base = Path::new(name)
             .file_name()
@@ -166,7 +168,7 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     };
     match text("TransferOutput") {
         Some(list) => {
-            for name in vm_capsule::job::transfer::split_list(&list) {
+            for name in vm_capsule_core::job::transfer::split_list(&list) {
                 let src = sandbox.join(name.trim_end_matches('/'));
                 if src.exists() {
                     place(&name, &src);

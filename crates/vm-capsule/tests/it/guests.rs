@@ -42,7 +42,7 @@ fn static_agent() -> PathBuf {
 
 /// sha256 hex of `bytes` (through the library the builder uses).
 fn sha(bytes: &[u8]) -> String {
-    vm_capsule::digest::sha256_hex(bytes)
+    vm_capsule_core::digest::sha256_hex(bytes)
 }
 
 /// The built template of `kind` (its directory, holding `condor_vm_capsule/`), from the
@@ -62,11 +62,13 @@ fn build_template(kind: Kind) -> PathBuf {
     let mut key = format!("{kind:?}\n");
     for part in [
         fs::read(&agent).unwrap(),
-        vm_capsule::template::build::UNIT_FILE.as_bytes().to_vec(),
-        include_bytes!("../../src/template/build/mod.rs").to_vec(),
-        include_bytes!("../../src/template/build/rootfs.rs").to_vec(),
-        include_bytes!("../../src/template/build/bootdisk.rs").to_vec(),
-        include_bytes!("../../src/template/build/initramfs.rs").to_vec(),
+        vm_capsule_admin::template::build::UNIT_FILE
+            .as_bytes()
+            .to_vec(),
+        include_bytes!("../../../vm-capsule-admin/src/template/build/mod.rs").to_vec(),
+        include_bytes!("../../../vm-capsule-admin/src/template/build/rootfs.rs").to_vec(),
+        include_bytes!("../../../vm-capsule-admin/src/template/build/bootdisk.rs").to_vec(),
+        include_bytes!("../../../vm-capsule-admin/src/template/build/initramfs.rs").to_vec(),
     ] {
         key.push_str(&sha(&part));
     }
@@ -362,7 +364,7 @@ fn systemd_template_runs_jobs_like_native_and_busybox() {
         );
     }
     assert_eq!(
-        vm_capsule::digest::sha256_file(&node.join("os.qcow2")).unwrap(),
+        vm_capsule_core::digest::sha256_file(&node.join("os.qcow2")).unwrap(),
         before.split_whitespace().next().unwrap(),
         "the node's OS image changed"
     );
@@ -374,7 +376,7 @@ fn systemd_template_runs_jobs_like_native_and_busybox() {
 fn cloud_image_in_nocloud_mode_runs_jobs_like_native_and_busybox() {
     let built = template(Kind::Cloud);
     let image = built.join("condor_vm_capsule/os.qcow2");
-    let before = vm_capsule::digest::sha256_file(&image).unwrap();
+    let before = vm_capsule_core::digest::sha256_file(&image).unwrap();
     let mut pool = pool(&link_template(built));
     pool.env.push((
         "_CONDOR_VM_CAPSULE_AGENT_START".to_owned(),
@@ -389,7 +391,7 @@ fn cloud_image_in_nocloud_mode_runs_jobs_like_native_and_busybox() {
         assert_same(job, "cloud image, vanilla flavour", &vanilla, refs);
     }
     assert_eq!(
-        vm_capsule::digest::sha256_file(&image).unwrap(),
+        vm_capsule_core::digest::sha256_file(&image).unwrap(),
         before,
         "the cloud image changed"
     );

@@ -115,7 +115,7 @@ fn node_image_template<'a>(images: &'a Path, boot: Option<&'static str>) -> impl
             crate::vanilla::template(cmdline)(dir);
         }
         crate::ops::kvm_template(dir);
-        let sum = vm_capsule::digest::sha256_file(&dir.join("os.qcow2")).unwrap();
+        let sum = vm_capsule_core::digest::sha256_file(&dir.join("os.qcow2")).unwrap();
         fs::write(dir.join("os.qcow2.sha256"), format!("{sum}  os.qcow2\n")).unwrap();
         fs::create_dir_all(images).unwrap();
         fs::set_permissions(images, fs::Permissions::from_mode(0o755)).unwrap();

@@ -340,7 +340,7 @@ fn install_hooks_refuses_world_writable_and_writes_the_snippet() {
         );
     }
     let text = fs::read_to_string(&conf).unwrap();
-    for knob in vm_capsule::settings::KNOBS {
+    for knob in vm_capsule_core::settings::KNOBS {
         assert!(
             text.contains(knob.name),
             "{} missing from the snippet",
@@ -471,8 +471,8 @@ fn shipped_programs_are_static() {
             path.display()
         );
         assert_eq!(
-            vm_capsule::agent::linkage(&path).unwrap(),
-            vm_capsule::agent::Linkage::Static
+            vm_capsule_core::agent::linkage(&path).unwrap(),
+            vm_capsule_core::agent::Linkage::Static
         );
     }
     // Installed with dpkg -i: postinst made the directories every job owner writes.
@@ -485,7 +485,7 @@ fn shipped_programs_are_static() {
     }
     // The agent the hooks ship reports the hooks' version.
     assert_eq!(
-        vm_capsule::agent::version(&capsule_init()).as_deref(),
+        vm_capsule_core::agent::version(&capsule_init()).as_deref(),
         Some(env!("CARGO_PKG_VERSION"))
     );
 }

@@ -71,7 +71,7 @@ pub fn htcondor_param(config: &Path, name: &str) -> Option<String> {
 
 /// HTCondor's `ArgList::AppendArgsV1RawOrV2Quoted`: V2 inside double quotes, else V1.
 fn htcondor_args(text: &str) -> Vec<String> {
-    vm_capsule::job::args::split_v1_raw_or_v2_quoted(text, "ARGS").unwrap()
+    vm_capsule_core::job::args::split_v1_raw_or_v2_quoted(text, "ARGS").unwrap()
 }
 
 /// A directory the unprivileged user a program runs as can enter.
@@ -140,9 +140,9 @@ fn the_router_runs_the_shipped_hooks_by_their_configured_paths() {
     let conf = shipped_config(t.path());
     let keyword = htcondor_param(&conf, "JOB_ROUTER_HOOK_KEYWORD").unwrap();
     let mut dirs = Vec::new();
-    for (hook, suffix) in vm_capsule::snippet::HOOKS {
+    for (hook, suffix) in vm_capsule_admin::snippet::HOOKS {
         let knob = format!("{keyword}_{suffix}");
-        if hook == vm_capsule::snippet::UNCONFIGURED_HOOK {
+        if hook == vm_capsule_admin::snippet::UNCONFIGURED_HOOK {
             // It would delay every job by a JobRouter polling period.
             assert_eq!(htcondor_param(&conf, &knob), None, "{knob}");
             continue;

@@ -188,8 +188,8 @@ fn vanilla_flavour_matches_native_and_vm_universe() {
             v => panic!("{v:?}"),
         };
         assert_eq!(
-            vm_capsule::agent::linkage(&launcher).unwrap(),
-            vm_capsule::agent::Linkage::Static,
+            vm_capsule_core::agent::linkage(&launcher).unwrap(),
+            vm_capsule_core::agent::Linkage::Static,
             "{}",
             launcher.display()
         );

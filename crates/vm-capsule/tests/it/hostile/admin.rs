@@ -174,8 +174,8 @@ fn run_as_root_on_another_users_routed_ad() {
 /// The name `template build` gives the cached root file system of its default recipe
 /// (bookworm, the agent's unit, the default epoch): predictable, which is the point.
 fn default_rootfs_tar_name() -> String {
-    use vm_capsule::digest::sha256_hex;
-    use vm_capsule::template::build::{rootfs::Recipe, AgentStart};
+    use vm_capsule_admin::template::build::{rootfs::Recipe, AgentStart};
+    use vm_capsule_core::digest::sha256_hex;
     let h = sha256_hex(b"root bookworm Image");
     let uuid = format!(
         "{}-{}-4{}-8{}-{}",

@@ -26,7 +26,7 @@ fn node_image_job(name: &str, cluster: i64) -> (Pool, ClassAd, PathBuf) {
     let node = pool.root.path().join("node-images");
     fs::create_dir(&node).unwrap();
     let os = pool.root.path().join("template/condor_vm_capsule/os.qcow2");
-    let sum = vm_capsule::digest::sha256_file(&os).unwrap();
+    let sum = vm_capsule_core::digest::sha256_file(&os).unwrap();
     fs::write(
         os.with_extension("qcow2.sha256"),
         format!("{sum}  os.qcow2\n"),
@@ -110,7 +110,7 @@ fn the_launcher_makes_the_node_image_overlay_itself() {
     fs::File::create(&theirs).unwrap().set_len(1 << 20).unwrap();
     let planted = scratch.join("os.overlay.qcow2");
     let _ = fs::remove_file(&planted);
-    vm_capsule::template::overlay::create_overlay(
+    vm_capsule_core::template::overlay::create_overlay(
         &planted,
         &theirs.display().to_string(),
         "raw",

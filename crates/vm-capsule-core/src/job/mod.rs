@@ -1,0 +1,8 @@
+//! The vanilla job model: a `JobSpec` read from a job ad with HTCondor's rules.
+
+pub mod args;
+pub(crate) mod spec;
+pub mod transfer;
+
+pub use spec::{JobError, JobSpec, StreamFile, WhenToTransfer};
+pub use transfer::InputItem;

@@ -1,0 +1,103 @@
+//! Extracting a job's results after its VM stopped, for the vanilla flavour's launcher: turn
+//! the returned data disk into what a vanilla job leaves behind in its sandbox (its outputs,
+//! its stdout and stderr) and the job's exit status, so HTCondor's own file transfer and exit
+//! handling do the rest.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use capsule_disk::{Access, DataDisk};
+
+use vm_capsule_core::returned::place::OutputRules;
+use vm_capsule_core::returned::{self, Delivery, ExitStatus, StreamSink};
+use vm_capsule_core::temp_record::TempRecord;
+use vm_capsule_core::usage::JobUsage;
+
+fn publish_usage(sandbox: &Path, usage: &JobUsage) -> Result<(), crate::chirp::ChirpError> {
+    let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox)?;
+    for (name, value) in usage.chirp_values() {
+        chirp.set_job_attr(name, &value)?;
+    }
+    Ok(())
+}
+
+/// How the launcher must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LauncherExit {
+    /// Exit with the job's code.
+    Code(u8),
+    /// Die by the job's signal.
+    Signal(u8),
+    /// The job could not start in the guest (exit 127).
+    NotStarted(String),
+    /// The capsule failed: no result, unreadable disk (exit 125).
+    Failed(String),
+}
+
+/// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
+/// (`capsule_files`, so they are not taken for outputs). Streams go to `out` and `err`.
+pub fn finish_in_sandbox(
+    sandbox: &Path,
+    data_disk: &str,
+    capsule_files: &[String],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> LauncherExit {
+    let exit = extract(sandbox, data_disk, capsule_files, out, err);
+    for name in capsule_files {
+        // Only plain names: these come from our own capsule description.
+        if !name.contains('/') {
+            let _ = fs::remove_file(sandbox.join(name));
+        }
+    }
+    exit
+}
+
+fn extract(
+    sandbox: &Path,
+    data_disk: &str,
+    capsule_files: &[String],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> LauncherExit {
+    let disk = match DataDisk::open(&sandbox.join(data_disk), Access::ReadOnly) {
+        Ok(d) => d,
+        Err(e) => {
+            return LauncherExit::Failed(format!("the data disk {data_disk} is unreadable: {e}"))
+        }
+    };
+    // Outputs keep their paths in the sandbox; HTCondor applies the user's
+    // transfer_output_files and remaps from there. The capsule's own files and the starter's
+    // names are never taken.
+    let delivery = Delivery {
+        stdout: StreamSink::Copy(out),
+        stderr: StreamSink::Copy(err),
+        outputs: Ok(OutputRules::sandbox(sandbox, capsule_files)),
+        tag: "launcher",
+        // No watchdog here: nothing removes a temporary file on a timeout.
+        temps: &TempRecord::new(),
+    };
+    let exit = match returned::read(&disk, delivery) {
+        Ok(exit) => exit,
+        Err(e) => return LauncherExit::Failed(e.to_string()),
+    };
+    // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
+    // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
+    // a starter that does not answer, loses only these attributes.
+    let _ = publish_usage(sandbox, &exit.usage);
+    if exit.placement.has_problems() {
+        return LauncherExit::Failed(exit.placement.summary());
+    }
+    if let Some(problem) = exit.agent_problem {
+        // Outputs that did not fit on the data disk, say: the job's files are incomplete.
+        return LauncherExit::Failed(format!("the guest agent reported: {problem}"));
+    }
+    // A missing transfer_output_files entry is HTCondor's to hold the job for, as for any
+    // vanilla job: the sandbox simply lacks it.
+    match exit.status {
+        ExitStatus::Exited(code) => LauncherExit::Code(code),
+        ExitStatus::Signaled { signal, .. } => LauncherExit::Signal(signal),
+        ExitStatus::NotStarted(why) => LauncherExit::NotStarted(why),
+    }
+}

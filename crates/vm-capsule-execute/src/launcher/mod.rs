@@ -1,0 +1,185 @@
+//! The vanilla flavour's launcher (`vm-capsule run --vanilla`), inside an ordinary vanilla
+//! slot: HTCondor has transferred the capsule's files (the routed ad, the capsule's
+//! description, kernel and initrd, the job's inputs) into the job's sandbox. The launcher
+//! makes the data disk from them ([`sandbox`]), boots the VM, and leaves behind what a vanilla
+//! job leaves ([`extract`]): its outputs in the sandbox, its stdout and stderr on ours, and its
+//! exit status, so HTCondor's own file transfer and exit handling do the rest.
+
+pub(crate) mod extract;
+pub mod sandbox;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use classad::eval::string_attr;
+use classad::ClassAd;
+
+pub use extract::{finish_in_sandbox, LauncherExit};
+
+use crate::runner::{run, RunError, RunOptions, VmSpec, CONSOLE_LOG};
+use vm_capsule_core::capsule::is_plain_name;
+use vm_capsule_core::node_image::NodeImageError;
+use vm_capsule_core::routed;
+
+/// Lines of the console shown when the VM fails: its end usually says why.
+const CONSOLE_TAIL_LINES: usize = 15;
+
+/// Why the sandbox is not a slot's sandbox the launcher can start from.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotError {
+    /// The routed ad does not describe a VM.
+    #[error(transparent)]
+    Spec(#[from] RunError),
+    /// The routed ad's node images are malformed.
+    #[error(transparent)]
+    NodeImage(#[from] NodeImageError),
+    /// The data disk's name is a path.
+    #[error("{routed_ad}: {attr} names {name:?}, not a plain file name in the job's sandbox", attr = routed::ATTR_DATA_DISK)]
+    DataDiskName {
+        /// The routed ad's file.
+        routed_ad: String,
+        /// The name it gives.
+        name: String,
+    },
+    /// The routed ad names no data disk.
+    #[error("{routed_ad}: {attr} is missing", attr = routed::ATTR_DATA_DISK)]
+    NoDataDisk {
+        /// The routed ad's file.
+        routed_ad: String,
+    },
+    /// HTCondor did not transfer the capsule's files here.
+    #[error("{files} (the capsule's files, TransferInput of {routed_ad}) not in the working directory {cwd}: `run --vanilla` is the launcher of a routed vanilla job and expects HTCondor to have transferred them into its sandbox; outside a slot, run the routed ad without --vanilla")]
+    Missing {
+        /// The missing files, comma-separated.
+        files: String,
+        /// The routed ad's file.
+        routed_ad: String,
+        /// The working directory.
+        cwd: String,
+    },
+}
+
+/// `run --vanilla` is the launcher inside a slot: HTCondor has put the capsule's files in the
+/// working directory `cwd`. Say so when they are not there (run by hand, outside a slot).
+///
+/// # Errors
+/// [`SlotError`] naming what is missing or malformed.
+pub fn check_slot_sandbox(ad: &ClassAd, cwd: &Path, routed_ad: &Path) -> Result<(), SlotError> {
+    let spec = VmSpec::from_ad(ad)?;
+    // The launcher makes the data disk itself, from what HTCondor transferred, and the
+    // overlays over OS images staged on the node.
+    let data_disk = string_attr(ad, routed::ATTR_DATA_DISK);
+    // The disk made and unpacked here: never a file elsewhere.
+    if let Some(name) = data_disk.as_deref() {
+        if !is_plain_name(name) {
+            return Err(SlotError::DataDiskName {
+                routed_ad: routed_ad.display().to_string(),
+                name: name.to_owned(),
+            });
+        }
+    }
+    let overlays: Vec<String> = vm_capsule_core::node_image::from_routed_ad(ad)?
+        .into_iter()
+        .map(|b| b.overlay)
+        .collect();
+    let missing: Vec<&str> = spec
+        .transfer
+        .iter()
+        .filter(|f| data_disk.as_deref() != Some(f.as_str()) && !overlays.contains(f))
+        .filter(|f| !cwd.join(f).exists())
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(SlotError::Missing {
+        files: missing.join(", "),
+        routed_ad: routed_ad.display().to_string(),
+        cwd: cwd.display().to_string(),
+    })
+}
+
+/// Where the launcher runs.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The job's sandbox (the working directory HTCondor gave the launcher).
+    pub sandbox: PathBuf,
+    /// The routed ad's file, as given on the command line (one of the capsule's files).
+    pub routed_ad: PathBuf,
+    /// The launcher program itself, when known: a launcher HTCondor transferred into the
+    /// sandbox is one of the capsule's files, and the node's launcher has the node's agent
+    /// beside it.
+    pub exe: Option<PathBuf>,
+}
+
+/// Make the data disk from what HTCondor transferred, boot, extract the results into the
+/// sandbox and say how to exit. Quiet on success: the job's stdout and stderr go to `out`
+/// and `err`; the launcher's own diagnostics go to `report`, one line each.
+///
+/// # Errors
+/// [`SlotError`] when the routed ad describes no VM or no data disk: nothing was started.
+pub fn launch(
+    ad: &ClassAd,
+    opts: &RunOptions,
+    slot: &Slot,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    report: &mut dyn FnMut(&str),
+) -> Result<LauncherExit, SlotError> {
+    let spec = VmSpec::from_ad(ad)?;
+    let data_disk =
+        string_attr(ad, routed::ATTR_DATA_DISK).ok_or_else(|| SlotError::NoDataDisk {
+            routed_ad: slot.routed_ad.display().to_string(),
+        })?;
+    let capsule_files = capsule_files(ad, &spec, slot);
+    // The agent installed beside the node's launcher, for capsules that ask for it.
+    let node_agent = slot
+        .exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(capsule_manifest::CAPSULE_INIT));
+    // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
+    let booted = sandbox::make_data_disk(&slot.sandbox, ad, node_agent.as_deref())
+        .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
+        .and_then(|_| run(ad, opts, &mut |_| {}).map_err(|e| e.to_string()));
+    Ok(match booted {
+        Ok(_) => finish_in_sandbox(&slot.sandbox, &data_disk, &capsule_files, out, err),
+        Err(why) => {
+            if let Ok(console) = std::fs::read_to_string(slot.sandbox.join(CONSOLE_LOG)) {
+                let tail: Vec<&str> = console.lines().rev().take(CONSOLE_TAIL_LINES).collect();
+                for line in tail.iter().rev() {
+                    report(&format!("console: {line}"));
+                }
+            }
+            report(&why);
+            // The capsule's files go all the same, so they are not taken for outputs.
+            let _ = finish_in_sandbox(
+                &slot.sandbox,
+                &data_disk,
+                &capsule_files,
+                &mut std::io::sink(),
+                &mut std::io::sink(),
+            );
+            LauncherExit::Failed(why)
+        }
+    })
+}
+
+/// The capsule's own files in the sandbox: never outputs, removed after the run.
+fn capsule_files(ad: &ClassAd, spec: &VmSpec, slot: &Slot) -> Vec<String> {
+    let mut files = spec.transfer.clone();
+    files.push(slot.routed_ad.display().to_string());
+    files.push(CONSOLE_LOG.to_owned());
+    files.extend(routed::VANILLA_FILES.iter().map(|f| (*f).to_owned()));
+    files.extend(string_attr(ad, routed::ATTR_AGENT));
+    // The launcher itself, when HTCondor transferred it into the sandbox (not the node's own,
+    // VM_CAPSULE_NODE_LAUNCHER, whose name an output may have).
+    if let Some(exe) = &slot.exe {
+        let here = std::fs::canonicalize(&slot.sandbox).ok();
+        if exe.parent().map(Path::to_owned) == here {
+            files.extend(exe.file_name().map(|n| n.to_string_lossy().into_owned()));
+        }
+    }
+    files
+}

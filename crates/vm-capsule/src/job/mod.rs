@@ -1,8 +1,0 @@
-//! The vanilla job model: a `JobSpec` read from a job ad with HTCondor's rules.
-
-pub mod args;
-pub mod spec;
-pub mod transfer;
-
-pub use spec::{JobError, JobSpec, StreamFile, WhenToTransfer};
-pub use transfer::InputItem;
