@@ -11,6 +11,7 @@ pub mod capsule;
 pub mod condor_config;
 pub mod condor_tools;
 pub mod digest;
+pub mod environment;
 pub mod exit;
 pub mod identity;
 pub mod job;

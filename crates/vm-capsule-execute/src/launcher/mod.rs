@@ -111,6 +111,8 @@ pub struct Slot {
     /// sandbox is one of the capsule's files, and the node's launcher has the node's agent
     /// beside it.
     pub exe: Option<PathBuf>,
+    /// The Chirp configuration the starter wrote (its `_CONDOR_CHIRP_CONFIG`), when it says.
+    pub chirp_config: Option<PathBuf>,
 }
 
 /// Make the data disk from what HTCondor transferred, boot, extract the results into the
@@ -144,7 +146,14 @@ pub fn launch(
         .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
         .and_then(|_| run(ad, opts, &mut |_| {}).map_err(|e| e.to_string()));
     Ok(match booted {
-        Ok(_) => finish_in_sandbox(&slot.sandbox, &data_disk, &capsule_files, out, err),
+        Ok(_) => finish_in_sandbox(
+            &slot.sandbox,
+            slot.chirp_config.as_deref(),
+            &data_disk,
+            &capsule_files,
+            out,
+            err,
+        ),
         Err(why) => {
             if let Ok(console) = std::fs::read_to_string(slot.sandbox.join(CONSOLE_LOG)) {
                 let tail: Vec<&str> = console.lines().rev().take(CONSOLE_TAIL_LINES).collect();
@@ -156,6 +165,7 @@ pub fn launch(
             // The capsule's files go all the same, so they are not taken for outputs.
             let _ = finish_in_sandbox(
                 &slot.sandbox,
+                slot.chirp_config.as_deref(),
                 &data_disk,
                 &capsule_files,
                 &mut std::io::sink(),
