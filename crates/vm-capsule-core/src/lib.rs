@@ -26,3 +26,4 @@ pub mod temp_record;
 pub mod template;
 pub mod text;
 pub mod usage;
+pub mod whose;
