@@ -79,6 +79,31 @@ fn unread_because(settings: &Settings) -> String {
         .unwrap_or_default()
 }
 
+/// A hook that must run on whatever configuration it gets (finalize, cleanup): its log, with
+/// the defaults when the configuration could not be read, and its projection of the settings,
+/// or why there is none.
+fn log_and_project<T, E: std::fmt::Display>(
+    (hook, which): (&'static str, WhichLog),
+    settings: &Result<Settings>,
+    args: &HookArgs,
+    stdin: Option<&str>,
+    project: impl FnOnce(&Settings) -> Result<T, E>,
+) -> (HookLog, Result<T, String>) {
+    let unread = Settings::default();
+    let log = hook_log(
+        hook,
+        which,
+        settings.as_ref().unwrap_or(&unread),
+        args,
+        stdin,
+    );
+    let projected = settings
+        .as_ref()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|s| project(s).map_err(|e| format!("{e}{}", unread_because(s))));
+    (log, projected)
+}
+
 /// The job a hook's stdin is about (`RoutedFromJobId` of a routed ad, else `ClusterId.ProcId`
 /// of the first job ad) and its `Owner`.
 fn job_of(stdin: &str) -> (Option<String>, Option<String>) {
@@ -211,21 +236,13 @@ pub fn run_finalize(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
         ad_lines(&attrs).unwrap_or_default()
     });
     let stdin = read_stdin(std::io::stdin());
-    let unread = Settings::default();
-    let mut log = hook_log(
-        "finalize",
-        WhichLog::Exit,
-        settings.as_ref().unwrap_or(&unread),
+    let (mut log, cfg) = log_and_project(
+        ("finalize", WhichLog::Exit),
+        &settings,
         args,
         stdin.as_deref().ok(),
+        |s| s.finalize(),
     );
-    let cfg = settings
-        .as_ref()
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|s| {
-            s.finalize()
-                .map_err(|e| format!("{e}{}", unread_because(s)))
-        });
     let done = match (stdin, cfg) {
         (Ok(stdin), Ok(cfg)) => finalize::finalize(&stdin, &cfg, watchdog.temps(), &mut log),
         (Err(e), _) => finalize::failed(&e, &mut log),
@@ -244,18 +261,13 @@ pub fn run_finalize(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
 pub fn run_cleanup(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
     let settings = settings(args, env);
     let stdin = read_stdin(std::io::stdin());
-    let unread = Settings::default();
-    let mut log = hook_log(
-        "cleanup",
-        WhichLog::Translate,
-        settings.as_ref().unwrap_or(&unread),
+    let (mut log, cfg) = log_and_project(
+        ("cleanup", WhichLog::Translate),
+        &settings,
         args,
         stdin.as_deref().ok(),
+        |s| s.cleanup(),
     );
-    let cfg = settings
-        .as_ref()
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|s| s.cleanup().map_err(|e| format!("{e}{}", unread_because(s))));
     match (stdin, cfg) {
         (Ok(stdin), Ok(cfg)) => {
             cleanup::cleanup(&stdin, &cfg, &env.tool_search(), &mut log);
