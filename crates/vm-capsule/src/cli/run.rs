@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
+use vm_capsule_execute::launcher::interrupt::Interruption;
 use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
@@ -225,10 +226,13 @@ fn launch_here(
         routed_ad: args.routed_ad.clone(),
         exe: std::env::current_exe().ok(),
     };
+    // What the starter's job and machine ads say about soft kills and checkpoints.
+    let interruption = Interruption::from_env();
     let exit = launch(
         ad,
         opts,
         &slot,
+        &interruption,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
         &mut |line| eprintln!("vm-capsule launcher: {line}"),
