@@ -106,6 +106,9 @@ fn listen() {
             break d;
         }
         if start.elapsed() > FIND_FOR {
+            crate::log!(
+                "control: no {CONTROL_PORT} port; signals from the host cannot reach the job"
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -122,6 +125,7 @@ fn listen() {
             return;
         }
     };
+    crate::log!("control: listening on {}", device.display());
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 4096];
     loop {
