@@ -227,4 +227,31 @@ mod tests {
         assert!(read_ad(&d.path().join("link")).is_none());
         assert!(read_ad(&d.path().join("real")).is_some());
     }
+
+    /// A caught signal goes to the guest as one frame, once; the stop comes when the grace
+    /// after the first one is over.
+    #[test]
+    fn a_caught_signal_is_forwarded_then_the_guest_stopped() {
+        use std::io::Read;
+        let interruption = Interruption {
+            kill_signals: vec![nix::libc::SIGUSR2, nix::libc::SIGKILL],
+            vacate: Duration::ZERO,
+            checkpoint_exit_code: None,
+        };
+        let mut forwarder = Forwarder::install(&interruption);
+        // SIGKILL cannot be caught: not among them.
+        assert_eq!(forwarder.caught.len(), 1);
+        let mut channel = ControlChannel::new().unwrap();
+        let mut guest = std::os::unix::net::UnixStream::from(channel.take_guest_end().unwrap());
+        assert!(!forwarder.tick(&mut channel));
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
+        assert!(!forwarder.tick(&mut channel));
+        let mut frame = vec![0u8; 6];
+        guest.read_exact(&mut frame).unwrap();
+        assert_eq!(frame, Message::Signal(12).encode());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(forwarder.tick(&mut channel));
+        guest.set_nonblocking(true).unwrap();
+        assert!(guest.read(&mut frame).is_err(), "forwarded twice");
+    }
 }

@@ -82,6 +82,12 @@ impl ControlChannel {
         ]
     }
 
+    /// Take QEMU's end, to play the guest in tests.
+    #[cfg(test)]
+    pub(crate) fn take_guest_end(&mut self) -> Option<OwnedFd> {
+        self.guest.take()
+    }
+
     /// QEMU has started with its end: close ours of it.
     pub fn started(&mut self) {
         self.guest = None;
@@ -155,7 +161,7 @@ mod tests {
 
     fn pair() -> (ControlChannel, UnixStream) {
         let mut c = ControlChannel::new().unwrap();
-        let guest = UnixStream::from(c.guest.take().unwrap());
+        let guest = UnixStream::from(c.take_guest_end().unwrap());
         (c, guest)
     }
 
