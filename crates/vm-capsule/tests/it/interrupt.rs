@@ -243,7 +243,7 @@ fn a_hard_kill_of_the_family_leaves_nothing_behind() {
 /// the restart could not start.)
 #[test]
 fn a_self_checkpointing_job_restarts_in_place_and_ends_as_natively() {
-    const SCRIPT: &str = "n=$(cat ckpt.dat 2>/dev/null || echo 0)\nn=$((n+1))\necho \"step $n\" >> log.txt\necho \"step $n\"\nsleep 4\necho $n > ckpt.dat\n[ $n -lt 3 ] && exit 85\necho \"done after $n\" > out.txt\nexit 0";
+    const SCRIPT: &str = "n=$(cat ckpt.dat 2>/dev/null || echo 0)\nn=$((n+1))\necho \"step $n\" >> log.txt\necho \"step $n\"\n[ $n = 1 ] && sleep 4\necho $n > ckpt.dat\n[ $n -lt 3 ] && exit 85\necho \"done after $n\" > out.txt\nexit 0";
     let pool = pool();
     let routed = routed_job(
         &pool,
