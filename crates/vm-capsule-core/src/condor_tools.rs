@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::condor_config::{expand_vars, with_self_reference, LogicalLines};
+use crate::environment::Environment;
 
 /// HTCondor's default configuration file when `CONDOR_CONFIG` is unset.
 pub const DEFAULT_CONDOR_CONFIG: &str = "/etc/condor/condor_config";
@@ -39,7 +40,7 @@ pub struct ToolNotFound {
     pub tried: Vec<String>,
 }
 
-/// Where to look: the process environment, or a fixed one (tests, `doctor --config`).
+/// Where to look: from the process environment ([`ToolSearch::new`]), or a fixed one (tests).
 #[derive(Debug, Clone, Default)]
 pub struct ToolSearch {
     /// `CONDOR_CONFIG` (`None`: unset).
@@ -55,18 +56,20 @@ pub struct ToolSearch {
 }
 
 impl ToolSearch {
-    /// The search this process would do (its environment and parent).
-    pub fn from_env() -> ToolSearch {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let inherit_pid = std::env::var("CONDOR_INHERIT")
-            .ok()
+    /// The search a process with environment `env` would do (and its parent process, when
+    /// `CONDOR_INHERIT` names no daemon).
+    pub fn new(env: &Environment) -> ToolSearch {
+        let set = |v: &Option<OsString>| v.clone().filter(|v| !v.is_empty());
+        let inherit_pid = env
+            .condor_inherit
+            .as_deref()
             .and_then(|v| v.split_whitespace().next().and_then(|p| p.parse().ok()));
         ToolSearch {
-            condor_config: var("CONDOR_CONFIG").map(PathBuf::from),
-            env_bin: var("_CONDOR_BIN").map(PathBuf::from),
-            env_release_dir: var("_CONDOR_RELEASE_DIR").map(PathBuf::from),
+            condor_config: set(&env.condor_config).map(PathBuf::from),
+            env_bin: set(&env.condor_bin).map(PathBuf::from),
+            env_release_dir: set(&env.condor_release_dir).map(PathBuf::from),
             daemon_pid: inherit_pid.or_else(|| Some(std::os::unix::process::parent_id())),
-            path: var("PATH"),
+            path: set(&env.path),
         }
     }
 
@@ -199,14 +202,6 @@ impl ToolSearch {
         }
         Ok(dirs)
     }
-}
-
-/// Find HTCondor tool `name` for this process (see the module doc for where).
-///
-/// # Errors
-/// [`ToolNotFound`] listing every place looked at.
-pub fn condor_tool(name: &str) -> Result<PathBuf, ToolNotFound> {
-    ToolSearch::from_env().find(name)
 }
 
 fn executable_in(dir: &Path, name: &str) -> Option<PathBuf> {

@@ -18,6 +18,9 @@ type Slot = Option<(OwnedFd, String)>;
 #[derive(Debug, Clone, Default)]
 pub struct TempRecord {
     slot: Arc<Mutex<Slot>>,
+    /// Past it, the writer makes nothing new and renames nothing into place: whoever keeps
+    /// the deadline removes the file and ends the process.
+    deadline: Option<Instant>,
 }
 
 /// Held by [`TempRecord::remove`]'s caller: while it lives, no new temporary file is made.
@@ -32,6 +35,26 @@ impl TempRecord {
         TempRecord::default()
     }
 
+    /// A record whose writer stops at `deadline` (a hook's time limit): from then on
+    /// [`TempRecord::create`] and [`TempRecord::finish`] never return, and the watchdog that
+    /// holds a clone removes the file and ends the process.
+    pub fn until(deadline: Instant) -> TempRecord {
+        TempRecord {
+            deadline: Some(deadline),
+            ..TempRecord::default()
+        }
+    }
+
+    /// Past the deadline, stop this thread for good (outside the lock, so the removal is not
+    /// kept waiting): nothing may appear in the user's directory after it.
+    fn stop_if_out_of_time(&self) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
     /// Create the temporary file `name` in `dir` with `create`, and record it. Creating and
     /// recording happen under one lock: a removal never misses a file that is being made.
     ///
@@ -43,6 +66,7 @@ impl TempRecord {
         name: &str,
         create: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
+        self.stop_if_out_of_time();
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         let made = create()?;
         // Without a copy of the descriptor the file cannot be removed later: best effort.
@@ -55,6 +79,7 @@ impl TempRecord {
     /// The temporary file is renamed into place or removed by `finish`: run it and forget the
     /// file, under the same lock.
     pub fn finish<T>(&self, finish: impl FnOnce() -> T) -> T {
+        self.stop_if_out_of_time();
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         let done = finish();
         *slot = None;
@@ -136,5 +161,20 @@ pub(crate) mod tests {
             assert!(started.elapsed() >= Duration::from_millis(30));
         });
         assert!(watcher.remove(Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn past_its_deadline_a_writer_renames_nothing_into_place() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let record = TempRecord::until(Instant::now());
+        let renamed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&renamed);
+        let writer = record.clone();
+        // The writer thread stops for good; it is left parked when the test ends.
+        std::thread::spawn(move || writer.finish(|| flag.store(true, Ordering::SeqCst)));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!renamed.load(Ordering::SeqCst));
+        // Whoever keeps the deadline still gets the record.
+        assert!(record.remove(Duration::from_millis(100)).is_some());
     }
 }

@@ -58,14 +58,13 @@ fn quote(word: &str) -> String {
 }
 
 impl Chirp {
-    /// Connect with the configuration the starter wrote (`$_CONDOR_CHIRP_CONFIG`, else
-    /// `.chirp.config` in `sandbox`).
+    /// Connect with the configuration the starter wrote: `config` (the job's
+    /// `_CONDOR_CHIRP_CONFIG`), else `.chirp.config` in `sandbox`.
     ///
     /// # Errors
     /// [`ChirpError`].
-    pub fn from_sandbox(sandbox: &Path) -> Result<Chirp, ChirpError> {
-        let path = std::env::var_os("_CONDOR_CHIRP_CONFIG")
-            .map_or_else(|| sandbox.join(".chirp.config"), Into::into);
+    pub fn from_sandbox(sandbox: &Path, config: Option<&Path>) -> Result<Chirp, ChirpError> {
+        let path = config.map_or_else(|| sandbox.join(".chirp.config"), Path::to_owned);
         let shown = path.display().to_string();
         let text =
             std::fs::read_to_string(&path).map_err(|_| ChirpError::NoConfig(shown.clone()))?;

@@ -11,6 +11,7 @@
 //! | `VMCapsuleVersion` | the vm-capsule version installed here |
 //! | `VMCapsuleUnusableReason` | why not, when `HasVMCapsuleQemu` is false |
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,9 +35,10 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Look at this node: `qemu_knob` is the value of `VM_CAPSULE_QEMU`.
-    pub fn run(qemu_knob: Option<&str>) -> Probe {
-        let qemu = find_qemu(qemu_knob, std::env::var_os("PATH").as_deref())
+    /// Look at this node: `qemu_knob` is the value of `VM_CAPSULE_QEMU`, `path` the `PATH`
+    /// QEMU is looked for on.
+    pub fn run(qemu_knob: Option<&str>, path: Option<&OsStr>) -> Probe {
+        let qemu = find_qemu(qemu_knob, path)
             .map_err(|e| e.to_string())
             .and_then(|path| qemu_version(&path).map(|v| (path, v)));
         Probe {

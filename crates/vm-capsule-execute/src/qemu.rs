@@ -76,14 +76,6 @@ pub fn find_qemu(knob: Option<&str>, path: Option<&OsStr>) -> Result<PathBuf, Qe
     })
 }
 
-/// Find QEMU for this process: `knob` (the value of `VM_CAPSULE_QEMU`), this process's `PATH`.
-///
-/// # Errors
-/// [`QemuNotFound`] saying where it looked.
-pub fn find_qemu_here(knob: Option<&str>) -> Result<PathBuf, QemuNotFound> {
-    find_qemu(knob, std::env::var_os("PATH").as_deref())
-}
-
 fn on_path(name: &str, path: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(path)
         .map(|d| d.join(name))

@@ -16,12 +16,19 @@ use std::time::Duration;
 use classad::stream::parse_hook_stream;
 
 use super::log::HookLog;
+use vm_capsule_core::condor_tools::ToolSearch;
 use vm_capsule_core::routed::ATTR_SCRATCH;
 use vm_capsule_core::scratch::FAILED_MARKER;
 use vm_capsule_core::settings::CleanupSettings;
 
-/// Remove the scratch dir named by the routed ad. Returns the dir removed, if any.
-pub fn cleanup(stdin: &str, cfg: &CleanupSettings, log: &mut HookLog) -> Option<PathBuf> {
+/// Remove the scratch dir named by the routed ad; HTCondor's tools are found with `tools`.
+/// Returns the dir removed, if any.
+pub fn cleanup(
+    stdin: &str,
+    cfg: &CleanupSettings,
+    tools: &ToolSearch,
+    log: &mut HookLog,
+) -> Option<PathBuf> {
     let CleanupSettings {
         prefix,
         keep_failed,
@@ -41,7 +48,7 @@ pub fn cleanup(stdin: &str, cfg: &CleanupSettings, log: &mut HookLog) -> Option<
         log.error(&format!("not removing {}: {e}", scratch.display()));
         return None;
     }
-    super::removed::mark_removed_original(ad, log);
+    super::removed::mark_removed_original(ad, tools, log);
     let opened = prefix
         .owner_dir(&owner, false)
         .and_then(|o| o.open_job_dir(&scratch).map(|d| (o, d)));

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use classad::eval::{evaluate_attr, string_attr};
 use classad::ClassAd;
+use vm_capsule_core::condor_tools::ToolSearch;
 
 use super::log::HookLog;
 
@@ -55,12 +56,12 @@ pub fn qedit_args(cluster: i64, proc: i64) -> Vec<String> {
 }
 
 /// Mark the original of `routed` as killed by [`KILL_SIGNAL`] when its owner removed it while
-/// the routed job ran. Best effort: the outcome is logged.
-pub fn mark_removed_original(routed: &ClassAd, log: &mut HookLog) {
+/// the routed job ran (`condor_qedit` found with `tools`). Best effort: the outcome is logged.
+pub fn mark_removed_original(routed: &ClassAd, tools: &ToolSearch, log: &mut HookLog) {
     let Some((cluster, proc)) = running_original(routed) else {
         return;
     };
-    let tool = match vm_capsule_core::condor_tools::condor_tool("condor_qedit") {
+    let tool = match tools.find("condor_qedit") {
         Ok(t) => t,
         Err(e) => {
             log.warn(&format!(

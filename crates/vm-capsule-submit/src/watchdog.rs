@@ -6,10 +6,15 @@
 //! the other side then writes nothing. On timeout the watchdog also removes the temporary
 //! file recorded in its [`TempRecord`] and ends the process: the hook's own thread may be
 //! blocked in a system call that nothing else can interrupt.
+//!
+//! The deadline decides, not which thread the scheduler runs first: past it, the hook's own
+//! thread neither answers nor renames a temporary file into place (it waits for the
+//! watchdog, which ends the process), so a hook that was stopped or starved past its limit
+//! always ends as a timeout.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use vm_capsule_core::temp_record::TempRecord;
 
@@ -25,6 +30,9 @@ type Answer = Mutex<Option<Box<dyn Write + Send>>>;
 pub struct Watchdog {
     answer: Arc<Answer>,
     temps: TempRecord,
+    deadline: Instant,
+    /// Set when the watchdog's thread is done (in a real hook it ends the process first).
+    finished: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl std::fmt::Debug for Watchdog {
@@ -55,21 +63,26 @@ impl Watchdog {
         on_timeout: impl FnOnce() -> String + Send + 'static,
         end: impl FnOnce() + Send + 'static,
     ) -> Watchdog {
+        let deadline = Instant::now() + limit;
         let dog = Watchdog {
             answer: Arc::new(Mutex::new(Some(out))),
-            temps: TempRecord::new(),
+            temps: TempRecord::until(deadline),
+            deadline,
+            finished: Arc::new((Mutex::new(false), Condvar::new())),
         };
         let watcher = dog.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(limit);
-            let Some(mut out) = watcher.take_answer() else {
-                return;
-            };
-            // Held until the end: no new temporary file is made meanwhile.
-            let _held = watcher.temps.remove(TEMP_LOCK_WAIT);
-            let text = on_timeout();
-            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            end();
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            if let Some(mut out) = watcher.take_answer() {
+                // Held until the end: no new temporary file is made meanwhile.
+                let _held = watcher.temps.remove(TEMP_LOCK_WAIT);
+                let text = on_timeout();
+                let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+                end();
+            }
+            let (done, wake) = &*watcher.finished;
+            *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            wake.notify_all();
         });
         dog
     }
@@ -86,12 +99,25 @@ impl Watchdog {
     /// # Errors
     /// Writing stdout failed.
     pub fn answer(&self, text: &str) -> io::Result<bool> {
+        if Instant::now() >= self.deadline {
+            // Out of time: the timeout answer is the watchdog's to give.
+            self.wait_for_the_watchdog();
+        }
         let Some(mut out) = self.take_answer() else {
             return Ok(false);
         };
         out.write_all(text.as_bytes())?;
         out.flush()?;
         Ok(true)
+    }
+
+    /// Wait until the watchdog's thread is done; in a hook it ends the process meanwhile.
+    fn wait_for_the_watchdog(&self) {
+        let (done, wake) = &*self.finished;
+        let mut finished = done.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*finished {
+            finished = wake.wait(finished).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     fn take_answer(&self) -> Option<Box<dyn Write + Send>> {

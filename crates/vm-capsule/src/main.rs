@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use vm_capsule_core::environment::Environment;
+
 /// clap's exit code for a command line it cannot use.
 const EXIT_USAGE: u8 = 2;
 
@@ -21,7 +23,13 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let args = cli::Cli::parse_from(argv);
-    match cli::run(args) {
+    // The one place the environment is read; everything below is handed what it needs.
+    let env = Environment::from_parts(
+        std::env::vars_os(),
+        std::env::current_exe().ok(),
+        std::env::temp_dir(),
+    );
+    match cli::run(args, &env) {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {

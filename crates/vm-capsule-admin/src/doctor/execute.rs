@@ -1,11 +1,13 @@
 //! The execute side: QEMU and KVM for the vanilla flavour, the startd probe, libvirt for the
 //! VM universe.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::started::Start;
 use super::{ConfigSource, Report, Side};
 use crate::snippet::LIBEXEC_DIR;
+use vm_capsule_core::environment::Environment;
 use vm_capsule_execute::probe::Probe;
 use vm_capsule_execute::qemu::{KvmStatus, KVM_ACCESS_HINT, QEMU_KNOB};
 
@@ -60,10 +62,12 @@ impl SlotUser {
 }
 
 /// Check the execute side; `user` is the slot user to check KVM for (else any slot user),
-/// `package_config` the package's configuration file.
+/// `env` says where programs are looked for, `package_config` is the package's
+/// configuration file.
 pub fn check(
     config: &ConfigSource,
     settings: &vm_capsule_core::settings::Settings,
+    env: &Environment,
     user: Option<&SlotUser>,
     package_config: &Path,
     report: &mut Report,
@@ -85,7 +89,7 @@ pub fn check(
         }
     }
     let qemu = settings.run().ok().and_then(|run| run.qemu);
-    let probe = Probe::run(qemu.as_deref());
+    let probe = Probe::run(qemu.as_deref(), env.path());
     match &probe.qemu {
         Ok((path, version)) => s.ok("QEMU", format!("{} (version {version})", path.display())),
         Err(why) => s.fail(
@@ -113,7 +117,7 @@ pub fn check(
     }
     if !matches!(config, ConfigSource::Missing(_)) {
         check_probe_config(&mut s, config, &probe);
-        check_vm_universe(&mut s, config);
+        check_vm_universe(&mut s, config, env.path());
     }
 }
 
@@ -294,7 +298,7 @@ fn check_libvirt_script(s: &mut Side<'_>, config: &ConfigSource) {
     }
 }
 
-fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
+fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource, path: Option<&OsStr>) {
     let Some(vm_type) = config.get("VM_TYPE") else {
         if config.flavour().as_deref() == Some("vm") {
             s.fail(
@@ -320,7 +324,7 @@ fn check_vm_universe(s: &mut Side<'_>, config: &ConfigSource) {
         ),
     }
     check_libvirt_script(s, config);
-    let virsh = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+    let virsh = std::env::split_paths(path.unwrap_or_default())
         .chain([Path::new("/usr/bin").to_owned()])
         .map(|d| d.join("virsh"))
         .find(|p| p.is_file());

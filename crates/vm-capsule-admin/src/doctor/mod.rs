@@ -14,12 +14,14 @@ pub(crate) mod started;
 pub mod submit;
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vm_capsule_core::condor_config::expand_vars;
 use vm_capsule_core::condor_tools::read_condor_config;
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::Settings;
 
 /// The knob that picks the shipped route (`JOB_ROUTER_ROUTE_NAMES` names `VMCapsule_<it>`).
@@ -182,7 +184,12 @@ impl Side<'_> {
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     /// `condor_config_val` (the configuration `CONDOR_CONFIG` names, as HTCondor reads it).
-    Tool(PathBuf),
+    Tool {
+        /// `condor_config_val`.
+        tool: PathBuf,
+        /// `CONDOR_CONFIG`, as it was set.
+        condor_config: Option<OsString>,
+    },
     /// An HTCondor configuration file read by us (`--config`), with the local files it names.
     File(PathBuf, BTreeMap<String, String>),
     /// Nothing could be read: why.
@@ -190,16 +197,19 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// `condor_config_val` when it is found and reads the configuration, else
-    /// [`ConfigSource::Missing`].
-    pub fn from_env() -> ConfigSource {
-        match vm_capsule_core::condor_tools::condor_tool("condor_config_val") {
-            Ok(t) => match config_readable(&t) {
-                Ok(()) => ConfigSource::Tool(t),
+    /// `condor_config_val` when it is found (where `env` says) and reads the configuration,
+    /// else [`ConfigSource::Missing`].
+    pub fn from_env(env: &Environment) -> ConfigSource {
+        match env.tool_search().find("condor_config_val") {
+            Ok(tool) => match config_readable(&tool) {
+                Ok(()) => ConfigSource::Tool {
+                    tool,
+                    condor_config: env.condor_config.clone(),
+                },
                 Err(why) => ConfigSource::Missing(format!(
                     "{} cannot read the configuration (CONDOR_CONFIG={}): {why}",
-                    t.display(),
-                    std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
+                    tool.display(),
+                    shown(env.condor_config.as_deref())
                 )),
             },
             Err(e) => ConfigSource::Missing(e.to_string()),
@@ -214,7 +224,7 @@ impl ConfigSource {
     /// The value of `name`, expanded; `None` when not defined.
     pub fn get(&self, name: &str) -> Option<String> {
         match self {
-            ConfigSource::Tool(tool) => config_val(tool, &[name]),
+            ConfigSource::Tool { tool, .. } => config_val(tool, &[name]),
             ConfigSource::File(_, vars) => vars
                 .get(&name.to_ascii_uppercase())
                 .map(|v| expand_vars(v, vars)),
@@ -226,7 +236,7 @@ impl ConfigSource {
     /// The value of `name` as daemon `subsys` sees it (`SUBSYS.NAME` first).
     pub fn get_for(&self, subsys: &str, name: &str) -> Option<String> {
         match self {
-            ConfigSource::Tool(tool) => config_val(tool, &["-subsystem", subsys, name]),
+            ConfigSource::Tool { tool, .. } => config_val(tool, &["-subsystem", subsys, name]),
             _ => self
                 .get(&format!("{subsys}.{name}"))
                 .or_else(|| self.get(name)),
@@ -234,18 +244,15 @@ impl ConfigSource {
         .filter(|v| !v.trim().is_empty())
     }
 
-    /// The `VM_CAPSULE_*` knobs, with `_CONDOR_` overrides from `env`; `exe` is the running
-    /// program.
-    pub fn settings(
-        &self,
-        env: impl IntoIterator<Item = (String, String)>,
-        exe: Option<PathBuf>,
-    ) -> Settings {
+    /// The `VM_CAPSULE_*` knobs, with `_CONDOR_` overrides from `env` (whose running program
+    /// is the one the knobs' defaults are beside).
+    pub fn settings(&self, env: &Environment) -> Settings {
         match self {
-            ConfigSource::File(_, vars) => Settings::from_config(vars, env, exe),
-            ConfigSource::Tool(_) => Settings::load(None, env, exe.clone())
-                .unwrap_or_else(|e| Settings::unreadable(e.to_string()).with_exe(exe)),
-            ConfigSource::Missing(_) => Settings::from_config(&BTreeMap::new(), env, exe),
+            ConfigSource::File(_, vars) => Settings::from_config(vars, env),
+            ConfigSource::Tool { .. } => Settings::load(None, env).unwrap_or_else(|e| {
+                Settings::unreadable(e.to_string()).with_exe(env.current_exe.clone())
+            }),
+            ConfigSource::Missing(_) => Settings::from_config(&BTreeMap::new(), env),
         }
     }
 
@@ -258,15 +265,23 @@ impl ConfigSource {
     /// A line saying where the configuration came from.
     pub fn describe(&self) -> String {
         match self {
-            ConfigSource::Tool(t) => format!(
+            ConfigSource::Tool {
+                tool,
+                condor_config,
+            } => format!(
                 "read with {} (CONDOR_CONFIG={})",
-                t.display(),
-                std::env::var("CONDOR_CONFIG").unwrap_or_else(|_| "unset".to_owned())
+                tool.display(),
+                shown(condor_config.as_deref())
             ),
             ConfigSource::File(p, _) => format!("read from {}", p.display()),
             ConfigSource::Missing(why) => why.clone(),
         }
     }
+}
+
+/// `CONDOR_CONFIG`'s value for a message.
+fn shown(condor_config: Option<&OsStr>) -> String {
+    condor_config.map_or_else(|| "unset".to_owned(), |c| c.to_string_lossy().into_owned())
 }
 
 /// Whether `condor_config_val` reads its configuration: `FULL_HOSTNAME` is defined by HTCondor
@@ -457,16 +472,14 @@ mod tests {
         );
         assert_eq!(c.get_for("SCHEDD", "PIPE_BUFFER_MAX"), None);
         assert_eq!(c.get("X").as_deref(), Some("  UNIVERSE VM"));
-        let k = c
-            .settings(
-                vec![(
-                    "_CONDOR_VM_CAPSULE_JOB_USER".to_owned(),
-                    "nobody".to_owned(),
-                )],
-                None,
-            )
-            .translate()
-            .unwrap();
+        let env = Environment {
+            vars: vec![(
+                "_CONDOR_VM_CAPSULE_JOB_USER".to_owned(),
+                "nobody".to_owned(),
+            )],
+            ..Environment::default()
+        };
+        let k = c.settings(&env).translate().unwrap();
         assert_eq!(k.template_root, Path::new("/srv/t"));
         assert_eq!(k.job_user, "nobody");
     }

@@ -6,6 +6,7 @@ use std::process::Command;
 use super::{shared_dir_problem, ConfigSource, Report, Side};
 use crate::snippet::{command_of, HOOKS, LIBEXEC_DIR, UNCONFIGURED_HOOK};
 use vm_capsule_core::agent::{self, Linkage};
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::{knobs, Settings, Side as KnobSide, TranslateSettings, WhichLog};
 use vm_capsule_core::template::Template;
 
@@ -16,11 +17,12 @@ const PIPE_BUFFER_DEFAULT: u64 = 10240;
 /// Below this a routed ad of an ordinary job does not fit.
 const PIPE_BUFFER_TOO_SMALL: u64 = 16384;
 
-/// Check the submit side with the knobs in `settings`; `package_config` is the package's
-/// configuration file.
+/// Check the submit side with the knobs in `settings`, HTCondor's tools found where `env`
+/// says; `package_config` is the package's configuration file.
 pub fn check(
     config: &ConfigSource,
     settings: &Settings,
+    env: &Environment,
     package_config: &Path,
     report: &mut Report,
 ) {
@@ -56,7 +58,7 @@ pub fn check(
             "on the submit node: DAEMON_LIST = $(DAEMON_LIST) JOB_ROUTER (or `use ROLE : Submit` plus that line)",
         );
     }
-    match vm_capsule_core::condor_tools::condor_tool("condor_hold") {
+    match env.tool_search().find("condor_hold") {
         Ok(p) => s.ok(
             "condor_hold",
             format!("{} (puts jobs with a bad input on hold)", p.display()),

@@ -19,6 +19,7 @@ use classad::eval::string_attr;
 use thiserror::Error;
 
 use crate::template::console::{self, Seen};
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::returned::read_result;
 use vm_capsule_core::settings::{knobs, Settings};
 use vm_capsule_execute::runner::{self, Accel, RunError, RunOptions};
@@ -56,6 +57,9 @@ pub struct CheckOptions {
     pub accel: Accel,
     /// Work here and keep it (default: a temporary directory, removed).
     pub keep: Option<PathBuf>,
+    /// The environment the check runs in: the configuration's `_CONDOR_` overrides, `PATH`
+    /// for QEMU, the user who owns the probe job, the temp dir.
+    pub env: Environment,
 }
 
 /// Seconds from QEMU's start at which each stage was seen on the console.
@@ -227,15 +231,15 @@ fn read_console(path: &Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// How the check boots the capsule: in place, stopped early through `cancel`.
-fn run_options(opts: &CheckOptions, cancel: Arc<AtomicBool>) -> RunOptions {
+/// How the check boots the capsule with `qemu`: in place, stopped early through `cancel`.
+fn run_options(opts: &CheckOptions, qemu: PathBuf, cancel: Arc<AtomicBool>) -> RunOptions {
     RunOptions {
         timeout: Some(opts.timeout),
         accel: opts.accel,
         in_place: true,
-        sandbox_parent: None,
+        sandbox_parent: opts.env.temp_dir.clone(),
         sandbox: None,
-        qemu: None,
+        qemu,
         workdir: None,
         cancel: Some(cancel),
         tb_size_mib: knobs::TCG_TB_MIB.default_number().unwrap_or_default(),
@@ -250,6 +254,8 @@ pub fn check(
     opts: &CheckOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CheckReport, CheckError> {
+    let qemu = vm_capsule_execute::qemu::find_qemu(None, opts.env.path())
+        .map_err(|e| CheckError::Run(RunError::from(e)))?;
     let temp;
     let work = match &opts.keep {
         Some(dir) => {
@@ -259,7 +265,7 @@ pub fn check(
         None => {
             temp = tempfile::Builder::new()
                 .prefix("vm-capsule-check.")
-                .tempdir()
+                .tempdir_in(&opts.env.temp_dir)
                 .map_err(io_err("cannot create a work directory".to_owned()))?;
             temp.path().to_owned()
         }
@@ -268,7 +274,7 @@ pub fn check(
     let scratch = PathBuf::from(string_attr(&routed, "Iwd").unwrap_or_default());
     let console_path = scratch.join(runner::CONSOLE_LOG);
     let cancel = Arc::new(AtomicBool::new(false));
-    let run_opts = run_options(opts, Arc::clone(&cancel));
+    let run_opts = run_options(opts, qemu, Arc::clone(&cancel));
     progress(&format!(
         "booting {} (console {})",
         opts.template_root.display(),
@@ -423,7 +429,7 @@ fn make_capsule(
     fs::write(&probe, PROBE_SCRIPT)
         .and_then(|()| fs::set_permissions(&probe, fs::Permissions::from_mode(0o755)))
         .map_err(io_err(format!("cannot write {}", probe.display())))?;
-    let owner = std::env::var("USER").unwrap_or_else(|_| "root".to_owned());
+    let owner = opts.env.user.clone().unwrap_or_else(|| "root".to_owned());
     let job_ad = format!(
         "ClusterId = 1\nProcId = 0\nOwner = \"{owner}\"\nIwd = \"{iwd}\"\nCmd = \"{cmd}\"\n\
          JobUniverse = 5\nTransferExecutable = true\nShouldTransferFiles = \"YES\"\n\
@@ -433,7 +439,7 @@ fn make_capsule(
     );
     let stdin = format!("[ Name = \"template check\"; TargetUniverse = 13 ]\n------\n{job_ad}");
     // The admin's configuration, then what the check itself needs (later wins).
-    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    let mut env = opts.env.clone();
     let ours = [
         (knobs::TEMPLATE, opts.template_root.display().to_string()),
         (knobs::SCRATCH_DIR_PREFIX, scratch.display().to_string()),
@@ -444,14 +450,13 @@ fn make_capsule(
         (knobs::OUTPUT_HEADROOM_MB, "16".to_owned()),
         (knobs::TRANSLATE_LOG, String::new()),
     ];
-    env.extend(
+    env.vars.extend(
         ours.into_iter()
             .map(|(k, v)| (k.name.to_owned(), v))
             .chain(opts.knobs.iter().cloned())
             .map(|(k, v)| (format!("_CONDOR_{k}"), v)),
     );
-    let settings = Settings::load(None, env, std::env::current_exe().ok())
-        .map_err(|e| CheckError::Translate(e.to_string()))?;
+    let settings = Settings::load(None, &env).map_err(|e| CheckError::Translate(e.to_string()))?;
     let mut cfg = settings
         .translate()
         .map_err(|e| CheckError::Translate(e.to_string()))?;

@@ -20,8 +20,8 @@ pub enum JobError {
         job: String,
         /// The attribute.
         attribute: &'static str,
-        /// What is wrong, e.g. "missing" or "not a string".
-        problem: String,
+        /// What is wrong.
+        problem: AttributeProblem,
     },
     /// Arguments or environment that HTCondor would refuse as well.
     #[error("job {job}: {source}")]
@@ -31,6 +31,57 @@ pub enum JobError {
         /// The parse error.
         #[source]
         source: ArgsError,
+    },
+}
+
+/// What is wrong with one attribute of a job ad: the job owner's to fix. The message follows
+/// the attribute's name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum AttributeProblem {
+    /// Not in the ad.
+    #[error("missing")]
+    Missing,
+    /// An empty string.
+    #[error("empty")]
+    Empty,
+    /// An integer outside what HTCondor stores.
+    #[error("{value}, out of range")]
+    OutOfRange {
+        /// The value.
+        value: i64,
+    },
+    /// Something else where an integer belongs.
+    #[error("{value}, not an integer")]
+    NotAnInteger {
+        /// The value as evaluated.
+        value: String,
+    },
+    /// Something else where a string belongs.
+    #[error("{value}, not a string")]
+    NotAString {
+        /// The value as evaluated.
+        value: String,
+    },
+    /// A relative path where an absolute one belongs.
+    #[error("{value:?}, not an absolute path")]
+    NotAbsolute {
+        /// The path.
+        value: String,
+    },
+    /// `Owner` is not usable as a directory name and an account to look up.
+    #[error("{value:?}, not a plain user name")]
+    NotAUserName {
+        /// The name.
+        value: String,
+    },
+    /// A request larger than a VM can be given.
+    #[error("{value}, more than the {max} a VM can be given")]
+    TooLarge {
+        /// The request.
+        value: u64,
+        /// The most a VM can be given.
+        max: u64,
     },
 }
 
@@ -139,33 +190,38 @@ impl JobSpec {
             problem,
         })?;
         let job = format!("{cluster}.{proc_id}");
-        let bad = |attribute: &'static str, problem: &str| JobError::BadAttribute {
+        let bad = |attribute: &'static str, problem: AttributeProblem| JobError::BadAttribute {
             job: job.clone(),
             attribute,
-            problem: problem.to_owned(),
+            problem,
         };
-        let owner = string_attr(ad, "Owner").ok_or_else(|| bad("Owner", "missing"))?;
-        check_owner(&owner).map_err(|p| bad("Owner", &p))?;
+        let missing = |attribute| bad(attribute, AttributeProblem::Missing);
+        let owner = string_attr(ad, "Owner").ok_or_else(|| missing("Owner"))?;
+        check_owner(&owner).map_err(|p| bad("Owner", p))?;
         for attribute in STRING_ATTRS {
             if ad.contains(attribute) && string_attr(ad, attribute).is_none() {
                 let value = classad::eval::evaluate_attr(ad, attribute);
                 if !matches!(value, Value::Undefined) {
-                    return Err(JobError::BadAttribute {
-                        job: job.clone(),
+                    return Err(bad(
                         attribute,
-                        problem: format!("{value:?}, not a string"),
-                    });
+                        AttributeProblem::NotAString {
+                            value: format!("{value:?}"),
+                        },
+                    ));
                 }
             }
         }
-        let iwd_text = string_attr(ad, "Iwd").ok_or_else(|| bad("Iwd", "missing"))?;
+        let iwd_text = string_attr(ad, "Iwd").ok_or_else(|| missing("Iwd"))?;
         let iwd = PathBuf::from(&iwd_text);
         if !iwd.is_absolute() {
-            return Err(bad("Iwd", &format!("{iwd_text:?}, not an absolute path")));
+            return Err(bad(
+                "Iwd",
+                AttributeProblem::NotAbsolute { value: iwd_text },
+            ));
         }
-        let cmd = string_attr(ad, "Cmd").ok_or_else(|| bad("Cmd", "missing"))?;
+        let cmd = string_attr(ad, "Cmd").ok_or_else(|| missing("Cmd"))?;
         if cmd.is_empty() {
-            return Err(bad("Cmd", "empty"));
+            return Err(bad("Cmd", AttributeProblem::Empty));
         }
         let executable = iwd.join(&cmd);
         let transfer_executable = bool_attr(ad, "TransferExecutable").unwrap_or(true);
@@ -264,12 +320,14 @@ fn positive(ad: &ClassAd, name: &str) -> Option<u64> {
 pub const MAX_REQUEST_MEMORY_MIB: u64 = (i32::MAX as u64) - 1024;
 
 /// `ClusterId`/`ProcId`: a non-negative integer that fits HTCondor's int.
-fn job_number(ad: &ClassAd, name: &str) -> Result<i64, String> {
+fn job_number(ad: &ClassAd, name: &str) -> Result<i64, AttributeProblem> {
     match classad::eval::evaluate_attr(ad, name) {
         Value::Integer(i) if (0..=i64::from(i32::MAX)).contains(&i) => Ok(i),
-        Value::Integer(i) => Err(format!("{i}, out of range")),
-        Value::Undefined => Err("missing".to_owned()),
-        other => Err(format!("{other:?}, not an integer")),
+        Value::Integer(value) => Err(AttributeProblem::OutOfRange { value }),
+        Value::Undefined => Err(AttributeProblem::Missing),
+        other => Err(AttributeProblem::NotAnInteger {
+            value: format!("{other:?}"),
+        }),
     }
 }
 
@@ -279,7 +337,7 @@ fn bounded(ad: &ClassAd, name: &'static str, max: u64, job: &str) -> Result<Opti
         Some(v) if v > max => Err(JobError::BadAttribute {
             job: job.to_owned(),
             attribute: name,
-            problem: format!("{v}, more than the {max} a VM can be given"),
+            problem: AttributeProblem::TooLarge { value: v, max },
         }),
         v => Ok(v),
     }
@@ -287,7 +345,7 @@ fn bounded(ad: &ClassAd, name: &'static str, max: u64, job: &str) -> Result<Opti
 
 /// `Owner` names a local account: used as a directory name and to look the user up, so it
 /// must be a plain, non-empty name.
-fn check_owner(owner: &str) -> Result<(), String> {
+fn check_owner(owner: &str) -> Result<(), AttributeProblem> {
     let plain = !owner.is_empty()
         && owner.len() <= 256
         && !owner.starts_with(['-', '.'])
@@ -297,7 +355,9 @@ fn check_owner(owner: &str) -> Result<(), String> {
     if plain {
         Ok(())
     } else {
-        Err(format!("{owner:?}, not a plain user name"))
+        Err(AttributeProblem::NotAUserName {
+            value: owner.to_owned(),
+        })
     }
 }
 
@@ -384,5 +444,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "job 5.0: attribute Owner is missing");
         assert_eq!(err.detail(), "attribute Owner is missing");
+    }
+
+    #[test]
+    fn each_attribute_problem_reads_as_it_always_has() {
+        let cases = [
+            ("ClusterId = 2147483648\n", "job ?: attribute ClusterId is 2147483648, out of range"),
+            ("ClusterId = 1\nProcId = \"x\"\n", "job 1.?: attribute ProcId is String(\"x\"), not an integer"),
+            ("ClusterId = 1\nProcId = 0\nOwner = \"-rf\"\n", "job 1.0: attribute Owner is \"-rf\", not a plain user name"),
+            ("ClusterId = 1\nProcId = 0\nOwner = \"u\"\nTransferInput = 3\n", "job 1.0: attribute TransferInput is Integer(3), not a string"),
+            ("ClusterId = 1\nProcId = 0\nOwner = \"u\"\nIwd = \"run\"\n", "job 1.0: attribute Iwd is \"run\", not an absolute path"),
+            ("ClusterId = 1\nProcId = 0\nOwner = \"u\"\nIwd = \"/r\"\nCmd = \"\"\n", "job 1.0: attribute Cmd is empty"),
+            ("ClusterId = 1\nProcId = 0\nOwner = \"u\"\nIwd = \"/r\"\nCmd = \"a\"\nRequestMemory = 9999999999\n", "job 1.0: attribute RequestMemory is 9999999999, more than the 2147482623 a VM can be given"),
+        ];
+        for (text, message) in cases {
+            let err = JobSpec::from_ad(&ad(text)).unwrap_err();
+            assert_eq!(err.to_string(), message);
+            assert!(matches!(err, JobError::BadAttribute { .. }), "{err:?}");
+        }
     }
 }

@@ -17,7 +17,9 @@ use capsule_manifest::{JobResult, Outcome, OutputPath, ProblemKind};
 
 use crate::temp_record::TempRecord;
 use crate::usage::JobUsage;
-use place::{place_outputs_with, quote, write_stream, OutputRules, Placement, Placer};
+use place::{
+    place_outputs_with, quote, write_stream, BadOutputEntry, OutputRules, Placement, Placer,
+};
 
 /// How the job ended, as the guest agent reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +128,7 @@ pub struct Delivery<'a> {
     pub stderr: StreamSink<'a>,
     /// The rules that place `output.tar`'s members, or why there are none (a problem only
     /// when the job returned outputs).
-    pub outputs: Result<OutputRules, String>,
+    pub outputs: Result<OutputRules, BadOutputEntry>,
     /// Names this job's temporary files (the job id).
     pub tag: &'a str,
     /// Where every temporary file is recorded while it exists (a hook's watchdog removes it
@@ -251,7 +253,7 @@ pub fn read(disk: &DataDisk, delivery: Delivery<'_>) -> Result<JobExit, Returned
                 Placer::new(tag).recording_in(temps),
                 &mut placement,
             ),
-            Err(e) => placement.problem(e),
+            Err(e) => placement.problem(e.to_string()),
         }
     }
     Ok(JobExit {

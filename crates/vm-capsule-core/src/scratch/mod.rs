@@ -23,6 +23,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use thiserror::Error;
 
+use crate::whose::Whose;
+
 mod job_dir;
 mod own_dir;
 mod owner;
@@ -64,7 +66,7 @@ pub enum ScratchError {
         /// The offending directory.
         path: PathBuf,
         /// What is wrong with it.
-        why: String,
+        why: DirProblem,
     },
     /// A private directory that is not ours (another user squats it) or not private.
     #[error("scratch dir {path} {why}; refusing to use it (another user may have created it: remove it as root)")]
@@ -72,7 +74,7 @@ pub enum ScratchError {
         /// The directory.
         path: PathBuf,
         /// What is wrong with it.
-        why: String,
+        why: DirProblem,
     },
     /// A name that is not a job dir of ours.
     #[error("{path} is not a vm-capsule job dir under {owner_dir}")]
@@ -93,7 +95,82 @@ pub enum ScratchError {
     },
 }
 
+/// What is wrong with a directory that must be safe from other users; the message follows
+/// the directory's path.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DirProblem {
+    /// The configured path is relative.
+    #[error("is not an absolute path")]
+    NotAbsolute,
+    /// The configured path has a `..` component.
+    #[error("contains '..'")]
+    DotDot,
+    /// Neither a directory nor a link that only root could have made.
+    #[error("is not a directory or a root-owned link")]
+    NotDirOrRootLink,
+    /// A link or a file where a private directory must be (links are not followed).
+    #[error("is a link or not a directory")]
+    LinkOrNotDir,
+    /// A shared directory (the prefix or above) owned by another user.
+    #[error("is owned by uid {uid}, neither root nor us")]
+    SharedNotOurs {
+        /// Its owner.
+        uid: u32,
+    },
+    /// A shared directory others can write without the sticky bit's protection.
+    #[error("has mode {mode:o}: others can write it but it is not a root-owned sticky directory")]
+    SharedWritable {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A private directory owned by another user.
+    #[error("is owned by uid {uid}, not by us (uid {me})")]
+    NotOurs {
+        /// Its owner.
+        uid: u32,
+        /// Our uid.
+        me: u32,
+    },
+    /// A directory of our own (not a scratch one) owned by another user.
+    #[error("is owned by uid {uid}, not by us (uid {me}); another user may have made it")]
+    OwnNotOurs {
+        /// Its owner.
+        uid: u32,
+        /// Our uid.
+        me: u32,
+    },
+    /// A private directory with permissions for group or others.
+    #[error("has mode {mode:o}, not 0700")]
+    NotPrivateMode {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A directory of our own that others can write.
+    #[error("has mode {mode:o}: others can write it")]
+    OthersCanWrite {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A missing directory that could not be made.
+    #[error("cannot be created: {0}")]
+    CannotCreate(Errno),
+    /// It cannot be opened or examined.
+    #[error("{0}")]
+    Unreachable(Errno),
+}
+
 impl ScratchError {
+    /// Who must act: the owner for a name that is not a job dir of theirs, us for a passing
+    /// I/O error, the admin for the prefix or a squatted owner dir.
+    pub fn whose(&self) -> Whose {
+        match self {
+            ScratchError::NotAJobDir { .. } => Whose::Owner,
+            ScratchError::Io { .. } => Whose::Ours,
+            _ => Whose::Admin,
+        }
+    }
+
     fn io(path: &Path, e: impl Into<std::io::Error>) -> ScratchError {
         ScratchError::Io {
             path: path.to_owned(),
@@ -151,7 +228,7 @@ fn not_private_or_io(path: &Path, e: Errno) -> ScratchError {
     if e == Errno::LOOP || e == Errno::NOTDIR {
         ScratchError::NotPrivate {
             path: path.to_owned(),
-            why: "is a link or not a directory".to_owned(),
+            why: DirProblem::LinkOrNotDir,
         }
     } else {
         ScratchError::io(path, e)
@@ -160,18 +237,17 @@ fn not_private_or_io(path: &Path, e: Errno) -> ScratchError {
 
 /// A directory above or at the prefix: owned by root or us; writable by others only when
 /// sticky and root-owned.
-fn check_shared_dir(st: &Stat) -> Result<(), String> {
+fn check_shared_dir(st: &Stat) -> Result<(), DirProblem> {
     let uid = st.st_uid;
     if uid != 0 && uid != me() {
-        return Err(format!("is owned by uid {uid}, neither root nor us"));
+        return Err(DirProblem::SharedNotOurs { uid });
     }
     let writable_by_others = st.st_mode & 0o022 != 0;
     let sticky = st.st_mode & 0o1000 != 0;
     if writable_by_others && !(sticky && uid == 0) {
-        return Err(format!(
-            "has mode {:o}: others can write it but it is not a root-owned sticky directory",
-            st.st_mode & 0o7777
-        ));
+        return Err(DirProblem::SharedWritable {
+            mode: st.st_mode & 0o7777,
+        });
     }
     Ok(())
 }
@@ -179,22 +255,20 @@ fn check_shared_dir(st: &Stat) -> Result<(), String> {
 /// A directory of ours: owned by us, no permissions for group or others.
 fn check_private(fd: &OwnedFd, path: &Path) -> Result<(), ScratchError> {
     let st = rustix::fs::fstat(fd).map_err(|e| ScratchError::io(path, e))?;
-    let not_private = |why: String| ScratchError::NotPrivate {
+    let not_private = |why: DirProblem| ScratchError::NotPrivate {
         path: path.to_owned(),
         why,
     };
     if st.st_uid != me() {
-        return Err(not_private(format!(
-            "is owned by uid {}, not by us (uid {})",
-            st.st_uid,
-            me()
-        )));
+        return Err(not_private(DirProblem::NotOurs {
+            uid: st.st_uid,
+            me: me(),
+        }));
     }
     if st.st_mode & 0o077 != 0 {
-        return Err(not_private(format!(
-            "has mode {:o}, not 0700",
-            st.st_mode & 0o7777
-        )));
+        return Err(not_private(DirProblem::NotPrivateMode {
+            mode: st.st_mode & 0o7777,
+        }));
     }
     Ok(())
 }

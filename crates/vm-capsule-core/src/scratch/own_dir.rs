@@ -10,7 +10,7 @@ pub struct NotOwnDir {
     /// The directory at fault (the path itself or one above it).
     pub path: PathBuf,
     /// What is wrong with it.
-    pub why: String,
+    pub why: DirProblem,
 }
 
 /// Open the directory `path` (absolute), creating what is missing of it with `mode` (0700
@@ -22,19 +22,19 @@ pub struct NotOwnDir {
 /// # Errors
 /// [`NotOwnDir`] naming the directory at fault.
 pub fn open_own_dir(path: &Path, mode: u32) -> Result<OwnedFd, NotOwnDir> {
-    let fail = |here: &Path, why: String| NotOwnDir {
+    let fail = |here: &Path, why: DirProblem| NotOwnDir {
         path: here.to_owned(),
         why,
     };
     if !path.is_absolute() {
-        return Err(fail(path, "is not an absolute path".to_owned()));
+        return Err(fail(path, DirProblem::NotAbsolute));
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(fail(path, "contains '..'".to_owned()));
+        return Err(fail(path, DirProblem::DotDot));
     }
     let mut here = PathBuf::from("/");
     let mut fd = rustix::fs::open("/", dir_flags(), Mode::empty())
-        .map_err(|e| fail(&here, e.to_string()))?;
+        .map_err(|e| fail(&here, DirProblem::Unreachable(e)))?;
     let comps: Vec<&OsStr> = path
         .components()
         .filter_map(|c| match c {
@@ -50,26 +50,23 @@ pub fn open_own_dir(path: &Path, mode: u32) -> Result<OwnedFd, NotOwnDir> {
             Err(Errno::NOENT) => {
                 match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(mode & 0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(fail(&here, format!("cannot be created: {e}"))),
+                    Err(e) => return Err(fail(&here, DirProblem::CannotCreate(e))),
                 }
                 rustix::fs::openat(&fd, name, dir_flags(), Mode::empty())
-                    .map_err(|e| fail(&here, e.to_string()))?
+                    .map_err(|e| fail(&here, DirProblem::Unreachable(e)))?
             }
             Err(Errno::LOOP | Errno::NOTDIR) => {
                 let st = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| fail(&here, e.to_string()))?;
+                    .map_err(|e| fail(&here, DirProblem::Unreachable(e)))?;
                 if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || st.st_uid != 0 {
-                    return Err(fail(
-                        &here,
-                        "is not a directory or a root-owned link".to_owned(),
-                    ));
+                    return Err(fail(&here, DirProblem::NotDirOrRootLink));
                 }
                 rustix::fs::openat(&fd, name, dir_flags() & !OFlags::NOFOLLOW, Mode::empty())
-                    .map_err(|e| fail(&here, e.to_string()))?
+                    .map_err(|e| fail(&here, DirProblem::Unreachable(e)))?
             }
-            Err(e) => return Err(fail(&here, e.to_string())),
+            Err(e) => return Err(fail(&here, DirProblem::Unreachable(e))),
         };
-        let st = rustix::fs::fstat(&next).map_err(|e| fail(&here, e.to_string()))?;
+        let st = rustix::fs::fstat(&next).map_err(|e| fail(&here, DirProblem::Unreachable(e)))?;
         if i + 1 == last {
             check_own(&st).map_err(|why| fail(&here, why))?;
         } else {
@@ -81,19 +78,17 @@ pub fn open_own_dir(path: &Path, mode: u32) -> Result<OwnedFd, NotOwnDir> {
 }
 
 /// The directory itself: ours, and nobody else may write it.
-fn check_own(st: &Stat) -> Result<(), String> {
+fn check_own(st: &Stat) -> Result<(), DirProblem> {
     if st.st_uid != me() {
-        return Err(format!(
-            "is owned by uid {}, not by us (uid {}); another user may have made it",
-            st.st_uid,
-            me()
-        ));
+        return Err(DirProblem::OwnNotOurs {
+            uid: st.st_uid,
+            me: me(),
+        });
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(format!(
-            "has mode {:o}: others can write it",
-            st.st_mode & 0o7777
-        ));
+        return Err(DirProblem::OthersCanWrite {
+            mode: st.st_mode & 0o7777,
+        });
     }
     Ok(())
 }

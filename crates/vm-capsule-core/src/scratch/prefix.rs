@@ -21,13 +21,13 @@ impl ScratchPrefix {
     /// # Errors
     /// [`ScratchError::PrefixMissing`] or [`ScratchError::PrefixUnsafe`].
     pub fn open(&self) -> Result<OwnedFd, ScratchError> {
-        let unsafe_dir = |path: &Path, why: String| ScratchError::PrefixUnsafe {
+        let unsafe_dir = |path: &Path, why: DirProblem| ScratchError::PrefixUnsafe {
             prefix: self.path.clone(),
             path: path.to_owned(),
             why,
         };
         if !self.path.is_absolute() {
-            return Err(unsafe_dir(&self.path, "is not an absolute path".to_owned()));
+            return Err(unsafe_dir(&self.path, DirProblem::NotAbsolute));
         }
         let mut here = PathBuf::from("/");
         let mut fd = rustix::fs::open("/", dir_flags(), Mode::empty())
@@ -45,7 +45,7 @@ impl ScratchPrefix {
             .components()
             .any(|c| matches!(c, Component::ParentDir))
         {
-            return Err(unsafe_dir(&self.path, "contains '..'".to_owned()));
+            return Err(unsafe_dir(&self.path, DirProblem::DotDot));
         }
         let last = comps.len();
         for (i, name) in comps.into_iter().enumerate() {
@@ -60,10 +60,7 @@ impl ScratchPrefix {
                     let st = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(|e| ScratchError::io(&here, e))?;
                     if FileType::from_raw_mode(st.st_mode) != FileType::Symlink || st.st_uid != 0 {
-                        return Err(unsafe_dir(
-                            &here,
-                            "is not a directory or a root-owned link".to_owned(),
-                        ));
+                        return Err(unsafe_dir(&here, DirProblem::NotDirOrRootLink));
                     }
                     rustix::fs::openat(&fd, name, dir_flags() & !OFlags::NOFOLLOW, Mode::empty())
                         .map_err(|e| ScratchError::io(&here, e))?

@@ -46,7 +46,24 @@ fn a_squatted_or_open_owner_dir_is_refused_and_not_chmodded() {
     )
     .unwrap();
     let err = p.owner_dir("alice", true).unwrap_err();
-    assert!(matches!(err, ScratchError::NotPrivate { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ScratchError::NotPrivate {
+                why: DirProblem::NotPrivateMode { mode: 0o777 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "scratch dir {}/alice has mode 777, not 0700; refusing to use it (another user may have created it: remove it as root)",
+            dir.path().display()
+        )
+    );
+    assert_eq!(err.whose(), Whose::Admin);
     let mode = std::fs::metadata(dir.path().join("alice"))
         .unwrap()
         .permissions()
@@ -56,8 +73,68 @@ fn a_squatted_or_open_owner_dir_is_refused_and_not_chmodded() {
     std::os::unix::fs::symlink(target.path(), dir.path().join("bob")).unwrap();
     assert!(matches!(
         p.owner_dir("bob", true).unwrap_err(),
-        ScratchError::NotPrivate { .. }
+        ScratchError::NotPrivate {
+            why: DirProblem::LinkOrNotDir,
+            ..
+        }
     ));
+}
+
+#[test]
+fn directory_problems_read_as_they_always_have() {
+    let cases = [
+        (DirProblem::NotAbsolute, "is not an absolute path"),
+        (DirProblem::DotDot, "contains '..'"),
+        (
+            DirProblem::NotDirOrRootLink,
+            "is not a directory or a root-owned link",
+        ),
+        (DirProblem::LinkOrNotDir, "is a link or not a directory"),
+        (
+            DirProblem::SharedNotOurs { uid: 1001 },
+            "is owned by uid 1001, neither root nor us",
+        ),
+        (
+            DirProblem::SharedWritable { mode: 0o777 },
+            "has mode 777: others can write it but it is not a root-owned sticky directory",
+        ),
+        (
+            DirProblem::NotOurs { uid: 1001, me: 0 },
+            "is owned by uid 1001, not by us (uid 0)",
+        ),
+        (
+            DirProblem::OwnNotOurs { uid: 1001, me: 0 },
+            "is owned by uid 1001, not by us (uid 0); another user may have made it",
+        ),
+        (
+            DirProblem::NotPrivateMode { mode: 0o755 },
+            "has mode 755, not 0700",
+        ),
+        (
+            DirProblem::OthersCanWrite { mode: 0o1777 },
+            "has mode 1777: others can write it",
+        ),
+        (
+            DirProblem::CannotCreate(Errno::ACCESS),
+            "cannot be created: Permission denied (os error 13)",
+        ),
+        (
+            DirProblem::Unreachable(Errno::NOENT),
+            "No such file or directory (os error 2)",
+        ),
+    ];
+    for (problem, text) in cases {
+        assert_eq!(problem.to_string(), text);
+    }
+    let unsafe_prefix = ScratchError::PrefixUnsafe {
+        prefix: "/s".into(),
+        path: "/s".into(),
+        why: DirProblem::SharedNotOurs { uid: 7 },
+    };
+    assert_eq!(
+        unsafe_prefix.to_string(),
+        "VM_CAPSULE_SCRATCH_DIR_PREFIX /s is not safe: /s is owned by uid 7, neither root nor us; make it root-owned mode 1777 (install -d -m 1777 -o root /s)"
+    );
 }
 
 #[test]

@@ -19,6 +19,8 @@ use std::process::Command;
 use thiserror::Error;
 
 use crate::condor_config::{parse_config, SyntaxError};
+use crate::condor_tools::ToolSearch;
+use crate::environment::Environment;
 pub use knobs::{Kind, Knob, Side, KNOBS};
 pub use projections::{
     CleanupSettings, FinalizeSettings, HookLogSettings, LibvirtXmlSettings, RoutedUniverse,
@@ -81,15 +83,12 @@ pub struct Settings {
 
 impl Settings {
     /// Read knobs from `config_file`, or from `condor_config_val` when none is given and it is
-    /// found; then apply `_CONDOR_*` overrides from `env`. `exe` is the running program.
+    /// found (where `env` says); then apply `_CONDOR_*` overrides from `env`, whose running
+    /// program is the one the knobs' defaults are beside.
     ///
     /// # Errors
     /// [`SettingsError`] when the file cannot be read or parsed.
-    pub fn load(
-        config_file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        exe: Option<PathBuf>,
-    ) -> Result<Settings, SettingsError> {
+    pub fn load(config_file: Option<&Path>, env: &Environment) -> Result<Settings, SettingsError> {
         let mut source_problem = None;
         let (mut values, source) = match config_file {
             Some(path) => {
@@ -99,7 +98,7 @@ impl Settings {
                 })?;
                 (parse_config(&text, path)?, format!("{}", path.display()))
             }
-            None => match from_condor_config_val() {
+            None => match from_condor_config_val(&env.tool_search()) {
                 Ok((values, tool)) => (values, format!("{}", tool.display())),
                 Err(problem) => {
                     source_problem = Some(problem);
@@ -113,41 +112,33 @@ impl Settings {
         Ok(Settings {
             source,
             source_problem,
-            ..Settings::from_values(&mut values, env, exe)
+            ..Settings::from_values(&mut values, env)
         })
     }
 
     /// Settings from the variables of an HTCondor configuration read by the caller (`doctor`
     /// given a file: upper-case names, unexpanded), then `_CONDOR_*` overrides from `env`.
-    pub fn from_config(
-        vars: &BTreeMap<String, String>,
-        env: impl IntoIterator<Item = (String, String)>,
-        exe: Option<PathBuf>,
-    ) -> Settings {
+    pub fn from_config(vars: &BTreeMap<String, String>, env: &Environment) -> Settings {
         let mut values = vars
             .iter()
             .filter(|(k, _)| k.starts_with(PREFIX))
             .map(|(k, v)| (k.clone(), crate::condor_config::expand_vars(v, vars)))
             .collect();
-        Settings::from_values(&mut values, env, exe)
+        Settings::from_values(&mut values, env)
     }
 
     /// Our knobs of `values`, with `_CONDOR_*` overrides from `env`.
-    fn from_values(
-        values: &mut BTreeMap<String, String>,
-        env: impl IntoIterator<Item = (String, String)>,
-        exe: Option<PathBuf>,
-    ) -> Settings {
-        for (name, value) in env {
+    fn from_values(values: &mut BTreeMap<String, String>, env: &Environment) -> Settings {
+        for (name, value) in &env.vars {
             if let Some(knob) = name.strip_prefix("_CONDOR_") {
-                values.insert(knob.to_ascii_uppercase(), value);
+                values.insert(knob.to_ascii_uppercase(), value.clone());
             }
         }
         values.retain(|k, _| k.starts_with(PREFIX));
         Settings {
             warnings: unknown_knobs(values),
             values: std::mem::take(values),
-            exe,
+            exe: env.current_exe.clone(),
             source: "literal values".to_owned(),
             source_problem: None,
         }
@@ -307,8 +298,10 @@ fn unknown_knobs(values: &BTreeMap<String, String>) -> Vec<String> {
 
 /// Run `condor_config_val -dump VM_CAPSULE_`; the error says why there are no values
 /// (not installed where we looked, failed, unreadable output).
-fn from_condor_config_val() -> Result<(BTreeMap<String, String>, PathBuf), String> {
-    let tool = crate::condor_tools::condor_tool("condor_config_val").map_err(|e| e.to_string())?;
+fn from_condor_config_val(
+    tools: &ToolSearch,
+) -> Result<(BTreeMap<String, String>, PathBuf), String> {
+    let tool = tools.find("condor_config_val").map_err(|e| e.to_string())?;
     let out = Command::new(&tool)
         .args(["-dump", "VM_CAPSULE_"])
         .output()

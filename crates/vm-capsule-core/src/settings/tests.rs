@@ -10,11 +10,14 @@ fn htcondor_syntax_subset_and_condor_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.conf");
     std::fs::write(&path, text).unwrap();
-    let env = vec![(
-        "_CONDOR_VM_CAPSULE_EXIT_LOG".to_owned(),
-        "/log/exit".to_owned(),
-    )];
-    let settings = Settings::load(Some(&path), env, None).unwrap();
+    let env = crate::environment::Environment {
+        vars: vec![(
+            "_CONDOR_VM_CAPSULE_EXIT_LOG".to_owned(),
+            "/log/exit".to_owned(),
+        )],
+        ..Default::default()
+    };
+    let settings = Settings::load(Some(&path), &env).unwrap();
     let translate = settings.translate().unwrap();
     assert_eq!(translate.template_root, Path::new("/var/lib/condor/vmt"));
     assert_eq!(translate.scratch_prefix, Path::new("/scratch"));

@@ -14,8 +14,12 @@ use vm_capsule_core::returned::{self, Delivery, ExitStatus, StreamSink};
 use vm_capsule_core::temp_record::TempRecord;
 use vm_capsule_core::usage::JobUsage;
 
-fn publish_usage(sandbox: &Path, usage: &JobUsage) -> Result<(), crate::chirp::ChirpError> {
-    let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox)?;
+fn publish_usage(
+    sandbox: &Path,
+    chirp_config: Option<&Path>,
+    usage: &JobUsage,
+) -> Result<(), crate::chirp::ChirpError> {
+    let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox, chirp_config)?;
     for (name, value) in usage.chirp_values() {
         chirp.set_job_attr(name, &value)?;
     }
@@ -50,15 +54,17 @@ pub struct CapsuleFiles {
 
 /// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
 /// (so they are not taken for outputs), but for a checkpoint exit only those the launcher
-/// made. Streams go to `out` and `err`.
+/// made. Streams go to `out` and `err`; the job's usage to the starter, over Chirp
+/// (`chirp_config`: the job's `_CONDOR_CHIRP_CONFIG`).
 pub fn finish_in_sandbox(
     sandbox: &Path,
+    chirp_config: Option<&Path>,
     data_disk: &str,
     files: &CapsuleFiles,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, data_disk, &files.all, out, err);
+    let exit = extract(sandbox, chirp_config, data_disk, &files.all, out, err);
     let checkpointed = matches!(
         (&exit, files.checkpoint_exit_code),
         (LauncherExit::Code(code), Some(want)) if *code == want
@@ -79,6 +85,7 @@ pub fn finish_in_sandbox(
 
 fn extract(
     sandbox: &Path,
+    chirp_config: Option<&Path>,
     data_disk: &str,
     capsule_files: &[String],
     out: &mut dyn Write,
@@ -108,7 +115,7 @@ fn extract(
     // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
     // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
     // a starter that does not answer, loses only these attributes.
-    let _ = publish_usage(sandbox, &exit.usage);
+    let _ = publish_usage(sandbox, chirp_config, &exit.usage);
     if exit.placement.has_problems() {
         return LauncherExit::Failed(exit.placement.summary());
     }

@@ -102,15 +102,11 @@ impl Interruption {
         }
     }
 
-    /// From the ads the starter names in `_CONDOR_JOB_AD` and `_CONDOR_MACHINE_AD`.
-    pub fn from_env() -> Interruption {
-        let read = |var: &str| {
-            let path = std::env::var_os(var)?;
-            read_ad(Path::new(&path))
-        };
+    /// From the ad files the starter names in `_CONDOR_JOB_AD` and `_CONDOR_MACHINE_AD`.
+    pub fn from_files(job_ad: Option<&Path>, machine_ad: Option<&Path>) -> Interruption {
         Interruption::from_ads(
-            read("_CONDOR_JOB_AD").as_ref(),
-            read("_CONDOR_MACHINE_AD").as_ref(),
+            job_ad.and_then(read_ad).as_ref(),
+            machine_ad.and_then(read_ad).as_ref(),
         )
     }
 }

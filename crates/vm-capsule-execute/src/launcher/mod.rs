@@ -115,6 +115,8 @@ pub struct Slot {
     /// sandbox is one of the capsule's files, and the node's launcher has the node's agent
     /// beside it.
     pub exe: Option<PathBuf>,
+    /// The Chirp configuration the starter wrote (its `_CONDOR_CHIRP_CONFIG`), when it says.
+    pub chirp_config: Option<PathBuf>,
 }
 
 /// Make the data disk from what HTCondor transferred, boot, extract the results into the
@@ -167,7 +169,14 @@ pub fn launch(
             run_with(ad, opts, &mut |_| {}, Some(attached)).map_err(|e| e.to_string())
         });
     Ok(match booted {
-        Ok(_) => finish_in_sandbox(&slot.sandbox, &data_disk, &files, out, err),
+        Ok(_) => finish_in_sandbox(
+            &slot.sandbox,
+            slot.chirp_config.as_deref(),
+            &data_disk,
+            &files,
+            out,
+            err,
+        ),
         Err(why) => {
             if let Ok(console) = std::fs::read_to_string(slot.sandbox.join(CONSOLE_LOG)) {
                 let tail: Vec<&str> = console.lines().rev().take(CONSOLE_TAIL_LINES).collect();
@@ -183,6 +192,7 @@ pub fn launch(
             };
             let _ = finish_in_sandbox(
                 &slot.sandbox,
+                slot.chirp_config.as_deref(),
                 &data_disk,
                 &all,
                 &mut std::io::sink(),

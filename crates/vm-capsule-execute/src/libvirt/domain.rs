@@ -213,7 +213,7 @@ impl Domain {
         }
         let mut to_pin: Vec<&Checked> = staged.iter().map(|s| &s.checked).collect();
         to_pin.extend(boot_files.iter().copied());
-        let pinned = pin::pin(sandbox, name, &to_pin)?;
+        let pinned = pin::pin(sandbox, name, &to_pin, node.condor_uid)?;
         // Nobody may have opened a file for writing while it was read.
         sandbox.refuse_writers(&to_pin)?;
         let mut paths = pinned.into_iter();

@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub node_image_dir: Option<PathBuf>,
     /// What other VM jobs get.
     pub other_jobs: OtherJobs,
+    /// HTCondor's account's uid from `CONDOR_IDS`, when set: trusted, as root and `condor`
+    /// are, to own the directories above the sandbox.
+    pub condor_uid: Option<u32>,
 }
 
 /// What the vm-gahp gets.

@@ -35,11 +35,13 @@ fn dir_flags() -> OFlags {
 }
 
 /// Pin `files` (checked in `sandbox`) for domain `domain`; their paths for libvirt, in order.
-/// Not root: nothing to protect from, the sandbox's paths are used as they are.
+/// Not root: nothing to protect from, the sandbox's paths are used as they are. `condor_uid`
+/// is HTCondor's account from `CONDOR_IDS`.
 pub(super) fn pin(
     sandbox: &Sandbox,
     domain: &str,
     files: &[&Checked],
+    condor_uid: Option<u32>,
 ) -> Result<Vec<PathBuf>, LibvirtError> {
     let Some(owner) = sandbox.owner else {
         return Ok(files.iter().map(|c| sandbox.path.join(&c.name)).collect());
@@ -48,7 +50,7 @@ pub(super) fn pin(
         .path
         .parent()
         .ok_or_else(|| pin_error("the sandbox has no parent directory".to_owned()))?;
-    let execute_fd = open_trusted_dir(execute, owner)?;
+    let execute_fd = open_trusted_dir(execute, owner, condor_uid)?;
     // The sandbox must be the directory checked, directly in this one.
     let name = sandbox.path.file_name().unwrap_or_default();
     let under = rustix::fs::statat(&execute_fd, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -95,8 +97,12 @@ pub(super) fn pin(
 /// Open `dir` walking from `/` without following links (but root-owned ones), each
 /// directory owned by root or HTCondor's account, writable by others only when sticky: the
 /// job's user (`sandbox_owner`) can change nothing on the way.
-fn open_trusted_dir(dir: &Path, sandbox_owner: u32) -> Result<OwnedFd, LibvirtError> {
-    let trusted = trusted_owners(sandbox_owner);
+fn open_trusted_dir(
+    dir: &Path,
+    sandbox_owner: u32,
+    condor_uid: Option<u32>,
+) -> Result<OwnedFd, LibvirtError> {
+    let trusted = trusted_owners(sandbox_owner, condor_uid);
     let mut here = PathBuf::from("/");
     let mut fd = rustix::fs::open("/", dir_flags(), Mode::empty())
         .map_err(|e| pin_error(format!("cannot open /: {e}")))?;
@@ -141,19 +147,14 @@ fn open_trusted_dir(dir: &Path, sandbox_owner: u32) -> Result<OwnedFd, LibvirtEr
     Ok(fd)
 }
 
-/// Root and HTCondor's account (`condor`, or the uid in `CONDOR_IDS`), never the sandbox's
-/// user.
-fn trusted_owners(sandbox_owner: u32) -> Vec<u32> {
+/// Root and HTCondor's account (`condor`, or `condor_uid` from `CONDOR_IDS`), never the
+/// sandbox's user.
+fn trusted_owners(sandbox_owner: u32, condor_uid: Option<u32>) -> Vec<u32> {
     let mut uids = vec![0];
     if let Ok(Some(u)) = nix::unistd::User::from_name("condor") {
         uids.push(u.uid.as_raw());
     }
-    if let Some(uid) = std::env::var("CONDOR_IDS")
-        .ok()
-        .and_then(|ids| ids.split('.').next().and_then(|u| u.trim().parse().ok()))
-    {
-        uids.push(uid);
-    }
+    uids.extend(condor_uid);
     uids.retain(|u| *u != sandbox_owner || *u == 0);
     uids
 }
@@ -271,4 +272,17 @@ fn pinned_files(dir: &OwnedFd) -> Option<Vec<(PathBuf, Stat)>> {
         out.push((path, st));
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trusted_owners;
+
+    #[test]
+    fn the_account_condor_ids_names_is_trusted_but_never_the_sandbox_owner() {
+        assert!(trusted_owners(1000, Some(64)).contains(&64));
+        assert!(!trusted_owners(1000, None).contains(&64));
+        assert!(!trusted_owners(64, Some(64)).contains(&64));
+        assert!(trusted_owners(0, Some(64)).contains(&0));
+    }
 }

@@ -68,6 +68,7 @@ fn node_config(dir: Option<&Path>) -> NodeConfig {
         domain: DomainType::Qemu,
         node_image_dir: dir.map(Path::to_owned),
         other_jobs: OtherJobs::Refuse,
+        condor_uid: None,
     }
 }
 

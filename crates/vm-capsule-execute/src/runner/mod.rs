@@ -78,13 +78,14 @@ pub struct RunOptions {
     pub accel: Accel,
     /// Use the disks in the routed job's `Iwd` instead of copying them to a sandbox.
     pub in_place: bool,
-    /// Where to make the sandbox (default: the system temp dir).
-    pub sandbox_parent: Option<PathBuf>,
+    /// Where to make the sandbox when there is none and the run is not in place (the
+    /// caller's temp dir, say).
+    pub sandbox_parent: PathBuf,
     /// Use this existing directory as the sandbox instead of making one (the caller then
     /// knows it, to remove or keep it).
     pub sandbox: Option<PathBuf>,
-    /// QEMU to run (`None`: [`crate::qemu::find_qemu`] without a knob).
-    pub qemu: Option<PathBuf>,
+    /// QEMU to run (as [`crate::qemu::find_qemu`] finds it).
+    pub qemu: PathBuf,
     /// Run the disks found in this directory instead of the ad's `Iwd` (the vanilla
     /// flavour's launcher: HTCondor put them in its sandbox, the working directory).
     pub workdir: Option<PathBuf>,
@@ -290,13 +291,10 @@ fn stage(
     let dir = match &opts.sandbox {
         Some(dir) => dir.clone(),
         None => {
-            let parent = opts
-                .sandbox_parent
-                .clone()
-                .unwrap_or_else(std::env::temp_dir);
+            let parent = &opts.sandbox_parent;
             tempfile::Builder::new()
                 .prefix("vm-capsule-run.")
-                .tempdir_in(&parent)
+                .tempdir_in(parent)
                 .map_err(io_err(format!(
                     "cannot create a sandbox in {}",
                     parent.display()
@@ -424,15 +422,12 @@ pub fn run_with(
     vm_capsule_core::node_image::prepare(ad, &sandbox)?;
     let console = sandbox.join(CONSOLE_LOG);
     let accel = opts.accel.resolve();
-    let qemu = match &opts.qemu {
-        Some(q) => q.clone(),
-        None => crate::qemu::find_qemu(None, std::env::var_os("PATH").as_deref())?,
-    };
+    let qemu = &opts.qemu;
     // Under TCG the kernel's own decompressor is emulated: decompress it here instead and
     // boot it through its PVH entry point (see `pvh`); KVM runs the decompressor natively.
     // QEMU's seccomp support is probed meanwhile (a process start of its own).
     let (pvh, hardening) = std::thread::scope(|scope| {
-        let probe = scope.spawn(|| Hardening::probe(&qemu, opts.tb_size_mib));
+        let probe = scope.spawn(|| Hardening::probe(qemu, opts.tb_size_mib));
         let pvh = match (&spec.boot, accel) {
             (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
             _ => None,
@@ -449,7 +444,7 @@ pub fn run_with(
         // An absolute path: qemu_command's join with the sandbox keeps it.
         boot.kernel = kernel.path().display().to_string();
     }
-    let mut cmd = qemu_command(&qemu, &booted, &sandbox, &console, accel, hardening);
+    let mut cmd = qemu_command(qemu, &booted, &sandbox, &console, accel, hardening);
     if let Some(a) = attached.as_mut() {
         cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
             |source| RunError::Io {

@@ -7,21 +7,11 @@
 use thiserror::Error;
 
 use vm_capsule_core::identity::IdentityError;
+use vm_capsule_core::job::JobError;
 use vm_capsule_core::returned::ReturnedError;
 use vm_capsule_core::scratch::ScratchError;
-
-/// Whose problem a [`FinalizeError`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Whose {
-    /// The guest or the job: what came back from the VM is missing or not as staged.
-    Guest,
-    /// The job's owner: the job dir or the routed ad, which are the owner's to change.
-    Owner,
-    /// The node's admin: the hook's user, the scratch prefix.
-    Admin,
-    /// Ours (or HTCondor's): stdin that the JobRouter does not send, an I/O error.
-    Ours,
-}
+/// Whose problem a [`FinalizeError`] is (the core's, which its errors also say).
+pub use vm_capsule_core::whose::Whose;
 
 /// Why finalize failed; the message is what `VMCapsuleError` says.
 #[derive(Debug, Error)]
@@ -31,8 +21,8 @@ pub enum FinalizeError {
     #[error("{0}")]
     Protocol(String),
     /// The original ad does not describe a job.
-    #[error("{0}")]
-    Job(String),
+    #[error(transparent)]
+    Job(#[from] JobError),
     /// The routed ad names the capsule wrongly (its owner can edit it).
     #[error("{0}")]
     RoutedAd(String),
@@ -63,11 +53,7 @@ impl FinalizeError {
             }
             FinalizeError::RoutedAd(_) | FinalizeError::OwnerFiles(_) => Whose::Owner,
             FinalizeError::Identity(_) => Whose::Admin,
-            FinalizeError::Scratch(e) => match e {
-                ScratchError::NotAJobDir { .. } => Whose::Owner,
-                ScratchError::Io { .. } => Whose::Ours,
-                _ => Whose::Admin,
-            },
+            FinalizeError::Scratch(e) => e.whose(),
         }
     }
 }
@@ -93,6 +79,15 @@ mod tests {
         assert_eq!(root.whose(), Whose::Admin);
         assert!(root.to_string().starts_with("refusing to run as root"));
         assert_eq!(FinalizeError::Protocol("x".into()).whose(), Whose::Ours);
+        let job = FinalizeError::from(JobError::BadAttribute {
+            job: "1.0".into(),
+            attribute: "Owner",
+            problem: vm_capsule_core::job::AttributeProblem::Missing,
+        });
+        assert_eq!(
+            (job.whose(), job.to_string().as_str()),
+            (Whose::Guest, "job 1.0: attribute Owner is missing")
+        );
         let disk = FinalizeError::Returned("the disk is too big".into());
         assert_eq!(
             (disk.whose(), disk.to_string().as_str()),

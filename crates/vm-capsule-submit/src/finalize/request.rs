@@ -57,7 +57,7 @@ impl FinalizeRequest {
                 ads.len()
             )));
         };
-        let job = JobSpec::from_ad(&original.ad).map_err(|e| FinalizeError::Job(e.to_string()))?;
+        let job = JobSpec::from_ad(&original.ad)?;
         let routed = &routed.ad;
         let capsule = match (
             string_attr(routed, routed::ATTR_SCRATCH),

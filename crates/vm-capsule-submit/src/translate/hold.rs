@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use vm_capsule_core::condor_tools::ToolSearch;
+
 use crate::log::HookLog;
 
 /// Longest reason given to `condor_hold`, in characters.
@@ -25,10 +27,10 @@ pub fn hold_reason(job_id: &str, reason: &str) -> String {
     format!("vm-capsule: job {job_id}: {clean}")
 }
 
-/// Put the original job on hold with `reason` (see [`hold_reason`]). Returns false when
-/// `condor_hold` is not available or fails.
-pub fn hold_original(job_id: &str, reason: &str, log: &mut HookLog) -> bool {
-    let tool = match vm_capsule_core::condor_tools::condor_tool("condor_hold") {
+/// Put the original job on hold with `reason` (see [`hold_reason`]), `condor_hold` found with
+/// `tools`. Returns false when `condor_hold` is not available or fails.
+pub fn hold_original(job_id: &str, reason: &str, tools: &ToolSearch, log: &mut HookLog) -> bool {
+    let tool = match tools.find("condor_hold") {
         Ok(t) => t,
         Err(e) => {
             log.error(&format!("cannot hold the job: {e}"));

@@ -5,6 +5,7 @@
 //! translate -> run -> finalize -> cleanup exactly as the JobRouter and an execute node would,
 //! each hook as a separate process fed its ads on stdin.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use clap::Args;
 
 use capsule_disk::{CreateOptions, DataDisk, ImageFormat};
 use classad::{ClassAd, Expr};
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::knobs;
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
@@ -51,11 +53,15 @@ impl Clock {
 }
 
 /// Run the demo.
-pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
+pub fn run_demo(args: &DemoArgs, env: &Environment) -> Result<std::process::ExitCode> {
     let clock = Clock(Instant::now());
     let dir = absolute(&args.dir)?;
     clock.step(&format!("vm-capsule demo in {}", dir.display()));
-    check_tools()?;
+    check_tools(env.path())?;
+    let exe = env
+        .current_exe
+        .as_deref()
+        .context("cannot find the vm-capsule binary")?;
     let guest = test_guest(&clock)?;
 
     let _ = fs::remove_dir_all(&dir);
@@ -68,7 +74,7 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         classad::print::ad_to_hook_string(&job_ad)?
     );
     let t_translate = Instant::now();
-    let routed_text = hook("translate", &config, &stdin)?;
+    let routed_text = hook(exe, "translate", &config, &stdin)?;
     let translate_time = t_translate.elapsed();
     let routed =
         classad::parse_old_ad(&routed_text).context("translate printed an unreadable ad")?;
@@ -85,9 +91,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         timeout: Some(Duration::from_secs(args.timeout)),
         accel: Accel::Auto,
         in_place: false,
-        sandbox_parent: Some(dir.clone()),
+        sandbox_parent: dir.clone(),
         sandbox: None,
-        qemu: None,
+        qemu: vm_capsule_execute::qemu::find_qemu(None, env.path())?,
         workdir: None,
         cancel: None,
         tb_size_mib: vm_capsule_core::settings::knobs::TCG_TB_MIB
@@ -119,13 +125,13 @@ pub fn run_demo(args: &DemoArgs) -> Result<std::process::ExitCode> {
         routed_text
     );
     let t_finalize = Instant::now();
-    let attrs = hook("finalize", &config, &stdin)?;
+    let attrs = hook(exe, "finalize", &config, &stdin)?;
     let finalize_time = t_finalize.elapsed();
     clock.step("finalize: attributes for the original job:");
     for line in attrs.lines() {
         println!("             {line}");
     }
-    hook("cleanup", &config, &routed_text)?;
+    hook(exe, "cleanup", &config, &routed_text)?;
     clock.step("cleanup: scratch dir removed");
 
     println!("\nThe job's files in {}:", job_dir.display());
@@ -259,9 +265,9 @@ fn example_job_ad(iwd: &Path, exe: &Path) -> classad::ClassAd {
     ad
 }
 
-/// Run our own hook binary as the router does: stdin written and closed, stdout captured.
-fn hook(name: &str, config: &Path, stdin: &str) -> Result<String> {
-    let exe = std::env::current_exe().context("cannot find the vm-capsule binary")?;
+/// Run our own hook binary `exe` as the router does: stdin written and closed, stdout
+/// captured.
+fn hook(exe: &Path, name: &str, config: &Path, stdin: &str) -> Result<String> {
     let mut child = Command::new(exe)
         .arg(name)
         .arg("--config")
@@ -357,8 +363,8 @@ fn write_job(dir: &Path, clock: &Clock) -> Result<(PathBuf, ClassAd)> {
     Ok((job_dir, job_ad))
 }
 
-/// Tools the demo needs, with the install line when one is missing.
-fn check_tools() -> Result<()> {
+/// Tools the demo needs on `path`, with the install line when one is missing.
+fn check_tools(path: Option<&OsStr>) -> Result<()> {
     let missing: Vec<&str> = [
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("cpio", "cpio"),
@@ -366,7 +372,7 @@ fn check_tools() -> Result<()> {
         ("apt-get", "apt"),
     ]
     .iter()
-    .filter(|(tool, _)| !on_path(tool))
+    .filter(|(tool, _)| !on_path(path, tool))
     .map(|(_, pkg)| *pkg)
     .collect();
     let busybox = Path::new("/bin/busybox").exists() || Path::new("/usr/bin/busybox").exists();
@@ -383,9 +389,8 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+fn on_path(path: Option<&OsStr>, tool: &str) -> bool {
+    path.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(tool).is_file()))
 }
 
 /// The test guest (kernel, initrd, static agent), built once by the repository's script.

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 
 use vm_capsule_admin::doctor::execute::SlotUser;
 use vm_capsule_admin::doctor::{execute, submit, ConfigSource, Report};
+use vm_capsule_core::environment::Environment;
 
 /// Which side to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,15 +45,14 @@ pub struct DoctorArgs {
 }
 
 /// Run the checks, print the report, exit 1 when something failed.
-pub fn run_doctor(args: &DoctorArgs) -> Result<ExitCode> {
+pub fn run_doctor(args: &DoctorArgs, env: &Environment) -> Result<ExitCode> {
     let config = match &args.config {
         Some(f) => {
             anyhow::ensure!(f.is_file(), "{} is not a file", f.display());
             ConfigSource::file(f)
         }
-        None => ConfigSource::from_env(),
+        None => ConfigSource::from_env(env),
     };
-    let env: Vec<(String, String)> = std::env::vars().collect();
     let user = args
         .user
         .as_deref()
@@ -60,14 +60,15 @@ pub fn run_doctor(args: &DoctorArgs) -> Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut report = Report::default();
-    let settings = config.settings(env, std::env::current_exe().ok());
+    let settings = config.settings(env);
     if args.side != Which::Execute {
-        submit::check(&config, &settings, &args.package_config, &mut report);
+        submit::check(&config, &settings, env, &args.package_config, &mut report);
     }
     if args.side != Which::Submit {
         execute::check(
             &config,
             &settings,
+            env,
             user.as_ref(),
             &args.package_config,
             &mut report,

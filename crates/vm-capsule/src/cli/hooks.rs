@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use vm_capsule_core::agent;
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::{knobs, Settings, WhichLog};
 use vm_capsule_submit::log::{owner_name, HookLog, LogOptions};
 use vm_capsule_submit::translate::{hold_original, translate};
@@ -32,13 +33,8 @@ pub struct HookArgs {
 }
 
 /// The hooks' edge: the knobs, read once, and the running program.
-fn settings(args: &HookArgs) -> Result<Settings> {
-    Settings::load(
-        args.config.as_deref(),
-        std::env::vars(),
-        std::env::current_exe().ok(),
-    )
-    .context("cannot read the configuration")
+fn settings(args: &HookArgs, env: &Environment) -> Result<Settings> {
+    Settings::load(args.config.as_deref(), env).context("cannot read the configuration")
 }
 
 /// The log of `hook`: the owner's file named by the knobs, about the job on `stdin`.
@@ -115,8 +111,8 @@ fn stdout_write(text: &str) -> Result<()> {
 const ALARM_PERIOD: Duration = Duration::from_secs(10);
 
 /// The translate hook.
-pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
-    let settings = settings(args)?;
+pub fn run_translate(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
+    let settings = settings(args, env)?;
     let cfg = settings.translate();
     let limit = settings.hook_timeout();
     let watchdog = Watchdog::arm(limit, 1, move || {
@@ -179,7 +175,7 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
                 // non-zero so the router yields it; stdout stays empty.
                 Some(id) => {
                     log.error(&err.to_string());
-                    hold_original(id, &err.to_string(), &mut log);
+                    hold_original(id, &err.to_string(), &env.tool_search(), &mut log);
                 }
                 None if err.is_admin_problem() => log.alarm(
                     &format!("{err}; no job is held for this, they stay idle until it is fixed"),
@@ -195,8 +191,8 @@ pub fn run_translate(args: &HookArgs) -> Result<ExitCode> {
 /// The finalize hook: exits 0 on every input (a non-zero exit loses the terminate event).
 /// A configuration it cannot use is reported like any other failure, in the attributes; the
 /// job's outputs stay in its scratch dir, which cleanup keeps while the configuration is wrong.
-pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
-    let settings = settings(args);
+pub fn run_finalize(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
+    let settings = settings(args, env);
     let limit = settings.as_ref().map_or_else(
         |_| Settings::default().hook_timeout(),
         Settings::hook_timeout,
@@ -245,8 +241,8 @@ pub fn run_finalize(args: &HookArgs) -> Result<ExitCode> {
 
 /// The cleanup hook: always exits 0 (non-zero would re-run it every poll). With a
 /// configuration it cannot use it removes nothing: the error is logged, the dir stays.
-pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
-    let settings = settings(args);
+pub fn run_cleanup(args: &HookArgs, env: &Environment) -> Result<ExitCode> {
+    let settings = settings(args, env);
     let stdin = read_stdin(std::io::stdin());
     let unread = Settings::default();
     let mut log = hook_log(
@@ -262,7 +258,7 @@ pub fn run_cleanup(args: &HookArgs) -> Result<ExitCode> {
         .and_then(|s| s.cleanup().map_err(|e| format!("{e}{}", unread_because(s))));
     match (stdin, cfg) {
         (Ok(stdin), Ok(cfg)) => {
-            cleanup::cleanup(&stdin, &cfg, &mut log);
+            cleanup::cleanup(&stdin, &cfg, &env.tool_search(), &mut log);
         }
         (Err(e), _) => log.error(&e),
         (Ok(_), Err(e)) => log.alarm(

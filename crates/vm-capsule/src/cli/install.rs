@@ -17,6 +17,7 @@ use clap::Args;
 
 use vm_capsule_admin::snippet::{Snippet, HOOKS, LINKED_COMMANDS};
 use vm_capsule_core::agent::{self, Linkage};
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::perms;
 
 /// Where the configuration goes unless told otherwise.
@@ -50,8 +51,11 @@ pub struct InstallArgs {
 }
 
 /// Make the links, check the agent, write or print the configuration.
-pub fn run_install(args: &InstallArgs) -> Result<ExitCode> {
-    let exe = std::env::current_exe().context("cannot find the vm-capsule binary")?;
+pub fn run_install(args: &InstallArgs, env: &Environment) -> Result<ExitCode> {
+    let exe = env
+        .current_exe
+        .clone()
+        .context("cannot find the vm-capsule binary")?;
     let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
     let staged = |p: &Path| match &args.destdir {
         Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::Settings;
 use vm_capsule_execute::libvirt::{
     decide, refusal_document, refused_unread, DomainType, NodeConfig, OtherJobs, Outcome,
@@ -35,8 +36,8 @@ pub struct LibvirtXmlArgs {
 }
 
 /// Print the domain XML (or the refusal) for the ad on stdin.
-pub fn run_libvirt_xml(args: &LibvirtXmlArgs) -> Result<ExitCode> {
-    let outcome = std::panic::catch_unwind(|| outcome(args)).unwrap_or_else(|_| {
+pub fn run_libvirt_xml(args: &LibvirtXmlArgs, env: &Environment) -> Result<ExitCode> {
+    let outcome = std::panic::catch_unwind(|| outcome(args, env)).unwrap_or_else(|_| {
         refused_unread(
             "vm-capsule libvirt-xml failed inside (a bug, reported above); the job is not booted",
         )
@@ -62,7 +63,7 @@ pub fn run_libvirt_xml(args: &LibvirtXmlArgs) -> Result<ExitCode> {
 }
 
 /// Read the ad and this node's knobs, and decide.
-fn outcome(args: &LibvirtXmlArgs) -> Outcome {
+fn outcome(args: &LibvirtXmlArgs, env: &Environment) -> Outcome {
     let mut text = String::new();
     if let Err(e) = std::io::stdin()
         .take(MAX_STDIN + 1)
@@ -83,15 +84,16 @@ fn outcome(args: &LibvirtXmlArgs) -> Outcome {
             ))
         }
     };
-    match node_config(args) {
+    match node_config(args, env) {
         Ok(node) => decide(&ad, &node),
         Err(why) => vm_capsule_execute::libvirt::refused(&ad, &why),
     }
 }
 
-/// This node's side: its own configuration (knobs, `_CONDOR_` overrides) and the arguments.
-fn node_config(args: &LibvirtXmlArgs) -> Result<NodeConfig, String> {
-    let settings = Settings::load(args.config.as_deref(), std::env::vars(), None)
+/// This node's side: its own configuration (knobs, `_CONDOR_` overrides, `CONDOR_IDS`) and
+/// the arguments.
+fn node_config(args: &LibvirtXmlArgs, env: &Environment) -> Result<NodeConfig, String> {
+    let settings = Settings::load(args.config.as_deref(), env)
         .and_then(|s| s.libvirt_xml())
         .map_err(|e| format!("cannot read this node's configuration: {e}"))?;
     let choice = args.domain_type.as_deref().unwrap_or(settings.domain_type);
@@ -99,5 +101,6 @@ fn node_config(args: &LibvirtXmlArgs) -> Result<NodeConfig, String> {
         domain: DomainType::parse(choice)?.resolve(),
         node_image_dir: settings.node_image_dir,
         other_jobs: OtherJobs::parse(settings.other_jobs)?,
+        condor_uid: env.condor_uid(),
     })
 }

@@ -16,6 +16,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use vm_capsule_core::environment::Environment;
+
 /// Exit code for any error that reaches `main` (usage errors are clap's 2).
 pub const EXIT_FAILURE: u8 = 1;
 
@@ -63,22 +65,22 @@ enum Command {
     Template(template::TemplateCommand),
 }
 
-/// Dispatch one parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Dispatch one parsed command line, run in environment `env`.
+pub fn run(cli: Cli, env: &Environment) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Ad(cmd) => ad::run(cmd),
         Command::Disk(cmd) => disk::run(cmd),
-        Command::Translate(a) => hooks::run_translate(&a),
-        Command::Finalize(a) => hooks::run_finalize(&a),
-        Command::Cleanup(a) => hooks::run_cleanup(&a),
+        Command::Translate(a) => hooks::run_translate(&a, env),
+        Command::Finalize(a) => hooks::run_finalize(&a, env),
+        Command::Cleanup(a) => hooks::run_cleanup(&a, env),
         Command::Update(a) => hooks::run_update(&a),
-        Command::InstallHooks(a) => install::run_install(&a),
-        Command::Run(a) => run::run_cmd(&a),
-        Command::Demo(a) => demo::run_demo(&a),
-        Command::Doctor(a) => doctor::run_doctor(&a),
-        Command::Probe(a) => probe::run_probe(&a),
-        Command::LibvirtXml(a) => libvirt_xml::run_libvirt_xml(&a),
+        Command::InstallHooks(a) => install::run_install(&a, env),
+        Command::Run(a) => run::run_cmd(&a, env),
+        Command::Demo(a) => demo::run_demo(&a, env),
+        Command::Doctor(a) => doctor::run_doctor(&a, env),
+        Command::Probe(a) => probe::run_probe(&a, env),
+        Command::LibvirtXml(a) => libvirt_xml::run_libvirt_xml(&a, env),
         Command::Generate(a) => generate::run_generate(&a),
-        Command::Template(cmd) => template::run(cmd),
+        Command::Template(cmd) => template::run(cmd, env),
     }
 }

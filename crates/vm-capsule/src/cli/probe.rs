@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::Settings;
 use vm_capsule_execute::probe::Probe;
 
@@ -24,11 +25,11 @@ pub struct ProbeArgs {
 }
 
 /// Print the machine attributes.
-pub fn run_probe(args: &ProbeArgs) -> Result<ExitCode> {
-    let settings = Settings::load(args.config.as_deref(), std::env::vars(), None)
+pub fn run_probe(args: &ProbeArgs, env: &Environment) -> Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref(), env)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
-    let probe = Probe::run(settings.qemu.as_deref());
+    let probe = Probe::run(settings.qemu.as_deref(), env.path());
     let text = classad::print::ad_to_hook_string(&probe.attributes())
         .context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();

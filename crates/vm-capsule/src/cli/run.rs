@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
+use vm_capsule_core::environment::Environment;
 use vm_capsule_execute::launcher::interrupt::Interruption;
 use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
@@ -151,7 +152,7 @@ fn run_here(
 }
 
 /// Run the VM; exit 0 when the guest powered off by itself (or, with `--vanilla`, as the job).
-pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
+pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.routed_ad)
         .with_context(|| format!("cannot read {}", args.routed_ad.display()))?;
     let ads = classad::parse_ads(&text)
@@ -169,12 +170,12 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let settings = vm_capsule_core::settings::Settings::load(None, std::env::vars(), None)
+    let settings = vm_capsule_core::settings::Settings::load(None, env)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
     let qemu = match &args.qemu {
         Some(q) => q.clone(),
-        None => vm_capsule_execute::qemu::find_qemu_here(settings.qemu.as_deref())?,
+        None => vm_capsule_execute::qemu::find_qemu(settings.qemu.as_deref(), env.path())?,
     };
     // Our own sandbox, so that we know it to remove or keep whatever happens.
     let sandbox = if args.vanilla || args.in_place {
@@ -183,7 +184,7 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
         Some(
             tempfile::Builder::new()
                 .prefix("vm-capsule-run.")
-                .tempdir()
+                .tempdir_in(&env.temp_dir)
                 .context("cannot create a sandbox in the temp dir")?
                 .keep(),
         )
@@ -200,9 +201,9 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
             AccelArg::Auto => Accel::Auto,
         },
         in_place: args.in_place || args.vanilla,
-        sandbox_parent: None,
+        sandbox_parent: env.temp_dir.clone(),
         sandbox: sandbox.clone(),
-        qemu: Some(qemu),
+        qemu,
         workdir: workdir.clone(),
         cancel: None,
         tb_size_mib: settings.tcg_tb_mib,
@@ -210,13 +211,14 @@ pub fn run_cmd(args: &RunArgs) -> Result<ExitCode> {
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);
     };
-    launch_here(args, ad, &opts, &slot)
+    launch_here(args, env, ad, &opts, &slot)
 }
 
 /// The vanilla flavour's launcher: quiet on success (our stdout and stderr are the job's);
 /// exits as the job did.
 fn launch_here(
     args: &RunArgs,
+    env: &Environment,
     ad: &classad::ClassAd,
     opts: &RunOptions,
     sandbox: &Path,
@@ -224,10 +226,14 @@ fn launch_here(
     let slot = Slot {
         sandbox: sandbox.to_owned(),
         routed_ad: args.routed_ad.clone(),
-        exe: std::env::current_exe().ok(),
+        exe: env.current_exe.clone(),
+        chirp_config: env.chirp_config.clone().map(PathBuf::from),
     };
     // What the starter's job and machine ads say about soft kills and checkpoints.
-    let interruption = Interruption::from_env();
+    let interruption = Interruption::from_files(
+        env.job_ad.as_deref().map(Path::new),
+        env.machine_ad.as_deref().map(Path::new),
+    );
     let exit = launch(
         ad,
         opts,

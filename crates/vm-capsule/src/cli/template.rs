@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use vm_capsule_admin::template::build::{self, AgentStart, BuildOptions};
 use vm_capsule_admin::template::check::{self, CheckOptions, CheckReport};
+use vm_capsule_core::environment::Environment;
 use vm_capsule_core::settings::knobs;
 
 /// `template` subcommands.
@@ -104,18 +105,18 @@ pub struct BuildArgs {
 }
 
 /// Dispatch one `template` subcommand.
-pub fn run(cmd: TemplateCommand) -> Result<ExitCode> {
+pub fn run(cmd: TemplateCommand, env: &Environment) -> Result<ExitCode> {
     match cmd {
-        TemplateCommand::Build(a) => run_build(&a),
-        TemplateCommand::Check(a) => run_check(&a),
-        TemplateCommand::InstallAgent(a) => run_install(&a),
+        TemplateCommand::Build(a) => run_build(&a, env),
+        TemplateCommand::Check(a) => run_check(&a, env),
+        TemplateCommand::InstallAgent(a) => run_install(&a, env),
     }
 }
 
-fn run_build(a: &BuildArgs) -> Result<ExitCode> {
+fn run_build(a: &BuildArgs, env: &Environment) -> Result<ExitCode> {
     let size = capsule_disk::parse_size(&a.size)
         .with_context(|| format!("--size {:?}: expected a size such as 2G or 1536M", a.size))?;
-    let agent = a.agent.clone().unwrap_or_else(default_agent);
+    let agent = a.agent.clone().unwrap_or_else(|| default_agent(env));
     let start = if a.cloud_init {
         AgentStart::CloudInit
     } else {
@@ -125,10 +126,7 @@ fn run_build(a: &BuildArgs) -> Result<ExitCode> {
     let cache = match &a.cache {
         Some(c) => std::path::absolute(c)
             .with_context(|| format!("--cache {}: cannot resolve it", c.display()))?,
-        None => build::cache::default_cache(
-            std::env::var_os("XDG_CACHE_HOME"),
-            std::env::var_os("HOME"),
-        )?,
+        None => build::cache::default_cache(env.xdg_cache_home.clone(), env.home.clone())?,
     };
     let opts = BuildOptions {
         suite: a.suite.clone(),
@@ -184,8 +182,8 @@ fn check_static(agent: &std::path::Path) -> Result<()> {
     }
 }
 
-fn run_install(a: &InstallArgs) -> Result<ExitCode> {
-    let agent = a.agent.clone().unwrap_or_else(default_agent);
+fn run_install(a: &InstallArgs, env: &Environment) -> Result<ExitCode> {
+    let agent = a.agent.clone().unwrap_or_else(|| default_agent(env));
     check_static(&agent)?;
     let opts = vm_capsule_admin::template::install::InstallOptions {
         image: a.image.clone(),
@@ -204,14 +202,15 @@ fn run_install(a: &InstallArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_agent() -> PathBuf {
-    std::env::current_exe()
-        .ok()
+/// The agent installed beside this program.
+fn default_agent(env: &Environment) -> PathBuf {
+    env.current_exe
+        .as_deref()
         .and_then(|p| p.parent().map(|d| d.join("capsule-init")))
         .unwrap_or_else(|| PathBuf::from("capsule-init"))
 }
 
-fn run_check(a: &CheckArgs) -> Result<ExitCode> {
+fn run_check(a: &CheckArgs, env: &Environment) -> Result<ExitCode> {
     let mut knobs = Vec::new();
     if a.cloud_init {
         knobs.push((knobs::AGENT_START.name.to_owned(), "cloud-init".to_owned()));
@@ -226,11 +225,12 @@ fn run_check(a: &CheckArgs) -> Result<ExitCode> {
     }
     let opts = CheckOptions {
         template_root: std::path::absolute(&a.dir).unwrap_or_else(|_| a.dir.clone()),
-        agent: a.agent.clone().unwrap_or_else(default_agent),
+        agent: a.agent.clone().unwrap_or_else(|| default_agent(env)),
         knobs,
         timeout: std::time::Duration::from_secs(a.timeout),
         accel: a.accel.into(),
         keep: a.keep.clone(),
+        env: env.clone(),
     };
     let mut reports = Vec::new();
     for i in 0..a.repeat.max(1) {

@@ -111,3 +111,106 @@ fn each_area_imports_only_what_the_design_allows() {
         );
     }
 }
+
+/// Calls that read the process's environment (`env::var` also covers `var_os`, `vars` and
+/// `vars_os`); an import of `std::env` would hide them behind a bare name.
+const ENVIRONMENT_READS: &[&str] = &[
+    "env::var",
+    "env::current_exe",
+    "env::current_dir",
+    "env::temp_dir",
+    "env::home_dir",
+    "use std::env",
+];
+
+/// The lines of `text` outside `#[cfg(test)]` items, with their line numbers. The code is
+/// rustfmt'd: an item ends at its own line (`mod tests;`) or at the first `}` back at its
+/// indentation.
+fn non_test_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push((n + 1, line));
+            continue;
+        }
+        // Skip further attributes, then the item itself.
+        let Some((_, item)) = lines.find(|(_, l)| !l.trim_start().starts_with("#[")) else {
+            break;
+        };
+        if item.trim_end().ends_with(';') {
+            continue;
+        }
+        let close = format!("{}}}", &item[..item.len() - item.trim_start().len()]);
+        if !item.trim_end().ends_with('}') {
+            let _ = lines.find(|(_, l)| l.starts_with(&close));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_library_crate_reads_the_environment() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let mut found = Vec::new();
+    let mut files = 0;
+    for krate in [
+        "vm-capsule-core",
+        "vm-capsule-submit",
+        "vm-capsule-execute",
+        "vm-capsule-admin",
+    ] {
+        let mut dirs = vec![crates.join(krate).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = path.file_name().unwrap().to_str().unwrap();
+                if !name.ends_with(".rs") || name == "tests.rs" {
+                    continue;
+                }
+                files += 1;
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in non_test_lines(&text) {
+                    let code = line.trim_start();
+                    if code.starts_with("//") {
+                        continue;
+                    }
+                    if ENVIRONMENT_READS.iter().any(|r| code.contains(r)) {
+                        found.push(format!("{}:{n}: {}", path.display(), code));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        files > 50,
+        "only {files} source files found under {crates:?}"
+    );
+    assert!(
+        found.is_empty(),
+        "the library crates read the environment; the binary reads it once into vm_capsule_core::environment::Environment and passes down what is needed:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn test_items_are_told_apart_from_code() {
+    let text = "fn a() { env::var(\"A\") }\n#[cfg(test)]\nmod tests;\nfn b() {}\n#[cfg(test)]\n#[allow(x)]\nfn t() {\n    env::var(\"T\");\n}\nfn c() {}\n    #[cfg(test)]\n    mod tests {\n        fn x() {\n        }\n    }\n    fn d() {}\n";
+    let kept: Vec<&str> = non_test_lines(text).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(
+        kept,
+        [
+            "fn a() { env::var(\"A\") }",
+            "fn b() {}",
+            "fn c() {}",
+            "    fn d() {}"
+        ]
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::io::{self, Read};
 
-use capsule_manifest::{RelPath, MAX_PATH_BYTES};
+use capsule_manifest::{PathError, RelPath, MAX_PATH_BYTES};
 use tar::EntryType;
 
 /// Largest PAX extended header read, in bytes.
@@ -43,8 +43,90 @@ pub enum Member<'e> {
         /// The name as the archive spells it, quoted and bounded for a message.
         name: String,
         /// Why.
-        reason: String,
+        reason: MemberRefusal,
     },
+}
+
+/// Why one member of the archive is never placed; the guest's doing, like everything in the
+/// archive. The message follows the member's name.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemberRefusal {
+    /// Its GNU long name is longer than any path placed.
+    #[error("its long name is {size} bytes, over the {MAX_PATH_BYTES}-byte path limit")]
+    LongNameTooLong {
+        /// The long name's size, as its header says.
+        size: u64,
+    },
+    /// Its GNU long name could not be read.
+    #[error("its long name cannot be read: {0}")]
+    LongNameUnreadable(io::Error),
+    /// Its PAX header is larger than this reader reads.
+    #[error("its PAX header is {size} bytes, over the {MAX_PAX_BYTES}-byte limit")]
+    PaxTooLarge {
+        /// The PAX header's size, as its header says.
+        size: u64,
+    },
+    /// Its PAX header has a record that does not parse.
+    #[error("its PAX header is malformed")]
+    PaxMalformed,
+    /// Its PAX header has no `path` record.
+    #[error("its PAX header has no path")]
+    PaxNoPath,
+    /// Its name is not a clean relative path.
+    #[error("{0}")]
+    BadName(PathError),
+    /// Not a regular file or directory (links are never placed).
+    #[error("it is a {0}, not a regular file or directory")]
+    Special(SpecialKind),
+}
+
+/// A kind of archive entry that is never placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpecialKind {
+    /// A symbolic link.
+    Symlink,
+    /// A hard link.
+    HardLink,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A FIFO.
+    Fifo,
+    /// A GNU sparse file.
+    Sparse,
+    /// Any other entry type.
+    Other,
+}
+
+impl SpecialKind {
+    fn of(kind: EntryType) -> SpecialKind {
+        match kind {
+            EntryType::Symlink => SpecialKind::Symlink,
+            EntryType::Link => SpecialKind::HardLink,
+            EntryType::Char => SpecialKind::CharDevice,
+            EntryType::Block => SpecialKind::BlockDevice,
+            EntryType::Fifo => SpecialKind::Fifo,
+            EntryType::GNUSparse => SpecialKind::Sparse,
+            _ => SpecialKind::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for SpecialKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SpecialKind::Symlink => "symbolic link",
+            SpecialKind::HardLink => "hard link",
+            SpecialKind::CharDevice => "character device",
+            SpecialKind::BlockDevice => "block device",
+            SpecialKind::Fifo => "FIFO",
+            SpecialKind::Sparse => "sparse file",
+            SpecialKind::Other => "special entry",
+        })
+    }
 }
 
 impl std::fmt::Debug for Member<'_> {
@@ -61,7 +143,8 @@ impl std::fmt::Debug for Member<'_> {
     }
 }
 
-/// Why the archive as a whole cannot be read on.
+/// Why the archive as a whole cannot be read on: always the guest's doing (it wrote the
+/// archive).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArchiveError {
@@ -70,7 +153,22 @@ pub enum ArchiveError {
     Damaged(#[source] io::Error),
     /// A construct this reader refuses rather than risk reading it differently.
     #[error("output.tar is refused: {0}")]
-    Unsupported(String),
+    Unsupported(Unsupported),
+}
+
+/// A construct that would let two tar readers disagree on where entries start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unsupported {
+    /// Two name headers in a row.
+    #[error("two long-name or PAX members describe the same entry")]
+    TwoNameHeaders,
+    /// A PAX `size` record, which moves the next header for readers that honour it.
+    #[error("a PAX size record (the guest agent never writes one)")]
+    PaxSize,
+    /// A name header at the end of the archive.
+    #[error("a long-name or PAX member describes no entry")]
+    DanglingNameHeader,
 }
 
 /// Call `visit` for each member of `archive`, in order. Stops at the end of the archive, at
@@ -84,7 +182,7 @@ pub fn for_each_member<R: Read>(
 ) -> Result<(), ArchiveError> {
     let mut archive = tar::Archive::new(archive);
     let entries = archive.entries().map_err(ArchiveError::Damaged)?.raw(true);
-    let mut long_name: Option<Result<Vec<u8>, String>> = None;
+    let mut long_name: Option<Result<Vec<u8>, MemberRefusal>> = None;
     for entry in entries {
         let mut entry = entry.map_err(ArchiveError::Damaged)?;
         let kind = entry.header().entry_type();
@@ -92,9 +190,7 @@ pub fn for_each_member<R: Read>(
         match kind {
             EntryType::GNULongName | EntryType::XHeader => {
                 if long_name.is_some() {
-                    return Err(ArchiveError::Unsupported(
-                        "two long-name or PAX members describe the same entry".to_owned(),
-                    ));
+                    return Err(ArchiveError::Unsupported(Unsupported::TwoNameHeaders));
                 }
                 long_name = Some(if kind == EntryType::XHeader {
                     pax_path(&mut entry, size)?
@@ -125,7 +221,7 @@ pub fn for_each_member<R: Read>(
             Err(e) => {
                 if !visit(Member::Refused {
                     name,
-                    reason: e.to_string(),
+                    reason: MemberRefusal::BadName(e),
                 }) {
                     return Ok(());
                 }
@@ -145,10 +241,7 @@ pub fn for_each_member<R: Read>(
             EntryType::Directory => Member::Dir { path },
             other => Member::Refused {
                 name,
-                reason: format!(
-                    "it is a {}, not a regular file or directory",
-                    describe(other)
-                ),
+                reason: MemberRefusal::Special(SpecialKind::of(other)),
             },
         };
         if !visit(member) {
@@ -156,25 +249,21 @@ pub fn for_each_member<R: Read>(
         }
     }
     if long_name.is_some() {
-        return Err(ArchiveError::Unsupported(
-            "a long-name or PAX member describes no entry".to_owned(),
-        ));
+        return Err(ArchiveError::Unsupported(Unsupported::DanglingNameHeader));
     }
     Ok(())
 }
 
 /// A GNU long name, read only up to its bound.
-fn read_long_name(entry: &mut impl Read, size: u64) -> Result<Vec<u8>, String> {
+fn read_long_name(entry: &mut impl Read, size: u64) -> Result<Vec<u8>, MemberRefusal> {
     if size > MAX_LONG_NAME_BYTES {
-        return Err(format!(
-            "its long name is {size} bytes, over the {MAX_PATH_BYTES}-byte path limit"
-        ));
+        return Err(MemberRefusal::LongNameTooLong { size });
     }
     let mut name = Vec::new();
     entry
         .take(MAX_LONG_NAME_BYTES)
         .read_to_end(&mut name)
-        .map_err(|e| format!("its long name cannot be read: {e}"))?;
+        .map_err(MemberRefusal::LongNameUnreadable)?;
     while name.last() == Some(&0) {
         name.pop();
     }
@@ -183,11 +272,12 @@ fn read_long_name(entry: &mut impl Read, size: u64) -> Result<Vec<u8>, String> {
 
 /// The `path` of a PAX extended header. A `size` record is refused for the whole archive
 /// (see the module docs); other records are ignored.
-fn pax_path(entry: &mut impl Read, size: u64) -> Result<Result<Vec<u8>, String>, ArchiveError> {
+fn pax_path(
+    entry: &mut impl Read,
+    size: u64,
+) -> Result<Result<Vec<u8>, MemberRefusal>, ArchiveError> {
     if size > MAX_PAX_BYTES {
-        return Ok(Err(format!(
-            "its PAX header is {size} bytes, over the {MAX_PAX_BYTES}-byte limit"
-        )));
+        return Ok(Err(MemberRefusal::PaxTooLarge { size }));
     }
     let mut data = Vec::new();
     entry
@@ -197,31 +287,15 @@ fn pax_path(entry: &mut impl Read, size: u64) -> Result<Result<Vec<u8>, String>,
     let mut path = None;
     for record in tar::PaxExtensions::new(&data) {
         let Ok(record) = record else {
-            return Ok(Err("its PAX header is malformed".to_owned()));
+            return Ok(Err(MemberRefusal::PaxMalformed));
         };
         match record.key_bytes() {
-            b"size" => {
-                return Err(ArchiveError::Unsupported(
-                    "a PAX size record (the guest agent never writes one)".to_owned(),
-                ))
-            }
+            b"size" => return Err(ArchiveError::Unsupported(Unsupported::PaxSize)),
             b"path" => path = Some(record.value_bytes().to_vec()),
             _ => {}
         }
     }
-    Ok(path.ok_or_else(|| "its PAX header has no path".to_owned()))
-}
-
-fn describe(kind: EntryType) -> &'static str {
-    match kind {
-        EntryType::Symlink => "symbolic link",
-        EntryType::Link => "hard link",
-        EntryType::Char => "character device",
-        EntryType::Block => "block device",
-        EntryType::Fifo => "FIFO",
-        EntryType::GNUSparse => "sparse file",
-        _ => "special entry",
-    }
+    Ok(path.ok_or(MemberRefusal::PaxNoPath))
 }
 
 /// An archive name for a message: lossy UTF-8, control and format characters escaped, bounded.
@@ -331,6 +405,55 @@ mod tests {
         assert!(seen[1].contains("FIFO"));
         assert!(seen[2].contains("'..'"));
         assert_eq!(seen[3], "dir ok");
+    }
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        let cases = [
+            (
+                MemberRefusal::LongNameTooLong { size: 9999 }.to_string(),
+                "its long name is 9999 bytes, over the 4096-byte path limit",
+            ),
+            (
+                MemberRefusal::LongNameUnreadable(io::Error::other("gone")).to_string(),
+                "its long name cannot be read: gone",
+            ),
+            (
+                MemberRefusal::PaxTooLarge { size: 70000 }.to_string(),
+                "its PAX header is 70000 bytes, over the 65536-byte limit",
+            ),
+            (
+                MemberRefusal::PaxMalformed.to_string(),
+                "its PAX header is malformed",
+            ),
+            (
+                MemberRefusal::PaxNoPath.to_string(),
+                "its PAX header has no path",
+            ),
+            (
+                MemberRefusal::BadName(PathError::Absolute).to_string(),
+                "the path is absolute; it must be relative to the work dir",
+            ),
+            (
+                MemberRefusal::Special(SpecialKind::of(EntryType::Char)).to_string(),
+                "it is a character device, not a regular file or directory",
+            ),
+            (
+                ArchiveError::Unsupported(Unsupported::TwoNameHeaders).to_string(),
+                "output.tar is refused: two long-name or PAX members describe the same entry",
+            ),
+            (
+                ArchiveError::Unsupported(Unsupported::PaxSize).to_string(),
+                "output.tar is refused: a PAX size record (the guest agent never writes one)",
+            ),
+            (
+                ArchiveError::Unsupported(Unsupported::DanglingNameHeader).to_string(),
+                "output.tar is refused: a long-name or PAX member describes no entry",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

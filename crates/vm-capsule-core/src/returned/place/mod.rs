@@ -23,9 +23,11 @@ use std::io::Read;
 
 use crate::temp_record::TempRecord;
 
-pub use archive::{for_each_member, quote, ArchiveError, Member};
+pub use archive::{
+    for_each_member, quote, ArchiveError, Member, MemberRefusal, SpecialKind, Unsupported,
+};
 pub use fs::{write_stream, PlaceError, Placer};
-pub use rules::{Destination, OutputRules};
+pub use rules::{BadOutputEntry, Destination, OutputRules, RuleRefusal};
 
 /// Problems kept word for word; later ones are only counted.
 pub const MAX_PROBLEMS: usize = 20;
@@ -102,7 +104,7 @@ pub fn place_outputs_with(
                         .make_dir(&dest.root, &dest.below)
                         .map_err(|e| e.to_string()),
                     Ok(None) => Ok(()),
-                    Err(why) => Err(why),
+                    Err(why) => Err(why.to_string()),
                 };
                 (path, outcome)
             }
@@ -131,7 +133,7 @@ pub fn place_outputs_with(
                         }
                     }
                     Ok(None) => Ok(()),
-                    Err(why) => Err(why),
+                    Err(why) => Err(why.to_string()),
                 };
                 (path, outcome)
             }

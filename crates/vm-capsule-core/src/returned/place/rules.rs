@@ -14,9 +14,10 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use capsule_manifest::RelPath;
+use capsule_manifest::{PathError, RelPath};
 
 use crate::job::JobSpec;
+use crate::whose::Whose;
 
 /// Names HTCondor's starter keeps for itself in a sandbox; a guest may not create them there.
 const SANDBOX_RESERVED: [&str; 6] = [
@@ -27,6 +28,84 @@ const SANDBOX_RESERVED: [&str; 6] = [
     "_condor_stdout",
     "_condor_stderr",
 ];
+
+/// A `transfer_output_files` entry that no output can match: the job's owner must fix the
+/// ad (HTCondor would not find such an output in the sandbox either).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transfer_output_files entry {entry:?} cannot be an output: {problem}")]
+pub struct BadOutputEntry {
+    /// The entry as the user wrote it.
+    pub entry: String,
+    /// Why it is not a clean relative path.
+    pub problem: PathError,
+}
+
+/// Why HTCondor would not bring an archive member back, or could not put it where the job's
+/// remaps say. The member is reported, not placed; see [`RuleRefusal::whose`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleRefusal {
+    /// A nested member under the default rule, which takes only the top level.
+    #[error(
+        "it is not in the top level of the sandbox, and transfer_output_files does not name it"
+    )]
+    NotTopLevel,
+    /// A directory under the default rule, which takes only files.
+    #[error("HTCondor brings back no directory that transfer_output_files does not name")]
+    UnnamedDirectory,
+    /// The job's executable or proxy file, which the default rule never takes.
+    #[error("HTCondor never brings back the job's executable or proxy")]
+    ExecutableOrProxy,
+    /// A member that no `transfer_output_files` entry names.
+    #[error("transfer_output_files does not name it")]
+    NotNamed,
+    /// A top-level name the starter or the capsule keeps for itself in a sandbox.
+    #[error("{name:?} is a name HTCondor or the capsule uses in the sandbox")]
+    ReservedName {
+        /// The top-level name.
+        name: String,
+    },
+    /// The output's name is not a clean relative path.
+    #[error("its name: {0}")]
+    BadName(PathError),
+    /// The destination path breaks a path rule (too long once joined, say).
+    #[error("{0}")]
+    BadDestination(PathError),
+    /// `transfer_output_remaps` sends the output to a URL, which only HTCondor's own
+    /// transfer can do.
+    #[error("transfer_output_remaps sends it to the URL {to:?}, which the VM flavour cannot do; use the vanilla flavour, whose output transfer is HTCondor's own")]
+    RemapToUrl {
+        /// The remap target.
+        to: String,
+    },
+    /// `transfer_output_remaps` names a directory, not a file.
+    #[error("transfer_output_remaps target {to:?} names no file")]
+    RemapNamesNoFile {
+        /// The remap target.
+        to: String,
+    },
+    /// The file name a `transfer_output_remaps` target ends in breaks a path rule.
+    #[error("transfer_output_remaps target {to:?}: {problem}")]
+    BadRemapTarget {
+        /// The remap target.
+        to: String,
+        /// What is wrong with its file name.
+        problem: PathError,
+    },
+}
+
+impl RuleRefusal {
+    /// Who must act: the job's owner for a remap the VM flavour cannot follow, the guest (or
+    /// the job in it) for a member the rules do not take.
+    pub fn whose(&self) -> Whose {
+        match self {
+            RuleRefusal::RemapToUrl { .. }
+            | RuleRefusal::RemapNamesNoFile { .. }
+            | RuleRefusal::BadRemapTarget { .. } => Whose::Owner,
+            _ => Whose::Guest,
+        }
+    }
+}
 
 /// Which members are outputs.
 #[derive(Debug, Clone)]
@@ -74,17 +153,18 @@ impl OutputRules {
     /// The rules of `job`, as HTCondor's file transfer would apply them to its `Iwd`.
     ///
     /// # Errors
-    /// A `transfer_output_files` entry that is not a clean relative path, named in the
-    /// message (HTCondor would not find such an output in the sandbox either).
-    pub fn for_job(job: &JobSpec) -> Result<OutputRules, String> {
+    /// [`BadOutputEntry`] for a `transfer_output_files` entry that is not a clean relative
+    /// path.
+    pub fn for_job(job: &JobSpec) -> Result<OutputRules, BadOutputEntry> {
         let selection = match &job.outputs {
             Some(list) => {
                 let mut named = Vec::new();
                 for raw in list {
                     let contents_only = raw.len() > 1 && raw.ends_with('/');
                     let body = raw.strip_suffix('/').unwrap_or(raw);
-                    let path = RelPath::parse(body).map_err(|e| {
-                        format!("transfer_output_files entry {raw:?} cannot be an output: {e}")
+                    let path = RelPath::parse(body).map_err(|problem| BadOutputEntry {
+                        entry: raw.clone(),
+                        problem,
                     })?;
                     named.push(Named {
                         raw: raw.clone(),
@@ -125,21 +205,23 @@ impl OutputRules {
     /// Where member `path` (a directory when `is_dir`) goes.
     ///
     /// # Errors
-    /// Why HTCondor would not bring it back, for the report.
-    pub fn destination(&self, path: &RelPath, is_dir: bool) -> Result<Option<Destination>, String> {
+    /// [`RuleRefusal`]: why HTCondor would not bring it back, for the report.
+    pub fn destination(
+        &self,
+        path: &RelPath,
+        is_dir: bool,
+    ) -> Result<Option<Destination>, RuleRefusal> {
         match &self.selection {
             Selection::Named(named) => self.named_destination(named, path),
             Selection::Changed { excluded } => {
                 if path.depth() > 1 {
-                    return Err("it is not in the top level of the sandbox, and transfer_output_files does not name it".to_owned());
+                    return Err(RuleRefusal::NotTopLevel);
                 }
                 if is_dir {
-                    return Err("HTCondor brings back no directory that transfer_output_files does not name".to_owned());
+                    return Err(RuleRefusal::UnnamedDirectory);
                 }
                 if excluded.iter().any(|e| e == path.as_str()) {
-                    return Err(
-                        "HTCondor never brings back the job's executable or proxy".to_owned()
-                    );
+                    return Err(RuleRefusal::ExecutableOrProxy);
                 }
                 self.remapped(path.as_str(), path.as_str(), None).map(Some)
             }
@@ -149,9 +231,9 @@ impl OutputRules {
                     || SANDBOX_RESERVED.contains(&top)
                     || top.starts_with("_condor_")
                 {
-                    return Err(format!(
-                        "{top:?} is a name HTCondor or the capsule uses in the sandbox"
-                    ));
+                    return Err(RuleRefusal::ReservedName {
+                        name: top.to_owned(),
+                    });
                 }
                 Ok(Some(Destination {
                     root: self.iwd.clone(),
@@ -165,13 +247,13 @@ impl OutputRules {
         &self,
         named: &[Named],
         path: &RelPath,
-    ) -> Result<Option<Destination>, String> {
+    ) -> Result<Option<Destination>, RuleRefusal> {
         let Some(entry) = named
             .iter()
             .filter(|n| path.starts_with(&n.path))
             .max_by_key(|n| n.path.as_str().len())
         else {
-            return Err("transfer_output_files does not name it".to_owned());
+            return Err(RuleRefusal::NotNamed);
         };
         let rest = path.strip_prefix(&entry.path).flatten();
         if entry.contents_only {
@@ -179,7 +261,7 @@ impl OutputRules {
             let Some(rest) = rest else { return Ok(None) };
             let first = rest.components().next().unwrap_or_default();
             let tail = rest
-                .strip_prefix(&RelPath::parse(first).map_err(|e| e.to_string())?)
+                .strip_prefix(&RelPath::parse(first).map_err(RuleRefusal::BadDestination)?)
                 .flatten();
             return self.remapped(first, first, tail.as_ref()).map(Some);
         }
@@ -199,7 +281,7 @@ impl OutputRules {
         name: &str,
         base: &str,
         rest: Option<&RelPath>,
-    ) -> Result<Destination, String> {
+    ) -> Result<Destination, RuleRefusal> {
         let remap = self
             .remaps
             .iter()
@@ -209,12 +291,12 @@ impl OutputRules {
         let (root, below) = match remap {
             None => (
                 self.iwd.clone(),
-                RelPath::parse(base).map_err(|e| format!("its name: {e}"))?,
+                RelPath::parse(base).map_err(RuleRefusal::BadName)?,
             ),
             Some(to) => remap_target(&self.iwd, to)?,
         };
         let below = match rest {
-            Some(rest) => below.join(rest).map_err(|e| e.to_string())?,
+            Some(rest) => below.join(rest).map_err(RuleRefusal::BadDestination)?,
             None => below,
         };
         Ok(Destination { root, below })
@@ -224,11 +306,9 @@ impl OutputRules {
 /// Split a remap target into an existing root and a clean path below it: a clean relative
 /// target stays below `Iwd` (missing directories are created there); anything else (absolute,
 /// or with `..`) is resolved lexically and its parent directory must exist.
-fn remap_target(iwd: &Path, to: &str) -> Result<(PathBuf, RelPath), String> {
+fn remap_target(iwd: &Path, to: &str) -> Result<(PathBuf, RelPath), RuleRefusal> {
     if to.contains("://") {
-        return Err(format!(
-            "transfer_output_remaps sends it to the URL {to:?}, which the VM flavour cannot do; use the vanilla flavour, whose output transfer is HTCondor's own"
-        ));
+        return Err(RuleRefusal::RemapToUrl { to: to.to_owned() });
     }
     if let Ok(rel) = RelPath::parse(to) {
         return Ok((iwd.to_owned(), rel));
@@ -246,9 +326,11 @@ fn remap_target(iwd: &Path, to: &str) -> Result<(PathBuf, RelPath), String> {
     let name = full
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("transfer_output_remaps target {to:?} names no file"))?;
-    let below =
-        RelPath::parse(name).map_err(|e| format!("transfer_output_remaps target {to:?}: {e}"))?;
+        .ok_or_else(|| RuleRefusal::RemapNamesNoFile { to: to.to_owned() })?;
+    let below = RelPath::parse(name).map_err(|problem| RuleRefusal::BadRemapTarget {
+        to: to.to_owned(),
+        problem,
+    })?;
     let root = full
         .parent()
         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
@@ -272,7 +354,7 @@ mod tests {
         rules: &OutputRules,
         path: &str,
         is_dir: bool,
-    ) -> Result<Option<(String, String)>, String> {
+    ) -> Result<Option<(String, String)>, RuleRefusal> {
         rules
             .destination(&RelPath::parse(path).unwrap(), is_dir)
             .map(|d| d.map(|d| (d.root.display().to_string(), d.below.to_string())))
@@ -285,10 +367,14 @@ mod tests {
             dest(&rules, ".bashrc", false).unwrap().unwrap().1,
             ".bashrc"
         );
-        assert!(dest(&rules, ".ssh/authorized_keys", false).is_err());
-        assert!(dest(&rules, ".ssh", true).is_err());
-        assert!(dest(&rules, "job.sh", false).is_err());
-        assert!(dest(&rules, "x509up_u1", false).is_err());
+        let refusal = |path, is_dir| dest(&rules, path, is_dir).unwrap_err();
+        assert_eq!(
+            refusal(".ssh/authorized_keys", false),
+            RuleRefusal::NotTopLevel
+        );
+        assert_eq!(refusal(".ssh", true), RuleRefusal::UnnamedDirectory);
+        assert_eq!(refusal("job.sh", false), RuleRefusal::ExecutableOrProxy);
+        assert_eq!(refusal("x509up_u1", false), RuleRefusal::ExecutableOrProxy);
     }
 
     #[test]
@@ -312,10 +398,76 @@ mod tests {
             dest(&rules, "a.out", false).unwrap().unwrap().1,
             "res/a.txt"
         );
-        assert!(dest(&rules, "url.out", false).unwrap_err().contains("URL"));
-        assert!(dest(&rules, "sub/other", false).is_err());
-        assert!(dest(&rules, ".bashrc", false).is_err());
-        assert!(dest(&rules, "job.sh", false).is_err());
+        let url = dest(&rules, "url.out", false).unwrap_err();
+        assert_eq!(url.whose(), Whose::Owner);
+        assert!(url.to_string().contains("URL"), "{url}");
+        for unnamed in ["sub/other", ".bashrc", "job.sh"] {
+            let refusal = dest(&rules, unnamed, false).unwrap_err();
+            assert_eq!(refusal, RuleRefusal::NotNamed, "{unnamed}");
+            assert_eq!(refusal.whose(), Whose::Guest);
+        }
+    }
+
+    #[test]
+    fn refusals_read_as_they_always_have() {
+        let cases = [
+            (
+                RuleRefusal::NotTopLevel,
+                "it is not in the top level of the sandbox, and transfer_output_files does not name it",
+            ),
+            (
+                RuleRefusal::UnnamedDirectory,
+                "HTCondor brings back no directory that transfer_output_files does not name",
+            ),
+            (
+                RuleRefusal::ExecutableOrProxy,
+                "HTCondor never brings back the job's executable or proxy",
+            ),
+            (RuleRefusal::NotNamed, "transfer_output_files does not name it"),
+            (
+                RuleRefusal::ReservedName {
+                    name: ".job.ad".to_owned(),
+                },
+                "\".job.ad\" is a name HTCondor or the capsule uses in the sandbox",
+            ),
+            (
+                RuleRefusal::BadName(PathError::Nul),
+                "its name: the path contains a NUL byte",
+            ),
+            (
+                RuleRefusal::BadDestination(PathError::TooLong),
+                "the path is longer than 4096 bytes",
+            ),
+            (
+                RuleRefusal::RemapToUrl {
+                    to: "osdf:///x".to_owned(),
+                },
+                "transfer_output_remaps sends it to the URL \"osdf:///x\", which the VM flavour cannot do; use the vanilla flavour, whose output transfer is HTCondor's own",
+            ),
+            (
+                RuleRefusal::RemapNamesNoFile { to: "/".to_owned() },
+                "transfer_output_remaps target \"/\" names no file",
+            ),
+            (
+                RuleRefusal::BadRemapTarget {
+                    to: "x".to_owned(),
+                    problem: PathError::ComponentTooLong,
+                },
+                "transfer_output_remaps target \"x\": a component is longer than 255 bytes",
+            ),
+        ];
+        for (refusal, text) in cases {
+            assert_eq!(refusal.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn a_bad_output_entry_names_itself() {
+        let err = OutputRules::for_job(&job("TransferOutput = \"../up\"\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "transfer_output_files entry \"../up\" cannot be an output: the path has a '..' component; it must stay inside the work dir"
+        );
     }
 
     #[test]
@@ -357,7 +509,13 @@ mod tests {
             "_condor_x/y",
             ".chirp.config",
         ] {
-            assert!(dest(&rules, bad, false).is_err(), "{bad}");
+            assert!(
+                matches!(
+                    dest(&rules, bad, false),
+                    Err(RuleRefusal::ReservedName { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 }
