@@ -35,9 +35,11 @@ KPKG=${KPKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: 
 [ -n "$KPKG" ] || die "no kernel package behind linux-image-amd64; hint: run apt-get update"
 KVER=${KPKG#linux-image-}
 KDIR=$OUT/kernel-$KVER
-# virtio/IDE/AHCI disks, plus vfat and its default code pages for capsule.mode=mount.
-WANT="virtio_pci virtio_blk ata_piix ahci sd_mod vfat nls_cp437 nls_ascii nls_iso8859_1"
-if [ ! -f "$KDIR/complete" ]; then
+# virtio/IDE/AHCI disks, plus vfat and its default code pages for capsule.mode=mount, and
+# virtio_console for the vanilla launcher's control channel (a virtio-serial port).
+WANT="virtio_pci virtio_blk ata_piix ahci sd_mod vfat nls_cp437 nls_ascii nls_iso8859_1 virtio_console"
+# The marker holds the module list: a changed list fetches the modules again.
+if [ "$(cat "$KDIR/complete" 2>/dev/null)" != "$WANT" ]; then
     say "fetching $KPKG"
     tmp=$(mktemp -d "$OUT/tmp.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
@@ -70,7 +72,7 @@ if [ ! -f "$KDIR/complete" ]; then
         cp "${KOPATH[$m]}" "$KDIR/modules/$m.ko"
         echo "$m" >> "$KDIR/modules/load-order"
     done
-    touch "$KDIR/complete"
+    echo "$WANT" > "$KDIR/complete"
     rm -rf "$tmp"
     trap - EXIT
 fi

@@ -440,12 +440,27 @@ fn prepare_and_run(
         }
     );
 
+    // A self-checkpointing job's checkpoint exit: HTCondor restarts it in the same sandbox,
+    // which must then hold every file it wrote, whatever its output rule.
+    let checkpointed = matches!(
+        (m.checkpoint_exit_code, finished.outcome),
+        (Some(want), Outcome::Exited { code }) if code == want
+    );
+    let rule = if checkpointed {
+        crate::log!("checkpoint exit: returning every file the job wrote");
+        collect::checkpoint_rule(&s.work, &catalog).unwrap_or_else(|e| {
+            crate::log!("cannot list the work dir ({e:#}); returning the job's outputs only");
+            m.output.clone()
+        })
+    } else {
+        m.output.clone()
+    };
     let collected = File::create(&s.output_tar)
         .with_context(|| format!("cannot create {}", s.output_tar.display()))
         .and_then(|f| {
             collect::collect(
                 &s.work,
-                &m.output,
+                &rule,
                 &catalog,
                 m.executable.as_str(),
                 account.as_ref().map(|a| a.uid),

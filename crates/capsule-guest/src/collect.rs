@@ -29,6 +29,31 @@ pub struct Collected {
     pub warnings: Vec<String>,
 }
 
+/// The rule after a checkpoint exit: every top-level entry of `work` the job may have
+/// written (directories whole, files new or changed since the inputs were unpacked), so the
+/// host's sandbox holds the job's files when HTCondor restarts it there. Symlinks, special
+/// files and names that are not UTF-8 stay behind (the default rule skips them too).
+pub fn checkpoint_rule(work: &Path, catalog: &Catalog) -> Result<OutputRule> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(work).with_context(|| format!("cannot list {}", work.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?; // does not follow symlinks
+        let unchanged = catalog.get(&entry.file_name()) == Some(&workdir::stamp(&meta));
+        if !(meta.is_dir() || meta.file_type().is_file() && !unchanged) {
+            continue;
+        }
+        if let Some(path) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| OutputPath::parse(n).ok())
+        {
+            paths.push(path);
+        }
+    }
+    paths.sort_by(|a, b| a.path().as_str().cmp(b.path().as_str()));
+    Ok(OutputRule::Explicit { paths })
+}
+
 /// Pack the outputs of `work` selected by `rule` into `out` as a tar archive.
 /// `executable` (relative to `work`, if it is there) is never an output of the default rule.
 /// `job_uid` is the account the job ran as (`None`: the agent's own, nothing to guard against).
@@ -311,5 +336,26 @@ mod tests {
             "{:?}",
             got.warnings
         );
+    }
+
+    /// After a checkpoint exit everything the job may have written comes back: new and
+    /// changed files, directories; not unchanged inputs nor symlinks.
+    #[test]
+    fn the_checkpoint_rule_takes_what_the_job_wrote() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        fs::write(w.join("input.txt"), "in").unwrap();
+        fs::write(w.join("changed.txt"), "in").unwrap();
+        let catalog = workdir::catalog(w).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(w.join("changed.txt"), "more").unwrap();
+        fs::write(w.join("ckpt.dat"), "1").unwrap();
+        fs::create_dir(w.join("state")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", w.join("link")).unwrap();
+        let OutputRule::Explicit { paths } = checkpoint_rule(w, &catalog).unwrap() else {
+            panic!("not explicit");
+        };
+        let paths: Vec<String> = paths.iter().map(ToString::to_string).collect();
+        assert_eq!(paths, ["changed.txt", "ckpt.dat", "state"]);
     }
 }

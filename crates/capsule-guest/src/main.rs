@@ -8,6 +8,7 @@
 mod agent;
 mod args;
 mod collect;
+mod control;
 mod disk;
 mod find;
 mod launch;
@@ -90,6 +91,10 @@ fn main() -> ExitCode {
 /// Turn the arguments into options, run the agent, and map the outcome to an exit code:
 /// 0 when a result.json was written (whatever the job did), 1 when none could be.
 fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
+    // In a VM (it powers off at the end): listen for the launcher's signals.
+    if !args.no_poweroff {
+        control::start();
+    }
     let opts = Options {
         source: args.source.clone(),
         scratch: args.scratch.clone(),

@@ -111,6 +111,8 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
         .with_context(|| format!("cannot execute {}", spec.program.display()))?;
     let exec_at = Instant::now();
     let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    // Signals the host forwards (the job's soft-kill signal) go to this pid from now on.
+    crate::control::job_started(pid);
 
     let timed_out = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -134,6 +136,8 @@ pub fn run(spec: JobSpec<'_>) -> Result<Finished> {
             Err(e) => return Err(e).context("waitid on the job"),
         }
     }
+    // Before the pid is reaped and can be reused.
+    crate::control::job_ended();
     let ended_at = Instant::now();
     let ended_unix = SystemTime::now();
     drop(stop_tx);

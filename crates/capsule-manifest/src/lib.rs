@@ -74,6 +74,11 @@
 //!   to files it does not own; skipped entries are listed in `warnings`.
 //! * `inputs` (default empty): the entries of `input.tar` the host put there; the agent checks
 //!   each one was unpacked.
+//! * `checkpoint_exit_code` (default none, written only when set): the job is
+//!   self-checkpointing (HTCondor's `checkpoint_exit_code`). When it exits with this code the
+//!   agent packs every new or changed top-level entry of the work dir (directories whole),
+//!   whatever `output` says, so the host holds every file the job wrote when HTCondor restarts
+//!   it in the same sandbox.
 //!
 //! # `result.json`, schema version 2
 //!
@@ -122,6 +127,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod control;
 mod error;
 mod json;
 mod manifest;

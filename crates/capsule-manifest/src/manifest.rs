@@ -55,6 +55,11 @@ pub struct Manifest {
     /// Entries the host put in `input.tar`.
     #[serde(default)]
     pub inputs: Vec<InputEntry>,
+    /// The job is self-checkpointing: when it exits with this code, every new or changed
+    /// top-level entry of the work dir comes back (whatever `output` says), so the host can
+    /// restart it from its files. Written only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_exit_code: Option<u8>,
 }
 
 /// Which files of the work dir are collected into `output.tar`.
@@ -123,6 +128,7 @@ impl Manifest {
             wall_time_limit_secs: None,
             output: OutputRule::Default,
             inputs: Vec::new(),
+            checkpoint_exit_code: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub struct Environment {
     pub condor_ids: Option<String>,
     /// `_CONDOR_CHIRP_CONFIG`: the Chirp configuration the starter wrote for the job.
     pub chirp_config: Option<OsString>,
+    /// `_CONDOR_JOB_AD`: the job ad the starter wrote for the job.
+    pub job_ad: Option<OsString>,
+    /// `_CONDOR_MACHINE_AD`: the slot's ad the starter wrote for the job.
+    pub machine_ad: Option<OsString>,
     /// `USER`.
     pub user: Option<String>,
     /// `HOME`.
@@ -62,6 +66,8 @@ impl Environment {
                 Some("_CONDOR_RELEASE_DIR") => env.condor_release_dir = Some(value.clone()),
                 Some("CONDOR_IDS") => env.condor_ids.clone_from(&text),
                 Some("_CONDOR_CHIRP_CONFIG") => env.chirp_config = Some(value.clone()),
+                Some("_CONDOR_JOB_AD") => env.job_ad = Some(value.clone()),
+                Some("_CONDOR_MACHINE_AD") => env.machine_ad = Some(value.clone()),
                 Some("USER") => env.user.clone_from(&text),
                 Some("HOME") => env.home = Some(value.clone()),
                 Some("XDG_CACHE_HOME") => env.xdg_cache_home = Some(value.clone()),
@@ -113,6 +119,7 @@ mod tests {
             ("CONDOR_INHERIT", "123 <1.2.3.4:5> 0"),
             ("CONDOR_IDS", "64.65"),
             ("_CONDOR_CHIRP_CONFIG", "/s/.chirp.config"),
+            ("_CONDOR_JOB_AD", "/s/.job.ad"),
             ("USER", "alice"),
             ("_CONDOR_VM_CAPSULE_TEMPLATE", "/t"),
         ]);
@@ -120,6 +127,7 @@ mod tests {
         assert_eq!(e.condor_config, Some("/etc/c".into()));
         assert_eq!(e.condor_uid(), Some(64));
         assert_eq!(e.chirp_config, Some("/s/.chirp.config".into()));
+        assert_eq!(e.job_ad, Some("/s/.job.ad".into()));
         assert_eq!(e.user.as_deref(), Some("alice"));
         assert_eq!(e.tool_search().daemon_pid, Some(123));
         assert!(e

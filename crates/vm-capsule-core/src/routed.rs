@@ -75,6 +75,22 @@ const CARRIED: &[&str] = &[
     "OsUser",
 ];
 
+/// Vanilla flavour: what the starter reads to interrupt, checkpoint and restart the job
+/// (`user_proc.cpp`, `vanilla_proc.cpp`); the launcher reads them back from the starter's job
+/// ad to forward the soft-kill signal and to keep its files after a checkpoint exit.
+const INTERRUPTION: &[&str] = &[
+    "KillSig",
+    "RemoveKillSig",
+    "HoldKillSig",
+    "KillSigTimeout",
+    "WantFTOnCheckpoint",
+    "SuccessCheckpointExitCode",
+    "SuccessCheckpointExitBySignal",
+    "SuccessCheckpointExitSignal",
+    "TransferCheckpoint",
+    "CheckpointDestination",
+];
+
 /// One disk of the routed VM, as `VMPARAM_vm_Disk` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDisk {
@@ -275,6 +291,7 @@ pub fn build_vanilla(
         original,
         &["Out", "Err", "TransferOutput", "TransferOutputRemaps"],
     );
+    carry(&mut ad, original, INTERRUPTION);
     ad.insert("MyType", Expr::string("Job"));
     ad.insert("TargetType", Expr::string("Machine"));
     ad.insert("JobUniverse", Expr::integer(VANILLA_UNIVERSE));
@@ -295,7 +312,13 @@ pub fn build_vanilla(
         Expr::string(vanilla_transfer(job, staged, parts).join(",")),
     );
     ad.insert("ShouldTransferFiles", Expr::string("YES"));
-    ad.insert("WhenToTransferOutput", Expr::string("ON_EXIT"));
+    // ON_EXIT_OR_EVICT: the files a soft-killed job wrote travel as a native job's would.
+    let evict = classad::eval::string_attr(original, "WhenToTransferOutput")
+        .is_some_and(|w| w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT"));
+    ad.insert(
+        "WhenToTransferOutput",
+        Expr::string(if evict { "ON_EXIT_OR_EVICT" } else { "ON_EXIT" }),
+    );
     // The launcher publishes the job's own usage through the starter's Chirp server.
     ad.insert("WantIOProxy", Expr::boolean(true));
     // QEMU itself needs memory beyond the guest's.

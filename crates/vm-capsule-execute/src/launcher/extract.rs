@@ -39,19 +39,42 @@ pub enum LauncherExit {
     Failed(String),
 }
 
+/// The capsule's own files in the sandbox: never outputs.
+#[derive(Debug, Clone, Default)]
+pub struct CapsuleFiles {
+    /// Every one of them (plain names).
+    pub all: Vec<String>,
+    /// Those the launcher made here (the data disk, overlays, the console log): made again
+    /// at every start.
+    pub made: Vec<String>,
+    /// The job's checkpoint exit code: after it HTCondor restarts the launcher in this
+    /// sandbox, so the files HTCondor transferred stay.
+    pub checkpoint_exit_code: Option<u8>,
+}
+
 /// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
-/// (`capsule_files`, so they are not taken for outputs). Streams go to `out` and `err`; the
-/// job's usage to the starter, over Chirp (`chirp_config`: the job's `_CONDOR_CHIRP_CONFIG`).
+/// (so they are not taken for outputs), but for a checkpoint exit only those the launcher
+/// made. Streams go to `out` and `err`; the job's usage to the starter, over Chirp
+/// (`chirp_config`: the job's `_CONDOR_CHIRP_CONFIG`).
 pub fn finish_in_sandbox(
     sandbox: &Path,
     chirp_config: Option<&Path>,
     data_disk: &str,
-    capsule_files: &[String],
+    files: &CapsuleFiles,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, chirp_config, data_disk, capsule_files, out, err);
-    for name in capsule_files {
+    let exit = extract(sandbox, chirp_config, data_disk, &files.all, out, err);
+    let checkpointed = matches!(
+        (&exit, files.checkpoint_exit_code),
+        (LauncherExit::Code(code), Some(want)) if *code == want
+    );
+    let remove = if checkpointed {
+        &files.made
+    } else {
+        &files.all
+    };
+    for name in remove {
         // Only plain names: these come from our own capsule description.
         if !name.contains('/') {
             let _ = fs::remove_file(sandbox.join(name));

@@ -6,6 +6,7 @@
 //! exit status, so HTCondor's own file transfer and exit handling do the rest.
 
 pub(crate) mod extract;
+pub mod interrupt;
 pub mod sandbox;
 
 use std::io::Write;
@@ -14,9 +15,12 @@ use std::path::{Path, PathBuf};
 use classad::eval::string_attr;
 use classad::ClassAd;
 
-pub use extract::{finish_in_sandbox, LauncherExit};
+pub use extract::{finish_in_sandbox, CapsuleFiles, LauncherExit};
 
-use crate::runner::{run, RunError, RunOptions, VmSpec, CONSOLE_LOG};
+use crate::runner::{
+    run_with, Attached, ControlChannel, RunError, RunOptions, VmSpec, CONSOLE_LOG,
+};
+use interrupt::{Forwarder, Interruption};
 use vm_capsule_core::capsule::is_plain_name;
 use vm_capsule_core::node_image::NodeImageError;
 use vm_capsule_core::routed;
@@ -117,7 +121,9 @@ pub struct Slot {
 
 /// Make the data disk from what HTCondor transferred, boot, extract the results into the
 /// sandbox and say how to exit. Quiet on success: the job's stdout and stderr go to `out`
-/// and `err`; the launcher's own diagnostics go to `report`, one line each.
+/// and `err`; the launcher's own diagnostics go to `report`, one line each. The job's
+/// soft-kill signals (as `interruption` names them) are caught from here on and forwarded to
+/// the job in the guest.
 ///
 /// # Errors
 /// [`SlotError`] when the routed ad describes no VM or no data disk: nothing was started.
@@ -125,32 +131,49 @@ pub fn launch(
     ad: &ClassAd,
     opts: &RunOptions,
     slot: &Slot,
+    interruption: &Interruption,
     out: &mut dyn Write,
     err: &mut dyn Write,
     report: &mut dyn FnMut(&str),
 ) -> Result<LauncherExit, SlotError> {
+    let mut forwarder = Forwarder::install(interruption);
     let spec = VmSpec::from_ad(ad)?;
     let data_disk =
         string_attr(ad, routed::ATTR_DATA_DISK).ok_or_else(|| SlotError::NoDataDisk {
             routed_ad: slot.routed_ad.display().to_string(),
         })?;
-    let capsule_files = capsule_files(ad, &spec, slot);
+    let files = capsule_files(ad, &spec, slot, &data_disk, interruption)?;
     // The agent installed beside the node's launcher, for capsules that ask for it.
     let node_agent = slot
         .exe
         .as_deref()
         .and_then(Path::parent)
         .map(|dir| dir.join(capsule_manifest::CAPSULE_INIT));
-    // The data disk is made here, from what HTCondor transferred (inputs and URLs included).
-    let booted = sandbox::make_data_disk(&slot.sandbox, ad, node_agent.as_deref())
+    let resume = sandbox::Resume {
+        capsule_files: &files.all,
+        checkpoint_exit_code: interruption.checkpoint_exit_code,
+    };
+    // The data disk is made here, from what HTCondor transferred (inputs and URLs included)
+    // and what the job left here before.
+    let booted = sandbox::make_data_disk_with(&slot.sandbox, ad, node_agent.as_deref(), resume)
         .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
-        .and_then(|_| run(ad, opts, &mut |_| {}).map_err(|e| e.to_string()));
+        .and_then(|_| {
+            ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))
+        })
+        .and_then(|mut channel| {
+            let mut tick = |c: &mut ControlChannel| forwarder.tick(c);
+            let attached = Attached {
+                channel: &mut channel,
+                tick: &mut tick,
+            };
+            run_with(ad, opts, &mut |_| {}, Some(attached)).map_err(|e| e.to_string())
+        });
     Ok(match booted {
         Ok(_) => finish_in_sandbox(
             &slot.sandbox,
             slot.chirp_config.as_deref(),
             &data_disk,
-            &capsule_files,
+            &files,
             out,
             err,
         ),
@@ -163,11 +186,15 @@ pub fn launch(
             }
             report(&why);
             // The capsule's files go all the same, so they are not taken for outputs.
+            let all = CapsuleFiles {
+                checkpoint_exit_code: None,
+                ..files
+            };
             let _ = finish_in_sandbox(
                 &slot.sandbox,
                 slot.chirp_config.as_deref(),
                 &data_disk,
-                &capsule_files,
+                &all,
                 &mut std::io::sink(),
                 &mut std::io::sink(),
             );
@@ -176,8 +203,15 @@ pub fn launch(
     })
 }
 
-/// The capsule's own files in the sandbox: never outputs, removed after the run.
-fn capsule_files(ad: &ClassAd, spec: &VmSpec, slot: &Slot) -> Vec<String> {
+/// The capsule's own files in the sandbox: never outputs, removed after the run (but those
+/// HTCondor transferred, after a checkpoint exit).
+fn capsule_files(
+    ad: &ClassAd,
+    spec: &VmSpec,
+    slot: &Slot,
+    data_disk: &str,
+    interruption: &Interruption,
+) -> Result<CapsuleFiles, SlotError> {
     let mut files = spec.transfer.clone();
     files.push(slot.routed_ad.display().to_string());
     files.push(CONSOLE_LOG.to_owned());
@@ -191,5 +225,18 @@ fn capsule_files(ad: &ClassAd, spec: &VmSpec, slot: &Slot) -> Vec<String> {
             files.extend(exe.file_name().map(|n| n.to_string_lossy().into_owned()));
         }
     }
-    files
+    let mut made = vec![data_disk.to_owned(), CONSOLE_LOG.to_owned()];
+    made.extend(
+        vm_capsule_core::node_image::from_routed_ad(ad)?
+            .into_iter()
+            .map(|b| b.overlay),
+    );
+    files.extend(made.iter().cloned());
+    files.sort();
+    files.dedup();
+    Ok(CapsuleFiles {
+        all: files,
+        made,
+        checkpoint_exit_code: interruption.checkpoint_exit_code,
+    })
 }

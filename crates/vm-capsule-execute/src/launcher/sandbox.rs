@@ -46,6 +46,28 @@ fn described(e: RecipeError) -> SandboxError {
     }
 }
 
+/// Names HTCondor's starter puts in a job's sandbox: never the job's files.
+const STARTER_NAMES: [&str; 7] = [
+    ".chirp.config",
+    ".job.ad",
+    ".machine.ad",
+    ".update.ad",
+    ".job_wrapper_failure",
+    "tmp",
+    "var",
+];
+
+/// What the sandbox holds besides the inputs HTCondor transferred this time, and how the job
+/// checkpoints: a self-checkpointing job restarted in the same sandbox, or a job restarted
+/// after an eviction with the files it left, finds them in its work dir, as natively.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume<'a> {
+    /// The capsule's own names in the sandbox: never the job's files.
+    pub capsule_files: &'a [String],
+    /// The job's `SuccessCheckpointExitCode`, for the agent.
+    pub checkpoint_exit_code: Option<u8>,
+}
+
 /// Make the data disk in `sandbox` as `capsule` (the capsule ad) describes, from the
 /// manifest, the job ad, the agent and the inputs HTCondor transferred. `node_agent` is the
 /// agent installed beside the launcher, used when the capsule ad asks for it
@@ -58,6 +80,20 @@ pub fn make_data_disk(
     capsule: &ClassAd,
     node_agent: Option<&Path>,
 ) -> Result<String, SandboxError> {
+    make_data_disk_with(sandbox, capsule, node_agent, Resume::default())
+}
+
+/// [`make_data_disk`], taking every other file the job has in the sandbox along (see
+/// [`Resume`]).
+///
+/// # Errors
+/// [`SandboxError`] naming what is missing.
+pub fn make_data_disk_with(
+    sandbox: &Path,
+    capsule: &ClassAd,
+    node_agent: Option<&Path>,
+    resume: Resume<'_>,
+) -> Result<String, SandboxError> {
     let recipe = CapsuleRecipe::from_attrs(capsule).map_err(described)?;
     let read = |file: &'static str| {
         std::fs::read(sandbox.join(file)).map_err(|e| SandboxError::Description {
@@ -67,10 +103,18 @@ pub fn make_data_disk(
     };
     let manifest_json = read(routed::CAPSULE_JSON_FILE)?;
     let job_ad = read(routed::JOB_AD_FILE)?;
-    let manifest = Manifest::from_json(&manifest_json).map_err(|e| SandboxError::Description {
+    let description = |e: capsule_manifest::Error| SandboxError::Description {
         file: routed::CAPSULE_JSON_FILE,
         what: e.to_string(),
-    })?;
+    };
+    let mut manifest = Manifest::from_json(&manifest_json).map_err(description)?;
+    let manifest_json = match resume.checkpoint_exit_code {
+        Some(code) => {
+            manifest.checkpoint_exit_code = Some(code);
+            manifest.to_json().map_err(description)?
+        }
+        None => manifest_json,
+    };
     let agent = match &recipe.agent {
         AgentSource::Sandbox(name) => Some(sandbox.join(name)),
         AgentSource::Node => {
@@ -88,7 +132,7 @@ pub fn make_data_disk(
         }
         AgentSource::Image => None,
     };
-    let inputs = inputs(sandbox, &manifest)?;
+    let inputs = inputs(sandbox, &manifest, resume.capsule_files)?;
     // A cloud image's NoCloud seed, made here as translate makes it for the VM universe.
     let seed =
         vm_capsule_core::nocloud::seed_files(recipe.agent_start, &manifest.user, &recipe.job_id);
@@ -107,8 +151,14 @@ pub fn make_data_disk(
 }
 
 /// The inputs the manifest names, as HTCondor placed them in the sandbox (the executable
-/// first, made executable).
-fn inputs(sandbox: &Path, manifest: &Manifest) -> Result<InputPlan, SandboxError> {
+/// first, made executable), then every other file or directory the sandbox holds that is
+/// neither the capsule's (`capsule_files`) nor the starter's: what the job wrote in an
+/// earlier run here, or what HTCondor brought back from the last checkpoint or eviction.
+fn inputs(
+    sandbox: &Path,
+    manifest: &Manifest,
+    capsule_files: &[String],
+) -> Result<InputPlan, SandboxError> {
     let mut items = Vec::new();
     for entry in &manifest.inputs {
         // A clean relative path: the manifest's paths are checked as it is read.
@@ -126,5 +176,80 @@ fn inputs(sandbox: &Path, manifest: &Manifest) -> Result<InputPlan, SandboxError
             source,
         });
     }
+    items.extend(left_by_the_job(sandbox, manifest, capsule_files));
     Ok(InputPlan::of(items).map_err(vm_capsule_core::capsule::BuildError::from)?)
+}
+
+/// The sandbox's other entries (see [`inputs`]): plain files and directories only, by name,
+/// sorted; links and special files stay behind.
+fn left_by_the_job(sandbox: &Path, manifest: &Manifest, capsule_files: &[String]) -> Vec<TarItem> {
+    let listed = |name: &str| {
+        manifest
+            .inputs
+            .iter()
+            .any(|i| i.path.components().next() == Some(name))
+    };
+    let Ok(dir) = std::fs::read_dir(sandbox) else {
+        return Vec::new();
+    };
+    let mut items: Vec<TarItem> = dir
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let meta = entry.metadata().ok()?; // does not follow a link
+            let ours = capsule_files.contains(&name)
+                || STARTER_NAMES.contains(&name.as_str())
+                || name.starts_with("_condor_")
+                || name.starts_with(".condor_");
+            if ours || listed(&name) || !(meta.is_file() || meta.is_dir()) {
+                return None;
+            }
+            capsule_manifest::RelPath::file_name_only(&name).ok()?;
+            Some(TarItem {
+                executable: false,
+                is_dir: meta.is_dir(),
+                source: entry.path(),
+                name,
+            })
+        })
+        .collect();
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What the job left in the sandbox goes back in; the capsule's files, the starter's,
+    /// the listed inputs and links do not.
+    #[test]
+    fn the_job_s_own_files_are_taken_along() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path();
+        for f in [
+            "job.sh",
+            "in.txt",
+            "ckpt.dat",
+            "vmlinuz",
+            "_condor_stdout",
+            ".job.ad",
+        ] {
+            std::fs::write(s.join(f), f).unwrap();
+        }
+        std::fs::create_dir(s.join("state")).unwrap();
+        std::fs::create_dir(s.join("tmp")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", s.join("link")).unwrap();
+        let mut m = Manifest::new("job.sh".parse().unwrap(), vec!["job.sh".into()]);
+        for input in ["job.sh", "in.txt"] {
+            m.inputs.push(capsule_manifest::InputEntry {
+                path: input.parse().unwrap(),
+                kind: EntryKind::File,
+            });
+        }
+        let items = left_by_the_job(s, &m, &["vmlinuz".to_owned()]);
+        let names: Vec<(&str, bool)> = items.iter().map(|i| (i.name.as_str(), i.is_dir)).collect();
+        assert_eq!(names, [("ckpt.dat", false), ("state", true)]);
+    }
 }

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use classad::ClassAd;
 use thiserror::Error;
 
+mod control;
 mod pvh;
 mod qemu;
 mod spec;
 mod wait;
 
+pub use control::ControlChannel;
 pub use pvh::{uncompressed_kernel, PvhKernel};
 pub use qemu::{qemu_command, Hardening, QEMU};
 pub use spec::{Drive, VmSpec};
@@ -164,6 +166,13 @@ pub enum RunError {
     Timeout {
         /// The limit.
         secs: u64,
+        /// The console log file.
+        console: PathBuf,
+    },
+    /// Stopped by the launcher: the guest did not power off in the time HTCondor gives an
+    /// interrupted job.
+    #[error("the VM was powered off: the job did not end within its vacate time after the soft-kill signal; console log: {console}")]
+    Stopped {
         /// The console log file.
         console: PathBuf,
     },
@@ -320,6 +329,7 @@ fn check_ended(
     let (status, stderr) = match waited {
         Waited::Exited(status, stderr) => (status, stderr),
         Waited::GaveUp => return Err(no_boot()),
+        Waited::Stopped => return Err(RunError::Stopped { console }),
         Waited::TimedOut if firmware_gave_up(&console) => return Err(no_boot()),
         Waited::TimedOut => {
             return Err(RunError::Timeout {
@@ -349,6 +359,16 @@ fn check_ended(
     Ok(())
 }
 
+/// A control channel attached to the guest for one run, and what to do with it while the
+/// guest runs.
+#[allow(missing_debug_implementations)]
+pub struct Attached<'a> {
+    /// The channel; QEMU gets its guest end.
+    pub channel: &'a mut ControlChannel,
+    /// Called every few ms while QEMU runs; true: stop the guest (QEMU quits).
+    pub tick: &'a mut dyn FnMut(&mut ControlChannel) -> bool,
+}
+
 /// Run the VM of `ad`.
 ///
 /// # Errors
@@ -358,6 +378,35 @@ pub fn run(
     ad: &ClassAd,
     opts: &RunOptions,
     progress: &mut dyn FnMut(&str),
+) -> Result<RunReport, RunError> {
+    run_with(ad, opts, progress, None)
+}
+
+/// What is booted, for the progress report.
+fn boot_line(spec: &VmSpec, accel: Accel, pvh: bool) -> String {
+    format!(
+        "booting {} disk(s), {} MiB, {} CPU(s), accel {}{}",
+        spec.drives.len(),
+        spec.memory_mib,
+        spec.vcpus,
+        accel.name(),
+        if pvh {
+            ", kernel uncompressed on the host (PVH entry)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// [`run`], with a control channel to the guest when `attached` is given.
+///
+/// # Errors
+/// As [`run`]; [`RunError::Stopped`] when `attached`'s tick stopped the guest.
+pub fn run_with(
+    ad: &ClassAd,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(&str),
+    mut attached: Option<Attached<'_>>,
 ) -> Result<RunReport, RunError> {
     // Judged before anything in it is read (a VMware ad's `.vmx` included).
     let iwd = open_iwd(ad, opts)?;
@@ -396,18 +445,15 @@ pub fn run(
         boot.kernel = kernel.path().display().to_string();
     }
     let mut cmd = qemu_command(qemu, &booted, &sandbox, &console, accel, hardening);
-    progress(&format!(
-        "booting {} disk(s), {} MiB, {} CPU(s), accel {}{}",
-        spec.drives.len(),
-        spec.memory_mib,
-        spec.vcpus,
-        accel.name(),
-        if pvh.is_some() {
-            ", kernel uncompressed on the host (PVH entry)"
-        } else {
-            ""
-        }
-    ));
+    if let Some(a) = attached.as_mut() {
+        cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
+            |source| RunError::Io {
+                what: "cannot hand QEMU the control channel".to_owned(),
+                source,
+            },
+        )?));
+    }
+    progress(&boot_line(&spec, accel, pvh.is_some()));
     // A console left by an earlier run would look like this guest's output.
     let _ = fs::remove_file(&console);
     let start = Instant::now();
@@ -420,6 +466,9 @@ pub fn run(
             qemu: qemu.display().to_string(),
             source,
         })?;
+    if let Some(a) = attached.as_mut() {
+        a.channel.started();
+    }
     // SeaBIOS retries forever when nothing boots: stop as soon as it says so.
     let cancelled = || {
         opts.cancel
@@ -434,33 +483,43 @@ pub fn run(
         }
         cancelled() || firmware_gave_up(&console)
     };
-    let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up).map_err(|source| {
-        RunError::Io {
-            what: "waiting for QEMU".to_owned(),
-            source,
-        }
+    let mut tick = || attached.as_mut().is_some_and(|a| (a.tick)(a.channel));
+    let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up, &mut tick);
+    let waited = waited.map_err(|source| RunError::Io {
+        what: "waiting for QEMU".to_owned(),
+        source,
     })?;
     let elapsed = start.elapsed();
     if matches!(waited, Waited::GaveUp) && cancelled() {
         return Err(RunError::Cancelled { console });
     }
     check_ended(waited, &spec, &console, opts.timeout)?;
-    // Output transfer: the writable disks come back (the vm-gahp touches their mtime).
-    let mut returned = Vec::new();
-    if let Some(iwd) = iwd.as_ref().filter(|_| !opts.in_place) {
-        for d in spec.drives.iter().filter(|d| d.writable) {
-            iwd.give_back(&sandbox, &d.file)
-                .map_err(|source| RunError::Io {
-                    what: format!("cannot return {} to {}", d.file, spec.iwd.display()),
-                    source,
-                })?;
-            returned.push(d.file.clone());
-        }
-    }
+    let returned = match iwd.as_ref().filter(|_| !opts.in_place) {
+        Some(iwd) => give_back(iwd, &spec, &sandbox)?,
+        None => Vec::new(),
+    };
     Ok(RunReport {
         sandbox,
         console,
         elapsed,
         returned,
     })
+}
+
+/// Output transfer: the writable disks come back (the vm-gahp touches their mtime).
+fn give_back(
+    iwd: &crate::run_files::Iwd,
+    spec: &VmSpec,
+    sandbox: &Path,
+) -> Result<Vec<String>, RunError> {
+    let mut returned = Vec::new();
+    for d in spec.drives.iter().filter(|d| d.writable) {
+        iwd.give_back(sandbox, &d.file)
+            .map_err(|source| RunError::Io {
+                what: format!("cannot return {} to {}", d.file, spec.iwd.display()),
+                source,
+            })?;
+        returned.push(d.file.clone());
+    }
+    Ok(returned)
 }

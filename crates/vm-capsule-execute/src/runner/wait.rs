@@ -19,7 +19,12 @@ pub enum Waited {
     TimedOut,
     /// `gave_up` said there is no point waiting; QEMU was killed.
     GaveUp,
+    /// `tick` asked for the guest to stop; QEMU was told to quit (and killed if it did not).
+    Stopped,
 }
+
+/// How long QEMU has to quit after SIGTERM before it is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Drain `child`'s stderr in a thread, keeping its tail.
 fn drain(child: &mut Child) -> Option<JoinHandle<String>> {
@@ -43,6 +48,8 @@ fn drain(child: &mut Child) -> Option<JoinHandle<String>> {
 
 /// Wait for `child` until `deadline` (none: as long as it runs) or until `gave_up` (asked
 /// once a second) says the guest will never finish, reporting progress every few seconds.
+/// `tick` runs at every turn (a few ms apart); once it returns true QEMU is asked to quit
+/// (SIGTERM: it closes its disks cleanly) and killed [`QUIT_GRACE`] later.
 ///
 /// # Errors
 /// Errors of `try_wait`.
@@ -51,15 +58,34 @@ pub fn wait(
     deadline: Option<Duration>,
     progress: &mut dyn FnMut(&str),
     gave_up: &dyn Fn() -> bool,
+    tick: &mut dyn FnMut() -> bool,
 ) -> std::io::Result<Waited> {
     let drainer = drain(child);
     let start = Instant::now();
     let mut last_report = Instant::now();
     let mut last_check = Instant::now();
+    let mut stopping: Option<Instant> = None;
     loop {
         if let Some(status) = child.try_wait()? {
+            // Stopped: what it said on the way out does not matter, so no waiting for it.
+            if stopping.is_some() {
+                return Ok(Waited::Stopped);
+            }
             let tail = drainer.and_then(|h| h.join().ok()).unwrap_or_default();
             return Ok(Waited::Exited(status, tail));
+        }
+        match stopping {
+            None if tick() => {
+                stopping = Some(Instant::now());
+                let pid = rustix::process::Pid::from_child(child);
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            Some(t) if t.elapsed() > QUIT_GRACE => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(Waited::Stopped);
+            }
+            _ => {}
         }
         if deadline.is_some_and(|d| start.elapsed() > d) {
             let _ = child.kill();
@@ -102,6 +128,7 @@ mod tests {
             Some(Duration::from_secs(30)),
             &mut |_| {},
             &|| false,
+            &mut || false,
         )
         .unwrap()
         {
@@ -109,7 +136,9 @@ mod tests {
                 assert_eq!(status.code(), Some(3));
                 assert_eq!(tail.len(), STDERR_TAIL);
             }
-            Waited::TimedOut | Waited::GaveUp => panic!("blocked on a full stderr pipe"),
+            Waited::TimedOut | Waited::GaveUp | Waited::Stopped => {
+                panic!("blocked on a full stderr pipe")
+            }
         }
     }
 
@@ -125,6 +154,7 @@ mod tests {
             Some(Duration::from_millis(200)),
             &mut |_| {},
             &|| false,
+            &mut || false,
         )
         .unwrap();
         assert!(matches!(w, Waited::TimedOut));
@@ -137,7 +167,29 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let w = wait(&mut child, None, &mut |_| {}, &|| true).unwrap();
+        let w = wait(&mut child, None, &mut |_| {}, &|| true, &mut || false).unwrap();
         assert!(matches!(w, Waited::GaveUp));
+    }
+
+    /// A stop asked by `tick` quits the child with SIGTERM, and kills one that ignores it.
+    #[test]
+    fn a_stop_quits_then_kills() {
+        for (script, ignores) in [
+            ("sleep 30", false),
+            ("trap '' TERM; while :; do sleep 0.1; done", true),
+        ] {
+            let mut child = Command::new("sh")
+                .args(["-c", script])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            // Once the shell has set its trap.
+            let mut tick = || started.elapsed() > Duration::from_millis(500);
+            let w = wait(&mut child, None, &mut |_| {}, &|| false, &mut tick).unwrap();
+            assert!(matches!(w, Waited::Stopped), "{script}");
+            assert!(started.elapsed() < QUIT_GRACE + Duration::from_secs(3));
+            assert_eq!(started.elapsed() >= QUIT_GRACE, ignores, "{script}");
+        }
     }
 }

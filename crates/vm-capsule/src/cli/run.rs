@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use vm_capsule_core::environment::Environment;
+use vm_capsule_execute::launcher::interrupt::Interruption;
 use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
@@ -228,10 +229,16 @@ fn launch_here(
         exe: env.current_exe.clone(),
         chirp_config: env.chirp_config.clone().map(PathBuf::from),
     };
+    // What the starter's job and machine ads say about soft kills and checkpoints.
+    let interruption = Interruption::from_files(
+        env.job_ad.as_deref().map(Path::new),
+        env.machine_ad.as_deref().map(Path::new),
+    );
     let exit = launch(
         ad,
         opts,
         &slot,
+        &interruption,
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
         &mut |line| eprintln!("vm-capsule launcher: {line}"),

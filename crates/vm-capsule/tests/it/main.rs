@@ -18,6 +18,7 @@ mod guests;
 mod hooks;
 mod hostile;
 mod inputs;
+mod interrupt;
 mod layout;
 mod libvirt;
 mod maintainer;

@@ -1,0 +1,186 @@
+//! The guest's end of the control channel (`capsule_manifest::control`): a virtio-serial port
+//! the vanilla launcher attaches. A signal HTCondor sent the launcher (the job's soft-kill
+//! signal, on a vacate, `condor_rm` or a hold) comes in here and goes to the job's top
+//! process, as HTCondor's starter sends it to a native job's; the job then ends by itself and
+//! the agent collects its outputs as after any exit.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use capsule_manifest::control::{Decoder, Message, CONTROL_PORT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Where the kernel lists virtio-serial ports.
+const PORTS: &str = "/sys/class/virtio-ports";
+/// How long the port may take to appear after the agent starts (the driver probes it
+/// asynchronously).
+const FIND_FOR: Duration = Duration::from_secs(10);
+
+/// Where the job is, for a signal that arrives.
+#[derive(Debug)]
+enum Job {
+    /// Not started yet: signals wait for it.
+    Waiting(Vec<Signal>),
+    /// Running with this pid (not reaped while it is here).
+    Running(Pid),
+    /// Ended: signals are dropped.
+    Ended,
+}
+
+static JOB: Mutex<Job> = Mutex::new(Job::Waiting(Vec::new()));
+
+fn job() -> std::sync::MutexGuard<'static, Job> {
+    JOB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The job started as `pid`: deliver what came before it.
+pub fn job_started(pid: Pid) {
+    let mut job = job();
+    if let Job::Waiting(pending) = &*job {
+        for &s in pending {
+            deliver(pid, s);
+        }
+    }
+    *job = Job::Running(pid);
+}
+
+/// The job ended (its pid is still unreaped): no signal may go to that pid any more.
+pub fn job_ended() {
+    *job() = Job::Ended;
+}
+
+fn deliver(pid: Pid, signal: Signal) {
+    crate::log!("control: {signal} for the job (pid {pid})");
+    if let Err(e) = kill(pid, signal) {
+        crate::log!("control: cannot send {signal} to the job: {e}");
+    }
+}
+
+fn on_signal(number: u8) {
+    let Ok(signal) = Signal::try_from(i32::from(number)) else {
+        crate::log!("control: signal {number} is not one this agent knows; ignored");
+        return;
+    };
+    let mut job = job();
+    match &mut *job {
+        Job::Waiting(pending) if pending.len() < 16 => pending.push(signal),
+        Job::Waiting(_) | Job::Ended => {}
+        Job::Running(pid) => deliver(*pid, signal),
+    }
+}
+
+/// The device of the port named [`CONTROL_PORT`] under `ports`, if there is one.
+fn find_port(ports: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(ports).ok()?.flatten() {
+        let mut name = String::new();
+        let read = File::open(entry.path().join("name"))
+            .and_then(|f| f.take(256).read_to_string(&mut name));
+        if read.is_ok() && name.trim_end() == CONTROL_PORT {
+            return Some(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
+
+/// Listen on the control port in a thread of its own, for the rest of the agent's life. No
+/// port (the VM universe, a host-mode run) means nothing to listen to.
+pub fn start() {
+    let spawned = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(listen);
+    if let Err(e) = spawned {
+        crate::log!("control: cannot start its thread: {e}");
+    }
+}
+
+fn listen() {
+    let start = Instant::now();
+    let device = loop {
+        if let Some(d) = find_port(Path::new(PORTS)) {
+            break d;
+        }
+        if start.elapsed() > FIND_FOR {
+            crate::log!(
+                "control: no {CONTROL_PORT} port; signals from the host cannot reach the job"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut port = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(&device)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            crate::log!("control: cannot open {}: {e}", device.display());
+            return;
+        }
+    };
+    crate::log!("control: listening on {}", device.display());
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let room = decoder.room().min(buf.len());
+        if room == 0 {
+            crate::log!("control: the channel's framing is lost; no more signals");
+            return;
+        }
+        let n = match port.read(buf.get_mut(..room).unwrap_or_default()) {
+            // The host closed its end, or the port went away.
+            Ok(0) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                crate::log!("control: reading {}: {e}", device.display());
+                return;
+            }
+        };
+        decoder.push(buf.get(..n).unwrap_or_default());
+        loop {
+            match decoder.next_message() {
+                Ok(Some(Message::Signal(s))) => on_signal(s),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    crate::log!("control: {e}");
+                    if decoder.is_broken() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_port_is_found_by_its_name() {
+        let d = tempfile::tempdir().unwrap();
+        for (port, name) in [
+            ("vport0p1", "other\n"),
+            ("vport1p1", "org.vm-capsule.control\n"),
+        ] {
+            std::fs::create_dir(d.path().join(port)).unwrap();
+            std::fs::write(d.path().join(port).join("name"), name).unwrap();
+        }
+        std::fs::create_dir(d.path().join("vport2p1")).unwrap();
+        assert_eq!(find_port(d.path()), Some(PathBuf::from("/dev/vport1p1")));
+        assert_eq!(find_port(&d.path().join("none")), None);
+    }
+}

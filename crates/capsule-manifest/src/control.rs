@@ -1,0 +1,243 @@
+//! The control channel between the vanilla launcher and the guest agent: a virtio-serial port
+//! named [`CONTROL_PORT`] carrying frames of one type byte, a big-endian `u32` payload length
+//! and the payload. Both sides use this codec, and both distrust what they read: every length
+//! is bounded by [`MAX_PAYLOAD`] before anything is buffered, a frame of an unknown type is
+//! skipped (a newer peer may send more), and a known type with a malformed payload is an
+//! error for that frame only.
+//!
+//! | type | direction | payload |
+//! |---|---|---|
+//! | 1 `signal` | host -> guest | one byte: the signal number to deliver to the job |
+
+/// The virtio-serial port's name (`/sys/class/virtio-ports/*/name` in the guest).
+pub const CONTROL_PORT: &str = "org.vm-capsule.control";
+
+/// Largest payload accepted, bytes: far above any message, small enough to buffer.
+pub const MAX_PAYLOAD: u32 = 64 * 1024;
+
+/// Bytes before the payload: the type and the length.
+const HEADER: usize = 5;
+
+/// Type byte of [`Message::Signal`].
+const TYPE_SIGNAL: u8 = 1;
+
+/// A message on the control channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// Deliver this signal to the job (the host received it as the job's soft-kill signal).
+    Signal(u8),
+}
+
+impl Message {
+    /// The message as one frame.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = match self {
+            Message::Signal(s) => (TYPE_SIGNAL, [*s]),
+        };
+        let mut frame = Vec::with_capacity(HEADER + payload.len());
+        frame.push(kind);
+        let len = u32::try_from(payload.len()).unwrap_or(MAX_PAYLOAD);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame
+    }
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length is over [`MAX_PAYLOAD`]: the stream cannot be resynchronised and must be
+    /// abandoned.
+    #[error(
+        "control frame of type {kind} announces {len} bytes, over the {MAX_PAYLOAD}-byte limit"
+    )]
+    TooLong {
+        /// The type byte.
+        kind: u8,
+        /// The announced length.
+        len: u32,
+    },
+    /// A known type whose payload is not what it must be (the frame is skipped).
+    #[error("control frame of type {kind} has a malformed {len}-byte payload")]
+    BadPayload {
+        /// The type byte.
+        kind: u8,
+        /// The payload's length.
+        len: usize,
+    },
+}
+
+/// Reassembles frames from bytes read in arbitrary pieces. Holds at most one frame's bytes
+/// (header plus [`MAX_PAYLOAD`]) beyond what it has decoded.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    broken: bool,
+}
+
+impl Decoder {
+    /// A decoder with nothing buffered.
+    #[must_use]
+    pub fn new() -> Self {
+        Decoder::default()
+    }
+
+    /// Bytes this decoder will take now without holding more than one frame: feed at most
+    /// this many from the next read (0 once the stream is abandoned).
+    #[must_use]
+    pub fn room(&self) -> usize {
+        if self.broken {
+            return 0;
+        }
+        (HEADER + MAX_PAYLOAD as usize).saturating_sub(self.buf.len())
+    }
+
+    /// Add bytes read from the channel. More than [`Decoder::room`] would break the framing,
+    /// so the stream is then abandoned instead.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.room() {
+            self.broken = true;
+            self.buf.clear();
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete message: `Ok(None)` when more bytes are needed; frames of unknown
+    /// types are skipped.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLong`] (then every later call says the same: the stream is lost) or
+    /// [`FrameError::BadPayload`] (that frame is dropped; the next call goes on).
+    pub fn next_message(&mut self) -> Result<Option<Message>, FrameError> {
+        loop {
+            let Some((&kind, rest)) = self.buf.split_first() else {
+                return Ok(None);
+            };
+            let Some(len) = rest.get(..4) else {
+                return Ok(None);
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            if len > MAX_PAYLOAD {
+                self.broken = true;
+                self.buf.clear();
+                return Err(FrameError::TooLong { kind, len });
+            }
+            let end = HEADER + len as usize;
+            if self.buf.len() < end {
+                return Ok(None);
+            }
+            let payload: Vec<u8> = self.buf.drain(..end).skip(HEADER).collect();
+            match kind {
+                TYPE_SIGNAL => {
+                    return match payload[..] {
+                        [s] if s != 0 => Ok(Some(Message::Signal(s))),
+                        _ => Err(FrameError::BadPayload {
+                            kind,
+                            len: payload.len(),
+                        }),
+                    }
+                }
+                // A type this version does not know: skip it.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Whether the stream was abandoned (a length over the limit).
+    #[must_use]
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let mut bytes = Message::Signal(15).encode();
+        bytes.extend(Message::Signal(10).encode());
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &bytes {
+            d.push(std::slice::from_ref(b));
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, vec![Message::Signal(15), Message::Signal(10)]);
+    }
+
+    #[test]
+    fn unknown_types_are_skipped() {
+        let mut bytes = vec![200, 0, 0, 0, 3, b'a', b'b', b'c'];
+        bytes.extend([7, 0, 0, 0, 0]);
+        bytes.extend(Message::Signal(2).encode());
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert_eq!(d.next_message().unwrap(), Some(Message::Signal(2)));
+        assert_eq!(d.next_message().unwrap(), None);
+    }
+
+    #[test]
+    fn a_huge_length_abandons_the_stream_without_buffering_it() {
+        let mut d = Decoder::new();
+        d.push(&[TYPE_SIGNAL, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
+        assert_eq!(
+            d.next_message(),
+            Err(FrameError::TooLong {
+                kind: TYPE_SIGNAL,
+                len: u32::MAX
+            })
+        );
+        assert!(d.is_broken());
+        assert_eq!(d.room(), 0);
+        d.push(&Message::Signal(15).encode());
+        assert_eq!(d.next_message(), Ok(None));
+    }
+
+    #[test]
+    fn a_truncated_frame_waits_and_the_buffer_stays_bounded() {
+        let mut d = Decoder::new();
+        // A frame of the largest size, of an unknown type, sent one byte short.
+        let mut frame = vec![99];
+        frame.extend(MAX_PAYLOAD.to_be_bytes());
+        frame.extend(vec![0u8; MAX_PAYLOAD as usize - 1]);
+        d.push(&frame);
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(d.room(), 1);
+        // The last byte completes it: skipped, and the buffer is empty again.
+        d.push(&[0]);
+        assert_eq!(d.next_message(), Ok(None));
+        assert!(d.buf.is_empty() && !d.is_broken());
+        // A truncated header alone is just "not yet".
+        d.push(&[TYPE_SIGNAL, 0, 0]);
+        assert_eq!(d.next_message(), Ok(None));
+        // More than the room is never buffered: the stream is abandoned.
+        d.push(&vec![0u8; MAX_PAYLOAD as usize + HEADER]);
+        assert!(d.is_broken() && d.buf.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_signal_is_refused_and_the_next_frame_read() {
+        let mut d = Decoder::new();
+        d.push(&[TYPE_SIGNAL, 0, 0, 0, 2, 15, 15]);
+        d.push(&[TYPE_SIGNAL, 0, 0, 0, 1, 0]);
+        d.push(&Message::Signal(9).encode());
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::BadPayload { len: 2, .. })
+        ));
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::BadPayload { len: 1, .. })
+        ));
+        assert_eq!(d.next_message(), Ok(Some(Message::Signal(9))));
+    }
+}

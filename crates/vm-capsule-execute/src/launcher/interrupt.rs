@@ -1,0 +1,253 @@
+//! Interrupted jobs, as HTCondor's starter interrupts a native vanilla job
+//! (`OsProc::ShutdownGraceful`, `Remove`, `Hold` in `os_proc.cpp`): it sends the job's
+//! soft-kill signal (`KillSig`, or `RemoveKillSig`/`HoldKillSig`; default SIGTERM) to the
+//! job's top process only, which is this launcher, and SIGKILLs the whole process family
+//! when the vacate time is up. The launcher catches those signals and forwards each over the
+//! control channel to the agent, which delivers it to the job in the guest; the job ends by
+//! itself and its results come out as after any exit. A guest still running near the end of
+//! the vacate time is powered off, so the launcher ends with a message, not by SIGKILL.
+//!
+//! Suspension needs nothing: SIGSTOP and SIGCONT go to every process of the family, QEMU
+//! included, and the guest simply pauses.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capsule_manifest::control::Message;
+use classad::eval::evaluate_attr;
+use classad::{ClassAd, Value};
+
+use crate::runner::ControlChannel;
+
+/// HTCondor's `MACHINE_MAX_VACATE_TIME` default, seconds: the vacate time when neither ad says.
+const DEFAULT_VACATE_SECS: u64 = 600;
+/// The guest is powered off this long before HTCondor's SIGKILL is due.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+/// Largest job or machine ad read, bytes.
+const MAX_AD_BYTES: u64 = 4 << 20;
+
+/// What the starter's ads say about interrupting this job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interruption {
+    /// Signals the starter may send to soft-kill the job (SIGTERM always among them).
+    pub kill_signals: Vec<i32>,
+    /// From the soft-kill signal to HTCondor's SIGKILL.
+    pub vacate: Duration,
+    /// The job is self-checkpointing: it exits with this code to be restarted in place
+    /// (`SuccessCheckpointExitCode`, honoured only with `WantFTOnCheckpoint`).
+    pub checkpoint_exit_code: Option<u8>,
+}
+
+/// A signal as a job ad names it (`findSignal` in `classad_helpers.cpp`): a number, or a name
+/// with or without `SIG`.
+fn signal_of(ad: &ClassAd, attr: &str) -> Option<i32> {
+    match evaluate_attr(ad, attr) {
+        Value::Integer(n) => i32::try_from(n).ok().filter(|n| *n > 0),
+        Value::String(name) => {
+            let name = name.trim().to_ascii_uppercase();
+            let full = if name.starts_with("SIG") {
+                name
+            } else {
+                format!("SIG{name}")
+            };
+            full.parse::<nix::sys::signal::Signal>()
+                .ok()
+                .map(|s| s as i32)
+        }
+        _ => None,
+    }
+}
+
+fn seconds(ad: &ClassAd, attr: &str) -> Option<u64> {
+    match evaluate_attr(ad, attr) {
+        Value::Integer(n) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+impl Interruption {
+    /// From the job ad and the machine ad the starter wrote (either may be missing: then
+    /// HTCondor's defaults).
+    pub fn from_ads(job: Option<&ClassAd>, machine: Option<&ClassAd>) -> Interruption {
+        let mut kill_signals = vec![nix::libc::SIGTERM];
+        let mut vacate = None;
+        let mut checkpoint_exit_code = None;
+        if let Some(job) = job {
+            for attr in ["KillSig", "RemoveKillSig", "HoldKillSig"] {
+                kill_signals.extend(signal_of(job, attr));
+            }
+            vacate = seconds(job, "JobMaxVacateTime").or_else(|| seconds(job, "KillSigTimeout"));
+            if evaluate_attr(job, "WantFTOnCheckpoint") == Value::Bool(true) {
+                checkpoint_exit_code = match evaluate_attr(job, "SuccessCheckpointExitCode") {
+                    Value::Integer(n) => u8::try_from(n).ok(),
+                    _ => None,
+                };
+            }
+        }
+        let machine = machine.and_then(|m| seconds(m, "MachineMaxVacateTime"));
+        let secs = match (vacate, machine) {
+            (Some(j), Some(m)) => j.min(m),
+            (Some(s), None) | (None, Some(s)) => s,
+            (None, None) => DEFAULT_VACATE_SECS,
+        };
+        kill_signals.sort_unstable();
+        kill_signals.dedup();
+        Interruption {
+            kill_signals,
+            vacate: Duration::from_secs(secs),
+            checkpoint_exit_code,
+        }
+    }
+
+    /// From the ad files the starter names in `_CONDOR_JOB_AD` and `_CONDOR_MACHINE_AD`.
+    pub fn from_files(job_ad: Option<&Path>, machine_ad: Option<&Path>) -> Interruption {
+        Interruption::from_ads(
+            job_ad.and_then(read_ad).as_ref(),
+            machine_ad.and_then(read_ad).as_ref(),
+        )
+    }
+}
+
+/// A bounded ad file, parsed; `None` when it cannot be read (the defaults then hold).
+fn read_ad(path: &Path) -> Option<ClassAd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_AD_BYTES).read_to_string(&mut text).ok()?;
+    classad::parse_ads(&text).ok()?.pop()
+}
+
+/// The soft-kill signals caught for the run, forwarded to the guest.
+#[derive(Debug)]
+pub struct Forwarder {
+    caught: Vec<(i32, Arc<AtomicBool>)>,
+    first: Option<Instant>,
+    grace: Duration,
+}
+
+impl Forwarder {
+    /// Catch `interruption`'s signals from now on (a signal the kernel does not let a
+    /// process catch, SIGKILL or SIGSTOP, is left alone; so are SIGCONT and SIGCHLD, which
+    /// suspension and QEMU need as they are).
+    pub fn install(interruption: &Interruption) -> Forwarder {
+        use nix::libc::{SIGCHLD, SIGCONT, SIGKILL, SIGSTOP};
+        let mut caught = Vec::new();
+        for &sig in &interruption.kill_signals {
+            if [SIGKILL, SIGSTOP, SIGCONT, SIGCHLD].contains(&sig)
+                || signal_hook::consts::FORBIDDEN.contains(&sig)
+                || u8::try_from(sig).is_err()
+            {
+                continue;
+            }
+            let flag = Arc::new(AtomicBool::new(false));
+            if signal_hook::flag::register(sig, Arc::clone(&flag)).is_ok() {
+                caught.push((sig, flag));
+            }
+        }
+        Forwarder {
+            caught,
+            first: None,
+            grace: interruption
+                .vacate
+                .saturating_sub(STOP_MARGIN)
+                .max(Duration::from_secs(1)),
+        }
+    }
+
+    /// Forward what arrived since the last call; true once the guest has had its vacate
+    /// time (less a margin) since the first signal: time to power it off.
+    pub fn tick(&mut self, channel: &mut ControlChannel) -> bool {
+        for (sig, flag) in &self.caught {
+            if flag.swap(false, Ordering::SeqCst) {
+                if let Ok(s) = u8::try_from(*sig) {
+                    channel.send(&Message::Signal(s));
+                }
+                self.first.get_or_insert_with(Instant::now);
+            }
+        }
+        // Nothing the guest sends is acted on yet; reading it keeps its writes flowing.
+        let _ = channel.poll();
+        self.first.is_some_and(|t| t.elapsed() >= self.grace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ad(text: &str) -> ClassAd {
+        classad::parse_old_ad(text).unwrap()
+    }
+
+    #[test]
+    fn the_job_ad_names_signals_vacate_time_and_checkpoint_code() {
+        let job = ad("KillSig = \"SIGUSR1\"\nRemoveKillSig = \"INT\"\nHoldKillSig = 12\nJobMaxVacateTime = 30\nWantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 85\n");
+        let i = Interruption::from_ads(Some(&job), None);
+        assert_eq!(i.kill_signals, vec![2, 10, 12, 15]);
+        assert_eq!(i.vacate, Duration::from_secs(30));
+        assert_eq!(i.checkpoint_exit_code, Some(85));
+        // The machine's limit wins when shorter; without WantFTOnCheckpoint no checkpoint.
+        let machine = ad("MachineMaxVacateTime = 10 * 2\n");
+        let job = ad("SuccessCheckpointExitCode = 85\nKillSig = \"NOSUCH\"\n");
+        let i = Interruption::from_ads(Some(&job), Some(&machine));
+        assert_eq!(i.kill_signals, vec![15]);
+        assert_eq!(i.vacate, Duration::from_secs(20));
+        assert_eq!(i.checkpoint_exit_code, None);
+        let none = Interruption::from_ads(None, None);
+        assert_eq!(none.vacate, Duration::from_secs(DEFAULT_VACATE_SECS));
+    }
+
+    #[test]
+    fn an_ad_file_that_is_not_a_plain_file_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        assert!(read_ad(&fifo).is_none());
+        std::fs::write(d.path().join("real"), "KillSig = \"SIGUSR1\"\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), d.path().join("link")).unwrap();
+        assert!(read_ad(&d.path().join("link")).is_none());
+        assert!(read_ad(&d.path().join("real")).is_some());
+    }
+
+    /// A caught signal goes to the guest as one frame, once; the stop comes when the grace
+    /// after the first one is over.
+    #[test]
+    fn a_caught_signal_is_forwarded_then_the_guest_stopped() {
+        use std::io::Read;
+        let interruption = Interruption {
+            kill_signals: vec![nix::libc::SIGUSR2, nix::libc::SIGKILL],
+            vacate: Duration::ZERO,
+            checkpoint_exit_code: None,
+        };
+        let mut forwarder = Forwarder::install(&interruption);
+        // SIGKILL cannot be caught: not among them.
+        assert_eq!(forwarder.caught.len(), 1);
+        let mut channel = ControlChannel::new().unwrap();
+        let mut guest = std::os::unix::net::UnixStream::from(channel.take_guest_end().unwrap());
+        assert!(!forwarder.tick(&mut channel));
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR2).unwrap();
+        assert!(!forwarder.tick(&mut channel));
+        let mut frame = vec![0u8; 6];
+        guest.read_exact(&mut frame).unwrap();
+        assert_eq!(frame, Message::Signal(12).encode());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(forwarder.tick(&mut channel));
+        guest.set_nonblocking(true).unwrap();
+        assert!(guest.read(&mut frame).is_err(), "forwarded twice");
+    }
+}
