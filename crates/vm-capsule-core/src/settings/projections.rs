@@ -126,6 +126,8 @@ pub struct RunSettings {
     pub qemu: Option<String>,
     /// `VM_CAPSULE_TCG_TB_MIB`: the TCG translation cache, MiB (0: QEMU's default).
     pub tcg_tb_mib: u64,
+    /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
+    pub host_paths: Vec<String>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -268,6 +270,7 @@ impl Settings {
         Ok(RunSettings {
             qemu: self.raw(&k::QEMU).map(str::to_owned),
             tcg_tb_mib: self.number_or_default(&k::TCG_TB_MIB)?,
+            host_paths: self.host_paths()?,
         })
     }
 
