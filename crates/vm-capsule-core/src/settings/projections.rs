@@ -139,6 +139,8 @@ pub struct LibvirtXmlSettings {
     pub node_image_dir: Option<PathBuf>,
     /// `VM_CAPSULE_LIBVIRT_OTHER_JOBS`: `refuse` or `builtin`.
     pub other_jobs: &'static str,
+    /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
+    pub host_paths: Vec<String>,
 }
 
 impl Settings {
@@ -283,6 +285,7 @@ impl Settings {
             domain_type: self.choice(&k::LIBVIRT_DOMAIN_TYPE)?.unwrap_or_default(),
             node_image_dir: self.path(&k::NODE_IMAGE_DIR),
             other_jobs: self.choice(&k::LIBVIRT_OTHER_JOBS)?.unwrap_or_default(),
+            host_paths: self.host_paths()?,
         })
     }
 
