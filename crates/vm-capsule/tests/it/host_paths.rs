@@ -155,3 +155,36 @@ fn a_host_path_that_is_a_link_is_refused_at_launch() {
         );
     }
 }
+
+/// The probe, run as the startd runs it, advertises the listed paths that are real
+/// directories, and says why it leaves out the others.
+#[test]
+fn the_probe_advertises_the_host_paths_the_node_can_share() {
+    use std::os::unix::process::CommandExt;
+    let node = tempfile::tempdir().unwrap();
+    let node = node.path().canonicalize().unwrap();
+    fs::create_dir(node.join("cvmfs")).unwrap();
+    std::os::unix::fs::symlink("/etc", node.join("certs")).unwrap();
+    let listed = format!("{0}/cvmfs, {0}/certs {0}/missing", node.display());
+    let out = crate::cmd::run_ok(
+        std::process::Command::new(crate::router::bin("vm-capsule"))
+            .arg0("VMCAPSULE")
+            .arg("probe")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CONDOR_CONFIG", "/dev/null")
+            .env("_CONDOR_VM_CAPSULE_HOST_PATHS", &listed),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    crate::router::assert_lines_parse_in_htcondor(&text);
+    let ad = classad::parse_old_ad(&text).unwrap();
+    assert_eq!(
+        evaluate_attr(&ad, "VMCapsuleHostPaths"),
+        Value::String(format!("{}/cvmfs", node.display()))
+    );
+    let Value::String(why) = evaluate_attr(&ad, "VMCapsuleHostPathsReason") else {
+        panic!("{text}");
+    };
+    assert!(why.contains("certs, which is a symbolic link"), "{why}");
+    assert!(why.contains("missing, which does not exist"), "{why}");
+}
