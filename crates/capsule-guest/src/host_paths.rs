@@ -84,7 +84,12 @@ pub fn mount_all() -> Result<Vec<String>> {
 /// The node settings' bytes, `None` when the host gave none (or this guest cannot see
 /// fw_cfg). Read bounded: one byte over the limit is refused by the parser.
 fn read_node_settings() -> Result<Option<Vec<u8>>> {
-    if !Path::new(FW_CFG_DIR).exists() && Path::new(FW_CFG_ACPI).exists() {
+    // Without the driver, wait for it only when the host shares something: a guest with no
+    // share must not pay for a driver it does not need.
+    if !Path::new(FW_CFG_DIR).exists()
+        && Path::new(FW_CFG_ACPI).exists()
+        && !shared_tags().is_empty()
+    {
         // A distribution's udev loads the driver by itself, perhaps not yet; try once here.
         let _ = Command::new("modprobe")
             .arg("qemu_fw_cfg")
