@@ -188,3 +188,27 @@ fn the_probe_advertises_the_host_paths_the_node_can_share() {
     assert!(why.contains("certs, which is a symbolic link"), "{why}");
     assert!(why.contains("missing, which does not exist"), "{why}");
 }
+
+/// A job whose `+VMCapsuleHostPaths` is not a list of absolute paths is the job's problem:
+/// translate holds it with the reason, and routes nothing.
+#[test]
+fn a_malformed_host_path_request_holds_the_job() {
+    let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
+    let iwd = pool.root.path().join("u");
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let submit = format!(
+        "executable = {0}/job.sh\ninitialdir = {0}\n+VMCapsuleHostPaths = \"cvmfs\"\nqueue\n",
+        iwd.display()
+    );
+    let ad = job_ads(&[("bad-host-path".into(), submit, 43)]).remove(0);
+    let run = pool.translate(&ad).unwrap_err();
+    assert!(
+        run.stderr.contains(
+            "VMCapsuleHostPaths names \"cvmfs\", which is refused: it is not an absolute path"
+        ) && run.stderr.contains("condor_hold"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
