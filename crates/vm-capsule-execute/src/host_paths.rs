@@ -82,19 +82,40 @@ pub fn check_on_node(path: &str) -> Result<(), RefusedHostPath> {
     Ok(())
 }
 
-/// The node's shares: each listed path that passes [`check_on_node`], with its mount tag.
+/// A path the job needs that this node cannot share.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MissingHostPath {
+    /// Listed, but refused on this node.
+    #[error(transparent)]
+    Refused(#[from] RefusedHostPath),
+    /// Not listed at all (the knob changed since the job was matched).
+    #[error("the job needs the host path {0} (VMCapsuleHostPaths), which VM_CAPSULE_HOST_PATHS on this node does not list; fix: list it, or keep such jobs off this node")]
+    NotListed(String),
+}
+
+/// The node's shares: each listed path that passes [`check_on_node`], with its mount tag. A
+/// listed path that does not pass is left out (the probe says why, and no job that needs it
+/// is matched here), unless the job needs it (`needed`, its `VMCapsuleHostPaths`): a job must
+/// not start without a path it relies on.
 ///
 /// # Errors
-/// The first path refused: a job must not start without a path the node promised.
-pub fn shares(paths: &[String]) -> Result<NodeSettings, RefusedHostPath> {
+/// The first path the job needs that cannot be shared.
+pub fn shares(listed: &[String], needed: &[String]) -> Result<NodeSettings, MissingHostPath> {
+    if let Some(path) = needed.iter().find(|p| !listed.contains(p)) {
+        return Err(MissingHostPath::NotListed(path.clone()));
+    }
     let mut settings = NodeSettings::default();
-    for (i, path) in paths.iter().enumerate() {
-        check_on_node(path)?;
-        settings.host_paths.push(HostPath {
-            transport: Transport::NineP,
-            tag: tag(i),
-            path: path.clone(),
-        });
+    for path in listed {
+        match check_on_node(path) {
+            Ok(()) => settings.host_paths.push(HostPath {
+                transport: Transport::NineP,
+                tag: tag(settings.host_paths.len()),
+                path: path.clone(),
+            }),
+            Err(e) if needed.contains(path) => return Err(e.into()),
+            Err(_) => {}
+        }
     }
     Ok(settings)
 }
@@ -175,14 +196,27 @@ mod tests {
         let (ok, refused) = survey(&[p("real"), p("link")]);
         assert_eq!(ok, [p("real")]);
         assert_eq!(refused.len(), 1);
-        assert!(shares(&[p("real"), p("missing")]).is_err());
+        // A broken path is left out, unless the job needs it; one the node does not list is
+        // an error when the job needs it.
+        let listed = [p("link"), p("real")];
+        let s = shares(&listed, &[]).unwrap();
+        assert_eq!(s.host_paths.len(), 1);
+        assert_eq!(
+            (s.host_paths[0].tag.as_str(), s.host_paths[0].path.as_str()),
+            ("vmcap0", p("real").as_str())
+        );
+        assert!(shares(&listed, &[p("real")]).is_ok());
+        let e = shares(&listed, &[p("link")]).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        let e = shares(&listed, &[p("other")]).unwrap_err().to_string();
+        assert!(e.contains("does not list"), "{e}");
     }
 
     #[test]
     fn qemu_gets_read_only_shares_and_the_node_settings() {
         let none = qemu_args(&NodeSettings::default());
         assert!(none.is_empty());
-        let s = shares(&["/usr".to_owned(), "/etc".to_owned()]).unwrap();
+        let s = shares(&["/usr".to_owned(), "/etc".to_owned()], &[]).unwrap();
         let a: Vec<String> = qemu_args(&s)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())

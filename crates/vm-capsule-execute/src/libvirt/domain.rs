@@ -135,7 +135,12 @@ impl Domain {
             format!("vm-capsule-{}.{}", id("ClusterId"), id("ProcId"))
         });
         // Checked before anything of the job is taken, so a refusal gives nothing back.
-        let shares = crate::host_paths::shares(&node.host_paths)?;
+        let needed =
+            vm_capsule_core::host_paths::wanted(ad).map_err(|why| LibvirtError::BadAttribute {
+                attr: vm_capsule_core::host_paths::ATTR,
+                why,
+            })?;
+        let shares = crate::host_paths::shares(&node.host_paths, &needed)?;
         let mut sandbox = Sandbox::open(&dir)?;
         let checked = Self::check(ad, node, &mut sandbox, &entries, &bases, &name);
         if checked.is_err() {

@@ -31,7 +31,8 @@
 //!   QEMU reads; libvirt gets hard links to the checked files in a root-owned directory
 //!   beside the sandbox, which the job's user can neither rename nor replace;
 //! - the node's read-only host paths are checked as the launcher checks them (every
-//!   component a real directory, no link followed) and shared `<readonly/>` over 9p, with
+//!   component a real directory, no link followed; one that is not is left out, or refuses a
+//!   job that needs it) and shared `<readonly/>` over 9p, with
 //!   the node settings in fw_cfg (`<sysinfo type='fwcfg'>`) so the agent mounts them;
 //! - a refused job gets a domain libvirt cannot create, with the words that make the vm-gahp
 //!   hold it, and one line on stderr for the vm-gahp's log: never a non-zero exit, which
@@ -138,9 +139,9 @@ pub enum LibvirtError {
         /// What is wrong.
         why: String,
     },
-    /// A host path the node lists cannot be shared.
+    /// A host path the job needs cannot be shared.
     #[error(transparent)]
-    HostPath(#[from] crate::host_paths::RefusedHostPath),
+    HostPath(#[from] crate::host_paths::MissingHostPath),
     /// The checked files cannot be handed to libvirt unchanged.
     #[error("cannot hand libvirt the checked files: {why}")]
     Pin {

@@ -444,12 +444,16 @@ fn host_paths_are_shared_read_only_with_the_node_settings() {
         .lines()
         .all(|l| !l.contains("<entry") || l.contains("</entry>")));
 
-    // A link where the node lists a path: the job is refused, nothing is shared.
+    // A link where the node lists a path: never shared; a job that needs it is refused.
     let link = node_dir.path().canonicalize().unwrap().join("certs");
     std::os::unix::fs::symlink("/etc", &link).unwrap();
     let n = Node::new(&["os.qcow2", "data.qcow2"]);
     node.host_paths = vec![link.display().to_string()];
-    let why = refused(decide(&ad(&n.sandbox, ""), &node));
+    let x = xml(decide(&ad(&n.sandbox, ""), &node));
+    assert!(!x.contains("<filesystem") && !x.contains("fwcfg"), "{x}");
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let needs = format!("VMCapsuleHostPaths = \"{}\"\n", link.display());
+    let why = refused(decide(&ad(&n.sandbox, &needs), &node));
     assert!(why.contains("certs, which is a symbolic link"), "{why}");
     // Nothing of the job was taken.
     assert!(!n.pins().exists());

@@ -184,9 +184,9 @@ pub enum RunError {
         /// The console log file.
         console: PathBuf,
     },
-    /// A host path the node lists cannot be shared.
+    /// A host path the job needs cannot be shared.
     #[error(transparent)]
-    HostPath(#[from] crate::host_paths::RefusedHostPath),
+    HostPath(#[from] crate::host_paths::MissingHostPath),
     /// An OS disk staged on this node is missing or is not the job's.
     #[error(transparent)]
     NodeImage(#[from] vm_capsule_core::node_image::NodeImageError),
@@ -451,9 +451,9 @@ pub fn run_with(
     }
     let mut cmd = qemu_command(qemu, &booted, &sandbox, &console, accel, hardening);
     // Checked at each start, not followed: a path may have changed since the probe looked.
-    cmd.args(crate::host_paths::qemu_args(&crate::host_paths::shares(
-        &opts.host_paths,
-    )?));
+    let needed = vm_capsule_core::host_paths::wanted(ad).map_err(RunError::BadAd)?;
+    let shares = crate::host_paths::shares(&opts.host_paths, &needed)?;
+    cmd.args(crate::host_paths::qemu_args(&shares));
     if let Some(a) = attached.as_mut() {
         cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
             |source| RunError::Io {

@@ -109,8 +109,8 @@ fn a_host_path_is_read_only_and_its_links_stay_in_the_guest() {
     assert!(!share.join("new.txt").exists() && !share.join("tree/made").exists());
 }
 
-/// A host path the node lists that is a link, missing or a file is refused at launch, before
-/// QEMU starts, with the knob, the path and the fix; nothing is exported.
+/// A host path the node lists that is a link or missing is never exported; a job that needs
+/// it is refused at launch, before QEMU starts, with the knob, the path and the fix.
 #[test]
 fn a_host_path_that_is_a_link_is_refused_at_launch() {
     let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
@@ -120,17 +120,21 @@ fn a_host_path_that_is_a_link_is_refused_at_launch() {
     let iwd = pool.root.path().join("u");
     fs::create_dir_all(&iwd).unwrap();
     fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
-    let submit = format!(
-        "executable = {0}/job.sh\ninitialdir = {0}\noutput = out.txt\nqueue\n",
-        iwd.display()
-    );
-    let ad = job_ads(&[("refused".into(), submit, 42)]).remove(0);
-    let routed = pool.translate_vanilla(&ad);
-    for (listed, why) in [
+    for (k, (listed, why)) in [
         ("cvmfs", "is a symbolic link"),
         ("missing", "does not exist"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let listed = node.join(listed);
+        let submit = format!(
+            "executable = {0}/job.sh\ninitialdir = {0}\noutput = out.txt\n+VMCapsuleHostPaths = \"{1}\"\nqueue\n",
+            iwd.display(),
+            listed.display()
+        );
+        let ad = job_ads(&[("refused".into(), submit, 42 + i64::try_from(k).unwrap())]).remove(0);
+        let routed = pool.translate_vanilla(&ad);
         let env = vec![
             ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
             (
@@ -201,7 +205,7 @@ fn a_malformed_host_path_request_holds_the_job() {
         "executable = {0}/job.sh\ninitialdir = {0}\n+VMCapsuleHostPaths = \"cvmfs\"\nqueue\n",
         iwd.display()
     );
-    let ad = job_ads(&[("bad-host-path".into(), submit, 43)]).remove(0);
+    let ad = job_ads(&[("bad-host-path".into(), submit, 45)]).remove(0);
     let run = pool.translate(&ad).unwrap_err();
     assert!(
         run.stderr.contains(
