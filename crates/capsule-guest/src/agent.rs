@@ -46,6 +46,8 @@ pub struct Options {
     pub etc: PathBuf,
     /// Run the job as the invoking user instead of the manifest's user.
     pub as_current_user: bool,
+    /// In a VM: bring its network up (when it has a NIC) before the job starts.
+    pub network: bool,
 }
 
 /// What the run produced.
@@ -407,6 +409,9 @@ fn prepare_and_run(
         account: account.as_ref(),
         limit: m.wall_time_limit_secs.map(Duration::from_secs),
     };
+    if opts.network {
+        crate::network::bring_up().context("network")?;
+    }
     crate::log!(
         "starting {:?} as {} (uid {})",
         m.executable,

@@ -13,6 +13,7 @@ mod disk;
 mod find;
 mod launch;
 mod log;
+mod network;
 mod power;
 mod runner;
 mod source;
@@ -100,6 +101,7 @@ fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
         scratch: args.scratch.clone(),
         etc: args.etc_dir.clone(),
         as_current_user: args.as_current_user,
+        network: !args.no_poweroff,
     };
     match agent::run(&opts, t0) {
         Ok(report) => {

@@ -10,6 +10,7 @@
 //! | `VMCapsuleKvmReason` | why not, when `VMCapsuleKvm` is false |
 //! | `VMCapsuleVersion` | the vm-capsule version installed here |
 //! | `VMCapsuleUnusableReason` | why not, when `HasVMCapsuleQemu` is false |
+//! | `VMCapsuleNetwork` | `nat` or `none`: what jobs that ask for a network get ([`crate::network`]) |
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -126,6 +126,10 @@ pub struct RunSettings {
     pub qemu: Option<String>,
     /// `VM_CAPSULE_TCG_TB_MIB`: the TCG translation cache, MiB (0: QEMU's default).
     pub tcg_tb_mib: u64,
+    /// `VM_CAPSULE_NETWORK = nat`: jobs that ask get user-mode NAT.
+    pub network: bool,
+    /// `VM_CAPSULE_PASST`: the NAT helper (`None`: `passt` on `PATH`).
+    pub passt: Option<String>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -137,6 +141,8 @@ pub struct LibvirtXmlSettings {
     pub node_image_dir: Option<PathBuf>,
     /// `VM_CAPSULE_LIBVIRT_OTHER_JOBS`: `refuse` or `builtin`.
     pub other_jobs: &'static str,
+    /// `VM_CAPSULE_LIBVIRT_NETWORK`: the libvirt network jobs that ask are attached to.
+    pub network: Option<String>,
 }
 
 impl Settings {
@@ -268,6 +274,8 @@ impl Settings {
         Ok(RunSettings {
             qemu: self.raw(&k::QEMU).map(str::to_owned),
             tcg_tb_mib: self.number_or_default(&k::TCG_TB_MIB)?,
+            network: self.choice(&k::NETWORK)? == Some("nat"),
+            passt: self.raw(&k::PASST).map(str::to_owned),
         })
     }
 
@@ -280,6 +288,7 @@ impl Settings {
             domain_type: self.choice(&k::LIBVIRT_DOMAIN_TYPE)?.unwrap_or_default(),
             node_image_dir: self.path(&k::NODE_IMAGE_DIR),
             other_jobs: self.choice(&k::LIBVIRT_OTHER_JOBS)?.unwrap_or_default(),
+            network: self.raw(&k::LIBVIRT_NETWORK).map(str::to_owned),
         })
     }
 

@@ -94,6 +94,8 @@ pub struct RunOptions {
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The TCG translation cache, MiB (`VM_CAPSULE_TCG_TB_MIB`; 0: QEMU's own default).
     pub tb_size_mib: u64,
+    /// Give the guest a NIC behind user-mode NAT through this `passt` (none: no NIC at all).
+    pub network: Option<PathBuf>,
 }
 
 /// Why a run failed.
@@ -445,6 +447,12 @@ pub fn run_with(
         boot.kernel = kernel.path().display().to_string();
     }
     let mut cmd = qemu_command(qemu, &booted, &sandbox, &console, accel, hardening);
+    // Started before the control channel's end becomes inheritable, so passt gets only its own.
+    let mut passt = opts
+        .network
+        .as_deref()
+        .map(|passt| attach_network(passt, &mut cmd))
+        .transpose()?;
     if let Some(a) = attached.as_mut() {
         cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
             |source| RunError::Io {
@@ -468,6 +476,9 @@ pub fn run_with(
         })?;
     if let Some(a) = attached.as_mut() {
         a.channel.started();
+    }
+    if let Some(p) = passt.as_mut() {
+        p.started();
     }
     // SeaBIOS retries forever when nothing boots: stop as soon as it says so.
     let cancelled = || {
@@ -504,6 +515,23 @@ pub fn run_with(
         elapsed,
         returned,
     })
+}
+
+/// Start `passt` and give QEMU (`cmd`) a NIC behind it.
+fn attach_network(
+    passt: &Path,
+    cmd: &mut std::process::Command,
+) -> Result<crate::network::Passt, RunError> {
+    let p = crate::network::Passt::start(passt).map_err(|source| RunError::Io {
+        what: "cannot start the network (VM_CAPSULE_NETWORK = nat)".to_owned(),
+        source,
+    })?;
+    let fd = p.inherit().map_err(|source| RunError::Io {
+        what: "cannot hand QEMU the network".to_owned(),
+        source,
+    })?;
+    cmd.args(crate::network::Passt::qemu_args(fd));
+    Ok(p)
 }
 
 /// Output transfer: the writable disks come back (the vm-gahp touches their mtime).
