@@ -43,7 +43,7 @@ pub fn bring_up() -> Result<Option<String>> {
     };
     let start = Instant::now();
     let init = std::process::id() == 1;
-    let done = if init {
+    let done = if init || !manager_present(Path::new("/")) {
         configure(&nic, start)?
     } else {
         wait_for_manager(&nic, start)?
@@ -67,6 +67,20 @@ fn first_ethernet(sys_net: &Path) -> Option<String> {
         .collect();
     names.sort();
     names.into_iter().next()
+}
+
+/// Run-time traces of the network managers images use: systemd-networkd, ifupdown,
+/// NetworkManager, cloud-init (which configures the network itself, or hands it to one of these).
+const MANAGERS: [&str; 4] = [
+    "run/systemd/netif",
+    "run/network",
+    "run/NetworkManager",
+    "run/cloud-init",
+];
+
+/// Whether a network manager of the image runs (or ran) under `root`.
+fn manager_present(root: &Path) -> bool {
+    MANAGERS.iter().any(|m| root.join(m).exists())
 }
 
 /// Under an init system: wait for the image's manager, then configure it ourselves when it
@@ -221,6 +235,14 @@ mod tests {
         assert_eq!(first_ethernet(d.path()).as_deref(), Some("eth0"));
         let none = tempfile::tempdir().unwrap();
         assert_eq!(first_ethernet(none.path()), None);
+    }
+
+    #[test]
+    fn a_running_network_manager_is_seen() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!manager_present(d.path()));
+        std::fs::create_dir_all(d.path().join("run/systemd/netif")).unwrap();
+        assert!(manager_present(d.path()));
     }
 
     #[test]

@@ -242,8 +242,8 @@ knobs! {
     PASST = "VM_CAPSULE_PASST", Path, Described("`passt` on `PATH`"), Execute,
         "vanilla flavour: the `passt` binary the launcher starts per job when `VM_CAPSULE_NETWORK = nat`";
     /// The libvirt network for VM-universe jobs that ask.
-    LIBVIRT_NETWORK = "VM_CAPSULE_LIBVIRT_NETWORK", Text, Described("unset: no network"), Execute,
-        "VM universe: the libvirt network (`virsh net-list`) that `libvirt-xml` attaches to jobs that ask for a network; unset, such jobs get none (set `VM_NETWORKING`/`VM_NETWORKING_TYPE = nat` too, so they match)";
+    LIBVIRT_NETWORK = "VM_CAPSULE_LIBVIRT_NETWORK", Text, Described("unset: jobs that ask are refused"), Execute,
+        "VM universe: the libvirt network (`virsh net-list`) that `libvirt-xml` attaches to jobs that ask for a network (never a default one); unset, such jobs are refused (held), not run without it; set HTCondor's `VM_NETWORKING = true` and `VM_NETWORKING_TYPE = nat` with it, so that they match";
 }
 
 impl Knob {

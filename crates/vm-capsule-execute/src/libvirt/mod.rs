@@ -93,6 +93,9 @@ pub struct NodeConfig {
     /// HTCondor's account's uid from `CONDOR_IDS`, when set: trusted, as root and `condor`
     /// are, to own the directories above the sandbox.
     pub condor_uid: Option<u32>,
+    /// `VM_CAPSULE_LIBVIRT_NETWORK`: the libvirt network of jobs that ask for one (none: such
+    /// jobs are refused, never run without it).
+    pub network: Option<String>,
 }
 
 /// What the vm-gahp gets.

@@ -251,3 +251,70 @@ fn network_on_request_reaches_the_test_host_and_not_the_nodes_loopback() {
     assert!(!sandbox.join("console.log").exists(), "a guest was booted");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// Translate carries the request: the vanilla routed job matches only nodes whose probe
+/// offers `nat`, its capsule ad (and the VM-universe routed ad) says `JobVMNetworking` with
+/// condor_submit's requirement on `VM_Networking`; a job that does not ask says false and
+/// requires nothing; a request that is not a boolean is held, naming the attribute.
+#[test]
+fn translate_carries_the_request_to_the_matching_and_the_capsule() {
+    use classad::eval::evaluate_attr;
+    use classad::print::expr_to_string;
+    use classad::{Syntax, Value};
+    let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
+    let iwd = pool.root.path().join("t");
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("job.sh"), "#!/bin/sh\ntrue\n").unwrap();
+    let ad_of = |name: &str, extra: &str| {
+        let submit = format!(
+            "executable = {0}/job.sh\ninitialdir = {0}\n{extra}queue\n",
+            iwd.display()
+        );
+        job_ads(&[(name.into(), submit, 9)]).remove(0)
+    };
+    let req = |ad: &classad::ClassAd| expr_to_string(ad.get("Requirements").unwrap(), Syntax::New);
+    let asks = ad_of("asks", "+VMCapsuleNetwork = true\n");
+    let routed = pool.translate_vanilla(&asks);
+    assert!(
+        req(&routed).contains("TARGET.VMCapsuleNetwork is \"nat\""),
+        "{}",
+        req(&routed)
+    );
+    let scratch = match evaluate_attr(&routed, "VMCapsuleScratch") {
+        Value::String(s) => PathBuf::from(s),
+        other => panic!("{other:?}"),
+    };
+    let capsule =
+        classad::parse_old_ad(&fs::read_to_string(scratch.join("vm-capsule.ad")).unwrap()).unwrap();
+    assert_eq!(
+        evaluate_attr(&capsule, "JobVMNetworking"),
+        Value::Bool(true)
+    );
+    let vm = pool.translate(&asks).unwrap();
+    assert_eq!(evaluate_attr(&vm, "JobVMNetworking"), Value::Bool(true));
+    assert_eq!(
+        evaluate_attr(&vm, "JobVMNetworkingType"),
+        Value::String("nat".into())
+    );
+    assert!(req(&vm).contains("TARGET.VM_Networking"), "{}", req(&vm));
+
+    let quiet = pool.translate_vanilla(&ad_of("quiet", ""));
+    assert!(!req(&quiet).contains("VMCapsuleNetwork"), "{}", req(&quiet));
+    let vm = pool.translate(&ad_of("quiet", "")).unwrap();
+    assert_eq!(evaluate_attr(&vm, "JobVMNetworking"), Value::Bool(false));
+    assert!(!req(&vm).contains("VM_Networking"), "{}", req(&vm));
+
+    let odd = ad_of("odd", "+VMCapsuleNetwork = \"yes\"\n");
+    let run = pool.run_hook(
+        "translate",
+        &format!(
+            "[ Name = \"V\"; TargetUniverse = 5 ]\n------\n{}",
+            crate::router::print_ad(&odd)
+        ),
+    );
+    assert!(
+        run.stderr.contains("VMCapsuleNetwork") && run.stderr.contains("not true or false"),
+        "{}",
+        run.stderr
+    );
+}
