@@ -101,7 +101,8 @@ fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
         scratch: args.scratch.clone(),
         etc: args.etc_dir.clone(),
         as_current_user: args.as_current_user,
-        network: !args.no_poweroff,
+        // In a VM: as init (it powers off), or on the data disk's device (a systemd unit).
+        network: !args.no_poweroff || matches!(args.source, agent::SourceSpec::Device(_)),
     };
     match agent::run(&opts, t0) {
         Ok(report) => {

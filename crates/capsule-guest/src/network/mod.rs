@@ -43,7 +43,10 @@ pub fn bring_up() -> Result<Option<String>> {
     };
     let start = Instant::now();
     let init = std::process::id() == 1;
-    let done = if init || !manager_present(Path::new("/")) {
+    // An interface that already has an address is the image's (or a host's, when the agent
+    // is run outside a VM): never reconfigured, only waited for.
+    let configured = sys::address(&nic).ok().flatten().is_some();
+    let done = if (init || !manager_present(Path::new("/"))) && !configured {
         configure(&nic, start)?
     } else {
         wait_for_manager(&nic, start)?
@@ -69,13 +72,18 @@ fn first_ethernet(sys_net: &Path) -> Option<String> {
     names.into_iter().next()
 }
 
-/// Run-time traces of the network managers images use: systemd-networkd, ifupdown,
-/// NetworkManager, cloud-init (which configures the network itself, or hands it to one of these).
-const MANAGERS: [&str; 4] = [
+/// Traces of the network managers images use, running or enabled to start (the agent's unit
+/// starts before them): systemd-networkd, ifupdown, NetworkManager, cloud-init (which
+/// configures the network itself, or hands it to one of these).
+const MANAGERS: [&str; 8] = [
     "run/systemd/netif",
     "run/network",
     "run/NetworkManager",
     "run/cloud-init",
+    "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+    "etc/systemd/system/multi-user.target.wants/networking.service",
+    "etc/systemd/system/multi-user.target.wants/NetworkManager.service",
+    "etc/cloud/cloud.cfg",
 ];
 
 /// Whether a network manager of the image runs (or ran) under `root`.
