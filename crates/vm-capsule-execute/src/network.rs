@@ -133,7 +133,7 @@ impl Passt {
     /// loopback, and it quits when QEMU's end closes.
     ///
     /// # Errors
-    /// The socketpair or the spawn failing, or `passt` quitting at once (its stderr said why).
+    /// The socketpair or the spawn failing, or `passt` quitting at once.
     pub fn start(passt: &Path) -> io::Result<Passt> {
         let (ours, qemu_end) = rustix::net::socketpair(
             AddressFamily::UNIX,
@@ -150,35 +150,25 @@ impl Passt {
             .arg(ours.as_raw_fd().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // Not a pipe: a pipe nobody reads would block or kill (SIGPIPE) a passt that logs
+            // later. passt logs to the system log.
+            .stderr(Stdio::null())
             .spawn();
         drop(ours);
         let mut child = spawned.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot start {}: {e}", passt.display()))
         })?;
-        // A passt that refuses its options or the fd quits at once; say why.
+        // A passt that refuses its options or the fd quits at once.
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(50) {
             if let Some(status) = child.try_wait()? {
-                let mut text = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = (&mut err).take(4096).read_to_string(&mut text);
-                }
-                let said: Vec<&str> = text
-                    .lines()
-                    .filter(|l| !l.starts_with("Failed to send"))
-                    .collect();
                 return Err(io::Error::other(format!(
-                    "{} quit at once ({status}): {}",
-                    passt.display(),
-                    said.join("; ")
+                    "{} quit at once ({status}); the node's system log has its reason",
+                    passt.display()
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Its chatter about syslog is of no use; the pipe must not fill up either.
-        drop(child.stderr.take());
         Ok(Passt {
             child,
             qemu_end: Some(qemu_end),
