@@ -120,6 +120,7 @@ fn wait_for_manager(nic: &str, start: Instant) -> Result<String> {
 /// DHCP on `nic`, then address, MTU, default route and resolver.
 fn configure(nic: &str, start: Instant) -> Result<String> {
     sys::set_up(nic).with_context(|| format!("network: cannot bring {nic} up"))?;
+    wait_for_link(nic, start);
     let lease = lease(nic, start)?;
     let mask = lease
         .netmask
@@ -157,6 +158,24 @@ fn configure(nic: &str, start: Instant) -> Result<String> {
     ))
 }
 
+/// Until the kernel says the link is up: before that it drops what is sent (the device's queue
+/// is attached only then, up to a second after `IFF_UP`), and every lost DISCOVER costs a
+/// retry interval. Bounded; DHCP's retries cover a link that never says so.
+fn wait_for_link(nic: &str, start: Instant) {
+    let state = Path::new(SYS_NET).join(nic).join("operstate");
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if std::fs::read_to_string(&state).is_ok_and(|s| matches!(s.trim(), "up" | "unknown")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    crate::log!(
+        "network: {nic} link up after {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
+}
+
 /// DISCOVER, OFFER, REQUEST, ACK, retried until [`DEADLINE`].
 fn lease(nic: &str, start: Instant) -> Result<dhcp::Lease> {
     let mac = sys::mac(nic).with_context(|| format!("network: {nic} has no MAC address"))?;
@@ -165,7 +184,7 @@ fn lease(nic: &str, start: Instant) -> Result<dhcp::Lease> {
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]])
         ^ std::process::id().rotate_left(16)
         ^ u32::try_from(start.elapsed().as_nanos() & 0xffff_ffff).unwrap_or(0);
-    let mut wait = Duration::from_millis(500);
+    let mut wait = Duration::from_millis(250);
     let mut tries = 0u32;
     while start.elapsed() < DEADLINE {
         tries += 1;
