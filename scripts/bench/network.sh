@@ -8,6 +8,7 @@
 #   on      the same job asking for a network (passt)    launcher seconds
 #   passt   asks; fetches a 1-byte file 10 times, then a SIZE_MIB file; tries the node's loopback
 #   slirp   the same with `-netdev user` put in place of passt's netdev by a QEMU wrapper
+#   p1500   passt offering MTU 1500 (a wrapper adds --mtu) instead of its 65520
 #   host    curl in the node's namespace: the same fetches (time_total), no VM
 # fetch = seconds per small fetch (whole wget/curl run; the guest's clock is /proc/uptime,
 # 10 ms steps, so 10 fetches are timed together), MiB/s = the big file's throughput,
@@ -67,13 +68,15 @@ printf '#!/bin/sh\necho hello\n' > "$work/job/idle.sh"
 cat > "$work/job/fetch.sh" <<EOF
 #!/bin/sh
 u() { cut -d' ' -f1 /proc/uptime; }
-a=\$(u); i=0
-while [ \$i -lt 10 ]; do wget -q -O /dev/null http://$H:$port/small; i=\$((i + 1)); done
-b=\$(u); wget -q -O /dev/null http://$H:$port/big; c=\$(u)
+a=\$(u); i=0 bad=0
+while [ \$i -lt 10 ]; do wget -q -O /dev/null http://$H:$port/small || bad=\$((bad + 1)); i=\$((i + 1)); done
+b=\$(u); wget -q -O got http://$H:$port/big || bad=\$((bad + 1)); c=\$(u)
+[ \$(wc -c < got) -eq $((size << 20)) ] || bad=\$((bad + 1)); rm -f got
 gw=\$(route -n | awk '\$1 == "0.0.0.0" { print \$2 }')
-if wget -q -T 5 -O - http://10.0.2.2:$lport/ 2>/dev/null | grep -q NODE-LOOPBACK ||
-   wget -q -T 5 -O - "http://\$gw:$lport/" 2>/dev/null | grep -q NODE-LOOPBACK; then l=REACHED; else l=no; fi
-echo "times \$a \$b \$c \$l"
+# busybox's wget -T crashes: timeout bounds it instead.
+if timeout 10 wget -q -O - http://10.0.2.2:$lport/ 2>/dev/null | grep -q NODE-LOOPBACK ||
+   timeout 10 wget -q -O - "http://\$gw:$lport/" 2>/dev/null | grep -q NODE-LOOPBACK; then l=REACHED; else l=no; fi
+echo "times \$a \$b \$c \$l \$bad"
 EOF
 chmod +x "$work/job/"*.sh
 # QEMU through a wrapper: with SLIRP set, slirp replaces passt's netdev (passt then quits
@@ -89,9 +92,14 @@ exec $real_qemu "\${args[@]}"
 EOF
 chmod +x "$work/bin/qemu-system-x86_64"
 
-# run NAME SCRIPT ASK [SLIRP]: one routed job through the launcher in the node's namespace.
+# passt through a wrapper: with PASST_MTU set, it offers that MTU by DHCP (its default is 65520).
+real_passt=$(command -v passt)
+printf '#!/bin/sh\nexec %s ${PASST_MTU:+--mtu $PASST_MTU} "$@"\n' "$real_passt" > "$work/bin/passt"
+chmod +x "$work/bin/passt"
+
+# run NAME SCRIPT ASK [SLIRP [MTU]]: one routed job through the launcher in the node's namespace.
 run() {
-    local name=$1 script=$2 ask=$3 slirp=${4:-} scratch=$work/scratch sb=$work/sandbox routed
+    local name=$1 script=$2 ask=$3 slirp=${4:-} mtu=${5:-} scratch=$work/scratch sb=$work/sandbox routed
     rm -rf "$scratch" "$sb"; mkdir -p "$scratch" "$sb"; chmod 1777 "$scratch"
     local ad="ClusterId = 1
 ProcId = 0
@@ -122,17 +130,18 @@ VMCapsuleNetwork = $ask"
     local start end
     start=$(date +%s.%N)
     # shellcheck disable=SC2086 # the routed job's arguments, split as the starter splits them
-    (cd "$sb" && ip netns exec "$node" env -i PATH="$work/bin:/usr/bin:/bin" SLIRP="$slirp" \
+    (cd "$sb" && ip netns exec "$node" env -i PATH="$work/bin:/usr/bin:/bin" SLIRP="$slirp" PASST_MTU="$mtu" \
         _CONDOR_VM_CAPSULE_NETWORK=nat "./$(basename "$cmd")" $args \
         > _condor_stdout 2> _condor_stderr) || echo "bench: $name failed: $(cat "$sb/_condor_stderr")" >&2
     end=$(date +%s.%N)
     local line
     line=$(grep '^times' "$sb/_condor_stdout" || true)
+    [ -n "$line" ] || [ "$script" = idle.sh ] || { echo "bench: $name: no result; the job said:"; cat "$sb/_condor_stdout" "$sb/_condor_stderr"; } >&2
     awk -v n="$name" -v s="$start" -v e="$end" -v l="$line" -v size="$size" 'BEGIN {
         split(l, t, " ")
         if (l == "") { printf "%-6s launcher %6.2f s\n", n, e - s; exit }
-        printf "%-6s launcher %6.2f s  fetch %7.4f s  MiB/s %8.1f  loopback %s\n", n, e - s,
-            (t[3] - t[2]) / 10, (t[4] > t[3]) ? size / (t[4] - t[3]) : 0, t[5] }'
+        printf "%-6s launcher %6.2f s  fetch %7.4f s  MiB/s %8.1f  loopback %s  failed %d\n", n, e - s,
+            (t[3] - t[2]) / 10, (t[4] > t[3]) ? size / (t[4] - t[3]) : 0, t[5], t[6] }'
 }
 
 host_run() {
@@ -152,12 +161,13 @@ for round in $(seq "$rounds"); do
     run on idle.sh true
     run passt fetch.sh true
     run slirp fetch.sh true 1
+    run p1500 fetch.sh true "" 1500
     host_run
 done | tee "$work/runs"
 
 echo
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 of() { awk -v v="$1" -v f="$2" '$1 == v { for (i = 1; i <= NF; i++) if ($i == f) print $(i + 1) }' "$work/runs" | median; }
-for v in off on passt slirp host; do
+for v in off on passt p1500 slirp host; do
     printf 'median %-6s launcher %6s s  fetch %7s s  MiB/s %8s\n' "$v" "$(of "$v" launcher)" "$(of "$v" fetch)" "$(of "$v" MiB/s)"
 done
