@@ -41,11 +41,15 @@ fi
 # busybox-static, cpio, kmod, zstd, xz-utils: the bootable test guest (kernel modules come
 # zstd/xz-compressed from Debian's kernel package).
 pkgs=(busybox-static cpio kmod zstd xz-utils ca-certificates gzip)
+# passt: the user-mode NAT the launcher gives jobs that ask for a network.
+pkgs+=(passt)
 if [ "$what" = test ]; then
     # Cross-check tools for the disk code; GNU time measures the hooks' peak memory.
     pkgs+=(dosfstools mtools fdisk time)
     # curl: the stand-in execute node fetches URL inputs as HTCondor's curl plugin would.
     pkgs+=(curl)
+    # ip: the network tests make their own namespaces and veth pairs.
+    pkgs+=(iproute2)
     # libvirt checks and boots the LIBVIRT_XML_SCRIPT's domains (virt-xml-validate needs
     # xmllint); the packages are built with dpkg-deb and rpmbuild and checked with file/ldd.
     pkgs+=(libvirt-clients libvirt-daemon-system libvirt-daemon-driver-qemu libxml2-utils)

@@ -48,6 +48,8 @@ pub struct Options {
     pub as_current_user: bool,
     /// Why the node's read-only host paths could not be mounted: the job does not start.
     pub host_paths_problem: Option<String>,
+    /// In a VM: bring its network up (when it has a NIC) before the job starts.
+    pub network: bool,
 }
 
 /// What the run produced.
@@ -412,6 +414,9 @@ fn prepare_and_run(
         account: account.as_ref(),
         limit: m.wall_time_limit_secs.map(Duration::from_secs),
     };
+    if opts.network {
+        crate::network::bring_up().context("network")?;
+    }
     crate::log!(
         "starting {:?} as {} (uid {})",
         m.executable,

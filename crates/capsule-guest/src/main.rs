@@ -14,6 +14,7 @@ mod find;
 mod host_paths;
 mod launch;
 mod log;
+mod network;
 mod power;
 mod runner;
 mod source;
@@ -105,6 +106,8 @@ fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
         etc: args.etc_dir.clone(),
         as_current_user: args.as_current_user,
         host_paths_problem,
+        // In a VM: as init (it powers off), or on the data disk's device (a systemd unit).
+        network: !args.no_poweroff || matches!(args.source, agent::SourceSpec::Device(_)),
     };
     match agent::run(&opts, t0) {
         Ok(report) => {

@@ -54,6 +54,12 @@ pub const HAS_QEMU_ATTR: &str = "HasVMCapsuleQemu";
 /// Machine attribute: the read-only host paths the node offers (and the job attribute naming
 /// those a job needs).
 pub const HOST_PATHS_ATTR: &str = crate::host_paths::ATTR;
+/// Machine attribute: what network the node gives jobs that ask (`nat` or `none`).
+pub const NODE_NETWORK_ATTR: &str = "VMCapsuleNetwork";
+/// VM-universe attribute: the job wants a network (`vm_networking`).
+pub const ATTR_VM_NETWORKING: &str = "JobVMNetworking";
+/// VM-universe attribute: which kind (`vm_networking_type`).
+pub const ATTR_VM_NETWORKING_TYPE: &str = "JobVMNetworkingType";
 /// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
 /// (`VM_CAPSULE_BOOT_TIMEOUT`).
 pub const BOOT_MARGIN_SECS: u64 = 600;
@@ -153,7 +159,6 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
     ad.insert("JobVMType", Expr::string(template.flavour.vm_type()));
     ad.insert("JobVMMemory", Expr::integer(to_i64(staged.memory_mib)));
     ad.insert("JobVM_VCPUS", Expr::integer(to_i64(staged.vcpus)));
-    ad.insert("JobVMNetworking", Expr::boolean(false));
     ad.insert("JobVMCheckpoint", Expr::boolean(false));
     ad.insert("RequestMemory", Expr::attr("JobVMMemory"));
     ad.insert("RequestCpus", Expr::integer(to_i64(staged.vcpus)));
@@ -214,6 +219,7 @@ pub fn build(job: &JobSpec, original: &ClassAd, template: &Template, staged: &St
         ad.insert("Requirements", default_requirements(template.flavour));
     }
     require_node_bases(&mut ad, staged);
+    ask_for_network(&mut ad, job.network);
     let xen = template.flavour == Flavour::Xen;
     match &staged.boot {
         Some(boot) => boot.write_to(&mut ad, xen),
@@ -353,6 +359,13 @@ pub fn build_vanilla(
         parse_expr(&requirements, Syntax::New).unwrap_or(Expr::boolean(false)),
     );
     require_node_bases(&mut ad, staged);
+    if job.network {
+        and_requirement(
+            &mut ad,
+            &format!("(TARGET.{NODE_NETWORK_ATTR} =?= \"nat\")"),
+        );
+        ad.insert(crate::job::NETWORK_ATTR, Expr::boolean(true));
+    }
     ad.insert(ATTR_FLAVOUR, Expr::string("vanilla"));
     capsule_attrs(&mut ad, staged);
     ad.insert("VMCapsuleOriginalJob", Expr::string(job.id()));
@@ -380,6 +393,34 @@ fn require_node_bases(ad: &mut ClassAd, staged: &Staged) {
     let text = match ad.get("Requirements") {
         Some(req) => format!("({}) && {clause}", expr_to_string(req, Syntax::New)),
         None => clause,
+    };
+    if let Ok(expr) = parse_expr(&text, Syntax::New) {
+        ad.insert("Requirements", expr);
+    }
+}
+
+/// A VM job that asks for a network, as `condor_submit` writes `vm_networking = true` with
+/// `vm_networking_type = nat` (`SetVMParams`, `SetRequirements`); else none, whatever the
+/// template's classad said. The capsule ad of the vanilla flavour is this ad, so the launcher
+/// reads the same attribute.
+fn ask_for_network(ad: &mut ClassAd, wanted: bool) {
+    ad.insert(ATTR_VM_NETWORKING, Expr::boolean(wanted));
+    if wanted {
+        ad.insert(ATTR_VM_NETWORKING_TYPE, Expr::string("nat"));
+        and_requirement(
+            ad,
+            "TARGET.VM_Networking && stringListIMember(JobVMNetworkingType, TARGET.VM_Networking_Types, \",\")",
+        );
+    } else {
+        ad.remove(ATTR_VM_NETWORKING_TYPE);
+    }
+}
+
+/// `Requirements = (<old>) && <clause>`.
+fn and_requirement(ad: &mut ClassAd, clause: &str) {
+    let text = match ad.get("Requirements") {
+        Some(req) => format!("({}) && {clause}", expr_to_string(req, Syntax::New)),
+        None => clause.to_owned(),
     };
     if let Ok(expr) = parse_expr(&text, Syntax::New) {
         ad.insert("Requirements", expr);

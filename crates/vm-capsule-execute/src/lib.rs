@@ -8,6 +8,7 @@ pub(crate) mod chirp;
 pub mod host_paths;
 pub mod launcher;
 pub mod libvirt;
+pub mod network;
 pub mod probe;
 pub mod qemu;
 pub mod run_files;

@@ -12,6 +12,7 @@
 //! | `VMCapsuleUnusableReason` | why not, when `HasVMCapsuleQemu` is false |
 //! | `VMCapsuleHostPaths` | the read-only host paths every capsule here sees (`VM_CAPSULE_HOST_PATHS` that are real directories), comma-separated; absent when none |
 //! | `VMCapsuleHostPathsReason` | why a listed path is not offered |
+//! | `VMCapsuleNetwork` | `nat` or `none`: what jobs that ask for a network get ([`crate::network`]) |
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -115,9 +115,35 @@ pub fn check(
             },
         ),
     }
+    check_network(&mut s, settings, env.path());
     if !matches!(config, ConfigSource::Missing(_)) {
         check_probe_config(&mut s, config, &probe);
         check_vm_universe(&mut s, config, env.path());
+    }
+}
+
+/// Network on request: with `VM_CAPSULE_NETWORK = nat` the launcher needs `passt`.
+fn check_network(
+    s: &mut Side<'_>,
+    settings: &vm_capsule_core::settings::Settings,
+    path: Option<&OsStr>,
+) {
+    let Ok(run) = settings.run() else { return };
+    if !run.network {
+        s.ok(
+            "network",
+            "none: jobs that ask for a network do not match here (VM_CAPSULE_NETWORK = none)"
+                .to_owned(),
+        );
+        return;
+    }
+    match vm_capsule_execute::network::find_passt(run.passt.as_deref(), path) {
+        Ok(p) => s.ok("network", format!("nat through {} for jobs that ask", p.display())),
+        Err(why) => s.fail(
+            "network",
+            why,
+            "install passt (Debian/Ubuntu: apt-get install passt; RHEL: dnf install passt), or set VM_CAPSULE_NETWORK = none".to_owned(),
+        ),
     }
 }
 

@@ -4,5 +4,5 @@ pub mod args;
 pub(crate) mod spec;
 pub mod transfer;
 
-pub use spec::{AttributeProblem, JobError, JobSpec, StreamFile, WhenToTransfer};
+pub use spec::{AttributeProblem, JobError, JobSpec, StreamFile, WhenToTransfer, NETWORK_ATTR};
 pub use transfer::InputItem;

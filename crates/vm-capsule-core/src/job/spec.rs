@@ -63,6 +63,12 @@ pub enum AttributeProblem {
         /// The value as evaluated.
         value: String,
     },
+    /// Something else where a boolean belongs.
+    #[error("{value}, not true or false")]
+    NotABool {
+        /// The value as evaluated.
+        value: String,
+    },
     /// A relative path where an absolute one belongs.
     #[error("{value:?}, not an absolute path")]
     NotAbsolute {
@@ -146,6 +152,8 @@ pub struct JobSpec {
     pub preserve_relative_paths: bool,
     /// Base name of `x509userproxy`, which HTCondor never brings back as an output.
     pub proxy_name: Option<String>,
+    /// `VMCapsuleNetwork`: the job asks for a network (`+VMCapsuleNetwork = true`).
+    pub network: bool,
 }
 
 impl JobError {
@@ -253,11 +261,9 @@ impl JobSpec {
         let remaps = string_attr(ad, "TransferOutputRemaps")
             .map(|t| parse_remaps(&t))
             .unwrap_or_default();
-        let when_to_transfer = match string_attr(ad, "WhenToTransferOutput") {
-            Some(w) if w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT") => WhenToTransfer::OnExitOrEvict,
-            _ => WhenToTransfer::OnExit,
-        };
+        let network = wants_network(ad).map_err(|p| bad(NETWORK_ATTR, p))?;
         Ok(JobSpec {
+            network,
             cluster,
             proc_id,
             owner,
@@ -272,7 +278,7 @@ impl JobSpec {
             inputs,
             outputs,
             remaps,
-            when_to_transfer,
+            when_to_transfer: when_to_transfer(ad),
             request_memory_mib: bounded(ad, "RequestMemory", MAX_REQUEST_MEMORY_MIB, &job)?,
             request_cpus: positive(ad, "RequestCpus"),
             request_disk_kib: positive(ad, "RequestDisk"),
@@ -291,6 +297,28 @@ impl JobSpec {
             || "executable".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         )
+    }
+}
+
+/// The job attribute that asks for a network.
+pub const NETWORK_ATTR: &str = "VMCapsuleNetwork";
+
+/// `WhenToTransferOutput`.
+fn when_to_transfer(ad: &ClassAd) -> WhenToTransfer {
+    match string_attr(ad, "WhenToTransferOutput") {
+        Some(w) if w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT") => WhenToTransfer::OnExitOrEvict,
+        _ => WhenToTransfer::OnExit,
+    }
+}
+
+/// `VMCapsuleNetwork`: true or false (unset: false).
+fn wants_network(ad: &ClassAd) -> Result<bool, AttributeProblem> {
+    match evaluate_attr(ad, NETWORK_ATTR) {
+        Value::Bool(b) => Ok(b),
+        Value::Undefined => Ok(false),
+        other => Err(AttributeProblem::NotABool {
+            value: format!("{other:?}"),
+        }),
     }
 }
 

@@ -242,6 +242,15 @@ knobs! {
     /// What other VM jobs get.
     LIBVIRT_OTHER_JOBS = "VM_CAPSULE_LIBVIRT_OTHER_JOBS", Choice(&["refuse", "builtin"]), Value("refuse"), Execute,
         "VM universe: what VM jobs that are not vm-capsule jobs get from `libvirt-xml`: `refuse` (held) or `builtin` (HTCondor's own XML, which trusts their disk images with the node's files)";
+    /// Network for jobs that ask.
+    NETWORK = "VM_CAPSULE_NETWORK", Choice(&["none", "nat"]), Value("none"), Execute,
+        "vanilla flavour: `nat` gives jobs that ask (`+VMCapsuleNetwork = true`) outbound user-mode NAT through `passt` (the guest reaches what the node reaches, not the node's own loopback services; nothing inbound); `none`: no network, and the probe advertises `VMCapsuleNetwork = \"none\"` so such jobs never match here";
+    /// The NAT helper.
+    PASST = "VM_CAPSULE_PASST", Path, Described("`passt` on `PATH`"), Execute,
+        "vanilla flavour: the `passt` binary the launcher starts per job when `VM_CAPSULE_NETWORK = nat`";
+    /// The libvirt network for VM-universe jobs that ask.
+    LIBVIRT_NETWORK = "VM_CAPSULE_LIBVIRT_NETWORK", Text, Described("unset: jobs that ask are refused"), Execute,
+        "VM universe: the libvirt network (`virsh net-list`) that `libvirt-xml` attaches to jobs that ask for a network (never a default one); unset, such jobs are refused (held), not run without it; set HTCondor's `VM_NETWORKING = true` and `VM_NETWORKING_TYPE = nat` with it, so that they match";
 }
 
 impl Knob {

@@ -128,6 +128,10 @@ pub struct RunSettings {
     pub tcg_tb_mib: u64,
     /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
     pub host_paths: Vec<String>,
+    /// `VM_CAPSULE_NETWORK = nat`: jobs that ask get user-mode NAT.
+    pub network: bool,
+    /// `VM_CAPSULE_PASST`: the NAT helper (`None`: `passt` on `PATH`).
+    pub passt: Option<String>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -141,6 +145,8 @@ pub struct LibvirtXmlSettings {
     pub other_jobs: &'static str,
     /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
     pub host_paths: Vec<String>,
+    /// `VM_CAPSULE_LIBVIRT_NETWORK`: the libvirt network jobs that ask are attached to.
+    pub network: Option<String>,
 }
 
 impl Settings {
@@ -273,6 +279,8 @@ impl Settings {
             qemu: self.raw(&k::QEMU).map(str::to_owned),
             tcg_tb_mib: self.number_or_default(&k::TCG_TB_MIB)?,
             host_paths: self.host_paths()?,
+            network: self.choice(&k::NETWORK)? == Some("nat"),
+            passt: self.raw(&k::PASST).map(str::to_owned),
         })
     }
 
@@ -286,6 +294,7 @@ impl Settings {
             node_image_dir: self.path(&k::NODE_IMAGE_DIR),
             other_jobs: self.choice(&k::LIBVIRT_OTHER_JOBS)?.unwrap_or_default(),
             host_paths: self.host_paths()?,
+            network: self.raw(&k::LIBVIRT_NETWORK).map(str::to_owned),
         })
     }
 

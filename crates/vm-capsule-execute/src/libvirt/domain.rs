@@ -90,6 +90,8 @@ pub(super) struct Domain {
     disks: Vec<Disk>,
     /// The node's read-only host paths.
     shares: NodeSettings,
+    /// The libvirt network the job asked for and the node names.
+    network: Option<String>,
 }
 
 /// A disk of `VMPARAM_vm_Disk`, its file checked and inspected, not yet pinned.
@@ -130,6 +132,7 @@ impl Domain {
             attr: node_image::OVERLAY_ATTR,
             why: e.to_string(),
         })?;
+        let network = network_of(ad, node)?;
         let name = string_attr(ad, "VMPARAM_VM_NAME").unwrap_or_else(|| {
             let id = |a| integer_attr(ad, a).unwrap_or(0);
             format!("vm-capsule-{}.{}", id("ClusterId"), id("ProcId"))
@@ -162,6 +165,7 @@ impl Domain {
             bootloader,
             disks,
             shares,
+            network,
         })
     }
 
@@ -309,6 +313,18 @@ impl Domain {
             d.render(&mut x, self.kind == "xen");
         }
         render_shares(&mut x, &self.shares);
+        if let Some(net) = &self.network {
+            let model = if self.kind == "xen" {
+                ""
+            } else {
+                "<model type='virtio'/>"
+            };
+            let _ = writeln!(
+                x,
+                "    <interface type='network'><source network='{}'/>{model}</interface>",
+                esc(net)
+            );
+        }
         // A pty, never a file: virtlogd would create the file as root 0600.
         let _ = writeln!(
             x,
@@ -317,6 +333,44 @@ impl Domain {
         let _ = writeln!(x, "  </devices>");
         let _ = writeln!(x, "</domain>");
         x
+    }
+}
+
+/// The libvirt network of a job that asks for one (`JobVMNetworking`, which translate writes
+/// for `+VMCapsuleNetwork = true`): the one the node names, never a default.
+fn network_of(ad: &ClassAd, node: &NodeConfig) -> Result<Option<String>, LibvirtError> {
+    use vm_capsule_core::routed::ATTR_VM_NETWORKING;
+    let asks = match classad::eval::evaluate_attr(ad, ATTR_VM_NETWORKING) {
+        classad::Value::Bool(b) => b,
+        classad::Value::Undefined => false,
+        other => {
+            return Err(LibvirtError::BadAttribute {
+                attr: ATTR_VM_NETWORKING,
+                why: format!("{other:?} is not true or false"),
+            })
+        }
+    };
+    if !asks {
+        return Ok(None);
+    }
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match node.network.as_deref() {
+        Some(n) if valid(n) => Ok(Some(n.to_owned())),
+        Some(n) => Err(LibvirtError::BadAttribute {
+            attr: ATTR_VM_NETWORKING,
+            why: format!(
+                "the job asks for a network and this node's VM_CAPSULE_LIBVIRT_NETWORK = {n:?} is not a libvirt network name (letters, digits, '-', '_', '.')"
+            ),
+        }),
+        None => Err(LibvirtError::BadAttribute {
+            attr: ATTR_VM_NETWORKING,
+            why: "the job asks for a network and this node names no libvirt network for it: set VM_CAPSULE_LIBVIRT_NETWORK (a network of `virsh net-list`), or VM_NETWORKING = false so such jobs do not match here".to_owned(),
+        }),
     }
 }
 

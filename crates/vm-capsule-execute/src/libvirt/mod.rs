@@ -99,6 +99,9 @@ pub struct NodeConfig {
     pub condor_uid: Option<u32>,
     /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths, shared with every domain.
     pub host_paths: Vec<String>,
+    /// `VM_CAPSULE_LIBVIRT_NETWORK`: the libvirt network of jobs that ask for one (none: such
+    /// jobs are refused, never run without it).
+    pub network: Option<String>,
 }
 
 /// What the vm-gahp gets.

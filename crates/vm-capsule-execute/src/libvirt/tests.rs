@@ -70,6 +70,7 @@ fn node_config(dir: Option<&Path>) -> NodeConfig {
         other_jobs: OtherJobs::Refuse,
         condor_uid: None,
         host_paths: Vec::new(),
+        network: None,
     }
 }
 
@@ -457,4 +458,55 @@ fn host_paths_are_shared_read_only_with_the_node_settings() {
     assert!(why.contains("certs, which is a symbolic link"), "{why}");
     // Nothing of the job was taken.
     assert!(!n.pins().exists());
+}
+
+/// libvirt's own schema check of a domain.
+fn assert_valid_domain(xml: &str, dir: &Path) {
+    let file = dir.join("domain.xml");
+    fs::write(&file, xml).unwrap();
+    let out = std::process::Command::new("virt-xml-validate")
+        .arg(&file)
+        .arg("domain")
+        .output()
+        .expect("virt-xml-validate is needed (Debian: libvirt-clients; scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{}{}\n{xml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_job_that_asks_gets_the_network_the_node_names_and_no_other() {
+    let asks = "JobVMNetworking = true\nJobVMNetworkingType = \"nat\"\n";
+    let named = NodeConfig {
+        network: Some("vmcapsule-nat".into()),
+        ..node_config(None)
+    };
+    // Asked, and the node names a network: one interface on it, valid for libvirt.
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let x = xml(decide(&ad(&n.sandbox, asks), &named));
+    assert_eq!(x.matches("<interface").count(), 1, "{x}");
+    assert!(
+        x.contains("<interface type='network'><source network='vmcapsule-nat'/><model type='virtio'/></interface>"),
+        "{x}"
+    );
+    assert_valid_domain(&x, n.top.path());
+    // Not asked: no interface, whatever the node names.
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let x = xml(decide(&ad(&n.sandbox, "JobVMNetworking = false\n"), &named));
+    assert!(!x.contains("<interface"), "{x}");
+    // Asked, and the node names none: refused, never a default network nor none at all.
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let why = refused(decide(&ad(&n.sandbox, asks), &node_config(None)));
+    assert!(why.contains("VM_CAPSULE_LIBVIRT_NETWORK"), "{why}");
+    // A name that would break out of the attribute is refused too.
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let odd = NodeConfig {
+        network: Some("x'/><interface type='bridge".into()),
+        ..node_config(None)
+    };
+    let why = refused(decide(&ad(&n.sandbox, asks), &odd));
+    assert!(why.contains("not a libvirt network name"), "{why}");
 }

@@ -96,6 +96,8 @@ pub struct RunOptions {
     pub tb_size_mib: u64,
     /// The node's read-only host paths (`VM_CAPSULE_HOST_PATHS`), checked at each start.
     pub host_paths: Vec<String>,
+    /// Give the guest a NIC behind user-mode NAT through this `passt` (none: no NIC at all).
+    pub network: Option<PathBuf>,
 }
 
 /// Why a run failed.
@@ -454,6 +456,12 @@ pub fn run_with(
     let needed = vm_capsule_core::host_paths::wanted(ad).map_err(RunError::BadAd)?;
     let shares = crate::host_paths::shares(&opts.host_paths, &needed)?;
     cmd.args(crate::host_paths::qemu_args(&shares));
+    // Started before the control channel's end becomes inheritable, so passt gets only its own.
+    let mut passt = opts
+        .network
+        .as_deref()
+        .map(|passt| attach_network(passt, &mut cmd))
+        .transpose()?;
     if let Some(a) = attached.as_mut() {
         cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
             |source| RunError::Io {
@@ -477,6 +485,9 @@ pub fn run_with(
         })?;
     if let Some(a) = attached.as_mut() {
         a.channel.started();
+    }
+    if let Some(p) = passt.as_mut() {
+        p.started();
     }
     // SeaBIOS retries forever when nothing boots: stop as soon as it says so.
     let cancelled = || {
@@ -513,6 +524,23 @@ pub fn run_with(
         elapsed,
         returned,
     })
+}
+
+/// Start `passt` and give QEMU (`cmd`) a NIC behind it.
+fn attach_network(
+    passt: &Path,
+    cmd: &mut std::process::Command,
+) -> Result<crate::network::Passt, RunError> {
+    let p = crate::network::Passt::start(passt).map_err(|source| RunError::Io {
+        what: "cannot start the network (VM_CAPSULE_NETWORK = nat)".to_owned(),
+        source,
+    })?;
+    let fd = p.inherit().map_err(|source| RunError::Io {
+        what: "cannot hand QEMU the network".to_owned(),
+        source,
+    })?;
+    cmd.args(crate::network::Passt::qemu_args(fd));
+    Ok(p)
 }
 
 /// Output transfer: the writable disks come back (the vm-gahp touches their mtime).

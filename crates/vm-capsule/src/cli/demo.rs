@@ -100,6 +100,7 @@ pub fn run_demo(args: &DemoArgs, env: &Environment) -> Result<std::process::Exit
             .default_number()
             .unwrap_or_default(),
         host_paths: Vec::new(),
+        network: None,
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;
     clock.step(&format!(

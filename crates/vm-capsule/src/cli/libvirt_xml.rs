@@ -103,5 +103,6 @@ fn node_config(args: &LibvirtXmlArgs, env: &Environment) -> Result<NodeConfig, S
         other_jobs: OtherJobs::parse(settings.other_jobs)?,
         condor_uid: env.condor_uid(),
         host_paths: settings.host_paths,
+        network: settings.network,
     })
 }

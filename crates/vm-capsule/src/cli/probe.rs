@@ -1,5 +1,6 @@
 //! `vm-capsule probe`: the startd cron job that advertises what this execute node offers
-//! the vanilla flavour (`HasVMCapsuleQemu`, `VMCapsuleKvm`, `VMCapsuleVersion`, ...).
+//! the vanilla flavour (`HasVMCapsuleQemu`, `VMCapsuleKvm`, `VMCapsuleVersion`,
+//! `VMCapsuleNetwork`, ...).
 //!
 //! The startd runs `STARTD_CRON_<NAME>_EXECUTABLE` (`vm-capsule`) with the cron job's name as
 //! argv[0] and `STARTD_CRON_<NAME>_ARGS` (`probe`) after it, and reads ClassAd lines from
@@ -31,7 +32,16 @@ pub fn run_probe(args: &ProbeArgs, env: &Environment) -> Result<ExitCode> {
         .context("cannot read the configuration")?;
     let probe =
         Probe::run(settings.qemu.as_deref(), env.path()).with_host_paths(&settings.host_paths);
-    let text = classad::print::ad_to_hook_string(&probe.attributes())
+    let mut attributes = probe.attributes();
+    let network = vm_capsule_execute::network::probe_attributes(
+        settings.network,
+        settings.passt.as_deref(),
+        env.path(),
+    );
+    for (name, expr) in network.iter() {
+        attributes.insert(name, expr.clone());
+    }
+    let text = classad::print::ad_to_hook_string(&attributes)
         .context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -173,6 +173,20 @@ pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
     let settings = vm_capsule_core::settings::Settings::load(None, env)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
+    let network = match vm_capsule_execute::network::for_job(
+        ad,
+        settings.network,
+        settings.passt.as_deref(),
+        env.path(),
+    ) {
+        Ok(network) => network,
+        // The launcher's failures reach the job's stderr and exit code, as any capsule failure.
+        Err(why) if args.vanilla => {
+            eprintln!("vm-capsule launcher: the VM capsule failed: {why}");
+            return Ok(ExitCode::from(vm_capsule_core::exit::CAPSULE_FAILED));
+        }
+        Err(why) => anyhow::bail!(why),
+    };
     let qemu = match &args.qemu {
         Some(q) => q.clone(),
         None => vm_capsule_execute::qemu::find_qemu(settings.qemu.as_deref(), env.path())?,
@@ -208,6 +222,7 @@ pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
         cancel: None,
         tb_size_mib: settings.tcg_tb_mib,
         host_paths: settings.host_paths,
+        network,
     };
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);

@@ -242,6 +242,34 @@ fn doctor_checks_the_execute_side() {
     assert!(detail(&json, "QEMU").contains("VM_CAPSULE_QEMU = /nonexistent/qemu"));
 }
 
+/// Network on request: `nat` needs passt, and doctor says so naming the knob.
+#[test]
+fn doctor_checks_the_network_helper() {
+    let t = tempfile::tempdir().unwrap();
+    let config = t.path().join("condor_config");
+    let args = ["execute", "--config", config.to_str().unwrap()];
+    let env = [("CONDOR_CONFIG", "/dev/null".to_owned())];
+    fs::write(&config, "VM_CAPSULE_NETWORK = nat\n").unwrap();
+    let (_, json, text) = doctor(&args, &env);
+    assert_eq!(status(&json, "network"), "ok", "{text}");
+    assert!(detail(&json, "network").contains("passt"), "{text}");
+    fs::write(
+        &config,
+        "VM_CAPSULE_NETWORK = nat\nVM_CAPSULE_PASST = /nonexistent/passt\n",
+    )
+    .unwrap();
+    let (code, json, text) = doctor(&args, &env);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(status(&json, "network"), "fail", "{text}");
+    assert!(
+        detail(&json, "network").contains("VM_CAPSULE_PASST = /nonexistent/passt"),
+        "{text}"
+    );
+    fs::write(&config, "").unwrap();
+    let (_, json, text) = doctor(&args, &env);
+    assert!(detail(&json, "network").starts_with("none"), "{text}");
+}
+
 #[test]
 fn doctor_runs_the_probe_and_the_libvirt_script_as_htcondor_does() {
     let t = tempfile::tempdir().unwrap();

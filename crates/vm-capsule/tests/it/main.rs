@@ -23,6 +23,7 @@ mod interrupt;
 mod layout;
 mod libvirt;
 mod maintainer;
+mod network;
 mod ops;
 mod original_job;
 mod package;
