@@ -413,7 +413,13 @@ fn prepare_and_run(
         agent.user,
         agent.uid
     );
-    let finished = runner::run(spec).map_err(|e| {
+    // The job's streams, copied to the host as they grow (the files stay authoritative).
+    let live = crate::live::start(&s.stdout, &s.stderr);
+    let finished = runner::run(spec);
+    if let Some(live) = live {
+        live.stop();
+    }
+    let finished = finished.map_err(|e| {
         let hint = match e
             .root_cause()
             .downcast_ref::<io::Error>()

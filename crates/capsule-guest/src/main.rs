@@ -12,6 +12,7 @@ mod control;
 mod disk;
 mod find;
 mod launch;
+mod live;
 mod log;
 mod power;
 mod runner;

@@ -14,6 +14,8 @@ use vm_capsule_core::returned::{self, Delivery, ExitStatus, StreamSink};
 use vm_capsule_core::temp_record::TempRecord;
 use vm_capsule_core::usage::JobUsage;
 
+use super::live::LiveOutput;
+
 fn publish_usage(
     sandbox: &Path,
     chirp_config: Option<&Path>,
@@ -54,17 +56,19 @@ pub struct CapsuleFiles {
 
 /// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
 /// (so they are not taken for outputs), but for a checkpoint exit only those the launcher
-/// made. Streams go to `out` and `err`; the job's usage to the starter, over Chirp
-/// (`chirp_config`: the job's `_CONDOR_CHIRP_CONFIG`).
+/// made. Streams go to `out` and `err` (after what `live` wrote of them while the job ran);
+/// the job's usage to the starter, over Chirp (`chirp_config`: the job's
+/// `_CONDOR_CHIRP_CONFIG`).
 pub fn finish_in_sandbox(
     sandbox: &Path,
     chirp_config: Option<&Path>,
     data_disk: &str,
     files: &CapsuleFiles,
+    live: &mut LiveOutput,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, chirp_config, data_disk, &files.all, out, err);
+    let exit = extract(sandbox, chirp_config, data_disk, &files.all, live, out, err);
     let checkpointed = matches!(
         (&exit, files.checkpoint_exit_code),
         (LauncherExit::Code(code), Some(want)) if *code == want
@@ -88,6 +92,7 @@ fn extract(
     chirp_config: Option<&Path>,
     data_disk: &str,
     capsule_files: &[String],
+    live: &mut LiveOutput,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
@@ -100,9 +105,10 @@ fn extract(
     // Outputs keep their paths in the sandbox; HTCondor applies the user's
     // transfer_output_files and remaps from there. The capsule's own files and the starter's
     // names are never taken.
+    let (mut out, mut err) = live.finish(out, err);
     let delivery = Delivery {
-        stdout: StreamSink::Copy(out),
-        stderr: StreamSink::Copy(err),
+        stdout: StreamSink::Copy(&mut out),
+        stderr: StreamSink::Copy(&mut err),
         outputs: Ok(OutputRules::sandbox(sandbox, capsule_files)),
         tag: "launcher",
         // No watchdog here: nothing removes a temporary file on a timeout.
@@ -112,6 +118,14 @@ fn extract(
         Ok(exit) => exit,
         Err(e) => return LauncherExit::Failed(e.to_string()),
     };
+    // The disk's copy wins over what the guest sent while the job ran.
+    let settled = [
+        out.settle(|| disk.open_file(capsule_manifest::DEFAULT_STDOUT).ok()),
+        err.settle(|| disk.open_file(capsule_manifest::DEFAULT_STDERR).ok()),
+    ];
+    if let Some(Err(why)) = settled.into_iter().find(Result::is_err) {
+        return LauncherExit::Failed(why);
+    }
     // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
     // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
     // a starter that does not answer, loses only these attributes.
