@@ -21,6 +21,7 @@ mod inputs;
 mod interrupt;
 mod layout;
 mod libvirt;
+mod live_output;
 mod maintainer;
 mod ops;
 mod original_job;
