@@ -145,3 +145,85 @@ fn extract(
         ExitStatus::NotStarted(why) => LauncherExit::NotStarted(why),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::runner::ControlChannel;
+    use capsule_disk::CreateOptions;
+    use capsule_manifest::control::{output_frame, Stream};
+    use std::os::fd::AsFd;
+
+    /// A returned data disk: the job exited 0 with `stdout` and `stderr`.
+    fn returned_disk(path: &Path, stdout: &[u8], stderr: &[u8]) {
+        let disk = DataDisk::create(path, &CreateOptions::new().size(16 << 20)).unwrap();
+        disk.put_file(capsule_manifest::DEFAULT_STDOUT, &mut &stdout[..])
+            .unwrap();
+        disk.put_file(capsule_manifest::DEFAULT_STDERR, &mut &stderr[..])
+            .unwrap();
+        let result = br#"{"schema_version":1,"outcome":{"kind":"exited","code":0},"timed_out":false,"error":null,"wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}"#;
+        disk.put_file(capsule_manifest::RESULT_JSON, &mut &result[..])
+            .unwrap();
+        disk.finish().unwrap();
+    }
+
+    /// A guest that sends, while the job runs, bytes its data disk does not hold (a lie on
+    /// stdout, a true prefix on stderr): the slot's stdout ends as the disk's copy after what
+    /// it held before this run, and stderr gets only what was missing.
+    #[test]
+    fn a_lying_guest_leaves_the_disks_streams_in_the_slot() {
+        let d = tempfile::tempdir().unwrap();
+        returned_disk(&d.path().join("data.img"), b"line 1\nline 2\n", b"warn 1\n");
+        let (out_path, err_path) = (
+            d.path().join("_condor_stdout"),
+            d.path().join("_condor_stderr"),
+        );
+        fs::write(&out_path, b"from the run before\n").unwrap();
+        let open = |p: &Path| {
+            fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .unwrap()
+        };
+        let (out, err) = (open(&out_path), open(&err_path));
+        let mut live = LiveOutput::onto(out.as_fd(), err.as_fd());
+        let mut channel = ControlChannel::new().unwrap();
+        let mut guest = std::os::unix::net::UnixStream::from(channel.take_guest_end().unwrap());
+        guest
+            .write_all(&output_frame(
+                Stream::Stdout,
+                b"rm -rf ~ # you were hacked\n",
+            ))
+            .unwrap();
+        guest
+            .write_all(&output_frame(Stream::Stderr, b"warn"))
+            .unwrap();
+        live.deliver(channel.poll());
+        assert_eq!(
+            fs::read(&out_path).unwrap(),
+            b"from the run before\nrm -rf ~ # you were hacked\n"
+        );
+        let files = CapsuleFiles {
+            all: vec!["data.img".to_owned()],
+            made: vec!["data.img".to_owned()],
+            checkpoint_exit_code: None,
+        };
+        let exit = finish_in_sandbox(
+            d.path(),
+            None,
+            "data.img",
+            &files,
+            &mut live,
+            &mut std::io::sink(),
+            &mut std::io::sink(),
+        );
+        assert_eq!(exit, LauncherExit::Code(0));
+        assert_eq!(
+            fs::read(&out_path).unwrap(),
+            b"from the run before\nline 1\nline 2\n"
+        );
+        assert_eq!(fs::read(&err_path).unwrap(), b"warn 1\n");
+    }
+}
