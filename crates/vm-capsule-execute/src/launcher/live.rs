@@ -125,6 +125,8 @@ impl Live {
 #[derive(Debug, Default)]
 pub struct LiveOutput {
     streams: Vec<Live>,
+    /// Most bytes one stream may get live: no stream on the data disk can be longer.
+    cap: Option<u64>,
 }
 
 impl LiveOutput {
@@ -154,7 +156,14 @@ impl LiveOutput {
                 .into_iter()
                 .filter_map(|(s, fd)| Live::new(s, fd))
                 .collect(),
+            cap: None,
         }
+    }
+
+    /// No stream gets more than `bytes` live (the data disk's size: a guest sending more
+    /// lies, and the final copy from the disk then stands alone).
+    pub fn cap(&mut self, bytes: u64) {
+        self.cap = Some(bytes);
     }
 
     /// Whether the channel may be read again: nothing received is still waiting for a slow
@@ -168,11 +177,21 @@ impl LiveOutput {
     pub fn deliver(&mut self, messages: Vec<Message>) {
         for m in messages {
             if let Message::Output(stream, bytes) = m {
+                let cap = self.cap.unwrap_or(u64::MAX);
                 if let Some(live) = self
                     .streams
                     .iter_mut()
                     .find(|l| l.stream == stream && !l.failed)
                 {
+                    let after = [live.pending.len(), bytes.len()]
+                        .iter()
+                        .filter_map(|n| u64::try_from(*n).ok())
+                        .fold(live.written, u64::saturating_add);
+                    if after > cap {
+                        live.failed = true;
+                        live.pending = Vec::new();
+                        continue;
+                    }
                     live.pending.extend_from_slice(&bytes);
                 }
             }
@@ -506,6 +525,27 @@ mod tests {
         assert!(most > 0, "the pipe never filled");
         assert!(most <= 128 * 1024, "held {most} bytes");
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    /// A guest sending more than the data disk can hold: the live copy stops at the cap,
+    /// and the final copy from the disk stands alone.
+    #[test]
+    fn no_stream_gets_more_live_than_the_data_disk_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let out = slot_file(d.path(), "out", b"", false);
+        let err = slot_file(d.path(), "err", b"", false);
+        let mut live = LiveOutput::onto(out.as_fd(), err.as_fd());
+        live.cap(10);
+        let (mut c, mut guest) = channel();
+        for _ in 0..3 {
+            guest
+                .write_all(&output_frame(Stream::Stdout, b"1234"))
+                .unwrap();
+            pump(&mut c, &mut live);
+        }
+        assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"12341234");
+        finish(&mut live, b"abc\n", b"").unwrap();
+        assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"abc\n");
     }
 
     /// The same file as stdout and stderr: no live copy (their bytes could not be told

@@ -162,7 +162,12 @@ pub fn launch(
     // and what the job left here before.
     let booted = sandbox::make_data_disk_with(&slot.sandbox, ad, node_agent.as_deref(), resume)
         .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
-        .and_then(|_| {
+        .map(|_| {
+            if let Some(bytes) = disk_size(&slot.sandbox.join(&data_disk)) {
+                live.cap(bytes);
+            }
+        })
+        .and_then(|()| {
             ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))
         })
         .and_then(|mut channel| {
@@ -214,6 +219,12 @@ pub fn launch(
             LauncherExit::Failed(why)
         }
     })
+}
+
+/// The data disk's size: what no stream the guest returns can exceed.
+fn disk_size(path: &Path) -> Option<u64> {
+    let disk = capsule_disk::DataDisk::open(path, capsule_disk::Access::ReadOnly).ok()?;
+    Some(disk.info().ok()?.container.virtual_size)
 }
 
 /// The capsule's own files in the sandbox: never outputs, removed after the run (but those
