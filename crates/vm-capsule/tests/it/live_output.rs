@@ -10,6 +10,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use classad::eval::evaluate_attr;
+use classad::Value;
+
 use crate::interrupt::{pool, routed_job, StandInStarter};
 
 /// A numbered line on stdout and one on stderr every second, for 20 s.
@@ -78,7 +81,16 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 #[test]
 fn output_shows_while_the_job_runs_and_ends_as_natively() {
     let pool = pool();
-    let routed = routed_job(&pool, "ticker", TICKER, "", 2501);
+    let routed = routed_job(
+        &pool,
+        "ticker",
+        TICKER,
+        "output = ticker.out\nerror = ticker.err\nstream_output = true",
+        2501,
+    );
+    // The starter streams the launcher's stdout as it would the job's (here it is a file, as
+    // without stream_output: what condor_tail reads).
+    assert_eq!(evaluate_attr(&routed, "StreamOut"), Value::Bool(true));
     let starter = StandInStarter::new(&pool, routed, "ticker-sandbox");
     let mut native = native(&pool.root.path().join("ticker-native"), TICKER);
     let mut launcher = starter.start();
