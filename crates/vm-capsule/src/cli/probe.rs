@@ -29,7 +29,8 @@ pub fn run_probe(args: &ProbeArgs, env: &Environment) -> Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref(), env)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
-    let probe = Probe::run(settings.qemu.as_deref(), env.path());
+    let probe =
+        Probe::run(settings.qemu.as_deref(), env.path()).with_host_paths(&settings.host_paths);
     let text = classad::print::ad_to_hook_string(&probe.attributes())
         .context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();

@@ -207,6 +207,7 @@ pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
         workdir: workdir.clone(),
         cancel: None,
         tb_size_mib: settings.tcg_tb_mib,
+        host_paths: settings.host_paths,
     };
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);
