@@ -365,6 +365,17 @@ fn prepare_work(
     Ok(catalog)
 }
 
+/// Run the job while its streams are copied to the host as they grow (the files stay
+/// authoritative: the data disk brings them whole).
+fn run_streamed(spec: JobSpec<'_>, s: &Scratch) -> Result<Finished> {
+    let live = crate::live::start(&s.stdout, &s.stderr);
+    let finished = runner::run(spec);
+    if let Some(live) = live {
+        live.stop();
+    }
+    finished
+}
+
 /// Everything from the manifest to the collected outputs. `Err` = the job did not start.
 fn prepare_and_run(
     opts: &Options,
@@ -418,13 +429,7 @@ fn prepare_and_run(
         agent.user,
         agent.uid
     );
-    // The job's streams, copied to the host as they grow (the files stay authoritative).
-    let live = crate::live::start(&s.stdout, &s.stderr);
-    let finished = runner::run(spec);
-    if let Some(live) = live {
-        live.stop();
-    }
-    let finished = finished.map_err(|e| {
+    let finished = run_streamed(spec, s).map_err(|e| {
         let hint = match e
             .root_cause()
             .downcast_ref::<io::Error>()
