@@ -367,6 +367,35 @@ fn prepare_work(
     Ok(catalog)
 }
 
+/// Run the job while its streams are copied to the host as they grow (the files stay
+/// authoritative: the data disk brings them whole).
+fn run_streamed(spec: JobSpec<'_>, s: &Scratch) -> Result<Finished> {
+    let live = crate::live::start(&s.stdout, &s.stderr);
+    let finished = runner::run(spec);
+    if let Some(live) = live {
+        live.stop();
+    }
+    finished
+}
+
+/// A job that could not be started, with a hint at the usual causes.
+fn with_start_hint(e: anyhow::Error) -> anyhow::Error {
+    let hint = match e
+        .root_cause()
+        .downcast_ref::<io::Error>()
+        .map(io::Error::kind)
+    {
+        Some(io::ErrorKind::NotFound) => {
+            "; hint: is the executable in input.tar (or in the guest image)?"
+        }
+        Some(io::ErrorKind::PermissionDenied) => {
+            "; hint: the executable needs mode 0755 in input.tar"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{e:#}{hint}")
+}
+
 /// Everything from the manifest to the collected outputs. `Err` = the job did not start.
 fn prepare_and_run(
     opts: &Options,
@@ -423,22 +452,7 @@ fn prepare_and_run(
         agent.user,
         agent.uid
     );
-    let finished = runner::run(spec).map_err(|e| {
-        let hint = match e
-            .root_cause()
-            .downcast_ref::<io::Error>()
-            .map(io::Error::kind)
-        {
-            Some(io::ErrorKind::NotFound) => {
-                "; hint: is the executable in input.tar (or in the guest image)?"
-            }
-            Some(io::ErrorKind::PermissionDenied) => {
-                "; hint: the executable needs mode 0755 in input.tar"
-            }
-            _ => "",
-        };
-        anyhow::anyhow!("{e:#}{hint}")
-    })?;
+    let finished = run_streamed(spec, s).map_err(with_start_hint)?;
     agent.setup_secs = finished.exec_at.duration_since(t0).as_secs_f64();
     crate::log!(
         "job ended: {:?}{}",

@@ -34,6 +34,15 @@ enum Job {
 
 static JOB: Mutex<Job> = Mutex::new(Job::Waiting(Vec::new()));
 
+/// The port, for the writer of the job's live output (`crate::live`); unset while it is
+/// looked for, and forever when there is none.
+static PORT: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// The open control port, once [`start`]'s thread has found and opened it.
+pub fn port() -> Option<&'static File> {
+    PORT.get()
+}
+
 fn job() -> std::sync::MutexGuard<'static, Job> {
     JOB.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -126,6 +135,12 @@ fn listen() {
         }
     };
     crate::log!("control: listening on {}", device.display());
+    match port.try_clone() {
+        Ok(writer) => {
+            let _ = PORT.set(writer);
+        }
+        Err(e) => crate::log!("control: no live output: cannot share the port: {e}"),
+    }
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 4096];
     loop {

@@ -13,6 +13,7 @@ mod disk;
 mod find;
 mod host_paths;
 mod launch;
+mod live;
 mod log;
 mod network;
 mod power;

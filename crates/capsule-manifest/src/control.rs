@@ -8,6 +8,11 @@
 //! | type | direction | payload |
 //! |---|---|---|
 //! | 1 `signal` | host -> guest | one byte: the signal number to deliver to the job |
+//! | 2 `stdout` | guest -> host | the next bytes the job wrote to its stdout (1 to [`MAX_OUTPUT_CHUNK`]) |
+//! | 3 `stderr` | guest -> host | the same for its stderr |
+//!
+//! The output frames are a live copy only: the streams on the data disk stay authoritative,
+//! and the host checks what it was sent against them at the end.
 
 /// The virtio-serial port's name (`/sys/class/virtio-ports/*/name` in the guest).
 pub const CONTROL_PORT: &str = "org.vm-capsule.control";
@@ -16,32 +21,77 @@ pub const CONTROL_PORT: &str = "org.vm-capsule.control";
 pub const MAX_PAYLOAD: u32 = 64 * 1024;
 
 /// Bytes before the payload: the type and the length.
-const HEADER: usize = 5;
+pub const HEADER: usize = 5;
+
+/// Most output bytes in one frame: a frame then fits one virtio-serial write (32 KiB).
+pub const MAX_OUTPUT_CHUNK: usize = 32 * 1024 - HEADER;
 
 /// Type byte of [`Message::Signal`].
 const TYPE_SIGNAL: u8 = 1;
+/// Type byte of [`Message::Output`] for stdout.
+const TYPE_STDOUT: u8 = 2;
+/// Type byte of [`Message::Output`] for stderr.
+const TYPE_STDERR: u8 = 3;
+
+/// One of the job's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Its stdout.
+    Stdout,
+    /// Its stderr.
+    Stderr,
+}
+
+impl Stream {
+    fn kind(self) -> u8 {
+        match self {
+            Stream::Stdout => TYPE_STDOUT,
+            Stream::Stderr => TYPE_STDERR,
+        }
+    }
+}
 
 /// A message on the control channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Message {
     /// Deliver this signal to the job (the host received it as the job's soft-kill signal).
     Signal(u8),
+    /// The next bytes the job wrote to one of its streams (1 to [`MAX_OUTPUT_CHUNK`]).
+    Output(Stream, Vec<u8>),
+}
+
+/// One frame of `kind` carrying `payload` (at most [`MAX_PAYLOAD`] bytes: callers bound it).
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.push(kind);
+    let len = u32::try_from(payload.len()).unwrap_or(MAX_PAYLOAD);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The frame of [`Message::Output`] for `stream` and `bytes`, without copying them into a
+/// message first (the guest sends these as the job writes).
+///
+/// # Panics
+/// Never; `bytes` longer than [`MAX_OUTPUT_CHUNK`] is a caller's bug and is cut to it.
+#[must_use]
+pub fn output_frame(stream: Stream, bytes: &[u8]) -> Vec<u8> {
+    frame(
+        stream.kind(),
+        bytes.get(..MAX_OUTPUT_CHUNK).unwrap_or(bytes),
+    )
 }
 
 impl Message {
     /// The message as one frame.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, payload) = match self {
-            Message::Signal(s) => (TYPE_SIGNAL, [*s]),
-        };
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.push(kind);
-        let len = u32::try_from(payload.len()).unwrap_or(MAX_PAYLOAD);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&payload);
-        frame
+        match self {
+            Message::Signal(s) => frame(TYPE_SIGNAL, &[*s]),
+            Message::Output(stream, bytes) => output_frame(*stream, bytes),
+        }
     }
 }
 
@@ -141,6 +191,20 @@ impl Decoder {
                         }),
                     }
                 }
+                TYPE_STDOUT | TYPE_STDERR => {
+                    if payload.is_empty() || payload.len() > MAX_OUTPUT_CHUNK {
+                        return Err(FrameError::BadPayload {
+                            kind,
+                            len: payload.len(),
+                        });
+                    }
+                    let stream = if kind == TYPE_STDOUT {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    return Ok(Some(Message::Output(stream, payload)));
+                }
                 // A type this version does not know: skip it.
                 _ => continue,
             }
@@ -172,6 +236,41 @@ mod tests {
             }
         }
         assert_eq!(got, vec![Message::Signal(15), Message::Signal(10)]);
+    }
+
+    #[test]
+    fn output_frames_round_trip_and_bad_sizes_are_refused() {
+        let mut d = Decoder::new();
+        d.push(&Message::Output(Stream::Stdout, b"line 1\n".to_vec()).encode());
+        assert_eq!(
+            d.next_message().unwrap(),
+            Some(Message::Output(Stream::Stdout, b"line 1\n".to_vec()))
+        );
+        // Cut to the chunk size.
+        d.push(&output_frame(Stream::Stderr, &[7u8; MAX_OUTPUT_CHUNK + 10]));
+        assert_eq!(
+            d.next_message().unwrap(),
+            Some(Message::Output(Stream::Stderr, vec![7u8; MAX_OUTPUT_CHUNK]))
+        );
+        // Empty, and over the chunk size (though under the frame limit): refused.
+        d.push(&[TYPE_STDOUT, 0, 0, 0, 0]);
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::BadPayload { len: 0, .. })
+        ));
+        let mut over = vec![TYPE_STDERR];
+        over.extend(u32::try_from(MAX_OUTPUT_CHUNK + 1).unwrap().to_be_bytes());
+        over.extend(vec![1u8; MAX_OUTPUT_CHUNK + 1]);
+        d.push(&over);
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::BadPayload {
+                kind: TYPE_STDERR,
+                ..
+            })
+        ));
+        assert_eq!(d.next_message(), Ok(None));
+        assert!(!d.is_broken());
     }
 
     #[test]

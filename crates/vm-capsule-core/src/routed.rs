@@ -286,7 +286,9 @@ fn vanilla_transfer(job: &JobSpec, staged: &Staged, parts: &VanillaInputs<'_>) -
 /// launcher (`vm-capsule run`), boots the capsule with QEMU on the execute node and exits as
 /// the job did. HTCondor's own file transfer then brings the outputs and streams to where the
 /// original job named them, so `Iwd`, `Out`, `Err`, `TransferOutput` and the remaps are the
-/// original's; `TransferInput` carries the capsule's files and the job's own inputs as written.
+/// original's, and so are `StreamOut`/`StreamErr` (the launcher writes the job's streams as
+/// the job does); `TransferInput` carries the capsule's files and the job's own inputs as
+/// written.
 pub fn build_vanilla(
     job: &JobSpec,
     original: &ClassAd,
@@ -298,7 +300,14 @@ pub fn build_vanilla(
     carry(
         &mut ad,
         original,
-        &["Out", "Err", "TransferOutput", "TransferOutputRemaps"],
+        &[
+            "Out",
+            "Err",
+            "StreamOut",
+            "StreamErr",
+            "TransferOutput",
+            "TransferOutputRemaps",
+        ],
     );
     carry(&mut ad, original, INTERRUPTION);
     ad.insert("MyType", Expr::string("Job"));

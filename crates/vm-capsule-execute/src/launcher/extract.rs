@@ -14,6 +14,8 @@ use vm_capsule_core::returned::{self, Delivery, ExitStatus, StreamSink};
 use vm_capsule_core::temp_record::TempRecord;
 use vm_capsule_core::usage::JobUsage;
 
+use super::live::LiveOutput;
+
 fn publish_usage(
     sandbox: &Path,
     chirp_config: Option<&Path>,
@@ -54,17 +56,19 @@ pub struct CapsuleFiles {
 
 /// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
 /// (so they are not taken for outputs), but for a checkpoint exit only those the launcher
-/// made. Streams go to `out` and `err`; the job's usage to the starter, over Chirp
-/// (`chirp_config`: the job's `_CONDOR_CHIRP_CONFIG`).
+/// made. Streams go to `out` and `err` (after what `live` wrote of them while the job ran);
+/// the job's usage to the starter, over Chirp (`chirp_config`: the job's
+/// `_CONDOR_CHIRP_CONFIG`).
 pub fn finish_in_sandbox(
     sandbox: &Path,
     chirp_config: Option<&Path>,
     data_disk: &str,
     files: &CapsuleFiles,
+    live: &mut LiveOutput,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, chirp_config, data_disk, &files.all, out, err);
+    let exit = extract(sandbox, chirp_config, data_disk, &files.all, live, out, err);
     let checkpointed = matches!(
         (&exit, files.checkpoint_exit_code),
         (LauncherExit::Code(code), Some(want)) if *code == want
@@ -88,6 +92,7 @@ fn extract(
     chirp_config: Option<&Path>,
     data_disk: &str,
     capsule_files: &[String],
+    live: &mut LiveOutput,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
@@ -100,9 +105,10 @@ fn extract(
     // Outputs keep their paths in the sandbox; HTCondor applies the user's
     // transfer_output_files and remaps from there. The capsule's own files and the starter's
     // names are never taken.
+    let (mut out, mut err) = live.finish(out, err);
     let delivery = Delivery {
-        stdout: StreamSink::Copy(out),
-        stderr: StreamSink::Copy(err),
+        stdout: StreamSink::Copy(&mut out),
+        stderr: StreamSink::Copy(&mut err),
         outputs: Ok(OutputRules::sandbox(sandbox, capsule_files)),
         tag: "launcher",
         // No watchdog here: nothing removes a temporary file on a timeout.
@@ -112,6 +118,14 @@ fn extract(
         Ok(exit) => exit,
         Err(e) => return LauncherExit::Failed(e.to_string()),
     };
+    // The disk's copy wins over what the guest sent while the job ran.
+    let settled = [
+        out.settle(|| disk.open_file(capsule_manifest::DEFAULT_STDOUT).ok()),
+        err.settle(|| disk.open_file(capsule_manifest::DEFAULT_STDERR).ok()),
+    ];
+    if let Some(Err(why)) = settled.into_iter().find(Result::is_err) {
+        return LauncherExit::Failed(why);
+    }
     // HTCondor's own usage figures are the launcher's (boot and emulation included): publish
     // what the guest measured of the job itself. Best effort: a job without an I/O proxy, or
     // a starter that does not answer, loses only these attributes.
@@ -129,5 +143,87 @@ fn extract(
         ExitStatus::Exited(code) => LauncherExit::Code(code),
         ExitStatus::Signaled { signal, .. } => LauncherExit::Signal(signal),
         ExitStatus::NotStarted(why) => LauncherExit::NotStarted(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::runner::ControlChannel;
+    use capsule_disk::CreateOptions;
+    use capsule_manifest::control::{output_frame, Stream};
+    use std::os::fd::AsFd;
+
+    /// A returned data disk: the job exited 0 with `stdout` and `stderr`.
+    fn returned_disk(path: &Path, stdout: &[u8], stderr: &[u8]) {
+        let disk = DataDisk::create(path, &CreateOptions::new().size(16 << 20)).unwrap();
+        disk.put_file(capsule_manifest::DEFAULT_STDOUT, &mut &stdout[..])
+            .unwrap();
+        disk.put_file(capsule_manifest::DEFAULT_STDERR, &mut &stderr[..])
+            .unwrap();
+        let result = br#"{"schema_version":1,"outcome":{"kind":"exited","code":0},"timed_out":false,"error":null,"wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}"#;
+        disk.put_file(capsule_manifest::RESULT_JSON, &mut &result[..])
+            .unwrap();
+        disk.finish().unwrap();
+    }
+
+    /// A guest that sends, while the job runs, bytes its data disk does not hold (a lie on
+    /// stdout, a true prefix on stderr): the slot's stdout ends as the disk's copy after what
+    /// it held before this run, and stderr gets only what was missing.
+    #[test]
+    fn a_lying_guest_leaves_the_disks_streams_in_the_slot() {
+        let d = tempfile::tempdir().unwrap();
+        returned_disk(&d.path().join("data.img"), b"line 1\nline 2\n", b"warn 1\n");
+        let (out_path, err_path) = (
+            d.path().join("_condor_stdout"),
+            d.path().join("_condor_stderr"),
+        );
+        fs::write(&out_path, b"from the run before\n").unwrap();
+        let open = |p: &Path| {
+            fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .unwrap()
+        };
+        let (out, err) = (open(&out_path), open(&err_path));
+        let mut live = LiveOutput::onto(out.as_fd(), err.as_fd());
+        let mut channel = ControlChannel::new().unwrap();
+        let mut guest = std::os::unix::net::UnixStream::from(channel.take_guest_end().unwrap());
+        guest
+            .write_all(&output_frame(
+                Stream::Stdout,
+                b"rm -rf ~ # you were hacked\n",
+            ))
+            .unwrap();
+        guest
+            .write_all(&output_frame(Stream::Stderr, b"warn"))
+            .unwrap();
+        live.deliver(channel.poll());
+        assert_eq!(
+            fs::read(&out_path).unwrap(),
+            b"from the run before\nrm -rf ~ # you were hacked\n"
+        );
+        let files = CapsuleFiles {
+            all: vec!["data.img".to_owned()],
+            made: vec!["data.img".to_owned()],
+            checkpoint_exit_code: None,
+        };
+        let exit = finish_in_sandbox(
+            d.path(),
+            None,
+            "data.img",
+            &files,
+            &mut live,
+            &mut std::io::sink(),
+            &mut std::io::sink(),
+        );
+        assert_eq!(exit, LauncherExit::Code(0));
+        assert_eq!(
+            fs::read(&out_path).unwrap(),
+            b"from the run before\nline 1\nline 2\n"
+        );
+        assert_eq!(fs::read(&err_path).unwrap(), b"warn 1\n");
     }
 }

@@ -164,7 +164,8 @@ impl Forwarder {
         }
     }
 
-    /// Forward what arrived since the last call; true once the guest has had its vacate
+    /// Forward what arrived since the last call (what the guest sends is the launcher's to
+    /// read, see `live`); true once the guest has had its vacate
     /// time (less a margin) since the first signal: time to power it off.
     pub fn tick(&mut self, channel: &mut ControlChannel) -> bool {
         for (sig, flag) in &self.caught {
@@ -175,8 +176,6 @@ impl Forwarder {
                 self.first.get_or_insert_with(Instant::now);
             }
         }
-        // Nothing the guest sends is acted on yet; reading it keeps its writes flowing.
-        let _ = channel.poll();
         self.first.is_some_and(|t| t.elapsed() >= self.grace)
     }
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod extract;
 pub mod interrupt;
+pub mod live;
 pub mod sandbox;
 
 use std::io::Write;
@@ -21,6 +22,7 @@ use crate::runner::{
     run_with, Attached, ControlChannel, RunError, RunOptions, VmSpec, CONSOLE_LOG,
 };
 use interrupt::{Forwarder, Interruption};
+use live::LiveOutput;
 use vm_capsule_core::capsule::is_plain_name;
 use vm_capsule_core::node_image::NodeImageError;
 use vm_capsule_core::routed;
@@ -121,7 +123,8 @@ pub struct Slot {
 
 /// Make the data disk from what HTCondor transferred, boot, extract the results into the
 /// sandbox and say how to exit. Quiet on success: the job's stdout and stderr go to `out`
-/// and `err`; the launcher's own diagnostics go to `report`, one line each. The job's
+/// and `err` (which must be this process's stdout and stderr: the job's output is also written
+/// to those as it runs); the launcher's own diagnostics go to `report`, one line each. The job's
 /// soft-kill signals (as `interruption` names them) are caught from here on and forwarded to
 /// the job in the guest.
 ///
@@ -153,15 +156,28 @@ pub fn launch(
         capsule_files: &files.all,
         checkpoint_exit_code: interruption.checkpoint_exit_code,
     };
+    // The launcher's stdout and stderr are the job's: written as the job writes them.
+    let mut live = LiveOutput::std_streams();
     // The data disk is made here, from what HTCondor transferred (inputs and URLs included)
     // and what the job left here before.
     let booted = sandbox::make_data_disk_with(&slot.sandbox, ad, node_agent.as_deref(), resume)
         .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
-        .and_then(|_| {
+        .map(|_| {
+            if let Some(bytes) = disk_size(&slot.sandbox.join(&data_disk)) {
+                live.cap(bytes);
+            }
+        })
+        .and_then(|()| {
             ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))
         })
         .and_then(|mut channel| {
-            let mut tick = |c: &mut ControlChannel| forwarder.tick(c);
+            let mut tick = |c: &mut ControlChannel| {
+                // The job's output as it comes; not read while a slow pipe holds some back.
+                if live.wants_more() {
+                    live.deliver(c.poll());
+                }
+                forwarder.tick(c)
+            };
             let attached = Attached {
                 channel: &mut channel,
                 tick: &mut tick,
@@ -174,6 +190,7 @@ pub fn launch(
             slot.chirp_config.as_deref(),
             &data_disk,
             &files,
+            &mut live,
             out,
             err,
         ),
@@ -195,12 +212,19 @@ pub fn launch(
                 slot.chirp_config.as_deref(),
                 &data_disk,
                 &all,
+                &mut LiveOutput::off(),
                 &mut std::io::sink(),
                 &mut std::io::sink(),
             );
             LauncherExit::Failed(why)
         }
     })
+}
+
+/// The data disk's size: what no stream the guest returns can exceed.
+fn disk_size(path: &Path) -> Option<u64> {
+    let disk = capsule_disk::DataDisk::open(path, capsule_disk::Access::ReadOnly).ok()?;
+    Some(disk.info().ok()?.container.virtual_size)
 }
 
 /// The capsule's own files in the sandbox: never outputs, removed after the run (but those

@@ -23,9 +23,9 @@ use crate::vanilla::template;
 const RUN_LIMIT: Duration = Duration::from_secs(240);
 
 /// The STAND-IN starter's view of one job: its routed ad and sandbox.
-struct StandInStarter {
+pub(crate) struct StandInStarter {
     routed: ClassAd,
-    sandbox: PathBuf,
+    pub(crate) sandbox: PathBuf,
     /// The launcher's TMPDIR: must stay empty.
     tmp: PathBuf,
 }
@@ -33,7 +33,7 @@ struct StandInStarter {
 impl StandInStarter {
     /// A fresh sandbox with what HTCondor's transfer puts there: the executable (`Cmd`), the
     /// `TransferInput` entries by base name, and the job ad the starter writes (`.job.ad`).
-    fn new(pool: &Pool, routed: ClassAd, name: &str) -> StandInStarter {
+    pub(crate) fn new(pool: &Pool, routed: ClassAd, name: &str) -> StandInStarter {
         let sandbox = pool.root.path().join(name);
         let tmp = pool.root.path().join(format!("{name}.tmp"));
         fs::create_dir_all(&sandbox).unwrap();
@@ -61,7 +61,7 @@ impl StandInStarter {
 
     /// Start the launcher as `OsProc::StartJob` does, in a process group of its own (the
     /// starter makes it a session leader); the streams append, as across in-place restarts.
-    fn start(&self) -> Child {
+    pub(crate) fn start(&self) -> Child {
         let cmd = PathBuf::from(string_attr(&self.routed, "Cmd").unwrap());
         let exe = self.sandbox.join(cmd.file_name().unwrap());
         let args = vm_capsule_core::job::args::split_v2(
@@ -95,7 +95,7 @@ impl StandInStarter {
 
     /// Wait until the agent in the guest has started the job (its console line), then a
     /// little more for the job to set itself up.
-    fn wait_for_the_job(&self, child: &mut Child) {
+    pub(crate) fn wait_for_the_job(&self, child: &mut Child) {
         let started = Instant::now();
         loop {
             let console = fs::read_to_string(self.sandbox.join("console.log")).unwrap_or_default();
@@ -116,12 +116,12 @@ impl StandInStarter {
         std::thread::sleep(Duration::from_secs(2));
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         fs::read_to_string(self.sandbox.join("_condor_stderr")).unwrap_or_default()
     }
 
     /// The launcher's end, within [`RUN_LIMIT`] (the group is killed after it).
-    fn finish(&self, child: &mut Child) -> ExitStatus {
+    pub(crate) fn finish(&self, child: &mut Child) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -142,12 +142,18 @@ impl StandInStarter {
     }
 }
 
-fn pid(child: &Child) -> Pid {
+pub(crate) fn pid(child: &Child) -> Pid {
     Pid::from_child(child)
 }
 
 /// A vanilla-flavour job of `script`, routed.
-fn routed_job(pool: &Pool, name: &str, script: &str, submit: &str, cluster: i64) -> ClassAd {
+pub(crate) fn routed_job(
+    pool: &Pool,
+    name: &str,
+    script: &str,
+    submit: &str,
+    cluster: i64,
+) -> ClassAd {
     let iwd = pool.root.path().join("users").join(name);
     fs::create_dir_all(&iwd).unwrap();
     fs::write(iwd.join("job.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
@@ -159,7 +165,7 @@ fn routed_job(pool: &Pool, name: &str, script: &str, submit: &str, cluster: i64)
     pool.translate_vanilla(&ad)
 }
 
-fn pool() -> Pool {
+pub(crate) fn pool() -> Pool {
     Pool::new(&template("console=ttyS0 quiet panic=-1"))
 }
 

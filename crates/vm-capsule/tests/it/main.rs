@@ -22,6 +22,7 @@ mod inputs;
 mod interrupt;
 mod layout;
 mod libvirt;
+mod live_output;
 mod maintainer;
 mod network;
 mod ops;
