@@ -7,6 +7,7 @@
 pub(crate) mod chirp;
 pub mod launcher;
 pub mod libvirt;
+pub mod policy;
 pub mod probe;
 pub mod qemu;
 pub mod run_files;
