@@ -57,6 +57,18 @@ impl JobEnd {
 /// changed top-level files) with `TransferOutputRemaps` and the `Out`/`Err` streams, the way
 /// HTCondor's file transfer does. Returns how the process ended.
 pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, String)]) -> JobEnd {
+    execute_node_with(routed, sandbox, env, &|_, ad| ad.clone())
+}
+
+/// [`vanilla_execute_node`] with the starter's prepare-job hook: after the input transfer,
+/// `prepare(sandbox, job ad)` returns the job ad the starter then runs (the hook's output
+/// merged in): its `Cmd`, `TransferExecutable`, `Arguments` and `Environment`.
+pub fn execute_node_with(
+    routed: &ClassAd,
+    sandbox: &Path,
+    env: &[(String, String)],
+    prepare: &dyn Fn(&Path, &ClassAd) -> ClassAd,
+) -> JobEnd {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::ExitStatusExt;
     let text = |n: &str| match classad::eval::evaluate_attr(routed, n) {
@@ -125,6 +137,21 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
             (m.len(), m.modified().unwrap()),
         );
     }
+    // The input transfer is done: the prepare-job hook runs, and its ad is what runs.
+    let transferred_exe = exe.clone();
+    let prepared = prepare(sandbox, routed);
+    let prepared_text = |n: &str| match classad::eval::evaluate_attr(&prepared, n) {
+        classad::Value::String(s) => Some(s),
+        _ => None,
+    };
+    let exe = if classad::eval::evaluate_attr(&prepared, "TransferExecutable")
+        == classad::Value::Bool(false)
+    {
+        PathBuf::from(prepared_text("Cmd").unwrap())
+    } else {
+        exe
+    };
+    let text = prepared_text;
     let args =
         vm_capsule_core::job::args::split_v2(&text("Arguments").unwrap_or_default(), "Arguments")
             .unwrap();
@@ -133,8 +160,9 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     env.extend(
         vm_capsule_core::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
     );
-    let chirp = (classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true))
-        .then(|| ChirpStandIn::start(sandbox));
+    let chirp = (classad::eval::evaluate_attr(&prepared, "WantIOProxy")
+        == classad::Value::Bool(true))
+    .then(|| ChirpStandIn::start(sandbox));
     let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
     let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
     // OsProc::StartJob: argv[0] is `<sandbox>/<basename of Cmd>`, then `Arguments`.
@@ -182,6 +210,9 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
                 let m = e.metadata().unwrap();
                 let skip = !m.is_file()
                     || name == exe.file_name().unwrap()
+                    || name == transferred_exe.file_name().unwrap()
+                    || name == ".job.ad"
+                    || name == ".machine.ad"
                     || name == "_condor_stdout"
                     || name == ".chirp.config"
                     || name == "_condor_stderr"

@@ -25,6 +25,7 @@ mod maintainer;
 mod ops;
 mod original_job;
 mod package;
+mod policy;
 mod router;
 mod run_hygiene;
 mod started_by_htcondor;
