@@ -143,7 +143,7 @@ fn read_head(mut file: &File, buf: &mut [u8]) -> usize {
 
 /// The hook's stdout for a job that runs in the VM: the starter runs `launcher node-run
 /// <knob=value>...` instead of the job (`TransferExecutable = false`, or the starter would look
-/// for the launcher in the sandbox), with the starter's Chirp server on. The knobs travel in `Arguments` because the job's
+/// for the launcher in the sandbox). The knobs travel in `Arguments` because the job's
 /// environment has no `CONDOR_CONFIG`, and the hook's own additions never reach `.job.ad`,
 /// where the launcher finds the original job.
 ///
@@ -162,9 +162,6 @@ pub fn vm_lines(launcher: &Path, knobs: &[(String, String)]) -> Result<String, S
         Expr::Literal(classad::Literal::Bool(false)),
     );
     ad.insert("Arguments", Expr::string(join_v2(&args)));
-    // The starter's Chirp server, through which the launcher publishes the job's own usage
-    // (VMCapsuleJobUserCpu, ...), as a routed vanilla-flavour job does.
-    ad.insert("WantIOProxy", Expr::Literal(classad::Literal::Bool(true)));
     classad::print::ad_to_hook_string(&ad).map_err(|e| e.to_string())
 }
 

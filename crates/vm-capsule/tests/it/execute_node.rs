@@ -57,17 +57,24 @@ impl JobEnd {
 /// changed top-level files) with `TransferOutputRemaps` and the `Out`/`Err` streams, the way
 /// HTCondor's file transfer does. Returns how the process ended.
 pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, String)]) -> JobEnd {
-    execute_node_with(routed, sandbox, env, &|_, ad| ad.clone())
+    execute_node_with(routed, sandbox, env, None)
 }
+
+/// The stand-in starter's prepare-job hook: `(sandbox, job ad) -> the job ad merged with its
+/// output`.
+pub type PrepareHook<'a> = dyn Fn(&Path, &ClassAd) -> ClassAd + 'a;
 
 /// [`vanilla_execute_node`] with the starter's prepare-job hook: after the input transfer,
 /// `prepare(sandbox, job ad)` returns the job ad the starter then runs (the hook's output
-/// merged in): its `Cmd`, `TransferExecutable`, `Arguments` and `Environment`.
+/// merged in): its `Cmd`, `TransferExecutable`, `Arguments` and `Environment`. With a hook,
+/// the Chirp stand-in runs as HTCondor 24.0's starter sets its proxy up, before the hook:
+/// always, with `set_job_attr` only when the original job has `WantIOProxy`, and delayed
+/// updates (`Chirp*` names) always.
 pub fn execute_node_with(
     routed: &ClassAd,
     sandbox: &Path,
     env: &[(String, String)],
-    prepare: &dyn Fn(&Path, &ClassAd) -> ClassAd,
+    prepare: Option<&PrepareHook<'_>>,
 ) -> JobEnd {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::ExitStatusExt;
@@ -139,7 +146,9 @@ pub fn execute_node_with(
     }
     // The input transfer is done: the prepare-job hook runs, and its ad is what runs.
     let transferred_exe = exe.clone();
-    let prepared = prepare(sandbox, routed);
+    let want_io_proxy =
+        classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true);
+    let prepared = prepare.map_or_else(|| routed.clone(), |p| p(sandbox, routed));
     let prepared_text = |n: &str| match classad::eval::evaluate_attr(&prepared, n) {
         classad::Value::String(s) => Some(s),
         _ => None,
@@ -160,9 +169,8 @@ pub fn execute_node_with(
     env.extend(
         vm_capsule_core::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
     );
-    let chirp = (classad::eval::evaluate_attr(&prepared, "WantIOProxy")
-        == classad::Value::Bool(true))
-    .then(|| ChirpStandIn::start(sandbox));
+    let chirp = (want_io_proxy || prepare.is_some())
+        .then(|| ChirpStandIn::start_with(sandbox, want_io_proxy));
     let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
     let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
     // OsProc::StartJob: argv[0] is `<sandbox>/<basename of Cmd>`, then `Arguments`.
@@ -298,7 +306,9 @@ pub struct ChirpStandIn {
 }
 
 impl ChirpStandIn {
-    pub fn start(sandbox: &Path) -> ChirpStandIn {
+    /// `updates`: `set_job_attr` is answered (the job has `WantIOProxy`); delayed updates of
+    /// `Chirp*` names always are.
+    pub fn start_with(sandbox: &Path, updates: bool) -> ChirpStandIn {
         use std::io::{BufRead, BufReader};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -335,7 +345,10 @@ impl ChirpStandIn {
                 let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 let answer = match cmd {
                     "cookie" if rest == "c00kie" => "0",
-                    "set_job_attr" => {
+                    "set_job_attr" | "set_job_attr_delayed"
+                        if updates
+                            || (cmd == "set_job_attr_delayed" && rest.starts_with("Chirp")) =>
+                    {
                         // name and value are separated by the first unescaped space
                         let mut split = None;
                         let bytes = rest.as_bytes();
