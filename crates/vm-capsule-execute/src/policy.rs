@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use classad::eval::{integer_attr, match_is_true, string_attr};
+use classad::eval::{integer_attr, match_is_true};
 use classad::{ClassAd, Expr};
 
 use vm_capsule_core::job::args::join_v2;
@@ -48,25 +48,28 @@ pub fn policy_picks(machine_ad: &ClassAd, job_ad: &ClassAd) -> bool {
 }
 
 /// Why a job is never run in a VM whatever the policy says (`None`: it may be): another
-/// universe, a container job, or already a vm-capsule job (a routed job's launcher).
+/// universe. Nothing else in the ad counts: its owner writes it (a `+VMCapsuleFlavour` of
+/// their own takes nothing out of the VM, and a job whose `Cmd` is vm-capsule itself could
+/// still name its own QEMU). A routed vanilla-flavour job the policy picks runs its launcher
+/// in the guest, where it fails with the reason: leave such jobs out in the expression.
 pub fn never_in_vm(job_ad: &ClassAd) -> Option<&'static str> {
     if integer_attr(job_ad, "JobUniverse") != Some(VANILLA) {
         return Some("not a vanilla-universe job");
     }
-    let container = ["ContainerImage", "DockerImage", "SingularityImage"]
-        .iter()
-        .any(|a| string_attr(job_ad, a).is_some());
-    if container {
-        return Some("a container job");
-    }
-    let ours = job_ad.iter().any(|(name, _)| {
-        let n = name.to_ascii_lowercase();
-        n == "vmcapsuleflavour" || n == "vmcapsulescratch"
-    });
-    if ours {
-        return Some("already a vm-capsule job");
-    }
     None
+}
+
+/// Why a job the policy picks cannot run in the VM for what its ad asks (`None`: nothing):
+/// a container job, which the starter would wrap, launcher and all, in Apptainer.
+pub fn ad_problem(job_ad: &ClassAd) -> Option<String> {
+    ["ContainerImage", "DockerImage", "SingularityImage"]
+        .iter()
+        .find(|a| job_ad.get(a).is_some())
+        .map(|a| {
+            format!(
+                "it asks for a container ({a}), in which the starter would run the VM's launcher"
+            )
+        })
 }
 
 /// The decision for a job: [`Decision::Vm`] when the policy picks it and nothing rules it out.
@@ -162,6 +165,11 @@ pub fn vm_lines(launcher: &Path, knobs: &[(String, String)]) -> Result<String, S
         Expr::Literal(classad::Literal::Bool(false)),
     );
     ad.insert("Arguments", Expr::string(join_v2(&args)));
+    // The launcher and its QEMU (a dynamic program) get none of the job's environment: an
+    // LD_PRELOAD of the owner's would run their code on the node, outside the VM. The guest
+    // gets the job's environment from `.job.ad`, which the hook does not change.
+    ad.insert("Environment", Expr::string(""));
+    ad.insert("Env", Expr::string(""));
     classad::print::ad_to_hook_string(&ad).map_err(|e| e.to_string())
 }
 
@@ -215,15 +223,14 @@ mod tests {
     }
 
     #[test]
-    fn other_universes_containers_and_routed_jobs_stay_native() {
+    fn other_universes_stay_native_and_owner_attributes_change_nothing() {
         let slot = ad("VMCapsuleJob = true\n");
-        for job in [
-            "JobUniverse = 13\nOwner = \"a\"\n",
-            "JobUniverse = 5\nContainerImage = \"x.sif\"\n",
-            "JobUniverse = 5\nVMCapsuleFlavour = \"vanilla\"\n",
-        ] {
-            assert_eq!(decide(&slot, &ad(job)), Decision::Native, "{job}");
-        }
+        assert_eq!(decide(&slot, &ad("JobUniverse = 13\n")), Decision::Native);
+        let faked = ad(
+            "JobUniverse = 5\nVMCapsuleFlavour = \"vanilla\"\nCmd = \"/usr/libexec/vm-capsule/vm-capsule\"\nSingularityImage = \"x\"\n",
+        );
+        assert_eq!(decide(&slot, &faked), Decision::Vm);
+        assert!(ad_problem(&faked).unwrap().contains("SingularityImage"));
     }
 
     #[test]
@@ -273,6 +280,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("TransferExecutable = false"), "{out}");
+        assert!(out.contains("Environment = \"\""), "{out}");
         assert!(
             out.contains("Arguments = \"node-run VM_CAPSULE_TEMPLATE=/var/lib/vm' 'capsule\""),
             "{out}"

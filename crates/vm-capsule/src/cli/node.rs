@@ -168,6 +168,9 @@ fn check_fits(
     settings: &Settings,
     env: &Environment,
 ) -> Result<(), NotInVm> {
+    if let Some(why) = policy::ad_problem(job_ad) {
+        return Err(NotInVm::Unfit(why));
+    }
     let job = JobSpec::from_ad(job_ad).map_err(|e| NotInVm::Unfit(e.detail()))?;
     if job.transfer_executable {
         if let Some(why) = policy::executable_problem(&sandbox.join(job.executable_name())) {

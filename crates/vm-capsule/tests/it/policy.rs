@@ -265,7 +265,7 @@ const PLAIN: Job = Job {
 };
 
 /// No `VMCapsuleJob` in the slot ad (the node advertises no policy), or a job of another
-/// universe, a container job or a routed vm-capsule job: nothing printed, native.
+/// universe: nothing printed, native.
 #[test]
 fn no_policy_or_not_a_plain_vanilla_job_runs_natively() {
     let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
@@ -277,20 +277,50 @@ fn no_policy_or_not_a_plain_vanilla_job_runs_natively() {
         "{}",
         run.stderr
     );
+    let mut other = ad.clone();
+    other.insert("JobUniverse", Expr::Literal(classad::Literal::Integer(13)));
+    let run = run_hook(&pool, &sandbox, &other, &machine_ad(Some("true")), &[]);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(0), ""),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The job's owner writes its ad: attributes that look like a routed vm-capsule job's
+/// (`+VMCapsuleFlavour`, `+VMCapsuleScratch`) or a container job's (`+SingularityImage`,
+/// `+ContainerImage`) must not take a job the policy picks out of the VM. (Before: the hook
+/// printed nothing for them and the job ran natively.)
+#[test]
+fn attributes_the_owner_sets_do_not_take_a_job_out_of_the_vm() {
+    let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
+    let (sandbox, ad) = sandbox_for(&pool, "faker", &PLAIN, 2606);
+    let node_launcher = fs::canonicalize(pool.hooks_dir.join("vm-capsule-prepare-job")).unwrap();
+    let node_launcher = node_launcher.display().to_string();
     for (attr, value) in [
-        ("ContainerImage", Expr::string("x.sif")),
-        ("VMCapsuleFlavour", Expr::string("vanilla")),
-        ("JobUniverse", Expr::Literal(classad::Literal::Integer(13))),
+        ("VMCapsuleFlavour", "vanilla"),
+        ("VMCapsuleScratch", "/tmp/x"),
+        // vm-capsule itself as the job, which could be told to run the owner's QEMU.
+        ("Cmd", node_launcher.as_str()),
+        ("SingularityImage", "/cvmfs/x.sif"),
+        ("ContainerImage", "x.sif"),
     ] {
-        let mut other = ad.clone();
-        other.insert(attr, value);
-        let run = run_hook(&pool, &sandbox, &other, &machine_ad(Some("true")), &[]);
-        assert_eq!(
-            (run.code, run.stdout.as_str()),
-            (Some(0), ""),
-            "{attr}: {}",
-            run.stderr
-        );
+        let mut faked = ad.clone();
+        faked.insert(attr, Expr::string(value));
+        if attr == "Cmd" {
+            faked.insert(
+                "TransferExecutable",
+                Expr::Literal(classad::Literal::Bool(false)),
+            );
+        }
+        let run = run_hook(&pool, &sandbox, &faked, &machine_ad(Some("true")), &[]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(!run.stdout.is_empty(), "{attr}: the job would run natively");
+        let out = classad::parse_old_ad(&run.stdout).unwrap();
+        let in_vm = string_attr(&out, "Arguments").is_some_and(|a| a.starts_with("node-run"));
+        let held = evaluate_attr(&out, "HookStatusCode") == Value::Integer(100);
+        assert!(in_vm || held, "{attr}: {}", run.stdout);
     }
 }
 
