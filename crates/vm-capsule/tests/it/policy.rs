@@ -46,6 +46,18 @@ fn run_hook(
     slot: &str,
     knobs: &[(&str, &str)],
 ) -> HookRun {
+    run_hook_as(pool, sandbox, job, slot, knobs, None)
+}
+
+/// [`run_hook`] as the job's owner `(uid, gid)`, as the starter runs it (`PRIV_USER_FINAL`).
+fn run_hook_as(
+    pool: &Pool,
+    sandbox: &Path,
+    job: &ClassAd,
+    slot: &str,
+    knobs: &[(&str, &str)],
+    owner: Option<(u32, u32)>,
+) -> HookRun {
     let mut job = job.clone();
     // The starter's copy names the sandbox as the job's Iwd.
     job.insert("Iwd", Expr::string(sandbox.display().to_string()));
@@ -72,6 +84,9 @@ fn run_hook(
     }
     for (k, v) in knobs {
         cmd.env(format!("_CONDOR_{k}"), v);
+    }
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
     }
     let out = output_with_stdin(&mut cmd, print_ad(&job).as_bytes(), "the hook link");
     let run = HookRun {
@@ -443,4 +458,57 @@ fn a_slot_ad_that_is_a_fifo_or_a_link_is_refused() {
             "{kind}: {stdout}"
         );
     }
+}
+
+/// The hook as the starter runs it, as the job's owner (a real unprivileged account) in their
+/// 0700 sandbox: it decides, writes nothing there, and leaves the starter's files alone.
+#[test]
+fn the_hook_runs_as_the_job_s_owner_and_writes_nothing() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let user = nix::unistd::User::from_name("vmcap-alice")
+        .unwrap()
+        .expect("user vmcap-alice is missing: .ci/run creates it (useradd -M vmcap-alice)");
+    let owner = (user.uid.as_raw(), user.gid.as_raw());
+    let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
+    // The template and the programs are readable by every user, as installed.
+    fs::set_permissions(pool.root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (sandbox, ad) = sandbox_for(&pool, "owned", &PLAIN, 2607);
+    let mut ad = ad;
+    ad.insert("Owner", Expr::string("vmcap-alice"));
+    fs::set_permissions(
+        pool.root.path().join("sb"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // Written by the stand-in starter (root) before the hook, then handed to the owner.
+    let job = {
+        let mut j = ad.clone();
+        j.insert("Iwd", Expr::string(sandbox.display().to_string()));
+        j
+    };
+    fs::write(sandbox.join(".job.ad"), print_ad(&job)).unwrap();
+    fs::write(sandbox.join(".machine.ad"), machine_ad(Some("true"))).unwrap();
+    for entry in fs::read_dir(&sandbox).unwrap() {
+        chown(entry.unwrap().path(), Some(owner.0), Some(owner.1)).unwrap();
+    }
+    chown(&sandbox, Some(owner.0), Some(owner.1)).unwrap();
+    fs::set_permissions(&sandbox, fs::Permissions::from_mode(0o700)).unwrap();
+    let before = crate::execute_node::files_under(&sandbox);
+    let run = run_hook_as(
+        &pool,
+        &sandbox,
+        &ad,
+        &machine_ad(Some("true")),
+        &[],
+        Some(owner),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = classad::parse_old_ad(&run.stdout).unwrap();
+    assert!(
+        string_attr(&out, "Arguments").is_some_and(|a| a.starts_with("node-run ")),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(crate::execute_node::files_under(&sandbox), before);
 }
