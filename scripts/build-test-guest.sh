@@ -37,8 +37,9 @@ KVER=${KPKG#linux-image-}
 KDIR=$OUT/kernel-$KVER
 # virtio/IDE/AHCI disks, plus vfat and its default code pages for capsule.mode=mount, and
 # virtio_console for the vanilla launcher's control channel (a virtio-serial port), virtio_net
-# for a network on request, and 9p/virtiofs for read-only host paths.
-WANT="virtio_pci virtio_blk ata_piix ahci sd_mod vfat nls_cp437 nls_ascii nls_iso8859_1 virtio_console virtio_net 9pnet_virtio 9p virtiofs"
+# for a network on request, and 9p/virtiofs for read-only host paths (qemu_fw_cfg: the node
+# settings that say which share goes where).
+WANT="virtio_pci virtio_blk ata_piix ahci sd_mod vfat nls_cp437 nls_ascii nls_iso8859_1 virtio_console virtio_net 9pnet_virtio 9p virtiofs qemu_fw_cfg"
 # The marker holds the module list: a changed list fetches the modules again.
 if [ "$(cat "$KDIR/complete" 2>/dev/null)" != "$WANT" ]; then
     say "fetching $KPKG"

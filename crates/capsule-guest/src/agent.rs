@@ -46,6 +46,8 @@ pub struct Options {
     pub etc: PathBuf,
     /// Run the job as the invoking user instead of the manifest's user.
     pub as_current_user: bool,
+    /// Why the node's read-only host paths could not be mounted: the job does not start.
+    pub host_paths_problem: Option<String>,
 }
 
 /// What the run produced.
@@ -372,6 +374,9 @@ fn prepare_and_run(
     agent: &mut AgentInfo,
     t0: Instant,
 ) -> Result<(Finished, Result<Collected>)> {
+    if let Some(problem) = &opts.host_paths_problem {
+        anyhow::bail!("{problem}");
+    }
     let account = resolve_account(opts, m, agent)?;
     let catalog = prepare_work(m, s, source, account.as_ref(), t0)?;
 

@@ -11,6 +11,7 @@ mod collect;
 mod control;
 mod disk;
 mod find;
+mod host_paths;
 mod launch;
 mod log;
 mod power;
@@ -92,14 +93,18 @@ fn main() -> ExitCode {
 /// 0 when a result.json was written (whatever the job did), 1 when none could be.
 fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
     // In a VM (it powers off at the end): listen for the launcher's signals.
+    // And mount the node's read-only host paths before the job starts.
+    let mut host_paths_problem = None;
     if !args.no_poweroff {
         control::start();
+        host_paths_problem = host_paths::mount_all().err().map(|e| format!("{e:#}"));
     }
     let opts = Options {
         source: args.source.clone(),
         scratch: args.scratch.clone(),
         etc: args.etc_dir.clone(),
         as_current_user: args.as_current_user,
+        host_paths_problem,
     };
     match agent::run(&opts, t0) {
         Ok(report) => {

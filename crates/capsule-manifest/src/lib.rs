@@ -131,6 +131,7 @@ pub mod control;
 mod error;
 mod json;
 mod manifest;
+pub mod node;
 mod path;
 mod result;
 

@@ -13,6 +13,7 @@ pub mod condor_tools;
 pub mod digest;
 pub mod environment;
 pub mod exit;
+pub mod host_paths;
 pub mod identity;
 pub mod job;
 pub mod nocloud;

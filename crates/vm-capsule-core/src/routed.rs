@@ -51,6 +51,9 @@ pub const ATTR_DATA_DISK_BYTES: &str = "VMCapsuleDataDiskBytes";
 pub const ATTR_FLAVOUR: &str = "VMCapsuleFlavour";
 /// Machine attribute an execute node advertises when it can run the vanilla flavour.
 pub const HAS_QEMU_ATTR: &str = "HasVMCapsuleQemu";
+/// Machine attribute: the read-only host paths the node offers (and the job attribute naming
+/// those a job needs).
+pub const HOST_PATHS_ATTR: &str = crate::host_paths::ATTR;
 /// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
 /// (`VM_CAPSULE_BOOT_TIMEOUT`).
 pub const BOOT_MARGIN_SECS: u64 = 600;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod chirp;
+pub mod host_paths;
 pub mod launcher;
 pub mod libvirt;
 pub mod policy;

@@ -10,6 +10,8 @@
 //! | `VMCapsuleKvmReason` | why not, when `VMCapsuleKvm` is false |
 //! | `VMCapsuleVersion` | the vm-capsule version installed here |
 //! | `VMCapsuleUnusableReason` | why not, when `HasVMCapsuleQemu` is false |
+//! | `VMCapsuleHostPaths` | the read-only host paths every capsule here sees (`VM_CAPSULE_HOST_PATHS` that are real directories), comma-separated; absent when none |
+//! | `VMCapsuleHostPathsReason` | why a listed path is not offered |
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ use crate::qemu::{find_qemu, KvmStatus};
 
 /// Machine attribute: QEMU found and runs.
 pub const HAS_QEMU: &str = vm_capsule_core::routed::HAS_QEMU_ATTR;
+/// Machine attribute: the read-only host paths offered.
+pub const HOST_PATHS_ATTR: &str = vm_capsule_core::routed::HOST_PATHS_ATTR;
 /// Longest a `qemu --version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,6 +36,8 @@ pub struct Probe {
     pub qemu: Result<(PathBuf, String), String>,
     /// Why hardware KVM is not usable by every slot user, `None` when it is.
     pub kvm_unusable: Option<String>,
+    /// The host paths offered, and why the others listed are not.
+    pub host_paths: (Vec<String>, Vec<String>),
 }
 
 impl Probe {
@@ -44,7 +50,16 @@ impl Probe {
         Probe {
             qemu,
             kvm_unusable: KvmStatus::probe().unusable_for_slot_users(),
+            host_paths: (Vec::new(), Vec::new()),
         }
+    }
+
+    /// The same probe, with the node's host paths (`VM_CAPSULE_HOST_PATHS`) looked at.
+    #[must_use]
+    pub fn with_host_paths(mut self, listed: &[String]) -> Probe {
+        let (ok, refused) = crate::host_paths::survey(listed);
+        self.host_paths = (ok, refused.iter().map(ToString::to_string).collect());
+        self
     }
 
     /// The machine attributes to advertise.
@@ -63,6 +78,13 @@ impl Probe {
             ad.insert("VMCapsuleKvmReason", Expr::string(why.clone()));
         }
         ad.insert("VMCapsuleVersion", Expr::string(env!("CARGO_PKG_VERSION")));
+        let (offered, refused) = &self.host_paths;
+        if !offered.is_empty() {
+            ad.insert(HOST_PATHS_ATTR, Expr::string(offered.join(",")));
+        }
+        if !refused.is_empty() {
+            ad.insert("VMCapsuleHostPathsReason", Expr::string(refused.join("; ")));
+        }
         ad
     }
 }
@@ -135,6 +157,7 @@ mod tests {
         let p = Probe {
             qemu: Err("QEMU not found: ...".into()),
             kvm_unusable: Some("no module".into()),
+            host_paths: (Vec::new(), Vec::new()),
         };
         let ad = p.attributes();
         assert_eq!(evaluate_attr(&ad, HAS_QEMU), Value::Bool(false));
@@ -144,6 +167,34 @@ mod tests {
             Value::String("QEMU not found: ...".into())
         );
         assert!(!ad.contains("VMCapsuleQemu"));
+        assert!(!ad.contains(HOST_PATHS_ATTR));
+    }
+
+    #[test]
+    fn host_paths_that_are_real_directories_are_advertised() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("cvmfs")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("certs")).unwrap();
+        let listed = [
+            format!("{}/cvmfs", root.display()),
+            format!("{}/certs", root.display()),
+        ];
+        let p = Probe {
+            qemu: Err("none".into()),
+            kvm_unusable: None,
+            host_paths: (Vec::new(), Vec::new()),
+        }
+        .with_host_paths(&listed);
+        let ad = p.attributes();
+        assert_eq!(
+            evaluate_attr(&ad, HOST_PATHS_ATTR),
+            Value::String(listed[0].clone())
+        );
+        let Value::String(why) = evaluate_attr(&ad, "VMCapsuleHostPathsReason") else {
+            panic!("no reason");
+        };
+        assert!(why.contains("certs, which is a symbolic link"), "{why}");
     }
 
     #[test]

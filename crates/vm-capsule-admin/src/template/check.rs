@@ -243,6 +243,7 @@ fn run_options(opts: &CheckOptions, qemu: PathBuf, cancel: Arc<AtomicBool>) -> R
         workdir: None,
         cancel: Some(cancel),
         tb_size_mib: knobs::TCG_TB_MIB.default_number().unwrap_or_default(),
+        host_paths: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ fn kind_cell(kind: Kind) -> String {
     match kind {
         Kind::Path => "path".to_owned(),
         Kind::AbsolutePath => "absolute path".to_owned(),
+        Kind::PathList => "list of absolute paths".to_owned(),
         Kind::PathOrNone => "path or `none`".to_owned(),
         Kind::Bytes => "bytes".to_owned(),
         Kind::Mib => "MiB".to_owned(),

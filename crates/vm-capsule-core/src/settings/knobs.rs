@@ -10,6 +10,8 @@ pub enum Kind {
     Path,
     /// An absolute path (a place on the execute nodes).
     AbsolutePath,
+    /// A list of absolute, normalised paths, separated by commas or spaces.
+    PathList,
     /// A path, or `none`.
     PathOrNone,
     /// A whole number of bytes.
@@ -36,6 +38,7 @@ impl Kind {
         match self {
             Kind::Path => "a path".to_owned(),
             Kind::AbsolutePath => "an absolute path".to_owned(),
+            Kind::PathList => "a list of absolute, normalised paths".to_owned(),
             Kind::PathOrNone => "a path, or none".to_owned(),
             Kind::Bytes => "a whole number of bytes".to_owned(),
             Kind::Mib => "a whole number of MiB".to_owned(),
@@ -131,7 +134,8 @@ macro_rules! knobs {
 
 use DefaultValue::{Described, Required, Value};
 use Kind::{
-    AbsolutePath, Bool, Bytes, Choice, Count, Mib, Path, PathOrNone, Seconds, Text, Unused,
+    AbsolutePath, Bool, Bytes, Choice, Count, Mib, Path, PathList, PathOrNone, Seconds, Text,
+    Unused,
 };
 
 knobs! {
@@ -229,6 +233,9 @@ knobs! {
     /// TCG's translation cache.
     TCG_TB_MIB = "VM_CAPSULE_TCG_TB_MIB", Mib, Value("64"), Execute,
         "the launcher under TCG: the bound on QEMU's translation cache, MiB (0: QEMU's own default, which lets it grow towards 1 GiB; a benchmark knob, docs/PERFORMANCE.md)";
+    /// Read-only host paths every capsule on the node sees.
+    HOST_PATHS = "VM_CAPSULE_HOST_PATHS", PathList, Described("none"), Execute,
+        "directories of the execute node every capsule sees at the same path, read-only (`/cvmfs, /etc/grid-security/certificates`): absolute, normalised, not `/`, at most 16; the probe advertises those present as `VMCapsuleHostPaths`, and a job needing one sets `+VMCapsuleHostPaths` (docs/USER.md)";
     /// The libvirt domain type.
     LIBVIRT_DOMAIN_TYPE = "VM_CAPSULE_LIBVIRT_DOMAIN_TYPE", Choice(&["kvm", "qemu|tcg", "auto"]), Value("auto"), Execute,
         "VM universe: `kvm`, `qemu` (TCG) or `auto` (kvm where the node has usable KVM)";

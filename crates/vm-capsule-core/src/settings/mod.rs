@@ -9,6 +9,7 @@
 //! ([`crate::condor_config`]), then `_CONDOR_<KNOB>` environment variables.
 
 pub mod docs;
+mod host_paths;
 pub mod knobs;
 mod projections;
 
@@ -61,6 +62,16 @@ pub enum SettingsError {
         value: String,
         /// What it should be.
         expected: String,
+    },
+    /// An entry of a list knob that is wrong.
+    #[error("{knob}: the entry {entry:?} is refused: {why}; fix: list absolute, normalised directories (`/cvmfs, /etc/grid-security/certificates`), each once, in the HTCondor configuration")]
+    BadEntry {
+        /// The knob.
+        knob: &'static str,
+        /// The entry.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
     },
 }
 
@@ -199,6 +210,7 @@ impl Settings {
         match knob.kind {
             Kind::Path | Kind::PathOrNone | Kind::Text | Kind::Unused => Ok(()),
             Kind::AbsolutePath => self.absolute_path(knob).map(|_| ()),
+            Kind::PathList => self.path_list(knob).map(|_| ()),
             Kind::Bytes | Kind::Mib | Kind::Seconds | Kind::Count => self.number(knob).map(|_| ()),
             Kind::Bool => self.flag(knob).map(|_| ()),
             Kind::Choice(_) => self.choice(knob).map(|_| ()),

@@ -126,6 +126,8 @@ pub struct RunSettings {
     pub qemu: Option<String>,
     /// `VM_CAPSULE_TCG_TB_MIB`: the TCG translation cache, MiB (0: QEMU's default).
     pub tcg_tb_mib: u64,
+    /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
+    pub host_paths: Vec<String>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -137,6 +139,8 @@ pub struct LibvirtXmlSettings {
     pub node_image_dir: Option<PathBuf>,
     /// `VM_CAPSULE_LIBVIRT_OTHER_JOBS`: `refuse` or `builtin`.
     pub other_jobs: &'static str,
+    /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths.
+    pub host_paths: Vec<String>,
 }
 
 impl Settings {
@@ -268,6 +272,7 @@ impl Settings {
         Ok(RunSettings {
             qemu: self.raw(&k::QEMU).map(str::to_owned),
             tcg_tb_mib: self.number_or_default(&k::TCG_TB_MIB)?,
+            host_paths: self.host_paths()?,
         })
     }
 
@@ -280,6 +285,7 @@ impl Settings {
             domain_type: self.choice(&k::LIBVIRT_DOMAIN_TYPE)?.unwrap_or_default(),
             node_image_dir: self.path(&k::NODE_IMAGE_DIR),
             other_jobs: self.choice(&k::LIBVIRT_OTHER_JOBS)?.unwrap_or_default(),
+            host_paths: self.host_paths()?,
         })
     }
 

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use capsule_disk::ImageFormat;
+use capsule_manifest::node::{NodeSettings, FW_CFG_NAME};
 use classad::eval::{integer_attr, string_attr};
 use classad::{ClassAd, Value};
 
@@ -87,6 +88,8 @@ pub(super) struct Domain {
     boot: Option<DirectBoot<PathBuf>>,
     bootloader: Option<String>,
     disks: Vec<Disk>,
+    /// The node's read-only host paths.
+    shares: NodeSettings,
 }
 
 /// A disk of `VMPARAM_vm_Disk`, its file checked and inspected, not yet pinned.
@@ -131,6 +134,13 @@ impl Domain {
             let id = |a| integer_attr(ad, a).unwrap_or(0);
             format!("vm-capsule-{}.{}", id("ClusterId"), id("ProcId"))
         });
+        // Checked before anything of the job is taken, so a refusal gives nothing back.
+        let needed =
+            vm_capsule_core::host_paths::wanted(ad).map_err(|why| LibvirtError::BadAttribute {
+                attr: vm_capsule_core::host_paths::ATTR,
+                why,
+            })?;
+        let shares = crate::host_paths::shares(&node.host_paths, &needed)?;
         let mut sandbox = Sandbox::open(&dir)?;
         let checked = Self::check(ad, node, &mut sandbox, &entries, &bases, &name);
         if checked.is_err() {
@@ -151,6 +161,7 @@ impl Domain {
             boot,
             bootloader,
             disks,
+            shares,
         })
     }
 
@@ -274,6 +285,18 @@ impl Domain {
             let _ = writeln!(x, "  <bootloader>{}</bootloader>", esc(loader));
         }
         let _ = writeln!(x, "  <features><acpi/><apic/></features>");
+        if !self.shares.host_paths.is_empty() {
+            // One line: the vm-gahp joins the script's lines without newlines.
+            let _ = writeln!(
+                x,
+                "  <sysinfo type='fwcfg'><entry name='{FW_CFG_NAME}'>{}</entry></sysinfo>",
+                self.shares
+                    .to_text()
+                    .lines()
+                    .map(|l| esc(l) + "&#10;")
+                    .collect::<String>()
+            );
+        }
         if self.kind == "kvm" {
             let _ = writeln!(x, "  <cpu mode='host-passthrough'/>");
         }
@@ -285,6 +308,7 @@ impl Domain {
         for d in &self.disks {
             d.render(&mut x, self.kind == "xen");
         }
+        render_shares(&mut x, &self.shares);
         // A pty, never a file: virtlogd would create the file as root 0600.
         let _ = writeln!(
             x,
@@ -370,6 +394,19 @@ impl Disk {
 }
 
 /// The guest bus a device name implies, as HTCondor's own XML lets libvirt infer it.
+/// The node's read-only host paths, as 9p shares: libvirt's `<readonly/>` is QEMU's
+/// `readonly=on`, and `squash` (QEMU's `security_model=none`) sets no owners on the host.
+fn render_shares(x: &mut String, shares: &NodeSettings) {
+    for h in &shares.host_paths {
+        let _ = writeln!(
+            x,
+            "    <filesystem type='mount' accessmode='squash'><source dir='{}'/><target dir='{}'/><readonly/></filesystem>",
+            esc(&h.path),
+            esc(&h.tag)
+        );
+    }
+}
+
 fn bus(device: &str, xen: bool) -> &'static str {
     if device.starts_with("vd") {
         "virtio"

@@ -30,6 +30,10 @@
 //!   output transfer, no relabelling by libvirt) and no process may hold them open for writing, so what was read stays what
 //!   QEMU reads; libvirt gets hard links to the checked files in a root-owned directory
 //!   beside the sandbox, which the job's user can neither rename nor replace;
+//! - the node's read-only host paths are checked as the launcher checks them (every
+//!   component a real directory, no link followed; one that is not is left out, or refuses a
+//!   job that needs it) and shared `<readonly/>` over 9p, with
+//!   the node settings in fw_cfg (`<sysinfo type='fwcfg'>`) so the agent mounts them;
 //! - a refused job gets a domain libvirt cannot create, with the words that make the vm-gahp
 //!   hold it, and one line on stderr for the vm-gahp's log: never a non-zero exit, which
 //!   would boot the same images with HTCondor's built-in XML. Other VM jobs are refused too
@@ -93,6 +97,8 @@ pub struct NodeConfig {
     /// HTCondor's account's uid from `CONDOR_IDS`, when set: trusted, as root and `condor`
     /// are, to own the directories above the sandbox.
     pub condor_uid: Option<u32>,
+    /// `VM_CAPSULE_HOST_PATHS`: the node's read-only host paths, shared with every domain.
+    pub host_paths: Vec<String>,
 }
 
 /// What the vm-gahp gets.
@@ -133,6 +139,9 @@ pub enum LibvirtError {
         /// What is wrong.
         why: String,
     },
+    /// A host path the job needs cannot be shared.
+    #[error(transparent)]
+    HostPath(#[from] crate::host_paths::MissingHostPath),
     /// The checked files cannot be handed to libvirt unchanged.
     #[error("cannot hand libvirt the checked files: {why}")]
     Pin {

@@ -69,6 +69,7 @@ fn node_config(dir: Option<&Path>) -> NodeConfig {
         node_image_dir: dir.map(Path::to_owned),
         other_jobs: OtherJobs::Refuse,
         condor_uid: None,
+        host_paths: Vec::new(),
     }
 }
 
@@ -413,4 +414,47 @@ fn knob_values() {
         .unwrap_err()
         .contains(OTHER_JOBS_KNOB));
     assert!(refusal_document().contains(HOLD_WORDS));
+}
+
+#[test]
+fn host_paths_are_shared_read_only_with_the_node_settings() {
+    let node_dir = tempfile::tempdir().unwrap();
+    let share = node_dir.path().canonicalize().unwrap().join("cvmfs");
+    fs::create_dir(&share).unwrap();
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let mut node = node_config(None);
+    node.host_paths = vec![share.display().to_string()];
+    let x = xml(decide(&ad(&n.sandbox, ""), &node));
+    assert!(
+        x.contains(&format!(
+            "<filesystem type='mount' accessmode='squash'><source dir='{}'/><target dir='vmcap0'/><readonly/></filesystem>",
+            share.display()
+        )),
+        "{x}"
+    );
+    assert!(
+        x.contains(&format!(
+            "<sysinfo type='fwcfg'><entry name='opt/org.vm-capsule/node'>vm-capsule-node 1&#10;host-path 9p vmcap0 {}&#10;</entry></sysinfo>",
+            share.display()
+        )),
+        "{x}"
+    );
+    // Each element on one line: the vm-gahp joins the lines without newlines.
+    assert!(x
+        .lines()
+        .all(|l| !l.contains("<entry") || l.contains("</entry>")));
+
+    // A link where the node lists a path: never shared; a job that needs it is refused.
+    let link = node_dir.path().canonicalize().unwrap().join("certs");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    node.host_paths = vec![link.display().to_string()];
+    let x = xml(decide(&ad(&n.sandbox, ""), &node));
+    assert!(!x.contains("<filesystem") && !x.contains("fwcfg"), "{x}");
+    let n = Node::new(&["os.qcow2", "data.qcow2"]);
+    let needs = format!("VMCapsuleHostPaths = \"{}\"\n", link.display());
+    let why = refused(decide(&ad(&n.sandbox, &needs), &node));
+    assert!(why.contains("certs, which is a symbolic link"), "{why}");
+    // Nothing of the job was taken.
+    assert!(!n.pins().exists());
 }

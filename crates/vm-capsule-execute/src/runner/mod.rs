@@ -94,6 +94,8 @@ pub struct RunOptions {
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The TCG translation cache, MiB (`VM_CAPSULE_TCG_TB_MIB`; 0: QEMU's own default).
     pub tb_size_mib: u64,
+    /// The node's read-only host paths (`VM_CAPSULE_HOST_PATHS`), checked at each start.
+    pub host_paths: Vec<String>,
 }
 
 /// Why a run failed.
@@ -182,6 +184,9 @@ pub enum RunError {
         /// The console log file.
         console: PathBuf,
     },
+    /// A host path the job needs cannot be shared.
+    #[error(transparent)]
+    HostPath(#[from] crate::host_paths::MissingHostPath),
     /// An OS disk staged on this node is missing or is not the job's.
     #[error(transparent)]
     NodeImage(#[from] vm_capsule_core::node_image::NodeImageError),
@@ -445,6 +450,10 @@ pub fn run_with(
         boot.kernel = kernel.path().display().to_string();
     }
     let mut cmd = qemu_command(qemu, &booted, &sandbox, &console, accel, hardening);
+    // Checked at each start, not followed: a path may have changed since the probe looked.
+    let needed = vm_capsule_core::host_paths::wanted(ad).map_err(RunError::BadAd)?;
+    let shares = crate::host_paths::shares(&opts.host_paths, &needed)?;
+    cmd.args(crate::host_paths::qemu_args(&shares));
     if let Some(a) = attached.as_mut() {
         cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
             |source| RunError::Io {

@@ -361,7 +361,11 @@ impl CapsulePlan {
     fn routed(&self, scratch: &Path) -> Result<RoutedAd, TranslateError> {
         let id = self.job.id();
         let staged = self.staged(scratch);
-        let vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
+        let mut vm_ad = routed::build(&self.job, &self.job_ad, &self.template, &staged);
+        let need_host_paths = |ad: &mut ClassAd| {
+            vm_capsule_core::host_paths::require(ad, &self.job_ad).map_err(|e| job_problem(&id, e))
+        };
+        need_host_paths(&mut vm_ad)?;
         let print = |ad: &ClassAd, what: &str| {
             crate::ad_lines(ad).map_err(|e| job_problem(&id, format!("{what}: {e}")))
         };
@@ -390,6 +394,8 @@ impl CapsulePlan {
                         launcher_on_node: self.launcher_on_node,
                     },
                 );
+                let mut ad = ad;
+                need_host_paths(&mut ad)?;
                 let stdout = print(&ad, "routed ad")?;
                 Ok(RoutedAd {
                     ad,

@@ -99,6 +99,7 @@ pub fn run_demo(args: &DemoArgs, env: &Environment) -> Result<std::process::Exit
         tb_size_mib: vm_capsule_core::settings::knobs::TCG_TB_MIB
             .default_number()
             .unwrap_or_default(),
+        host_paths: Vec::new(),
     };
     let report = run(&routed, &opts, &mut |m| clock.step(&format!("run: {m}")))?;
     clock.step(&format!(

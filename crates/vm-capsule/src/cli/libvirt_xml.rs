@@ -102,5 +102,6 @@ fn node_config(args: &LibvirtXmlArgs, env: &Environment) -> Result<NodeConfig, S
         node_image_dir: settings.node_image_dir,
         other_jobs: OtherJobs::parse(settings.other_jobs)?,
         condor_uid: env.condor_uid(),
+        host_paths: settings.host_paths,
     })
 }

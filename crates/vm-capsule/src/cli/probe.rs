@@ -29,7 +29,8 @@ pub fn run_probe(args: &ProbeArgs, env: &Environment) -> Result<ExitCode> {
     let all =
         Settings::load(args.config.as_deref(), env).context("cannot read the configuration")?;
     let settings = all.run().context("cannot read the configuration")?;
-    let probe = Probe::run(settings.qemu.as_deref(), env.path());
+    let probe =
+        Probe::run(settings.qemu.as_deref(), env.path()).with_host_paths(&settings.host_paths);
     let mut attrs = probe.attributes();
     node_policy_attrs(&all, probe.qemu.is_ok(), &mut attrs);
     let text =

@@ -247,6 +247,7 @@ fn run_with_settings(
         workdir: workdir.clone(),
         cancel: None,
         tb_size_mib: settings.tcg_tb_mib,
+        host_paths: settings.host_paths.clone(),
     };
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);

@@ -515,3 +515,62 @@ fn libvirt_boots_an_overlay_over_the_node_image_and_the_job_comes_back() {
     assert_eq!(out, "[x]\n[y z]\n");
     pool.cleanup(&routed);
 }
+
+/// The node's read-only host paths in the VM universe: the script shares each one
+/// `<readonly/>` with the node settings in fw_cfg, libvirt's schema accepts it, and the job
+/// in the booted domain reads a directory STANDING IN for `/cvmfs` but cannot write to it.
+#[test]
+fn libvirt_shares_a_host_path_read_only() {
+    let exec = tempfile::tempdir().unwrap();
+    fs::set_permissions(exec.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let share = exec.path().join("cvmfs-stand-in");
+    fs::create_dir_all(share.join("sw")).unwrap();
+    fs::write(share.join("sw/hello.txt"), "hello from the node\n").unwrap();
+    std::os::unix::fs::symlink("/etc", share.join("etc-link")).unwrap();
+    for d in [&share, &share.join("sw")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let hp = share.display().to_string();
+    let images = exec.path().join("images");
+    let pool = node_image_pool(&images, Some("console=ttyS0 quiet panic=-1"));
+    let script = format!(
+        "cat {hp}/sw/hello.txt; if (echo x > {hp}/new) 2>/dev/null; then echo writable; else echo read-only; fi; grep -c 'condor:x:1000' {hp}/etc-link/passwd; grep -c vmcap- {hp}/etc-link/passwd; exit 0"
+    );
+    let ad = job(&pool, "hostpath", &script, 406);
+    let routed = pool.translate(&ad).unwrap();
+    let dir = execute_sandbox(&routed, &exec.path().join("execute"));
+    let name = format!("vmcapsule-hp-{}", std::process::id());
+    let knob = Path::new(&hp);
+    let (code, xml, err) = libvirt_xml(
+        &gahp_stdin(&routed, &dir, &name),
+        &["--domain-type", "qemu"],
+        &[
+            (NODE_IMAGES, &images),
+            ("_CONDOR_VM_CAPSULE_HOST_PATHS", knob),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    validate(&xml, exec.path());
+    assert!(
+        xml.contains(&format!(
+            "<source dir='{hp}'/><target dir='vmcap0'/><readonly/>"
+        )),
+        "{xml}"
+    );
+    Embed::new().run(&xml, &name, Duration::from_secs(240));
+    let data = string_attr(&routed, "VMCapsuleDataDisk").unwrap();
+    let iwd = PathBuf::from(string_attr(&routed, "Iwd").unwrap());
+    fs::copy(dir.join(&data), iwd.join(&data)).unwrap();
+    let (_, attrs) = pool.finalize(&ad, &routed);
+    assert_eq!(
+        evaluate_attr(&attrs, "ExitCode"),
+        Value::Integer(0),
+        "{}",
+        print_ad(&attrs)
+    );
+    let out = fs::read_to_string(pool.root.path().join("users/hostpath/out.txt")).unwrap();
+    // The guest's own /etc through the link (the test guest's `condor`), not the host's.
+    assert_eq!(out, "hello from the node\nread-only\n1\n0\n");
+    assert!(!share.join("new").exists());
+    pool.cleanup(&routed);
+}

@@ -16,6 +16,7 @@ mod doctor;
 mod execute_node;
 mod guests;
 mod hooks;
+mod host_paths;
 mod hostile;
 mod inputs;
 mod interrupt;
