@@ -94,6 +94,19 @@ def handle(req):
             # The bindings raise instead of returning some error values.
             return {"ok": True, "value": {"t": "error"}}
         return {"ok": True, "value": value_json(value, scope, "__oracle_x")}
+    if op == "match":
+        # Is `expr`, as the Requirements of ad `my`, true against ad `target`? HTCondor's
+        # MatchClassAd (what EvalBool(expr, my, target) uses): MY, TARGET and the
+        # alternate scope.
+        my = classad.parseOne(req["my"], classad.Parser.Old)
+        target = classad.parseOne(req["target"], classad.Parser.Old)
+        try:
+            my["Requirements"] = classad.ExprTree(req["expr"])
+        except Exception as e:  # noqa: BLE001
+            return {"ok": False, "error": str(e)}
+        target["Requirements"] = True
+        # `a.matches(b)` evaluates b's Requirements with b as MY and a as TARGET.
+        return {"ok": True, "value": {"t": "bool", "v": bool(target.matches(my))}}
     raise ValueError("unknown op " + op)
 
 

@@ -27,7 +27,8 @@ pub const HOOKS: [(&str, &str); 4] = [
 pub const UNCONFIGURED_HOOK: &str = "update";
 /// Other subcommands reachable by a link: `vm-capsule-libvirt-xml`, which configurations
 /// written before `LIBVIRT_XML_SCRIPT_ARGS` was used name (the vm-gahp runs it by its path).
-pub const LINKED_COMMANDS: [&str; 1] = ["libvirt-xml"];
+/// `vm-capsule-prepare-job`, the node policy's starter hook, is one too.
+pub const LINKED_COMMANDS: [&str; 2] = ["libvirt-xml", "prepare-job"];
 
 /// The subcommand a link's name stands for (`vm-capsule-translate` -> `translate`).
 pub fn command_for_program(path: &Path) -> Option<&'static str> {
@@ -118,6 +119,31 @@ impl Snippet {
         }
     }
 
+    /// The node policy's lines, commented out: with no router, the starter's prepare-job hook
+    /// runs the jobs `VM_CAPSULE_JOB` picks in the node's VM.
+    fn node_policy_lines(&self) -> String {
+        format!(
+            "\
+# Node policy, with no router: every vanilla job {job_knob} is true for (MY = the slot,
+# TARGET = the job, as SINGULARITY_JOB) runs in this node's template VM ({template_knob};
+# OS disks from {node_image_dir_knob}), whatever access point it came from. The starter's
+# prepare-job hook decides per job from the slot's VMCapsuleJob (so users may match on it:
+# requirements = TARGET.VMCapsuleJob =!= true avoids VMs). Uncomment the five lines; the
+# hook keyword is the starter's only one (a node with other starter hooks must chain them).
+#{job_knob} = TARGET.Owner =!= \"trusted\"
+#VMCapsuleJob = $({job_knob})
+#STARTD_ATTRS = $(STARTD_ATTRS) VMCapsuleJob
+#STARTER_JOB_HOOK_KEYWORD = {kw}
+#{kw}_HOOK_PREPARE_JOB = {prepare_job}
+",
+            kw = self.keyword,
+            job_knob = knobs::JOB.name,
+            template_knob = knobs::TEMPLATE.name,
+            node_image_dir_knob = knobs::NODE_IMAGE_DIR.name,
+            prepare_job = self.link("prepare-job").display(),
+        )
+    }
+
     /// The whole file.
     pub fn render(&self) -> String {
         let mut t = String::new();
@@ -187,6 +213,7 @@ LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
 # a short job waits up to that long after its VM powered off.
 #VM_STATUS_INTERVAL = 30
 
+{node_policy}
 ##### vm-capsule's own knobs (each with its default) #####################################
 # Required: the template VM (a directory holding condor_vm_capsule/, and the
 # classad-template.ad read from there). Make one in place, as root:
@@ -217,6 +244,7 @@ LIBVIRT_XML_SCRIPT_ARGS = libvirt-xml
             exit_log = default_value(&knobs::EXIT_LOG),
             init_script_path_knob = knobs::INIT_SCRIPT_PATH.name,
             launcher_path_knob = knobs::LAUNCHER_PATH.name,
+            node_policy = self.node_policy_lines(),
         );
         other_knobs(&mut t, &SET_KNOBS);
         t

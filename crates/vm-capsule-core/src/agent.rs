@@ -68,6 +68,21 @@ pub enum AgentError {
     },
 }
 
+/// Why the first 64 bytes of a file, `head`, are not those of an x86_64 ELF program
+/// (`None`: they are).
+pub fn x86_64_elf_problem(head: &[u8]) -> Option<&'static str> {
+    if !head.starts_with(b"\x7fELF") || head.len() < 64 {
+        return Some("no ELF header");
+    }
+    if head.get(4) != Some(&2) || head.get(5) != Some(&1) {
+        return Some("not a 64-bit little-endian ELF");
+    }
+    if le16(head, 18) != Some(EM_X86_64) {
+        return Some("not built for x86_64");
+    }
+    None
+}
+
 /// How the program at `path` is linked.
 ///
 /// # Errors
@@ -89,14 +104,8 @@ pub fn linkage(path: &Path) -> Result<Linkage, AgentError> {
     if head.starts_with(b"#!") {
         return Ok(Linkage::Script);
     }
-    if !head.starts_with(b"\x7fELF") || head.len() < 64 {
-        return Err(not_program("no ELF header"));
-    }
-    if head.get(4) != Some(&2) || head.get(5) != Some(&1) {
-        return Err(not_program("not a 64-bit little-endian ELF"));
-    }
-    if le16(head, 18) != Some(EM_X86_64) {
-        return Err(not_program("not built for x86_64"));
+    if let Some(why) = x86_64_elf_problem(head) {
+        return Err(not_program(why));
     }
     let phoff = le64(head, 32).ok_or_else(|| not_program("short header"))?;
     let phentsize = le16(head, 54).ok_or_else(|| not_program("short header"))?;

@@ -3,7 +3,7 @@
 //!
 //! The vanilla flavour's launcher uses it to publish what the guest measured of the job itself
 //! (HTCondor's `RemoteUserCpu` and memory figures are the launcher's: boot and emulation
-//! included). Only the two commands needed are spoken: `cookie` and `set_job_attr`, one line
+//! included). Only the commands needed are spoken: `cookie`, `set_job_attr` and `set_job_attr_delayed`, one line
 //! each, answered by a line holding a number (0: success), as HTCondor's `htchirp` does.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -110,6 +110,23 @@ impl Chirp {
             });
         }
         self.command("set_job_attr", &line)
+    }
+
+    /// Set attribute `name` through the starter's delayed updates (`set_job_attr_delayed`),
+    /// which a job gets without `WantIOProxy` (the starter takes only names its
+    /// `CHIRP_DELAYED_UPDATE_PREFIX` allows, `Chirp*` by default).
+    ///
+    /// # Errors
+    /// [`ChirpError`].
+    pub fn set_job_attr_delayed(&mut self, name: &str, value: &str) -> Result<(), ChirpError> {
+        let line = format!("set_job_attr_delayed {} {}\n", quote(name), quote(value));
+        if line.len() > LINE_MAX {
+            return Err(ChirpError::Refused {
+                command: "set_job_attr_delayed".to_owned(),
+                code: "too long".to_owned(),
+            });
+        }
+        self.command("set_job_attr_delayed", &line)
     }
 
     fn command(&mut self, command: &str, line: &str) -> Result<(), ChirpError> {

@@ -9,6 +9,7 @@ pub mod host_paths;
 pub mod launcher;
 pub mod libvirt;
 pub mod network;
+pub mod policy;
 pub mod probe;
 pub mod qemu;
 pub mod run_files;

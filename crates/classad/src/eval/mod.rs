@@ -19,6 +19,20 @@ pub fn evaluate(expr: &Expr, ad: &ClassAd) -> Value {
     let mut ev = Evaluator {
         scopes: vec![ad],
         active: Vec::new(),
+        pair: None,
+    };
+    ev.eval(expr)
+}
+
+/// Evaluate `expr` as HTCondor's matchmaking does (`EvalBool(expr, my, target)`, a
+/// `MatchClassAd`): `MY.x` is `my`'s, `TARGET.x` is `target`'s (evaluated in that ad, where
+/// `TARGET` is `my`), and a name neither ad's own scope has is looked up in the other ad
+/// (HTCondor's `alternateScope`).
+pub fn evaluate_match(expr: &Expr, my: &ClassAd, target: &ClassAd) -> Value {
+    let mut ev = Evaluator {
+        scopes: vec![my],
+        active: Vec::new(),
+        pair: Some((my, target)),
     };
     ev.eval(expr)
 }
@@ -46,11 +60,18 @@ pub fn evaluate_standalone(expr: &Expr) -> Value {
     evaluate(expr, &ClassAd::new())
 }
 
+/// [`evaluate_match`] read as HTCondor's `EvalBool` does: true, or a non-zero number.
+pub fn match_is_true(expr: &Expr, my: &ClassAd, target: &ClassAd) -> bool {
+    operators::truth(&evaluate_match(expr, my, target)) == Truth::True
+}
+
 /// Evaluation state: the chain of ads in scope (outermost first) and the attributes being
 /// evaluated right now (to turn reference cycles into `error`).
 pub(crate) struct Evaluator<'a> {
     scopes: Vec<&'a ClassAd>,
     active: Vec<(*const ClassAd, String)>,
+    /// The two ads of a match (MY first), when evaluating as matchmaking does.
+    pair: Option<(&'a ClassAd, &'a ClassAd)>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -91,7 +112,7 @@ impl<'a> Evaluator<'a> {
                         };
                     }
                     if scope.eq_ignore_ascii_case("target") && self.find(scope).is_none() {
-                        return Value::Undefined;
+                        return self.in_other_ad(name);
                     }
                     if scope.eq_ignore_ascii_case("parent") && self.find(scope).is_none() {
                         let n = self.scopes.len();
@@ -167,8 +188,29 @@ impl<'a> Evaluator<'a> {
     fn lookup(&mut self, name: &str) -> Value {
         match self.find(name) {
             Some((depth, ad)) => self.lookup_in(ad, depth, name),
-            None => Value::Undefined,
+            None => self.in_other_ad(name),
         }
+    }
+
+    /// Attribute `name` of the other ad of a match (the one whose scope we are not in),
+    /// evaluated in that ad's scope; `undefined` outside a match.
+    fn in_other_ad(&mut self, name: &str) -> Value {
+        let Some((my, target)) = self.pair else {
+            return Value::Undefined;
+        };
+        let here = self.scopes.first().copied();
+        let other = if here.is_some_and(|ad| std::ptr::eq(ad, my)) {
+            target
+        } else {
+            my
+        };
+        if !other.contains(name) {
+            return Value::Undefined;
+        }
+        let saved = std::mem::replace(&mut self.scopes, vec![other]);
+        let v = self.lookup_in(other, 0, name);
+        self.scopes = saved;
+        v
     }
 
     /// Evaluate attribute `name` of `ad`, which sits at `depth` in the scope chain.
@@ -212,6 +254,7 @@ impl<'a> Evaluator<'a> {
                 let mut sub = Evaluator {
                     scopes: self.scopes.get(..=depth)?.to_vec(),
                     active: Vec::new(),
+                    pair: self.pair,
                 };
                 sub.scopes.truncate(depth + 1);
                 let chain = sub.resolve_record(target, hops + 1)?;
@@ -227,6 +270,7 @@ impl<'a> Evaluator<'a> {
                 let sub = Evaluator {
                     scopes: chain,
                     active: Vec::new(),
+                    pair: self.pair,
                 };
                 sub.resolve_record(inner, hops + 1)
             }
@@ -252,6 +296,7 @@ impl<'a> Evaluator<'a> {
         let mut inner = Evaluator {
             scopes,
             active: self.active.clone(),
+            pair: self.pair,
         };
         inner.eval(expr)
     }

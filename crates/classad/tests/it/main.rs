@@ -3,5 +3,6 @@
 
 mod errors;
 mod fixtures;
+mod matching;
 mod oracle;
 mod props;

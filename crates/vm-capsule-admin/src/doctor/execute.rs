@@ -119,6 +119,7 @@ pub fn check(
     if !matches!(config, ConfigSource::Missing(_)) {
         check_probe_config(&mut s, config, &probe);
         check_vm_universe(&mut s, config, env.path());
+        super::policy::check(&mut s, config, settings);
     }
 }
 

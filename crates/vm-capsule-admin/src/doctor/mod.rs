@@ -10,6 +10,7 @@
 //! the fix under a problem) or as JSON for scripts.
 
 pub mod execute;
+mod policy;
 pub(crate) mod started;
 pub mod submit;
 

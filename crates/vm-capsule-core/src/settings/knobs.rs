@@ -140,8 +140,8 @@ use Kind::{
 
 knobs! {
     /// The template VM.
-    TEMPLATE = "VM_CAPSULE_TEMPLATE", Path, Required, Submit,
-        "directory holding `condor_vm_capsule/`, the template VM";
+    TEMPLATE = "VM_CAPSULE_TEMPLATE", Path, Required, Both,
+        "directory holding `condor_vm_capsule/`, the template VM (on an execute node with `VM_CAPSULE_JOB`: the node's template)";
     /// Where per-job scratch dirs go.
     SCRATCH_DIR_PREFIX = "VM_CAPSULE_SCRATCH_DIR_PREFIX", Path, Value("/tmp/vm-capsule"), Submit,
         "per-job scratch dirs go under `<prefix>/<owner>/`; create it as root, mode 1777 (hooks never create it)";
@@ -239,6 +239,12 @@ knobs! {
     /// The libvirt domain type.
     LIBVIRT_DOMAIN_TYPE = "VM_CAPSULE_LIBVIRT_DOMAIN_TYPE", Choice(&["kvm", "qemu|tcg", "auto"]), Value("auto"), Execute,
         "VM universe: `kvm`, `qemu` (TCG) or `auto` (kvm where the node has usable KVM)";
+    /// The node policy.
+    JOB = "VM_CAPSULE_JOB", Text, Described("unset: no job runs in a VM by node policy"), Execute,
+        "node policy: a ClassAd expression over the slot (`MY`) and the job (`TARGET`), as `SINGULARITY_JOB`; the jobs it is true for run in this node's template VM, started by the starter's prepare-job hook (ADMIN.md \"Make VMs a node policy\")";
+    /// What the node policy does with a job it cannot run in a VM.
+    JOB_UNFIT = "VM_CAPSULE_JOB_UNFIT", Choice(&["hold", "native"]), Value("hold"), Execute,
+        "node policy: a job `VM_CAPSULE_JOB` picks that cannot run in the node's VM (too big for the template, an executable for another OS or architecture): `hold` it with the reason, or run it `native`ly (the reason goes to the job's event log)";
     /// What other VM jobs get.
     LIBVIRT_OTHER_JOBS = "VM_CAPSULE_LIBVIRT_OTHER_JOBS", Choice(&["refuse", "builtin"]), Value("refuse"), Execute,
         "VM universe: what VM jobs that are not vm-capsule jobs get from `libvirt-xml`: `refuse` (held) or `builtin` (HTCondor's own XML, which trusts their disk images with the node's files)";

@@ -24,8 +24,8 @@ use crate::condor_tools::ToolSearch;
 use crate::environment::Environment;
 pub use knobs::{Kind, Knob, Side, KNOBS};
 pub use projections::{
-    CleanupSettings, FinalizeSettings, HookLogSettings, LibvirtXmlSettings, RoutedUniverse,
-    RunSettings, TranslateSettings, WhichLog,
+    CleanupSettings, FinalizeSettings, HookLogSettings, LibvirtXmlSettings, NodePolicySettings,
+    RoutedUniverse, RunSettings, TranslateSettings, Unfit, WhichLog,
 };
 
 /// The prefix of every knob's name.

@@ -315,3 +315,41 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(name))
     }
 }
+
+/// What the node policy does with a job it picks but cannot run in the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unfit {
+    /// Hold it, with the reason.
+    Hold,
+    /// Run it natively, with the reason in its event log.
+    Native,
+}
+
+/// Settings of the node policy on an execute node.
+#[derive(Debug, Clone)]
+pub struct NodePolicySettings {
+    /// `VM_CAPSULE_JOB`: the expression (`None`: no policy).
+    pub expression: Option<String>,
+    /// `VM_CAPSULE_JOB_UNFIT`.
+    pub unfit: Unfit,
+}
+
+impl Settings {
+    /// The node policy's settings.
+    ///
+    /// # Errors
+    /// [`SettingsError`] for a knob with a wrong value.
+    pub fn node_policy(&self) -> Result<NodePolicySettings, SettingsError> {
+        Ok(NodePolicySettings {
+            expression: self
+                .value(&k::JOB)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            unfit: match self.choice(&k::JOB_UNFIT)? {
+                Some("native") => Unfit::Native,
+                _ => Unfit::Hold,
+            },
+        })
+    }
+}

@@ -23,10 +23,21 @@ fn publish_usage(
 ) -> Result<(), crate::chirp::ChirpError> {
     let mut chirp = crate::chirp::Chirp::from_sandbox(sandbox, chirp_config)?;
     for (name, value) in usage.chirp_values() {
-        chirp.set_job_attr(name, &value)?;
+        if let Err(refused) = chirp.set_job_attr(name, &value) {
+            // A job that did not ask for the I/O proxy (the node policy's: the starter set
+            // its proxy up before the prepare-job hook) has only delayed updates, for names
+            // starting with `Chirp`.
+            chirp
+                .set_job_attr_delayed(&format!("{DELAYED_PREFIX}{name}"), &value)
+                .map_err(|_| refused)?;
+        }
     }
     Ok(())
 }
+
+/// The prefix HTCondor's starter allows for delayed updates by default
+/// (`CHIRP_DELAYED_UPDATE_PREFIX = Chirp*`).
+pub const DELAYED_PREFIX: &str = "Chirp";
 
 /// How the launcher must end.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -189,6 +189,21 @@ fn left_by_the_job(sandbox: &Path, manifest: &Manifest, capsule_files: &[String]
             .iter()
             .any(|i| i.path.components().next() == Some(name))
     };
+    entries(sandbox, capsule_files, &listed)
+}
+
+/// The job's entries in `sandbox` as HTCondor's transfer left them: every plain file and
+/// directory but the starter's and `capsule_files`, by name, sorted; links and special files
+/// stay behind. The node policy's inputs.
+pub fn job_entries(sandbox: &Path, capsule_files: &[String]) -> Vec<TarItem> {
+    entries(sandbox, capsule_files, &|_| false)
+}
+
+fn entries(
+    sandbox: &Path,
+    capsule_files: &[String],
+    listed: &dyn Fn(&str) -> bool,
+) -> Vec<TarItem> {
     let Ok(dir) = std::fs::read_dir(sandbox) else {
         return Vec::new();
     };

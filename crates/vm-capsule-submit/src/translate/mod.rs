@@ -22,7 +22,7 @@ mod vm;
 pub use config::{PIPE_BUFFER_MAX, PIPE_BUFFER_WARN};
 pub use error::{TranslateError, Translated};
 pub use hold::{hold_original, hold_reason};
-pub use plan::{build_manifest, plan, Binaries, CapsulePlan, DiskPlan};
+pub use plan::{build_manifest, file_name, overlay_name, plan, Binaries, CapsulePlan, DiskPlan};
 pub use request::TranslateRequest;
 pub use survey::survey_inputs;
 

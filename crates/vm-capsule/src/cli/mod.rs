@@ -8,6 +8,7 @@ mod generate;
 pub mod hooks;
 mod install;
 mod libvirt_xml;
+mod node;
 mod probe;
 mod run;
 mod template;
@@ -57,6 +58,12 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// LIBVIRT_XML_SCRIPT for HTCondor's vm-gahp: the job's attributes on stdin, domain XML out.
     LibvirtXml(libvirt_xml::LibvirtXmlArgs),
+    /// The node policy's prepare-job hook (VMCAPSULE_HOOK_PREPARE_JOB): decide whether this
+    /// job runs in the node's VM (job ad on stdin, the slot ad from the starter).
+    PrepareJob(node::PrepareJobArgs),
+    /// The node policy's launcher, started by the starter in the job's place.
+    #[command(hide = true)]
+    NodeRun(node::NodeRunArgs),
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -80,6 +87,8 @@ pub fn run(cli: Cli, env: &Environment) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::run_doctor(&a, env),
         Command::Probe(a) => probe::run_probe(&a, env),
         Command::LibvirtXml(a) => libvirt_xml::run_libvirt_xml(&a, env),
+        Command::PrepareJob(a) => node::run_prepare_job(&a, env),
+        Command::NodeRun(a) => node::run_node_run(&a, env),
         Command::Generate(a) => generate::run_generate(&a),
         Command::Template(cmd) => template::run(cmd, env),
     }

@@ -27,24 +27,52 @@ pub struct ProbeArgs {
 
 /// Print the machine attributes.
 pub fn run_probe(args: &ProbeArgs, env: &Environment) -> Result<ExitCode> {
-    let settings = Settings::load(args.config.as_deref(), env)
-        .and_then(|s| s.run())
-        .context("cannot read the configuration")?;
+    let all =
+        Settings::load(args.config.as_deref(), env).context("cannot read the configuration")?;
+    let settings = all.run().context("cannot read the configuration")?;
     let probe =
         Probe::run(settings.qemu.as_deref(), env.path()).with_host_paths(&settings.host_paths);
-    let mut attributes = probe.attributes();
+    let mut attrs = probe.attributes();
     let network = vm_capsule_execute::network::probe_attributes(
         settings.network,
         settings.passt.as_deref(),
         env.path(),
     );
     for (name, expr) in network.iter() {
-        attributes.insert(name, expr.clone());
+        attrs.insert(name, expr.clone());
     }
-    let text = classad::print::ad_to_hook_string(&attributes)
-        .context("cannot print the machine attributes")?;
+    node_policy_attrs(&all, probe.qemu.is_ok(), &mut attrs);
+    let text =
+        classad::print::ad_to_hook_string(&attrs).context("cannot print the machine attributes")?;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node policy, for `condor_status` and users' requirements: `HasVMCapsule` (the node runs
+/// the jobs `VM_CAPSULE_JOB` picks in its VM: the expression is set, QEMU answers, the template
+/// loads), the expression as text (`VMCapsuleJob` itself, advertised through `STARTD_ATTRS`,
+/// prints `false` with no job to match) and the template it boots.
+fn node_policy_attrs(settings: &Settings, qemu_ok: bool, ad: &mut classad::ClassAd) {
+    use classad::Expr;
+    let expression = settings.node_policy().ok().and_then(|p| p.expression);
+    let template = settings.translate().ok().and_then(|cfg| {
+        vm_capsule_core::template::Template::load(
+            &cfg.template_root,
+            cfg.classad_template.as_deref(),
+        )
+        .ok()
+    });
+    let has = expression.is_some() && qemu_ok && template.is_some();
+    ad.insert("HasVMCapsule", Expr::boolean(has));
+    if let Some(expr) = expression {
+        ad.insert("VMCapsuleJobText", Expr::string(expr));
+        if let Some(t) = template {
+            ad.insert(
+                "VMCapsuleNodeTemplate",
+                Expr::string(t.dir.display().to_string()),
+            );
+        }
+    }
 }

@@ -173,6 +173,46 @@ pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
     let settings = vm_capsule_core::settings::Settings::load(None, env)
         .and_then(|s| s.run())
         .context("cannot read the configuration")?;
+    run_with_settings(args, env, ad, workdir, &settings)
+}
+
+/// The vanilla flavour's launcher for the routed ad `routed_ad` in the current directory, with
+/// the launcher's time limit `timeout` (the node policy's launcher, which has its settings).
+pub(crate) fn launch_vanilla(
+    routed_ad: &Path,
+    timeout: Option<u64>,
+    env: &Environment,
+    settings: &vm_capsule_core::settings::RunSettings,
+) -> Result<ExitCode> {
+    let args = RunArgs {
+        routed_ad: routed_ad.to_owned(),
+        timeout,
+        accel: AccelArg::Auto,
+        in_place: false,
+        keep: false,
+        as_owner: false,
+        qemu: None,
+        vanilla: true,
+    };
+    let text = std::fs::read_to_string(routed_ad)
+        .with_context(|| format!("cannot read {}", routed_ad.display()))?;
+    let ad = classad::parse_ads(&text)
+        .with_context(|| format!("{}: not a ClassAd", routed_ad.display()))?
+        .pop()
+        .with_context(|| format!("{}: no ad found", routed_ad.display()))?;
+    let cwd = std::env::current_dir().context("no working directory")?;
+    check_slot_sandbox(&ad, &cwd, routed_ad)?;
+    run_with_settings(&args, env, &ad, Some(cwd), settings)
+}
+
+/// [`run_cmd`] once the ad and the settings are read.
+fn run_with_settings(
+    args: &RunArgs,
+    env: &Environment,
+    ad: &classad::ClassAd,
+    workdir: Option<PathBuf>,
+    settings: &vm_capsule_core::settings::RunSettings,
+) -> Result<ExitCode> {
     let network = match vm_capsule_execute::network::for_job(
         ad,
         settings.network,
@@ -221,7 +261,7 @@ pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
         workdir: workdir.clone(),
         cancel: None,
         tb_size_mib: settings.tcg_tb_mib,
-        host_paths: settings.host_paths,
+        host_paths: settings.host_paths.clone(),
         network,
     };
     let Some(slot) = workdir else {

@@ -391,3 +391,79 @@ fn doctor_is_not_ready_when_it_cannot_read_the_configuration() {
         }
     }
 }
+
+/// The node policy's five lines as the snippet has them pass; each mistake is named: an
+/// expression that does not parse, `VMCapsuleJob` not advertised, a hook that is not ours, no
+/// template.
+#[test]
+fn doctor_checks_the_node_policy() {
+    let pool = Pool::new(&crate::vanilla::template("console=ttyS0 quiet panic=-1"));
+    let template = pool.root.path().join("template");
+    let config = pool.root.path().join("condor_config");
+    let good = format!(
+        "VM_CAPSULE_JOB = TARGET.Owner =!= \"trusted\"\nVMCapsuleJob = $(VM_CAPSULE_JOB)\nSTARTD_ATTRS = $(STARTD_ATTRS) VMCapsuleJob\nSTARTER_JOB_HOOK_KEYWORD = VMCAPSULE\nVMCAPSULE_HOOK_PREPARE_JOB = {}\nVM_CAPSULE_TEMPLATE = {}\n",
+        pool.hooks_dir.join("vm-capsule-prepare-job").display(),
+        template.display()
+    );
+    let env = [("CONDOR_CONFIG", "/dev/null".to_owned())];
+    let policy = |text: &str| {
+        fs::write(&config, text).unwrap();
+        let (_, json, report) = doctor(&["execute", "--config", config.to_str().unwrap()], &env);
+        let found: Vec<(String, String)> = json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "node policy")
+            .map(|f| {
+                (
+                    f["status"].as_str().unwrap().to_owned(),
+                    f["detail"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert!(!found.is_empty(), "{report}");
+        found
+    };
+    let found = policy(&good);
+    assert!(found.iter().all(|(s, _)| s == "ok"), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|(_, d)| d.contains("vm-capsule-prepare-job")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|(_, d)| d.contains("loads")), "{found:?}");
+    let broken = [
+        (
+            good.replace("=!= \"trusted\"", "=!= "),
+            "not a ClassAd expression",
+        ),
+        (
+            good.replace("STARTD_ATTRS = $(STARTD_ATTRS) VMCapsuleJob\n", ""),
+            "does not advertise VMCapsuleJob",
+        ),
+        (
+            good.replace("vm-capsule-prepare-job", "vm-capsule-translate"),
+            "does not run `vm-capsule prepare-job`",
+        ),
+        (
+            good.replace("STARTER_JOB_HOOK_KEYWORD = VMCAPSULE\n", ""),
+            "STARTER_JOB_HOOK_KEYWORD is not set",
+        ),
+        (
+            good.replace(&template.display().to_string(), "/nonexistent"),
+            "template",
+        ),
+    ];
+    for (text, why) in broken {
+        let found = policy(&text);
+        assert!(
+            found.iter().any(|(s, d)| s == "fail" && d.contains(why)),
+            "{why}: {found:?}"
+        );
+    }
+    // Unset: said, not failed.
+    let found = policy("VM_TYPE = kvm\n");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "info", "{found:?}");
+}

@@ -57,6 +57,25 @@ impl JobEnd {
 /// changed top-level files) with `TransferOutputRemaps` and the `Out`/`Err` streams, the way
 /// HTCondor's file transfer does. Returns how the process ended.
 pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, String)]) -> JobEnd {
+    execute_node_with(routed, sandbox, env, None)
+}
+
+/// The stand-in starter's prepare-job hook: `(sandbox, job ad) -> the job ad merged with its
+/// output`.
+pub type PrepareHook<'a> = dyn Fn(&Path, &ClassAd) -> ClassAd + 'a;
+
+/// [`vanilla_execute_node`] with the starter's prepare-job hook: after the input transfer,
+/// `prepare(sandbox, job ad)` returns the job ad the starter then runs (the hook's output
+/// merged in): its `Cmd`, `TransferExecutable`, `Arguments` and `Environment`. With a hook,
+/// the Chirp stand-in runs as HTCondor 24.0's starter sets its proxy up, before the hook:
+/// always, with `set_job_attr` only when the original job has `WantIOProxy`, and delayed
+/// updates (`Chirp*` names) always.
+pub fn execute_node_with(
+    routed: &ClassAd,
+    sandbox: &Path,
+    env: &[(String, String)],
+    prepare: Option<&PrepareHook<'_>>,
+) -> JobEnd {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::ExitStatusExt;
     let text = |n: &str| match classad::eval::evaluate_attr(routed, n) {
@@ -125,6 +144,23 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
             (m.len(), m.modified().unwrap()),
         );
     }
+    // The input transfer is done: the prepare-job hook runs, and its ad is what runs.
+    let transferred_exe = exe.clone();
+    let want_io_proxy =
+        classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true);
+    let prepared = prepare.map_or_else(|| routed.clone(), |p| p(sandbox, routed));
+    let prepared_text = |n: &str| match classad::eval::evaluate_attr(&prepared, n) {
+        classad::Value::String(s) => Some(s),
+        _ => None,
+    };
+    let exe = if classad::eval::evaluate_attr(&prepared, "TransferExecutable")
+        == classad::Value::Bool(false)
+    {
+        PathBuf::from(prepared_text("Cmd").unwrap())
+    } else {
+        exe
+    };
+    let text = prepared_text;
     let args =
         vm_capsule_core::job::args::split_v2(&text("Arguments").unwrap_or_default(), "Arguments")
             .unwrap();
@@ -133,8 +169,8 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
     env.extend(
         vm_capsule_core::job::args::parse_env_v2(&text("Environment").unwrap_or_default()).unwrap(),
     );
-    let chirp = (classad::eval::evaluate_attr(routed, "WantIOProxy") == classad::Value::Bool(true))
-        .then(|| ChirpStandIn::start(sandbox));
+    let chirp = (want_io_proxy || prepare.is_some())
+        .then(|| ChirpStandIn::start_with(sandbox, want_io_proxy));
     let stdout = std::fs::File::create(sandbox.join("_condor_stdout")).unwrap();
     let stderr = std::fs::File::create(sandbox.join("_condor_stderr")).unwrap();
     // OsProc::StartJob: argv[0] is `<sandbox>/<basename of Cmd>`, then `Arguments`.
@@ -182,6 +218,9 @@ pub fn vanilla_execute_node(routed: &ClassAd, sandbox: &Path, env: &[(String, St
                 let m = e.metadata().unwrap();
                 let skip = !m.is_file()
                     || name == exe.file_name().unwrap()
+                    || name == transferred_exe.file_name().unwrap()
+                    || name == ".job.ad"
+                    || name == ".machine.ad"
                     || name == "_condor_stdout"
                     || name == ".chirp.config"
                     || name == "_condor_stderr"
@@ -267,7 +306,9 @@ pub struct ChirpStandIn {
 }
 
 impl ChirpStandIn {
-    pub fn start(sandbox: &Path) -> ChirpStandIn {
+    /// `updates`: `set_job_attr` is answered (the job has `WantIOProxy`); delayed updates of
+    /// `Chirp*` names always are.
+    pub fn start_with(sandbox: &Path, updates: bool) -> ChirpStandIn {
         use std::io::{BufRead, BufReader};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -304,7 +345,10 @@ impl ChirpStandIn {
                 let (cmd, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
                 let answer = match cmd {
                     "cookie" if rest == "c00kie" => "0",
-                    "set_job_attr" => {
+                    "set_job_attr" | "set_job_attr_delayed"
+                        if updates
+                            || (cmd == "set_job_attr_delayed" && rest.starts_with("Chirp")) =>
+                    {
                         // name and value are separated by the first unescaped space
                         let mut split = None;
                         let bytes = rest.as_bytes();

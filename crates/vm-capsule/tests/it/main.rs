@@ -28,6 +28,7 @@ mod network;
 mod ops;
 mod original_job;
 mod package;
+mod policy;
 mod router;
 mod run_hygiene;
 mod started_by_htcondor;

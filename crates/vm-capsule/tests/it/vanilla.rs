@@ -26,7 +26,7 @@ pub struct Job {
     pub files: &'static [(&'static str, &'static str)],
 }
 
-const JOBS: &[Job] = &[
+pub const JOBS: &[Job] = &[
     Job {
         name: "args-env-exit7",
         script: "for a in \"$@\"; do printf '[%s]\\n' \"$a\"; done; echo \"G=$G\"; echo oops >&2; exit 7",
@@ -119,7 +119,7 @@ pub fn exit_of(attrs: &ClassAd) -> JobEnd {
 }
 
 /// Run the job natively (no VM, no hooks): the reference.
-fn native(iwd: &Path, ad: &ClassAd) -> JobEnd {
+pub fn native(iwd: &Path, ad: &ClassAd) -> JobEnd {
     let root = iwd
         .parent()
         .unwrap()
