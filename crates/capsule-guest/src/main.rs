@@ -9,6 +9,7 @@ mod agent;
 mod args;
 mod collect;
 mod control;
+mod devices;
 mod disk;
 mod find;
 mod host_paths;
@@ -94,10 +95,13 @@ fn main() -> ExitCode {
 /// Turn the arguments into options, run the agent, and map the outcome to an exit code:
 /// 0 when a result.json was written (whatever the job did), 1 when none could be.
 fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
-    // In a VM (it powers off at the end): listen for the launcher's signals.
-    // And mount the node's read-only host paths before the job starts.
+    // In a VM: as init (it powers off), or on the data disk's device (a systemd unit, which
+    // leaves the poweroff to systemd). There: wait for the virtio drivers, listen for the
+    // launcher's signals, and mount the node's read-only host paths before the job starts.
+    let in_vm = !args.no_poweroff || matches!(args.source, agent::SourceSpec::Device(_));
     let mut host_paths_problem = None;
-    if !args.no_poweroff {
+    if in_vm {
+        devices::await_drivers();
         control::start();
         host_paths_problem = host_paths::mount_all().err().map(|e| format!("{e:#}"));
     }
@@ -107,8 +111,7 @@ fn run(args: &Args, t0: Instant) -> (ExitCode, Option<Instant>) {
         etc: args.etc_dir.clone(),
         as_current_user: args.as_current_user,
         host_paths_problem,
-        // In a VM: as init (it powers off), or on the data disk's device (a systemd unit).
-        network: !args.no_poweroff || matches!(args.source, agent::SourceSpec::Device(_)),
+        network: in_vm,
     };
     match agent::run(&opts, t0) {
         Ok(report) => {
