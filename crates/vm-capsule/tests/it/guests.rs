@@ -5,7 +5,8 @@
 //! busybox test guest, in the VM flavour (`vm-capsule run`) and the vanilla flavour (the
 //! stand-in execute node running the launcher).
 //!
-//! Boots: 3 (busybox) + 6 (systemd) + 6 (cloud-init) + 2 (`template check`). The templates
+//! Boots: 3 (busybox) + 6 (systemd) + 6 (cloud-init) + 2 (`template check`), and 1 (systemd)
+//! in `guests_world`. The templates
 //! are built once and cached in `.cache/templates/`, keyed by what makes them (the agent, the
 //! unit, the builder's source); the root file systems and packages in `.cache/template-build/`.
 //! Building needs root (CI runs as root) and Debian's mmdebstrap, grub-pc-bin, e2fsprogs.
@@ -28,7 +29,7 @@ use crate::vanilla::{exit_of, submit_files, tree, Job};
 const RUN_TIMEOUT: &str = "400";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// `template build`: systemd + capsule-init.service.
     Systemd,
     /// `template build --cloud-init`: a plain cloud image.
@@ -47,7 +48,7 @@ fn sha(bytes: &[u8]) -> String {
 
 /// The built template of `kind` (its directory, holding `condor_vm_capsule/`), from the
 /// cache when its inputs have not changed.
-fn template(kind: Kind) -> &'static Path {
+pub(crate) fn template(kind: Kind) -> &'static Path {
     static SYSTEMD: OnceLock<PathBuf> = OnceLock::new();
     static CLOUD: OnceLock<PathBuf> = OnceLock::new();
     let cell = match kind {
@@ -316,11 +317,9 @@ fn assert_same(job: &Job, what: &str, got: &Outcome, refs: &(Outcome, Outcome)) 
     );
 }
 
-/// The systemd template, its OS disk staged "on the execute node" (VM_CAPSULE_NODE_IMAGE_DIR):
-/// both flavours boot it behind an overlay, nothing but the data disk (and in the VM universe
-/// a 256 KiB overlay) travels.
-#[test]
-fn systemd_template_runs_jobs_like_native_and_busybox() {
+/// A test pool for the systemd template, its OS disk staged in the pool's `node-images`
+/// (returned) as VM_CAPSULE_NODE_IMAGE_DIR.
+pub(crate) fn systemd_pool() -> (Pool, PathBuf) {
     let built = template(Kind::Systemd);
     let mut pool = pool(&link_template(built));
     // The "execute node's" copy, with its checksum, somewhere else.
@@ -329,7 +328,6 @@ fn systemd_template_runs_jobs_like_native_and_busybox() {
     for f in ["os.qcow2", "os.qcow2.sha256"] {
         fs::hard_link(built.join("condor_vm_capsule").join(f), node.join(f)).unwrap();
     }
-    let before = fs::read_to_string(node.join("os.qcow2.sha256")).unwrap();
     pool.env.extend([
         (
             "_CONDOR_VM_CAPSULE_CONDOR_CLASSAD_TEMPLATE".to_owned(),
@@ -340,6 +338,16 @@ fn systemd_template_runs_jobs_like_native_and_busybox() {
             node.display().to_string(),
         ),
     ]);
+    (pool, node)
+}
+
+/// The systemd template, its OS disk staged "on the execute node" (VM_CAPSULE_NODE_IMAGE_DIR):
+/// both flavours boot it behind an overlay, nothing but the data disk (and in the VM universe
+/// a 256 KiB overlay) travels.
+#[test]
+fn systemd_template_runs_jobs_like_native_and_busybox() {
+    let (pool, node) = systemd_pool();
+    let before = fs::read_to_string(node.join("os.qcow2.sha256")).unwrap();
     let jobs = submit(&pool, &["vm", "vanilla"]);
     for (job, refs) in JOBS.iter().zip(references()) {
         let (vm, routed) = vm_flavour(&jobs, &pool, "vm", job);

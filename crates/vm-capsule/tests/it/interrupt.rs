@@ -62,6 +62,11 @@ impl StandInStarter {
     /// Start the launcher as `OsProc::StartJob` does, in a process group of its own (the
     /// starter makes it a session leader); the streams append, as across in-place restarts.
     pub(crate) fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    /// [`Self::start`] with the node's knobs (`_CONDOR_...`) in the launcher's environment.
+    pub(crate) fn start_with(&self, knobs: &[(&str, &str)]) -> Child {
         let cmd = PathBuf::from(string_attr(&self.routed, "Cmd").unwrap());
         let exe = self.sandbox.join(cmd.file_name().unwrap());
         let args = vm_capsule_core::job::args::split_v2(
@@ -85,6 +90,7 @@ impl StandInStarter {
             .env("TMPDIR", &self.tmp)
             .env("_CONDOR_JOB_AD", self.sandbox.join(".job.ad"))
             .env("_CONDOR_SCRATCH_DIR", &self.sandbox)
+            .envs(knobs.iter().copied())
             .stdin(Stdio::null())
             .stdout(stream("_condor_stdout"))
             .stderr(stream("_condor_stderr"))

@@ -15,6 +15,7 @@ mod direct_boot;
 mod doctor;
 mod execute_node;
 mod guests;
+mod guests_world;
 mod hooks;
 mod host_paths;
 mod hostile;

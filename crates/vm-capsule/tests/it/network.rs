@@ -15,19 +15,19 @@ use crate::router::{job_ads, Pool};
 use crate::vanilla::template;
 
 /// The test host's address (the node's gateway).
-const HOST: &str = "10.231.0.1";
+pub(crate) const HOST: &str = "10.231.0.1";
 /// The node's address.
 const NODE: &str = "10.231.0.2";
 /// The test host's HTTP server.
-const HOST_PORT: u16 = 8931;
+pub(crate) const HOST_PORT: u16 = 8931;
 /// A server on the node's own loopback, which no guest may reach.
-const LOOPBACK_PORT: u16 = 8932;
+pub(crate) const LOOPBACK_PORT: u16 = 8932;
 
 /// Two namespaces (node, test host) and the servers in them; removed when dropped, also
 /// when the test fails.
-struct TestNet {
-    node: String,
-    host: String,
+pub(crate) struct TestNet {
+    pub(crate) node: String,
+    pub(crate) host: String,
     servers: Vec<Child>,
 }
 
@@ -42,7 +42,7 @@ fn ip(args: &[&str]) {
 }
 
 impl TestNet {
-    fn new(tag: &str) -> TestNet {
+    pub(crate) fn new(tag: &str) -> TestNet {
         assert!(
             rustix::process::geteuid().is_root(),
             "network tests make network namespaces and need root (CI runs as root)"
@@ -70,7 +70,7 @@ impl TestNet {
     }
 
     /// An HTTP server on `addr:port` serving `dir`, inside namespace `ns`.
-    fn serve(&mut self, ns: &str, addr: &str, port: u16, dir: &Path) {
+    pub(crate) fn serve(&mut self, ns: &str, addr: &str, port: u16, dir: &Path) {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-m", "http.server"])
             .args(["--bind", addr, "--directory"])
@@ -104,7 +104,7 @@ impl TestNet {
 
     /// Run `f` on a thread that lives in the node's namespace (and so does every process it
     /// starts).
-    fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    pub(crate) fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = PathBuf::from("/run/netns").join(&self.node);
         std::thread::scope(|s| {
             s.spawn(move || {
