@@ -3,7 +3,7 @@
 //! file systems are mounted, which can be before udev has loaded those drivers (modules in a
 //! distribution's kernel): the NIC, the shares and the port would then simply be missing. So
 //! the agent loads the driver of each such device that has none yet (as udev would, by its
-//! modalias), waits for it to bind, and lets udev finish naming the NIC.
+//! modalias), waits for it to bind, and for udev to have named the NIC (it renames it).
 
 use std::fs::File;
 use std::io::Read;
@@ -71,31 +71,73 @@ pub fn await_drivers() {
     }
     let start = Instant::now();
     let missing = unbound(Path::new(VIRTIO_DEVICES));
-    if missing.is_empty() {
-        return;
-    }
     for (_, alias) in &missing {
         if alias.starts_with("virtio:") {
             quietly("modprobe", &["-q", alias]);
         }
     }
-    while !unbound(Path::new(VIRTIO_DEVICES)).is_empty() && start.elapsed() < WAIT_FOR {
+    while !missing.is_empty()
+        && !unbound(Path::new(VIRTIO_DEVICES)).is_empty()
+        && start.elapsed() < WAIT_FOR
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
-    // udev may still rename the new NIC: the network code must see its final name.
-    quietly("udevadm", &["settle", "--timeout=10"]);
-    let left = unbound(Path::new(VIRTIO_DEVICES));
-    crate::log!(
-        "devices: {} virtio driver(s) were not loaded yet; {} after {:.1} ms",
-        missing.len(),
-        if left.is_empty() {
-            "all bound".to_owned()
-        } else {
-            format!("{} still without a driver", left.len())
-        },
-        start.elapsed().as_secs_f64() * 1e3
-    );
+    let bound = start.elapsed();
+    let named = await_nic_names(Path::new(SYS_NET), Path::new(UDEV_DATA));
+    if !missing.is_empty() || !named {
+        let left = unbound(Path::new(VIRTIO_DEVICES)).len();
+        crate::log!(
+            "devices: {} virtio driver(s) were not loaded yet, {} after {:.1} ms; NIC names {} after {:.1} ms",
+            missing.len(),
+            if left == 0 { "all bound".to_owned() } else { format!("{left} still without a driver") },
+            bound.as_secs_f64() * 1e3,
+            if named { "final" } else { "not confirmed by udev" },
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }
+
+/// Where the kernel lists network interfaces.
+const SYS_NET: &str = "/sys/class/net";
+/// udev's database: `n<ifindex>` is written once udev has handled (and renamed) that NIC.
+const UDEV_DATA: &str = "/run/udev/data";
+
+/// The Ethernet interfaces' indexes under `sys_net` that udev's database under `udev_data`
+/// does not know yet.
+fn unnamed(sys_net: &Path, udev_data: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_net) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .take(64)
+        .map(|e| e.path())
+        .filter(|nic| read_small(&nic.join("type"), 16).is_some_and(|t| t == "1"))
+        .filter_map(|nic| read_small(&nic.join("ifindex"), 16))
+        .filter(|i| i.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|i| !udev_data.join(format!("n{i}")).exists())
+        .collect()
+}
+
+/// Wait until udev has handled every Ethernet interface (so it will not rename one under the
+/// network code); `true` when it has, or when no udev runs. Unlike `udevadm settle`, this does
+/// not wait for udev's whole start-up queue (7 s under TCG).
+fn await_nic_names(sys_net: &Path, udev_data: &Path) -> bool {
+    if !Path::new("/run/udev/control").exists() {
+        return true;
+    }
+    let start = Instant::now();
+    while !unnamed(sys_net, udev_data).is_empty() {
+        if start.elapsed() >= NAME_WAIT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Longest wait for udev to name the NICs.
+const NAME_WAIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -132,5 +174,21 @@ mod tests {
             ]
         );
         assert!(unbound(&d.path().join("none")).is_empty());
+    }
+
+    #[test]
+    fn nics_udev_has_not_handled_are_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let (net, data) = (d.path().join("net"), d.path().join("data"));
+        for (name, kind, index) in [("lo", "772", "1"), ("eth0", "1", "2"), ("ens4", "1", "3")] {
+            std::fs::create_dir_all(net.join(name)).unwrap();
+            std::fs::write(net.join(name).join("type"), format!("{kind}\n")).unwrap();
+            std::fs::write(net.join(name).join("ifindex"), format!("{index}\n")).unwrap();
+        }
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("n3"), "").unwrap();
+        assert_eq!(unnamed(&net, &data), vec!["2".to_owned()]);
+        std::fs::write(data.join("n2"), "").unwrap();
+        assert!(unnamed(&net, &data).is_empty());
     }
 }
