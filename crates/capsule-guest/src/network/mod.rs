@@ -76,7 +76,9 @@ fn first_ethernet(sys_net: &Path) -> Option<String> {
 /// starts before them): systemd-networkd, ifupdown, NetworkManager, cloud-init (which
 /// configures the network itself, or hands it to one of these).
 const MANAGERS: [&str; 8] = [
-    "run/systemd/netif",
+    // networkd's state file, not its directory: systemd's tmpfiles makes the directory on
+    // every boot, networkd running or not.
+    "run/systemd/netif/state",
     "run/network",
     "run/NetworkManager",
     "run/cloud-init",
@@ -268,7 +270,14 @@ mod tests {
     fn a_running_network_manager_is_seen() {
         let d = tempfile::tempdir().unwrap();
         assert!(!manager_present(d.path()));
-        std::fs::create_dir_all(d.path().join("run/systemd/netif")).unwrap();
+        // What systemd's tmpfiles makes without networkd running is not a manager.
+        std::fs::create_dir_all(d.path().join("run/systemd/netif/links")).unwrap();
+        assert!(!manager_present(d.path()));
+        std::fs::write(
+            d.path().join("run/systemd/netif/state"),
+            "OPER_STATE=routable\n",
+        )
+        .unwrap();
         assert!(manager_present(d.path()));
     }
 
