@@ -17,6 +17,7 @@
 #
 # Usage: sudo scripts/bench/host-paths.sh [ROUNDS]   (default 3; needs the test guest)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 [ "$(id -u)" = 0 ] || { echo "host-paths.sh: run as root (Debian's virtiofsd needs it)" >&2; exit 1; }
@@ -119,14 +120,12 @@ Out = \"out.txt\""
             _CONDOR_VM_CAPSULE_TRANSLATE_LOG="$work/translate.log" \
             _CONDOR_VM_CAPSULE_TEST_ANY_USER=true \
             "$bin/vm-capsule" translate)
-    local cmd args transfer f
-    cmd=$(echo "$routed" | sed -n 's/^Cmd = "\(.*\)"$/\1/p')
-    args=$(echo "$routed" | sed -n 's/^Arguments = "\(.*\)"$/\1/p')
-    transfer=$(echo "$routed" | sed -n 's/^TransferInput = "\(.*\)"$/\1/p')
-    for f in $cmd ${transfer//,/ }; do
-        case $f in /*) ;; *) f=$work/job/$f ;; esac
-        cp "$f" "$sb/"
-    done
+    local cmd args transfer
+    cmd=$(routed_string Cmd)
+    args=$(routed_string Arguments)
+    transfer=$(routed_string TransferInput)
+    # shellcheck disable=SC2086 # the list's names, split as HTCondor splits them
+    stage_inputs "$sb" "$work/job" $cmd ${transfer//,/ }
     local path=$work/bin-9p knob=$share start end
     case $transport in
     none) knob= ;;
@@ -165,7 +164,6 @@ for round in $(seq "$rounds"); do
 done | tee "$work/runs"
 
 echo
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 guest_secs() { awk -v n="$1" -v w="$2" '$1 == n && $2 == w { printf "%.2f\n", $4 - $3 }' "$work/runs" | median; }
 host_secs() { awk -v w="$1" '$1 == "host" && $2 == w { print $3 }' "$work/runs" | median; }
 start_secs() { awk -v n="$1" '$1 == n && $2 == "launcher" { print $3 }' "$work/runs" | median; }

@@ -17,6 +17,7 @@
 #
 # Usage: sudo scripts/bench/network.sh [ROUNDS] [SIZE_MIB]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 size=${2:-32}
@@ -119,14 +120,12 @@ VMCapsuleNetwork = $ask"
             _CONDOR_VM_CAPSULE_SCRATCH_DIR_PREFIX="$scratch" \
             _CONDOR_VM_CAPSULE_TRANSLATE_LOG="$work/translate.log" \
             _CONDOR_VM_CAPSULE_TEST_ANY_USER=true "$bin/vm-capsule" translate)
-    local cmd args transfer f
-    cmd=$(echo "$routed" | sed -n 's/^Cmd = "\(.*\)"$/\1/p')
-    args=$(echo "$routed" | sed -n 's/^Arguments = "\(.*\)"$/\1/p')
-    transfer=$(echo "$routed" | sed -n 's/^TransferInput = "\(.*\)"$/\1/p')
-    for f in $cmd ${transfer//,/ }; do
-        case $f in /*) ;; *) f=$work/job/$f ;; esac
-        cp "$f" "$sb/"
-    done
+    local cmd args transfer
+    cmd=$(routed_string Cmd)
+    args=$(routed_string Arguments)
+    transfer=$(routed_string TransferInput)
+    # shellcheck disable=SC2086 # the list's names, split as HTCondor splits them
+    stage_inputs "$sb" "$work/job" $cmd ${transfer//,/ }
     local start end
     start=$(date +%s.%N)
     # shellcheck disable=SC2086 # the routed job's arguments, split as the starter splits them
@@ -166,8 +165,6 @@ for round in $(seq "$rounds"); do
 done | tee "$work/runs"
 
 echo
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-of() { awk -v v="$1" -v f="$2" '$1 == v { for (i = 1; i <= NF; i++) if ($i == f) print $(i + 1) }' "$work/runs" | median; }
 for v in off on passt p1500 slirp host; do
     printf 'median %-6s launcher %6s s  fetch %7s s  MiB/s %8s\n' "$v" "$(of "$v" launcher)" "$(of "$v" fetch)" "$(of "$v" MiB/s)"
 done

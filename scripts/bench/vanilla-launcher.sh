@@ -21,6 +21,7 @@
 #   BEFORE_DIR holds vm-capsule and capsule-init built (release) from the commit to compare
 #   with; this tree is built here. Needs the test guest (scripts/build-test-guest.sh).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 before=$(cd "$1" && pwd)
 rounds=${2:-5}
@@ -82,9 +83,9 @@ run() {
             "$dir/vm-capsule" translate)
     local request cmd args transfer shipped=0
     request=$(echo "$routed" | sed -n 's/^RequestDisk = //p')
-    cmd=$(echo "$routed" | sed -n 's/^Cmd = "\(.*\)"$/\1/p')
-    args=$(echo "$routed" | sed -n 's/^Arguments = "\(.*\)"$/\1/p')
-    transfer=$(echo "$routed" | sed -n 's/^TransferInput = "\(.*\)"$/\1/p')
+    cmd=$(routed_string Cmd)
+    args=$(routed_string Arguments)
+    transfer=$(routed_string TransferInput)
     # HTCondor's input transfer: Cmd (unless it is the node's) and TransferInput.
     local exe=./$(basename "$cmd") ship=$cmd
     if grep -qx 'TransferExecutable = false' <<< "$routed"; then
@@ -136,8 +137,6 @@ for round in $(seq "$rounds"); do
 done | tee "$work/runs"
 
 echo
-median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-of() { awk -v v="$1" -v f="$2" '$1 == v { for (i = 1; i <= NF; i++) if ($i == f) print $(i + 1) }' "$work/runs" | median; }
 for field in request shipped launcher qemu outside peak; do
     b=$(of before "$field") a=$(of after "$field") n=$(of node "$field")
     awk -v f="$field" -v b="$b" -v a="$a" -v n="$n" 'BEGIN { printf "median %-8s before %11.2f  after %11.2f (%.2f)  node %11.2f (%.2f)\n", f, b, a, (b > 0) ? a / b : 0, n, (b > 0) ? n / b : 0 }'

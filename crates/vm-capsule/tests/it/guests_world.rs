@@ -28,17 +28,7 @@ fn len(path: &std::path::Path) -> u64 {
 fn systemd_template_job_with_network_host_path_and_live_output() {
     let (mut pool, _) = systemd_pool();
     let mut net = TestNet::new("world");
-    let www = pool.root.path().join("www");
-    fs::create_dir_all(&www).unwrap();
-    let payload: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
-        .collect();
-    fs::write(www.join("data.bin"), &payload).unwrap();
-    net.serve(&net.host.clone(), HOST, HOST_PORT, &www);
-    let secret = pool.root.path().join("secret");
-    fs::create_dir_all(&secret).unwrap();
-    fs::write(secret.join("index.html"), "NODE-LOOPBACK-SECRET\n").unwrap();
-    net.serve(&net.node.clone(), "127.0.0.1", LOOPBACK_PORT, &secret);
+    let payload = net.serve_data_and_secret(pool.root.path(), 1);
 
     // STAND-IN for /cvmfs on the execute node.
     let share = pool.root.path().join("node").join("cvmfs-stand-in");

@@ -104,6 +104,24 @@ impl TestNet {
 
     /// Run `f` on a thread that lives in the node's namespace (and so does every process it
     /// starts).
+    /// Serve `data.bin` (`mib` MiB that are not all alike: what arrives must be the file,
+    /// whole) from the test host, and `NODE-LOOPBACK-SECRET` from the node's 127.0.0.1; both
+    /// directories are made under `root`. Returns the file's bytes.
+    pub(crate) fn serve_data_and_secret(&mut self, root: &Path, mib: u32) -> Vec<u8> {
+        let www = root.join("www");
+        fs::create_dir_all(&www).unwrap();
+        let payload: Vec<u8> = (0..mib << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+            .collect();
+        fs::write(www.join("data.bin"), &payload).unwrap();
+        self.serve(&self.host.clone(), HOST, HOST_PORT, &www);
+        let secret = root.join("secret");
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("index.html"), "NODE-LOOPBACK-SECRET\n").unwrap();
+        self.serve(&self.node.clone(), "127.0.0.1", LOOPBACK_PORT, &secret);
+        payload
+    }
+
     pub(crate) fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         let path = PathBuf::from("/run/netns").join(&self.node);
         std::thread::scope(|s| {
@@ -183,18 +201,7 @@ fn run_job(
 fn network_on_request_reaches_the_test_host_and_not_the_nodes_loopback() {
     let pool = Pool::new(&template("console=ttyS0 quiet panic=-1"));
     let mut net = TestNet::new("req");
-    let www = pool.root.path().join("www");
-    fs::create_dir_all(&www).unwrap();
-    // 3 MiB that are not all alike: what arrives must be the file, whole.
-    let payload: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
-        .collect();
-    fs::write(www.join("data.bin"), &payload).unwrap();
-    net.serve(&net.host.clone(), HOST, HOST_PORT, &www);
-    let secret = pool.root.path().join("secret");
-    fs::create_dir_all(&secret).unwrap();
-    fs::write(secret.join("index.html"), "NODE-LOOPBACK-SECRET\n").unwrap();
-    net.serve(&net.node.clone(), "127.0.0.1", LOOPBACK_PORT, &secret);
+    let payload = net.serve_data_and_secret(pool.root.path(), 3);
 
     let allowed = [("_CONDOR_VM_CAPSULE_NETWORK", "nat")];
     let script = format!(
