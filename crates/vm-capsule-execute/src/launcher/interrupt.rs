@@ -10,7 +10,6 @@
 //! Suspension needs nothing: SIGSTOP and SIGCONT go to every process of the family, QEMU
 //! included, and the guest simply pauses.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,8 +25,6 @@ use crate::runner::ControlChannel;
 const DEFAULT_VACATE_SECS: u64 = 600;
 /// The guest is powered off this long before HTCondor's SIGKILL is due.
 const STOP_MARGIN: Duration = Duration::from_secs(2);
-/// Largest job or machine ad read, bytes.
-const MAX_AD_BYTES: u64 = 4 << 20;
 
 /// What the starter's ads say about interrupting this job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,17 +110,7 @@ impl Interruption {
 
 /// A bounded ad file, parsed; `None` when it cannot be read (the defaults then hold).
 fn read_ad(path: &Path) -> Option<ClassAd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(MAX_AD_BYTES).read_to_string(&mut text).ok()?;
+    let text = super::ad_file::read_ad_text(path).ok()?;
     classad::parse_ads(&text).ok()?.pop()
 }
 

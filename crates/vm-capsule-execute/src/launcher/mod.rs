@@ -5,6 +5,7 @@
 //! job leaves ([`extract`]): its outputs in the sandbox, its stdout and stderr on ours, and its
 //! exit status, so HTCondor's own file transfer and exit handling do the rest.
 
+pub mod ad_file;
 pub(crate) mod extract;
 pub mod interrupt;
 pub mod live;

@@ -18,6 +18,7 @@ use vm_capsule_core::job::JobSpec;
 use vm_capsule_core::routed;
 use vm_capsule_core::settings::{knobs, Settings, TranslateSettings, Unfit};
 use vm_capsule_core::template::{Flavour, Template};
+use vm_capsule_execute::launcher::ad_file::read_ad_text;
 use vm_capsule_execute::policy::{self, Decision, MAX_AD_BYTES};
 use vm_capsule_submit::translate::{self, Binaries, CapsulePlan, TranslateError, TranslateRequest};
 
@@ -63,17 +64,9 @@ fn read_ad(reader: impl Read, what: &str) -> Result<ClassAd, String> {
 
 /// Open an ad file the starter wrote (never a FIFO or a link: the sandbox is the job's).
 fn read_ad_file(path: &Path, what: &str) -> Result<ClassAd, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(i32::try_from(flags.bits()).unwrap_or(0))
-        .open(path)
-        .map_err(|e| format!("cannot open {what} {}: {e}", path.display()))?;
-    match file.metadata() {
-        Ok(m) if m.is_file() => read_ad(file, &format!("{what} {}", path.display())),
-        _ => Err(format!("{what} {} is not a regular file", path.display())),
-    }
+    let text = read_ad_text(path).map_err(|e| format!("{what}: {e}"))?;
+    classad::parse_old_ad(&text)
+        .map_err(|e| format!("{what} {} is not a ClassAd: {e}", path.display()))
 }
 
 /// The slot ad the starter gave the job: `$_CONDOR_MACHINE_AD`, else `.machine.ad` here.

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
 use vm_capsule_core::environment::Environment;
+use vm_capsule_execute::launcher::ad_file::read_ad_text;
 use vm_capsule_execute::launcher::interrupt::Interruption;
 use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
@@ -153,8 +154,7 @@ fn run_here(
 
 /// Run the VM; exit 0 when the guest powered off by itself (or, with `--vanilla`, as the job).
 pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.routed_ad)
-        .with_context(|| format!("cannot read {}", args.routed_ad.display()))?;
+    let text = read_ad_text(&args.routed_ad).map_err(anyhow::Error::msg)?;
     let ads = classad::parse_ads(&text)
         .with_context(|| format!("{}: not a ClassAd", args.routed_ad.display()))?;
     let ad = ads
@@ -194,8 +194,7 @@ pub(crate) fn launch_vanilla(
         qemu: None,
         vanilla: true,
     };
-    let text = std::fs::read_to_string(routed_ad)
-        .with_context(|| format!("cannot read {}", routed_ad.display()))?;
+    let text = read_ad_text(routed_ad).map_err(anyhow::Error::msg)?;
     let ad = classad::parse_ads(&text)
         .with_context(|| format!("{}: not a ClassAd", routed_ad.display()))?
         .pop()

@@ -169,3 +169,49 @@ fn the_launcher_takes_only_plain_names_and_a_job_id_from_the_capsule_ad() {
     }
     assert_eq!(fs::read(&outside).unwrap(), b"NOT-FROM-THE-SANDBOX");
 }
+
+/// The capsule ad in the slot is the owner's file: a FIFO (which would hold the launcher
+/// forever in `open`), a link to a file elsewhere, or a huge file is refused at once with its
+/// name, and QEMU is never started. (Before: the FIFO hung the launcher, the link was read.)
+#[test]
+fn the_launcher_reads_the_capsule_ad_only_as_a_bounded_regular_file() {
+    let (pool, routed, _) = node_image_job("adfile", 2053);
+    let elsewhere = pool.root.path().join("elsewhere.ad");
+    type MakeAdFile<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, MakeAdFile); 3] = [
+        ("fifo", &|p: &Path| {
+            rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o600))
+                .unwrap();
+        }),
+        ("link", &|p: &Path| {
+            fs::copy(p.with_file_name("vm-capsule.ad.orig"), &elsewhere).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, p).unwrap();
+        }),
+        ("huge", &|p: &Path| {
+            let mut text = fs::read_to_string(p.with_file_name("vm-capsule.ad.orig")).unwrap();
+            text.push_str(&format!("Padding = \"{}\"\n", "x".repeat(5 << 20)));
+            fs::write(p, text).unwrap();
+        }),
+    ];
+    for (name, make) in cases {
+        let sandbox = slot(&pool, &routed, &format!("slot-{name}"), &|_| {});
+        let ad = sandbox.join("vm-capsule.ad");
+        fs::rename(&ad, sandbox.join("vm-capsule.ad.orig")).unwrap();
+        make(&ad);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (p, s) = (&pool, sandbox.clone());
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let _ = tx.send(launch(p, &s));
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+            if got.is_err() {
+                // Unblock a launcher stuck in open(2) on the FIFO so the test can end.
+                let _ = fs::OpenOptions::new().write(true).open(&ad);
+            }
+            let (err, log) = got.unwrap_or_else(|_| panic!("{name}: the launcher hung"));
+            assert!(err.contains("vm-capsule.ad"), "{name}: {err}");
+            assert!(log.is_empty(), "{name}: QEMU was started: {log}");
+        });
+    }
+}
