@@ -24,7 +24,6 @@ pub const NODE_RUN: &str = "node-run";
 /// `HookStatusCode` of a job the policy picks but cannot run in a VM: 1-299 holds the job
 /// (`HookPrepareJobClient::hookExited`), with `HookStatusMessage` as the hold reason.
 pub const UNFIT_STATUS: i64 = 100;
-pub use crate::launcher::ad_file::MAX_AD_BYTES;
 /// The vanilla universe's number.
 const VANILLA: i64 = 5;
 

@@ -21,14 +21,20 @@ pub fn read_ad_text(path: &Path) -> Result<String, String> {
         Ok(m) if m.is_file() => {}
         _ => return Err(format!("{} is not a regular file", path.display())),
     }
+    read_bounded(file, &path.display().to_string())
+}
+
+/// At most [`MAX_AD_BYTES`] of `reader` (`what` names it in the error): an ad file, or the ad a
+/// hook gets on stdin.
+pub fn read_bounded(reader: impl Read, what: &str) -> Result<String, String> {
     let mut text = String::new();
-    file.take(MAX_AD_BYTES + 1)
+    reader
+        .take(MAX_AD_BYTES + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {what}: {e}"))?;
     if text.len() as u64 > MAX_AD_BYTES {
         return Err(format!(
-            "{} is larger than {MAX_AD_BYTES} bytes: not an ad HTCondor wrote",
-            path.display()
+            "{what} is larger than {MAX_AD_BYTES} bytes: not an ad HTCondor wrote"
         ));
     }
     Ok(text)

@@ -18,8 +18,8 @@ use vm_capsule_core::job::JobSpec;
 use vm_capsule_core::routed;
 use vm_capsule_core::settings::{knobs, Settings, TranslateSettings, Unfit};
 use vm_capsule_core::template::{Flavour, Template};
-use vm_capsule_execute::launcher::ad_file::read_ad_text;
-use vm_capsule_execute::policy::{self, Decision, MAX_AD_BYTES};
+use vm_capsule_execute::launcher::ad_file::{read_ad_text, read_bounded};
+use vm_capsule_execute::policy::{self, Decision};
 use vm_capsule_submit::translate::{self, Binaries, CapsulePlan, TranslateError, TranslateRequest};
 
 /// `HookStatusCode` for trouble that is not the job's (the node's configuration, a passing
@@ -49,16 +49,9 @@ enum NotInVm {
     Node(String),
 }
 
-/// Read at most [`MAX_AD_BYTES`] of `reader` as one old-syntax ad.
+/// `reader`, bounded as an ad file is ([`read_bounded`]), as one old-syntax ad.
 fn read_ad(reader: impl Read, what: &str) -> Result<ClassAd, String> {
-    let mut text = String::new();
-    reader
-        .take(MAX_AD_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {what}: {e}"))?;
-    if text.len() as u64 > MAX_AD_BYTES {
-        return Err(format!("{what} is larger than {MAX_AD_BYTES} bytes"));
-    }
+    let text = read_bounded(reader, what)?;
     classad::parse_old_ad(&text).map_err(|e| format!("{what} is not a ClassAd: {e}"))
 }
 

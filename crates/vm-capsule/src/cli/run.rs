@@ -152,14 +152,18 @@ fn run_here(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The routed ad in `path` (its last ad), read as a bounded regular file.
+fn read_routed_ad(path: &Path) -> Result<classad::ClassAd> {
+    let text = read_ad_text(path).map_err(anyhow::Error::msg)?;
+    classad::parse_ads(&text)
+        .with_context(|| format!("{}: not a ClassAd", path.display()))?
+        .pop()
+        .with_context(|| format!("{}: no ad found", path.display()))
+}
+
 /// Run the VM; exit 0 when the guest powered off by itself (or, with `--vanilla`, as the job).
 pub fn run_cmd(args: &RunArgs, env: &Environment) -> Result<ExitCode> {
-    let text = read_ad_text(&args.routed_ad).map_err(anyhow::Error::msg)?;
-    let ads = classad::parse_ads(&text)
-        .with_context(|| format!("{}: not a ClassAd", args.routed_ad.display()))?;
-    let ad = ads
-        .last()
-        .with_context(|| format!("{}: no ad found", args.routed_ad.display()))?;
+    let ad = &read_routed_ad(&args.routed_ad)?;
     if args.as_owner {
         become_iwd_owner(ad, args)?;
     }
@@ -194,11 +198,7 @@ pub(crate) fn launch_vanilla(
         qemu: None,
         vanilla: true,
     };
-    let text = read_ad_text(routed_ad).map_err(anyhow::Error::msg)?;
-    let ad = classad::parse_ads(&text)
-        .with_context(|| format!("{}: not a ClassAd", routed_ad.display()))?
-        .pop()
-        .with_context(|| format!("{}: no ad found", routed_ad.display()))?;
+    let ad = read_routed_ad(routed_ad)?;
     let cwd = std::env::current_dir().context("no working directory")?;
     check_slot_sandbox(&ad, &cwd, routed_ad)?;
     run_with_settings(&args, env, &ad, Some(cwd), settings)
