@@ -60,6 +60,13 @@ pub const NODE_NETWORK_ATTR: &str = "VMCapsuleNetwork";
 pub const ATTR_VM_NETWORKING: &str = "JobVMNetworking";
 /// VM-universe attribute: which kind (`vm_networking_type`).
 pub const ATTR_VM_NETWORKING_TYPE: &str = "JobVMNetworkingType";
+/// The file a checkpointed job's launcher saves the whole VM into, in the sandbox (listed in
+/// the routed job's `TransferCheckpoint`).
+pub const CHECKPOINT_FILE: &str = "vm-capsule.checkpoint";
+/// Job and capsule ad attribute: checkpoint the whole VM (`+VMCapsuleCheckpoint = true`).
+pub const ATTR_CHECKPOINT: &str = "VMCapsuleCheckpoint";
+/// Job attribute the launcher sets: the QEMU version that made the last checkpoint.
+pub const ATTR_CHECKPOINT_QEMU: &str = "VMCapsuleCheckpointQemu";
 /// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
 /// (`VM_CAPSULE_BOOT_TIMEOUT`).
 pub const BOOT_MARGIN_SECS: u64 = 600;

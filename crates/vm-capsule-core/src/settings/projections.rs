@@ -132,6 +132,9 @@ pub struct RunSettings {
     pub network: bool,
     /// `VM_CAPSULE_PASST`: the NAT helper (`None`: `passt` on `PATH`).
     pub passt: Option<String>,
+    /// `VM_CAPSULE_CHECKPOINT_INTERVAL`: how often a checkpointed job's VM is saved (`None`:
+    /// only when it is evicted).
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -281,6 +284,9 @@ impl Settings {
             host_paths: self.host_paths()?,
             network: self.choice(&k::NETWORK)? == Some("nat"),
             passt: self.raw(&k::PASST).map(str::to_owned),
+            checkpoint_interval: Some(self.number_or_default(&k::CHECKPOINT_INTERVAL)?)
+                .filter(|secs: &u64| *secs > 0)
+                .map(std::time::Duration::from_secs),
         })
     }
 

@@ -165,6 +165,18 @@ impl Forwarder {
         }
         self.first.is_some_and(|t| t.elapsed() >= self.grace)
     }
+
+    /// Whether a soft-kill signal arrived and is not forwarded yet.
+    pub fn pending(&self) -> bool {
+        self.caught.iter().any(|(_, flag)| flag.load(Ordering::SeqCst))
+    }
+
+    /// Drop the signals that arrived: the launcher answered them itself (a checkpoint).
+    pub fn discard(&mut self) {
+        for (_, flag) in &self.caught {
+            flag.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 #[cfg(test)]

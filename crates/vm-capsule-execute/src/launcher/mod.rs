@@ -6,11 +6,13 @@
 //! exit status, so HTCondor's own file transfer and exit handling do the rest.
 
 pub mod ad_file;
+pub mod checkpoint;
 pub(crate) mod extract;
 pub mod interrupt;
 pub mod live;
 pub mod sandbox;
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -20,8 +22,10 @@ use classad::ClassAd;
 pub use extract::{finish_in_sandbox, CapsuleFiles, LauncherExit};
 
 use crate::runner::{
-    run_with, Attached, ControlChannel, RunError, RunOptions, VmSpec, CONSOLE_LOG,
+    run_with, Attached, ControlChannel, Machine, Monitor, RunError, RunOptions, VmSpec,
+    CONSOLE_LOG,
 };
+use checkpoint::{Policy, Session};
 use interrupt::{Forwarder, Interruption};
 use live::LiveOutput;
 use vm_capsule_core::capsule::is_plain_name;
@@ -127,15 +131,18 @@ pub struct Slot {
 /// and `err` (which must be this process's stdout and stderr: the job's output is also written
 /// to those as it runs); the launcher's own diagnostics go to `report`, one line each. The job's
 /// soft-kill signals (as `interruption` names them) are caught from here on and forwarded to
-/// the job in the guest.
+/// the job in the guest. With `checkpoints`, the whole VM is checkpointed as they say, and
+/// restored from the sandbox's checkpoint instead of booted (see [`checkpoint`]).
 ///
 /// # Errors
 /// [`SlotError`] when the routed ad describes no VM or no data disk: nothing was started.
+#[allow(clippy::too_many_arguments)]
 pub fn launch(
     ad: &ClassAd,
     opts: &RunOptions,
     slot: &Slot,
     interruption: &Interruption,
+    checkpoints: Option<&Policy>,
     out: &mut dyn Write,
     err: &mut dyn Write,
     report: &mut dyn FnMut(&str),
@@ -153,48 +160,95 @@ pub fn launch(
         .as_deref()
         .and_then(Path::parent)
         .map(|dir| dir.join(capsule_manifest::CAPSULE_INIT));
-    let resume = sandbox::Resume {
-        capsule_files: &files.all,
-        checkpoint_exit_code: interruption.checkpoint_exit_code,
+    let boot = Boot {
+        ad,
+        opts,
+        sandbox: &slot.sandbox,
+        node_agent: node_agent.as_deref(),
+        resume: sandbox::Resume {
+            capsule_files: &files.all,
+            checkpoint_exit_code: interruption.checkpoint_exit_code,
+        },
+        data_disk: &data_disk,
     };
     // The launcher's stdout and stderr are the job's: written as the job writes them.
     let mut live = LiveOutput::std_streams();
-    // The data disk is made here, from what HTCondor transferred (inputs and URLs included)
-    // and what the job left here before.
-    let booted = sandbox::make_data_disk_with(&slot.sandbox, ad, node_agent.as_deref(), resume)
-        .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))
-        .map(|_| {
-            if let Some(bytes) = disk_size(&slot.sandbox.join(&data_disk)) {
-                live.cap(bytes);
-            }
-        })
-        .and_then(|()| {
-            ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))
-        })
-        .and_then(|mut channel| {
-            let mut tick = |c: &mut ControlChannel| {
-                // The job's output as it comes; not read while a slow pipe holds some back.
-                if live.wants_more() {
-                    live.deliver(c.poll());
-                }
-                forwarder.tick(c)
-            };
-            let attached = Attached {
-                channel: &mut channel,
-                tick: &mut tick,
-            };
-            run_with(ad, opts, &mut |_| {}, Some(attached)).map_err(|e| e.to_string())
-        });
-    Ok(match booted {
-        Ok(_) => finish_in_sandbox(
+    let qemu_version = checkpoints.map(|_| crate::probe::qemu_version(&opts.qemu).unwrap_or_default());
+    let mut restore = true;
+    let booted = loop {
+        let Some(policy) = checkpoints else {
+            break boot.once(&mut live, &mut forwarder, None);
+        };
+        let session = RefCell::new(Session::new(
+            policy,
             &slot.sandbox,
-            slot.chirp_config.as_deref(),
-            &data_disk,
-            &files,
-            &mut live,
-            out,
-            err,
-        ),
+            qemu_version.clone().unwrap_or_default(),
+            restore,
+        ));
+        let attempt = boot.once(&mut live, &mut forwarder, Some(&session));
+        let mut session = session.into_inner();
+        for note in session.take_notes() {
+            report(&note);
+        }
+        let failed = match (&attempt, session.restore_failure()) {
+            (_, Some(why)) => Some(why.to_owned()),
+            (Err(why), None) if session.restoring() => Some(why.clone()),
+            _ => None,
+        };
+        if let Some(why) = failed {
+            // The fresh start's streams replace what the checkpoint's runs wrote.
+            if let Some((stdout, stderr)) = session.restored_streams() {
+                live.resume(stdout, stderr);
+            }
+            let why = why.strip_prefix("the checkpoint cannot be restored: ").unwrap_or(&why);
+            report(&format!(
+                "the VM checkpoint was not restored ({why}); the job starts again from the beginning"
+            ));
+            checkpoint::publish(&slot.sandbox, slot.chirp_config.as_deref(), checkpoint::ATTR_FALLBACK, why);
+            let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
+            restore = false;
+            continue;
+        }
+        if session.saved() {
+            match session.complete(live.delivered()) {
+                Ok(_) => {
+                    let version = qemu_version.clone().unwrap_or_default();
+                    checkpoint::publish(&slot.sandbox, slot.chirp_config.as_deref(), checkpoint::ATTR_QEMU, &version);
+                    for name in files.made.iter().filter(|n| *n != checkpoint::CHECKPOINT_FILE) {
+                        let _ = std::fs::remove_file(slot.sandbox.join(name));
+                    }
+                    return Ok(LauncherExit::Code(policy.exit_code));
+                }
+                Err(why) => {
+                    // The guest is gone: go on from the last checkpoint there is, if any.
+                    report(&format!("the VM checkpoint could not be written: {why}"));
+                    continue;
+                }
+            }
+        }
+        break attempt;
+    };
+    Ok(match booted {
+        Ok(()) => {
+            let exit = finish_in_sandbox(
+                &slot.sandbox,
+                slot.chirp_config.as_deref(),
+                &data_disk,
+                &files,
+                &mut live,
+                out,
+                err,
+            );
+            // The job ended or checkpointed by itself: a VM checkpoint is stale now.
+            checkpoint::Session::forget(&slot.sandbox);
+            if !matches!(
+                (&exit, files.checkpoint_exit_code),
+                (LauncherExit::Code(code), Some(want)) if *code == want
+            ) {
+                let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
+            }
+            exit
+        }
         Err(why) => {
             if let Ok(console) = std::fs::read_to_string(slot.sandbox.join(CONSOLE_LOG)) {
                 let tail: Vec<&str> = console.lines().rev().take(CONSOLE_TAIL_LINES).collect();
@@ -220,6 +274,78 @@ pub fn launch(
             LauncherExit::Failed(why)
         }
     })
+}
+
+/// What one start of the guest needs.
+struct Boot<'a> {
+    ad: &'a ClassAd,
+    opts: &'a RunOptions,
+    sandbox: &'a Path,
+    node_agent: Option<&'a Path>,
+    resume: sandbox::Resume<'a>,
+    data_disk: &'a str,
+}
+
+impl Boot<'_> {
+    /// Make the data disk and run the guest once (restoring it when `session` has a
+    /// checkpoint for it); the job's output is written live meanwhile and its signals
+    /// forwarded (or answered by a checkpoint).
+    fn once(
+        &self,
+        live: &mut LiveOutput,
+        forwarder: &mut Forwarder,
+        session: Option<&RefCell<Session<'_>>>,
+    ) -> Result<(), String> {
+        // The data disk is made here, from what HTCondor transferred (inputs and URLs
+        // included) and what the job left here before.
+        sandbox::make_data_disk_with(self.sandbox, self.ad, self.node_agent, self.resume)
+            .map_err(|e| format!("cannot make the data disk in the sandbox: {e}"))?;
+        if let Some(bytes) = disk_size(&self.sandbox.join(self.data_disk)) {
+            live.cap(bytes);
+        }
+        let mut channel =
+            ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))?;
+        let mut monitor = match session {
+            Some(_) => Some(Monitor::new().map_err(|e| format!("cannot make QEMU's monitor: {e}"))?),
+            None => None,
+        };
+        let mut resumed = false;
+        let mut tick = |c: &mut ControlChannel, m: Option<&mut Monitor>| {
+            if let (Some(s), false) = (session, resumed) {
+                // A restored guest's output goes on where its checkpoint's left off.
+                if let Some((stdout, stderr)) = s.borrow().restored_streams() {
+                    live.resume(stdout, stderr);
+                }
+                resumed = true;
+            }
+            // The job's output as it comes; not read while a slow pipe holds some back.
+            if live.wants_more() {
+                live.deliver(c.poll());
+            }
+            if let (Some(s), Some(m)) = (session, m) {
+                let mut took_signal = false;
+                let pending = forwarder.pending();
+                if s.borrow_mut().tick(m, c, live, pending, &mut took_signal) {
+                    if took_signal {
+                        forwarder.discard();
+                    }
+                    return true;
+                }
+            }
+            forwarder.tick(c)
+        };
+        let mut before_start =
+            |machine: &Machine<'_>| session.map_or(Ok(None), |s| s.borrow_mut().before_start(machine));
+        let attached = Attached {
+            channel: &mut channel,
+            monitor: monitor.as_mut(),
+            tick: &mut tick,
+            restore: Some(&mut before_start),
+        };
+        run_with(self.ad, self.opts, &mut |_| {}, Some(attached))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The data disk's size: what no stream the guest returns can exceed.
@@ -250,7 +376,12 @@ fn capsule_files(
             files.extend(exe.file_name().map(|n| n.to_string_lossy().into_owned()));
         }
     }
-    let mut made = vec![data_disk.to_owned(), CONSOLE_LOG.to_owned()];
+    files.push(checkpoint::CHECKPOINT_FILE.to_owned());
+    let mut made = vec![
+        data_disk.to_owned(),
+        CONSOLE_LOG.to_owned(),
+        checkpoint::PARTIAL_FILE.to_owned(),
+    ];
     made.extend(
         vm_capsule_core::node_image::from_routed_ad(ad)?
             .into_iter()

@@ -11,6 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,14 @@ use classad::ClassAd;
 use thiserror::Error;
 
 mod control;
+mod monitor;
 mod pvh;
 mod qemu;
 mod spec;
 mod wait;
 
 pub use control::ControlChannel;
+pub use monitor::{Monitor, MonitorError};
 pub use pvh::{uncompressed_kernel, PvhKernel};
 pub use qemu::{qemu_command, Hardening, QEMU};
 pub use spec::{Drive, VmSpec};
@@ -192,6 +195,9 @@ pub enum RunError {
     /// An OS disk staged on this node is missing or is not the job's.
     #[error(transparent)]
     NodeImage(#[from] vm_capsule_core::node_image::NodeImageError),
+    /// A checkpoint was not restored: nothing was started.
+    #[error("the checkpoint cannot be restored: {0}")]
+    Restore(String),
     /// The guest kernel panicked, or QEMU failed.
     #[error("the VM crashed ({why}); console log: {console}")]
     Crashed {
@@ -372,8 +378,43 @@ fn check_ended(
 pub struct Attached<'a> {
     /// The channel; QEMU gets its guest end.
     pub channel: &'a mut ControlChannel,
+    /// QEMU's monitor, when the caller drives QEMU itself (checkpoints); QEMU gets its end.
+    pub monitor: Option<&'a mut Monitor>,
     /// Called every few ms while QEMU runs; true: stop the guest (QEMU quits).
-    pub tick: &'a mut dyn FnMut(&mut ControlChannel) -> bool,
+    pub tick: &'a mut dyn FnMut(&mut ControlChannel, Option<&mut Monitor>) -> bool,
+    /// Called once the machine is known, right before QEMU starts: a migration stream for
+    /// QEMU to load instead of booting (`None`: boot), or why this start must not go on
+    /// ([`RunError::Restore`]).
+    pub restore: Option<&'a mut dyn FnMut(&Machine<'_>) -> Result<Option<OwnedFd>, String>>,
+}
+
+/// A disk the guest writes: saved with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritableDisk {
+    /// Its file name in the sandbox.
+    pub file: String,
+    /// Its container format (`raw`, `qcow2`, `vmdk`).
+    pub format: String,
+    /// The node image it overlays, the only file it may name.
+    pub base: Option<PathBuf>,
+}
+
+/// The machine about to start, as a checkpoint must match it.
+#[derive(Debug)]
+pub struct Machine<'a> {
+    /// What identifies it (hex SHA-256 of QEMU's arguments, the sandbox's path left out,
+    /// and of the files it boots from).
+    pub identity: String,
+    /// The directory it runs in.
+    pub sandbox: &'a Path,
+    /// Its writable disks.
+    pub writable: Vec<WritableDisk>,
+    /// The guest's memory, MiB.
+    pub memory_mib: u64,
+    /// Whether host paths are shared (QEMU cannot save a guest that mounted them).
+    pub shares_host_paths: bool,
+    /// Whether a disk's writes go to QEMU's own temporary snapshot (not saved with the VM).
+    pub snapshot_disks: bool,
 }
 
 /// Run the VM of `ad`.
@@ -462,13 +503,44 @@ pub fn run_with(
         .as_deref()
         .map(|passt| attach_network(passt, &mut cmd))
         .transpose()?;
+    let mut incoming: Option<OwnedFd> = None;
     if let Some(a) = attached.as_mut() {
-        cmd.args(ControlChannel::qemu_args(a.channel.inherit().map_err(
-            |source| RunError::Io {
-                what: "cannot hand QEMU the control channel".to_owned(),
-                source,
-            },
-        )?));
+        if let Some(restore) = a.restore.as_mut() {
+            let machine = Machine {
+                identity: identity(
+                    &qemu_command(qemu, &spec, &sandbox, &console, accel, hardening),
+                    &[pvh.is_some(), opts.network.is_some()],
+                    &sandbox,
+                    &spec,
+                    &overlays,
+                    ad,
+                ),
+                sandbox: &sandbox,
+                writable: writable_disks(&spec, ad)?,
+                memory_mib: spec.memory_mib,
+                shares_host_paths: !shares.host_paths.is_empty(),
+                snapshot_disks: spec.drives.iter().any(|d| d.snapshot),
+            };
+            incoming = restore(&machine).map_err(RunError::Restore)?;
+        }
+        let hand_over = |what: &str| {
+            let what = format!("cannot hand QEMU the {what}");
+            move |source| RunError::Io { what, source }
+        };
+        cmd.args(ControlChannel::qemu_args(
+            a.channel.inherit().map_err(hand_over("control channel"))?,
+        ));
+        if let Some(monitor) = a.monitor.as_mut() {
+            cmd.args(Monitor::qemu_args(
+                monitor.inherit().map_err(hand_over("monitor"))?,
+            ));
+        }
+        if let Some(stream) = &incoming {
+            rustix::io::fcntl_setfd(stream, rustix::io::FdFlags::empty())
+                .map_err(|e| hand_over("checkpoint")(e.into()))?;
+            cmd.arg("-incoming")
+                .arg(format!("fd:{}", stream.as_raw_fd()));
+        }
     }
     progress(&boot_line(&spec, accel, pvh.is_some()));
     // A console left by an earlier run would look like this guest's output.
@@ -485,7 +557,12 @@ pub fn run_with(
         })?;
     if let Some(a) = attached.as_mut() {
         a.channel.started();
+        if let Some(monitor) = a.monitor.as_mut() {
+            monitor.started();
+        }
     }
+    // QEMU has its copy of the stream's read end.
+    drop(incoming);
     if let Some(p) = passt.as_mut() {
         p.started();
     }
@@ -503,7 +580,11 @@ pub fn run_with(
         }
         cancelled() || firmware_gave_up(&console)
     };
-    let mut tick = || attached.as_mut().is_some_and(|a| (a.tick)(a.channel));
+    let mut tick = || {
+        attached
+            .as_mut()
+            .is_some_and(|a| (a.tick)(a.channel, a.monitor.as_deref_mut()))
+    };
     let waited = wait::wait(&mut child, opts.timeout, progress, &gave_up, &mut tick);
     let waited = waited.map_err(|source| RunError::Io {
         what: "waiting for QEMU".to_owned(),
@@ -524,6 +605,77 @@ pub fn run_with(
         elapsed,
         returned,
     })
+}
+
+/// What identifies the machine `cmd` starts in `sandbox` (see [`Machine::identity`]): QEMU's
+/// arguments for the spec and `flags` (a PVH boot, a network), with the sandbox's path left out (another node's differs), the files it
+/// boots from by size and, when small, content, and the node images by their recorded sums.
+fn identity(
+    cmd: &std::process::Command,
+    flags: &[bool],
+    sandbox: &Path,
+    spec: &VmSpec,
+    overlays: &[String],
+    ad: &ClassAd,
+) -> String {
+    use sha2::{Digest, Sha256};
+    /// Files up to this size are hashed; larger ones (OS disks) are known by their size.
+    const HASHED: u64 = 64 << 20;
+    let mut h = Sha256::new();
+    let place = sandbox.display().to_string();
+    h.update(cmd.get_program().as_encoded_bytes());
+    h.update(flags.iter().map(|f| u8::from(*f)).collect::<Vec<u8>>());
+    for arg in cmd.get_args() {
+        h.update([0]);
+        h.update(arg.to_string_lossy().replace(&place, "@").as_bytes());
+    }
+    let mut files: Vec<&str> = spec
+        .drives
+        .iter()
+        .filter(|d| !d.writable && !overlays.contains(&d.file))
+        .map(|d| d.file.as_str())
+        .collect();
+    if let Some(boot) = &spec.boot {
+        files.push(&boot.kernel);
+        files.extend(boot.initrd.as_deref());
+    }
+    for name in files {
+        h.update([1]);
+        h.update(name.as_bytes());
+        let path = sandbox.join(name);
+        let len = fs::metadata(&path).map_or(0, |m| m.len());
+        h.update(len.to_le_bytes());
+        if len <= HASHED {
+            if let Ok(bytes) = fs::read(&path) {
+                h.update(Sha256::digest(&bytes));
+            }
+        }
+    }
+    if let Ok(bases) = vm_capsule_core::node_image::from_routed_ad(ad) {
+        for b in bases {
+            h.update([2]);
+            h.update(b.sha256.as_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The writable disks, each with the node image it overlays (if any).
+fn writable_disks(spec: &VmSpec, ad: &ClassAd) -> Result<Vec<WritableDisk>, RunError> {
+    let bases = vm_capsule_core::node_image::from_routed_ad(ad)?;
+    Ok(spec
+        .drives
+        .iter()
+        .filter(|d| d.writable || bases.iter().any(|b| b.overlay == d.file))
+        .map(|d| WritableDisk {
+            file: d.file.clone(),
+            format: d.format.clone(),
+            base: bases
+                .iter()
+                .find(|b| b.overlay == d.file)
+                .map(|b| b.path.clone()),
+        })
+        .collect())
 }
 
 /// Start `passt` and give QEMU (`cmd`) a NIC behind it.

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use vm_capsule_core::environment::Environment;
 use vm_capsule_execute::launcher::ad_file::read_ad_text;
 use vm_capsule_execute::launcher::interrupt::Interruption;
-use vm_capsule_execute::launcher::{check_slot_sandbox, launch, LauncherExit, Slot};
+use vm_capsule_execute::launcher::{check_slot_sandbox, checkpoint, launch, LauncherExit, Slot};
 use vm_capsule_execute::runner::{run, Accel, RunOptions};
 
 /// `--timeout` when none is given (outside the vanilla flavour).
@@ -266,7 +266,7 @@ fn run_with_settings(
     let Some(slot) = workdir else {
         return run_here(ad, &opts, sandbox.as_deref(), args.keep);
     };
-    launch_here(args, env, ad, &opts, &slot)
+    launch_here(args, env, ad, &opts, &slot, settings.checkpoint_interval)
 }
 
 /// The vanilla flavour's launcher: quiet on success (our stdout and stderr are the job's);
@@ -277,6 +277,7 @@ fn launch_here(
     ad: &classad::ClassAd,
     opts: &RunOptions,
     sandbox: &Path,
+    checkpoint_interval: Option<Duration>,
 ) -> Result<ExitCode> {
     let slot = Slot {
         sandbox: sandbox.to_owned(),
@@ -289,11 +290,31 @@ fn launch_here(
         env.job_ad.as_deref().map(Path::new),
         env.machine_ad.as_deref().map(Path::new),
     );
+    // A job routed with VM checkpoints: how the starter's ad makes it self-checkpointing.
+    let job_ad = env
+        .job_ad
+        .as_deref()
+        .and_then(|p| read_ad_text(Path::new(p)).ok())
+        .and_then(|text| classad::parse_ads(&text).ok()?.pop());
+    let checkpoints = match checkpoint::Policy::from_ads(
+        ad,
+        job_ad.as_ref(),
+        checkpoint_interval,
+        interruption.checkpoint_exit_code,
+        interruption.vacate,
+    ) {
+        Ok(policy) => policy,
+        Err(why) => {
+            eprintln!("vm-capsule launcher: {why}");
+            None
+        }
+    };
     let exit = launch(
         ad,
         opts,
         &slot,
         &interruption,
+        checkpoints.as_ref(),
         &mut std::io::stdout().lock(),
         &mut std::io::stderr().lock(),
         &mut |line| eprintln!("vm-capsule launcher: {line}"),

@@ -20,6 +20,7 @@ mod hooks;
 mod host_paths;
 mod hostile;
 mod inputs;
+mod checkpoint;
 mod interrupt;
 mod layout;
 mod libvirt;

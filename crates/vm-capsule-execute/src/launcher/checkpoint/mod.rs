@@ -1,0 +1,606 @@
+//! Whole-VM checkpoints: a job routed with `VMCapsuleCheckpoint = true` is made
+//! self-checkpointing (its routed ad carries `SuccessCheckpointExitCode`,
+//! `WantFTOnCheckpoint` and `TransferCheckpoint` naming [`CHECKPOINT_FILE`]), and the launcher
+//! does the checkpointing for it: every `VM_CAPSULE_CHECKPOINT_INTERVAL`, and when the job is
+//! evicted if its vacate time allows and HTCondor will take the file along, it stops the
+//! guest, has QEMU migrate it into a pipe (an fd passed over QMP: no path, works under
+//! `-sandbox on`), compresses the stream and the written disks into the checkpoint file, and
+//! exits with the checkpoint code. HTCondor spools the file and starts the launcher again, in
+//! this sandbox or after an eviction in another; that start finds the file, checks that it was
+//! made by the same QEMU for the same machine, and has QEMU load it instead of booting. A
+//! checkpoint that cannot be restored is said on stderr and in the job's ad
+//! (`VMCapsuleCheckpointFallback`), and the job starts afresh: never a wrong result.
+
+pub mod file;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use classad::eval::{evaluate_attr, string_attr};
+use classad::{ClassAd, Value};
+use serde_json::{json, Value as Json};
+
+use crate::runner::{ControlChannel, Machine, Monitor, WritableDisk};
+use file::{Checkpoint, SparseFile, Trailer, Writer, MEMORY};
+
+use super::live::LiveOutput;
+
+/// The checkpoint's file in the sandbox.
+pub const CHECKPOINT_FILE: &str = vm_capsule_core::routed::CHECKPOINT_FILE;
+/// Its name while it is written.
+pub const PARTIAL_FILE: &str = "vm-capsule.checkpoint.partial";
+/// The capsule ad's attribute asking for checkpoints.
+pub const ATTR: &str = vm_capsule_core::routed::ATTR_CHECKPOINT;
+/// The job attribute naming the QEMU that made the job's last checkpoint: the routed job
+/// then matches only nodes advertising the same `VMCapsuleQemuVersion`.
+pub const ATTR_QEMU: &str = vm_capsule_core::routed::ATTR_CHECKPOINT_QEMU;
+/// The job attribute saying why the last checkpoint was not restored.
+pub const ATTR_FALLBACK: &str = "VMCapsuleCheckpointFallback";
+
+/// How long one QMP command may take.
+const COMMAND: Duration = Duration::from_secs(10);
+/// How often a restore's progress is asked.
+const POLL: Duration = Duration::from_millis(100);
+/// Slack on top of the guest's memory for the migration stream (device state, page headers).
+const STREAM_SLACK: u64 = 64 << 20;
+/// Saving is assumed no faster than this (TCG, compression, a slow disk), bytes per second,
+/// when judging whether it fits in the vacate time.
+const SAVE_RATE: u64 = 40 << 20;
+
+/// When this job is checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Every this long (none: only when evicted).
+    pub interval: Option<Duration>,
+    /// The exit code that tells HTCondor a checkpoint is ready.
+    pub exit_code: u8,
+    /// Checkpoint on a soft kill too: HTCondor transfers the file when the job is evicted
+    /// (`ON_EXIT_OR_EVICT` without an output list).
+    pub on_evict: bool,
+    /// The vacate time the starter gives.
+    pub vacate: Duration,
+}
+
+impl Policy {
+    /// The policy `capsule` (the capsule ad) asks for, given the starter's `job` ad, the
+    /// node's `interval` and the job's `checkpoint_exit_code` as the starter's ad says it:
+    /// `Ok(None)` when the job did not ask; `Err` saying why a job that asked cannot be
+    /// checkpointed here.
+    ///
+    /// # Errors
+    /// The job asked but the starter's ad does not make it self-checkpointing.
+    pub fn from_ads(
+        capsule: &ClassAd,
+        job: Option<&ClassAd>,
+        interval: Option<Duration>,
+        checkpoint_exit_code: Option<u8>,
+        vacate: Duration,
+    ) -> Result<Option<Policy>, String> {
+        if evaluate_attr(capsule, ATTR) != Value::Bool(true) {
+            return Ok(None);
+        }
+        let Some(exit_code) = checkpoint_exit_code else {
+            return Err(format!(
+                "{ATTR} is set but the starter's job ad has no SuccessCheckpointExitCode with WantFTOnCheckpoint (was the job routed by this release's translate hook?): the job runs without checkpoints"
+            ));
+        };
+        let on_evict = job.is_some_and(|job| {
+            string_attr(job, "WhenToTransferOutput")
+                .is_some_and(|w| w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT"))
+                && !job.contains("TransferOutput")
+        });
+        Ok(Some(Policy {
+            interval,
+            exit_code,
+            on_evict,
+            vacate,
+        }))
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug)]
+enum State {
+    /// Booting, or running after a boot or a restore.
+    Running,
+    /// QEMU is loading a checkpoint; the thread feeding it says how that went.
+    Restoring {
+        feeder: Option<JoinHandle<Result<(), String>>>,
+        since: Instant,
+        last_poll: Instant,
+    },
+    /// A restore failed: the run is stopped and must start afresh.
+    RestoreFailed(String),
+    /// The guest's memory is saved and QEMU told to quit: the disks are added once it has.
+    Saved(Box<Writer>),
+}
+
+/// One run's checkpointing: restores before QEMU starts, saves while it runs.
+#[derive(Debug)]
+pub struct Session<'a> {
+    policy: &'a Policy,
+    sandbox: PathBuf,
+    qemu_version: String,
+    /// Restore when the file is there (off after a failed restore).
+    restore: bool,
+    /// The machine as the runner described it.
+    machine: Option<(String, Vec<WritableDisk>, u64)>,
+    /// Why this run cannot be saved (host paths mounted, QEMU snapshot disks, a failed save).
+    unsaveable: Option<String>,
+    state: State,
+    /// Since the guest started running here (a restore's load not counted).
+    running_since: Instant,
+    /// The live output counts of the checkpoint restored, to carry on from.
+    restored_streams: Option<(u64, u64)>,
+    /// Lines for the launcher's stderr.
+    notes: Vec<String>,
+    /// When the restore began, and how long the load took once it has.
+    restore_began: Instant,
+    restored_ms: Option<u64>,
+    /// When the guest was stopped to be saved.
+    save_began: Instant,
+}
+
+impl<'a> Session<'a> {
+    /// A session in `sandbox` with QEMU `qemu_version`; `restore`: load the checkpoint
+    /// there if there is one.
+    pub fn new(policy: &'a Policy, sandbox: &Path, qemu_version: String, restore: bool) -> Self {
+        Session {
+            policy,
+            sandbox: sandbox.to_owned(),
+            qemu_version,
+            restore,
+            machine: None,
+            unsaveable: None,
+            state: State::Running,
+            running_since: Instant::now(),
+            restored_streams: None,
+            notes: Vec::new(),
+            restore_began: Instant::now(),
+            restored_ms: None,
+            save_began: Instant::now(),
+        }
+    }
+
+    /// Whether a checkpoint to restore is in the sandbox (an empty file is none: what a
+    /// job's own checkpoint exit leaves, see [`Session::forget`]).
+    pub fn has_checkpoint(sandbox: &Path) -> bool {
+        std::fs::symlink_metadata(sandbox.join(CHECKPOINT_FILE))
+            .is_ok_and(|m| m.is_file() && m.len() > 0)
+    }
+
+    /// The runner's hook before QEMU starts: remember the machine and, when there is a
+    /// checkpoint for it, restore its disks and hand QEMU its memory stream.
+    ///
+    /// # Errors
+    /// Why the checkpoint cannot be restored on this machine.
+    pub fn before_start(&mut self, machine: &Machine<'_>) -> Result<Option<OwnedFd>, String> {
+        self.machine = Some((
+            machine.identity.clone(),
+            machine.writable.clone(),
+            machine.memory_mib,
+        ));
+        if machine.shares_host_paths {
+            self.unsaveable = Some("QEMU cannot save a guest that mounted host paths (VM_CAPSULE_HOST_PATHS)".into());
+        } else if machine.snapshot_disks {
+            self.unsaveable =
+                Some("a disk of this template is a QEMU snapshot, which is not saved".into());
+        }
+        self.running_since = Instant::now();
+        self.restore_began = Instant::now();
+        if !self.restore || !Self::has_checkpoint(&self.sandbox) {
+            return Ok(None);
+        }
+        let stream = self.restore_from(machine).inspect_err(|why| {
+            self.state = State::RestoreFailed(why.clone());
+        })?;
+        self.state = State::Restoring {
+            feeder: Some(stream.1),
+            since: Instant::now(),
+            last_poll: Instant::now(),
+        };
+        Ok(Some(stream.0))
+    }
+
+    /// Check the checkpoint against `machine`, put its disks in place and start feeding its
+    /// memory stream into a pipe whose read end is returned.
+    fn restore_from(
+        &mut self,
+        machine: &Machine<'_>,
+    ) -> Result<(OwnedFd, JoinHandle<Result<(), String>>), String> {
+        let memory = machine.memory_mib << 20;
+        let mut disk_bounds = Vec::new();
+        for disk in &machine.writable {
+            // The disk made for this start bounds the one restored over it.
+            let size = capsule_disk::Image::open(
+                &self.sandbox.join(&disk.file),
+                capsule_disk::Access::ReadOnly,
+            )
+            .map(|i| i.virtual_size())
+            .map_err(|e| format!("{}: {e}", disk.file))?;
+            disk_bounds.push(size + size / 8 + STREAM_SLACK);
+        }
+        let max_file = disk_bounds.iter().fold(memory + STREAM_SLACK, |a, b| a + b);
+        let checkpoint = Checkpoint::open(&self.sandbox.join(CHECKPOINT_FILE), max_file)
+            .map_err(|e| e.to_string())?;
+        let t = &checkpoint.trailer;
+        // Known even when it is not restored: a fresh start's streams replace its run's.
+        self.restored_streams = Some((t.stdout, t.stderr));
+        if t.qemu != self.qemu_version {
+            return Err(format!(
+                "it was made by QEMU {}, this node has QEMU {}",
+                t.qemu, self.qemu_version
+            ));
+        }
+        if t.machine != machine.identity {
+            return Err("it was made for another machine (template, kernel, memory, CPUs, devices or QEMU options differ)".into());
+        }
+        for (disk, bound) in machine.writable.iter().zip(disk_bounds) {
+            restore_disk(&checkpoint, &self.sandbox, disk, bound)?;
+        }
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let feeder = std::thread::spawn(move || {
+            let mut write = std::fs::File::from(write);
+            checkpoint
+                .extract(MEMORY, memory + STREAM_SLACK, &mut write)
+                .map_err(|e| e.to_string())
+        });
+        Ok((read, feeder))
+    }
+
+    /// The stdout and stderr byte counts the restored checkpoint had written, if one was.
+    pub fn restored_streams(&self) -> Option<(u64, u64)> {
+        self.restored_streams
+    }
+
+    /// Why the restore failed, when it did.
+    pub fn restore_failure(&self) -> Option<&str> {
+        match &self.state {
+            State::RestoreFailed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Whether QEMU was still loading a checkpoint (a QEMU that then ended did not load it).
+    pub fn restoring(&self) -> bool {
+        matches!(self.state, State::Restoring { .. })
+    }
+
+    /// Called at every turn of the runner's wait, with a soft kill `pending` (not yet
+    /// forwarded): true to stop QEMU (a checkpoint's memory is saved, or a restore failed).
+    /// A soft kill that was turned into a checkpoint sets `*took_signal`.
+    pub fn tick(
+        &mut self,
+        monitor: &mut Monitor,
+        channel: &mut ControlChannel,
+        live: &mut LiveOutput,
+        pending: bool,
+        took_signal: &mut bool,
+    ) -> bool {
+        let deadline = self.restore_deadline();
+        match &mut self.state {
+            State::Restoring {
+                feeder,
+                since,
+                last_poll,
+            } => {
+                if last_poll.elapsed() < POLL {
+                    return false;
+                }
+                *last_poll = Instant::now();
+                let status = monitor
+                    .execute("query-status", Json::Null, COMMAND)
+                    .ok()
+                    .and_then(|s| s.get("status").and_then(Json::as_str).map(str::to_owned));
+                match status.as_deref() {
+                    Some("inmigrate") if since.elapsed() < deadline => false,
+                    Some("inmigrate") => {
+                        self.state = State::RestoreFailed(format!(
+                            "QEMU did not load it within {} s",
+                            deadline.as_secs()
+                        ));
+                        true
+                    }
+                    Some(_) => {
+                        let fed = feeder
+                            .take()
+                            .map_or(Ok(()), |f| f.join().unwrap_or(Err("feeder panicked".into())));
+                        let cont = fed.and_then(|()| {
+                            monitor
+                                .execute("cont", Json::Null, COMMAND)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        });
+                        match cont {
+                            Ok(()) => {
+                                self.state = State::Running;
+                                self.running_since = Instant::now();
+                                self.restored_ms = Some(millis(self.restore_began.elapsed()));
+                                false
+                            }
+                            Err(why) => {
+                                self.state = State::RestoreFailed(why);
+                                true
+                            }
+                        }
+                    }
+                    None => false,
+                }
+            }
+            State::Running if self.unsaveable.is_none() => {
+                let evict = pending && self.policy.on_evict && self.fits_vacate_time();
+                let due = self
+                    .policy
+                    .interval
+                    .is_some_and(|i| self.running_since.elapsed() >= i);
+                if !(evict || due) {
+                    return false;
+                }
+                match self.save(monitor, channel, live) {
+                    Ok(writer) => {
+                        self.state = State::Saved(Box::new(writer));
+                        *took_signal = evict;
+                        let _ = monitor.execute("quit", Json::Null, COMMAND);
+                        true
+                    }
+                    Err(why) => {
+                        self.notes.push(format!(
+                            "the VM could not be checkpointed ({why}); it runs on without checkpoints"
+                        ));
+                        self.unsaveable = Some(why);
+                        let _ = monitor.execute("cont", Json::Null, COMMAND);
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn restore_deadline(&self) -> Duration {
+        let memory = self.machine.as_ref().map_or(0, |m| m.2 << 20);
+        Duration::from_secs(60 + memory / SAVE_RATE)
+    }
+
+    /// Whether saving the guest (its memory and disks, at [`SAVE_RATE`]) fits well within
+    /// the vacate time.
+    fn fits_vacate_time(&self) -> bool {
+        let Some((_, disks, memory_mib)) = &self.machine else {
+            return false;
+        };
+        let disk_bytes: u64 = disks
+            .iter()
+            .filter_map(|d| std::fs::metadata(self.sandbox.join(&d.file)).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            })
+            .sum();
+        let secs = 5 + ((memory_mib << 20) + disk_bytes) / SAVE_RATE;
+        Duration::from_secs(secs * 2) < self.policy.vacate
+    }
+
+    /// Stop the guest and save its memory into a new checkpoint file.
+    fn save(
+        &mut self,
+        monitor: &mut Monitor,
+        channel: &mut ControlChannel,
+        live: &mut LiveOutput,
+    ) -> Result<Writer, String> {
+        let refused = |e: crate::runner::MonitorError| e.to_string();
+        self.save_began = Instant::now();
+        monitor.execute("stop", Json::Null, COMMAND).map_err(refused)?;
+        // What the guest sent before it stopped is written out: the checkpoint counts it.
+        for _ in 0..1000 {
+            let messages = channel.poll();
+            if messages.is_empty() && live.wants_more() {
+                break;
+            }
+            live.deliver(messages);
+        }
+        // Migration is throttled to 32 MiB/s by default: a stopped guest is saved at once.
+        monitor
+            .execute(
+                "migrate-set-parameters",
+                json!({"max-bandwidth": 1_u64 << 40}),
+                COMMAND,
+            )
+            .map_err(refused)?;
+        let mut writer = Writer::create(&self.sandbox.join(CHECKPOINT_FILE))
+            .map_err(|e| e.to_string())?;
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("cannot make a pipe: {e}"))?;
+        monitor
+            .execute_passing(
+                "getfd",
+                json!({"fdname": "vmcapsule-checkpoint"}),
+                Some(write.as_fd()),
+                COMMAND,
+            )
+            .map_err(refused)?;
+        drop(write);
+        let reader = std::thread::spawn(move || {
+            let mut read = std::fs::File::from(read);
+            writer
+                .section(MEMORY, &mut read)
+                .map(|()| writer)
+                .map_err(|e| e.to_string())
+        });
+        let migrated = monitor
+            .execute("migrate", json!({"uri": "fd:vmcapsule-checkpoint"}), COMMAND)
+            .map_err(refused)
+            .and_then(|_| self.wait_for_migration(monitor));
+        if let Err(why) = migrated {
+            let _ = monitor.execute("migrate_cancel", Json::Null, COMMAND);
+            // QEMU closes its end once the migration is over either way.
+            let _ = reader.join();
+            return Err(why);
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err("the checkpoint writer panicked".into()))
+    }
+
+    fn wait_for_migration(&self, monitor: &mut Monitor) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = self.restore_deadline();
+        loop {
+            let answer = monitor
+                .execute("query-migrate", Json::Null, COMMAND)
+                .map_err(|e| e.to_string())?;
+            match answer.get("status").and_then(Json::as_str) {
+                Some("completed") => return Ok(()),
+                Some(s @ ("failed" | "cancelled")) => {
+                    let why = answer
+                        .get("error-desc")
+                        .and_then(Json::as_str)
+                        .unwrap_or(s)
+                        .chars()
+                        .take(300)
+                        .collect::<String>();
+                    return Err(format!("QEMU's migration {s}: {why}"));
+                }
+                _ if started.elapsed() > deadline => {
+                    return Err(format!(
+                        "QEMU did not save the guest within {} s",
+                        deadline.as_secs()
+                    ))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Once QEMU has quit after a save: add the disks and put the file in place. `streams`:
+    /// the stdout and stderr bytes written live so far.
+    ///
+    /// # Errors
+    /// Why the checkpoint could not be completed (nothing is left in its place then).
+    pub fn complete(&mut self, streams: (u64, u64)) -> Result<Option<u64>, String> {
+        let State::Saved(writer) = std::mem::replace(&mut self.state, State::Running) else {
+            return Ok(None);
+        };
+        let mut writer = *writer;
+        let Some((identity, disks, _)) = self.machine.clone() else {
+            return Err("the machine is not known".into());
+        };
+        for disk in &disks {
+            let mut f = open_plain(&self.sandbox.join(&disk.file))
+                .map_err(|e| format!("{}: {e}", disk.file))?;
+            writer
+                .section(&disk.file, &mut f)
+                .map_err(|e| e.to_string())?;
+        }
+        let size = writer
+            .finish(Trailer {
+                qemu: self.qemu_version.clone(),
+                machine: identity,
+                stdout: streams.0,
+                stderr: streams.1,
+                save_ms: millis(self.save_began.elapsed()),
+                restored_ms: self.restored_ms,
+                sections: Vec::new(),
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Some(size))
+    }
+
+    /// Whether the run stopped for a checkpoint (see [`Session::complete`]).
+    pub fn saved(&self) -> bool {
+        matches!(self.state, State::Saved(_))
+    }
+
+    /// The lines for the launcher's stderr, once.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// The job ended or checkpointed by itself: a VM checkpoint left in `sandbox` is stale.
+    /// It is emptied rather than removed, so a job that also lists it in its own
+    /// `TransferCheckpoint` still has the file to send.
+    pub fn forget(sandbox: &Path) {
+        let path = sandbox.join(CHECKPOINT_FILE);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::write(&path, b"");
+        }
+        let _ = std::fs::remove_file(sandbox.join(PARTIAL_FILE));
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A file of ours in the sandbox, opened for reading without following a link.
+fn open_plain(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Put `disk` back from `checkpoint` (at most `bound` bytes) and check it is what it must
+/// be: its format, and no file named in it but the node image it overlays.
+fn restore_disk(
+    checkpoint: &Checkpoint,
+    sandbox: &Path,
+    disk: &WritableDisk,
+    bound: u64,
+) -> Result<(), String> {
+    let path = sandbox.join(&disk.file);
+    let mut out = SparseFile::create(&path).map_err(|e| format!("{}: {e}", disk.file))?;
+    checkpoint
+        .extract(&disk.file, bound, &mut out)
+        .map_err(|e| e.to_string())?;
+    out.finish().map_err(|e| format!("{}: {e}", disk.file))?;
+    let file = open_plain(&path).map_err(|e| format!("{}: {e}", disk.file))?;
+    let format = disk.format.parse::<capsule_disk::ImageFormat>().ok();
+    let mut only_base = OnlyBase(disk.base.clone());
+    capsule_disk::Image::open_file(
+        &path,
+        file,
+        capsule_disk::Access::ReadOnly,
+        format,
+        &mut only_base,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("the checkpoint's {} is refused: {e}", disk.file))
+}
+
+/// Lets a restored disk name only the node image it overlays.
+struct OnlyBase(Option<PathBuf>);
+
+impl capsule_disk::Resolver for OnlyBase {
+    fn open(
+        &mut self,
+        image: &Path,
+        kind: capsule_disk::Reference,
+        name: &str,
+        access: capsule_disk::Access,
+    ) -> Result<(PathBuf, std::fs::File), capsule_disk::Error> {
+        let allowed = kind == capsule_disk::Reference::BackingFile
+            && self.0.as_deref() == Some(Path::new(name));
+        if !allowed {
+            return Err(capsule_disk::Error::Reference {
+                path: image.to_owned(),
+                kind,
+                name: name.into(),
+                why: "a restored disk may name only the node image it overlays".into(),
+            });
+        }
+        capsule_disk::FollowReferences.open(image, kind, name, access)
+    }
+}
+
+/// Tell the job's ad over Chirp (best effort: a job without an I/O proxy loses only this).
+pub fn publish(sandbox: &Path, chirp_config: Option<&Path>, name: &str, text: &str) {
+    let value = classad::print::expr_to_string(&classad::Expr::string(text), classad::Syntax::New);
+    if let Ok(mut chirp) = crate::chirp::Chirp::from_sandbox(sandbox, chirp_config) {
+        let _ = chirp.set_job_attr(name, &value);
+    }
+}
