@@ -257,6 +257,12 @@ knobs! {
     /// The libvirt network for VM-universe jobs that ask.
     LIBVIRT_NETWORK = "VM_CAPSULE_LIBVIRT_NETWORK", Text, Described("unset: jobs that ask are refused"), Execute,
         "VM universe: the libvirt network (`virsh net-list`) that `libvirt-xml` attaches to jobs that ask for a network (never a default one); unset, such jobs are refused (held), not run without it; set HTCondor's `VM_NETWORKING = true` and `VM_NETWORKING_TYPE = nat` with it, so that they match";
+    /// Whole-VM checkpoints for every vanilla-flavour job.
+    CHECKPOINT = "VM_CAPSULE_CHECKPOINT", Bool, Value("false"), Submit,
+        "vanilla flavour: `true` checkpoints the whole VM of every routed job that does not say `+VMCapsuleCheckpoint = false` (as if each said `+VMCapsuleCheckpoint = true`); the checkpoints go to the schedd's `SPOOL` (ADMIN.md \"Whole-VM checkpoints\"); the VM universe ignores it";
+    /// How often a checkpointing VM is saved.
+    CHECKPOINT_INTERVAL = "VM_CAPSULE_CHECKPOINT_INTERVAL", Seconds, Value("3600"), Execute,
+        "vanilla flavour: seconds between the launcher's whole-VM checkpoints of a job that asks for them (0: only when the job is evicted)";
 }
 
 impl Knob {

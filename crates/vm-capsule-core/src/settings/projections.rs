@@ -63,6 +63,9 @@ pub struct TranslateSettings {
     pub keep_failed: usize,
     /// `VM_CAPSULE_TEST_ANY_USER`: tests only; do not check the hook runs as the job's owner.
     pub test_any_user: bool,
+    /// `VM_CAPSULE_CHECKPOINT`: vanilla-flavour jobs that do not say otherwise are
+    /// checkpointed whole.
+    pub checkpoint: bool,
 }
 
 /// What finalize needs besides its stdin.
@@ -132,6 +135,9 @@ pub struct RunSettings {
     pub network: bool,
     /// `VM_CAPSULE_PASST`: the NAT helper (`None`: `passt` on `PATH`).
     pub passt: Option<String>,
+    /// `VM_CAPSULE_CHECKPOINT_INTERVAL`: time between whole-VM checkpoints of a job that asks
+    /// for them (`None`: only when the job is evicted).
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -208,6 +214,7 @@ impl Settings {
             hook_timeout_secs: self.number_or_default(&k::HOOK_TIMEOUT)?,
             keep_failed: self.keep_failed()?,
             test_any_user: self.flag(&k::TEST_ANY_USER)?,
+            checkpoint: self.flag(&k::CHECKPOINT)?,
         })
     }
 
@@ -281,6 +288,9 @@ impl Settings {
             host_paths: self.host_paths()?,
             network: self.choice(&k::NETWORK)? == Some("nat"),
             passt: self.raw(&k::PASST).map(str::to_owned),
+            checkpoint_interval: Some(self.number_or_default(&k::CHECKPOINT_INTERVAL)?)
+                .filter(|secs| *secs > 0)
+                .map(Duration::from_secs),
         })
     }
 

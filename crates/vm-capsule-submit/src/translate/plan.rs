@@ -75,6 +75,9 @@ pub struct CapsulePlan {
     pub job_dir_name: String,
     /// The routed ad, built once for that job dir.
     pub routed: RoutedAd,
+    /// The vanilla launcher checkpoints the whole VM (`VMCapsuleCheckpoint`,
+    /// `VM_CAPSULE_CHECKPOINT`).
+    pub checkpoint: bool,
 }
 
 /// The routed ad for the job dir the plan chose.
@@ -126,6 +129,7 @@ pub fn plan(
     // Outputs the guest could never be asked for are the job's problem, found now.
     OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
+    let checkpoint = super::checkpoint::wanted(job, cfg, universe)?;
     let manifest_json = build_manifest(cfg, job, &inputs)
         .and_then(|m| m.to_json())
         .map_err(|e| job_problem(&id, e.to_string()))?;
@@ -179,6 +183,7 @@ pub fn plan(
         node_bases,
         job_dir_name: vm_capsule_core::scratch::new_job_dir_name(&id),
         routed: RoutedAd::default(),
+        checkpoint,
     };
     if universe == RoutedUniverse::Vanilla {
         plan.check_sandbox_names()?;
@@ -381,6 +386,10 @@ impl CapsulePlan {
             RoutedUniverse::Vanilla => {
                 let mut vm_ad = vm_ad;
                 self.recipe_attrs(&mut vm_ad);
+                if self.checkpoint {
+                    // The launcher reads its orders from the capsule ad.
+                    vm_ad.insert(routed::ATTR_CHECKPOINT, classad::Expr::boolean(true));
+                }
                 let capsule = print(&vm_ad, "capsule.ad")?;
                 let ad = routed::build_vanilla(
                     &self.job,
@@ -392,6 +401,7 @@ impl CapsulePlan {
                         agent: self.agent.as_deref().filter(|_| !self.launcher_on_node),
                         timeout_secs: self.launcher_timeout,
                         launcher_on_node: self.launcher_on_node,
+                        checkpoint: self.checkpoint,
                     },
                 );
                 let mut ad = ad;
@@ -436,6 +446,8 @@ impl CapsulePlan {
             .map(|n| (*n).to_owned())
             .collect();
         names.push(self.disk.name.clone());
+        // The launcher restores from it: no input may arrive under its name.
+        names.push(routed::CHECKPOINT_FILE.to_owned());
         names.push(file_name(&self.launcher));
         names.extend(self.agent.as_deref().map(file_name));
         names.extend(self.staged(Path::new("/")).transfer);

@@ -9,6 +9,7 @@
 
 mod ad;
 mod boot;
+mod checkpoint_route;
 mod cmd;
 mod crash;
 mod direct_boot;
