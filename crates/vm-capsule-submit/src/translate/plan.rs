@@ -258,7 +258,9 @@ impl CapsulePlan {
     /// is the job's problem.
     fn check_sandbox_names(&self) -> Result<(), TranslateError> {
         let id = self.job.id();
-        let reserved = self.reserved_names();
+        let mut reserved = self.reserved_names();
+        // A launcher that restores would take it for the VM's checkpoint.
+        reserved.push(routed::CHECKPOINT_FILE.to_owned());
         match self.inputs.items.iter().find(|i| reserved.contains(&i.name)) {
             Some(item) => Err(job_problem(
                 &id,
@@ -446,8 +448,6 @@ impl CapsulePlan {
             .map(|n| (*n).to_owned())
             .collect();
         names.push(self.disk.name.clone());
-        // The launcher restores from it: no input may arrive under its name.
-        names.push(routed::CHECKPOINT_FILE.to_owned());
         names.push(file_name(&self.launcher));
         names.extend(self.agent.as_deref().map(file_name));
         names.extend(self.staged(Path::new("/")).transfer);

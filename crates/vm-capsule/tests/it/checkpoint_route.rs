@@ -248,3 +248,28 @@ fn a_checkpointed_job_matches_only_its_qemu_in_htcondor() {
         requirements(&quiet_marked)
     );
 }
+
+/// An input the job brings as `vm-capsule.checkpoint` would pose as the VM's checkpoint to a
+/// launcher that restores: translate refuses it (the job is held), whether or not the job asks
+/// for checkpoints.
+#[test]
+fn an_input_cannot_pose_as_the_vm_checkpoint() {
+    let (pool, iwd) = pool(&[]);
+    fs::write(iwd.join("vm-capsule.checkpoint"), "not a VM\n").unwrap();
+    for (name, extra) in [("plain", ""), ("asks", "+VMCapsuleCheckpoint = true\n")] {
+        let job = job_ad(
+            &iwd,
+            name,
+            &format!("transfer_input_files = vm-capsule.checkpoint\n{extra}"),
+        );
+        let run = translate(&pool, &job, 5);
+        assert_ne!(run.code, 0, "{name}: {}", run.stdout);
+        assert!(run.stdout.is_empty());
+        assert!(
+            run.stderr.contains("vm-capsule.checkpoint")
+                && run.stderr.contains("a name the VM capsule uses there"),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+}
