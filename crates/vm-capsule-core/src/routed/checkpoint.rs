@@ -2,7 +2,8 @@
 //! one whose checkpoint is the launcher's file of the VM's state.
 
 use classad::eval::{evaluate_attr, string_attr};
-use classad::{ClassAd, Expr, Value};
+use classad::print::expr_to_string;
+use classad::{ClassAd, Expr, Syntax, Value};
 
 use super::{
     and_requirement, ATTR_CHECKPOINT, ATTR_CHECKPOINT_QEMU, CHECKPOINT_FILE, QEMU_VERSION_ATTR,
@@ -43,6 +44,15 @@ pub(super) fn ask_for_checkpoint(ad: &mut ClassAd, original: &ClassAd) {
         None => {
             ad.remove("TransferCheckpoint");
         }
+    }
+    // condor_submit's own clause for such jobs (`SetRequirements`), unless already there.
+    let checks = ad.get("Requirements").is_some_and(|r| {
+        expr_to_string(r, Syntax::New)
+            .to_ascii_lowercase()
+            .contains("hasselfcheckpointtransfers")
+    });
+    if !checks {
+        and_requirement(ad, "TARGET.HasSelfCheckpointTransfers");
     }
     and_requirement(
         ad,
@@ -208,7 +218,7 @@ mod tests {
         restarted.insert(ATTR_CHECKPOINT_QEMU, Expr::string("7.2.19"));
         let node = |extra: &str| {
             classad::parse_old_ad(&format!(
-                "HasVMCapsuleQemu = true\nArch = \"X86_64\"\nOpSys = \"LINUX\"\nMemory = 4096\n{extra}"
+                "HasVMCapsuleQemu = true\nHasSelfCheckpointTransfers = true\nArch = \"X86_64\"\nOpSys = \"LINUX\"\nMemory = 4096\n{extra}"
             ))
             .unwrap()
         };
@@ -227,5 +237,41 @@ mod tests {
         // The job's own requirements still hold.
         let small = node("VMCapsuleQemuVersion = \"7.2.19\"\nMemory = 0\n");
         assert_eq!(matches(&restarted, &small), Value::Bool(false));
+    }
+
+    #[test]
+    fn the_job_needs_a_starter_that_transfers_checkpoints_as_condor_submit_says() {
+        let req = |ad: &ClassAd| {
+            classad::print::expr_to_string(ad.get("Requirements").unwrap(), Syntax::New)
+        };
+        let ad = routed("", true);
+        assert_eq!(
+            req(&ad).matches("HasSelfCheckpointTransfers").count(),
+            1,
+            "{}",
+            req(&ad)
+        );
+        let old = classad::parse_old_ad(
+            "HasVMCapsuleQemu = true\nArch = \"X86_64\"\nOpSys = \"LINUX\"\nMemory = 4096\n",
+        )
+        .unwrap();
+        // Undefined there: no match.
+        assert!(!classad::eval::match_is_true(
+            ad.get("Requirements").unwrap(),
+            &ad,
+            &old
+        ));
+        // A self-checkpointing job's own requirements have it already (condor_submit's).
+        let own = routed(
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nRequirements = TARGET.Memory > 0 && TARGET.HasSelfCheckpointTransfers\n",
+            true,
+        );
+        assert_eq!(
+            req(&own).matches("HasSelfCheckpointTransfers").count(),
+            1,
+            "{}",
+            req(&own)
+        );
+        assert!(!req(&routed("", false)).contains("HasSelfCheckpointTransfers"));
     }
 }

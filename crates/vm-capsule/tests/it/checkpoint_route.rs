@@ -217,7 +217,7 @@ fn a_checkpointed_job_matches_only_its_qemu_in_htcondor() {
     quiet_marked.insert("VMCapsuleCheckpointQemu", Expr::string("7.2.19"));
     let node = |version: &str| {
         format!(
-            "HasVMCapsuleQemu = true\nArch = \"X86_64\"\nOpSys = \"LINUX\"\nMemory = 1000000\nDisk = 1000000000\nCpus = 64\nHasFileTransfer = true\n{version}"
+            "HasVMCapsuleQemu = true\nHasSelfCheckpointTransfers = true\nArch = \"X86_64\"\nOpSys = \"LINUX\"\nMemory = 1000000\nDisk = 1000000000\nCpus = 64\nHasFileTransfer = true\n{version}"
         )
     };
     let machines = [
