@@ -14,6 +14,8 @@ use crate::template::{Flavour, Template};
 
 mod checkpoint;
 
+pub use checkpoint::job_checkpoint_exit_code;
+
 /// `JobUniverse` of VM jobs.
 pub const VM_UNIVERSE: i64 = 13;
 /// `JobUniverse` of vanilla jobs.
@@ -67,6 +69,10 @@ pub const ATTR_CHECKPOINT: &str = "VMCapsuleCheckpoint";
 /// Routed-job attribute the launcher sets over Chirp after its first checkpoint: the
 /// `VMCapsuleQemuVersion` of the QEMU that wrote it, which the restore needs again.
 pub const ATTR_CHECKPOINT_QEMU: &str = "VMCapsuleCheckpointQemu";
+/// Capsule-ad attribute of a checkpointed job: the job's own checkpoint exit code, when it
+/// checkpoints itself by exit code (absent: an exit with the routed job's
+/// `SuccessCheckpointExitCode` inside the guest is the job's ordinary exit, not a checkpoint).
+pub const ATTR_JOB_CHECKPOINT_CODE: &str = "VMCapsuleJobCheckpointExitCode";
 /// Machine attribute: the version of the node's QEMU, as the probe advertises it.
 pub const QEMU_VERSION_ATTR: &str = "VMCapsuleQemuVersion";
 /// The file a checkpointing launcher writes the VM's state into, in its sandbox.

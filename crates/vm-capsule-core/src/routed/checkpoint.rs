@@ -17,12 +17,7 @@ use super::{
 /// over the carried interruption attributes. Once a checkpoint exists, the job matches only nodes
 /// with the QEMU that wrote it.
 pub(super) fn ask_for_checkpoint(ad: &mut ClassAd, original: &ClassAd) {
-    let wants_ft = evaluate_attr(original, "WantFTOnCheckpoint") == Value::Bool(true);
-    let by_signal = evaluate_attr(original, "SuccessCheckpointExitBySignal") == Value::Bool(true);
-    let own_code = match evaluate_attr(original, "SuccessCheckpointExitCode") {
-        Value::Integer(code) if wants_ft && !by_signal && (0..=255).contains(&code) => Some(code),
-        _ => None,
-    };
+    let own_code = job_checkpoint_exit_code(original);
     ad.insert(ATTR_CHECKPOINT, Expr::boolean(true));
     ad.insert("WantFTOnCheckpoint", Expr::boolean(true));
     ad.insert(
@@ -60,6 +55,18 @@ pub(super) fn ask_for_checkpoint(ad: &mut ClassAd, original: &ClassAd) {
             "(MY.{ATTR_CHECKPOINT_QEMU} =?= undefined || TARGET.{QEMU_VERSION_ATTR} =?= MY.{ATTR_CHECKPOINT_QEMU})"
         ),
     );
+}
+
+/// The exit code with which the job in `original` checkpoints itself, as the starter would
+/// take it: `WantFTOnCheckpoint` true and `SuccessCheckpointExitCode` an exit status (0 to 255),
+/// not by signal. `None`: the job does not checkpoint itself by exit code.
+pub fn job_checkpoint_exit_code(original: &ClassAd) -> Option<i64> {
+    let wants_ft = evaluate_attr(original, "WantFTOnCheckpoint") == Value::Bool(true);
+    let by_signal = evaluate_attr(original, "SuccessCheckpointExitBySignal") == Value::Bool(true);
+    match evaluate_attr(original, "SuccessCheckpointExitCode") {
+        Value::Integer(code) if wants_ft && !by_signal && (0..=255).contains(&code) => Some(code),
+        _ => None,
+    }
 }
 
 /// HTCondor's file list `list` with [`CHECKPOINT_FILE`] added once.
@@ -273,5 +280,24 @@ mod tests {
             req(&own)
         );
         assert!(!req(&routed("", false)).contains("HasSelfCheckpointTransfers"));
+    }
+
+    #[test]
+    fn the_jobs_own_checkpoint_code_is_the_one_the_starter_would_honour() {
+        let of = |text: &str| job_checkpoint_exit_code(&classad::parse_old_ad(text).unwrap());
+        assert_eq!(
+            of("WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\n"),
+            Some(77)
+        );
+        for text in [
+            "",
+            "SuccessCheckpointExitCode = 77\n",
+            "WantFTOnCheckpoint = false\nSuccessCheckpointExitCode = 77\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 300\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = \"77\"\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nSuccessCheckpointExitBySignal = true\nSuccessCheckpointExitSignal = 10\n",
+        ] {
+            assert_eq!(of(text), None, "{text}");
+        }
     }
 }

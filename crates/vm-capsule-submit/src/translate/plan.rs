@@ -389,8 +389,15 @@ impl CapsulePlan {
                 let mut vm_ad = vm_ad;
                 self.recipe_attrs(&mut vm_ad);
                 if self.checkpoint {
-                    // The launcher reads its orders from the capsule ad.
+                    // The launcher reads its orders from the capsule ad, and whether an exit
+                    // with the checkpoint code in the guest is the job's own checkpoint.
                     vm_ad.insert(routed::ATTR_CHECKPOINT, classad::Expr::boolean(true));
+                    if let Some(code) = routed::job_checkpoint_exit_code(&self.job_ad) {
+                        vm_ad.insert(
+                            routed::ATTR_JOB_CHECKPOINT_CODE,
+                            classad::Expr::integer(code),
+                        );
+                    }
                 }
                 let capsule = print(&vm_ad, "capsule.ad")?;
                 let ad = routed::build_vanilla(

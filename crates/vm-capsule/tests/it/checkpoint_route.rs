@@ -128,6 +128,11 @@ fn translate_makes_a_job_that_asks_self_checkpointing_with_the_vm_file() {
         int(&routed, "SuccessCheckpointExitCode"),
         Value::Integer(77)
     );
+    // The launcher learns the job's own code; a plain job has none (its exit 85 is its own).
+    assert_eq!(
+        int(&capsule, "VMCapsuleJobCheckpointExitCode"),
+        Value::Integer(77)
+    );
     assert_eq!(
         string_attr(&routed, "TransferCheckpoint").as_deref(),
         Some("ckpt.dat,vm-capsule.checkpoint")
@@ -143,6 +148,7 @@ fn translate_makes_a_job_that_asks_self_checkpointing_with_the_vm_file() {
         int(&routed, "SuccessCheckpointExitCode"),
         Value::Integer(85)
     );
+    assert!(!capsule.contains("VMCapsuleJobCheckpointExitCode"));
     assert_eq!(
         string_attr(&routed, "TransferCheckpoint").as_deref(),
         Some("vm-capsule.checkpoint")
