@@ -279,3 +279,54 @@ fn an_input_cannot_pose_as_the_vm_checkpoint() {
         );
     }
 }
+
+/// The node policy runs the job as the native vanilla job it is, which HTCondor does not treat
+/// as self-checkpointing: a launcher exiting with a checkpoint code would end the job with it.
+/// So `+VMCapsuleCheckpoint = true` asks nothing of the node's launcher: the capsule ad that
+/// `node-run` stages says no checkpoint (a stand-in QEMU keeps a copy and fails; no boot).
+#[test]
+fn the_node_policy_never_asks_its_launcher_for_checkpoints() {
+    use std::os::unix::fs::PermissionsExt;
+    let (pool, iwd) = pool(&[]);
+    let sandbox = pool.root.path().join("sandbox");
+    fs::create_dir(&sandbox).unwrap();
+    fs::copy(iwd.join("job.sh"), sandbox.join("job.sh")).unwrap();
+    let mut job = job_ad(&iwd, "asks", "+VMCapsuleCheckpoint = true\n");
+    job.insert("Iwd", Expr::string(sandbox.display().to_string()));
+    fs::write(sandbox.join(".job.ad"), print_ad(&job)).unwrap();
+    let seen = pool.root.path().join("seen.ad");
+    let qemu = pool.root.path().join("qemu-stand-in");
+    fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\n# A STAND-IN QEMU: keeps the capsule ad it was started for, boots nothing.\ncp {}/vm-capsule.ad {} 2>/dev/null\nexit 1\n",
+            sandbox.display(),
+            seen.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)).unwrap();
+    // As the node policy's hook passes them: the node's knobs as arguments.
+    let mut knobs: Vec<String> = pool
+        .env
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("_CONDOR_").map(|k| format!("{k}={v}")))
+        .collect();
+    knobs.push(format!("VM_CAPSULE_QEMU={}", qemu.display()));
+    knobs.push("VM_CAPSULE_CHECKPOINT=true".to_owned());
+    let out = Command::new(crate::router::bin("vm-capsule"))
+        .arg("node-run")
+        .args(&knobs)
+        .current_dir(&sandbox)
+        .env_clear()
+        .env("_CONDOR_JOB_AD", sandbox.join(".job.ad"))
+        .env("_CONDOR_SCRATCH_DIR", &sandbox)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let staged = fs::read_to_string(&seen)
+        .unwrap_or_else(|e| panic!("the stand-in QEMU was not started ({e}): {stderr}"));
+    let capsule = classad::parse_old_ad(&staged).unwrap();
+    assert!(capsule.contains("VMCapsuleDataDiskLabel"), "{staged}");
+    assert!(!capsule.contains("VMCapsuleCheckpoint"), "{staged}");
+}
