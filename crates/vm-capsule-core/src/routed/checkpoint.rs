@@ -27,10 +27,12 @@ pub(super) fn ask_for_checkpoint(ad: &mut ClassAd, original: &ClassAd) {
     // The starter compares a signal instead of the code when this is true.
     ad.insert("SuccessCheckpointExitBySignal", Expr::boolean(false));
     ad.remove("SuccessCheckpointExitSignal");
-    let nonempty = |name| string_attr(original, name).filter(|l| !l.trim().is_empty());
-    let list = match (nonempty("TransferCheckpoint"), own_code) {
+    // A list that is there, even empty, is what HTCondor sends: ours joins it.
+    let list = match (string_attr(original, "TransferCheckpoint"), own_code) {
         (Some(own), _) => Some(with_checkpoint_file(&own)),
-        (None, Some(_)) => nonempty("TransferOutput").map(|out| with_checkpoint_file(&out)),
+        (None, Some(_)) => {
+            string_attr(original, "TransferOutput").map(|out| with_checkpoint_file(&out))
+        }
         (None, None) => Some(CHECKPOINT_FILE.to_owned()),
     };
     match list {
@@ -71,13 +73,18 @@ pub fn job_checkpoint_exit_code(original: &ClassAd) -> Option<i64> {
 
 /// HTCondor's file list `list` with [`CHECKPOINT_FILE`] added once.
 fn with_checkpoint_file(list: &str) -> String {
-    let has = list
+    let mut names = list
         .split(|c: char| c == ',' || c.is_whitespace())
-        .any(|f| f == CHECKPOINT_FILE);
-    if has {
+        .filter(|f| !f.is_empty());
+    if names.clone().any(|f| f == CHECKPOINT_FILE) {
         list.to_owned()
+    } else if names.next().is_none() {
+        CHECKPOINT_FILE.to_owned()
     } else {
-        format!("{},{CHECKPOINT_FILE}", list.trim_end_matches([',', ' ']))
+        format!(
+            "{},{CHECKPOINT_FILE}",
+            list.trim_end_matches(|c: char| c == ',' || c.is_whitespace())
+        )
     }
 }
 
@@ -298,6 +305,25 @@ mod tests {
             "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nSuccessCheckpointExitBySignal = true\nSuccessCheckpointExitSignal = 10\n",
         ] {
             assert_eq!(of(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_empty_list_is_a_list_that_gets_the_vm_file() {
+        // HTCondor sends exactly the files of a list that is there, even an empty one: ours
+        // must then be named, not left to the "every changed file" rule.
+        for extra in [
+            "TransferCheckpoint = \"\"\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nTransferCheckpoint = \"\"\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nTransferOutput = \"\"\n",
+            "WantFTOnCheckpoint = true\nSuccessCheckpointExitCode = 77\nTransferOutput = \" , \"\n",
+        ] {
+            let ad = routed(extra, true);
+            assert_eq!(
+                text(&ad, "TransferCheckpoint").as_deref(),
+                Some(CHECKPOINT_FILE),
+                "{extra}"
+            );
         }
     }
 }
