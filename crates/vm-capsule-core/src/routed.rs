@@ -12,6 +12,10 @@ use crate::boot::DirectBoot;
 use crate::job::JobSpec;
 use crate::template::{Flavour, Template};
 
+mod checkpoint;
+
+pub use checkpoint::job_checkpoint_exit_code;
+
 /// `JobUniverse` of VM jobs.
 pub const VM_UNIVERSE: i64 = 13;
 /// `JobUniverse` of vanilla jobs.
@@ -60,13 +64,21 @@ pub const NODE_NETWORK_ATTR: &str = "VMCapsuleNetwork";
 pub const ATTR_VM_NETWORKING: &str = "JobVMNetworking";
 /// VM-universe attribute: which kind (`vm_networking_type`).
 pub const ATTR_VM_NETWORKING_TYPE: &str = "JobVMNetworkingType";
-/// The file a checkpointed job's launcher saves the whole VM into, in the sandbox (listed in
-/// the routed job's `TransferCheckpoint`).
-pub const CHECKPOINT_FILE: &str = "vm-capsule.checkpoint";
-/// Job and capsule ad attribute: checkpoint the whole VM (`+VMCapsuleCheckpoint = true`).
+/// Job and capsule-ad attribute: whole-VM checkpoints (`+VMCapsuleCheckpoint = true`).
 pub const ATTR_CHECKPOINT: &str = "VMCapsuleCheckpoint";
-/// Job attribute the launcher sets: the QEMU version that made the last checkpoint.
+/// Routed-job attribute the launcher sets over Chirp after its first checkpoint: the
+/// `VMCapsuleQemuVersion` of the QEMU that wrote it, which the restore needs again.
 pub const ATTR_CHECKPOINT_QEMU: &str = "VMCapsuleCheckpointQemu";
+/// Capsule-ad attribute of a checkpointed job: the job's own checkpoint exit code, when it
+/// checkpoints itself by exit code (absent: an exit with the routed job's
+/// `SuccessCheckpointExitCode` inside the guest is the job's ordinary exit, not a checkpoint).
+pub const ATTR_JOB_CHECKPOINT_CODE: &str = "VMCapsuleJobCheckpointExitCode";
+/// Machine attribute: the version of the node's QEMU, as the probe advertises it.
+pub const QEMU_VERSION_ATTR: &str = "VMCapsuleQemuVersion";
+/// The file a checkpointing launcher writes the VM's state into, in its sandbox.
+pub const CHECKPOINT_FILE: &str = "vm-capsule.checkpoint";
+/// The exit code that tells the starter "checkpointed" when the job has none of its own.
+pub const VM_CHECKPOINT_EXIT_CODE: i64 = 85;
 /// Seconds the launcher allows for boot and poweroff beyond the job's own time limit
 /// (`VM_CAPSULE_BOOT_TIMEOUT`).
 pub const BOOT_MARGIN_SECS: u64 = 600;
@@ -253,6 +265,8 @@ pub struct VanillaInputs<'a> {
     /// `launcher` is installed on the execute nodes (`VM_CAPSULE_NODE_LAUNCHER`): run it
     /// there, on nodes whose probe advertises this version.
     pub launcher_on_node: bool,
+    /// The launcher checkpoints the whole VM: the routed job is a self-checkpointing one.
+    pub checkpoint: bool,
 }
 
 /// `TransferInput` of a vanilla-flavour routed job: the capsule's files (VM disks but the data
@@ -381,6 +395,9 @@ pub fn build_vanilla(
             &format!("(TARGET.{NODE_NETWORK_ATTR} =?= \"nat\")"),
         );
         ad.insert(crate::job::NETWORK_ATTR, Expr::boolean(true));
+    }
+    if parts.checkpoint {
+        checkpoint::ask_for_checkpoint(&mut ad, original);
     }
     ad.insert(ATTR_FLAVOUR, Expr::string("vanilla"));
     capsule_attrs(&mut ad, staged);

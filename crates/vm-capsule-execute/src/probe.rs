@@ -70,7 +70,11 @@ impl Probe {
         match &self.qemu {
             Ok((path, version)) => {
                 ad.insert("VMCapsuleQemu", Expr::string(path.display().to_string()));
-                ad.insert("VMCapsuleQemuVersion", Expr::string(version.clone()));
+                // Checkpointed jobs require it unchanged (`VMCapsuleCheckpointQemu`).
+                ad.insert(
+                    vm_capsule_core::routed::QEMU_VERSION_ATTR,
+                    Expr::string(version.clone()),
+                );
             }
             Err(why) => ad.insert("VMCapsuleUnusableReason", Expr::string(why.clone())),
         }

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::args::{parse_env_v1, parse_env_v2, split_v1, split_v2, ArgsError};
 use super::transfer::{input_items, parse_remaps, split_list, InputItem};
+use crate::routed::ATTR_CHECKPOINT;
 
 /// A job ad that cannot be run as a vanilla job in a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -154,6 +155,9 @@ pub struct JobSpec {
     pub proxy_name: Option<String>,
     /// `VMCapsuleNetwork`: the job asks for a network (`+VMCapsuleNetwork = true`).
     pub network: bool,
+    /// `VMCapsuleCheckpoint`: the job asks for (`Some(true)`) or refuses (`Some(false)`)
+    /// whole-VM checkpoints; `None` leaves it to the route (`VM_CAPSULE_CHECKPOINT`).
+    pub checkpoint: Option<bool>,
 }
 
 impl JobError {
@@ -262,8 +266,10 @@ impl JobSpec {
             .map(|t| parse_remaps(&t))
             .unwrap_or_default();
         let network = wants_network(ad).map_err(|p| bad(NETWORK_ATTR, p))?;
+        let checkpoint = wants_checkpoint(ad).map_err(|p| bad(ATTR_CHECKPOINT, p))?;
         Ok(JobSpec {
             network,
+            checkpoint,
             cluster,
             proc_id,
             owner,
@@ -316,6 +322,17 @@ fn wants_network(ad: &ClassAd) -> Result<bool, AttributeProblem> {
     match evaluate_attr(ad, NETWORK_ATTR) {
         Value::Bool(b) => Ok(b),
         Value::Undefined => Ok(false),
+        other => Err(AttributeProblem::NotABool {
+            value: format!("{other:?}"),
+        }),
+    }
+}
+
+/// `VMCapsuleCheckpoint`: true or false, or unset (`None`).
+fn wants_checkpoint(ad: &ClassAd) -> Result<Option<bool>, AttributeProblem> {
+    match evaluate_attr(ad, ATTR_CHECKPOINT) {
+        Value::Bool(b) => Ok(Some(b)),
+        Value::Undefined => Ok(None),
         other => Err(AttributeProblem::NotABool {
             value: format!("{other:?}"),
         }),
@@ -489,6 +506,42 @@ mod tests {
             let err = JobSpec::from_ad(&ad(text)).unwrap_err();
             assert_eq!(err.to_string(), message);
             assert!(matches!(err, JobError::BadAttribute { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_is_a_bool_unset_or_held_naming_the_attribute() {
+        let of = |extra: &str| JobSpec::from_ad(&ad(&format!("{BASE}{extra}")));
+        assert_eq!(of("").unwrap().checkpoint, None);
+        assert_eq!(
+            of("VMCapsuleCheckpoint = true\n").unwrap().checkpoint,
+            Some(true)
+        );
+        assert_eq!(
+            of("VMCapsuleCheckpoint = false\n").unwrap().checkpoint,
+            Some(false)
+        );
+        // An expression is evaluated in the ad, as HTCondor would.
+        assert_eq!(
+            of("Big = 3\nVMCapsuleCheckpoint = Big > 2\n")
+                .unwrap()
+                .checkpoint,
+            Some(true)
+        );
+        for odd in ["\"yes\"", "1"] {
+            let err = of(&format!("VMCapsuleCheckpoint = {odd}\n")).unwrap_err();
+            assert_eq!(
+                err.detail(),
+                format!(
+                    "attribute VMCapsuleCheckpoint is {}, not true or false",
+                    if odd == "1" {
+                        "Integer(1)".to_owned()
+                    } else {
+                        "String(\"yes\")".to_owned()
+                    }
+                )
+            );
+            assert_eq!(err.job_id(), Some("12.3"));
         }
     }
 }

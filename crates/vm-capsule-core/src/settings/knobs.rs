@@ -254,12 +254,15 @@ knobs! {
     /// The NAT helper.
     PASST = "VM_CAPSULE_PASST", Path, Described("`passt` on `PATH`"), Execute,
         "vanilla flavour: the `passt` binary the launcher starts per job when `VM_CAPSULE_NETWORK = nat`";
-    /// How often a checkpointed job's VM is saved.
-    CHECKPOINT_INTERVAL = "VM_CAPSULE_CHECKPOINT_INTERVAL", Seconds, Value("3600"), Execute,
-        "vanilla flavour: a job routed with VM checkpoints (`+VMCapsuleCheckpoint = true`) has its whole VM saved this often (and when it is evicted, if its vacate time allows); 0: only when evicted";
     /// The libvirt network for VM-universe jobs that ask.
     LIBVIRT_NETWORK = "VM_CAPSULE_LIBVIRT_NETWORK", Text, Described("unset: jobs that ask are refused"), Execute,
         "VM universe: the libvirt network (`virsh net-list`) that `libvirt-xml` attaches to jobs that ask for a network (never a default one); unset, such jobs are refused (held), not run without it; set HTCondor's `VM_NETWORKING = true` and `VM_NETWORKING_TYPE = nat` with it, so that they match";
+    /// Whole-VM checkpoints for every vanilla-flavour job.
+    CHECKPOINT = "VM_CAPSULE_CHECKPOINT", Bool, Value("false"), Submit,
+        "vanilla flavour: `true` checkpoints the whole VM of every routed job that does not say `+VMCapsuleCheckpoint = false` (as if each said `+VMCapsuleCheckpoint = true`); the checkpoints go to the schedd's `SPOOL` (ADMIN.md \"Whole-VM checkpoints\"); the VM universe ignores it";
+    /// How often a checkpointing VM is saved.
+    CHECKPOINT_INTERVAL = "VM_CAPSULE_CHECKPOINT_INTERVAL", Seconds, Value("3600"), Execute,
+        "vanilla flavour: seconds between the launcher's whole-VM checkpoints of a job that asks for them; also saved when the job is evicted if its vacate time allows and HTCondor transfers the file then (`ON_EXIT_OR_EVICT` without an output list); 0: only then";
 }
 
 impl Knob {

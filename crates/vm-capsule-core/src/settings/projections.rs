@@ -63,6 +63,9 @@ pub struct TranslateSettings {
     pub keep_failed: usize,
     /// `VM_CAPSULE_TEST_ANY_USER`: tests only; do not check the hook runs as the job's owner.
     pub test_any_user: bool,
+    /// `VM_CAPSULE_CHECKPOINT`: vanilla-flavour jobs that do not say otherwise are
+    /// checkpointed whole.
+    pub checkpoint: bool,
 }
 
 /// What finalize needs besides its stdin.
@@ -132,9 +135,9 @@ pub struct RunSettings {
     pub network: bool,
     /// `VM_CAPSULE_PASST`: the NAT helper (`None`: `passt` on `PATH`).
     pub passt: Option<String>,
-    /// `VM_CAPSULE_CHECKPOINT_INTERVAL`: how often a checkpointed job's VM is saved (`None`:
-    /// only when it is evicted).
-    pub checkpoint_interval: Option<std::time::Duration>,
+    /// `VM_CAPSULE_CHECKPOINT_INTERVAL`: time between whole-VM checkpoints of a job that asks
+    /// for them (`None`: only when the job is evicted).
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// Settings of the libvirt domain script on an execute node.
@@ -211,6 +214,7 @@ impl Settings {
             hook_timeout_secs: self.number_or_default(&k::HOOK_TIMEOUT)?,
             keep_failed: self.keep_failed()?,
             test_any_user: self.flag(&k::TEST_ANY_USER)?,
+            checkpoint: self.flag(&k::CHECKPOINT)?,
         })
     }
 
@@ -285,8 +289,8 @@ impl Settings {
             network: self.choice(&k::NETWORK)? == Some("nat"),
             passt: self.raw(&k::PASST).map(str::to_owned),
             checkpoint_interval: Some(self.number_or_default(&k::CHECKPOINT_INTERVAL)?)
-                .filter(|secs: &u64| *secs > 0)
-                .map(std::time::Duration::from_secs),
+                .filter(|secs| *secs > 0)
+                .map(Duration::from_secs),
         })
     }
 

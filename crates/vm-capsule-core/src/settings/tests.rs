@@ -181,3 +181,35 @@ fn the_man_page_lists_every_knob() {
         .lines()
         .any(|l| l.starts_with('.') && l.starts_with(".VM")));
 }
+
+#[test]
+fn checkpoint_knobs_default_to_off_hourly_and_zero_means_on_eviction_only() {
+    let unset = Settings::from_pairs([(k::TEMPLATE.name, "/t")]);
+    assert!(!unset.translate().unwrap().checkpoint);
+    assert_eq!(
+        unset.run().unwrap().checkpoint_interval,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    let set = Settings::from_pairs([
+        (k::TEMPLATE.name, "/t"),
+        (k::CHECKPOINT.name, "YES"),
+        (k::CHECKPOINT_INTERVAL.name, "0"),
+    ]);
+    assert!(set.translate().unwrap().checkpoint);
+    assert_eq!(set.run().unwrap().checkpoint_interval, None);
+    let bad = Settings::from_pairs([
+        (k::TEMPLATE.name, "/t"),
+        (k::CHECKPOINT.name, "always"),
+        (k::CHECKPOINT_INTERVAL.name, "1h"),
+    ]);
+    assert!(bad
+        .translate()
+        .unwrap_err()
+        .to_string()
+        .starts_with("VM_CAPSULE_CHECKPOINT = \"always\" is not true or false"));
+    assert!(bad
+        .run()
+        .unwrap_err()
+        .to_string()
+        .starts_with("VM_CAPSULE_CHECKPOINT_INTERVAL = \"1h\" is not a whole number of seconds"));
+}

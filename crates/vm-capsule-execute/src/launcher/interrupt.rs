@@ -168,7 +168,9 @@ impl Forwarder {
 
     /// Whether a soft-kill signal arrived and is not forwarded yet.
     pub fn pending(&self) -> bool {
-        self.caught.iter().any(|(_, flag)| flag.load(Ordering::SeqCst))
+        self.caught
+            .iter()
+            .any(|(_, flag)| flag.load(Ordering::SeqCst))
     }
 
     /// Drop the signals that arrived: the launcher answered them itself (a checkpoint).

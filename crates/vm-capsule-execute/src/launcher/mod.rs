@@ -22,8 +22,7 @@ use classad::ClassAd;
 pub use extract::{finish_in_sandbox, CapsuleFiles, LauncherExit};
 
 use crate::runner::{
-    run_with, Attached, ControlChannel, Machine, Monitor, RunError, RunOptions, VmSpec,
-    CONSOLE_LOG,
+    run_with, Attached, ControlChannel, Machine, Monitor, RunError, RunOptions, VmSpec, CONSOLE_LOG,
 };
 use checkpoint::{Policy, Session};
 use interrupt::{Forwarder, Interruption};
@@ -167,66 +166,28 @@ pub fn launch(
         node_agent: node_agent.as_deref(),
         resume: sandbox::Resume {
             capsule_files: &files.all,
-            checkpoint_exit_code: interruption.checkpoint_exit_code,
+            checkpoint_exit_code: job_checkpoint_code(ad, interruption),
         },
         data_disk: &data_disk,
     };
     // The launcher's stdout and stderr are the job's: written as the job writes them.
     let mut live = LiveOutput::std_streams();
-    let qemu_version = checkpoints.map(|_| crate::probe::qemu_version(&opts.qemu).unwrap_or_default());
-    let mut restore = true;
-    let booted = loop {
-        let Some(policy) = checkpoints else {
-            break boot.once(&mut live, &mut forwarder, None);
-        };
-        let session = RefCell::new(Session::new(
-            policy,
-            &slot.sandbox,
-            qemu_version.clone().unwrap_or_default(),
-            restore,
-        ));
-        let attempt = boot.once(&mut live, &mut forwarder, Some(&session));
-        let mut session = session.into_inner();
-        for note in session.take_notes() {
-            report(&note);
-        }
-        let failed = match (&attempt, session.restore_failure()) {
-            (_, Some(why)) => Some(why.to_owned()),
-            (Err(why), None) if session.restoring() => Some(why.clone()),
-            _ => None,
-        };
-        if let Some(why) = failed {
-            // The fresh start's streams replace what the checkpoint's runs wrote.
-            if let Some((stdout, stderr)) = session.restored_streams() {
-                live.resume(stdout, stderr);
-            }
-            let why = why.strip_prefix("the checkpoint cannot be restored: ").unwrap_or(&why);
-            report(&format!(
-                "the VM checkpoint was not restored ({why}); the job starts again from the beginning"
-            ));
-            checkpoint::publish(&slot.sandbox, slot.chirp_config.as_deref(), checkpoint::ATTR_FALLBACK, why);
-            let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
-            restore = false;
-            continue;
-        }
-        if session.saved() {
-            match session.complete(live.delivered()) {
-                Ok(_) => {
-                    let version = qemu_version.clone().unwrap_or_default();
-                    checkpoint::publish(&slot.sandbox, slot.chirp_config.as_deref(), checkpoint::ATTR_QEMU, &version);
-                    for name in files.made.iter().filter(|n| *n != checkpoint::CHECKPOINT_FILE) {
-                        let _ = std::fs::remove_file(slot.sandbox.join(name));
-                    }
-                    return Ok(LauncherExit::Code(policy.exit_code));
-                }
-                Err(why) => {
-                    // The guest is gone: go on from the last checkpoint there is, if any.
-                    report(&format!("the VM checkpoint could not be written: {why}"));
-                    continue;
-                }
+    let booted = match checkpoints {
+        None => boot.once(&mut live, &mut forwarder, None),
+        Some(policy) => {
+            match run_checkpointed(
+                &boot,
+                policy,
+                slot,
+                &files,
+                &mut live,
+                &mut forwarder,
+                report,
+            ) {
+                Some(run) => run,
+                None => return Ok(LauncherExit::Code(policy.exit_code)),
             }
         }
-        break attempt;
     };
     Ok(match booted {
         Ok(()) => {
@@ -241,6 +202,15 @@ pub fn launch(
             );
             // The job ended or checkpointed by itself: a VM checkpoint is stale now.
             checkpoint::Session::forget(&slot.sandbox);
+            if let (Some(policy), LauncherExit::Code(code)) = (checkpoints, &exit) {
+                if *code == policy.exit_code && files.checkpoint_exit_code != Some(*code) {
+                    // HTCondor would take it for a checkpoint and start the job again.
+                    let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
+                    return Ok(LauncherExit::Failed(format!(
+                        "the job exited with {code}, the exit code that says \"checkpointed\" for a job with VM checkpoints (+VMCapsuleCheckpoint): HTCondor would start it again; give the job a checkpoint_exit_code of its own, or turn its VM checkpoints off"
+                    )));
+                }
+            }
             if !matches!(
                 (&exit, files.checkpoint_exit_code),
                 (LauncherExit::Code(code), Some(want)) if *code == want
@@ -276,6 +246,76 @@ pub fn launch(
     })
 }
 
+/// Run the guest with whole-VM checkpoints as `policy` says: restored from the sandbox's
+/// checkpoint when there is one that fits, else booted (a checkpoint that does not fit is
+/// reported and dropped). `None`: a checkpoint was saved and the launcher exits with the
+/// checkpoint code; else how the guest's run ended.
+fn run_checkpointed(
+    boot: &Boot<'_>,
+    policy: &Policy,
+    slot: &Slot,
+    files: &CapsuleFiles,
+    live: &mut LiveOutput,
+    forwarder: &mut Forwarder,
+    report: &mut dyn FnMut(&str),
+) -> Option<Result<(), String>> {
+    let qemu_version = crate::probe::qemu_version(&boot.opts.qemu).unwrap_or_default();
+    let chirp = slot.chirp_config.as_deref();
+    let mut restore = true;
+    loop {
+        let session = RefCell::new(Session::new(
+            policy,
+            &slot.sandbox,
+            qemu_version.clone(),
+            restore,
+        ));
+        let attempt = boot.once(live, forwarder, Some(&session));
+        let mut session = session.into_inner();
+        for note in session.take_notes() {
+            report(&note);
+        }
+        let failed = match (&attempt, session.restore_failure()) {
+            (_, Some(why)) => Some(why.to_owned()),
+            (Err(why), None) if session.restoring() => Some(why.clone()),
+            _ => None,
+        };
+        if let Some(why) = failed {
+            // The fresh start's streams replace what the checkpoint's runs wrote.
+            if let Some((stdout, stderr)) = session.restored_streams() {
+                live.resume(stdout, stderr);
+            }
+            let why = why
+                .strip_prefix("the checkpoint cannot be restored: ")
+                .unwrap_or(&why);
+            report(&format!(
+                "the VM checkpoint was not restored ({why}); the job starts again from the beginning"
+            ));
+            checkpoint::publish(&slot.sandbox, chirp, checkpoint::ATTR_FALLBACK, why);
+            let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
+            restore = false;
+            continue;
+        }
+        if !session.saved() {
+            return Some(attempt);
+        }
+        match session.complete(live.delivered()) {
+            Ok(_) => {
+                checkpoint::publish(&slot.sandbox, chirp, checkpoint::ATTR_QEMU, &qemu_version);
+                for name in files
+                    .made
+                    .iter()
+                    .filter(|n| *n != checkpoint::CHECKPOINT_FILE)
+                {
+                    let _ = std::fs::remove_file(slot.sandbox.join(name));
+                }
+                return None;
+            }
+            // The guest is gone: go on from the last checkpoint there is, if any.
+            Err(why) => report(&format!("the VM checkpoint could not be written: {why}")),
+        }
+    }
+}
+
 /// What one start of the guest needs.
 struct Boot<'a> {
     ad: &'a ClassAd,
@@ -306,7 +346,9 @@ impl Boot<'_> {
         let mut channel =
             ControlChannel::new().map_err(|e| format!("cannot make the control channel: {e}"))?;
         let mut monitor = match session {
-            Some(_) => Some(Monitor::new().map_err(|e| format!("cannot make QEMU's monitor: {e}"))?),
+            Some(_) => {
+                Some(Monitor::new().map_err(|e| format!("cannot make QEMU's monitor: {e}"))?)
+            }
             None => None,
         };
         let mut resumed = false;
@@ -334,8 +376,9 @@ impl Boot<'_> {
             }
             forwarder.tick(c)
         };
-        let mut before_start =
-            |machine: &Machine<'_>| session.map_or(Ok(None), |s| s.borrow_mut().before_start(machine));
+        let mut before_start = |machine: &Machine<'_>| {
+            session.map_or(Ok(None), |s| s.borrow_mut().before_start(machine))
+        };
         let attached = Attached {
             channel: &mut channel,
             monitor: monitor.as_mut(),
@@ -393,6 +436,20 @@ fn capsule_files(
     Ok(CapsuleFiles {
         all: files,
         made,
-        checkpoint_exit_code: interruption.checkpoint_exit_code,
+        checkpoint_exit_code: job_checkpoint_code(ad, interruption),
     })
+}
+
+/// The job's own checkpoint exit code. With whole-VM checkpoints the starter's
+/// `SuccessCheckpointExitCode` is the launcher's (85 when the job has none): the capsule ad
+/// then says the job's own, if it has one, so that a plain job's own exit 85 is an exit.
+fn job_checkpoint_code(ad: &ClassAd, interruption: &Interruption) -> Option<u8> {
+    use classad::eval::evaluate_attr;
+    if evaluate_attr(ad, checkpoint::ATTR) != classad::Value::Bool(true) {
+        return interruption.checkpoint_exit_code;
+    }
+    match evaluate_attr(ad, routed::ATTR_JOB_CHECKPOINT_CODE) {
+        classad::Value::Integer(code) => u8::try_from(code).ok(),
+        _ => None,
+    }
 }

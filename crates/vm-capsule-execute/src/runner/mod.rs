@@ -11,13 +11,13 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use classad::ClassAd;
 use thiserror::Error;
 
+mod attach;
 mod control;
 mod monitor;
 mod pvh;
@@ -25,6 +25,8 @@ mod qemu;
 mod spec;
 mod wait;
 
+use attach::{hand_over, MachineParts};
+pub use attach::{Attached, Machine, RestoreHook, WritableDisk};
 pub use control::ControlChannel;
 pub use monitor::{Monitor, MonitorError};
 pub use pvh::{uncompressed_kernel, PvhKernel};
@@ -372,51 +374,6 @@ fn check_ended(
     Ok(())
 }
 
-/// A control channel attached to the guest for one run, and what to do with it while the
-/// guest runs.
-#[allow(missing_debug_implementations)]
-pub struct Attached<'a> {
-    /// The channel; QEMU gets its guest end.
-    pub channel: &'a mut ControlChannel,
-    /// QEMU's monitor, when the caller drives QEMU itself (checkpoints); QEMU gets its end.
-    pub monitor: Option<&'a mut Monitor>,
-    /// Called every few ms while QEMU runs; true: stop the guest (QEMU quits).
-    pub tick: &'a mut dyn FnMut(&mut ControlChannel, Option<&mut Monitor>) -> bool,
-    /// Called once the machine is known, right before QEMU starts: a migration stream for
-    /// QEMU to load instead of booting (`None`: boot), or why this start must not go on
-    /// ([`RunError::Restore`]).
-    pub restore: Option<&'a mut dyn FnMut(&Machine<'_>) -> Result<Option<OwnedFd>, String>>,
-}
-
-/// A disk the guest writes: saved with a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WritableDisk {
-    /// Its file name in the sandbox.
-    pub file: String,
-    /// Its container format (`raw`, `qcow2`, `vmdk`).
-    pub format: String,
-    /// The node image it overlays, the only file it may name.
-    pub base: Option<PathBuf>,
-}
-
-/// The machine about to start, as a checkpoint must match it.
-#[derive(Debug)]
-pub struct Machine<'a> {
-    /// What identifies it (hex SHA-256 of QEMU's arguments, the sandbox's path left out,
-    /// and of the files it boots from).
-    pub identity: String,
-    /// The directory it runs in.
-    pub sandbox: &'a Path,
-    /// Its writable disks.
-    pub writable: Vec<WritableDisk>,
-    /// The guest's memory, MiB.
-    pub memory_mib: u64,
-    /// Whether host paths are shared (QEMU cannot save a guest that mounted them).
-    pub shares_host_paths: bool,
-    /// Whether a disk's writes go to QEMU's own temporary snapshot (not saved with the VM).
-    pub snapshot_disks: bool,
-}
-
 /// Run the VM of `ad`.
 ///
 /// # Errors
@@ -456,37 +413,16 @@ pub fn run_with(
     progress: &mut dyn FnMut(&str),
     mut attached: Option<Attached<'_>>,
 ) -> Result<RunReport, RunError> {
-    // Judged before anything in it is read (a VMware ad's `.vmx` included).
-    let iwd = open_iwd(ad, opts)?;
-    let mut spec = VmSpec::from_ad(ad)?;
-    if let Some(dir) = &opts.workdir {
-        spec.iwd.clone_from(dir);
-    }
-    let overlays: Vec<String> = vm_capsule_core::node_image::from_routed_ad(ad)?
-        .into_iter()
-        .map(|b| b.overlay)
-        .collect();
-    let sandbox = stage(&spec, iwd.as_ref(), &overlays, opts)?;
-    vm_capsule_core::node_image::prepare(ad, &sandbox)?;
+    let Staged {
+        iwd,
+        spec,
+        overlays,
+        sandbox,
+    } = staged(ad, opts)?;
     let console = sandbox.join(CONSOLE_LOG);
     let accel = opts.accel.resolve();
     let qemu = &opts.qemu;
-    // Under TCG the kernel's own decompressor is emulated: decompress it here instead and
-    // boot it through its PVH entry point (see `pvh`); KVM runs the decompressor natively.
-    // QEMU's seccomp support is probed meanwhile (a process start of its own).
-    let (pvh, hardening) = std::thread::scope(|scope| {
-        let probe = scope.spawn(|| Hardening::probe(qemu, opts.tb_size_mib));
-        let pvh = match (&spec.boot, accel) {
-            (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
-            _ => None,
-        };
-        (pvh, probe.join())
-    });
-    // A probe that panicked says nothing: no seccomp.
-    let hardening = hardening.unwrap_or(Hardening {
-        seccomp: false,
-        tb_size_mib: opts.tb_size_mib,
-    });
+    let (pvh, hardening) = boot_pieces(&spec, &sandbox, accel, opts);
     let mut booted = spec.clone();
     if let (Some(boot), Some(kernel)) = (booted.boot.as_mut(), &pvh) {
         // An absolute path: qemu_command's join with the sandbox keeps it.
@@ -503,45 +439,19 @@ pub fn run_with(
         .as_deref()
         .map(|passt| attach_network(passt, &mut cmd))
         .transpose()?;
-    let mut incoming: Option<OwnedFd> = None;
-    if let Some(a) = attached.as_mut() {
-        if let Some(restore) = a.restore.as_mut() {
-            let machine = Machine {
-                identity: identity(
-                    &qemu_command(qemu, &spec, &sandbox, &console, accel, hardening),
-                    &[pvh.is_some(), opts.network.is_some()],
-                    &sandbox,
-                    &spec,
-                    &overlays,
-                    ad,
-                ),
-                sandbox: &sandbox,
-                writable: writable_disks(&spec, ad)?,
-                memory_mib: spec.memory_mib,
-                shares_host_paths: !shares.host_paths.is_empty(),
-                snapshot_disks: spec.drives.iter().any(|d| d.snapshot),
-            };
-            incoming = restore(&machine).map_err(RunError::Restore)?;
-        }
-        let hand_over = |what: &str| {
-            let what = format!("cannot hand QEMU the {what}");
-            move |source| RunError::Io { what, source }
-        };
-        cmd.args(ControlChannel::qemu_args(
-            a.channel.inherit().map_err(hand_over("control channel"))?,
-        ));
-        if let Some(monitor) = a.monitor.as_mut() {
-            cmd.args(Monitor::qemu_args(
-                monitor.inherit().map_err(hand_over("monitor"))?,
-            ));
-        }
-        if let Some(stream) = &incoming {
-            rustix::io::fcntl_setfd(stream, rustix::io::FdFlags::empty())
-                .map_err(|e| hand_over("checkpoint")(e.into()))?;
-            cmd.arg("-incoming")
-                .arg(format!("fd:{}", stream.as_raw_fd()));
-        }
-    }
+    let parts = MachineParts {
+        base: qemu_command(qemu, &spec, &sandbox, &console, accel, hardening),
+        flags: [pvh.is_some(), opts.network.is_some()],
+        sandbox: &sandbox,
+        spec: &spec,
+        overlays: &overlays,
+        ad,
+        shares_host_paths: !shares.host_paths.is_empty(),
+    };
+    let incoming = match attached.as_mut() {
+        Some(a) => hand_over(a, &mut cmd, || parts.machine())?,
+        None => None,
+    };
     progress(&boot_line(&spec, accel, pvh.is_some()));
     // A console left by an earlier run would look like this guest's output.
     let _ = fs::remove_file(&console);
@@ -556,10 +466,7 @@ pub fn run_with(
             source,
         })?;
     if let Some(a) = attached.as_mut() {
-        a.channel.started();
-        if let Some(monitor) = a.monitor.as_mut() {
-            monitor.started();
-        }
+        a.started();
     }
     // QEMU has its copy of the stream's read end.
     drop(incoming);
@@ -607,75 +514,62 @@ pub fn run_with(
     })
 }
 
-/// What identifies the machine `cmd` starts in `sandbox` (see [`Machine::identity`]): QEMU's
-/// arguments for the spec and `flags` (a PVH boot, a network), with the sandbox's path left out (another node's differs), the files it
-/// boots from by size and, when small, content, and the node images by their recorded sums.
-fn identity(
-    cmd: &std::process::Command,
-    flags: &[bool],
-    sandbox: &Path,
-    spec: &VmSpec,
-    overlays: &[String],
-    ad: &ClassAd,
-) -> String {
-    use sha2::{Digest, Sha256};
-    /// Files up to this size are hashed; larger ones (OS disks) are known by their size.
-    const HASHED: u64 = 64 << 20;
-    let mut h = Sha256::new();
-    let place = sandbox.display().to_string();
-    h.update(cmd.get_program().as_encoded_bytes());
-    h.update(flags.iter().map(|f| u8::from(*f)).collect::<Vec<u8>>());
-    for arg in cmd.get_args() {
-        h.update([0]);
-        h.update(arg.to_string_lossy().replace(&place, "@").as_bytes());
-    }
-    let mut files: Vec<&str> = spec
-        .drives
-        .iter()
-        .filter(|d| !d.writable && !overlays.contains(&d.file))
-        .map(|d| d.file.as_str())
-        .collect();
-    if let Some(boot) = &spec.boot {
-        files.push(&boot.kernel);
-        files.extend(boot.initrd.as_deref());
-    }
-    for name in files {
-        h.update([1]);
-        h.update(name.as_bytes());
-        let path = sandbox.join(name);
-        let len = fs::metadata(&path).map_or(0, |m| m.len());
-        h.update(len.to_le_bytes());
-        if len <= HASHED {
-            if let Ok(bytes) = fs::read(&path) {
-                h.update(Sha256::digest(&bytes));
-            }
-        }
-    }
-    if let Ok(bases) = vm_capsule_core::node_image::from_routed_ad(ad) {
-        for b in bases {
-            h.update([2]);
-            h.update(b.sha256.as_bytes());
-        }
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+/// The sandbox a run boots in, and what it was made from.
+struct Staged {
+    iwd: Option<crate::run_files::Iwd>,
+    spec: VmSpec,
+    /// The overlays over node images, made here.
+    overlays: Vec<String>,
+    sandbox: PathBuf,
 }
 
-/// The writable disks, each with the node image it overlays (if any).
-fn writable_disks(spec: &VmSpec, ad: &ClassAd) -> Result<Vec<WritableDisk>, RunError> {
-    let bases = vm_capsule_core::node_image::from_routed_ad(ad)?;
-    Ok(spec
-        .drives
-        .iter()
-        .filter(|d| d.writable || bases.iter().any(|b| b.overlay == d.file))
-        .map(|d| WritableDisk {
-            file: d.file.clone(),
-            format: d.format.clone(),
-            base: bases
-                .iter()
-                .find(|b| b.overlay == d.file)
-                .map(|b| b.path.clone()),
-        })
-        .collect())
+/// Judge the `Iwd` (before anything in it is read, a VMware ad's `.vmx` included), stage its
+/// files in the sandbox and make the overlays over node images there.
+fn staged(ad: &ClassAd, opts: &RunOptions) -> Result<Staged, RunError> {
+    let iwd = open_iwd(ad, opts)?;
+    let mut spec = VmSpec::from_ad(ad)?;
+    if let Some(dir) = &opts.workdir {
+        spec.iwd.clone_from(dir);
+    }
+    let overlays: Vec<String> = vm_capsule_core::node_image::from_routed_ad(ad)?
+        .into_iter()
+        .map(|b| b.overlay)
+        .collect();
+    let sandbox = stage(&spec, iwd.as_ref(), &overlays, opts)?;
+    vm_capsule_core::node_image::prepare(ad, &sandbox)?;
+    Ok(Staged {
+        iwd,
+        spec,
+        overlays,
+        sandbox,
+    })
+}
+
+/// The kernel to boot through its PVH entry, when under TCG, and what QEMU's sandboxing
+/// supports. Under TCG the kernel's own decompressor is emulated: it is decompressed here
+/// instead (see `pvh`); KVM runs the decompressor natively. QEMU's seccomp support is probed
+/// meanwhile (a process start of its own).
+fn boot_pieces(
+    spec: &VmSpec,
+    sandbox: &Path,
+    accel: Accel,
+    opts: &RunOptions,
+) -> (Option<PvhKernel>, Hardening) {
+    let qemu = &opts.qemu;
+    let (pvh, hardening) = std::thread::scope(|scope| {
+        let probe = scope.spawn(|| Hardening::probe(qemu, opts.tb_size_mib));
+        let pvh = match (&spec.boot, accel) {
+            (Some(boot), Accel::Tcg) => uncompressed_kernel(&sandbox.join(&boot.kernel)),
+            _ => None,
+        };
+        (pvh, probe.join())
+    });
+    // A probe that panicked says nothing: no seccomp.
+    let hardening = hardening.unwrap_or(Hardening {
+        seccomp: false,
+        tb_size_mib: opts.tb_size_mib,
+    });
+    (pvh, hardening)
 }
 
 /// Start `passt` and give QEMU (`cmd`) a NIC behind it.

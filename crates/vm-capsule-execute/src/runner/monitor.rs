@@ -261,7 +261,9 @@ impl Monitor {
                         "QEMU closed its monitor",
                     )))
                 }
-                Ok(n) => self.pending.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                Ok(n) => self
+                    .pending
+                    .extend_from_slice(buf.get(..n).unwrap_or_default()),
                 Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(MonitorError::Io(e.into())),
             }
@@ -295,14 +297,20 @@ mod tests {
 
     /// A stand-in QEMU on the other end: greets, answers `qmp_capabilities`, then replays
     /// `script` (one line per command).
-    fn fake_qemu(script: &'static [&'static str]) -> (Monitor, std::thread::JoinHandle<Vec<String>>) {
+    fn fake_qemu(
+        script: &'static [&'static str],
+    ) -> (Monitor, std::thread::JoinHandle<Vec<String>>) {
         let mut m = Monitor::new().unwrap();
         let end = UnixStream::from(m.guest.take().unwrap());
         let handle = std::thread::spawn(move || {
             let mut w = end.try_clone().unwrap();
             let mut r = BufReader::new(end);
             let mut seen = Vec::new();
-            writeln!(w, "{{\"QMP\": {{\"version\": {{}}, \"capabilities\": []}}}}").unwrap();
+            writeln!(
+                w,
+                "{{\"QMP\": {{\"version\": {{}}, \"capabilities\": []}}}}"
+            )
+            .unwrap();
             let mut line = String::new();
             r.read_line(&mut line).unwrap();
             seen.push(line.trim().to_owned());

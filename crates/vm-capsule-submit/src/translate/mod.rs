@@ -9,6 +9,7 @@
 //! Phases: [`request`] parses stdin, the identity and template are checked, [`survey`] reads
 //! the inputs' metadata, [`plan`] decides everything without writing, [`execute`] writes.
 
+mod checkpoint;
 mod config;
 mod error;
 mod execute;

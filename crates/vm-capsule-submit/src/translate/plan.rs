@@ -75,6 +75,9 @@ pub struct CapsulePlan {
     pub job_dir_name: String,
     /// The routed ad, built once for that job dir.
     pub routed: RoutedAd,
+    /// The vanilla launcher checkpoints the whole VM (`VMCapsuleCheckpoint`,
+    /// `VM_CAPSULE_CHECKPOINT`).
+    pub checkpoint: bool,
 }
 
 /// The routed ad for the job dir the plan chose.
@@ -126,6 +129,7 @@ pub fn plan(
     // Outputs the guest could never be asked for are the job's problem, found now.
     OutputRules::for_job(job).map_err(|e| job_problem(&id, e.to_string()))?;
     let universe = universe(request, cfg);
+    let checkpoint = super::checkpoint::wanted(job, cfg, universe)?;
     let manifest_json = build_manifest(cfg, job, &inputs)
         .and_then(|m| m.to_json())
         .map_err(|e| job_problem(&id, e.to_string()))?;
@@ -179,6 +183,7 @@ pub fn plan(
         node_bases,
         job_dir_name: vm_capsule_core::scratch::new_job_dir_name(&id),
         routed: RoutedAd::default(),
+        checkpoint,
     };
     if universe == RoutedUniverse::Vanilla {
         plan.check_sandbox_names()?;
@@ -253,7 +258,9 @@ impl CapsulePlan {
     /// is the job's problem.
     fn check_sandbox_names(&self) -> Result<(), TranslateError> {
         let id = self.job.id();
-        let reserved = self.reserved_names();
+        let mut reserved = self.reserved_names();
+        // A launcher that restores would take it for the VM's checkpoint.
+        reserved.push(routed::CHECKPOINT_FILE.to_owned());
         match self.inputs.items.iter().find(|i| reserved.contains(&i.name)) {
             Some(item) => Err(job_problem(
                 &id,
@@ -381,6 +388,17 @@ impl CapsulePlan {
             RoutedUniverse::Vanilla => {
                 let mut vm_ad = vm_ad;
                 self.recipe_attrs(&mut vm_ad);
+                if self.checkpoint {
+                    // The launcher reads its orders from the capsule ad, and whether an exit
+                    // with the checkpoint code in the guest is the job's own checkpoint.
+                    vm_ad.insert(routed::ATTR_CHECKPOINT, classad::Expr::boolean(true));
+                    if let Some(code) = routed::job_checkpoint_exit_code(&self.job_ad) {
+                        vm_ad.insert(
+                            routed::ATTR_JOB_CHECKPOINT_CODE,
+                            classad::Expr::integer(code),
+                        );
+                    }
+                }
                 let capsule = print(&vm_ad, "capsule.ad")?;
                 let ad = routed::build_vanilla(
                     &self.job,
@@ -392,6 +410,7 @@ impl CapsulePlan {
                         agent: self.agent.as_deref().filter(|_| !self.launcher_on_node),
                         timeout_secs: self.launcher_timeout,
                         launcher_on_node: self.launcher_on_node,
+                        checkpoint: self.checkpoint,
                     },
                 );
                 let mut ad = ad;

@@ -203,7 +203,10 @@ fn node_plan(
     sandbox: &Path,
     cfg: &TranslateSettings,
 ) -> Result<CapsulePlan, NotInVm> {
-    let job = JobSpec::from_ad(job_ad).map_err(|e| NotInVm::Unfit(e.detail()))?;
+    let mut job = JobSpec::from_ad(job_ad).map_err(|e| NotInVm::Unfit(e.detail()))?;
+    // The starter runs the job as the native vanilla job it is, not a self-checkpointing one:
+    // a launcher exiting with a checkpoint code would end the job with that code.
+    job.checkpoint = Some(false);
     let request = TranslateRequest {
         route_universe: Some(routed::VANILLA_UNIVERSE),
         ad: job_ad.clone(),

@@ -22,11 +22,12 @@ use crate::router::Pool;
 /// The checkpoint's file in the sandbox.
 const CHECKPOINT: &str = "vm-capsule.checkpoint";
 
-/// A counter that takes `secs` seconds, printing each step and a checksum-like total: any
-/// step lost or repeated changes what it prints.
+/// A counter that computes for about `secs` seconds of guest CPU under TCG (a shell loop of
+/// about a second per step), printing each step and a running sum: any step lost or repeated
+/// changes what it prints.
 fn counter(secs: u32) -> String {
     format!(
-        "i=0; sum=0\nwhile [ $i -lt {secs} ]; do i=$((i+1)); sum=$((sum*31+i)); echo \"step $i $sum\"; sleep 1; done\necho \"total $sum\" > out.txt\necho done"
+        "i=0; sum=0\nwhile [ $i -lt {secs} ]; do i=$((i+1)); j=0; while [ $j -lt 35000 ]; do j=$((j+1)); sum=$(((sum*31+j)%1000003)); done; echo \"step $i $sum\"; done\necho \"total $sum\" > out.txt\necho done"
     )
 }
 
@@ -54,8 +55,16 @@ fn wait_with_cpu(starter: &StandInStarter, child: &mut Child) -> (Option<i32>, f
     }
     let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
     // Fields after the command's closing parenthesis: state is the 3rd, utime the 14th.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11..15].iter().map(|f| f.parse::<u64>().unwrap()).sum();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap())
+        .sum();
     let code = child.wait().unwrap().code();
     // USER_HZ is 100 on Linux.
     (code, ticks as f64 / 100.0)
@@ -70,23 +79,10 @@ fn checkpointed_job(pool: &Pool, name: &str, script: &str, cluster: i64) -> clas
         "+VMCapsuleCheckpoint = true\ntransfer_output_files = out.txt",
         cluster,
     );
-    let mut routed = routed;
-    if !routed.contains("VMCapsuleCheckpoint") {
-        routed.insert("VMCapsuleCheckpoint", classad::Expr::boolean(true));
-        routed.insert("WantFTOnCheckpoint", classad::Expr::boolean(true));
-        routed.insert("SuccessCheckpointExitCode", classad::Expr::integer(85));
-        routed.insert("TransferCheckpoint", classad::Expr::string(CHECKPOINT));
-        let iwd = std::path::PathBuf::from(string_attr(&routed, "Iwd").unwrap());
-        for e in string_attr(&routed, "TransferInput").unwrap().split(',') {
-            let p = iwd.join(e.trim());
-            if p.ends_with("vm-capsule.ad") {
-                let mut t = fs::read_to_string(&p).unwrap();
-                t.push_str("VMCapsuleCheckpoint = true\n");
-                fs::write(&p, t).unwrap();
-            }
-        }
-    }
-    assert_eq!(evaluate_attr(&routed, "VMCapsuleCheckpoint"), Value::Bool(true));
+    assert_eq!(
+        evaluate_attr(&routed, "VMCapsuleCheckpoint"),
+        Value::Bool(true)
+    );
     assert_eq!(
         evaluate_attr(&routed, "WantFTOnCheckpoint"),
         Value::Bool(true)
@@ -142,11 +138,18 @@ fn a_checkpointed_job_moves_between_nodes_and_ends_as_uninterrupted() {
         cpu += used;
         match code {
             Some(85) => {
-                let size = fs::metadata(starter.sandbox.join(CHECKPOINT)).unwrap().len();
+                let size = fs::metadata(starter.sandbox.join(CHECKPOINT))
+                    .unwrap()
+                    .len();
                 assert!(size > 0);
                 // Nothing of the guest's run is taken for an output meanwhile.
                 assert!(!starter.sandbox.join("out.txt").exists());
-                starter = next_node(&pool, &routed, &starter.sandbox, &format!("moving-{}", runs + 1));
+                starter = next_node(
+                    &pool,
+                    &routed,
+                    &starter.sandbox,
+                    &format!("moving-{}", runs + 1),
+                );
             }
             Some(0) => break,
             other => panic!("run {runs}: {other:?}: {}", starter.stderr()),
@@ -207,7 +210,11 @@ fn a_checkpoint_that_cannot_be_restored_starts_the_job_afresh() {
         gz.write_all(b"").unwrap();
         f.write_all(&gz.finish().unwrap()).unwrap();
     };
-    type Spoil<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, Vec<(&'static str, String)>);
+    type Spoil<'a> = (
+        &'a str,
+        Box<dyn Fn(&Path) + 'a>,
+        Vec<(&'static str, String)>,
+    );
     let cases: Vec<Spoil<'_>> = vec![
         ("corrupt", Box::new(corrupt), interval("5").to_vec()),
         (
@@ -218,14 +225,23 @@ fn a_checkpoint_that_cannot_be_restored_starts_the_job_afresh() {
                 ("_CONDOR_VM_CAPSULE_QEMU", other_qemu.display().to_string()),
             ],
         ),
-        ("another base image", Box::new(other_base), interval("5").to_vec()),
+        (
+            "another base image",
+            Box::new(other_base),
+            interval("5").to_vec(),
+        ),
     ];
     for (what, spoil, node_knobs) in cases {
         let first = StandInStarter::new(&pool, routed.clone(), &format!("fallback-{what}-1"));
         let mut launcher = first.start_with(&knobs(&interval("5")));
         let (code, _) = wait_with_cpu(&first, &mut launcher);
         assert_eq!(code, Some(85), "{what}: {}", first.stderr());
-        let second = next_node(&pool, &routed, &first.sandbox, &format!("fallback-{what}-2"));
+        let second = next_node(
+            &pool,
+            &routed,
+            &first.sandbox,
+            &format!("fallback-{what}-2"),
+        );
         spoil(&second.sandbox);
         let mut launcher = second.start_with(&knobs(&node_knobs));
         let (code, _) = wait_with_cpu(&second, &mut launcher);
@@ -239,7 +255,12 @@ fn a_checkpoint_that_cannot_be_restored_starts_the_job_afresh() {
         let mut code = code;
         let mut hop = 3;
         while code == Some(85) {
-            last = next_node(&pool, &routed, &last.sandbox, &format!("fallback-{what}-{hop}"));
+            last = next_node(
+                &pool,
+                &routed,
+                &last.sandbox,
+                &format!("fallback-{what}-{hop}"),
+            );
             let mut launcher = last.start_with(&knobs(&interval("0")));
             code = wait_with_cpu(&last, &mut launcher).0;
             hop += 1;

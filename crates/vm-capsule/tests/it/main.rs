@@ -9,6 +9,8 @@
 
 mod ad;
 mod boot;
+mod checkpoint;
+mod checkpoint_route;
 mod cmd;
 mod crash;
 mod direct_boot;
@@ -20,7 +22,6 @@ mod hooks;
 mod host_paths;
 mod hostile;
 mod inputs;
-mod checkpoint;
 mod interrupt;
 mod layout;
 mod libvirt;

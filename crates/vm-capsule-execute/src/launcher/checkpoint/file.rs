@@ -142,7 +142,11 @@ impl Writer {
     ///
     /// # Errors
     /// Reading `source` or writing the file failed.
-    pub fn section(&mut self, name: &str, source: &mut dyn Read) -> Result<(), CheckpointFileError> {
+    pub fn section(
+        &mut self,
+        name: &str,
+        source: &mut dyn Read,
+    ) -> Result<(), CheckpointFileError> {
         let io_err = |source| CheckpointFileError::Io {
             path: self.temp.clone(),
             source,
@@ -344,10 +348,13 @@ impl Checkpoint {
             )));
         }
         let offset = self.offsets.get(index).copied().unwrap_or(0);
-        let mut file = self.file.try_clone().map_err(|source| CheckpointFileError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|source| CheckpointFileError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         file.seek(SeekFrom::Start(offset))
             .map_err(|source| CheckpointFileError::Io {
                 path: self.path.clone(),
@@ -427,7 +434,8 @@ impl Write for SparseFile {
         const BLOCK: usize = 4096;
         for chunk in buf.chunks(BLOCK) {
             if chunk.iter().all(|b| *b == 0) {
-                self.file.seek(SeekFrom::Current(i64::try_from(chunk.len()).unwrap_or(0)))?;
+                self.file
+                    .seek(SeekFrom::Current(i64::try_from(chunk.len()).unwrap_or(0)))?;
             } else {
                 self.file.write_all(chunk)?;
             }

@@ -183,7 +183,9 @@ impl<'a> Session<'a> {
             machine.memory_mib,
         ));
         if machine.shares_host_paths {
-            self.unsaveable = Some("QEMU cannot save a guest that mounted host paths (VM_CAPSULE_HOST_PATHS)".into());
+            self.unsaveable = Some(
+                "QEMU cannot save a guest that mounted host paths (VM_CAPSULE_HOST_PATHS)".into(),
+            );
         } else if machine.snapshot_disks {
             self.unsaveable =
                 Some("a disk of this template is a QEMU snapshot, which is not saved".into());
@@ -305,9 +307,9 @@ impl<'a> Session<'a> {
                         true
                     }
                     Some(_) => {
-                        let fed = feeder
-                            .take()
-                            .map_or(Ok(()), |f| f.join().unwrap_or(Err("feeder panicked".into())));
+                        let fed = feeder.take().map_or(Ok(()), |f| {
+                            f.join().unwrap_or(Err("feeder panicked".into()))
+                        });
                         let cont = fed.and_then(|()| {
                             monitor
                                 .execute("cont", Json::Null, COMMAND)
@@ -392,7 +394,9 @@ impl<'a> Session<'a> {
     ) -> Result<Writer, String> {
         let refused = |e: crate::runner::MonitorError| e.to_string();
         self.save_began = Instant::now();
-        monitor.execute("stop", Json::Null, COMMAND).map_err(refused)?;
+        monitor
+            .execute("stop", Json::Null, COMMAND)
+            .map_err(refused)?;
         // What the guest sent before it stopped is written out: the checkpoint counts it.
         for _ in 0..1000 {
             let messages = channel.poll();
@@ -409,8 +413,8 @@ impl<'a> Session<'a> {
                 COMMAND,
             )
             .map_err(refused)?;
-        let mut writer = Writer::create(&self.sandbox.join(CHECKPOINT_FILE))
-            .map_err(|e| e.to_string())?;
+        let mut writer =
+            Writer::create(&self.sandbox.join(CHECKPOINT_FILE)).map_err(|e| e.to_string())?;
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         monitor
@@ -430,7 +434,11 @@ impl<'a> Session<'a> {
                 .map_err(|e| e.to_string())
         });
         let migrated = monitor
-            .execute("migrate", json!({"uri": "fd:vmcapsule-checkpoint"}), COMMAND)
+            .execute(
+                "migrate",
+                json!({"uri": "fd:vmcapsule-checkpoint"}),
+                COMMAND,
+            )
             .map_err(refused)
             .and_then(|_| self.wait_for_migration(monitor));
         if let Err(why) = migrated {
