@@ -166,6 +166,7 @@ fn listen() {
         loop {
             match decoder.next_message() {
                 Ok(Some(Message::Signal(s))) => on_signal(s),
+                Ok(Some(Message::Time(secs, nanos))) => set_clock(secs, nanos),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -176,6 +177,19 @@ fn listen() {
                 }
             }
         }
+    }
+}
+
+/// Set the guest's clock to the host's time: a guest restored from a checkpoint resumes with
+/// the clock it was saved with, behind by however long it was away.
+fn set_clock(secs: u64, nanos: u32) {
+    let Ok(secs) = i64::try_from(secs) else {
+        return;
+    };
+    let now = nix::sys::time::TimeSpec::new(secs, i64::from(nanos));
+    match nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
+        Ok(()) => crate::log!("control: the clock is set to the host's ({secs} s)"),
+        Err(e) => crate::log!("control: cannot set the clock: {e}"),
     }
 }
 

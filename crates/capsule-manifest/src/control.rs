@@ -28,6 +28,8 @@ pub const MAX_OUTPUT_CHUNK: usize = 32 * 1024 - HEADER;
 
 /// Type byte of [`Message::Signal`].
 const TYPE_SIGNAL: u8 = 1;
+/// Type byte of [`Message::Time`].
+const TYPE_TIME: u8 = 6;
 /// Type byte of [`Message::Output`] for stdout.
 const TYPE_STDOUT: u8 = 2;
 /// Type byte of [`Message::Output`] for stderr.
@@ -59,6 +61,9 @@ pub enum Message {
     Signal(u8),
     /// The next bytes the job wrote to one of its streams (1 to [`MAX_OUTPUT_CHUNK`]).
     Output(Stream, Vec<u8>),
+    /// The host's time of day (seconds and nanoseconds since the epoch): a guest restored
+    /// from a checkpoint resumes with the clock it was saved with.
+    Time(u64, u32),
 }
 
 /// One frame of `kind` carrying `payload` (at most [`MAX_PAYLOAD`] bytes: callers bound it).
@@ -91,6 +96,11 @@ impl Message {
         match self {
             Message::Signal(s) => frame(TYPE_SIGNAL, &[*s]),
             Message::Output(stream, bytes) => output_frame(*stream, bytes),
+            Message::Time(secs, nanos) => {
+                let mut payload = secs.to_be_bytes().to_vec();
+                payload.extend_from_slice(&nanos.to_be_bytes());
+                frame(TYPE_TIME, &payload)
+            }
         }
     }
 }
@@ -191,6 +201,25 @@ impl Decoder {
                         }),
                     }
                 }
+                TYPE_TIME => {
+                    let bad = FrameError::BadPayload {
+                        kind,
+                        len: payload.len(),
+                    };
+                    let (Some(secs), Some(nanos)) = (payload.get(..8), payload.get(8..)) else {
+                        return Err(bad);
+                    };
+                    let (Ok(secs), Ok(nanos)) =
+                        (<[u8; 8]>::try_from(secs), <[u8; 4]>::try_from(nanos))
+                    else {
+                        return Err(bad);
+                    };
+                    let nanos = u32::from_be_bytes(nanos);
+                    if nanos >= 1_000_000_000 {
+                        return Err(bad);
+                    }
+                    return Ok(Some(Message::Time(u64::from_be_bytes(secs), nanos)));
+                }
                 TYPE_STDOUT | TYPE_STDERR => {
                     if payload.is_empty() || payload.len() > MAX_OUTPUT_CHUNK {
                         return Err(FrameError::BadPayload {
@@ -222,6 +251,24 @@ impl Decoder {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_time_goes_through_and_a_bad_one_is_dropped() {
+        let mut d = Decoder::new();
+        d.push(&Message::Time(1_796_628_225, 5).encode());
+        assert_eq!(d.next_message(), Ok(Some(Message::Time(1_796_628_225, 5))));
+        for payload in [vec![0u8; 11], vec![0u8; 13], {
+            let mut p = vec![0u8; 8];
+            p.extend(2_000_000_000u32.to_be_bytes());
+            p
+        }] {
+            d.push(&frame(TYPE_TIME, &payload));
+            assert!(matches!(
+                d.next_message(),
+                Err(FrameError::BadPayload { .. })
+            ));
+        }
+    }
 
     #[test]
     fn round_trip_in_pieces() {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use capsule_manifest::control::Message;
 use classad::eval::{evaluate_attr, string_attr};
 use classad::{ClassAd, Value};
 use serde_json::{json, Value as Json};
@@ -318,6 +319,12 @@ impl<'a> Session<'a> {
                         });
                         match cont {
                             Ok(()) => {
+                                // The guest's clock stood still while it was away.
+                                if let Ok(now) = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                {
+                                    channel.send(&Message::Time(now.as_secs(), now.subsec_nanos()));
+                                }
                                 self.state = State::Running;
                                 self.running_since = Instant::now();
                                 self.restored_ms = Some(millis(self.restore_began.elapsed()));
@@ -610,5 +617,118 @@ pub fn publish(sandbox: &Path, chirp_config: Option<&Path>, name: &str, text: &s
     let value = classad::print::expr_to_string(&classad::Expr::string(text), classad::Syntax::New);
     if let Ok(mut chirp) = crate::chirp::Chirp::from_sandbox(sandbox, chirp_config) {
         let _ = chirp.set_job_attr(name, &value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ad(text: &str) -> ClassAd {
+        classad::parse_old_ad(text).unwrap()
+    }
+
+    #[test]
+    fn only_a_job_that_asks_and_the_starter_restarts_is_checkpointed() {
+        let asks = ad("VMCapsuleCheckpoint = true\n");
+        let vacate = Duration::from_secs(600);
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(
+            Policy::from_ads(&ad("X = 1\n"), None, hour, Some(85), vacate),
+            Ok(None)
+        );
+        // Asked, but the starter's ad does not make it self-checkpointing: said, not run.
+        let e = Policy::from_ads(&asks, None, hour, None, vacate).unwrap_err();
+        assert!(e.contains("SuccessCheckpointExitCode"), "{e}");
+        let p = Policy::from_ads(&asks, None, hour, Some(85), vacate)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.exit_code, p.interval, p.on_evict), (85, hour, false));
+        // Saved at eviction only when HTCondor then transfers the sandbox's changed files.
+        let evict = ad("WhenToTransferOutput = \"ON_EXIT_OR_EVICT\"\n");
+        let listed = ad("WhenToTransferOutput = \"ON_EXIT_OR_EVICT\"\nTransferOutput = \"out\"\n");
+        let on = |job: &ClassAd| {
+            Policy::from_ads(&asks, Some(job), None, Some(85), vacate)
+                .unwrap()
+                .unwrap()
+                .on_evict
+        };
+        assert!(on(&evict));
+        assert!(!on(&listed));
+    }
+
+    #[test]
+    fn an_empty_file_or_a_link_is_no_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!Session::has_checkpoint(d.path()));
+        std::fs::write(d.path().join("elsewhere"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), d.path().join(CHECKPOINT_FILE))
+            .unwrap();
+        assert!(!Session::has_checkpoint(d.path()));
+        std::fs::remove_file(d.path().join(CHECKPOINT_FILE)).unwrap();
+        std::fs::write(d.path().join(CHECKPOINT_FILE), b"x").unwrap();
+        assert!(Session::has_checkpoint(d.path()));
+        // The job ended: what it leaves is an empty file, which HTCondor can still send.
+        Session::forget(d.path());
+        assert!(!Session::has_checkpoint(d.path()));
+        assert!(d.path().join(CHECKPOINT_FILE).exists());
+    }
+
+    /// A restored disk that names any file but the node image it overlays (a job owner's
+    /// checkpoint naming another job's file, say) is refused before QEMU opens it.
+    #[test]
+    fn a_restored_disk_names_only_its_node_image() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.qcow2");
+        let other = d.path().join("someone-elses.img");
+        std::fs::write(&other, vec![0u8; 65536]).unwrap();
+        let mk = |over: &Path, backing: &Path| {
+            let out = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(backing)
+                .arg(over)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        std::fs::write(&base, vec![0u8; 65536]).unwrap();
+        let good = d.path().join("good.qcow2");
+        let evil = d.path().join("evil.qcow2");
+        mk(&good, &base);
+        mk(&evil, &other);
+        let disk = WritableDisk {
+            file: String::new(),
+            format: "qcow2".into(),
+            base: Some(base.clone()),
+        };
+        for (path, ok) in [(&good, true), (&evil, false)] {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            let mut w = Writer::create(&d.path().join(format!("{name}.ckpt"))).unwrap();
+            let mut f = std::fs::File::open(path).unwrap();
+            w.section(name, &mut f).unwrap();
+            w.finish(Trailer {
+                qemu: String::new(),
+                machine: String::new(),
+                stdout: 0,
+                stderr: 0,
+                save_ms: 0,
+                restored_ms: None,
+                sections: Vec::new(),
+            })
+            .unwrap();
+            let c = Checkpoint::open(&d.path().join(format!("{name}.ckpt")), 1 << 30).unwrap();
+            let sandbox = d.path().join(format!("sb-{name}"));
+            std::fs::create_dir(&sandbox).unwrap();
+            let disk = WritableDisk {
+                file: name.to_owned(),
+                ..disk.clone()
+            };
+            let got = restore_disk(&c, &sandbox, &disk, 1 << 30);
+            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
+            if let Err(e) = &got {
+                assert!(e.contains("only the node image"), "{e}");
+            }
+        }
     }
 }
