@@ -76,7 +76,7 @@ fn checkpointed_job(pool: &Pool, name: &str, script: &str, cluster: i64) -> clas
         pool,
         name,
         script,
-        "+VMCapsuleCheckpoint = true\ntransfer_output_files = out.txt",
+        "+VMCapsuleCheckpoint = true\ntransfer_output_files = out.txt, clock.txt",
         cluster,
     );
     assert_eq!(
@@ -292,4 +292,57 @@ fn a_checkpoint_that_cannot_be_restored_starts_the_job_afresh() {
             );
         }
     }
+}
+
+/// An eviction (`condor_vacate_job`: the soft-kill signal to the launcher) of a job whose
+/// files HTCondor transfers on eviction (`ON_EXIT_OR_EVICT` without an output list): the
+/// launcher saves the VM instead of forwarding the signal, and the job, restored on another
+/// "node", never saw it and ends as it does natively.
+#[test]
+fn an_evicted_job_is_saved_and_goes_on_elsewhere() {
+    let pool = pool();
+    let script = counter(25);
+    let routed = routed_job(
+        &pool,
+        "evicted",
+        &script,
+        "+VMCapsuleCheckpoint = true\nwhen_to_transfer_output = ON_EXIT_OR_EVICT\njob_max_vacate_time = 120",
+        2503,
+    );
+    let first = StandInStarter::new(&pool, routed.clone(), "evicted-1");
+    let mut launcher = first.start_with(&knobs(&interval("0")));
+    first.wait_for_the_job(&mut launcher);
+    std::thread::sleep(Duration::from_secs(8));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&launcher),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let (code, _) = wait_with_cpu(&first, &mut launcher);
+    assert_eq!(code, Some(85), "{}", first.stderr());
+    let stdout = fs::read_to_string(first.sandbox.join("_condor_stdout")).unwrap();
+    assert!(stdout.starts_with("step 1 "), "{stdout}");
+    assert!(!stdout.contains("done"), "{stdout}");
+    let second = next_node(&pool, &routed, &first.sandbox, "evicted-2");
+    let mut launcher = second.start_with(&knobs(&interval("0")));
+    let (code, _) = wait_with_cpu(&second, &mut launcher);
+    assert_eq!(code, Some(0), "{}", second.stderr());
+    // The same script natively.
+    let native = pool.root.path().join("evicted-native");
+    fs::create_dir_all(&native).unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(&native)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        fs::read_to_string(second.sandbox.join("_condor_stdout")).unwrap(),
+        String::from_utf8(out.stdout).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(second.sandbox.join("out.txt")).unwrap(),
+        fs::read_to_string(native.join("out.txt")).unwrap()
+    );
+    assert_eq!(second.stderr(), "");
 }

@@ -191,6 +191,10 @@ impl<'a> Session<'a> {
             self.unsaveable =
                 Some("a disk of this template is a QEMU snapshot, which is not saved".into());
         }
+        if let Some(why) = &self.unsaveable {
+            self.notes
+                .push(format!("the VM is not checkpointed on this node: {why}"));
+        }
         self.running_since = Instant::now();
         self.restore_began = Instant::now();
         if !self.restore || !Self::has_checkpoint(&self.sandbox) {
