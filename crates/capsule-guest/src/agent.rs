@@ -466,10 +466,9 @@ fn prepare_and_run(
 
     // A self-checkpointing job's checkpoint exit: HTCondor restarts it in the same sandbox,
     // which must then hold every file it wrote, whatever its output rule.
-    let checkpointed = matches!(
-        (m.checkpoint_exit_code, finished.outcome),
-        (Some(want), Outcome::Exited { code }) if code == want
-    );
+    let checkpointed = m
+        .checkpoint_exit()
+        .is_some_and(|exit| exit.is(&finished.outcome));
     let rule = if checkpointed {
         crate::log!("checkpoint exit: returning every file the job wrote");
         collect::checkpoint_rule(&s.work, &catalog).unwrap_or_else(|e| {

@@ -79,6 +79,10 @@
 //!   agent packs every new or changed top-level entry of the work dir (directories whole),
 //!   whatever `output` says, so the host holds every file the job wrote when HTCondor restarts
 //!   it in the same sandbox.
+//! * `checkpoint_exit_signal` (default none, written only when set, never with
+//!   `checkpoint_exit_code`): the same for a job that checkpoints by dying from this signal
+//!   (HTCondor's `SuccessCheckpointExitSignal` with `SuccessCheckpointExitBySignal`); a death
+//!   by it with a core dump is not a checkpoint, as for HTCondor's starter.
 //!
 //! # `result.json`, schema version 2
 //!
@@ -136,7 +140,7 @@ mod path;
 mod result;
 
 pub use error::Error;
-pub use manifest::{EntryKind, InputEntry, Manifest, OutputRule};
+pub use manifest::{CheckpointExit, EntryKind, InputEntry, Manifest, OutputRule};
 pub use path::{
     Executable, OutputPath, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES, MAX_PATH_BYTES,
 };

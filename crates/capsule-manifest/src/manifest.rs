@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{Executable, OutputPath, PathError, RelPath};
 use crate::{
-    json, Error, CAPSULE_JSON, DEFAULT_STDERR, DEFAULT_STDOUT, RESERVED_NAMES, SCHEMA_VERSION,
+    json, Error, Outcome, CAPSULE_JSON, DEFAULT_STDERR, DEFAULT_STDOUT, RESERVED_NAMES,
+    SCHEMA_VERSION,
 };
 
 /// Most `argv` elements accepted (Linux's own limit is about this for short arguments).
@@ -60,6 +61,41 @@ pub struct Manifest {
     /// restart it from its files. Written only when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_exit_code: Option<u8>,
+    /// The job is self-checkpointing by a signal: when this signal kills it (without a core
+    /// dump), the same as `checkpoint_exit_code`. Written only when set; never with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_exit_signal: Option<u8>,
+}
+
+/// How a self-checkpointing job says it has checkpointed, as HTCondor's starter tells
+/// (`computeDesiredExitStatus` with the `Checkpoint` prefix): by an exit code, or by dying
+/// from a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointExit {
+    /// It exits with this code (`SuccessCheckpointExitCode`).
+    Code(u8),
+    /// This signal kills it (`SuccessCheckpointExitSignal` with
+    /// `SuccessCheckpointExitBySignal`).
+    Signal(u8),
+}
+
+impl CheckpointExit {
+    /// Whether the job ending as `outcome` has checkpointed. The starter compares the whole
+    /// wait status, so a death by the signal with a core dump is not a checkpoint.
+    #[must_use]
+    pub fn is(self, outcome: &Outcome) -> bool {
+        match (self, *outcome) {
+            (CheckpointExit::Code(want), Outcome::Exited { code }) => code == want,
+            (
+                CheckpointExit::Signal(want),
+                Outcome::Signaled {
+                    signal,
+                    core_dumped: false,
+                },
+            ) => signal == want,
+            _ => false,
+        }
+    }
 }
 
 /// Which files of the work dir are collected into `output.tar`.
@@ -129,7 +165,25 @@ impl Manifest {
             output: OutputRule::Default,
             inputs: Vec::new(),
             checkpoint_exit_code: None,
+            checkpoint_exit_signal: None,
         }
+    }
+
+    /// How the job checkpoints, if it does.
+    #[must_use]
+    pub fn checkpoint_exit(&self) -> Option<CheckpointExit> {
+        self.checkpoint_exit_signal
+            .map(CheckpointExit::Signal)
+            .or(self.checkpoint_exit_code.map(CheckpointExit::Code))
+    }
+
+    /// Make the job self-checkpointing as `exit` says (or not, with `None`).
+    pub fn set_checkpoint_exit(&mut self, exit: Option<CheckpointExit>) {
+        (self.checkpoint_exit_code, self.checkpoint_exit_signal) = match exit {
+            Some(CheckpointExit::Code(code)) => (Some(code), None),
+            Some(CheckpointExit::Signal(signal)) => (None, Some(signal)),
+            None => (None, None),
+        };
     }
 
     /// Parse and validate a `capsule.json`.
@@ -238,6 +292,22 @@ impl Manifest {
                     format!(
                         "must be between 1 and {MAX_WALL_TIME_SECS} seconds; omit it for no limit"
                     ),
+                );
+            }
+        }
+        if let Some(signal) = self.checkpoint_exit_signal {
+            if self.checkpoint_exit_code.is_some() {
+                return bad(
+                    "checkpoint_exit_signal",
+                    &signal.to_string(),
+                    "a job checkpoints by an exit code or by a signal, not both".into(),
+                );
+            }
+            if signal == 0 || signal > crate::result::MAX_SIGNAL {
+                return bad(
+                    "checkpoint_exit_signal",
+                    &signal.to_string(),
+                    format!("a signal number is 1-{}", crate::result::MAX_SIGNAL),
                 );
             }
         }
@@ -441,6 +511,32 @@ mod tests {
         m.fallback_user = None;
         let back = Manifest::from_json(&m.to_json().unwrap()).unwrap();
         assert_eq!(back, m);
+    }
+
+    /// A job checkpoints by a code or by a signal (without a core dump), never both.
+    #[test]
+    fn a_checkpoint_exit_is_a_code_or_a_signal() {
+        let mut m = Manifest::new(exe("job"), vec!["job".into()]);
+        m.set_checkpoint_exit(Some(CheckpointExit::Signal(10)));
+        let back = Manifest::from_json(&m.to_json().unwrap()).unwrap();
+        assert_eq!(back.checkpoint_exit(), Some(CheckpointExit::Signal(10)));
+        let ckpt = CheckpointExit::Signal(10);
+        let killed = |signal, core_dumped| Outcome::Signaled {
+            signal,
+            core_dumped,
+        };
+        assert!(ckpt.is(&killed(10, false)));
+        assert!(!ckpt.is(&killed(10, true)));
+        assert!(!ckpt.is(&killed(15, false)));
+        assert!(!ckpt.is(&Outcome::Exited { code: 10 }));
+        assert!(CheckpointExit::Code(85).is(&Outcome::Exited { code: 85 }));
+        assert!(!CheckpointExit::Code(85).is(&killed(85, false)));
+        m.checkpoint_exit_code = Some(85);
+        assert!(m.to_json().unwrap_err().to_string().contains("not both"));
+        m.set_checkpoint_exit(Some(CheckpointExit::Signal(65)));
+        assert!(m.to_json().unwrap_err().to_string().contains("1-64"));
+        m.set_checkpoint_exit(None);
+        assert_eq!(m, Manifest::new(exe("job"), vec!["job".into()]));
     }
 
     proptest::proptest! {

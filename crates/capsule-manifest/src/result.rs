@@ -10,7 +10,7 @@ use crate::{json, EntryKind, Error, RESULT_JSON};
 /// The `result.json` schema this crate writes; version 1 (a single `error` text) is still read.
 pub const RESULT_SCHEMA_VERSION: u32 = 2;
 /// Highest signal number Linux uses (`SIGRTMAX`).
-const MAX_SIGNAL: u8 = 64;
+pub(crate) const MAX_SIGNAL: u8 = 64;
 /// Most problems one result may carry.
 const MAX_PROBLEMS: usize = 64;
 /// Longest problem message, in bytes.

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use capsule_disk::{Access, DataDisk};
+use capsule_manifest::CheckpointExit;
 
 use vm_capsule_core::returned::place::OutputRules;
 use vm_capsule_core::returned::{self, Delivery, ExitStatus, StreamSink};
@@ -60,9 +61,9 @@ pub struct CapsuleFiles {
     /// Those the launcher made here (the data disk, overlays, the console log): made again
     /// at every start.
     pub made: Vec<String>,
-    /// The job's checkpoint exit code: after it HTCondor restarts the launcher in this
+    /// How the job checkpoints: after that exit HTCondor restarts the launcher in this
     /// sandbox, so the files HTCondor transferred stay.
-    pub checkpoint_exit_code: Option<u8>,
+    pub checkpoint_exit: Option<CheckpointExit>,
 }
 
 /// Unpack the job's results from `data_disk` in `sandbox` and remove the capsule's files
@@ -79,11 +80,8 @@ pub fn finish_in_sandbox(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, chirp_config, data_disk, &files.all, live, out, err);
-    let checkpointed = matches!(
-        (&exit, files.checkpoint_exit_code),
-        (LauncherExit::Code(code), Some(want)) if *code == want
-    );
+    let exit = extract(sandbox, chirp_config, data_disk, files, live, out, err);
+    let checkpointed = is_checkpoint(&exit, files.checkpoint_exit);
     let remove = if checkpointed {
         &files.made
     } else {
@@ -98,11 +96,22 @@ pub fn finish_in_sandbox(
     exit
 }
 
+/// Whether the launcher ending as `exit` is the checkpoint exit `want`, as the starter will
+/// see it (a death by the signal with a core dump is made a failure in [`finish_in_sandbox`],
+/// so what is left is the starter's own rule).
+pub(crate) fn is_checkpoint(exit: &LauncherExit, want: Option<CheckpointExit>) -> bool {
+    match (exit, want) {
+        (LauncherExit::Code(code), Some(CheckpointExit::Code(want)))
+        | (LauncherExit::Signal(code), Some(CheckpointExit::Signal(want))) => *code == want,
+        _ => false,
+    }
+}
+
 fn extract(
     sandbox: &Path,
     chirp_config: Option<&Path>,
     data_disk: &str,
-    capsule_files: &[String],
+    files: &CapsuleFiles,
     live: &mut LiveOutput,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -120,7 +129,7 @@ fn extract(
     let delivery = Delivery {
         stdout: StreamSink::Copy(&mut out),
         stderr: StreamSink::Copy(&mut err),
-        outputs: Ok(OutputRules::sandbox(sandbox, capsule_files)),
+        outputs: Ok(OutputRules::sandbox(sandbox, &files.all)),
         tag: "launcher",
         // No watchdog here: nothing removes a temporary file on a timeout.
         temps: &TempRecord::new(),
@@ -152,6 +161,18 @@ fn extract(
     // vanilla job: the sandbox simply lacks it.
     match exit.status {
         ExitStatus::Exited(code) => LauncherExit::Code(code),
+        // The starter compares the whole wait status: this is no checkpoint for it, and a
+        // launcher dying by the signal could not show the core dump.
+        ExitStatus::Signaled {
+            signal,
+            core_dumped: true,
+        } if files.checkpoint_exit == Some(CheckpointExit::Signal(signal)) => {
+            LauncherExit::Failed(format!(
+                "the job died by signal {signal}, its SuccessCheckpointExitSignal, but dumped core: \
+                 HTCondor does not take that for a checkpoint and the launcher cannot end the \
+                 same way; raise no core dump at a checkpoint (ulimit -c 0 in the job)"
+            ))
+        }
         ExitStatus::Signaled { signal, .. } => LauncherExit::Signal(signal),
         ExitStatus::NotStarted(why) => LauncherExit::NotStarted(why),
     }
@@ -168,13 +189,20 @@ mod tests {
 
     /// A returned data disk: the job exited 0 with `stdout` and `stderr`.
     fn returned_disk(path: &Path, stdout: &[u8], stderr: &[u8]) {
+        returned_disk_of(path, stdout, stderr, r#"{"kind":"exited","code":0}"#);
+    }
+
+    /// A returned data disk: the job ended as `outcome` (JSON) with `stdout` and `stderr`.
+    fn returned_disk_of(path: &Path, stdout: &[u8], stderr: &[u8], outcome: &str) {
         let disk = DataDisk::create(path, &CreateOptions::new().size(16 << 20)).unwrap();
         disk.put_file(capsule_manifest::DEFAULT_STDOUT, &mut &stdout[..])
             .unwrap();
         disk.put_file(capsule_manifest::DEFAULT_STDERR, &mut &stderr[..])
             .unwrap();
-        let result = br#"{"schema_version":1,"outcome":{"kind":"exited","code":0},"timed_out":false,"error":null,"wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}"#;
-        disk.put_file(capsule_manifest::RESULT_JSON, &mut &result[..])
+        let result = format!(
+            r#"{{"schema_version":1,"outcome":{outcome},"timed_out":false,"error":null,"wall_time_secs":3.0,"user_cpu_secs":0.0,"system_cpu_secs":0.0,"peak_rss_kib":1,"started_at_unix":1.0,"ended_at_unix":4.0,"outputs":[],"missing_outputs":[],"warnings":[],"agent":{{"version":"0.1.0","user":"condor","uid":1000,"setup_secs":0.0}}}}"#
+        );
+        disk.put_file(capsule_manifest::RESULT_JSON, &mut result.as_bytes())
             .unwrap();
         disk.finish().unwrap();
     }
@@ -219,7 +247,7 @@ mod tests {
         let files = CapsuleFiles {
             all: vec!["data.img".to_owned()],
             made: vec!["data.img".to_owned()],
-            checkpoint_exit_code: None,
+            checkpoint_exit: None,
         };
         let exit = finish_in_sandbox(
             d.path(),
@@ -236,5 +264,45 @@ mod tests {
             b"from the run before\nline 1\nline 2\n"
         );
         assert_eq!(fs::read(&err_path).unwrap(), b"warn 1\n");
+    }
+
+    /// A job that checkpoints by a signal and dies by it: the capsule's files HTCondor
+    /// transferred stay for the restart, and the launcher dies by the same signal. With a core
+    /// dump it is no checkpoint for the starter, and the launcher cannot die with one: it
+    /// says so and fails, the capsule's files gone.
+    #[test]
+    fn a_death_by_the_checkpoint_signal_keeps_the_capsule_s_files() {
+        let killed =
+            |core: bool| format!(r#"{{"kind":"signaled","signal":10,"core_dumped":{core}}}"#);
+        for core in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            returned_disk_of(&d.path().join("data.img"), b"", b"", &killed(core));
+            std::fs::write(d.path().join("vmlinuz"), "kernel").unwrap();
+            let files = CapsuleFiles {
+                all: vec!["data.img".to_owned(), "vmlinuz".to_owned()],
+                made: vec!["data.img".to_owned()],
+                checkpoint_exit: Some(CheckpointExit::Signal(10)),
+            };
+            let exit = finish_in_sandbox(
+                d.path(),
+                None,
+                "data.img",
+                &files,
+                &mut LiveOutput::off(),
+                &mut std::io::sink(),
+                &mut std::io::sink(),
+            );
+            assert!(!d.path().join("data.img").exists());
+            if core {
+                let LauncherExit::Failed(why) = exit else {
+                    panic!("{exit:?}")
+                };
+                assert!(why.contains("signal 10") && why.contains("core"), "{why}");
+                assert!(!d.path().join("vmlinuz").exists());
+            } else {
+                assert_eq!(exit, LauncherExit::Signal(10));
+                assert!(d.path().join("vmlinuz").exists(), "removed at a checkpoint");
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capsule_manifest::control::Message;
+use capsule_manifest::CheckpointExit;
 use classad::eval::evaluate_attr;
 use classad::{ClassAd, Value};
 
@@ -33,9 +34,9 @@ pub struct Interruption {
     pub kill_signals: Vec<i32>,
     /// From the soft-kill signal to HTCondor's SIGKILL.
     pub vacate: Duration,
-    /// The job is self-checkpointing: it exits with this code to be restarted in place
-    /// (`SuccessCheckpointExitCode`, honoured only with `WantFTOnCheckpoint`).
-    pub checkpoint_exit_code: Option<u8>,
+    /// The job is self-checkpointing: it exits with this code, or dies by this signal, to be
+    /// restarted in place (honoured only with `WantFTOnCheckpoint`).
+    pub checkpoint_exit: Option<CheckpointExit>,
 }
 
 /// A signal as a job ad names it (`findSignal` in `classad_helpers.cpp`): a number, or a name
@@ -58,6 +59,30 @@ fn signal_of(ad: &ClassAd, attr: &str) -> Option<i32> {
     }
 }
 
+/// The exit status HTCondor's starter takes for a checkpoint (`computeDesiredExitStatus`
+/// with the `Checkpoint` prefix in `starter_util.cpp`): with `SuccessCheckpointExitBySignal`
+/// the job's death by `SuccessCheckpointExitSignal`, otherwise its exit with
+/// `SuccessCheckpointExitCode`; an unset or zero value stands for the status 0, an exit with
+/// code 0. `None` when no status of a job can match (a number out of range).
+fn checkpoint_exit_of(job: &ClassAd) -> Option<CheckpointExit> {
+    let integer = |attr| match evaluate_attr(job, attr) {
+        Value::Integer(n) => n,
+        _ => 0,
+    };
+    if evaluate_attr(job, "SuccessCheckpointExitBySignal") == Value::Bool(true) {
+        return match integer("SuccessCheckpointExitSignal") {
+            0 => Some(CheckpointExit::Code(0)),
+            n => u8::try_from(n)
+                .ok()
+                .filter(|s| (1..=64).contains(s))
+                .map(CheckpointExit::Signal),
+        };
+    }
+    u8::try_from(integer("SuccessCheckpointExitCode"))
+        .ok()
+        .map(CheckpointExit::Code)
+}
+
 fn seconds(ad: &ClassAd, attr: &str) -> Option<u64> {
     match evaluate_attr(ad, attr) {
         Value::Integer(n) => u64::try_from(n).ok(),
@@ -71,17 +96,14 @@ impl Interruption {
     pub fn from_ads(job: Option<&ClassAd>, machine: Option<&ClassAd>) -> Interruption {
         let mut kill_signals = vec![nix::libc::SIGTERM];
         let mut vacate = None;
-        let mut checkpoint_exit_code = None;
+        let mut checkpoint_exit = None;
         if let Some(job) = job {
             for attr in ["KillSig", "RemoveKillSig", "HoldKillSig"] {
                 kill_signals.extend(signal_of(job, attr));
             }
             vacate = seconds(job, "JobMaxVacateTime").or_else(|| seconds(job, "KillSigTimeout"));
             if evaluate_attr(job, "WantFTOnCheckpoint") == Value::Bool(true) {
-                checkpoint_exit_code = match evaluate_attr(job, "SuccessCheckpointExitCode") {
-                    Value::Integer(n) => u8::try_from(n).ok(),
-                    _ => None,
-                };
+                checkpoint_exit = checkpoint_exit_of(job);
             }
         }
         let machine = machine.and_then(|m| seconds(m, "MachineMaxVacateTime"));
@@ -95,7 +117,16 @@ impl Interruption {
         Interruption {
             kill_signals,
             vacate: Duration::from_secs(secs),
-            checkpoint_exit_code,
+            checkpoint_exit,
+        }
+    }
+
+    /// The job's checkpoint exit code, when it checkpoints by one (whole-VM checkpoints
+    /// exit with it).
+    pub fn checkpoint_exit_code(&self) -> Option<u8> {
+        match self.checkpoint_exit {
+            Some(CheckpointExit::Code(code)) => Some(code),
+            _ => None,
         }
     }
 
@@ -196,16 +227,44 @@ mod tests {
         let i = Interruption::from_ads(Some(&job), None);
         assert_eq!(i.kill_signals, vec![2, 10, 12, 15]);
         assert_eq!(i.vacate, Duration::from_secs(30));
-        assert_eq!(i.checkpoint_exit_code, Some(85));
+        assert_eq!(i.checkpoint_exit, Some(CheckpointExit::Code(85)));
         // The machine's limit wins when shorter; without WantFTOnCheckpoint no checkpoint.
         let machine = ad("MachineMaxVacateTime = 10 * 2\n");
         let job = ad("SuccessCheckpointExitCode = 85\nKillSig = \"NOSUCH\"\n");
         let i = Interruption::from_ads(Some(&job), Some(&machine));
         assert_eq!(i.kill_signals, vec![15]);
         assert_eq!(i.vacate, Duration::from_secs(20));
-        assert_eq!(i.checkpoint_exit_code, None);
+        assert_eq!(i.checkpoint_exit, None);
         let none = Interruption::from_ads(None, None);
         assert_eq!(none.vacate, Duration::from_secs(DEFAULT_VACATE_SECS));
+    }
+
+    /// The starter's rule for the checkpoint status: by a signal when the job says so (its
+    /// exit code then counts for nothing), an unset code or signal meaning status 0.
+    #[test]
+    fn a_job_may_checkpoint_by_a_signal() {
+        let ckpt = |extra: &str| {
+            let job = ad(&format!("WantFTOnCheckpoint = true\n{extra}"));
+            Interruption::from_ads(Some(&job), None).checkpoint_exit
+        };
+        let by_signal = "SuccessCheckpointExitBySignal = true\n";
+        assert_eq!(
+            ckpt(&format!(
+                "{by_signal}SuccessCheckpointExitSignal = 10\nSuccessCheckpointExitCode = 85\n"
+            )),
+            Some(CheckpointExit::Signal(10))
+        );
+        assert_eq!(ckpt(by_signal), Some(CheckpointExit::Code(0)));
+        assert_eq!(
+            ckpt(&format!("{by_signal}SuccessCheckpointExitSignal = 300\n")),
+            None
+        );
+        assert_eq!(
+            ckpt("SuccessCheckpointExitBySignal = false\nSuccessCheckpointExitSignal = 10\nSuccessCheckpointExitCode = 85\n"),
+            Some(CheckpointExit::Code(85))
+        );
+        assert_eq!(ckpt(""), Some(CheckpointExit::Code(0)));
+        assert_eq!(ckpt("SuccessCheckpointExitCode = 256\n"), None);
     }
 
     #[test]
@@ -232,7 +291,7 @@ mod tests {
         let interruption = Interruption {
             kill_signals: vec![nix::libc::SIGUSR2, nix::libc::SIGKILL],
             vacate: Duration::ZERO,
-            checkpoint_exit_code: None,
+            checkpoint_exit: None,
         };
         let mut forwarder = Forwarder::install(&interruption);
         // SIGKILL cannot be caught: not among them.

@@ -24,6 +24,7 @@ pub use extract::{finish_in_sandbox, CapsuleFiles, LauncherExit};
 use crate::runner::{
     run_with, Attached, ControlChannel, Machine, Monitor, RunError, RunOptions, VmSpec, CONSOLE_LOG,
 };
+use capsule_manifest::CheckpointExit;
 use checkpoint::{Policy, Session};
 use interrupt::{Forwarder, Interruption};
 use live::LiveOutput;
@@ -166,7 +167,7 @@ pub fn launch(
         node_agent: node_agent.as_deref(),
         resume: sandbox::Resume {
             capsule_files: &files.all,
-            checkpoint_exit_code: job_checkpoint_code(ad, interruption),
+            checkpoint_exit: job_checkpoint_exit(ad, interruption),
         },
         data_disk: &data_disk,
     };
@@ -203,7 +204,9 @@ pub fn launch(
             // The job ended or checkpointed by itself: a VM checkpoint is stale now.
             checkpoint::Session::forget(&slot.sandbox);
             if let (Some(policy), LauncherExit::Code(code)) = (checkpoints, &exit) {
-                if *code == policy.exit_code && files.checkpoint_exit_code != Some(*code) {
+                if *code == policy.exit_code
+                    && files.checkpoint_exit != Some(CheckpointExit::Code(*code))
+                {
                     // HTCondor would take it for a checkpoint and start the job again.
                     let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
                     return Ok(LauncherExit::Failed(format!(
@@ -211,10 +214,7 @@ pub fn launch(
                     )));
                 }
             }
-            if !matches!(
-                (&exit, files.checkpoint_exit_code),
-                (LauncherExit::Code(code), Some(want)) if *code == want
-            ) {
+            if !extract::is_checkpoint(&exit, files.checkpoint_exit) {
                 let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
             }
             exit
@@ -229,7 +229,7 @@ pub fn launch(
             report(&why);
             // The capsule's files go all the same, so they are not taken for outputs.
             let all = CapsuleFiles {
-                checkpoint_exit_code: None,
+                checkpoint_exit: None,
                 ..files
             };
             let _ = finish_in_sandbox(
@@ -436,20 +436,20 @@ fn capsule_files(
     Ok(CapsuleFiles {
         all: files,
         made,
-        checkpoint_exit_code: job_checkpoint_code(ad, interruption),
+        checkpoint_exit: job_checkpoint_exit(ad, interruption),
     })
 }
 
-/// The job's own checkpoint exit code. With whole-VM checkpoints the starter's
+/// The job's own checkpoint exit. With whole-VM checkpoints the starter's
 /// `SuccessCheckpointExitCode` is the launcher's (85 when the job has none): the capsule ad
-/// then says the job's own, if it has one, so that a plain job's own exit 85 is an exit.
-fn job_checkpoint_code(ad: &ClassAd, interruption: &Interruption) -> Option<u8> {
+/// then says the job's own code, if it has one, so that a plain job's own exit 85 is an exit.
+fn job_checkpoint_exit(ad: &ClassAd, interruption: &Interruption) -> Option<CheckpointExit> {
     use classad::eval::evaluate_attr;
     if evaluate_attr(ad, checkpoint::ATTR) != classad::Value::Bool(true) {
-        return interruption.checkpoint_exit_code;
+        return interruption.checkpoint_exit;
     }
     match evaluate_attr(ad, routed::ATTR_JOB_CHECKPOINT_CODE) {
-        classad::Value::Integer(code) => u8::try_from(code).ok(),
+        classad::Value::Integer(code) => u8::try_from(code).ok().map(CheckpointExit::Code),
         _ => None,
     }
 }

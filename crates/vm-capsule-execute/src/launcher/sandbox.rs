@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use capsule_manifest::{EntryKind, Manifest};
+use capsule_manifest::{CheckpointExit, EntryKind, Manifest};
 use classad::ClassAd;
 
 use vm_capsule_core::capsule::{
@@ -64,8 +64,8 @@ const STARTER_NAMES: [&str; 7] = [
 pub struct Resume<'a> {
     /// The capsule's own names in the sandbox: never the job's files.
     pub capsule_files: &'a [String],
-    /// The job's `SuccessCheckpointExitCode`, for the agent.
-    pub checkpoint_exit_code: Option<u8>,
+    /// How the job checkpoints, for the agent.
+    pub checkpoint_exit: Option<CheckpointExit>,
 }
 
 /// Make the data disk in `sandbox` as `capsule` (the capsule ad) describes, from the
@@ -108,9 +108,9 @@ pub fn make_data_disk_with(
         what: e.to_string(),
     };
     let mut manifest = Manifest::from_json(&manifest_json).map_err(description)?;
-    let manifest_json = match resume.checkpoint_exit_code {
-        Some(code) => {
-            manifest.checkpoint_exit_code = Some(code);
+    let manifest_json = match resume.checkpoint_exit {
+        Some(exit) => {
+            manifest.set_checkpoint_exit(Some(exit));
             manifest.to_json().map_err(description)?
         }
         None => manifest_json,

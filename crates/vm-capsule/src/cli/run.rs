@@ -300,7 +300,7 @@ fn launch_here(
         ad,
         job_ad.as_ref(),
         checkpoint_interval,
-        interruption.checkpoint_exit_code,
+        interruption.checkpoint_exit_code(),
         interruption.vacate,
     ) {
         Ok(policy) => policy,
@@ -324,9 +324,11 @@ fn launch_here(
         LauncherExit::Code(code) => Ok(ExitCode::from(code)),
         LauncherExit::Signal(signal) => {
             // Die by the same signal: exec a shell that sends it to itself (same pid, default
-            // signal dispositions after exec), so HTCondor records ExitBySignal.
+            // signal dispositions after exec), so HTCondor records ExitBySignal. Without a
+            // core dump: the shell's core is nobody's, and the starter takes a job's death by
+            // its checkpoint signal for a checkpoint only without one.
             let err = Command::new("/bin/sh")
-                .args(["-c", &format!("kill -{signal} $$")])
+                .args(["-c", &format!("ulimit -c 0; kill -{signal} $$")])
                 .exec();
             eprintln!(
                 "vm-capsule launcher: the job died by signal {signal}; cannot re-raise it: {err}"

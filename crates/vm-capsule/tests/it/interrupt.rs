@@ -4,7 +4,7 @@
 //! it as the starter does (`OsProc::ShutdownGraceful`, `VanillaProc::Suspend`/`ShutdownFast`):
 //! the soft-kill signal to the top process, SIGSTOP/SIGCONT and SIGKILL to the whole family,
 //! and a restart in the same sandbox after a checkpoint exit. Each test boots the test guest
-//! under TCG; five boots in all.
+//! under TCG; six boots in all.
 
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -339,4 +339,40 @@ fn a_self_checkpointing_job_restarts_in_place_and_ends_as_natively() {
             "{file}"
         );
     }
+}
+
+/// A job that checkpoints by a signal (`SuccessCheckpointExitSignal` with
+/// `SuccessCheckpointExitBySignal`, as `VanillaProc::JobReaper` reads them): it writes
+/// `ckpt.dat` and kills itself with SIGUSR1. The launcher dies by SIGUSR1 as the job did, so
+/// the starter restarts it in place, and leaves HTCondor's capsule files and the job's
+/// checkpoint in the sandbox. (Before: the capsule's files were removed as after any end.)
+#[test]
+fn a_job_that_checkpoints_by_a_signal_is_restartable_in_place() {
+    let pool = pool();
+    let routed = routed_job(
+        &pool,
+        "sigckpt",
+        "echo 1 > ckpt.dat\nkill -USR1 $$\nsleep 60",
+        "+WantFTOnCheckpoint = true\n+SuccessCheckpointExitBySignal = true\n+SuccessCheckpointExitSignal = 10",
+        2404,
+    );
+    let starter = StandInStarter::new(&pool, routed, "sigckpt-sandbox");
+    let mut launcher = starter.start();
+    let status = starter.finish(&mut launcher);
+    assert_eq!(
+        status.signal(),
+        Some(10),
+        "{status:?}: {}",
+        starter.stderr()
+    );
+    assert!(!status.core_dumped());
+    for kept in ["vm-capsule.ad", "vm-capsule.json", "vmlinuz", "initrd.img"] {
+        assert!(starter.sandbox.join(kept).exists(), "{kept} removed");
+    }
+    assert!(!starter.sandbox.join("data.qcow2").exists());
+    assert_eq!(
+        fs::read_to_string(starter.sandbox.join("ckpt.dat")).unwrap(),
+        "1\n"
+    );
+    starter.assert_nothing_left_in_tmp();
 }
