@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use capsule_manifest::{
     AgentInfo, Executable, JobResult, Manifest, Outcome, ProblemKind, CAPSULE_JSON, DEFAULT_STDERR,
-    DEFAULT_STDOUT, INPUT_TAR, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
+    DEFAULT_STDOUT, INPUT_TAR, MAX_REMOVED, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
 };
 
 use crate::collect::{self, Collected};
@@ -410,6 +410,11 @@ fn prepare_and_run(
     }
     let account = resolve_account(opts, m, agent)?;
     let catalog = prepare_work(m, s, source, account.as_ref(), t0)?;
+    // What came in, so a checkpoint exit can say what the job removed of it.
+    let came_in = match m.checkpoint_exit() {
+        Some(_) => workdir::top_names(&s.work)?,
+        None => Vec::new(),
+    };
 
     let stdin = match &m.stdin {
         Some(rel) => Some(
@@ -489,6 +494,13 @@ fn prepare_and_run(
                 account.as_ref().map(|a| a.uid),
                 io::BufWriter::new(f),
             )
+        })
+        .map(|c| {
+            if checkpointed {
+                with_removed(c, &s.work, &came_in)
+            } else {
+                c
+            }
         });
     if collected.is_err() {
         // A tar cut short (the scratch disk filled up, say) must not reach the data disk as if
@@ -496,6 +508,19 @@ fn prepare_and_run(
         let _ = fs::remove_file(&s.output_tar);
     }
     Ok((finished, collected))
+}
+
+/// After a checkpoint exit: what came in (`came_in`) and the job removed from `work`, for
+/// the host to remove from the sandbox the job restarts in, as natively.
+fn with_removed(mut c: Collected, work: &Path, came_in: &[std::ffi::OsString]) -> Collected {
+    let (removed, more) = workdir::removed_since(work, came_in, MAX_REMOVED);
+    if more > 0 {
+        c.warnings.push(format!(
+            "the job removed {more} entries more than the {MAX_REMOVED} the host is told of: they are back at its restart"
+        ));
+    }
+    c.removed = removed;
+    c
 }
 
 fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> JobResult {
@@ -518,6 +543,7 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
         missing_outputs: Vec::new(),
         warnings: Vec::new(),
         agent,
+        removed: Vec::new(),
     };
     if f.timed_out {
         r.add_problem(
@@ -536,6 +562,7 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
             r.outputs = c.outputs;
             r.missing_outputs = c.missing;
             r.warnings = c.warnings;
+            r.removed = c.removed;
         }
         Err(e) => {
             r.add_problem(

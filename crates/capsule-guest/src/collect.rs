@@ -27,6 +27,8 @@ pub struct Collected {
     pub missing: Vec<OutputPath>,
     /// Things skipped, for the result.
     pub warnings: Vec<String>,
+    /// After a checkpoint exit: what came in from the data disk and the job removed.
+    pub removed: Vec<RelPath>,
 }
 
 /// The rule after a checkpoint exit: every top-level entry of `work` the job may have

@@ -2,6 +2,7 @@
 //! the top level looked like so the default output rule can tell new and changed files.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{lchown, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -127,6 +128,43 @@ pub fn catalog(work: &Path) -> Result<Catalog> {
         }
     }
     Ok(cat)
+}
+
+/// The names of every top-level entry of `work`, of any kind: what came in from the data
+/// disk, for [`removed_since`].
+pub fn top_names(work: &Path) -> Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(work).with_context(|| format!("cannot list {}", work.display()))? {
+        names.push(entry?.file_name());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Which of `before` (from [`top_names`]) are gone from `work`, as plain names, at most
+/// `limit` of them; and how many more were gone. Whatever now has the name (a link, a new
+/// file) counts as there, and so does a name that cannot be looked at.
+pub fn removed_since(work: &Path, before: &[OsString], limit: usize) -> (Vec<RelPath>, usize) {
+    let mut removed = Vec::new();
+    let mut more = 0;
+    for name in before {
+        let gone = matches!(
+            fs::symlink_metadata(work.join(name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound
+        );
+        let Some(name) = name.to_str().and_then(|n| RelPath::file_name_only(n).ok()) else {
+            continue;
+        };
+        if !gone {
+            continue;
+        }
+        if removed.len() < limit {
+            removed.push(name);
+        } else {
+            more += 1;
+        }
+    }
+    (removed, more)
 }
 
 /// The parts of a file's metadata HTCondor's `FindChangedFiles` compares.
@@ -283,6 +321,31 @@ mod tests {
                 "{name} escaped"
             );
         }
+    }
+
+    /// What the job removed of what came in is named; what it replaced, even by a link, is
+    /// not; the list is bounded.
+    #[test]
+    fn the_entries_the_job_removed_are_named() {
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        for f in ["a", "b", "c", "d"] {
+            fs::write(w.join(f), f).unwrap();
+        }
+        fs::create_dir(w.join("dir")).unwrap();
+        let before = top_names(w).unwrap();
+        assert_eq!(before, ["a", "b", "c", "d", "dir"]);
+        fs::remove_file(w.join("a")).unwrap();
+        fs::remove_file(w.join("b")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", w.join("b")).unwrap();
+        fs::remove_file(w.join("c")).unwrap();
+        fs::remove_dir(w.join("dir")).unwrap();
+        fs::write(w.join("new"), "n").unwrap();
+        let (removed, more) = removed_since(w, &before, 10);
+        let names: Vec<&str> = removed.iter().map(RelPath::as_str).collect();
+        assert_eq!((names, more), (vec!["a", "c", "dir"], 0));
+        let (removed, more) = removed_since(w, &before, 2);
+        assert_eq!((removed.len(), more), (2, 1));
     }
 
     #[test]

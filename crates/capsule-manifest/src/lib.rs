@@ -116,6 +116,10 @@
 //! * times are seconds as floats; `peak_rss_kib` is the largest resident set of the job or any
 //!   descendant it waited for; `outputs` lists the top-level entries in `output.tar` (a dir's
 //!   `size` is the sum of its files); `agent.setup_secs` is agent start -> job exec.
+//! * `removed` (default empty, written only when not): after a checkpoint exit, the top-level
+//!   entries of the work dir that came from the data disk and that the job removed (plain
+//!   names, at most 1024), so the host removes them from the sandbox HTCondor restarts the job
+//!   in, as natively.
 //!
 //! # Example
 //!
@@ -145,7 +149,8 @@ pub use path::{
     Executable, OutputPath, PathError, RelPath, HOSTILE_NAMES, MAX_NAME_BYTES, MAX_PATH_BYTES,
 };
 pub use result::{
-    AgentInfo, JobResult, Outcome, OutputEntry, Problem, ProblemKind, RESULT_SCHEMA_VERSION,
+    AgentInfo, JobResult, Outcome, OutputEntry, Problem, ProblemKind, MAX_REMOVED,
+    RESULT_SCHEMA_VERSION,
 };
 
 /// The `capsule.json` schema version this crate reads and writes ([`RESULT_SCHEMA_VERSION`]

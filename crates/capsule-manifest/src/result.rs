@@ -15,6 +15,8 @@ pub(crate) const MAX_SIGNAL: u8 = 64;
 const MAX_PROBLEMS: usize = 64;
 /// Longest problem message, in bytes.
 const MAX_MESSAGE_BYTES: usize = 4096;
+/// Most names one result may list in `removed`.
+pub const MAX_REMOVED: usize = 1024;
 
 /// The result, `result.json`, written last by the guest agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +50,10 @@ pub struct JobResult {
     pub warnings: Vec<String>,
     /// Facts about the agent run.
     pub agent: AgentInfo,
+    /// After a checkpoint exit: the top-level entries of the work dir that came from the
+    /// data disk and that the job removed (plain names, at most [`MAX_REMOVED`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RelPath>,
 }
 
 /// Something that went wrong, typed so the host branches on the kind, not on the text.
@@ -141,6 +147,7 @@ impl From<JobResultV1> for JobResult {
             missing_outputs: v1.missing_outputs,
             warnings: v1.warnings,
             agent: v1.agent,
+            removed: Vec::new(),
         }
     }
 }
@@ -213,6 +220,7 @@ impl JobResult {
             missing_outputs: Vec::new(),
             warnings: Vec::new(),
             agent,
+            removed: Vec::new(),
         }
     }
 
@@ -345,6 +353,27 @@ impl JobResult {
                 ));
             }
         }
+        if self.removed.len() > MAX_REMOVED {
+            return Err(Error::invalid(
+                RESULT_JSON,
+                "removed",
+                &self.removed.len().to_string(),
+                format!("at most {MAX_REMOVED} names"),
+            ));
+        }
+        if let Some((i, name)) = self
+            .removed
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.depth() != 1)
+        {
+            return Err(Error::invalid(
+                RESULT_JSON,
+                format!("removed[{i}]"),
+                name.as_str(),
+                crate::path::PathError::NotAName.to_string(),
+            ));
+        }
         Ok(())
     }
 }
@@ -426,8 +455,23 @@ mod tests {
         let mut bad = good.clone();
         bad.problems[0].message = "x".repeat(5000);
         assert!(bad.validate().is_err());
-        let mut bad = good;
+        let mut bad = good.clone();
         bad.wall_time_secs = -1.0;
+        assert!(bad.validate().is_err());
+        // `removed`: plain names only, and a bounded list of them.
+        for hostile in ["../x", "/etc", "a/b", ".", ""] {
+            json["missing_outputs"] = serde_json::json!([]);
+            json["removed"] = serde_json::json!([hostile]);
+            assert!(
+                JobResult::from_json(json.to_string().as_bytes()).is_err(),
+                "{hostile:?} accepted"
+            );
+        }
+        json["removed"] = serde_json::json!(["ckpt.old", "state"]);
+        let r = JobResult::from_json(json.to_string().as_bytes()).unwrap();
+        assert_eq!(r.removed.len(), 2);
+        let mut bad = good;
+        bad.removed = vec![RelPath::parse("x").unwrap(); MAX_REMOVED + 1];
         assert!(bad.validate().is_err());
         let e = JobResult::from_json(br#"{"schema_version":7}"#).unwrap_err();
         assert!(

@@ -162,6 +162,9 @@ pub struct JobExit {
     pub agent_problem: Option<String>,
     /// `transfer_output_files` entries the job did not create (HTCondor would hold the job).
     pub missing_outputs: Vec<OutputPath>,
+    /// After a checkpoint exit: the top-level entries that came in and the job removed
+    /// (plain names, bounded; the guest's word, to be checked against what was sent).
+    pub removed: Vec<String>,
 }
 
 impl JobExit {
@@ -263,6 +266,11 @@ pub fn read(disk: &DataDisk, delivery: Delivery<'_>) -> Result<JobExit, Returned
         placement,
         agent_problem: agent_problem(&result),
         missing_outputs: result.missing_outputs,
+        removed: result
+            .removed
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect(),
     })
 }
 

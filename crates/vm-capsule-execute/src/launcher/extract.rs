@@ -80,9 +80,20 @@ pub fn finish_in_sandbox(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> LauncherExit {
-    let exit = extract(sandbox, chirp_config, data_disk, files, live, out, err);
+    let mut removed_by_the_job = Vec::new();
+    let exit = extract(
+        sandbox,
+        chirp_config,
+        data_disk,
+        files,
+        live,
+        (out, err),
+        &mut removed_by_the_job,
+    );
     let checkpointed = is_checkpoint(&exit, files.checkpoint_exit);
     let remove = if checkpointed {
+        // What the job removed before it checkpointed is not there natively when it restarts.
+        super::sandbox::remove_deleted(sandbox, &files.all, &removed_by_the_job);
         &files.made
     } else {
         &files.all
@@ -113,8 +124,8 @@ fn extract(
     data_disk: &str,
     files: &CapsuleFiles,
     live: &mut LiveOutput,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
+    (out, err): (&mut dyn Write, &mut dyn Write),
+    removed_by_the_job: &mut Vec<String>,
 ) -> LauncherExit {
     let disk = match DataDisk::open(&sandbox.join(data_disk), Access::ReadOnly) {
         Ok(d) => d,
@@ -134,10 +145,11 @@ fn extract(
         // No watchdog here: nothing removes a temporary file on a timeout.
         temps: &TempRecord::new(),
     };
-    let exit = match returned::read(&disk, delivery) {
+    let mut exit = match returned::read(&disk, delivery) {
         Ok(exit) => exit,
         Err(e) => return LauncherExit::Failed(e.to_string()),
     };
+    *removed_by_the_job = std::mem::take(&mut exit.removed);
     // The disk's copy wins over what the guest sent while the job ran.
     let settled = [
         out.settle(|| disk.open_file(capsule_manifest::DEFAULT_STDOUT).ok()),

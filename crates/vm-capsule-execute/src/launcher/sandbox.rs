@@ -111,6 +111,7 @@ pub fn make_data_disk_with(
     let manifest_json = match resume.checkpoint_exit {
         Some(exit) => {
             manifest.set_checkpoint_exit(Some(exit));
+            drop_removed_inputs(sandbox, &mut manifest);
             manifest.to_json().map_err(description)?
         }
         None => manifest_json,
@@ -148,6 +149,17 @@ pub fn make_data_disk_with(
         .disk
         .build(&sandbox.join(&recipe.data_disk), bytes, &contents)?;
     Ok(recipe.data_disk)
+}
+
+/// A self-checkpointing job restarted in place lacks the inputs it removed before its
+/// checkpoint exit (see [`remove_deleted`]), as natively: they are no inputs of this run.
+/// The executable stays listed, so its absence is still an error.
+fn drop_removed_inputs(sandbox: &Path, manifest: &mut Manifest) {
+    let executable = manifest.executable.as_str().to_owned();
+    manifest.inputs.retain(|entry| {
+        entry.path.as_str() == executable
+            || std::fs::symlink_metadata(sandbox.join(&entry.path)).is_ok()
+    });
 }
 
 /// The inputs the manifest names, as HTCondor placed them in the sandbox (the executable
@@ -232,6 +244,59 @@ fn entries(
     items
 }
 
+/// After a checkpoint exit: remove from `sandbox` the entries the guest says the job removed
+/// (`reported`), so the restart in place does not find them again, as natively. Only names
+/// the launcher took along as the job's files are removed (not the executable, the capsule's
+/// or the starter's names), only plain files and directories, never through a link; what the
+/// guest says of anything else is ignored. Returns the names removed.
+pub(crate) fn remove_deleted(
+    sandbox: &Path,
+    capsule_files: &[String],
+    reported: &[String],
+) -> Vec<String> {
+    if reported.is_empty() {
+        return Vec::new();
+    }
+    let Some(manifest) = read_manifest(sandbox) else {
+        return Vec::new();
+    };
+    // The job's entries as the next start would take them along, inputs included but the
+    // executable.
+    let executable = manifest.executable.as_str();
+    let exe_top = executable.split('/').next().unwrap_or(executable);
+    let mut removed = Vec::new();
+    for item in entries(sandbox, capsule_files, &|name| name == exe_top) {
+        if !reported.contains(&item.name) {
+            continue;
+        }
+        // Looked at again just before: only what is still a plain file or directory.
+        let gone = match std::fs::symlink_metadata(&item.source) {
+            Ok(m) if m.is_file() => std::fs::remove_file(&item.source).is_ok(),
+            // Never follows a link inside the tree.
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&item.source).is_ok(),
+            _ => false,
+        };
+        if gone {
+            removed.push(item.name);
+        }
+    }
+    removed
+}
+
+/// The capsule's description in the sandbox, read bounded and only as a plain file.
+fn read_manifest(sandbox: &Path) -> Option<Manifest> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(sandbox.join(routed::CAPSULE_JSON_FILE))
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    Manifest::from_reader(file).ok()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -266,5 +331,74 @@ mod tests {
         let items = left_by_the_job(s, &m, &["vmlinuz".to_owned()]);
         let names: Vec<(&str, bool)> = items.iter().map(|i| (i.name.as_str(), i.is_dir)).collect();
         assert_eq!(names, [("ckpt.dat", false), ("state", true)]);
+    }
+
+    /// Only what the job had in the sandbox goes, whatever the guest says: not the
+    /// executable, the capsule's files, the starter's, what a link points to, or a name
+    /// that is not there.
+    #[test]
+    fn only_the_job_s_removed_files_leave_the_sandbox() {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious"), "p").unwrap();
+        for f in [
+            "job.sh",
+            "in.txt",
+            "old.dat",
+            "vmlinuz",
+            "_condor_stdout",
+            ".job.ad",
+        ] {
+            std::fs::write(s.join(f), f).unwrap();
+        }
+        std::fs::create_dir_all(s.join("state/sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), s.join("state/sub/link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), s.join("link")).unwrap();
+        let mut m = Manifest::new("job.sh".parse().unwrap(), vec!["job.sh".into()]);
+        for input in ["job.sh", "in.txt"] {
+            m.inputs.push(capsule_manifest::InputEntry {
+                path: input.parse().unwrap(),
+                kind: EntryKind::File,
+            });
+        }
+        std::fs::write(s.join(routed::CAPSULE_JSON_FILE), m.to_json().unwrap()).unwrap();
+        let capsule = ["vmlinuz".to_owned(), routed::CAPSULE_JSON_FILE.to_owned()];
+        let said: Vec<String> = [
+            "job.sh",
+            "in.txt",
+            "old.dat",
+            "state",
+            "vmlinuz",
+            "_condor_stdout",
+            ".job.ad",
+            "link",
+            "nothere",
+            routed::CAPSULE_JSON_FILE,
+        ]
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect();
+        let mut removed = remove_deleted(s, &capsule, &said);
+        removed.sort();
+        assert_eq!(removed, ["in.txt", "old.dat", "state"]);
+        for kept in ["job.sh", "vmlinuz", "_condor_stdout", ".job.ad", "link"] {
+            assert!(
+                std::fs::symlink_metadata(s.join(kept)).is_ok(),
+                "{kept} removed"
+            );
+        }
+        assert!(outside.path().join("precious").exists());
+        // The restart in place goes on without the removed input, not without its program.
+        std::fs::remove_file(s.join("job.sh")).unwrap();
+        let mut resumed = m.clone();
+        drop_removed_inputs(s, &mut resumed);
+        let inputs: Vec<&str> = resumed.inputs.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(inputs, ["job.sh"]);
+        // Without the capsule's description nothing is removed.
+        std::fs::write(s.join("old.dat"), "again").unwrap();
+        std::fs::remove_file(s.join(routed::CAPSULE_JSON_FILE)).unwrap();
+        assert!(remove_deleted(s, &capsule, &said).is_empty());
+        assert!(s.join("old.dat").exists());
     }
 }

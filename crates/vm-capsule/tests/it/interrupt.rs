@@ -250,18 +250,23 @@ fn a_hard_kill_of_the_family_leaves_nothing_behind() {
 /// A self-checkpointing job (`checkpoint_exit_code = 85`): it counts in `ckpt.dat`, logs each
 /// step and exits 85 twice before it finishes. The stand-in starter restarts the launcher in
 /// the same sandbox after each 85, as `VanillaProc::restartCheckpointedJob` does; the first
-/// run is also suspended (SIGSTOP/SIGCONT to the whole family) for 5 s. The files and stdout
-/// HTCondor transfers at the end equal a native run's. (Before: the first 85 removed the capsule's files and
-/// the restart could not start.)
+/// run is also suspended (SIGSTOP/SIGCONT to the whole family) for 5 s. Run 1 removes its
+/// input `old.txt` and writes `scratch.dat`, run 2 removes that: neither is back in a later
+/// run, as natively. The files and stdout HTCondor transfers at the end equal a native run's.
+/// (Before: the first 85 removed the capsule's files and the restart could not start; then
+/// the removed files came back at the restart, from the sandbox.)
 #[test]
 fn a_self_checkpointing_job_restarts_in_place_and_ends_as_natively() {
-    const SCRIPT: &str = "n=$(cat ckpt.dat 2>/dev/null || echo 0)\nn=$((n+1))\necho \"step $n\" >> log.txt\necho \"step $n\"\n[ $n = 1 ] && sleep 4\necho $n > ckpt.dat\n[ $n -lt 3 ] && exit 85\necho \"done after $n\" > out.txt\nexit 0";
+    const SCRIPT: &str = "n=$(cat ckpt.dat 2>/dev/null || echo 0)\nn=$((n+1))\necho \"step $n\" >> log.txt\necho \"step $n\"\n[ $n -gt 1 ] && [ -e old.txt ] && echo \"old.txt is back in run $n\"\n[ $n -gt 2 ] && [ -e scratch.dat ] && echo \"scratch.dat is back in run $n\"\n[ $n = 1 ] && rm old.txt && echo x > scratch.dat\n[ $n = 2 ] && rm scratch.dat\n[ $n = 1 ] && sleep 4\necho $n > ckpt.dat\n[ $n -lt 3 ] && exit 85\necho \"done after $n\" > out.txt\nexit 0";
     let pool = pool();
+    let iwd = pool.root.path().join("users").join("ckpt");
+    fs::create_dir_all(&iwd).unwrap();
+    fs::write(iwd.join("old.txt"), "an input the job removes\n").unwrap();
     let routed = routed_job(
         &pool,
         "ckpt",
         SCRIPT,
-        "checkpoint_exit_code = 85\ntransfer_output_files = out.txt, log.txt",
+        "checkpoint_exit_code = 85\ntransfer_input_files = old.txt\ntransfer_output_files = out.txt, log.txt",
         2403,
     );
     assert_eq!(
@@ -301,6 +306,9 @@ fn a_self_checkpointing_job_restarts_in_place_and_ends_as_natively() {
                     fs::read_to_string(starter.sandbox.join("ckpt.dat")).unwrap(),
                     format!("{runs}\n")
                 );
+                // What the job removed is not there for the restart.
+                assert!(!starter.sandbox.join("old.txt").exists(), "run {runs}");
+                assert_eq!(starter.sandbox.join("scratch.dat").exists(), runs == 1);
             }
             Some(0) => break,
             _ => panic!("run {runs}: {status:?}: {}", starter.stderr()),
@@ -313,6 +321,7 @@ fn a_self_checkpointing_job_restarts_in_place_and_ends_as_natively() {
     let native = pool.root.path().join("ckpt-native");
     fs::create_dir_all(&native).unwrap();
     fs::write(native.join("job.sh"), format!("#!/bin/sh\n{SCRIPT}\n")).unwrap();
+    fs::copy(iwd.join("old.txt"), native.join("old.txt")).unwrap();
     let stdout = native.join("_condor_stdout");
     loop {
         let out = fs::OpenOptions::new()
