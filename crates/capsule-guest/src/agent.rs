@@ -572,6 +572,12 @@ fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> 
         }
     }
     r.warnings.extend(escaped_warning);
+    if crate::control::killed_by_host() {
+        r.warnings.push(
+            "the job was killed (SIGKILL to its process group) as the host's vacate time ran out"
+                .to_owned(),
+        );
+    }
     debug_assert!(r.outcome != Outcome::NotStarted);
     r
 }

@@ -2,7 +2,10 @@
 //! the vanilla launcher attaches. A signal HTCondor sent the launcher (the job's soft-kill
 //! signal, on a vacate, `condor_rm` or a hold) comes in here and goes to the job's top
 //! process, as HTCondor's starter sends it to a native job's; the job then ends by itself and
-//! the agent collects its outputs as after any exit.
+//! the agent collects its outputs as after any exit. When the vacate time runs out the host
+//! asks for a kill: the job's whole process group gets SIGKILL, as HTCondor's starter kills a
+//! native job's family, and its files are collected as after any end before the host powers
+//! the guest off.
 
 use std::fs::File;
 use std::io::Read;
@@ -12,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capsule_manifest::control::{Decoder, Message, CONTROL_PORT};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 /// Where the kernel lists virtio-serial ports.
@@ -24,7 +27,7 @@ const FIND_FOR: Duration = Duration::from_secs(10);
 /// Where the job is, for a signal that arrives.
 #[derive(Debug)]
 enum Job {
-    /// Not started yet: signals wait for it.
+    /// Not started yet: signals wait for it (a kill, [`KILL`], among them).
     Waiting(Vec<Signal>),
     /// Running with this pid (not reaped while it is here).
     Running(Pid),
@@ -33,6 +36,18 @@ enum Job {
 }
 
 static JOB: Mutex<Job> = Mutex::new(Job::Waiting(Vec::new()));
+
+/// What the host's kill request stands for among the pending signals: SIGKILL to the job's
+/// process group rather than to its top process.
+const KILL: Signal = Signal::SIGKILL;
+
+/// Whether the host asked for the job to be killed (for the result's warnings).
+static KILLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the host had the job killed as its vacate time ran out.
+pub fn killed_by_host() -> bool {
+    KILLED.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// The port, for the writer of the job's live output (`crate::live`); unset while it is
 /// looked for, and forever when there is none.
@@ -65,9 +80,33 @@ pub fn job_ended() {
 }
 
 fn deliver(pid: Pid, signal: Signal) {
+    if signal == KILL {
+        // The job runs in its own process group, whose id is its pid (not reaped while it
+        // is running, so not reused).
+        crate::log!(
+            "control: the host's vacate time is up: SIGKILL to the job's process group {pid}"
+        );
+        KILLED.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = killpg(pid, KILL) {
+            crate::log!("control: cannot kill the job's process group: {e}");
+        }
+        return;
+    }
     crate::log!("control: {signal} for the job (pid {pid})");
     if let Err(e) = kill(pid, signal) {
         crate::log!("control: cannot send {signal} to the job: {e}");
+    }
+}
+
+/// The host's kill request: SIGKILL to the job's process group, now or as soon as it starts.
+fn on_kill() {
+    let mut job = job();
+    match &mut *job {
+        // Kept once, even when the signals before it filled the queue.
+        Job::Waiting(pending) if !pending.contains(&KILL) => pending.push(KILL),
+        Job::Waiting(_) => {}
+        Job::Ended => {}
+        Job::Running(pid) => deliver(*pid, KILL),
     }
 }
 
@@ -76,6 +115,11 @@ fn on_signal(number: u8) {
         crate::log!("control: signal {number} is not one this agent knows; ignored");
         return;
     };
+    if signal == KILL {
+        // Not the host's to send as a signal (it cannot catch SIGKILL to forward it).
+        crate::log!("control: SIGKILL as a forwarded signal; ignored");
+        return;
+    }
     let mut job = job();
     match &mut *job {
         Job::Waiting(pending) if pending.len() < 16 => pending.push(signal),
@@ -167,6 +211,7 @@ fn listen() {
             match decoder.next_message() {
                 Ok(Some(Message::Signal(s))) => on_signal(s),
                 Ok(Some(Message::Time(secs, nanos))) => set_clock(secs, nanos),
+                Ok(Some(Message::Kill)) => on_kill(),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {

@@ -10,6 +10,8 @@
 //! | 1 `signal` | host -> guest | one byte: the signal number to deliver to the job |
 //! | 2 `stdout` | guest -> host | the next bytes the job wrote to its stdout (1 to [`MAX_OUTPUT_CHUNK`]) |
 //! | 3 `stderr` | guest -> host | the same for its stderr |
+//! | 4 `kill` | host -> guest | none: SIGKILL the job's process group now and write its results as after any end (the vacate time is running out) |
+//! | 6 `time` | host -> guest | 8 bytes of seconds and 4 of nanoseconds since the epoch (big-endian): the guest sets its clock (after a restore) |
 //!
 //! The output frames are a live copy only: the streams on the data disk stay authoritative,
 //! and the host checks what it was sent against them at the end.
@@ -34,6 +36,8 @@ const TYPE_TIME: u8 = 6;
 const TYPE_STDOUT: u8 = 2;
 /// Type byte of [`Message::Output`] for stderr.
 const TYPE_STDERR: u8 = 3;
+/// Type byte of [`Message::Kill`].
+const TYPE_KILL: u8 = 4;
 
 /// One of the job's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +68,9 @@ pub enum Message {
     /// The host's time of day (seconds and nanoseconds since the epoch): a guest restored
     /// from a checkpoint resumes with the clock it was saved with.
     Time(u64, u32),
+    /// Kill the job's whole process group now (SIGKILL), then write its results as after
+    /// any end: the host powers the guest off soon after.
+    Kill,
 }
 
 /// One frame of `kind` carrying `payload` (at most [`MAX_PAYLOAD`] bytes: callers bound it).
@@ -101,6 +108,7 @@ impl Message {
                 payload.extend_from_slice(&nanos.to_be_bytes());
                 frame(TYPE_TIME, &payload)
             }
+            Message::Kill => frame(TYPE_KILL, &[]),
         }
     }
 }
@@ -234,6 +242,13 @@ impl Decoder {
                     };
                     return Ok(Some(Message::Output(stream, payload)));
                 }
+                TYPE_KILL if payload.is_empty() => return Ok(Some(Message::Kill)),
+                TYPE_KILL => {
+                    return Err(FrameError::BadPayload {
+                        kind,
+                        len: payload.len(),
+                    })
+                }
                 // A type this version does not know: skip it.
                 _ => continue,
             }
@@ -318,6 +333,26 @@ mod tests {
         ));
         assert_eq!(d.next_message(), Ok(None));
         assert!(!d.is_broken());
+    }
+
+    /// The kill request has no payload: one with a payload is refused, and the next frame
+    /// read.
+    #[test]
+    fn a_kill_round_trips_and_a_kill_with_a_payload_is_refused() {
+        let mut d = Decoder::new();
+        d.push(&Message::Kill.encode());
+        d.push(&[TYPE_KILL, 0, 0, 0, 1, 9]);
+        d.push(&Message::Signal(15).encode());
+        assert_eq!(d.next_message(), Ok(Some(Message::Kill)));
+        assert_eq!(
+            d.next_message(),
+            Err(FrameError::BadPayload {
+                kind: TYPE_KILL,
+                len: 1
+            })
+        );
+        assert_eq!(d.next_message(), Ok(Some(Message::Signal(15))));
+        assert_eq!(Message::Kill.encode(), [TYPE_KILL, 0, 0, 0, 0]);
     }
 
     #[test]

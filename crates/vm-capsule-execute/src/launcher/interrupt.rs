@@ -4,8 +4,11 @@
 //! job's top process only, which is this launcher, and SIGKILLs the whole process family
 //! when the vacate time is up. The launcher catches those signals and forwards each over the
 //! control channel to the agent, which delivers it to the job in the guest; the job ends by
-//! itself and its results come out as after any exit. A guest still running near the end of
-//! the vacate time is powered off, so the launcher ends with a message, not by SIGKILL.
+//! itself and its results come out as after any exit. A job still running as the vacate time
+//! runs out is killed in the guest (the agent SIGKILLs its process group and writes its
+//! results, as HTCondor's SIGKILL leaves a native job's files in its sandbox); a guest still
+//! running just before the end is powered off, so the launcher ends with the job's results or
+//! a message, not by HTCondor's SIGKILL.
 //!
 //! Suspension needs nothing: SIGSTOP and SIGCONT go to every process of the family, QEMU
 //! included, and the guest simply pauses.
@@ -26,6 +29,10 @@ use crate::runner::ControlChannel;
 const DEFAULT_VACATE_SECS: u64 = 600;
 /// The guest is powered off this long before HTCondor's SIGKILL is due.
 const STOP_MARGIN: Duration = Duration::from_secs(2);
+/// The least time the guest gets between the kill request and the power-off, to collect the
+/// job's outputs and write its results (a tenth of the grace when that is more; never more
+/// than half of it, so a short vacate time still leaves the job the first half).
+const KILL_LEAD: Duration = Duration::from_secs(5);
 
 /// What the starter's ads say about interrupting this job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +158,9 @@ pub struct Forwarder {
     caught: Vec<(i32, Arc<AtomicBool>)>,
     first: Option<Instant>,
     grace: Duration,
+    /// From the first signal to the kill request (before `grace`).
+    kill_after: Duration,
+    killed: bool,
 }
 
 impl Forwarder {
@@ -172,19 +182,24 @@ impl Forwarder {
                 caught.push((sig, flag));
             }
         }
+        let grace = interruption
+            .vacate
+            .saturating_sub(STOP_MARGIN)
+            .max(Duration::from_secs(1));
+        let lead = (grace / 10).max(KILL_LEAD).min(grace / 2);
         Forwarder {
             caught,
             first: None,
-            grace: interruption
-                .vacate
-                .saturating_sub(STOP_MARGIN)
-                .max(Duration::from_secs(1)),
+            grace,
+            kill_after: grace.saturating_sub(lead),
+            killed: false,
         }
     }
 
     /// Forward what arrived since the last call (what the guest sends is the launcher's to
-    /// read, see `live`); true once the guest has had its vacate
-    /// time (less a margin) since the first signal: time to power it off.
+    /// read, see `live`), and ask the agent to kill the job once its time to end by itself
+    /// is over; true once the guest has had its vacate time (less a margin) since the first
+    /// signal: time to power it off, whether it heeded the kill or not.
     pub fn tick(&mut self, channel: &mut ControlChannel) -> bool {
         for (sig, flag) in &self.caught {
             if flag.swap(false, Ordering::SeqCst) {
@@ -194,7 +209,15 @@ impl Forwarder {
                 self.first.get_or_insert_with(Instant::now);
             }
         }
-        self.first.is_some_and(|t| t.elapsed() >= self.grace)
+        let Some(first) = self.first else {
+            return false;
+        };
+        let elapsed = first.elapsed();
+        if !self.killed && elapsed >= self.kill_after {
+            channel.send(&Message::Kill);
+            self.killed = true;
+        }
+        elapsed >= self.grace
     }
 
     /// Whether a soft-kill signal arrived and is not forwarded yet.
@@ -306,7 +329,31 @@ mod tests {
         assert_eq!(frame, Message::Signal(12).encode());
         std::thread::sleep(Duration::from_millis(1100));
         assert!(forwarder.tick(&mut channel));
+        // With a grace of 1 s the kill came half-way, once.
+        let mut kill = vec![0u8; 5];
+        guest.read_exact(&mut kill).unwrap();
+        assert_eq!(kill, Message::Kill.encode());
+        assert!(forwarder.tick(&mut channel));
         guest.set_nonblocking(true).unwrap();
         assert!(guest.read(&mut frame).is_err(), "forwarded twice");
+    }
+
+    /// The kill request leaves the guest at least `KILL_LEAD` (or a tenth of the grace) to
+    /// write the job's results, and the job at least half of the grace to end by itself.
+    #[test]
+    fn the_kill_comes_before_the_power_off_with_time_to_spare() {
+        let at = |vacate_secs| {
+            let f = Forwarder::install(&Interruption {
+                kill_signals: Vec::new(),
+                vacate: Duration::from_secs(vacate_secs),
+                checkpoint_exit: None,
+            });
+            (f.kill_after, f.grace)
+        };
+        let secs = Duration::from_secs_f64;
+        assert_eq!(at(600), (secs(538.2), secs(598.0)));
+        assert_eq!(at(60), (secs(52.2), secs(58.0)));
+        assert_eq!(at(12), (secs(5.0), secs(10.0)));
+        assert_eq!(at(2), (secs(0.5), secs(1.0)));
     }
 }

@@ -4,7 +4,7 @@
 //! it as the starter does (`OsProc::ShutdownGraceful`, `VanillaProc::Suspend`/`ShutdownFast`):
 //! the soft-kill signal to the top process, SIGSTOP/SIGCONT and SIGKILL to the whole family,
 //! and a restart in the same sandbox after a checkpoint exit. Each test boots the test guest
-//! under TCG; six boots in all.
+//! under TCG; seven boots in all.
 
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -209,6 +209,56 @@ fn a_soft_kill_reaches_the_job_and_its_files_come_back() {
     assert!(partial.starts_with("partial after "), "{partial}");
     // The capsule's files are gone, so HTCondor does not take them for outputs.
     assert!(!starter.sandbox.join("vm-capsule.ad").exists());
+    assert!(!starter.sandbox.join("data.qcow2").exists());
+    starter.assert_nothing_left_in_tmp();
+}
+
+/// A job that ignores its soft-kill signal and keeps running after it wrote a file: as the
+/// vacate time runs out the launcher has the agent SIGKILL the job and write its results
+/// before the VM is powered off, so the file is in the sandbox for ON_EXIT_OR_EVICT, as a
+/// native job's would be after the starter's SIGKILL. The stand-in starter SIGKILLs the
+/// family when the vacate time is up, as `OsProc` does. (Before: the VM was powered off with
+/// the job, and what it wrote in this run was lost.)
+#[test]
+fn a_job_that_ignores_the_soft_kill_keeps_its_files() {
+    const VACATE: Duration = Duration::from_secs(12);
+    let pool = pool();
+    let routed = routed_job(
+        &pool,
+        "stubborn",
+        "trap '' TERM\necho \"written before the kill\" > partial.txt\nwhile :; do sleep 1; done",
+        "when_to_transfer_output = ON_EXIT_OR_EVICT\njob_max_vacate_time = 12",
+        2405,
+    );
+    let starter = StandInStarter::new(&pool, routed, "stubborn-sandbox");
+    let mut launcher = starter.start();
+    starter.wait_for_the_job(&mut launcher);
+    kill_process(pid(&launcher), Signal::TERM).unwrap();
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = launcher.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() >= VACATE {
+            // The starter's hard kill: the launcher did not end within the vacate time.
+            let _ = kill_process_group(pid(&launcher), Signal::KILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ended = sent.elapsed();
+    assert!(
+        ended < VACATE,
+        "ended {ended:?} after SIGTERM: {}",
+        starter.stderr()
+    );
+    // The job died by SIGKILL in the guest, and the launcher as it did.
+    assert_eq!(status.signal(), Some(9), "{status:?}: {}", starter.stderr());
+    assert_eq!(
+        fs::read_to_string(starter.sandbox.join("partial.txt")).unwrap_or_default(),
+        "written before the kill\n",
+        "{}",
+        starter.stderr()
+    );
     assert!(!starter.sandbox.join("data.qcow2").exists());
     starter.assert_nothing_left_in_tmp();
 }
