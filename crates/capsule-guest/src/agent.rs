@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use capsule_manifest::{
     AgentInfo, Executable, JobResult, Manifest, Outcome, ProblemKind, CAPSULE_JSON, DEFAULT_STDERR,
-    DEFAULT_STDOUT, INPUT_TAR, MAX_REMOVED, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
+    DEFAULT_STDOUT, INPUT_TAR, OUTPUT_TAR, RESULT_JSON, RESULT_SCHEMA_VERSION,
 };
 
 use crate::collect::{self, Collected};
@@ -495,12 +495,11 @@ fn prepare_and_run(
                 io::BufWriter::new(f),
             )
         })
-        .map(|c| {
+        .map(|mut c| {
             if checkpointed {
-                with_removed(c, &s.work, &came_in)
-            } else {
-                c
+                c.note_removed(&s.work, &came_in);
             }
+            c
         });
     if collected.is_err() {
         // A tar cut short (the scratch disk filled up, say) must not reach the data disk as if
@@ -508,19 +507,6 @@ fn prepare_and_run(
         let _ = fs::remove_file(&s.output_tar);
     }
     Ok((finished, collected))
-}
-
-/// After a checkpoint exit: what came in (`came_in`) and the job removed from `work`, for
-/// the host to remove from the sandbox the job restarts in, as natively.
-fn with_removed(mut c: Collected, work: &Path, came_in: &[std::ffi::OsString]) -> Collected {
-    let (removed, more) = workdir::removed_since(work, came_in, MAX_REMOVED);
-    if more > 0 {
-        c.warnings.push(format!(
-            "the job removed {more} entries more than the {MAX_REMOVED} the host is told of: they are back at its restart"
-        ));
-    }
-    c.removed = removed;
-    c
 }
 
 fn make_result(f: &Finished, collected: Result<Collected>, agent: AgentInfo) -> JobResult {

@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use capsule_manifest::{EntryKind, OutputEntry, OutputPath, OutputRule, RelPath};
+use capsule_manifest::{EntryKind, OutputEntry, OutputPath, OutputRule, RelPath, MAX_REMOVED};
 
 use crate::workdir::{self, Catalog};
 
@@ -29,6 +29,21 @@ pub struct Collected {
     pub warnings: Vec<String>,
     /// After a checkpoint exit: what came in from the data disk and the job removed.
     pub removed: Vec<RelPath>,
+}
+
+impl Collected {
+    /// After a checkpoint exit: note what came in (`came_in`, from
+    /// [`workdir::top_names`]) and the job removed from `work`, for the host to remove from
+    /// the sandbox the job restarts in, as natively.
+    pub fn note_removed(&mut self, work: &Path, came_in: &[std::ffi::OsString]) {
+        let (removed, more) = workdir::removed_since(work, came_in, MAX_REMOVED);
+        if more > 0 {
+            self.warnings.push(format!(
+                "the job removed {more} entries more than the {MAX_REMOVED} the host is told of: they are back at its restart"
+            ));
+        }
+        self.removed = removed;
+    }
 }
 
 /// The rule after a checkpoint exit: every top-level entry of `work` the job may have
