@@ -5,7 +5,7 @@
 # bare environment); each restart is in a fresh sandbox given the routed job's inputs and
 # the checkpoint, as after an eviction.
 #
-#   size MEM   a guest of MEM MiB whose job fills FILL MiB of its memory (tmpfs) with
+#   size MEM   a guest of MEM MiB whose job fills FILL MiB (env FILL, default 100) of its memory (tmpfs) with
 #              incompressible data, then waits; saved after 20 s, restored, saved again:
 #              the file's size, its memory section's raw size, the save time (stop to file in
 #              place, from the file's trailer) and the restore time (start of the load to the
@@ -23,7 +23,7 @@ what=${1:-all}
 rounds=${2:-1}
 job_min=${3:-11}
 interval=${4:-300}
-fill=100
+fill=${FILL:-100}
 cargo build -q --release -p vm-capsule -p capsule-guest
 bin=$PWD/target/x86_64-unknown-linux-gnu/release
 guest=$(dirname "$(bash scripts/build-test-guest.sh | awk '{print $1}')")
