@@ -8,10 +8,10 @@
 //! shared codec (a broken stream is abandoned, not buffered).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 
+use super::socketpair::QemuSocket;
 use capsule_manifest::control::{Decoder, Message, CONTROL_PORT};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 /// Most bytes waiting to be written to the guest; more are dropped (a guest that reads
 /// nothing cannot make the launcher grow).
@@ -26,9 +26,7 @@ const SERIAL_ID: &str = "vmcapsule-serial";
 /// One launcher <-> agent channel.
 #[derive(Debug)]
 pub struct ControlChannel {
-    host: OwnedFd,
-    /// QEMU's end until QEMU has it.
-    guest: Option<OwnedFd>,
+    socket: QemuSocket,
     decoder: Decoder,
     outbox: Vec<u8>,
 }
@@ -39,35 +37,20 @@ impl ControlChannel {
     /// # Errors
     /// `socketpair` or `fcntl` failing.
     pub fn new() -> io::Result<ControlChannel> {
-        let (host, guest) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
-        // QEMU's end blocks as QEMU expects of an inherited socket; ours never blocks.
-        rustix::io::ioctl_fionbio(&guest, false)?;
         Ok(ControlChannel {
-            host,
-            guest: Some(guest),
+            socket: QemuSocket::new()?,
             decoder: Decoder::new(),
             outbox: Vec::new(),
         })
     }
 
     /// Make QEMU's end inheritable, for the QEMU spawned next, and say its number (see
-    /// [`Self::qemu_args`]). Called right before the spawn, and [`Self::started`] right after:
-    /// the launcher starts no other process meanwhile, so QEMU alone inherits it.
+    /// [`Self::qemu_args`]); [`Self::started`] right after the spawn.
     ///
     /// # Errors
     /// `fcntl` failing, or QEMU's end already closed.
     pub fn inherit(&mut self) -> io::Result<RawFd> {
-        let guest = self
-            .guest
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the control channel was already handed over"))?;
-        rustix::io::fcntl_setfd(guest, rustix::io::FdFlags::empty())?;
-        Ok(guest.as_raw_fd())
+        self.socket.inherit("control channel")
     }
 
     /// The QEMU arguments attaching the channel as the port the agent looks for.
@@ -84,13 +67,13 @@ impl ControlChannel {
 
     /// Take QEMU's end, to play the guest in tests.
     #[cfg(test)]
-    pub(crate) fn take_guest_end(&mut self) -> Option<OwnedFd> {
-        self.guest.take()
+    pub(crate) fn take_guest_end(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.socket.guest.take()
     }
 
     /// QEMU has started with its end: close ours of it.
     pub fn started(&mut self) {
-        self.guest = None;
+        self.socket.started();
     }
 
     /// Queue `message` and write what the guest takes now.
@@ -104,7 +87,7 @@ impl ControlChannel {
 
     fn flush(&mut self) {
         while !self.outbox.is_empty() {
-            match rustix::io::write(self.host.as_fd(), &self.outbox) {
+            match rustix::io::write(self.socket.host.as_fd(), &self.outbox) {
                 Ok(0) => return,
                 Ok(n) => {
                     self.outbox.drain(..n.min(self.outbox.len()));
@@ -130,7 +113,7 @@ impl ControlChannel {
                 0 => buf.len(),
                 r => r.min(buf.len()),
             };
-            let n = match rustix::io::read(self.host.as_fd(), &mut buf[..room]) {
+            let n = match rustix::io::read(self.socket.host.as_fd(), &mut buf[..room]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };

@@ -22,6 +22,7 @@ mod control;
 mod monitor;
 mod pvh;
 mod qemu;
+mod socketpair;
 mod spec;
 mod wait;
 

@@ -7,11 +7,11 @@
 //! bounded number of events skipped per command, and a deadline per command.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use super::socketpair::QemuSocket;
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use serde_json::{json, Map, Value};
 
 /// Longest line QEMU may send (its answers here are a few hundred bytes).
@@ -52,9 +52,7 @@ pub enum MonitorError {
 /// The launcher's end of QEMU's monitor.
 #[derive(Debug)]
 pub struct Monitor {
-    host: OwnedFd,
-    /// QEMU's end until QEMU has it.
-    guest: Option<OwnedFd>,
+    socket: QemuSocket,
     /// Bytes read past the last line.
     pending: Vec<u8>,
     greeted: bool,
@@ -66,33 +64,20 @@ impl Monitor {
     /// # Errors
     /// `socketpair` failing.
     pub fn new() -> io::Result<Monitor> {
-        let (host, guest) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
-        rustix::io::ioctl_fionbio(&guest, false)?;
         Ok(Monitor {
-            host,
-            guest: Some(guest),
+            socket: QemuSocket::new()?,
             pending: Vec::new(),
             greeted: false,
         })
     }
 
     /// Make QEMU's end inheritable for the QEMU spawned next and say its number; see
-    /// [`super::ControlChannel::inherit`] for why nothing else inherits it.
+    /// [`super::ControlChannel::inherit`].
     ///
     /// # Errors
     /// `fcntl` failing, or QEMU's end already handed over.
     pub fn inherit(&mut self) -> io::Result<RawFd> {
-        let guest = self
-            .guest
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the monitor was already handed over"))?;
-        rustix::io::fcntl_setfd(guest, rustix::io::FdFlags::empty())?;
-        Ok(guest.as_raw_fd())
+        self.socket.inherit("monitor")
     }
 
     /// The QEMU arguments attaching the monitor.
@@ -107,7 +92,7 @@ impl Monitor {
 
     /// QEMU has started with its end: close ours of it.
     pub fn started(&mut self) {
-        self.guest = None;
+        self.socket.started();
     }
 
     /// Run `command` with `arguments` (an object, or null for none) and return its answer.
@@ -222,13 +207,15 @@ impl Monitor {
                         return Err(MonitorError::Protocol("cannot attach the fd".into()));
                     }
                     rustix::net::sendmsg(
-                        &self.host,
+                        &self.socket.host,
                         &[io::IoSlice::new(bytes)],
                         &mut control,
                         rustix::net::SendFlags::NOSIGNAL,
                     )
                 }
-                None => rustix::net::send(&self.host, bytes, rustix::net::SendFlags::NOSIGNAL),
+                None => {
+                    rustix::net::send(&self.socket.host, bytes, rustix::net::SendFlags::NOSIGNAL)
+                }
             };
             match sent {
                 Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
@@ -254,7 +241,7 @@ impl Monitor {
             }
             self.wait_for(PollFlags::IN, until)?;
             let mut buf = [0u8; 8192];
-            match rustix::io::read(&self.host, &mut buf) {
+            match rustix::io::read(&self.socket.host, &mut buf) {
                 Ok(0) => {
                     return Err(MonitorError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -280,7 +267,7 @@ impl Monitor {
         }
         let timeout = rustix::event::Timespec::try_from(left.min(Duration::from_millis(200)))
             .map_err(|_| MonitorError::Protocol("bad timeout".into()))?;
-        let mut fds = [PollFd::new(&self.host, flags)];
+        let mut fds = [PollFd::new(&self.socket.host, flags)];
         match rustix::event::poll(&mut fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(MonitorError::Io(e.into())),
@@ -301,7 +288,7 @@ mod tests {
         script: &'static [&'static str],
     ) -> (Monitor, std::thread::JoinHandle<Vec<String>>) {
         let mut m = Monitor::new().unwrap();
-        let end = UnixStream::from(m.guest.take().unwrap());
+        let end = UnixStream::from(m.socket.guest.take().unwrap());
         let handle = std::thread::spawn(move || {
             let mut w = end.try_clone().unwrap();
             let mut r = BufReader::new(end);
@@ -349,7 +336,7 @@ mod tests {
     #[test]
     fn a_silent_or_flooding_qemu_is_bounded() {
         let mut m = Monitor::new().unwrap();
-        let end = UnixStream::from(m.guest.take().unwrap());
+        let end = UnixStream::from(m.socket.guest.take().unwrap());
         let started = Instant::now();
         let e = m
             .execute("stop", Value::Null, Duration::from_millis(300))
