@@ -152,7 +152,7 @@ fn a_checkpointed_job_moves_between_nodes_and_ends_as_uninterrupted() {
                 );
                 if runs == 1 {
                     // Away a while: the restored guest's clock must not lag by as much.
-                    std::thread::sleep(Duration::from_secs(15));
+                    std::thread::sleep(Duration::from_secs(30));
                 }
             }
             Some(0) => break,
@@ -176,8 +176,9 @@ fn a_checkpointed_job_moves_between_nodes_and_ends_as_uninterrupted() {
         .trim()
         .parse()
         .unwrap();
+    // Without the clock set, it would lag by the 30 s the job was away, and more.
     assert!(
-        now.abs_diff(clock) < 10,
+        now.abs_diff(clock) < 20,
         "the guest's clock says {clock}, the host's {now}"
     );
     // Saved at least twice (at each interval of guest time since the last start).
