@@ -11,7 +11,12 @@
 //! checkpoint that cannot be restored is said on stderr and in the job's ad
 //! (`VMCapsuleCheckpointFallback`), and the job starts afresh: never a wrong result.
 
+mod disk;
 pub mod file;
+mod policy;
+
+use disk::{open_plain, restore_disk};
+pub use policy::Policy;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -19,12 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use capsule_manifest::control::Message;
-use classad::eval::{evaluate_attr, string_attr};
-use classad::{ClassAd, Value};
 use serde_json::{json, Value as Json};
 
 use crate::runner::{ControlChannel, Machine, Monitor, WritableDisk};
-use file::{Checkpoint, SparseFile, Trailer, Writer, MEMORY};
+use file::{Checkpoint, Trailer, Writer, MEMORY};
 
 use super::live::LiveOutput;
 
@@ -49,57 +52,6 @@ const STREAM_SLACK: u64 = 64 << 20;
 /// Saving is assumed no faster than this (TCG, compression, a slow disk), bytes per second,
 /// when judging whether it fits in the vacate time.
 const SAVE_RATE: u64 = 40 << 20;
-
-/// When this job is checkpointed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Every this long (none: only when evicted).
-    pub interval: Option<Duration>,
-    /// The exit code that tells HTCondor a checkpoint is ready.
-    pub exit_code: u8,
-    /// Checkpoint on a soft kill too: HTCondor transfers the file when the job is evicted
-    /// (`ON_EXIT_OR_EVICT` without an output list).
-    pub on_evict: bool,
-    /// The vacate time the starter gives.
-    pub vacate: Duration,
-}
-
-impl Policy {
-    /// The policy `capsule` (the capsule ad) asks for, given the starter's `job` ad, the
-    /// node's `interval` and the job's `checkpoint_exit_code` as the starter's ad says it:
-    /// `Ok(None)` when the job did not ask; `Err` saying why a job that asked cannot be
-    /// checkpointed here.
-    ///
-    /// # Errors
-    /// The job asked but the starter's ad does not make it self-checkpointing.
-    pub fn from_ads(
-        capsule: &ClassAd,
-        job: Option<&ClassAd>,
-        interval: Option<Duration>,
-        checkpoint_exit_code: Option<u8>,
-        vacate: Duration,
-    ) -> Result<Option<Policy>, String> {
-        if evaluate_attr(capsule, ATTR) != Value::Bool(true) {
-            return Ok(None);
-        }
-        let Some(exit_code) = checkpoint_exit_code else {
-            return Err(format!(
-                "{ATTR} is set but the starter's job ad has no SuccessCheckpointExitCode with WantFTOnCheckpoint (was the job routed by this release's translate hook?): the job runs without checkpoints"
-            ));
-        };
-        let on_evict = job.is_some_and(|job| {
-            string_attr(job, "WhenToTransferOutput")
-                .is_some_and(|w| w.eq_ignore_ascii_case("ON_EXIT_OR_EVICT"))
-                && !job.contains("TransferOutput")
-        });
-        Ok(Some(Policy {
-            interval,
-            exit_code,
-            on_evict,
-            vacate,
-        }))
-    }
-}
 
 /// Where a run stands.
 #[derive(Debug)]
@@ -554,68 +506,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A file of ours in the sandbox, opened for reading without following a link.
-fn open_plain(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// Put `disk` back from `checkpoint` (at most `bound` bytes) and check it is what it must
-/// be: its format, and no file named in it but the node image it overlays.
-fn restore_disk(
-    checkpoint: &Checkpoint,
-    sandbox: &Path,
-    disk: &WritableDisk,
-    bound: u64,
-) -> Result<(), String> {
-    let path = sandbox.join(&disk.file);
-    let mut out = SparseFile::create(&path).map_err(|e| format!("{}: {e}", disk.file))?;
-    checkpoint
-        .extract(&disk.file, bound, &mut out)
-        .map_err(|e| e.to_string())?;
-    out.finish().map_err(|e| format!("{}: {e}", disk.file))?;
-    let file = open_plain(&path).map_err(|e| format!("{}: {e}", disk.file))?;
-    let format = disk.format.parse::<capsule_disk::ImageFormat>().ok();
-    let mut only_base = OnlyBase(disk.base.clone());
-    capsule_disk::Image::open_file(
-        &path,
-        file,
-        capsule_disk::Access::ReadOnly,
-        format,
-        &mut only_base,
-    )
-    .map(|_| ())
-    .map_err(|e| format!("the checkpoint's {} is refused: {e}", disk.file))
-}
-
-/// Lets a restored disk name only the node image it overlays.
-struct OnlyBase(Option<PathBuf>);
-
-impl capsule_disk::Resolver for OnlyBase {
-    fn open(
-        &mut self,
-        image: &Path,
-        kind: capsule_disk::Reference,
-        name: &str,
-        access: capsule_disk::Access,
-    ) -> Result<(PathBuf, std::fs::File), capsule_disk::Error> {
-        let allowed = kind == capsule_disk::Reference::BackingFile
-            && self.0.as_deref() == Some(Path::new(name));
-        if !allowed {
-            return Err(capsule_disk::Error::Reference {
-                path: image.to_owned(),
-                kind,
-                name: name.into(),
-                why: "a restored disk may name only the node image it overlays".into(),
-            });
-        }
-        capsule_disk::FollowReferences.open(image, kind, name, access)
-    }
-}
-
 /// Tell the job's ad over Chirp (best effort: a job without an I/O proxy loses only this).
 pub fn publish(sandbox: &Path, chirp_config: Option<&Path>, name: &str, text: &str) {
     let value = classad::print::expr_to_string(&classad::Expr::string(text), classad::Syntax::New);
@@ -628,39 +518,6 @@ pub fn publish(sandbox: &Path, chirp_config: Option<&Path>, name: &str, text: &s
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn ad(text: &str) -> ClassAd {
-        classad::parse_old_ad(text).unwrap()
-    }
-
-    #[test]
-    fn only_a_job_that_asks_and_the_starter_restarts_is_checkpointed() {
-        let asks = ad("VMCapsuleCheckpoint = true\n");
-        let vacate = Duration::from_secs(600);
-        let hour = Some(Duration::from_secs(3600));
-        assert_eq!(
-            Policy::from_ads(&ad("X = 1\n"), None, hour, Some(85), vacate),
-            Ok(None)
-        );
-        // Asked, but the starter's ad does not make it self-checkpointing: said, not run.
-        let e = Policy::from_ads(&asks, None, hour, None, vacate).unwrap_err();
-        assert!(e.contains("SuccessCheckpointExitCode"), "{e}");
-        let p = Policy::from_ads(&asks, None, hour, Some(85), vacate)
-            .unwrap()
-            .unwrap();
-        assert_eq!((p.exit_code, p.interval, p.on_evict), (85, hour, false));
-        // Saved at eviction only when HTCondor then transfers the sandbox's changed files.
-        let evict = ad("WhenToTransferOutput = \"ON_EXIT_OR_EVICT\"\n");
-        let listed = ad("WhenToTransferOutput = \"ON_EXIT_OR_EVICT\"\nTransferOutput = \"out\"\n");
-        let on = |job: &ClassAd| {
-            Policy::from_ads(&asks, Some(job), None, Some(85), vacate)
-                .unwrap()
-                .unwrap()
-                .on_evict
-        };
-        assert!(on(&evict));
-        assert!(!on(&listed));
-    }
 
     #[test]
     fn an_empty_file_or_a_link_is_no_checkpoint() {
@@ -677,62 +534,5 @@ mod tests {
         Session::forget(d.path());
         assert!(!Session::has_checkpoint(d.path()));
         assert!(d.path().join(CHECKPOINT_FILE).exists());
-    }
-
-    /// A restored disk that names any file but the node image it overlays (a job owner's
-    /// checkpoint naming another job's file, say) is refused before QEMU opens it.
-    #[test]
-    fn a_restored_disk_names_only_its_node_image() {
-        let d = tempfile::tempdir().unwrap();
-        let base = d.path().join("base.qcow2");
-        let other = d.path().join("someone-elses.img");
-        std::fs::write(&other, vec![0u8; 65536]).unwrap();
-        let mk = |over: &Path, backing: &Path| {
-            let out = std::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(backing)
-                .arg(over)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        };
-        std::fs::write(&base, vec![0u8; 65536]).unwrap();
-        let good = d.path().join("good.qcow2");
-        let evil = d.path().join("evil.qcow2");
-        mk(&good, &base);
-        mk(&evil, &other);
-        let disk = WritableDisk {
-            file: String::new(),
-            format: "qcow2".into(),
-            base: Some(base.clone()),
-        };
-        for (path, ok) in [(&good, true), (&evil, false)] {
-            let name = path.file_name().unwrap().to_str().unwrap();
-            let mut w = Writer::create(&d.path().join(format!("{name}.ckpt"))).unwrap();
-            let mut f = std::fs::File::open(path).unwrap();
-            w.section(name, &mut f).unwrap();
-            w.finish(Trailer {
-                qemu: String::new(),
-                machine: String::new(),
-                stdout: 0,
-                stderr: 0,
-                save_ms: 0,
-                restored_ms: None,
-                sections: Vec::new(),
-            })
-            .unwrap();
-            let c = Checkpoint::open(&d.path().join(format!("{name}.ckpt")), 1 << 30).unwrap();
-            let sandbox = d.path().join(format!("sb-{name}"));
-            std::fs::create_dir(&sandbox).unwrap();
-            let disk = WritableDisk {
-                file: name.to_owned(),
-                ..disk.clone()
-            };
-            let got = restore_disk(&c, &sandbox, &disk, 1 << 30);
-            assert_eq!(got.is_ok(), ok, "{name}: {got:?}");
-            if let Err(e) = &got {
-                assert!(e.contains("only the node image"), "{e}");
-            }
-        }
     }
 }
