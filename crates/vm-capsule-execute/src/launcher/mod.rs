@@ -202,22 +202,23 @@ pub fn launch(
                 err,
             );
             // The job ended or checkpointed by itself: a VM checkpoint is stale now.
-            checkpoint::Session::forget(&slot.sandbox);
-            if let (Some(policy), LauncherExit::Code(code)) = (checkpoints, &exit) {
-                if *code == policy.exit_code
-                    && files.checkpoint_exit != Some(CheckpointExit::Code(*code))
-                {
-                    // HTCondor would take it for a checkpoint and start the job again.
-                    let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
-                    return Ok(LauncherExit::Failed(format!(
-                        "the job exited with {code}, the exit code that says \"checkpointed\" for a job with VM checkpoints (+VMCapsuleCheckpoint): HTCondor would start it again; give the job a checkpoint_exit_code of its own, or turn its VM checkpoints off"
-                    )));
-                }
-            }
-            if !extract::is_checkpoint(&exit, files.checkpoint_exit) {
+            let own_checkpoint = extract::is_checkpoint(&exit, files.checkpoint_exit);
+            if own_checkpoint {
+                checkpoint::Session::forget(&slot.sandbox);
+            } else {
                 let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
             }
-            exit
+            match (checkpoints, &exit) {
+                // HTCondor would take it for a checkpoint and start the job again.
+                (Some(policy), LauncherExit::Code(code))
+                    if *code == policy.exit_code && !own_checkpoint =>
+                {
+                    LauncherExit::Failed(format!(
+                        "the job exited with {code}, the exit code that says \"checkpointed\" for a job with VM checkpoints (+VMCapsuleCheckpoint): HTCondor would start it again; give the job a checkpoint_exit_code of its own, or turn its VM checkpoints off"
+                    ))
+                }
+                _ => exit,
+            }
         }
         Err(why) => {
             if let Ok(console) = std::fs::read_to_string(slot.sandbox.join(CONSOLE_LOG)) {
@@ -284,13 +285,10 @@ fn run_checkpointed(
             if let Some((stdout, stderr)) = session.restored_streams() {
                 live.resume(stdout, stderr);
             }
-            let why = why
-                .strip_prefix("the checkpoint cannot be restored: ")
-                .unwrap_or(&why);
             report(&format!(
                 "the VM checkpoint was not restored ({why}); the job starts again from the beginning"
             ));
-            checkpoint::publish(&slot.sandbox, chirp, checkpoint::ATTR_FALLBACK, why);
+            checkpoint::publish(&slot.sandbox, chirp, checkpoint::ATTR_FALLBACK, &why);
             let _ = std::fs::remove_file(slot.sandbox.join(checkpoint::CHECKPOINT_FILE));
             restore = false;
             continue;
@@ -383,7 +381,11 @@ impl Boot<'_> {
             channel: &mut channel,
             monitor: monitor.as_mut(),
             tick: &mut tick,
-            restore: Some(&mut before_start),
+            // Without checkpoints the runner need not describe the machine at all.
+            restore: match session {
+                Some(_) => Some(&mut before_start),
+                None => None,
+            },
         };
         run_with(self.ad, self.opts, &mut |_| {}, Some(attached))
             .map(|_| ())
