@@ -80,6 +80,12 @@ impl Monitor {
         self.socket.inherit("monitor")
     }
 
+    /// Take QEMU's end, to play QEMU in tests.
+    #[cfg(test)]
+    pub(crate) fn take_guest_end(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.socket.guest.take()
+    }
+
     /// The QEMU arguments attaching the monitor.
     pub fn qemu_args(fd: RawFd) -> Vec<String> {
         vec![

@@ -43,6 +43,8 @@ pub const ATTR_QEMU: &str = vm_capsule_core::routed::ATTR_CHECKPOINT_QEMU;
 /// The job attribute saying why the last checkpoint was not restored.
 pub const ATTR_FALLBACK: &str = "VMCapsuleCheckpointFallback";
 
+/// QEMU's name for the checkpoint's pipe (`getfd`, `migrate fd:`).
+const FD_NAME: &str = "vmcapsule-checkpoint";
 /// How long one QMP command may take.
 const COMMAND: Duration = Duration::from_secs(10);
 /// How often a restore's progress is asked.
@@ -383,7 +385,7 @@ impl<'a> Session<'a> {
         monitor
             .execute_passing(
                 "getfd",
-                json!({"fdname": "vmcapsule-checkpoint"}),
+                json!({"fdname": FD_NAME}),
                 Some(write.as_fd()),
                 COMMAND,
             )
@@ -397,16 +399,15 @@ impl<'a> Session<'a> {
                 .map_err(|e| e.to_string())
         });
         let migrated = monitor
-            .execute(
-                "migrate",
-                json!({"uri": "fd:vmcapsule-checkpoint"}),
-                COMMAND,
-            )
+            .execute("migrate", json!({"uri": format!("fd:{FD_NAME}")}), COMMAND)
             .map_err(refused)
             .and_then(|_| self.wait_for_migration(monitor));
         if let Err(why) = migrated {
             let _ = monitor.execute("migrate_cancel", Json::Null, COMMAND);
-            // QEMU closes its end once the migration is over either way.
+            // A migration that ran closes QEMU's end as it ends; one that never started (a
+            // device that blocks migration) leaves it among QEMU's named fds, and the writer
+            // would wait for its end forever.
+            let _ = monitor.execute("closefd", json!({"fdname": FD_NAME}), COMMAND);
             let _ = reader.join();
             return Err(why);
         }
@@ -518,6 +519,84 @@ pub fn publish(sandbox: &Path, chirp_config: Option<&Path>, name: &str, text: &s
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A QEMU that refuses the migration (a device blocking it) after it took the pipe:
+    /// the save gives up with QEMU's reason, in bounded time, and leaves no file.
+    #[test]
+    fn a_refused_migration_ends_the_save() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let d = tempfile::tempdir().unwrap();
+        // The session goes to a thread of its own, so that a hang fails the test.
+        let policy: &'static Policy = Box::leak(Box::new(Policy {
+            interval: Some(Duration::from_secs(1)),
+            exit_code: 85,
+            on_evict: false,
+            vacate: Duration::from_secs(600),
+        }));
+        let mut session = Session::new(policy, d.path(), "7.2.22".into(), false);
+        let mut monitor = Monitor::new().unwrap();
+        let qemu = UnixStream::from(monitor.take_guest_end().unwrap());
+        // The stand-in QEMU keeps the fd it is given until `closefd`, as QEMU does. It reads
+        // with recvmsg: a plain read would drop the fd that comes with a command.
+        let fake = std::thread::spawn(move || {
+            let mut w = qemu.try_clone().unwrap();
+            writeln!(w, "{{\"QMP\": {{}}}}").unwrap();
+            let mut kept: Vec<std::os::fd::OwnedFd> = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let mut buf = [0u8; 4096];
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+                let got = rustix::net::recvmsg(
+                    &qemu,
+                    &mut [std::io::IoSliceMut::new(&mut buf)],
+                    &mut control,
+                    rustix::net::RecvFlags::empty(),
+                );
+                let n = match got {
+                    Ok(m) if m.bytes > 0 => m.bytes,
+                    _ => return,
+                };
+                for m in control.drain() {
+                    if let rustix::net::RecvAncillaryMessage::ScmRights(fds) = m {
+                        kept.extend(fds);
+                    }
+                }
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
+                    let answer = if line.contains("\"migrate\"") {
+                        "{\"error\": {\"desc\": \"a device blocks migration\"}}"
+                    } else {
+                        if line.contains("closefd") {
+                            kept.clear();
+                        }
+                        "{\"return\": {}}"
+                    };
+                    writeln!(w, "{answer}").unwrap();
+                }
+            }
+        });
+        let mut channel = ControlChannel::new().unwrap();
+        let (done, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = session
+                .save(&mut monitor, &mut channel, &mut LiveOutput::off())
+                .map(|_| ());
+            let _ = done.send(r);
+        });
+        let result = got
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the save hung on a refused migration");
+        let why = result.unwrap_err();
+        assert!(why.contains("a device blocks migration"), "{why}");
+        assert!(!d.path().join(CHECKPOINT_FILE).exists());
+        assert!(!d.path().join(PARTIAL_FILE).exists());
+        drop(fake);
+    }
 
     #[test]
     fn an_empty_file_or_a_link_is_no_checkpoint() {
