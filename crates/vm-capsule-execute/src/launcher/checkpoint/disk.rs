@@ -103,7 +103,11 @@ mod tests {
         };
         for (path, ok) in [(&good, true), (&evil, false)] {
             let name = path.file_name().unwrap().to_str().unwrap();
-            let mut w = Writer::create(&d.path().join(format!("{name}.ckpt"))).unwrap();
+            let mut w = Writer::create(
+                &d.path().join(format!("{name}.ckpt")),
+                &d.path().join(format!("{name}.partial")),
+            )
+            .unwrap();
             let mut f = std::fs::File::open(path).unwrap();
             w.section(name, &mut f).unwrap();
             w.finish(Trailer {

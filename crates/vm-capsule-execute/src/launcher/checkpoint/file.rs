@@ -107,15 +107,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start `path`'s checkpoint under a temporary name beside it (created new, 0600).
+    /// Start `path`'s checkpoint under the name `temp` in the same directory (created new,
+    /// 0600; renamed to `path` by [`Writer::finish`]).
     ///
     /// # Errors
     /// The file cannot be created.
-    pub fn create(path: &Path) -> Result<Writer, CheckpointFileError> {
+    pub fn create(path: &Path, temp: &Path) -> Result<Writer, CheckpointFileError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(".partial");
-        let temp = PathBuf::from(temp);
+        let temp = temp.to_owned();
         let io_err = |source| CheckpointFileError::Io {
             path: temp.clone(),
             source,
@@ -468,7 +467,7 @@ mod tests {
 
     fn write(dir: &Path) -> PathBuf {
         let path = dir.join("ckpt");
-        let mut w = Writer::create(&path).unwrap();
+        let mut w = Writer::create(&path, &dir.join("ckpt.partial")).unwrap();
         let memory: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         w.section(MEMORY, &mut memory.as_slice()).unwrap();
         let mut disk = vec![0u8; 1 << 20];

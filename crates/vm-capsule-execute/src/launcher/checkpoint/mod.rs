@@ -378,8 +378,11 @@ impl<'a> Session<'a> {
                 COMMAND,
             )
             .map_err(refused)?;
-        let mut writer =
-            Writer::create(&self.sandbox.join(CHECKPOINT_FILE)).map_err(|e| e.to_string())?;
+        let mut writer = Writer::create(
+            &self.sandbox.join(CHECKPOINT_FILE),
+            &self.sandbox.join(PARTIAL_FILE),
+        )
+        .map_err(|e| e.to_string())?;
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         monitor
