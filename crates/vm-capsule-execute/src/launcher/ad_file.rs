@@ -9,18 +9,33 @@ use std::path::Path;
 /// The largest ad file read (real ones are a few KiB).
 pub const MAX_AD_BYTES: u64 = 4 << 20;
 
-/// The text of the ad file `path`, or why it is refused (the message names the file).
-pub fn read_ad_text(path: &Path) -> Result<String, String> {
+/// Open `path`, a file in the sandbox the job's owner could have replaced (an ad file, the
+/// capsule's description, a checkpoint and the disks restored from it), for reading: only a
+/// regular file, never through a link, and without waiting on a FIFO.
+///
+/// # Errors
+/// The open failing, or [`std::io::ErrorKind::InvalidInput`] when it is not a regular file.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match file.metadata() {
-        Ok(m) if m.is_file() => {}
-        _ => return Err(format!("{} is not a regular file", path.display())),
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
     }
+    Ok(file)
+}
+
+/// The text of the ad file `path`, or why it is refused (the message names the file).
+pub fn read_ad_text(path: &Path) -> Result<String, String> {
+    let file = open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => e.to_string(),
+        _ => format!("cannot open {}: {e}", path.display()),
+    })?;
     read_bounded(file, &path.display().to_string())
 }
 

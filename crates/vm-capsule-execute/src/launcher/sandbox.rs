@@ -285,15 +285,7 @@ pub(crate) fn remove_deleted(
 
 /// The capsule's description in the sandbox, read bounded and only as a plain file.
 fn read_manifest(sandbox: &Path) -> Option<Manifest> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(sandbox.join(routed::CAPSULE_JSON_FILE))
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
+    let file = super::ad_file::open_regular(&sandbox.join(routed::CAPSULE_JSON_FILE)).ok()?;
     Manifest::from_reader(file).ok()
 }
 

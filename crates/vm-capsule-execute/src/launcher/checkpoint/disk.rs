@@ -4,16 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::file::{Checkpoint, SparseFile};
+use crate::launcher::ad_file::open_regular;
 use crate::runner::WritableDisk;
-
-/// A file of ours in the sandbox, opened for reading without following a link.
-pub(super) fn open_plain(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-}
 
 /// Put `disk` back from `checkpoint` (at most `bound` bytes) and check it is what it must
 /// be: its format, and no file named in it but the node image it overlays.
@@ -29,7 +21,7 @@ pub(super) fn restore_disk(
         .extract(&disk.file, bound, &mut out)
         .map_err(|e| e.to_string())?;
     out.finish().map_err(|e| format!("{}: {e}", disk.file))?;
-    let file = open_plain(&path).map_err(|e| format!("{}: {e}", disk.file))?;
+    let file = open_regular(&path).map_err(|e| format!("{}: {e}", disk.file))?;
     let format = disk.format.parse::<capsule_disk::ImageFormat>().ok();
     let mut only_base = OnlyBase(disk.base.clone());
     capsule_disk::Image::open_file(

@@ -234,7 +234,6 @@ impl Checkpoint {
     /// # Errors
     /// [`CheckpointFileError`]: unreadable, a link or special file, too large, malformed.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Checkpoint, CheckpointFileError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let invalid = |why: String| CheckpointFileError::Invalid {
             path: path.to_owned(),
             why,
@@ -243,16 +242,12 @@ impl Checkpoint {
             path: path.to_owned(),
             source,
         };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io_err)?;
-        let meta = file.metadata().map_err(io_err)?;
-        if !meta.file_type().is_file() {
-            return Err(invalid("not a regular file".into()));
-        }
-        let len = meta.len();
+        let mut file =
+            crate::launcher::ad_file::open_regular(path).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidInput => invalid("not a regular file".into()),
+                _ => io_err(e),
+            })?;
+        let len = file.metadata().map_err(io_err)?.len();
         if len > max_bytes {
             return Err(invalid(format!(
                 "{len} bytes, more than the {max_bytes} this job's guest can need"

@@ -15,7 +15,8 @@ mod disk;
 pub mod file;
 mod policy;
 
-use disk::{open_plain, restore_disk};
+use super::ad_file::open_regular;
+use disk::restore_disk;
 pub use policy::Policy;
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -463,7 +464,7 @@ impl<'a> Session<'a> {
             return Err("the machine is not known".into());
         };
         for disk in &disks {
-            let mut f = open_plain(&self.sandbox.join(&disk.file))
+            let mut f = open_regular(&self.sandbox.join(&disk.file))
                 .map_err(|e| format!("{}: {e}", disk.file))?;
             writer
                 .section(&disk.file, &mut f)
