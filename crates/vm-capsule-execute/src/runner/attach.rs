@@ -173,8 +173,12 @@ fn identity(
         let len = fs::metadata(&path).map_or(0, |m| m.len());
         h.update(len.to_le_bytes());
         if len <= HASHED {
-            if let Ok(bytes) = fs::read(&path) {
-                h.update(Sha256::digest(&bytes));
+            // Streamed: an initrd of tens of MiB is not held in memory for this.
+            let mut file_hash = Sha256::new();
+            if let Ok(mut f) = fs::File::open(&path) {
+                if std::io::copy(&mut f, &mut file_hash).is_ok() {
+                    h.update(file_hash.finalize());
+                }
             }
         }
     }
